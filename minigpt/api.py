@@ -1,0 +1,106 @@
+"""The Python API: `minigpt.load(...)` returns a Model that tokenizes, evaluates and generates."""
+
+import os
+
+import numpy as np
+
+from . import hub, kernels
+from .engine import Engine, generate_tokens, stream_text
+from .errors import MinigptError
+from .format import MgptFile
+from .model import llama
+from .sampling import SamplerSettings
+from .tokenizer import from_fields
+
+
+def default_threads():
+    """Physical cores available to this process (hyper-threads share one core's units)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:
+        n = os.cpu_count() or 1
+    try:   # count distinct (package, core) pairs among the allowed CPUs
+        cores = set()
+        for cpu in os.sched_getaffinity(0):
+            base = f"/sys/devices/system/cpu/cpu{cpu}/topology/"
+            with open(base + "physical_package_id") as a, open(base + "core_id") as b:
+                cores.add((a.read().strip(), b.read().strip()))
+        return max(1, min(n, len(cores)))
+    except (OSError, AttributeError):
+        return max(1, n)
+
+
+class Model:
+    """A loaded model: weights mapped from a .mgpt file, a tokenizer, and one KV cache.
+
+    backend: 'c' (default, compiled kernels) or 'numpy' (the reference: weights dequantized to f32
+    once at load, every operation in NumPy float32). n_ctx: cache length (default: the model's).
+    """
+
+    def __init__(self, path, threads=None, backend=None, n_ctx=None, verify=False):
+        self.path = path
+        self.file = MgptFile(path)
+        if verify:
+            self.file.verify()
+        self.config = self.file.config
+        self.tokenizer = from_fields(self.file.tokenizer)
+        self.chat_template = self.file.chat_template
+        self.kern = kernels.get_backend(backend)
+        self.threads = threads or default_threads()
+        if threads is not None and not 1 <= threads <= 512:
+            raise MinigptError(f"bad thread count {threads}")
+        self.kern.set_threads(self.threads)
+        self.n_ctx = n_ctx or self.config.context_length
+        if not 1 <= self.n_ctx <= self.config.context_length:
+            raise MinigptError(f"n_ctx {n_ctx} out of range 1..{self.config.context_length}")
+        reference = self.kern.name == "numpy"
+        self.weights = llama.load_weights(self.file, self.config, self.kern.dequantize if reference else None)
+        self.engine = Engine(self.config, self.weights, self.kern, self.n_ctx)
+
+    # --- text
+    def tokenize(self, text, add_bos=False, special=False):
+        return self.tokenizer.encode(text, add_bos=add_bos, special=special)
+
+    def detokenize(self, ids):
+        return self.tokenizer.decode(ids)
+
+    # --- evaluation
+    def logits(self, ids):
+        """float32 [len(ids), vocab], teacher-forced from an empty cache (the model's own cache is untouched)."""
+        scratch = Engine(self.config, self.weights, self.kern, max(1, len(ids)), rope=self.engine.rope)
+        return scratch.prefill(ids, all_logits=True)
+
+    def reset(self):
+        self.engine.reset()
+
+    def eval(self, ids):
+        """Append ids to the KV cache; logits [vocab] of the last position."""
+        return self.engine.prefill(ids)
+
+    @property
+    def n_past(self):
+        return self.engine.cache.pos
+
+    # --- generation
+    def generate(self, prompt, max_tokens=128, temperature=0.8, top_k=40, top_p=0.95, min_p=0.05,
+                 repeat_penalty=1.0, repeat_last_n=64, seed=None, stop=(), special=True):
+        """Stream text pieces continuing `prompt` (a str, or a list of token ids), from an empty cache.
+
+        Stops at max_tokens, an end-of-generation token, a full context, or a stop string (not included).
+        With special=True, control-token texts in the prompt (e.g. <|im_start|>) become those tokens.
+        """
+        settings = SamplerSettings(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n,
+                                   seed if seed is not None else int(np.random.SeedSequence().entropy % 2**63))
+        if max_tokens < 0:
+            raise MinigptError(f"bad max_tokens {max_tokens}")
+        ids = prompt if isinstance(prompt, list) else self.tokenize(prompt, self.tokenizer.add_bos, special)
+        if not ids:
+            ids = [self.tokenizer.bos_id if self.tokenizer.bos_id is not None else self.tokenizer.eos_id]
+        self.reset()
+        tokens = generate_tokens(self.engine, ids, settings, max_tokens, self.tokenizer.eog_ids)
+        return stream_text(tokens, self.tokenizer, stop)
+
+
+def load(model=None, threads=None, backend=None, n_ctx=None, verify=False, log=None, progress=None):
+    """Load a .mgpt file, or a known model name (pulled and converted on first use). Default: SmolLM2-135M-Instruct."""
+    return Model(hub.resolve(model, log, progress), threads=threads, backend=backend, n_ctx=n_ctx, verify=verify)

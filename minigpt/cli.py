@@ -1,0 +1,229 @@
+"""The `minigpt` command. Every user error ends as one line on stderr and a non-zero exit."""
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+from . import hub
+from .errors import MinigptError
+
+QUANTS = ("q4_0", "q4_1", "q8_0", "f16", "f32")
+
+
+def _log(msg):
+    click.echo(msg, err=True)
+
+
+class _Progress:
+    """A byte-count progress bar on stderr, fed by increments."""
+
+    def __init__(self, label, total):
+        self.bar = click.progressbar(length=max(1, total), label=label, file=sys.stderr, width=32,
+                                     show_percent=True, show_eta=True)
+        self.bar.__enter__()
+        self.done = 0
+
+    def __call__(self, n):
+        n = min(n, self.bar.length - self.done)
+        self.done += n
+        self.bar.update(n)
+
+    def close(self):
+        self.bar.update(self.bar.length - self.done)
+        self.bar.__exit__(None, None, None)
+
+
+def _convert_with_bar(src, out, quant):
+    from .convert import convert
+
+    bar = _Progress("converting", os.path.getsize(src))
+    try:
+        return convert(src, out, quant, progress=bar)
+    finally:
+        bar.close()
+
+
+def _resolve(model):
+    """A -m value to a .mgpt path, pulling a known model with progress on stderr if needed."""
+    name = model or hub.DEFAULT_MODEL
+    if not Path(name).expanduser().exists() and name in hub.KNOWN and not hub.model_path(name).exists():
+        src = hub.fetch_gguf(name, log=_log)
+        out = hub.model_path(name)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _convert_with_bar(src, out, hub.KNOWN[name].quant)
+    return hub.resolve(name)
+
+
+def _load(model, threads=None, backend=None, n_ctx=None):
+    from .api import Model
+
+    return Model(_resolve(model), threads=threads, backend=backend, n_ctx=n_ctx)
+
+
+def _utf8_stdout():
+    if (sys.stdout.encoding or "").lower().replace("-", "") != "utf8":
+        sys.stdout.reconfigure(encoding="utf-8")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="minigpt")
+def cli():
+    """minigpt: run quantized GPT-style language models on your CPU."""
+
+
+@cli.command()
+@click.argument("src", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False), help="The .mgpt file to write.")
+@click.option("--quant", type=click.Choice(QUANTS), default=None,
+              help="Weight type (default: the source's dominant type, copied bit for bit).")
+def convert(src, out, quant):
+    """Convert a GGUF checkpoint SRC into a minigpt .mgpt file."""
+    s = _convert_with_bar(src, out, quant)
+    types = ", ".join(f"{n} {q}" for q, n in sorted(s["types"].items()))
+    _log(f"wrote {out}: {s['n_params'] / 1e6:.1f}M parameters, {s['file_size'] / 2**20:.1f} MiB, "
+         f"{s['bits_per_weight']:.2f} bits/weight, {s['seconds']:.1f} s")
+    _log(f"tensors: {types}; requantized: {len(s['requantized'])}")
+
+
+@cli.command()
+@click.argument("name", type=click.Choice(sorted(hub.KNOWN)))
+def pull(name):
+    """Download and convert a known model into the cache; print its path."""
+    click.echo(_resolve(name))
+
+
+@cli.command()
+@click.argument("model", required=False)
+@click.option("--verify", is_flag=True, help="Check every tensor's checksum (reads the whole file).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def info(model, verify, as_json):
+    """Describe a model: architecture, sizes, quant types, tokenizer, chat template."""
+    from . import kernels
+    from .format import MgptFile
+
+    path = _resolve(model)
+    f = MgptFile(path)
+    if verify:
+        f.verify()
+    c = f.config
+    types = {}
+    for t in f.tensors.values():
+        types[t.qtype] = types.get(t.qtype, 0) + 1
+    n_params = sum(int(np.prod(t.shape)) for t in f.tensors.values())
+    tok = f.tokenizer
+    d = {
+        "path": str(path), "name": c.name, "config": c.to_dict(), "n_params": n_params,
+        "file_size": f.file_size, "bits_per_weight": round(8 * f.file_size / n_params, 3),
+        "tensor_types": types, "checksums": "ok" if verify else "not checked",
+        "tokenizer": {"model": tok.get("model"), "pre": tok.get("pre"), "n_vocab": len(tok.get("tokens", [])),
+                      "bos": tok.get("bos_token_id"), "eos": tok.get("eos_token_id")},
+        "chat_template": f.chat_template, "backend": kernels.get_backend().name,
+    }
+    if as_json:
+        click.echo(json.dumps(d, ensure_ascii=False, indent=2))
+        return
+    click.echo(f"model       {c.name or path.name}  ({path})")
+    click.echo(f"arch        {c.arch}: {c.n_layers} layers, dim {c.dim}, heads {c.n_heads} (kv {c.n_kv_heads}), "
+               f"head_dim {c.head_dim}, ffn {c.hidden_dim}, context {c.context_length}")
+    click.echo(f"rope        theta {c.rope_theta:g}, dims {c.rope_dim}" + (f", scaling {c.rope_scaling}" if c.rope_scaling else ""))
+    click.echo(f"size        {n_params / 1e6:.1f}M parameters, {f.file_size / 2**20:.1f} MiB, {d['bits_per_weight']:.2f} bits/weight")
+    click.echo(f"tensors     " + ", ".join(f"{n} {q}" for q, n in sorted(types.items())) +
+               (", embeddings tied" if c.tied_embeddings else ""))
+    t = d["tokenizer"]
+    click.echo(f"tokenizer   {t['model']} ({t['pre']}), {t['n_vocab']} tokens, bos {t['bos']}, eos {t['eos']}")
+    click.echo(f"checksums   {d['checksums']}")
+    click.echo(f"backend     {d['backend']}")
+    click.echo("template    " + ("(none)" if not f.chat_template else ""))
+    if f.chat_template:
+        click.echo("\n".join("  " + line for line in f.chat_template.splitlines()))
+
+
+@cli.command()
+@click.option("-m", "--model", default=None, help="A .mgpt file or a known model name.")
+@click.option("--special", is_flag=True, help="Parse control-token texts such as <|im_start|>.")
+@click.option("--add-bos", is_flag=True, help="Prepend the BOS token.")
+@click.argument("text", required=False)
+def tokenize(model, special, add_bos, text):
+    """Print the token ids of TEXT (or of standard input) as a JSON list."""
+    from .format import MgptFile
+    from .tokenizer import from_fields
+
+    if text is None:
+        text = sys.stdin.read()
+    tok = from_fields(MgptFile(_resolve(model)).tokenizer)
+    click.echo(json.dumps(tok.encode(text, add_bos=add_bos, special=special)))
+
+
+@cli.command()
+@click.option("-m", "--model", default=None, help="A .mgpt file or a known model name (default: smollm2-135m-instruct).")
+@click.option("-p", "--prompt", required=True, help="The text to continue.")
+@click.option("-n", "--max-tokens", default=128, show_default=True, type=click.IntRange(0))
+@click.option("--temperature", default=0.8, show_default=True, type=click.FloatRange(0), help="0 = greedy.")
+@click.option("--top-k", default=40, show_default=True, type=click.IntRange(0), help="0 = off.")
+@click.option("--top-p", default=0.95, show_default=True, type=click.FloatRange(0, 1, min_open=True))
+@click.option("--min-p", default=0.05, show_default=True, type=click.FloatRange(0, 1))
+@click.option("--repeat-penalty", default=1.0, show_default=True, type=click.FloatRange(0, min_open=True))
+@click.option("--seed", default=None, type=int, help="Same seed + same settings = same output.")
+@click.option("--stop", multiple=True, help="Stop before this text (repeatable).")
+@click.option("-t", "--threads", default=None, type=click.IntRange(1, 512), help="Default: physical cores.")
+@click.option("--ctx", default=None, type=click.IntRange(1), help="Context length (default: the model's).")
+@click.option("--backend", default=None, help="Kernel backend (c, numpy); default $MINIGPT_BACKEND or c.")
+@click.option("--echo", is_flag=True, help="Print the prompt before the continuation.")
+@click.option("--stats", is_flag=True, help="Print token counts and speed to stderr at the end.")
+def generate(model, prompt, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, stop,
+             threads, ctx, backend, echo, stats):
+    """Continue PROMPT, streaming the text to standard output."""
+    _utf8_stdout()
+    m = _load(model, threads, backend, ctx)
+    if echo:
+        click.echo(prompt, nl=False)
+    t0 = time.perf_counter()
+    n = 0
+    for piece in m.generate(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                            min_p=min_p, repeat_penalty=repeat_penalty, seed=seed, stop=stop):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+        n += 1
+    sys.stdout.write("\n")
+    if stats:
+        dt = time.perf_counter() - t0
+        _log(f"[{m.n_past} tokens in context, {n} pieces in {dt:.2f} s, backend {m.kern.name}, {m.threads} threads]")
+
+
+def main():
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        _log("interrupted")
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.stderr.close()   # the reader went away (e.g. `| head`): not an error worth a message
+        sys.exit(1)
+    except MinigptError as e:
+        _log(f"error: {e}")
+        sys.exit(1)
+    except OSError as e:
+        _log(f"error: {e.strerror or e}{': ' + str(e.filename) if e.filename else ''}")
+        sys.exit(1)
+    except MemoryError:
+        _log("error: out of memory")
+        sys.exit(1)
+    except Exception as e:   # a bug: still one line, with a way to see more
+        if os.environ.get("MINIGPT_DEBUG"):
+            raise
+        _log(f"internal error: {e.__class__.__name__}: {e} (set MINIGPT_DEBUG=1 for a traceback)")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

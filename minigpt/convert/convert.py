@@ -1,0 +1,174 @@
+"""GGUF checkpoint -> .mgpt: map names, pick each tensor's quant type, stream tensors to the file.
+
+Type policy (docs/format.md, "Conversion"):
+- 1-D tensors (norm weights, RoPE frequency factors) are stored as f32.
+- Every 2-D weight gets the target type (`quant`, default: the source's dominant type), except the
+  output head (`output`, or `tok_embd` when embeddings are tied), which is kept at q8_0 when the
+  target is 4-bit, as llama.cpp keeps its output head at higher precision.
+- A tensor whose source block format equals its target is copied bit for bit. Otherwise it is
+  dequantized to f32 and requantized with round-to-nearest (minigpt.quant).
+- A 2-D tensor whose rows are not a multiple of 32 cannot hold blocks: it falls back to f16.
+"""
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import quant
+from ..config import Config
+from ..errors import ConvertError, MinigptError
+from ..format import Writer
+from .gguf import GGUFFile
+from .names import GGUF_IGNORED, map_gguf_name
+
+QUANT_TYPES = ("q4_0", "q4_1", "q8_0", "f16", "f32")   # what `--quant` accepts
+_FROM_GGML = {"F32": "f32", "F16": "f16", "Q8_0": "q8_0", "Q4_0": "q4_0", "Q4_1": "q4_1"}
+_FOUR_BIT = ("q4_0", "q4_1")
+
+
+def config_from_gguf(g: GGUFFile) -> Config:
+    arch = g.field("general.architecture", required=True)
+    if arch != "llama":
+        raise ConvertError(f"{g.path}: architecture {arch!r} is not supported yet (supported: llama)")
+    key = lambda k, **kw: g.field(f"{arch}.{k}", **kw)
+    n_vocab = key("vocab_size") or len(g.field("tokenizer.ggml.tokens", required=True))
+    scaling = {}
+    kind = key("rope.scaling.type", default="none")
+    factor = key("rope.scaling.factor", default=1.0)
+    if kind == "linear" and factor != 1.0:
+        scaling = {"type": "linear", "factor": float(factor)}
+    elif kind not in ("none", "linear"):
+        raise ConvertError(f"{g.path}: RoPE scaling {kind!r} is not supported yet")
+    dim, n_heads = key("embedding_length", required=True), key("attention.head_count", required=True)
+    return Config(
+        arch=arch,
+        dim=dim,
+        n_layers=key("block_count", required=True),
+        n_heads=n_heads,
+        n_kv_heads=key("attention.head_count_kv", default=n_heads),
+        hidden_dim=key("feed_forward_length", required=True),
+        vocab_size=n_vocab,
+        context_length=key("context_length", required=True),
+        head_dim=key("attention.key_length", default=0),
+        norm_eps=float(key("attention.layer_norm_rms_epsilon", default=1e-5)),
+        rope_theta=float(key("rope.freq_base", default=10000.0)),
+        rope_dim=key("rope.dimension_count", default=0),
+        rope_scaling=scaling,
+        tied_embeddings="output.weight" not in g.tensors,
+        name=g.field("general.name", default=""),
+    )
+
+
+def tokenizer_fields(g: GGUFFile) -> dict:
+    """The GGUF 'tokenizer.ggml.*' keys with the prefix stripped: what minigpt.tokenizer builds from."""
+    prefix = "tokenizer.ggml."
+    return {k[len(prefix):]: v for k, v in g.metadata.items() if k.startswith(prefix)}
+
+
+def decode_tensor(t) -> np.ndarray:
+    """A GGUF tensor as float32 in its logical shape."""
+    if t.type_name in _FROM_GGML:
+        qtype = _FROM_GGML[t.type_name]
+        if qtype in ("f32", "f16"):
+            return t.data.view(np.float32 if qtype == "f32" else np.float16).reshape(t.shape).astype(np.float32)
+        return quant.dequantize(t.data, qtype).reshape(t.shape)
+    if t.type_name == "BF16":
+        bits = t.data.view(np.uint16).astype(np.uint32) << 16
+        return bits.view(np.float32).reshape(t.shape)
+    raise ConvertError(f"tensor {t.name}: GGUF type {t.type_name} cannot be decoded yet "
+                       f"(supported: {', '.join(sorted(_FROM_GGML) + ['BF16'])})")
+
+
+def dominant_type(g: GGUFFile) -> str:
+    """The minigpt type holding most of the source's 2-D weights (by element count)."""
+    counts = {}
+    for t in g.tensors.values():
+        if len(t.shape) == 2:
+            qtype = _FROM_GGML.get(t.type_name, "f16" if t.type_name == "BF16" else "q8_0")
+            counts[qtype] = counts.get(qtype, 0) + int(np.prod(t.shape))
+    return max(counts, key=counts.get) if counts else "f16"
+
+
+def plan(g: GGUFFile, config: Config, target: str):
+    """[(gguf tensor, minigpt name, minigpt qtype)] in file order; checks every tensor is known."""
+    head = "tok_embd" if config.tied_embeddings else "output"
+    out = []
+    for t in g.tensors.values():
+        if t.name in GGUF_IGNORED:
+            continue
+        name = map_gguf_name(t.name)
+        if name is None:
+            raise ConvertError(f"{g.path}: unexpected tensor {t.name!r} for architecture {config.arch}")
+        if len(t.shape) == 1:
+            qtype = "f32"
+        elif len(t.shape) != 2:
+            raise ConvertError(f"{g.path}: tensor {t.name!r} has shape {t.shape}; expected 1-D or 2-D")
+        else:
+            qtype = target
+            if name == head and target in _FOUR_BIT and _FROM_GGML.get(t.type_name) not in _FOUR_BIT:
+                qtype = "q8_0"
+            if t.shape[1] % quant.QTYPES[qtype][0]:
+                qtype = "f16"
+        out.append((t, name, qtype))
+    _check_complete(g, config, {name for _, name, _ in out})
+    return out
+
+
+def _check_complete(g, config, names):
+    need = {"tok_embd", "output_norm"} | ({"output"} if not config.tied_embeddings else set())
+    for i in range(config.n_layers):
+        need |= {f"layers.{i}.{w}" for w in ("attn_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w_gate", "w_up", "w_down")}
+    missing = sorted(need - names)
+    if missing:
+        raise ConvertError(f"{g.path}: missing tensors {missing[:4]}{' ...' if len(missing) > 4 else ''}")
+
+
+def convert(src, out, quant_type=None, progress=None) -> dict:
+    """Convert GGUF `src` into the .mgpt file `out`. `progress(n_bytes_done_increment)` is called per tensor.
+
+    Returns a summary: n_params, file_size, bits_per_weight, seconds, requantized tensor names.
+    """
+    from ..tokenizer import from_fields   # checked here so a bad vocabulary fails before writing
+
+    t0 = time.perf_counter()
+    src, out = Path(src), Path(out)
+    if not src.is_file():
+        raise ConvertError(f"{src}: no such file")
+    if out.exists() and out.resolve() == src.resolve():
+        raise ConvertError("the output path is the source file")
+    if quant_type is not None and quant_type not in QUANT_TYPES:
+        raise ConvertError(f"unknown quant type {quant_type!r} (choose from {', '.join(QUANT_TYPES)})")
+
+    g = GGUFFile(src)
+    config = config_from_gguf(g)
+    fields = tokenizer_fields(g)
+    from_fields(fields)
+    target = quant_type or dominant_type(g)
+    items = plan(g, config, target)
+
+    specs = [(name, qtype, t.shape) for t, name, qtype in items]
+    requantized = []
+    try:
+        with Writer(out, config, fields, g.field("tokenizer.chat_template"), specs) as w:
+            for t, name, qtype in items:
+                if _FROM_GGML.get(t.type_name) == qtype:
+                    data = t.data   # same block format: carried over bit for bit
+                else:
+                    x = decode_tensor(t)
+                    data = x if qtype == "f32" else quant.quantize(x.reshape(-1, x.shape[-1]), qtype)
+                    if len(t.shape) == 2:
+                        requantized.append(name)
+                w.write(name, data)
+                if progress:
+                    progress(t.nbytes)
+    except MinigptError:
+        raise
+    except OSError as e:
+        raise ConvertError(f"cannot write {out}: {e.strerror}") from None
+
+    n_params = sum(int(np.prod(t.shape)) for t, _, _ in items)
+    size = out.stat().st_size
+    return {"n_params": n_params, "file_size": size, "bits_per_weight": 8 * size / n_params,
+            "seconds": time.perf_counter() - t0, "quant": target, "requantized": requantized,
+            "types": {q: sum(1 for *_, qq in items if qq == q) for q in {q for *_, q in items}}}

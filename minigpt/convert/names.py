@@ -1,0 +1,43 @@
+"""Checkpoint tensor names -> minigpt tensor names: literal tables, one per source format."""
+
+import re
+
+# GGUF (llama.cpp) names. `{i}` is the layer index.
+GGUF = {
+    "token_embd.weight": "tok_embd",
+    "output_norm.weight": "output_norm",
+    "output.weight": "output",
+    "rope_freqs.weight": "rope_freqs",
+    "blk.{i}.attn_norm.weight": "layers.{i}.attn_norm",
+    "blk.{i}.attn_q.weight": "layers.{i}.wq",
+    "blk.{i}.attn_k.weight": "layers.{i}.wk",
+    "blk.{i}.attn_v.weight": "layers.{i}.wv",
+    "blk.{i}.attn_output.weight": "layers.{i}.wo",
+    "blk.{i}.ffn_norm.weight": "layers.{i}.ffn_norm",
+    "blk.{i}.ffn_gate.weight": "layers.{i}.w_gate",
+    "blk.{i}.ffn_up.weight": "layers.{i}.w_up",
+    "blk.{i}.ffn_down.weight": "layers.{i}.w_down",
+}
+
+# GGUF files carry a few tensors the forward pass never reads (e.g. precomputed RoPE tables).
+GGUF_IGNORED = {"rope_cos.weight", "rope_sin.weight"}
+
+
+def _compile(table):
+    out = []
+    for src, dst in table.items():
+        pattern = "^" + re.escape(src).replace(re.escape("{i}"), r"(\d+)") + "$"
+        out.append((re.compile(pattern), dst))
+    return out
+
+
+_GGUF = _compile(GGUF)
+
+
+def map_gguf_name(name):
+    """'blk.3.attn_q.weight' -> 'layers.3.wq'; None for a name not in the table."""
+    for pattern, dst in _GGUF:
+        m = pattern.match(name)
+        if m:
+            return dst.format(i=int(m.group(1))) if m.groups() else dst
+    return None

@@ -1,0 +1,138 @@
+"""Prefill and decode over a preallocated KV cache; the token loop. The engine yields, the CLI prints."""
+
+import numpy as np
+
+from .config import Config
+from .errors import MinigptError
+from .model import llama
+from .sampling import SamplerSettings, make_rng, sample
+
+PREFILL_CHUNK = 512   # bounds the attention scratch of long prompts: [heads, chunk, T] floats
+
+
+class ContextFullError(MinigptError):
+    pass
+
+
+class KVCache:
+    """Keys and values of every position so far: k, v: [n_layers, n_kv_heads, n_ctx, head_dim] float32.
+
+    np.zeros maps untouched pages lazily, so a long n_ctx costs memory only as it fills.
+    """
+
+    def __init__(self, cfg: Config, n_ctx):
+        shape = (cfg.n_layers, cfg.n_kv_heads, n_ctx, cfg.head_dim)
+        self.k = np.zeros(shape, dtype=np.float32)
+        self.v = np.zeros(shape, dtype=np.float32)
+        self.n_ctx = n_ctx
+        self.tokens = []          # the ids whose K/V are in the cache, in order
+
+    @property
+    def pos(self):
+        return len(self.tokens)
+
+
+class Engine:
+    """One model's forward pass bound to weights, a kernel backend and a cache."""
+
+    def __init__(self, cfg: Config, weights, kern, n_ctx, rope=None):
+        self.cfg, self.w, self.kern = cfg, weights, kern
+        if rope is None:   # tables may be longer than n_ctx when shared with another engine
+            freq = weights["rope_freqs"].data if "rope_freqs" in weights else None
+            rope = llama.rope_tables(cfg, n_ctx, freq)
+        self.rope = rope
+        self.cache = KVCache(cfg, n_ctx)
+
+    def reset(self):
+        self.cache.tokens = []   # stale K/V beyond pos is never read
+
+    def prefill(self, ids, all_logits=False):
+        """Append `ids` to the cache. Returns logits [len(ids), vocab] if all_logits else [vocab] of the last."""
+        ids = [int(i) for i in ids]
+        if not ids:
+            raise MinigptError("nothing to evaluate: empty token list")
+        bad = [i for i in ids if not 0 <= i < self.cfg.vocab_size]
+        if bad:
+            raise MinigptError(f"token id {bad[0]} out of range (vocabulary size {self.cfg.vocab_size})")
+        c = self.cache
+        if c.pos + len(ids) > c.n_ctx:
+            raise ContextFullError(f"context full: {c.pos} + {len(ids)} tokens > n_ctx {c.n_ctx}")
+        outs = []
+        for s in range(0, len(ids), PREFILL_CHUNK):
+            chunk = ids[s:s + PREFILL_CHUNK]
+            logits = llama.forward(self.cfg, self.w, self.kern, (c.k, c.v), chunk, c.pos, self.rope, all_logits)
+            c.tokens.extend(chunk)
+            if all_logits:
+                outs.append(logits)
+        logits = np.concatenate(outs) if all_logits else logits[0]
+        if not np.all(np.isfinite(logits)):
+            raise MinigptError("the model produced non-finite values: the file may be corrupt "
+                               "(check it with `minigpt info --verify`)")
+        return logits
+
+    def decode_step(self, token):
+        """Append one token; logits [vocab] for the next."""
+        return self.prefill([token])
+
+
+def generate_tokens(engine: Engine, prompt_ids, settings: SamplerSettings, max_tokens, stop_ids=()):
+    """Prefill the prompt, then yield sampled token ids until max_tokens, a stop id or a full context.
+
+    The stop id itself is not yielded. Same seed + same settings + same prompt = same tokens.
+    """
+    rng = make_rng(settings.seed)
+    logits = engine.prefill(prompt_ids)
+    history = list(engine.cache.tokens)
+    for _ in range(max_tokens):
+        tok = sample(logits, settings, rng, history)
+        if tok in stop_ids:
+            return
+        yield tok
+        history.append(tok)
+        if engine.cache.pos >= engine.cache.n_ctx:
+            return
+        logits = engine.decode_step(tok)
+
+
+def stream_text(token_iter, tokenizer, stop_strings=()):
+    """Turn token ids into text pieces: whole UTF-8 characters only, cut at the first stop string.
+
+    Text that could be the start of a stop string is held back until it is known not to be one.
+    """
+    dec = tokenizer.stream()
+    stops = [s for s in stop_strings if s]
+    held = ""
+    for tok in token_iter:
+        held += dec.push(tok)
+        if not stops:
+            if held:
+                yield held
+                held = ""
+            continue
+        cut = min((held.find(s) for s in stops if s in held), default=-1)
+        if cut >= 0:
+            if held[:cut]:
+                yield held[:cut]
+            return
+        keep = _stop_prefix_len(held, stops)
+        if len(held) > keep:
+            yield held[:len(held) - keep]
+            held = held[len(held) - keep:]
+    held += dec.flush()
+    if stops:
+        cut = min((held.find(s) for s in stops if s in held), default=-1)
+        if cut >= 0:
+            held = held[:cut]
+    if held:
+        yield held
+
+
+def _stop_prefix_len(text, stops):
+    """Length of the longest suffix of `text` that is a proper prefix of some stop string."""
+    best = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:n]):
+                best = n
+                break
+    return best

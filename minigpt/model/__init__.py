@@ -1,0 +1,1 @@
+"""One module per architecture: a forward pass over explicit weights."""

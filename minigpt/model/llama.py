@@ -1,0 +1,148 @@
+"""The Llama-family forward pass: RMSNorm, RoPE, grouped-query attention over a KV cache, SwiGLU.
+
+Plain functions over explicit weights and preallocated buffers. Matmuls go through a kernel
+backend (minigpt.kernels); the rest is NumPy in float32. Shapes: n = tokens in this call,
+T = tokens in the cache after it, d = dim, hd = head_dim.
+
+RoPE rotates adjacent pairs (x[2i], x[2i+1]), the order of GGUF weights (llama.cpp "normal" RoPE;
+the GGUF converter permutes Hugging Face's q/k rows into it).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..config import Config
+from ..errors import FormatError
+
+LAYER_WEIGHTS = ("attn_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w_gate", "w_up", "w_down")
+
+
+@dataclass
+class Weight:
+    data: np.ndarray   # stored form (see minigpt.quant)
+    qtype: str
+
+
+def load_weights(f, cfg: Config, dequantize=None):
+    """Weights of a MgptFile as {name: Weight} (zero-copy views, or f32 copies when `dequantize` is given)."""
+    names = ["tok_embd", "output_norm"] + [f"layers.{i}.{w}" for i in range(cfg.n_layers) for w in LAYER_WEIGHTS]
+    if not cfg.tied_embeddings:
+        names.append("output")
+    if "rope_freqs" in f.tensors:
+        names.append("rope_freqs")
+    d, hd, kv = cfg.dim, cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+    expect = {"tok_embd": (cfg.vocab_size, d), "output": (cfg.vocab_size, d), "output_norm": (d,),
+              "rope_freqs": (cfg.rope_dim // 2,), "attn_norm": (d,), "ffn_norm": (d,),
+              "wq": (cfg.n_heads * hd, d), "wk": (kv, d), "wv": (kv, d), "wo": (d, cfg.n_heads * hd),
+              "w_gate": (cfg.hidden_dim, d), "w_up": (cfg.hidden_dim, d), "w_down": (d, cfg.hidden_dim)}
+    w = {}
+    for name in names:
+        if name not in f.tensors:
+            raise FormatError(f"{f.path}: missing tensor {name!r}")
+        info = f.tensors[name]
+        want = expect[name.rsplit(".", 1)[-1]]
+        if info.shape != want:
+            raise FormatError(f"{f.path}: tensor {name} has shape {list(info.shape)}, expected {list(want)}")
+        if len(want) == 1 and info.qtype != "f32":
+            raise FormatError(f"{f.path}: tensor {name} must be f32, not {info.qtype}")
+        data = f.tensor(name)
+        if dequantize is not None and len(want) == 2:
+            w[name] = Weight(np.ascontiguousarray(dequantize(data, info.qtype), dtype=np.float32), "f32")
+        else:
+            w[name] = Weight(data, info.qtype)
+    return w
+
+
+# --- building blocks
+
+def rms_norm(x, weight, eps, out=None):
+    # x: [n, d] -> [n, d]
+    ms = np.mean(np.square(x, dtype=np.float32), axis=-1, keepdims=True)
+    return np.multiply(x * (1.0 / np.sqrt(ms + eps)).astype(np.float32), weight, out=out)
+
+
+def rope_tables(cfg: Config, n_ctx, freq_factors=None):
+    """cos, sin: [n_ctx, rope_dim // 2], computed in float64 then rounded once."""
+    i = np.arange(0, cfg.rope_dim, 2, dtype=np.float64)
+    inv_freq = cfg.rope_theta ** (-i / cfg.rope_dim)
+    if freq_factors is not None:          # Llama 3 style per-frequency scaling (rope_freqs tensor)
+        inv_freq = inv_freq / freq_factors.astype(np.float64)
+    pos = np.arange(n_ctx, dtype=np.float64)
+    if cfg.rope_scaling.get("type") == "linear":
+        pos = pos / cfg.rope_scaling["factor"]
+    angles = np.outer(pos, inv_freq)
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+def apply_rope(x, cos, sin, rope_dim):
+    # x: [n, heads, hd] (rotated in place on the first rope_dim dims); cos, sin: [n, rope_dim // 2]
+    x0 = x[:, :, 0:rope_dim:2].copy()
+    x1 = x[:, :, 1:rope_dim:2]
+    c, s = cos[:, None, :], sin[:, None, :]
+    x[:, :, 0:rope_dim:2] = x0 * c - x1 * s
+    x[:, :, 1:rope_dim:2] = x0 * s + x1 * c
+
+
+def attention(q, k_cache, v_cache, start):
+    """Causal GQA attention of n new queries over the cache.
+
+    q: [n, n_heads, hd]; k_cache, v_cache: [n_kv, n_ctx, hd] holding positions [0, start + n)
+    -> [n, n_heads * hd]
+    """
+    n, n_heads, hd = q.shape
+    n_kv = k_cache.shape[0]
+    T = start + n
+    qg = q.reshape(n, n_kv, n_heads // n_kv, hd).transpose(1, 2, 0, 3)       # [n_kv, g, n, hd]
+    scores = qg @ k_cache[:, None, :T, :].swapaxes(-1, -2)                   # [n_kv, g, n, T]
+    scores *= np.float32(1.0 / np.sqrt(hd))
+    if n > 1:   # query i sits at position start + i and sees keys 0 .. start + i
+        mask = np.arange(T)[None, :] > (start + np.arange(n))[:, None]
+        scores[..., mask] = -np.inf
+    scores -= scores.max(axis=-1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=-1, keepdims=True)
+    out = scores @ v_cache[:, None, :T, :]                                   # [n_kv, g, n, hd]
+    return out.transpose(2, 0, 1, 3).reshape(n, n_heads * hd)
+
+
+def silu(x):
+    return x / (1.0 + np.exp(-x))
+
+
+# --- the model
+
+def forward(cfg: Config, w, kern, cache, ids, start, rope, all_logits=False):
+    """Run `ids` at positions [start, start + n), appending their K/V to `cache`.
+
+    cache: (k, v), each [n_layers, n_kv_heads, n_ctx, hd]; rope: (cos, sin) tables.
+    Returns logits [n, vocab] if all_logits else [1, vocab] (the last position).
+    """
+    n, hd = len(ids), cfg.head_dim
+    mm = kern.matmul
+    x = kern.get_rows(w["tok_embd"].data, w["tok_embd"].qtype, np.asarray(ids, dtype=np.int32))   # [n, d]
+    cos, sin = rope[0][start:start + n], rope[1][start:start + n]
+    k_cache, v_cache = cache
+    for i in range(cfg.n_layers):
+        L = lambda name: w[f"layers.{i}.{name}"]
+        h = rms_norm(x, L("attn_norm").data, cfg.norm_eps)
+        q = mm(h, L("wq").data, L("wq").qtype).reshape(n, cfg.n_heads, hd)
+        k = mm(h, L("wk").data, L("wk").qtype).reshape(n, cfg.n_kv_heads, hd)
+        v = mm(h, L("wv").data, L("wv").qtype).reshape(n, cfg.n_kv_heads, hd)
+        apply_rope(q, cos, sin, cfg.rope_dim)
+        apply_rope(k, cos, sin, cfg.rope_dim)
+        k_cache[i, :, start:start + n] = k.transpose(1, 0, 2)
+        v_cache[i, :, start:start + n] = v.transpose(1, 0, 2)
+        a = attention(q, k_cache[i], v_cache[i], start)
+        x += mm(a, L("wo").data, L("wo").qtype)
+
+        h = rms_norm(x, L("ffn_norm").data, cfg.norm_eps)
+        g = mm(h, L("w_gate").data, L("w_gate").qtype)
+        u = mm(h, L("w_up").data, L("w_up").qtype)
+        x += mm(np.ascontiguousarray(silu(g) * u), L("w_down").data, L("w_down").qtype)
+
+    if not all_logits:
+        x = x[-1:]
+    x = rms_norm(x, w["output_norm"].data, cfg.norm_eps)
+    head = w["tok_embd"] if cfg.tied_embeddings else w["output"]
+    return mm(np.ascontiguousarray(x), head.data, head.qtype)

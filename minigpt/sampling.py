@@ -1,0 +1,77 @@
+"""Choosing the next token from logits. Pure functions; randomness comes from an explicit Generator.
+
+The chain follows llama.cpp's default order: repetition penalty -> top-k -> top-p -> min-p ->
+temperature -> draw. temperature == 0 means greedy (argmax after the penalty).
+"""
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from .errors import MinigptError
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    temperature: float = 0.8
+    top_k: int = 40               # 0: off
+    top_p: float = 0.95           # 1.0: off
+    min_p: float = 0.05           # 0.0: off
+    repeat_penalty: float = 1.0   # 1.0: off
+    repeat_last_n: int = 64       # how many recent tokens the penalty looks at
+    seed: int | None = None       # None: a fresh random seed
+
+    def __post_init__(self):
+        checks = [("temperature", self.temperature >= 0), ("top_k", self.top_k >= 0),
+                  ("top_p", 0 < self.top_p <= 1), ("min_p", 0 <= self.min_p <= 1),
+                  ("repeat_penalty", self.repeat_penalty > 0), ("repeat_last_n", self.repeat_last_n >= 0)]
+        for name, ok in checks:
+            if not ok:
+                raise MinigptError(f"bad sampling setting {name} = {getattr(self, name)!r}")
+
+    def with_(self, **changes):
+        return replace(self, **changes)
+
+
+def apply_repeat_penalty(logits, recent, penalty):
+    """llama.cpp's rule: divide positive logits of recently seen tokens by `penalty`, multiply negative ones."""
+    if penalty == 1.0 or len(recent) == 0:
+        return logits
+    ids = np.unique(np.asarray(recent, dtype=np.int64))
+    vals = logits[ids]
+    logits = logits.copy()
+    logits[ids] = np.where(vals > 0, vals / penalty, vals * penalty)
+    return logits
+
+
+def candidates(logits, s: SamplerSettings):
+    """Filter to the candidate set: (ids, probabilities) with probabilities summing to 1 at temperature s.temperature."""
+    if 0 < s.top_k < len(logits):   # partial sort: only the k best need ordering
+        ids = np.argpartition(-logits, s.top_k - 1)[:s.top_k]
+        ids = ids[np.argsort(-logits[ids], kind="stable")]
+    else:
+        ids = np.argsort(-logits, kind="stable")
+    z = logits[ids].astype(np.float64)
+    p = np.exp(z - z[0])
+    p /= p.sum()
+    if s.top_p < 1.0:   # smallest prefix whose mass reaches top_p
+        keep = int(np.searchsorted(np.cumsum(p), s.top_p) + 1)
+        ids, z, p = ids[:keep], z[:keep], p[:keep]
+    if s.min_p > 0.0:   # drop tokens less likely than min_p times the best one
+        keep = max(1, int(np.sum(p >= s.min_p * p[0])))
+        ids, z = ids[:keep], z[:keep]
+    p = np.exp((z - z[0]) / s.temperature)
+    return ids, p / p.sum()
+
+
+def sample(logits, s: SamplerSettings, rng: np.random.Generator, recent=()):
+    """logits: [vocab] float32 -> the chosen token id."""
+    logits = apply_repeat_penalty(logits, recent[-s.repeat_last_n:] if s.repeat_last_n else (), s.repeat_penalty)
+    if s.temperature == 0:
+        return int(np.argmax(logits))
+    ids, p = candidates(logits, s)
+    return int(ids[rng.choice(len(ids), p=p)])
+
+
+def make_rng(seed):
+    return np.random.default_rng(seed)

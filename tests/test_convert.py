@@ -1,0 +1,106 @@
+import hashlib
+
+import numpy as np
+import pytest
+
+from minigpt import quant
+from minigpt.convert import convert
+from minigpt.convert.gguf import GGUFFile
+from minigpt.errors import ConvertError, FormatError, MinigptError, TokenizerError
+from minigpt.format import MgptFile
+
+from synthetic import tiny_llama, write_gguf
+
+
+@pytest.fixture
+def tiny_q41(tmp_path):
+    p = tmp_path / "tiny-q4_1.gguf"
+    tiny_llama(p, wtype="Q4_1")
+    return p
+
+
+def test_gguf_reader(tiny_q41):
+    g = GGUFFile(tiny_q41)
+    assert g.metadata["general.architecture"] == "llama"
+    t = g.tensors["blk.0.attn_q.weight"]
+    assert t.type_name == "Q4_1" and t.shape == (64, 64) and t.data.shape == (64, 2 * 20)
+    assert g.tensors["output_norm.weight"].shape == (64,)
+
+
+def test_same_type_is_bit_exact_and_source_untouched(tiny_q41, tmp_path):
+    before = hashlib.sha256(tiny_q41.read_bytes()).hexdigest()
+    out = tmp_path / "o.mgpt"
+    s = convert(tiny_q41, out)          # default: the dominant type, q4_1
+    assert hashlib.sha256(tiny_q41.read_bytes()).hexdigest() == before
+    g, f = GGUFFile(tiny_q41), MgptFile(out)
+    assert np.array_equal(f.tensor("layers.1.w_down"), g.tensors["blk.1.ffn_down.weight"].data)
+    assert f.tensors["layers.0.wq"].qtype == "q4_1"
+    assert f.tensors["tok_embd"].qtype == "q4_1"   # a 4-bit source head stays as it is
+    assert s["requantized"] == [] and s["n_params"] > 0
+    f.verify()
+
+
+def test_requantize_and_head_policy(tmp_path):
+    src = tmp_path / "f32.gguf"
+    tiny_llama(src, wtype="F32")
+    out = tmp_path / "o.mgpt"
+    s = convert(src, out, "q4_0")
+    f, g = MgptFile(out), GGUFFile(src)
+    x = g.tensors["blk.0.ffn_up.weight"].data.view(np.float32).reshape(96, 64)
+    assert np.array_equal(f.tensor("layers.0.w_up"), quant.quantize(x, "q4_0"))
+    assert f.tensors["tok_embd"].qtype == "q8_0"     # tied output head kept at 8 bits
+    assert f.tensors["layers.0.attn_norm"].qtype == "f32"
+    assert "layers.0.w_up" in s["requantized"]
+
+
+@pytest.mark.parametrize("wtype", ["F16", "BF16", "Q8_0", "Q4_0"])
+def test_decodes_source_types(tmp_path, wtype):
+    src = tmp_path / "s.gguf"
+    tiny_llama(src, wtype=wtype)
+    convert(src, tmp_path / "o.mgpt", "f32")
+    f = MgptFile(tmp_path / "o.mgpt")
+    g = GGUFFile(src)
+    from minigpt.convert.convert import decode_tensor
+    assert np.array_equal(f.tensor("layers.0.wk"), decode_tensor(g.tensors["blk.0.attn_k.weight"]))
+
+
+def bad_inputs(tmp_path, good):
+    data = good.read_bytes()
+    cases = {"empty": b"", "random": np.random.default_rng(0).bytes(5000), "truncated": data[:len(data) // 2],
+             "header-only": data[:200], "absurd-counts": b"GGUF" + (3).to_bytes(4, "little") + (2**62).to_bytes(8, "little") * 2}
+    for name, raw in cases.items():
+        p = tmp_path / f"{name}.gguf"
+        p.write_bytes(raw)
+        yield name, p
+
+
+def test_malformed_gguf_is_a_clear_error_and_leaves_nothing(tiny_q41, tmp_path):
+    for name, p in bad_inputs(tmp_path, tiny_q41):
+        out = tmp_path / f"{name}.mgpt"
+        with pytest.raises(FormatError):
+            convert(p, out)
+        assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+def test_unsupported_inputs(tmp_path, tiny_q41):
+    with pytest.raises(ConvertError, match="quant"):
+        convert(tiny_q41, tmp_path / "o.mgpt", "q3_x")
+    with pytest.raises(ConvertError, match="no such file"):
+        convert(tmp_path / "nope.gguf", tmp_path / "o.mgpt")
+    meta = tiny_llama(tmp_path / "t.gguf")
+    g = GGUFFile(tmp_path / "t.gguf")
+    tensors = {t.name: (t.type_name, t.data, t.shape) for t in g.tensors.values()}
+    for key, value, err in [("general.architecture", "mamba", ConvertError),
+                            ("tokenizer.ggml.pre", "klingon", TokenizerError)]:
+        m = dict(meta, **{key: value})
+        p = tmp_path / f"{value}.gguf"
+        write_gguf(p, m, tensors)
+        with pytest.raises(err, match=value):
+            convert(p, tmp_path / "o.mgpt")
+        assert not (tmp_path / "o.mgpt").exists()
+    del tensors["blk.1.ffn_up.weight"]
+    write_gguf(tmp_path / "missing.gguf", meta, tensors)
+    with pytest.raises(ConvertError, match="missing"):
+        convert(tmp_path / "missing.gguf", tmp_path / "o.mgpt")
+    assert issubclass(ConvertError, MinigptError)

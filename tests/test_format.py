@@ -1,0 +1,117 @@
+import numpy as np
+import pytest
+
+from minigpt import quant
+from minigpt.config import Config
+from minigpt.errors import FormatError
+from minigpt.format import ALIGN, MgptFile, Writer
+
+CFG = Config(arch="llama", dim=64, n_layers=1, n_heads=4, n_kv_heads=2, hidden_dim=96, vocab_size=300, context_length=64)
+
+
+def write(path, tensors):
+    specs = [(n, q, a.shape if q in ("f32", "f16") else shape) for n, (q, a, shape) in tensors.items()]
+    with Writer(path, CFG, {"model": "gpt2", "tokens": ["a", "你"]}, "{{ x }}", specs) as w:
+        for n, (q, a, _) in tensors.items():
+            w.write(n, a)
+
+
+@pytest.fixture
+def sample_file(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((33, 64)).astype(np.float32)
+    tensors = {
+        "norm": ("f32", rng.standard_normal(64).astype(np.float32), None),
+        "w4": ("q4_1", quant.quantize(x, "q4_1"), (33, 64)),
+        "w8": ("q8_0", quant.quantize(x, "q8_0"), (33, 64)),
+        "h": ("f16", x.astype(np.float16), None),
+    }
+    path = tmp_path / "m.mgpt"
+    write(path, tensors)
+    return path, tensors
+
+
+def test_roundtrip_zero_copy_aligned(sample_file):
+    path, tensors = sample_file
+    f = MgptFile(path)
+    assert f.config == CFG and f.tokenizer["tokens"] == ["a", "你"] and f.chat_template == "{{ x }}"
+    for name, (q, a, _) in tensors.items():
+        t = f.tensor(name)
+        assert f.tensors[name].offset % ALIGN == 0
+        assert np.array_equal(t, a) and not t.flags.writeable and not t.flags.owndata
+    f.verify()
+
+
+def test_truncated_file_is_rejected(sample_file, tmp_path):
+    path, _ = sample_file
+    data = path.read_bytes()
+    for n in (0, 10, 30, len(data) // 2, len(data) - 1):
+        p = tmp_path / f"t{n}.mgpt"
+        p.write_bytes(data[:n])
+        with pytest.raises(FormatError):
+            MgptFile(p)
+
+
+def test_bit_flips_are_detected(sample_file, tmp_path):
+    path, _ = sample_file
+    data = bytearray(path.read_bytes())
+    f = MgptFile(path)
+    hdr = bytearray(data)
+    hdr[40] ^= 0x04                        # inside the JSON header
+    (tmp_path / "h.mgpt").write_bytes(hdr)
+    with pytest.raises(FormatError, match="checksum"):
+        MgptFile(tmp_path / "h.mgpt")
+    body = bytearray(data)
+    body[f.tensors["w4"].offset + 5] ^= 0x10   # inside tensor data: caught by verify()
+    (tmp_path / "b.mgpt").write_bytes(body)
+    g = MgptFile(tmp_path / "b.mgpt")          # opening reads no weights ...
+    with pytest.raises(FormatError, match="w4"):
+        g.verify()                              # ... verifying does
+
+
+def test_foreign_and_missing_files(tmp_path):
+    (tmp_path / "x.gguf").write_bytes(b"GGUF" + bytes(100))
+    with pytest.raises(FormatError, match="GGUF"):
+        MgptFile(tmp_path / "x.gguf")
+    (tmp_path / "r.bin").write_bytes(np.random.default_rng(0).bytes(1000))
+    with pytest.raises(FormatError):
+        MgptFile(tmp_path / "r.bin")
+    with pytest.raises(FormatError):
+        MgptFile(tmp_path / "missing.mgpt")
+
+
+def test_header_lies_are_caught(sample_file, tmp_path):
+    """A header with a consistent checksum but impossible tensor entries is still rejected."""
+    import json, struct, zlib
+    path, _ = sample_file
+    data = path.read_bytes()
+    hlen = struct.unpack_from("<Q", data, 8)[0]
+    meta = json.loads(data[24:24 + hlen])
+
+    def rewrite(mutate, name):
+        m = json.loads(json.dumps(meta))
+        mutate(m)
+        h = json.dumps(m, ensure_ascii=False, separators=(",", ":")).encode()
+        assert len(h) == hlen                  # same length keeps the data offset valid
+        p = tmp_path / name
+        p.write_bytes(data[:8] + struct.pack("<QI", hlen, zlib.crc32(h)) + data[20:24] + h + data[24 + hlen:])
+        return p
+
+    for i, mutate in enumerate([
+        lambda m: m["tensors"][1].update(shape=[99, 64]),           # more bytes than stored
+        lambda m: m["tensors"][1].update(offset=m["tensors"][1]["offset"] + 1),  # unaligned
+        lambda m: m["tensors"][2].update(offset=m["tensors"][1]["offset"]),      # overlapping
+        lambda m: m["tensors"][1].update(qtype="q9_9"),
+        lambda m: m["config"].update(n_heads=5),                    # not a multiple of n_kv_heads
+        lambda m: m.update(file_size=m["file_size"] + 64),
+    ]):
+        with pytest.raises(FormatError):
+            MgptFile(rewrite(mutate, f"lie{i}.mgpt"))
+
+
+def test_writer_is_atomic(tmp_path):
+    out = tmp_path / "m.mgpt"
+    with pytest.raises(RuntimeError):
+        with Writer(out, CFG, {}, None, [("a", "f32", (4,))]):
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
