@@ -1,0 +1,356 @@
+"""Byte-level BPE (GGUF tokenizer.ggml.model = "gpt2"), token for token what llama.cpp produces.
+
+encode: split out special-token texts -> pre-tokenize each text fragment (pretokenize.py) -> spell each
+piece's bytes as vocab characters -> merge by rank -> ids.  decode: ids -> bytes -> str.
+The llama.cpp behaviour reproduced here lives in src/llama-vocab.cpp (load, tokenize,
+tokenizer_st_partition, token_to_piece, detokenize).
+"""
+
+import codecs
+import enum
+import heapq
+import re
+from collections.abc import Iterable, Mapping, Sequence
+
+from minigpt.errors import TokenizerError
+from minigpt.tokenizer.pretokenize import CHAR_TO_BYTE, PreTokenizer, byte_encode, pre_tokenizer, split
+
+
+class Attr(enum.IntFlag):
+    """Per-token attributes (llama_token_attr)."""
+    UNKNOWN = 1
+    UNUSED = 2
+    NORMAL = 4
+    CONTROL = 8
+    USER_DEFINED = 16
+    BYTE = 32
+
+
+# GGUF tokenizer.ggml.token_type -> Attr; anything else (0 = undefined) has no attribute.
+_TYPE_TO_ATTR = {1: Attr.NORMAL, 2: Attr.UNKNOWN, 3: Attr.CONTROL, 4: Attr.USER_DEFINED,
+                 5: Attr.UNUSED, 6: Attr.BYTE}
+
+# llama.cpp finds end-of-generation tokens by their text (it says so itself: "obviously not ideal").
+_EOG_TEXTS = frozenset([
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
+    "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
+    "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
+    "<｜end▁of▁sentence｜>", "[e~[",
+])
+# Fill-in-the-middle tokens found by text when the file names none; pad/rep/sep also end generation.
+_FIM_TEXTS = {
+    "pre": ("<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>",
+            "<|code_prefix|>", "<|prefix|>"),
+    "suf": ("<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>",
+            "<|code_suffix|>", "<|suffix|>"),
+    "mid": ("<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>",
+            "<|code_middle|>", "<|middle|>"),
+    "pad": ("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"),
+    "rep": ("<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"),
+    "sep": ("<|file_sep|>",),
+}
+_GPT_OSS_RENDERED = ("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>")
+_BPE_DEFAULT_BOS_EOS = 11   # llama.cpp's default bos/eos for "gpt2" vocabs that name none
+_CACHE_LIMIT = 100_000      # pieces remembered by encode
+
+
+# --- building from GGUF fields
+
+def from_fields(fields: Mapping) -> "Tokenizer":
+    """Tokenizer from the GGUF 'tokenizer.ggml.*' keys with the prefix stripped."""
+    model = fields.get("model")
+    if model != "gpt2":
+        raise TokenizerError(f"unsupported tokenizer model tokenizer.ggml.model={model!r} "
+                             "(minigpt reads 'gpt2', byte-level BPE)")
+    pre = pre_tokenizer(fields.get("pre"))
+    if "tokens" not in fields or "merges" not in fields:
+        raise TokenizerError("GGUF tokenizer lacks tokenizer.ggml.tokens or tokenizer.ggml.merges")
+
+    # an empty token text gets a placeholder so that no two tokens share a text
+    tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(fields["tokens"])]
+    n = len(tokens)
+    types = fields.get("token_type")
+    if types is not None and len(types) < n:
+        raise TokenizerError(f"tokenizer.ggml.token_type has {len(types)} entries for {n} tokens")
+    attrs = [_TYPE_TO_ATTR.get(int(types[i]), Attr(0)) if types is not None else Attr.NORMAL
+             for i in range(n)]
+
+    def special_id(key: str, default: int | None) -> int | None:
+        if default is not None and default >= n:
+            default = None
+        value = fields.get(key)
+        return int(value) if value is not None and 0 <= int(value) < n else default
+
+    bos = special_id("bos_token_id", _BPE_DEFAULT_BOS_EOS)
+    eos = special_id("eos_token_id", _BPE_DEFAULT_BOS_EOS)
+    add_bos = bool(fields.get("add_bos_token", pre.add_bos))
+    if add_bos and bos is None:
+        raise TokenizerError("tokenizer.ggml.add_bos_token is true, but bos_token_id is not set")
+    eog = _end_of_generation(tokens, attrs, fields, special_id, eos)
+
+    ranks: dict[tuple[str, str], int] = {}
+    for rank, merge in enumerate(fields["merges"]):
+        cut = merge.find(" ", 1)
+        pair = (merge[:cut], merge[cut + 1:]) if cut >= 0 else ("", "")
+        ranks.setdefault(pair, rank)    # the first rank of a repeated merge wins
+    return Tokenizer(tokens, attrs, ranks, pre, bos_id=bos, eos_id=eos, eog_ids=eog, add_bos=add_bos)
+
+
+def _end_of_generation(tokens, attrs, fields, special_id, eos) -> frozenset[int]:
+    """End-of-generation ids, found as llama.cpp does; marks the tokens it finds as control (in place)."""
+    by_text = {t: i for i, t in enumerate(tokens)}
+    eog: set[int] = set()
+    for kind, texts in _FIM_TEXTS.items():
+        tid = special_id(f"fim_{kind}_token_id", None)
+        if tid is None:
+            # llama.cpp takes whichever candidate its hash map yields first; we take the lowest id
+            found = [by_text[t] for t in texts if t in by_text]
+            if found:
+                tid = min(found)
+                attrs[tid] |= Attr.CONTROL
+        if tid is not None and kind in ("pad", "rep", "sep"):
+            eog.add(tid)
+    for text in _EOG_TEXTS & by_text.keys():
+        eog.add(by_text[text])
+        attrs[by_text[text]] |= Attr.CONTROL
+    for text in _GPT_OSS_RENDERED:
+        if text in by_text:
+            attrs[by_text[text]] = Attr.USER_DEFINED
+    eog.update(i for i in (eos, special_id("eot_token_id", None), special_id("eom_token_id", None))
+               if i is not None)
+
+    eog_texts = {tokens[i] for i in eog}
+    has_call = bool({"<|call|>", "<|calls|>"} & eog_texts)
+    if "<|end|>" in eog_texts and has_call and ({"<|return|>", "<|flush|>"} & eog_texts):
+        end = by_text["<|end|>"]          # gpt-oss / solar-open: <|end|> ends a message, not the turn
+        eog.discard(end)
+        attrs[end] = Attr.USER_DEFINED
+    if {"<|tool_response>", "</s>"} <= eog_texts:
+        s = by_text["</s>"]               # gemma4 / paddleocr
+        eog.discard(s)
+        attrs[s] = Attr.NORMAL
+    return frozenset(eog)
+
+
+# --- the tokenizer
+
+class Tokenizer:
+    """A byte-level BPE vocabulary with llama.cpp's encode/decode.
+
+    Public: n_vocab, bos_id, eos_id (int | None), eog_ids (ids that end generation), add_bos (whether
+    the model wants a BOS in front of prompts), encode, decode, token_bytes, stream.
+    """
+
+    def __init__(self, tokens: Sequence[str], attrs: Sequence[Attr], ranks: dict[tuple[str, str], int],
+                 pre: PreTokenizer, *, bos_id: int | None, eos_id: int | None,
+                 eog_ids: Iterable[int], add_bos: bool):
+        self._tokens = list(tokens)
+        self._attrs = list(attrs)
+        self._ranks = ranks
+        self._pre = pre
+        self._patterns = pre.compiled()
+        self._ids: dict[str, int] = {}
+        for i, t in enumerate(self._tokens):
+            if self._ids.setdefault(t, i) != i:
+                raise TokenizerError(f"duplicate token in vocabulary: {t!r} has ids {self._ids[t]} and {i}")
+        self.bos_id, self.eos_id, self.add_bos = bos_id, eos_id, add_bos
+        self.eog_ids = frozenset(eog_ids)
+        self.n_vocab = len(self._tokens)
+
+        # Special-token texts are matched longest first (llama.cpp sorts by byte length; ties, which
+        # its unstable sort leaves in any order, go by id here). Control and unknown tokens only
+        # when parsing specials; user-defined ones always.
+        special = [i for i, a in enumerate(self._attrs)
+                   if a & (Attr.CONTROL | Attr.USER_DEFINED | Attr.UNKNOWN)]
+        special.sort(key=lambda i: -len(self._tokens[i].encode("utf-8", "surrogatepass")))
+        self._specials_parsed = [(i, self._tokens[i]) for i in special]
+        self._specials_always = [(i, self._tokens[i]) for i in special
+                                 if not self._attrs[i] & (Attr.CONTROL | Attr.UNKNOWN)]
+        self._cache: dict[str, tuple[int, ...]] = {}
+        self._pieces: list[bytes | None] = [None] * self.n_vocab
+
+    # --- encode
+
+    def encode(self, text: str, add_bos: bool = False, special: bool = False) -> list[int]:
+        """Token ids of `text`. special=True reads control/user-defined token texts as those tokens."""
+        ids: list[int] = []
+        if add_bos:
+            if self.bos_id is None:
+                raise TokenizerError("add_bos requested, but the vocabulary has no BOS token")
+            ids.append(self.bos_id)
+        for fragment in self._partition(text, special):
+            if isinstance(fragment, int):
+                ids.append(fragment)
+                continue
+            for piece in split(fragment, self._patterns):
+                word = byte_encode(piece)
+                cached = self._cache.get(word)
+                if cached is None:
+                    if len(self._cache) >= _CACHE_LIMIT:
+                        self._cache.clear()
+                    cached = self._cache[word] = self._bpe(word)
+                ids.extend(cached)
+        return ids
+
+    def _partition(self, text: str, special: bool) -> list[str | int]:
+        """`text` cut at every special-token text: str fragments and int ids."""
+        fragments: list[str | int] = [text] if text else []
+        for tid, tok in (self._specials_parsed if special else self._specials_always):
+            if not any(isinstance(f, str) and tok in f for f in fragments):
+                continue
+            out: list[str | int] = []
+            for f in fragments:
+                if isinstance(f, int) or tok not in f:
+                    out.append(f)
+                    continue
+                for k, part in enumerate(f.split(tok)):
+                    if k:
+                        out.append(tid)
+                    if part:
+                        out.append(part)
+            fragments = out
+        return fragments
+
+    def _bpe(self, word: str) -> tuple[int, ...]:
+        """Ids of one byte-encoded piece: merge the lowest-ranked adjacent pair, leftmost first."""
+        if self._pre.ignore_merges and word in self._ids:
+            return (self._ids[word],)
+        text = list(word)                    # symbol texts; '' once merged into its left neighbour
+        nxt = list(range(1, len(text))) + [-1]
+        prv = list(range(-1, len(text) - 1))
+        def pair(left: int, right: int) -> tuple | None:
+            rank = self._ranks.get((text[left], text[right])) if left >= 0 and right >= 0 else None
+            return None if rank is None else (rank, left, right, text[left], text[right])
+
+        heap = [p for p in (pair(i, i + 1) for i in range(len(text) - 1)) if p]
+        heapq.heapify(heap)
+        while heap:
+            _, left, right, lt, rt = heapq.heappop(heap)
+            if text[left] != lt or text[right] != rt:
+                continue                     # a symbol of this pair has changed since
+            text[left], text[right] = lt + rt, ""
+            nxt[left] = nxt[right]
+            if nxt[left] >= 0:
+                prv[nxt[left]] = left
+            for p in (pair(prv[left], left), pair(left, nxt[left])):
+                if p:
+                    heapq.heappush(heap, p)
+
+        ids: list[int] = []
+        for sym in text:
+            if not sym:
+                continue
+            tid = self._ids.get(sym)
+            if tid is not None:
+                ids.append(tid)
+                continue
+            # Not a token: llama.cpp looks up each byte of the symbol's UTF-8 spelling as a
+            # one-byte text and silently drops bytes with no such token.
+            for b in sym.encode("utf-8"):
+                tid = self._ids.get(bytes([b]).decode("utf-8", "surrogateescape"))
+                if tid is not None:
+                    ids.append(tid)
+        return tuple(ids)
+
+    # --- decode
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """Raw bytes of one token as llama.cpp renders it (control and unknown tokens -> b'')."""
+        if not 0 <= token_id < self.n_vocab:
+            raise TokenizerError(f"token id {token_id} is outside the vocabulary [0, {self.n_vocab})")
+        piece = self._pieces[token_id]
+        if piece is None:
+            piece = self._pieces[token_id] = self._render(token_id)
+        return piece
+
+    def _render(self, token_id: int) -> bytes:
+        attr, text = self._attrs[token_id], self._tokens[token_id]
+        if attr & (Attr.CONTROL | Attr.UNKNOWN):
+            return b""
+        if attr & Attr.USER_DEFINED:
+            return text.encode("utf-8", "surrogatepass")
+        if attr & Attr.NORMAL:
+            out = bytearray()
+            for ch in text:
+                b = CHAR_TO_BYTE.get(ch)
+                if b is not None:
+                    out.append(b)
+                else:   # not a byte-level character: llama.cpp writes a marker holding the token text
+                    out += b"[UNK_BYTE_0x" + ch.encode("utf-8", "surrogatepass").hex().encode()
+                    out += text.encode("utf-8", "surrogatepass") + b"]"
+            return bytes(out)
+        if attr & Attr.BYTE:    # "<0xAB>" spelling, parsed like C strtol on text[3:5]
+            m = re.match(r"\s*([+-]?)([0-9a-fA-F]*)", text[3:5])
+            value = int(m[2] or "0", 16)
+            return bytes([(-value if m[1] == "-" else value) & 0xFF])
+        return b""              # undefined / unused tokens render as nothing
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of `ids` as llama_detokenize(remove_special=False, unparse_special=False) gives it."""
+        data = bytearray(b"".join(self.token_bytes(i) for i in ids))
+        if self._pre.clean_spaces:
+            data = _clean_spaces(data)
+        return data.decode("utf-8", "replace")
+
+    def stream(self) -> "StreamDecoder":
+        return StreamDecoder(self)
+
+
+class StreamDecoder:
+    """Token-by-token decoding that only ever returns whole characters.
+
+    A character whose bytes span several tokens is held back until it is complete; bytes that can
+    never form a character come out as U+FFFD. Unlike decode(), no space clean-up is applied.
+    """
+
+    def __init__(self, tokenizer: Tokenizer):
+        self._tokenizer = tokenizer
+        self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def push(self, token_id: int) -> str:
+        return self._utf8.decode(self._tokenizer.token_bytes(token_id))
+
+    def flush(self) -> str:
+        """Whatever is held back (an unfinished character comes out as U+FFFD); resets the stream."""
+        return self._utf8.decode(b"", final=True)
+
+
+def _clean_spaces(t: bytearray) -> bytearray:
+    """llama.cpp's clean_spaces passes over detokenized bytes, reproduced byte for byte.
+
+    They compact the buffer in place and look back at bytes they may already have rewritten, so this
+    mirrors their loops rather than using str.replace.
+    """
+    sp, apos = ord(" "), ord("'")
+    # 1: " ?" " !" " ." " ," lose the space
+    n, total = len(t), min(len(t), 1)
+    for i in range(1, n):
+        x = t[i]
+        if t[i - 1] == sp and x in b"?!.,":
+            total -= 1
+        t[total] = x
+        total += 1
+    # 2: " ' " -> "'"
+    n, total, i = total, min(total, 1), 1
+    while i < n:
+        x = t[i]
+        if x == apos and i + 1 < n and t[i - 1] == sp and t[i + 1] == sp:
+            total -= 1
+            i += 1
+            t[i] = 0
+        t[total] = x
+        total += 1
+        i += 1
+    # 3: " 's" " 'm" " 're" " 've" lose the space (" 't" " 'd" " 'll" keep it)
+    n, total = total, min(total, 1)
+    for i in range(1, n):
+        x = t[i]
+        if t[i - 1] == sp and x == apos and i + 1 < n:
+            x1 = t[i + 1]
+            if x1 in b"sm":
+                total -= 1
+            elif x1 not in b"td" and i + 2 < n and bytes((x1, t[i + 2])) in (b"re", b"ve"):
+                total -= 1
+        t[total] = x
+        total += 1
+    return t[:total]
