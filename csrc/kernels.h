@@ -1,0 +1,135 @@
+/* minigpt CPU kernels: quantized matmul, row gather and dequantization over ggml's block layout.
+ *
+ * The kernels are a leaf: pointers and sizes only. They trust every size they are given, so the caller
+ * (minigpt/kernels/_core.pyx) checks dtype, contiguity, shape and bounds first.
+ *
+ * Layout of one stored row of k logical elements (k a multiple of MG_QK for block types):
+ *   f32   k float32                f16  k fp16
+ *   q8_0  per block: fp16 d, int8 q[32]                          x = d*q
+ *   q4_0  per block: fp16 d, uint8 qs[16] (elem j low nibble,    x = d*(q-8)
+ *                                          elem j+16 high nibble)
+ *   q4_1  per block: fp16 d, fp16 m, uint8 qs[16] (same order)   x = d*q + m
+ * fp16 fields are little-endian and unaligned; they are read byte by byte.
+ *
+ * Per-type work goes through function pointers in mg_traits (and mg_gemm_kernel for the float tile
+ * product). These start as the portable C99 versions; an ISA-specific variant (AVX2, NEON) replaces a
+ * slot at run time after CPU detection, without touching the drivers in matmul.c.
+ */
+#ifndef MINIGPT_KERNELS_H
+#define MINIGPT_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(_MSC_VER) && !defined(__cplusplus)
+#define restrict __restrict
+#endif
+
+/* GCC's loop vectorizer, given a block loop whose fixed-size inner loops it has fully unrolled, likes
+ * to vectorize across blocks (or across the k dimension of a tile) with gathers and shuffles; SLP on
+ * the unrolled body is what we want there. Functions shaped like that opt out of loop vectorization. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define MG_SLP_ONLY __attribute__((optimize("no-tree-loop-vectorize")))
+#else
+#define MG_SLP_ONLY
+#endif
+
+/* Weight type codes; _core.pyx maps the names 'f32', 'f16', 'q8_0', 'q4_0', 'q4_1' onto these. */
+enum mg_qtype { MG_F32 = 0, MG_F16 = 1, MG_Q8_0 = 2, MG_Q4_0 = 3, MG_Q4_1 = 4, MG_NQTYPES = 5 };
+
+#define MG_QK 32 /* elements per block of the block types */
+
+/* Error codes returned by the entry points (0 = success). */
+#define MG_OK 0
+#define MG_EQTYPE 1 /* unknown qtype code */
+#define MG_ENOMEM 2 /* scratch allocation failed */
+
+/* --- per-type kernels (the ISA slots) --------------------------------------------------------- */
+
+/* w: the blocks covering k elements of one row (k a multiple of the block size) -> y[k] */
+typedef void (*mg_dequant_fn)(const void *restrict w, float *restrict y, int64_t k);
+
+/* sum over j < k of W[j] * x[j], W being k elements of one stored row; accumulates in float32 */
+typedef float (*mg_vec_dot_fn)(int64_t k, const void *restrict w, const float *restrict x);
+
+typedef struct {
+    const char *name;
+    int64_t block;       /* elements per block (1 for f32, f16) */
+    int64_t block_bytes; /* bytes per block */
+    mg_dequant_fn dequant;
+    mg_vec_dot_fn vec_dot;
+} mg_type_traits;
+
+extern mg_type_traits mg_traits[MG_NQTYPES];
+
+/* Float tile product: acc[r][i] = sum over j < kc of w[r*ldw + j] * xp[j*mi + i], for r < nr, i < mi.
+ * w: dequantized weight rows (nr, ldw); xp: a packed input panel (kc, mi), inputs side by side. */
+typedef void (*mg_gemm_tile_fn)(int64_t kc, const float *restrict w, int64_t ldw,
+                                const float *restrict xp, float *restrict acc);
+
+typedef struct {
+    int nr; /* weight rows per tile   (<= MG_GEMM_MAX_NR) */
+    int mi; /* input rows per panel   (<= MG_GEMM_MAX_MI) */
+    mg_gemm_tile_fn tile;
+} mg_gemm_kernel;
+
+#define MG_GEMM_MAX_NR 8
+#define MG_GEMM_MAX_MI 16
+
+extern mg_gemm_kernel mg_gemm;
+
+/* fp16 bits -> float32, exact for every value. Branch-free (so loops around it vectorize) and free of
+ * denormal float arithmetic (so it holds under flush-to-zero): subnormals come from an int -> float. */
+static inline float mg_fp16_to_fp32(uint16_t h) {
+    union { uint32_t u; float f; } n, s;
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    const uint32_t em = h & 0x7fffu;
+    /* rebias the exponent: +112 for normal numbers, +224 so that inf/nan land on exponent 255 */
+    n.u = (em << 13) + ((112u + 112u * (uint32_t)(em >= 0x7c00u)) << 23);
+    s.f = (float)(int32_t)em * (1.0f / 16777216.0f); /* zero and subnormals: em * 2^-24 */
+    const uint32_t sub = 0u - (uint32_t)(em < 0x0400u);
+    n.u = (n.u & ~sub) | (s.u & sub) | sign;
+    return n.f;
+}
+
+static inline uint16_t mg_rd16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+
+/* --- entry points ----------------------------------------------------------------------------- */
+
+/* out[n, rows] = x[n, cols] @ W^T, W stored as `qtype` rows of cols elements. Uses the thread pool. */
+int mg_matmul(const float *restrict x, const void *restrict w, float *restrict out, int qtype,
+              int64_t n, int64_t rows, int64_t cols);
+
+/* out[i, :] = W[ids[i], :] for i < n_ids; every id must already be in [0, rows). Single-threaded. */
+int mg_get_rows(const void *restrict w, int qtype, const int64_t *restrict ids, int64_t n_ids,
+                int64_t cols, float *restrict out);
+
+/* out[rows, cols] = W. Single-threaded. */
+int mg_dequantize(const void *restrict w, int qtype, int64_t rows, int64_t cols, float *restrict out);
+
+/* bytes of one stored row of cols elements, or -1 for an unknown qtype */
+int64_t mg_row_bytes(int qtype, int64_t cols);
+
+/* --- thread pool (threadpool.c) --------------------------------------------------------------- */
+
+#define MG_MAX_THREADS 256
+
+/* a share of a parallel job: thread ith of nth; must not fail and must not block on other shares */
+typedef void (*mg_task_fn)(void *arg, int ith, int nth);
+
+/* Run fn(arg, i, nth) for every i < nth, the caller taking i = 0; returns when all are done.
+ * nth = min(threads set, max_nth): max_nth <= 1 runs fn on the caller without waking anyone.
+ * Parallel calls from several threads are serialized. */
+void mg_parallel(mg_task_fn fn, void *arg, int max_nth);
+
+/* Threads used by mg_parallel, caller included (1..MG_MAX_THREADS). Returns 0, or an errno value if
+ * workers could not be started (then fewer run; mg_get_threads tells how many). Idle workers spin
+ * briefly after each job before they sleep, so n should not exceed the free cores. */
+int mg_set_threads(int n);
+int mg_get_threads(void);
+
+/* Stop and join the workers (at interpreter exit). mg_parallel afterwards runs single-threaded until
+ * mg_set_threads is called again. */
+void mg_shutdown(void);
+
+#endif /* MINIGPT_KERNELS_H */

@@ -1,0 +1,165 @@
+/* Per-type kernels, portable C99: dequantize a row, dot a stored row with a float vector.
+ *
+ * Written for the auto-vectorizer: fixed-trip inner loops over the 16 byte pairs of a block, and
+ * sums kept in 16 independent lanes (acc[16]) so no reassociation (-ffast-math) is needed to use
+ * SIMD registers. The lanes are added up once at the end of the row.
+ */
+#include "kernels.h"
+
+#define LANES 16
+
+/* A plain loop on purpose: a tree of array sums here makes GCC vectorize the block loops across
+ * blocks (gathers) instead of within a block, at half the speed. */
+static float sum_lanes(const float *acc) {
+    float s = 0.0f;
+    for (int j = 0; j < LANES; j++) s += acc[j];
+    return s;
+}
+
+/* --- f32 ----------------------------------------------------------------------------------------- */
+
+static void dequant_f32(const void *restrict vw, float *restrict y, int64_t k) {
+    const float *restrict w = (const float *)vw;
+    for (int64_t j = 0; j < k; j++) y[j] = w[j];
+}
+
+static float vec_dot_f32(int64_t k, const void *restrict vw, const float *restrict x) {
+    const float *restrict w = (const float *)vw;
+    float acc[LANES] = {0};
+    int64_t j = 0;
+    for (; j + LANES <= k; j += LANES)
+        for (int l = 0; l < LANES; l++) acc[l] += w[j + l] * x[j + l];
+    float s = sum_lanes(acc);
+    for (; j < k; j++) s += w[j] * x[j];
+    return s;
+}
+
+/* --- f16 ----------------------------------------------------------------------------------------- */
+
+static void dequant_f16(const void *restrict vw, float *restrict y, int64_t k) {
+    const uint8_t *restrict w = (const uint8_t *)vw;
+    for (int64_t j = 0; j < k; j++) y[j] = mg_fp16_to_fp32(mg_rd16(w + 2 * j));
+}
+
+static float vec_dot_f16(int64_t k, const void *restrict vw, const float *restrict x) {
+    const uint8_t *restrict w = (const uint8_t *)vw;
+    float acc[LANES] = {0};
+    int64_t j = 0;
+    for (; j + LANES <= k; j += LANES) {
+        float t[LANES];
+        for (int l = 0; l < LANES; l++) t[l] = mg_fp16_to_fp32(mg_rd16(w + 2 * (j + l)));
+        for (int l = 0; l < LANES; l++) acc[l] += t[l] * x[j + l];
+    }
+    float s = sum_lanes(acc);
+    for (; j < k; j++) s += mg_fp16_to_fp32(mg_rd16(w + 2 * j)) * x[j];
+    return s;
+}
+
+/* --- q8_0: fp16 d, int8 q[32] ---------------------------------------------------------------------- */
+
+static void dequant_q8_0(const void *restrict vw, float *restrict y, int64_t k) {
+    const uint8_t *restrict w = (const uint8_t *)vw;
+    const int64_t nb = k / MG_QK; /* hoisted: recomputed in the loop test it derails GCC */
+    for (int64_t b = 0; b < nb; b++, w += 34, y += MG_QK) {
+        const float d = mg_fp16_to_fp32(mg_rd16(w));
+        const int8_t *restrict q = (const int8_t *)(w + 2);
+        for (int j = 0; j < MG_QK; j++) y[j] = d * (float)q[j];
+    }
+}
+
+static float vec_dot_q8_0(int64_t k, const void *restrict vw, const float *restrict x) {
+    const uint8_t *restrict w = (const uint8_t *)vw;
+    float acc[LANES] = {0};
+    const int64_t nb = k / MG_QK; /* hoisted: recomputed in the loop test it derails GCC */
+    for (int64_t b = 0; b < nb; b++, w += 34, x += MG_QK) {
+        const float d = mg_fp16_to_fp32(mg_rd16(w));
+        const int8_t *restrict q = (const int8_t *)(w + 2);
+        float s[LANES];
+        for (int j = 0; j < 16; j++) s[j] = (float)q[j] * x[j] + (float)q[j + 16] * x[j + 16];
+        for (int j = 0; j < 16; j++) acc[j] += d * s[j];
+    }
+    return sum_lanes(acc);
+}
+
+/* --- q4_0: fp16 d, 16 bytes of nibbles ------------------------------------------------------------- */
+
+MG_SLP_ONLY static void dequant_q4_0(const void *restrict vw, float *restrict y, int64_t k) {
+    const uint8_t *restrict w = (const uint8_t *)vw;
+    const int64_t nb = k / MG_QK; /* hoisted: recomputed in the loop test it derails GCC */
+    for (int64_t b = 0; b < nb; b++, w += 18, y += MG_QK) {
+        const float d = mg_fp16_to_fp32(mg_rd16(w));
+        const uint8_t *restrict qs = w + 2;
+        for (int j = 0; j < 16; j++) {
+            y[j] = d * (float)((int)(qs[j] & 0x0F) - 8);
+            y[j + 16] = d * (float)((int)(qs[j] >> 4) - 8);
+        }
+    }
+}
+
+static float vec_dot_q4_0(int64_t k, const void *restrict vw, const float *restrict x) {
+    const uint8_t *restrict w = (const uint8_t *)vw;
+    float acc[LANES] = {0};
+    const int64_t nb = k / MG_QK; /* hoisted: recomputed in the loop test it derails GCC */
+    for (int64_t b = 0; b < nb; b++, w += 18, x += MG_QK) {
+        const float d = mg_fp16_to_fp32(mg_rd16(w));
+        const uint8_t *restrict qs = w + 2;
+        float s[LANES];
+        for (int j = 0; j < 16; j++)
+            s[j] = (float)((int)(qs[j] & 0x0F) - 8) * x[j] + (float)((int)(qs[j] >> 4) - 8) * x[j + 16];
+        for (int j = 0; j < 16; j++) acc[j] += d * s[j];
+    }
+    return sum_lanes(acc);
+}
+
+/* --- q4_1: fp16 d, fp16 m, 16 bytes of nibbles ---------------------------------------------------- */
+
+MG_SLP_ONLY static void dequant_q4_1(const void *restrict vw, float *restrict y, int64_t k) {
+    const uint8_t *restrict w = (const uint8_t *)vw;
+    const int64_t nb = k / MG_QK; /* hoisted: recomputed in the loop test it derails GCC */
+    for (int64_t b = 0; b < nb; b++, w += 20, y += MG_QK) {
+        const float d = mg_fp16_to_fp32(mg_rd16(w));
+        const float m = mg_fp16_to_fp32(mg_rd16(w + 2));
+        const uint8_t *restrict qs = w + 4;
+        for (int j = 0; j < 16; j++) {
+            y[j] = d * (float)(qs[j] & 0x0F) + m;
+            y[j + 16] = d * (float)(qs[j] >> 4) + m;
+        }
+    }
+}
+
+static float vec_dot_q4_1(int64_t k, const void *restrict vw, const float *restrict x) {
+    /* sum (d*q + m)*x = d * sum q*x + m * sum x, per block */
+    const uint8_t *restrict w = (const uint8_t *)vw;
+    float acc[LANES] = {0}, accm[LANES] = {0};
+    const int64_t nb = k / MG_QK; /* hoisted: recomputed in the loop test it derails GCC */
+    for (int64_t b = 0; b < nb; b++, w += 20, x += MG_QK) {
+        const float d = mg_fp16_to_fp32(mg_rd16(w));
+        const float m = mg_fp16_to_fp32(mg_rd16(w + 2));
+        const uint8_t *restrict qs = w + 4;
+        float s[LANES], sx[LANES];
+        for (int j = 0; j < 16; j++) {
+            s[j] = (float)(qs[j] & 0x0F) * x[j] + (float)(qs[j] >> 4) * x[j + 16];
+            sx[j] = x[j] + x[j + 16];
+        }
+        for (int j = 0; j < 16; j++) {
+            acc[j] += d * s[j];
+            accm[j] += m * sx[j];
+        }
+    }
+    return sum_lanes(acc) + sum_lanes(accm);
+}
+
+/* --- the table -------------------------------------------------------------------------------------- */
+
+mg_type_traits mg_traits[MG_NQTYPES] = {
+    [MG_F32] = {"f32", 1, 4, dequant_f32, vec_dot_f32},
+    [MG_F16] = {"f16", 1, 2, dequant_f16, vec_dot_f16},
+    [MG_Q8_0] = {"q8_0", MG_QK, 34, dequant_q8_0, vec_dot_q8_0},
+    [MG_Q4_0] = {"q4_0", MG_QK, 18, dequant_q4_0, vec_dot_q4_0},
+    [MG_Q4_1] = {"q4_1", MG_QK, 20, dequant_q4_1, vec_dot_q4_1},
+};
+
+int64_t mg_row_bytes(int qtype, int64_t cols) {
+    if (qtype < 0 || qtype >= MG_NQTYPES) return -1;
+    return cols / mg_traits[qtype].block * mg_traits[qtype].block_bytes;
+}

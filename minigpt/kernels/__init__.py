@@ -1,0 +1,48 @@
+"""Kernel backends: the same functions on each, over arrays and shapes only.
+
+    matmul(x, w, qtype, out=None)      x: float32 [n, cols], w: stored [rows, ...] -> float32 [n, rows] = x @ W^T
+    get_rows(w, qtype, ids, out=None)  -> float32 [len(ids), cols]   (embedding lookup)
+    dequantize(w, qtype)               -> float32 [rows, cols]
+    set_threads(n) / get_threads()     threads matmul uses (the numpy backend only records n)
+
+Backends: 'c' (compiled, minigpt/kernels/_core.pyx over csrc/; the default when it is built) and
+'numpy' (numpy_ref.py, the oracle). Stored weight layouts are described in minigpt/quant.py.
+"""
+
+import os
+
+from minigpt.errors import MinigptError
+from minigpt.kernels import numpy_ref
+
+try:
+    from minigpt.kernels import _core
+except ImportError as e:  # not built: python setup.py build_ext --inplace, or pip install .
+    _core = None
+    _core_error = e
+
+ENV_VAR = "MINIGPT_BACKEND"
+
+_BACKENDS = {"numpy": numpy_ref}
+if _core is not None:
+    _BACKENDS["c"] = _core
+
+
+def available_backends():
+    """Names of the backends that can be used here, the default first."""
+    return sorted(_BACKENDS, key=lambda name: name != default_backend())
+
+
+def default_backend():
+    return "c" if "c" in _BACKENDS else "numpy"
+
+
+def get_backend(name=None):
+    """The backend module called `name`; None reads $MINIGPT_BACKEND, else the default."""
+    if name is None:
+        name = os.environ.get(ENV_VAR) or default_backend()
+    if name in _BACKENDS:
+        return _BACKENDS[name]
+    if name == "c":
+        raise MinigptError(f"the compiled backend 'c' is not built ({_core_error}); "
+                           f"available: {', '.join(available_backends())}")
+    raise MinigptError(f"unknown kernel backend {name!r}; available: {', '.join(available_backends())}")

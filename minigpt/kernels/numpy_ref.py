@@ -1,0 +1,111 @@
+"""The NumPy backend: quant.dequantize + `@`. The oracle every other backend is tested against.
+
+It checks its arguments exactly as the compiled backend does (same ValueErrors for the same bad
+input), so code written against it behaves the same on every backend.
+"""
+
+import numpy as np
+
+from minigpt import quant
+
+name = "numpy"
+
+_MAX_THREADS = 256
+_threads = 1
+
+
+# --- boundary checks (mirror _core.pyx) ----------------------------------------------------------
+
+def _check_array(a, what, dtype, writeable=False):
+    if not isinstance(a, np.ndarray):
+        raise ValueError(f"{what} must be a numpy array, got {type(a).__name__}")
+    if a.dtype != dtype:
+        raise ValueError(f"{what} must have dtype {np.dtype(dtype)}, got {a.dtype}")
+    if a.ndim != 2:
+        raise ValueError(f"{what} must be 2-D, got shape {a.shape}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{what} must be C-contiguous (use np.ascontiguousarray)")
+    if not a.flags.aligned:
+        raise ValueError(f"{what} is not aligned for {a.dtype}")
+    if writeable and not a.flags.writeable:
+        raise ValueError(f"{what} is read-only")
+    return a
+
+
+def _check_weight(w, qtype):
+    """-> (rows, cols) of a stored weight of qtype."""
+    if not isinstance(qtype, str) or qtype not in quant.QTYPES:
+        raise ValueError(f"unknown qtype {qtype!r}; expected one of {', '.join(quant.QTYPES)}")
+    block, block_bytes = quant.QTYPES[qtype]
+    dtype = {"f32": np.float32, "f16": np.float16}.get(qtype, np.uint8)
+    _check_array(w, "w", dtype)
+    rows, width = w.shape
+    if block == 1:
+        return rows, width
+    if width % block_bytes:
+        raise ValueError(f"a {qtype} weight row of {width} bytes is not a multiple of {block_bytes}")
+    return rows, width // block_bytes * block
+
+
+def _check_out(out, n, cols, inputs):
+    if out is None:
+        return np.empty((n, cols), dtype=np.float32)
+    _check_array(out, "out", np.float32, writeable=True)
+    if out.shape != (n, cols):
+        raise ValueError(f"out has shape {out.shape}, expected {(n, cols)}")
+    for a in inputs:
+        if out.size and a.size and np.may_share_memory(out, a):
+            raise ValueError("out overlaps an input array")
+    return out
+
+
+# --- kernels -------------------------------------------------------------------------------------
+
+def matmul(x, w, qtype, out=None):
+    """x: float32 [n, cols], w: stored [rows, ...] -> out float32 [n, rows] = x @ W^T."""
+    rows, cols = _check_weight(w, qtype)
+    _check_array(x, "x", np.float32)
+    if x.shape[1] != cols:
+        raise ValueError(f"x has {x.shape[1]} columns, the {qtype} weight has {cols}")
+    out = _check_out(out, x.shape[0], rows, (x, w))
+    np.matmul(x, quant.dequantize(w, qtype, cols).T, out=out)
+    return out
+
+
+def get_rows(w, qtype, ids, out=None):
+    """Embedding lookup: float32 [len(ids), cols], row i = W[ids[i]]."""
+    rows, cols = _check_weight(w, qtype)
+    ids = np.asarray(ids)
+    if ids.ndim != 1:
+        raise ValueError(f"ids must be 1-D, got shape {ids.shape}")
+    if ids.size and not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"ids must be integers, got dtype {ids.dtype}")
+    ids = ids.astype(np.int64)
+    bad = np.flatnonzero((ids < 0) | (ids >= rows))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"id {ids[i]} at position {i} is out of range for {rows} rows")
+    out = _check_out(out, ids.shape[0], cols, (w,))
+    out[...] = quant.dequantize(w[ids], qtype, cols)
+    return out
+
+
+def dequantize(w, qtype):
+    """Stored weight -> float32 [rows, cols]."""
+    _, cols = _check_weight(w, qtype)
+    return quant.dequantize(w, qtype, cols)
+
+
+# --- threads (recorded only: NumPy runs its own) -------------------------------------------------
+
+def set_threads(n):
+    global _threads
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise ValueError(f"threads must be an integer, got {n!r}")
+    if n < 1 or n > _MAX_THREADS:
+        raise ValueError(f"threads={n} is out of range 1..{_MAX_THREADS}")
+    _threads = int(n)
+
+
+def get_threads():
+    return _threads

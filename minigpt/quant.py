@@ -1,0 +1,232 @@
+"""NumPy quantizers: the oracle every kernel is tested against.
+
+Weights are stored in ggml's block layout, unchanged, so a GGUF's Q4_0 / Q4_1 / Q8_0 tensor carries
+over byte for byte. A 2-D weight W of logical shape [rows, cols] is stored row-major:
+
+    f32   float32 [rows, cols]
+    f16   float16 [rows, cols]
+    q8_0  per block of 32: fp16 d, 32 x int8 q                    x = d*q        34 bytes/block
+    q4_0  per block of 32: fp16 d, 16 bytes of nibbles            x = d*(q-8)    18 bytes/block
+    q4_1  per block of 32: fp16 d, fp16 m, 16 bytes of nibbles    x = d*q + m    20 bytes/block
+
+Nibble order (q4_0, q4_1): byte j of a block holds element j in its low nibble and element j+16 in its
+high nibble. fp16 fields are little-endian IEEE half. A block-quantized W is uint8 [rows, nb*block_bytes]
+with nb = cols/32.
+
+Everything here is vectorized over blocks; the only Python loop walks chunks of rows to bound the size
+of temporaries on large tensors.
+"""
+
+import numpy as np
+
+# name -> (block_size, block_bytes); float types are "blocks" of one element.
+QTYPES = {
+    "f32": (1, 4),
+    "f16": (1, 2),
+    "q8_0": (32, 34),
+    "q4_0": (32, 18),
+    "q4_1": (32, 20),
+}
+
+_FLOAT_DTYPES = {"f32": np.dtype(np.float32), "f16": np.dtype(np.float16)}
+_CHUNK_ELEMS = 1 << 20  # elements quantized per step: keeps float64 temporaries ~8 MB
+
+
+def _check_qtype(qtype):
+    if not isinstance(qtype, str) or qtype not in QTYPES:
+        raise ValueError(f"unknown qtype {qtype!r}; expected one of {', '.join(QTYPES)}")
+    return QTYPES[qtype]
+
+
+def row_bytes(qtype, cols):
+    """Bytes one stored row of `cols` logical elements takes; ValueError if cols does not fit the blocks."""
+    block, block_bytes = _check_qtype(qtype)
+    cols = int(cols)
+    if cols < 0 or cols % block:
+        raise ValueError(f"cols={cols} is not a non-negative multiple of the {qtype} block size {block}")
+    return cols // block * block_bytes
+
+
+def storage_shape(qtype, rows, cols):
+    """Shape of the stored array for a [rows, cols] weight; ValueError if cols is not a multiple of the block."""
+    rows = int(rows)
+    if rows < 0:
+        raise ValueError(f"rows={rows} is negative")
+    nbytes = row_bytes(qtype, cols)
+    if qtype in _FLOAT_DTYPES:
+        return (rows, int(cols))
+    return (rows, nbytes)
+
+
+# --- fp16 fields ---------------------------------------------------------------------------------
+
+def _f16_bytes(v):
+    # v: float32 [nb, 1] -> uint8 [nb, 2]; astype rounds to nearest even, as GGML_FP32_TO_FP16 does
+    return v.astype("<f2").view(np.uint8)
+
+
+def _f16_field(blocks, start):
+    # blocks: uint8 [nb, block_bytes] -> float32 [nb, 1] read from bytes start, start+1
+    return np.ascontiguousarray(blocks[:, start:start + 2]).view("<f2").astype(np.float32)
+
+
+def _pack_nibbles(q):
+    # q: uint8 [nb, 32] in 0..15 -> [nb, 16]; element j low nibble, element j+16 high nibble
+    return q[:, :16] | (q[:, 16:] << np.uint8(4))
+
+
+def _unpack_nibbles(qs):
+    # qs: uint8 [nb, 16] -> uint8 [nb, 32]
+    return np.concatenate([qs & np.uint8(0x0F), qs >> np.uint8(4)], axis=1)
+
+
+def _roundf(v):
+    # C roundf: halves away from zero. Not floor(|v| + 0.5), which float32 rounding breaks at 0.49999997.
+    a = np.abs(v)
+    fl = np.floor(a)
+    return np.copysign(fl + (a - fl >= 0.5), v)
+
+
+# --- block quantizers: blocks float32 [nb, 32] -> uint8 [nb, block_bytes] ------------------------
+
+def _quantize_q8_0(b):
+    d = np.abs(b).max(axis=1, keepdims=True) / np.float32(127)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d == 0, np.float32(0), np.float32(1) / d)
+    q = _roundf(b * inv).astype(np.int8)
+    return np.concatenate([_f16_bytes(d), q.view(np.uint8)], axis=1)
+
+
+def _quantize_q4_0(b):
+    # The signed value of largest magnitude maps to -8 exactly (d = max/-8), so one side gets 8 levels.
+    imax = np.abs(b).argmax(axis=1)[:, None]  # first occurrence, like the C strict '<'
+    vmax = np.take_along_axis(b, imax, axis=1)
+    d = vmax / np.float32(-8)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d == 0, np.float32(0), np.float32(1) / d)
+    # x*id + 8.5f as FMA builds of ggml compute it (gguf-py does the same): the float64 product is
+    # exact, so the result is rounded once in the add (to float64) and once more to float32.
+    t = (b.astype(np.float64) * inv.astype(np.float64) + 8.5).astype(np.float32)
+    q = np.minimum(np.trunc(t), 15).astype(np.uint8)
+    return np.concatenate([_f16_bytes(d), _pack_nibbles(q)], axis=1)
+
+
+def _quantize_q4_1(b):
+    vmin = b.min(axis=1, keepdims=True)
+    vmax = b.max(axis=1, keepdims=True)
+    d = (vmax - vmin) / np.float32(15)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d == 0, np.float32(0), np.float32(1) / d)
+    t = (b - vmin) * inv + np.float32(0.5)  # separate float32 roundings, as ggml and gguf-py do
+    q = np.minimum(np.trunc(t), 15).astype(np.uint8)
+    return np.concatenate([_f16_bytes(d), _f16_bytes(vmin), _pack_nibbles(q)], axis=1)
+
+
+# --- block dequantizers: uint8 [nb, block_bytes] -> float32 [nb, 32] -----------------------------
+
+def _dequantize_q8_0(blk):
+    return _f16_field(blk, 0) * blk[:, 2:].view(np.int8).astype(np.float32)
+
+
+def _dequantize_q4_0(blk):
+    q = _unpack_nibbles(blk[:, 2:]).astype(np.float32) - np.float32(8)
+    return _f16_field(blk, 0) * q
+
+
+def _dequantize_q4_1(blk):
+    q = _unpack_nibbles(blk[:, 4:]).astype(np.float32)
+    return _f16_field(blk, 0) * q + _f16_field(blk, 2)
+
+
+_QUANTIZE = {"q8_0": _quantize_q8_0, "q4_0": _quantize_q4_0, "q4_1": _quantize_q4_1}
+_DEQUANTIZE = {"q8_0": _dequantize_q8_0, "q4_0": _dequantize_q4_0, "q4_1": _dequantize_q4_1}
+
+
+def _positive_cols(cols):
+    # a 1-D weight is a flat run of rows; only a positive row length can split it
+    if cols is None or int(cols) <= 0:
+        raise ValueError(f"a 1-D weight needs a positive cols, got {cols!r}")
+    return int(cols)
+
+
+# --- public API ----------------------------------------------------------------------------------
+
+def quantize(x, qtype):
+    """Quantize float32 x [..., cols] along its last axis -> the stored form (see the module docstring).
+
+    f32 is a copy; f16 rounds to nearest even (|x| > 65504 becomes inf). The block types follow ggml's reference quantizers
+    (quantize_row_*_ref) bit for bit:
+      q8_0  d = amax/127 (float32), q = roundf(x/d), halves away from zero.
+      q4_0  d = max/-8 where max is the signed value of largest |x| (first one on ties);
+            q = min(15, trunc(x*(1/d) + 8.5)), the multiply-add fused as with FMA (float64, then float32).
+      q4_1  d = (max-min)/15, m = min; q = min(15, trunc((x-m)*(1/d) + 0.5)), float32 at each step.
+    d and m are rounded to fp16 only when stored; the codes use the float32 d. An all-zero block stores
+    d = 0 (q4_0: -0.0) and codes 0 (q4_0: 8). Non-finite input raises ValueError for block types.
+    """
+    block, block_bytes = _check_qtype(qtype)
+    x = np.asarray(x)
+    if x.ndim < 1:
+        raise ValueError(f"x must have at least 1 dimension, got shape {x.shape}")
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise ValueError(f"x must be a real number array, got dtype {x.dtype}")
+    x = x.astype(np.float32, copy=False)
+    if qtype in _FLOAT_DTYPES:
+        with np.errstate(over="ignore"):  # beyond fp16 range -> inf, as ggml does
+            return np.ascontiguousarray(x, dtype=_FLOAT_DTYPES[qtype])
+
+    cols = x.shape[-1]
+    nbytes = row_bytes(qtype, cols)
+    if not np.isfinite(x).all():
+        bad = x.reshape(-1)[~np.isfinite(x.reshape(-1))][0]
+        raise ValueError(f"cannot quantize non-finite value {bad} to {qtype}")
+    rows = x.reshape(int(np.prod(x.shape[:-1])), cols)
+    out = np.empty((rows.shape[0], nbytes), dtype=np.uint8)
+    step = max(1, _CHUNK_ELEMS // max(cols, 1))
+    fn = _QUANTIZE[qtype]
+    for r0 in range(0, rows.shape[0], step):
+        chunk = rows[r0:r0 + step]
+        blocks = chunk.reshape(-1, block)
+        out[r0:r0 + step] = fn(blocks).reshape(chunk.shape[0], nbytes)
+    return out.reshape(*x.shape[:-1], nbytes)
+
+
+def dequantize(w, qtype, cols=None):
+    """Stored weight -> float32 [rows, cols].
+
+    w is what quantize() returns (2-D), or raw uint8 bytes of that form, 1-D or 2-D. `cols` is the
+    logical row length; it is required for a 1-D w and checked against w otherwise.
+    """
+    block, block_bytes = _check_qtype(qtype)
+    w = np.asarray(w)
+    if qtype in _FLOAT_DTYPES:
+        want = _FLOAT_DTYPES[qtype]
+        if w.dtype == np.uint8 and w.ndim >= 1:
+            if w.shape[-1] % want.itemsize:
+                raise ValueError(f"a {qtype} row of {w.shape[-1]} bytes is not a multiple of {want.itemsize}")
+            w = np.ascontiguousarray(w).view(want)  # raw bytes of a float tensor
+        if w.dtype != want:
+            raise ValueError(f"a {qtype} weight must have dtype {want} (or uint8 bytes), got {w.dtype}")
+        if w.ndim == 1:
+            w = w.reshape(-1, _positive_cols(cols))
+        if w.ndim != 2:
+            raise ValueError(f"weight must be 2-D, got shape {w.shape}")
+        if cols is not None and w.shape[1] != int(cols):
+            raise ValueError(f"cols={cols} does not match the weight's {w.shape[1]} columns")
+        return w.astype(np.float32)
+
+    if w.dtype != np.uint8:
+        raise ValueError(f"a {qtype} weight must have dtype uint8, got {w.dtype}")
+    if w.ndim == 1:
+        nbytes = row_bytes(qtype, _positive_cols(cols))
+        if w.size % nbytes:
+            raise ValueError(f"{w.size} bytes is not a whole number of {qtype} rows of cols={cols}")
+        w = w.reshape(-1, nbytes)
+    if w.ndim != 2:
+        raise ValueError(f"weight must be 2-D, got shape {w.shape}")
+    if w.shape[1] % block_bytes:
+        raise ValueError(f"a {qtype} row of {w.shape[1]} bytes is not a multiple of {block_bytes}")
+    n_cols = w.shape[1] // block_bytes * block
+    if cols is not None and int(cols) != n_cols:
+        raise ValueError(f"cols={cols} does not match the weight's {n_cols} columns")
+    blocks = np.ascontiguousarray(w).reshape(-1, block_bytes)
+    return _DEQUANTIZE[qtype](blocks).reshape(w.shape[0], n_cols)

@@ -1,0 +1,273 @@
+"""Every kernel backend against its NumPy twin (numpy_ref), on random inputs with odd shapes."""
+
+import multiprocessing
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from minigpt import quant
+from minigpt.errors import MinigptError
+from minigpt.kernels import available_backends, get_backend, numpy_ref
+
+QTYPES = list(quant.QTYPES)
+BACKENDS = available_backends()
+RTOL = 1e-5  # of sum |x_j * W_ij|: float32 rounding in a different summation order stays far below
+
+
+@pytest.fixture(params=BACKENDS)
+def be(request):
+    backend = get_backend(request.param)
+    yield backend
+    backend.set_threads(1)
+
+
+def weight(rng, rows, cols, qtype):
+    w = rng.standard_normal((rows, cols)).astype(np.float32)
+    w *= rng.uniform(0.01, 10, size=(rows, 1)).astype(np.float32)
+    return quant.quantize(w, qtype)
+
+
+def inputs(rng, n, cols):
+    return (rng.standard_normal((n, cols)) * 3).astype(np.float32)
+
+
+def assert_matmul_close(got, x, w, qtype):
+    want = numpy_ref.matmul(x, w, qtype)
+    scale = np.abs(x) @ np.abs(quant.dequantize(w, qtype)).T
+    bad = np.abs(got - want) > RTOL * scale + 1e-30
+    assert not bad.any(), f"{bad.sum()} of {bad.size} outputs differ, e.g. {got[bad][:3]} vs {want[bad][:3]}"
+
+
+def test_c_backend_is_built():
+    assert "c" in BACKENDS, "the compiled backend is missing: python setup.py build_ext --inplace"
+    assert BACKENDS[0] == "c"
+
+
+# --- agreement with the NumPy twin -----------------------------------------------------------------
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("qtype", QTYPES)
+def test_matmul_matches_reference(be, qtype, threads):
+    be.set_threads(threads)
+    assert be.get_threads() == threads
+    rng = np.random.default_rng(threads)
+    for cols in (32, 96, 576):
+        for rows in (1, 7, 33, 257):
+            w = weight(rng, rows, cols, qtype)
+            for n in (1, 2, 5, 17):
+                x = inputs(rng, n, cols)
+                out = be.matmul(x, w, qtype)
+                assert out.shape == (n, rows) and out.dtype == np.float32
+                assert_matmul_close(out, x, w, qtype)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("qtype", ["q4_1", "q8_0"])
+def test_matmul_large_prefill(be, qtype, threads):
+    # more inputs than one packed group, cols spanning several column chunks
+    be.set_threads(threads)
+    rng = np.random.default_rng(11)
+    w = weight(rng, 70, 1056, qtype)
+    x = inputs(rng, 300, 1056)
+    assert_matmul_close(be.matmul(x, w, qtype), x, w, qtype)
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+def test_dequantize_and_get_rows_are_exact(be, qtype):
+    # d*q (+ m) is exact in float32 for every type, so any backend must agree bit for bit
+    rng = np.random.default_rng(2)
+    for rows, cols in ((1, 32), (7, 96), (33, 576)):
+        w = weight(rng, rows, cols, qtype)
+        full = be.dequantize(w, qtype)
+        np.testing.assert_array_equal(full, quant.dequantize(w, qtype))
+        ids = rng.integers(0, rows, size=9)
+        ids[:2] = [0, rows - 1]
+        np.testing.assert_array_equal(be.get_rows(w, qtype, ids), full[ids])
+        np.testing.assert_array_equal(be.get_rows(w, qtype, ids.tolist()), full[ids])
+
+
+def test_every_f16_bit_pattern(be):
+    # inf, nan payloads, subnormals, -0: the conversion must match NumPy's bit for bit
+    w = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).reshape(2048, 32)
+    got = be.dequantize(w, "f16")
+    np.testing.assert_array_equal(got.view(np.uint32), w.astype(np.float32).view(np.uint32))
+    x = np.eye(32, dtype=np.float32)[:3]
+    np.testing.assert_array_equal(be.matmul(x, w[:300], "f16"), w[:300, :3].T.astype(np.float32))  # finite rows
+
+
+def test_out_argument_is_filled_and_returned(be):
+    rng = np.random.default_rng(3)
+    w = weight(rng, 33, 96, "q4_0")
+    x = inputs(rng, 5, 96)
+    out = np.full((5, 33), np.nan, np.float32)
+    assert be.matmul(x, w, "q4_0", out=out) is out
+    assert_matmul_close(out, x, w, "q4_0")
+    rows_out = np.full((2, 96), np.nan, np.float32)
+    assert be.get_rows(w, "q4_0", [3, 4], out=rows_out) is rows_out
+    np.testing.assert_array_equal(rows_out, quant.dequantize(w, "q4_0")[[3, 4]])
+
+
+def test_read_only_weights(be):
+    # weights are read-only mmap views in the engine
+    rng = np.random.default_rng(4)
+    w = weight(rng, 7, 64, "q4_1")
+    w.setflags(write=False)
+    x = inputs(rng, 3, 64)
+    assert_matmul_close(be.matmul(x, w, "q4_1"), x, w, "q4_1")
+    np.testing.assert_array_equal(be.get_rows(w, "q4_1", [6]), quant.dequantize(w, "q4_1")[[6]])
+
+
+def test_empty_shapes(be):
+    w = weight(np.random.default_rng(5), 7, 64, "q8_0")
+    assert be.matmul(np.zeros((0, 64), np.float32), w, "q8_0").shape == (0, 7)
+    assert be.get_rows(w, "q8_0", np.zeros(0, np.int64)).shape == (0, 64)
+    assert be.get_rows(w, "q8_0", []).shape == (0, 64)
+
+
+# --- bad input is a ValueError, never a crash ------------------------------------------------------
+
+def bad_matmul_calls():
+    x = np.zeros((2, 64), np.float32)
+    w = np.zeros((3, 40), np.uint8)  # q4_1, 64 cols
+    return [
+        ("qtype", (x, w, "q5_1"), {}),
+        ("qtype", (x, w, None), {}),
+        ("dtype", (x.astype(np.float64), w, "q4_1"), {}),
+        ("dtype", (x, w.astype(np.int8), "q4_1"), {}),
+        ("dtype", (x, np.zeros((3, 64), np.float64), "f32"), {}),
+        ("dtype", (x, np.zeros((3, 64), np.float32), "f16"), {}),
+        ("2-D", (x[0], w, "q4_1"), {}),
+        ("2-D", (x, w.reshape(-1), "q4_1"), {}),
+        ("2-D", (x[None], w, "q4_1"), {}),
+        ("numpy array", (x.tolist(), w, "q4_1"), {}),
+        ("contiguous", (np.zeros((64, 2), np.float32).T, w, "q4_1"), {}),
+        ("contiguous", (np.zeros((2, 128), np.float32)[:, ::2], w, "q4_1"), {}),
+        ("contiguous", (x, np.zeros((3, 80), np.uint8)[:, :40], "q4_1"), {}),
+        ("columns", (np.zeros((2, 96), np.float32), w, "q4_1"), {}),
+        ("multiple of 20", (x, np.zeros((3, 41), np.uint8), "q4_1"), {}),
+        ("multiple of 18", (x, w, "q4_0"), {}),
+        ("shape", (x, w, "q4_1"), {"out": np.zeros((3, 2), np.float32)}),
+        ("dtype", (x, w, "q4_1"), {"out": np.zeros((2, 3), np.float64)}),
+        ("contiguous", (x, w, "q4_1"), {"out": np.zeros((3, 2), np.float32).T}),
+        ("read-only", (x, w, "q4_1"), {"out": np.zeros((2, 3), np.float32, order="C")[:]}),
+    ]
+
+
+@pytest.mark.parametrize("i", range(len(bad_matmul_calls())))
+def test_matmul_rejects_bad_input(be, i):
+    match, args, kwargs = bad_matmul_calls()[i]
+    if match == "read-only":
+        kwargs["out"].setflags(write=False)
+    with pytest.raises(ValueError, match=match):
+        be.matmul(*args, **kwargs)
+
+
+def test_matmul_rejects_overlapping_out(be):
+    buf = np.zeros((2, 64), np.float32)
+    w = np.zeros((64, 64), np.float32)
+    with pytest.raises(ValueError, match="overlap"):
+        be.matmul(buf, w, "f32", out=buf)
+    with pytest.raises(ValueError, match="overlap"):
+        be.matmul(np.zeros((2, 64), np.float32), w, "f32", out=w[:2])
+
+
+@pytest.mark.parametrize("ids, match", [
+    ([0, 7], "7"), ([-1], "-1"), ([[0, 1]], "1-D"), ([0.0, 1.0], "integers"), (np.array([2**40]), "range")])
+def test_get_rows_rejects_bad_ids(be, ids, match):
+    w = np.zeros((7, 36), np.uint8)  # q4_0, 64 cols
+    with pytest.raises(ValueError, match=match):
+        be.get_rows(w, "q4_0", ids)
+
+
+def test_get_rows_rejects_bad_out(be):
+    w = np.zeros((7, 36), np.uint8)
+    with pytest.raises(ValueError, match="shape"):
+        be.get_rows(w, "q4_0", [1, 2], out=np.zeros((2, 32), np.float32))
+
+
+def test_dequantize_rejects_bad_weight(be):
+    with pytest.raises(ValueError, match="multiple of 34"):
+        be.dequantize(np.zeros((2, 35), np.uint8), "q8_0")
+    with pytest.raises(ValueError, match="qtype"):
+        be.dequantize(np.zeros((2, 34), np.uint8), "Q8_0")
+
+
+@pytest.mark.parametrize("n", [0, -1, 100000, 1.5, "2", True])
+def test_set_threads_rejects_bad_counts(be, n):
+    with pytest.raises(ValueError):
+        be.set_threads(n)
+
+
+# --- threads ---------------------------------------------------------------------------------------
+
+def test_concurrent_calls_from_python_threads(be):
+    # the compiled backend releases the GIL; its one pool must serve callers one job at a time
+    be.set_threads(2)
+    rng = np.random.default_rng(6)
+    w = weight(rng, 257, 576, "q4_1")
+    xs = [inputs(rng, n, 576) for n in (1, 17, 2, 40, 1, 5, 64, 3)]
+    with ThreadPoolExecutor(4) as ex:
+        outs = list(ex.map(lambda x: be.matmul(x, w, "q4_1"), xs * 3))
+    for x, out in zip(xs * 3, outs):
+        assert_matmul_close(out, x, w, "q4_1")
+
+
+def _matmul_in_child(name, conn):
+    be = get_backend(name)
+    rng = np.random.default_rng(7)
+    w = weight(rng, 257, 576, "q8_0")
+    x = inputs(rng, 9, 576)
+    got = be.matmul(x, w, "q8_0")
+    conn.send(bool(np.allclose(got, numpy_ref.matmul(x, w, "q8_0"), rtol=1e-4, atol=1e-3)))
+
+
+@pytest.mark.skipif(sys.platform == "win32" or "fork" not in multiprocessing.get_all_start_methods(),
+                    reason="needs fork()")
+def test_pool_survives_fork(be):
+    be.set_threads(2)
+    be.matmul(inputs(np.random.default_rng(8), 9, 64), weight(np.random.default_rng(8), 64, 64, "f32"), "f32")
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_matmul_in_child, args=(be.name, child))
+    proc.start()
+    proc.join(timeout=60)
+    if proc.is_alive():
+        proc.kill()
+        pytest.fail("matmul deadlocked in a forked child")
+    assert proc.exitcode == 0 and parent.recv() is True
+
+
+# --- choosing a backend ----------------------------------------------------------------------------
+
+def test_get_backend_by_name_and_env(monkeypatch):
+    assert get_backend("numpy") is numpy_ref
+    assert "numpy" in available_backends()
+    monkeypatch.setenv("MINIGPT_BACKEND", "numpy")
+    assert get_backend() is numpy_ref
+    monkeypatch.delenv("MINIGPT_BACKEND")
+    assert get_backend().name == available_backends()[0]
+
+
+def test_unknown_backend_lists_available(monkeypatch):
+    with pytest.raises(MinigptError, match="numpy"):
+        get_backend("cuda")
+    monkeypatch.setenv("MINIGPT_BACKEND", "nope")
+    with pytest.raises(MinigptError, match="nope"):
+        get_backend()
+
+
+def test_every_backend_has_the_same_functions():
+    for name in BACKENDS:
+        be = get_backend(name)
+        assert be.name == name
+        for fn in ("matmul", "get_rows", "dequantize", "set_threads", "get_threads"):
+            assert callable(getattr(be, fn)), (name, fn)
+
+
+def test_numpy_backend_records_threads():
+    numpy_ref.set_threads(3)
+    assert numpy_ref.get_threads() == 3
+    numpy_ref.set_threads(1)
+

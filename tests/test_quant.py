@@ -1,0 +1,248 @@
+"""minigpt.quant: the NumPy quantizers every kernel is checked against."""
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from minigpt import quant
+
+BLOCK_TYPES = ["q8_0", "q4_0", "q4_1"]
+
+
+def f16_bytes(v):
+    return list(np.array([v], dtype="<f2").view(np.uint8))
+
+
+# --- layout ----------------------------------------------------------------------------------------
+
+def test_qtypes_table():
+    assert quant.QTYPES == {
+        "f32": (1, 4), "f16": (1, 2), "q8_0": (32, 34), "q4_0": (32, 18), "q4_1": (32, 20)}
+
+
+@pytest.mark.parametrize("qtype, shape", [
+    ("f32", (3, 96)), ("f16", (3, 96)), ("q8_0", (3, 102)), ("q4_0", (3, 54)), ("q4_1", (3, 60))])
+def test_storage_shape(qtype, shape):
+    assert quant.storage_shape(qtype, 3, 96) == shape
+    x = np.zeros((3, 96), np.float32)
+    assert quant.quantize(x, qtype).shape == shape
+
+
+@pytest.mark.parametrize("qtype", BLOCK_TYPES)
+@pytest.mark.parametrize("cols", [33, 16, 100, -32])
+def test_storage_shape_rejects_partial_blocks(qtype, cols):
+    with pytest.raises(ValueError, match=str(cols)):
+        quant.storage_shape(qtype, 4, cols)
+
+
+def test_storage_shape_rejects_bad_args():
+    with pytest.raises(ValueError, match="q5_k"):
+        quant.storage_shape("q5_k", 1, 32)
+    with pytest.raises(ValueError, match="-1"):
+        quant.storage_shape("q8_0", -1, 32)
+
+
+# --- blocks worked out by hand from the spec -------------------------------------------------------
+
+def test_q8_0_hand_block():
+    # amax = 127 -> d = 1 exactly, so q = roundf(x): halves go away from zero (2.5 -> 3, -0.5 -> -1)
+    x = np.zeros(32, np.float32)
+    x[:8] = [127, -127, 2.5, -2.5, 0.5, -0.5, 1.49, -1.51]
+    w = quant.quantize(x[None], "q8_0")
+    q = [127, -127, 3, -3, 1, -1, 1, -2] + [0] * 24
+    expected = f16_bytes(1.0) + list(np.array(q, np.int8).view(np.uint8))
+    assert w.tolist() == [expected]
+    np.testing.assert_array_equal(quant.dequantize(w, "q8_0")[0], np.array(q, np.float32))
+
+
+def test_q4_0_hand_block():
+    # the largest |x| is -8, so d = -8/-8 = 1 and q = min(15, trunc(x + 8.5))
+    x = np.zeros(32, np.float32)
+    x[[0, 1, 2, 3]] = [-8, 0.5, 7.6, 1.0]
+    x[[16, 17, 18, 19]] = [7, -0.5, -7.6, -1.0]
+    # q: x0 0, x1 9, x2 15 (16.1 clipped), x3 9 | x16 15, x17 8, x18 0 (0.9), x19 7; zeros -> 8
+    qs = [0x00 | 0xF0, 0x09 | 0x80, 0x0F | 0x00, 0x09 | 0x70] + [0x88] * 12
+    w = quant.quantize(x[None], "q4_0")
+    assert w.tolist() == [f16_bytes(1.0) + qs]
+    y = quant.dequantize(w, "q4_0")[0]
+    assert y[[0, 1, 2, 3]].tolist() == [-8, 1, 7, 1]
+    assert y[[16, 17, 18, 19]].tolist() == [7, 0, -8, -1]
+    assert not y[4:16].any() and not y[20:].any()
+
+
+def test_q4_0_positive_max_gives_negative_scale():
+    x = np.zeros((1, 32), np.float32)
+    x[0, 5] = 8.0
+    w = quant.quantize(x, "q4_0")
+    assert w[0, :2].tolist() == f16_bytes(-1.0)
+    assert w[0, 2 + 5] & 0x0F == 0  # 8 * (1/-1) + 8.5 = 0.5 -> 0
+    assert quant.dequantize(w, "q4_0")[0, 5] == 8.0
+
+
+def test_q4_1_hand_block():
+    # min -1, max 14 -> d = 1, m = -1, q = min(15, trunc(x - m + 0.5))
+    x = np.full(32, -1.0, np.float32)
+    x[[0, 1]] = [-1, 0.4]
+    x[[16, 17]] = [14, 0.5]
+    qs = [0x00 | 0xF0, 0x01 | 0x20] + [0x00] * 14
+    w = quant.quantize(x[None], "q4_1")
+    assert w.tolist() == [f16_bytes(1.0) + f16_bytes(-1.0) + qs]
+    y = quant.dequantize(w, "q4_1")[0]
+    assert y[[0, 1, 16, 17]].tolist() == [-1, 0, 14, 1]
+
+
+@pytest.mark.parametrize("qtype, block", [
+    ("q8_0", [0, 0] + [0] * 32),
+    ("q4_0", [0, 0x80] + [0x88] * 16),  # d = 0.0/-8 = -0.0, as in ggml
+    ("q4_1", [0, 0, 0, 0] + [0] * 16)])
+def test_all_zero_block(qtype, block):
+    w = quant.quantize(np.zeros((2, 32), np.float32), qtype)
+    assert w.tolist() == [block, block]
+    assert not quant.dequantize(w, qtype).any()
+
+
+def test_f16_is_round_to_nearest_even():
+    x = np.array([[1.0, 1.0 + 2.0**-11, 1.0 + 3 * 2.0**-11, 65520.0]], np.float32)
+    w = quant.quantize(x, "f16")
+    assert w.dtype == np.float16
+    assert quant.dequantize(w, "f16").tolist() == [[1.0, 1.0, 1.0 + 2.0**-9, np.inf]]
+
+
+# --- bit-exact known vectors (reference bytes produced by llama.cpp's gguf-py 0.19.0) --------------
+
+GOLDEN_SHA256 = {
+    "q8_0": "abe11e1493276701977cfe752d7c17ba296f2d0ac854b9ba19d38350a81d710d",
+    "q4_0": "6f7e5e3f0e8a7707b97940ac76b8f585ab6806c047e8bdc5be46d705e92d4161",
+    "q4_1": "b822e641489e5505f97697064c522807453bee2af08dca1385c988039e20debe",
+    "f16": "7b604fba53bd1aeb0471aac9b63ec18922ac3685f8b25cda19bee749835405a4",
+}
+
+
+def golden_input():
+    # exact integer arithmetic then one float division: the same float32s on every platform
+    i = np.arange(8 * 256, dtype=np.int64)
+    x = (((i * 7919) % 1000 - 500) / 37.0).astype(np.float32).reshape(8, 256)
+    x[1, 32:64] = 0
+    x[2, :32] = 3.0
+    x[3, :32] *= np.float32(1e-6)
+    return x
+
+
+@pytest.mark.parametrize("qtype", sorted(GOLDEN_SHA256))
+def test_matches_ggml_reference_bytes(qtype):
+    w = quant.quantize(golden_input(), qtype)
+    assert hashlib.sha256(np.ascontiguousarray(w).tobytes()).hexdigest() == GOLDEN_SHA256[qtype]
+
+
+# --- error bounds ----------------------------------------------------------------------------------
+
+def random_weights(rng, rows=64, cols=256):
+    x = rng.standard_normal((rows, cols)).astype(np.float32)
+    x *= rng.uniform(1e-3, 1e3, size=(rows, 1)).astype(np.float32)  # rows of very different scale
+    x[0] += 5.0  # a row far from zero-mean, where q4_1's offset matters
+    return x
+
+
+def per_block(x, fn):
+    return fn(x.reshape(-1, 32), axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_q8_0_error_bound(seed):
+    x = random_weights(np.random.default_rng(seed))
+    err = np.abs(quant.dequantize(quant.quantize(x, "q8_0"), "q8_0") - x).reshape(-1, 32)
+    amax = per_block(np.abs(x), np.max)
+    # half a step, plus the fp16 rounding of d (relative 2^-11) times the largest code
+    assert (err <= amax * (0.5 / 127 + 2.0**-11) * 1.001).all()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_q4_0_error_bound(seed):
+    x = random_weights(np.random.default_rng(seed))
+    err = np.abs(quant.dequantize(quant.quantize(x, "q4_0"), "q4_0") - x).reshape(-1, 32)
+    amax = per_block(np.abs(x), np.max)
+    # half a step, except the +8 side, which is clipped to 7 steps: up to a whole step there
+    assert (err <= amax * (1 / 8 + 2.0**-10) * 1.001).all()
+    assert np.median(err / amax) < 1 / 16
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_q4_1_error_bound(seed):
+    x = random_weights(np.random.default_rng(seed))
+    err = np.abs(quant.dequantize(quant.quantize(x, "q4_1"), "q4_1") - x).reshape(-1, 32)
+    lo, hi = per_block(x, np.min), per_block(x, np.max)
+    step = (hi - lo) / 15
+    # half a step, plus fp16 rounding of d (times up to 15 codes) and of m
+    assert (err <= (step * (0.5 + 15 * 2.0**-11) + np.abs(lo) * 2.0**-11) * 1.001).all()
+
+
+def test_relative_rms_error_ordering():
+    x = np.random.default_rng(3).standard_normal((128, 512)).astype(np.float32)
+    rel = {q: np.sqrt(np.mean((quant.dequantize(quant.quantize(x, q), q) - x) ** 2)) / x.std()
+           for q in quant.QTYPES}
+    assert rel["f32"] == 0
+    assert rel["f16"] < 1e-3 < rel["q8_0"] < 0.01
+    assert rel["q4_1"] < rel["q4_0"] < 0.15
+
+
+# --- argument handling -----------------------------------------------------------------------------
+
+def test_quantize_along_last_axis_of_any_rank():
+    x = np.random.default_rng(4).standard_normal((2, 3, 64)).astype(np.float32)
+    w = quant.quantize(x, "q4_1")
+    assert w.shape == (2, 3, 40)
+    np.testing.assert_array_equal(w.reshape(6, 40), quant.quantize(x.reshape(6, 64), "q4_1"))
+
+
+def test_quantize_is_chunk_independent(monkeypatch):
+    x = np.random.default_rng(5).standard_normal((37, 96)).astype(np.float32)
+    whole = quant.quantize(x, "q4_0")
+    monkeypatch.setattr(quant, "_CHUNK_ELEMS", 200)  # a few rows per chunk
+    np.testing.assert_array_equal(quant.quantize(x, "q4_0"), whole)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_quantize_rejects_non_finite(bad):
+    x = np.zeros((1, 32), np.float32)
+    x[0, 3] = bad
+    with pytest.raises(ValueError, match=str(bad)):
+        quant.quantize(x, "q8_0")
+
+
+def test_quantize_rejects_bad_args():
+    with pytest.raises(ValueError, match="q3"):
+        quant.quantize(np.zeros((1, 32), np.float32), "q3")
+    with pytest.raises(ValueError, match="48"):
+        quant.quantize(np.zeros((1, 48), np.float32), "q4_0")
+    with pytest.raises(ValueError, match="dimension"):
+        quant.quantize(np.float32(1.0), "q8_0")
+    with pytest.raises(ValueError, match="dtype"):
+        quant.quantize(np.array([["a"] * 32]), "q8_0")
+
+
+@pytest.mark.parametrize("qtype", BLOCK_TYPES)
+def test_dequantize_flat_bytes_with_cols(qtype):
+    x = np.random.default_rng(6).standard_normal((3, 64)).astype(np.float32)
+    w = quant.quantize(x, qtype)
+    np.testing.assert_array_equal(quant.dequantize(w.reshape(-1), qtype, cols=64), quant.dequantize(w, qtype))
+    with pytest.raises(ValueError, match="cols"):
+        quant.dequantize(w.reshape(-1), qtype)
+    with pytest.raises(ValueError, match="96"):
+        quant.dequantize(w, qtype, cols=96)
+    with pytest.raises(ValueError, match="multiple"):
+        quant.dequantize(w[:, :-1], qtype)
+    with pytest.raises(ValueError, match="uint8"):
+        quant.dequantize(w.astype(np.int16), qtype)
+
+
+@pytest.mark.parametrize("qtype", ["f32", "f16"])
+def test_dequantize_float_types_from_raw_bytes(qtype):
+    x = np.random.default_rng(7).standard_normal((3, 10)).astype(np.float32)
+    w = quant.quantize(x, qtype)
+    expect = w.astype(np.float32)
+    np.testing.assert_array_equal(quant.dequantize(w, qtype), expect)
+    np.testing.assert_array_equal(quant.dequantize(w.view(np.uint8), qtype), expect)
+    np.testing.assert_array_equal(quant.dequantize(w.view(np.uint8).reshape(-1), qtype, cols=10), expect)
+    with pytest.raises(ValueError, match="dtype"):
+        quant.dequantize(x.astype(np.float64), qtype)
