@@ -183,16 +183,19 @@ def generate(model, prompt, max_tokens, temperature, top_k, top_p, min_p, repeat
     if echo:
         click.echo(prompt, nl=False)
     t0 = time.perf_counter()
-    n = 0
+    n_prompt = None
     for piece in m.generate(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                             min_p=min_p, repeat_penalty=repeat_penalty, seed=seed, stop=stop):
+        if n_prompt is None:   # the first piece arrives after the prefill
+            n_prompt, t_prefill = m.n_past - 1, time.perf_counter() - t0
         sys.stdout.write(piece)
         sys.stdout.flush()
-        n += 1
     sys.stdout.write("\n")
-    if stats:
-        dt = time.perf_counter() - t0
-        _log(f"[{m.n_past} tokens in context, {n} pieces in {dt:.2f} s, backend {m.kern.name}, {m.threads} threads]")
+    if stats and n_prompt is not None:
+        dt = time.perf_counter() - t0 - t_prefill
+        n_gen = m.n_past - n_prompt
+        _log(f"[prompt {n_prompt} tokens in {t_prefill:.2f} s; generated {n_gen} tokens in {dt:.2f} s "
+             f"({n_gen / max(dt, 1e-9):.1f} tok/s); backend {m.kern.name}, {m.threads} threads]")
 
 
 def main():

@@ -1,5 +1,7 @@
 """Prefill and decode over a preallocated KV cache; the token loop. The engine yields, the CLI prints."""
 
+import mmap
+
 import numpy as np
 
 from .config import Config
@@ -17,19 +19,25 @@ class ContextFullError(MinigptError):
 class KVCache:
     """Keys and values of every position so far: k, v: [n_layers, n_kv_heads, n_ctx, head_dim] float32.
 
-    np.zeros maps untouched pages lazily, so a long n_ctx costs memory only as it fills.
+    Backed by anonymous mmaps, whose pages are committed 4 KiB at a time as the context fills, so a
+    long n_ctx costs memory only when used. (np.zeros would ask for transparent huge pages, and the
+    first token would then zero a 2 MiB page per layer and head: ~2 s at n_ctx 8192.)
     """
 
     def __init__(self, cfg: Config, n_ctx):
         shape = (cfg.n_layers, cfg.n_kv_heads, n_ctx, cfg.head_dim)
-        self.k = np.zeros(shape, dtype=np.float32)
-        self.v = np.zeros(shape, dtype=np.float32)
+        self.k, self.v = _lazy_zeros(shape), _lazy_zeros(shape)
         self.n_ctx = n_ctx
         self.tokens = []          # the ids whose K/V are in the cache, in order
 
     @property
     def pos(self):
         return len(self.tokens)
+
+
+def _lazy_zeros(shape):
+    nbytes = int(np.prod(shape)) * 4
+    return np.frombuffer(mmap.mmap(-1, max(nbytes, 1)), dtype=np.float32, count=nbytes // 4).reshape(shape)
 
 
 class Engine:
