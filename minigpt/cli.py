@@ -20,22 +20,24 @@ def _log(msg):
 
 
 class _Progress:
-    """A byte-count progress bar on stderr, fed by increments."""
+    """A byte-count progress bar on stderr, fed by increments; drawn from the first increment on."""
 
     def __init__(self, label, total):
-        self.bar = click.progressbar(length=max(1, total), label=label, file=sys.stderr, width=32,
-                                     show_percent=True, show_eta=True)
-        self.bar.__enter__()
-        self.done = 0
+        self.label, self.total, self.bar, self.done = label, max(1, total), None, 0
 
     def __call__(self, n):
-        n = min(n, self.bar.length - self.done)
+        if self.bar is None:
+            self.bar = click.progressbar(length=self.total, label=self.label, file=sys.stderr, width=32,
+                                         show_percent=True, show_eta=True)
+            self.bar.__enter__()
+        n = min(n, self.total - self.done)
         self.done += n
         self.bar.update(n)
 
     def close(self):
-        self.bar.update(self.bar.length - self.done)
-        self.bar.__exit__(None, None, None)
+        if self.bar is not None:
+            self.bar.update(self.total - self.done)
+            self.bar.__exit__(None, None, None)
 
 
 def _convert_with_bar(src, out, quant):
