@@ -120,3 +120,19 @@ def test_converted_file_is_bit_exact_copy(smollm2_gguf, smollm2_mgpt):
     assert np.array_equal(f.tensor("layers.7.wq"), g.tensors["blk.7.attn_q.weight"].data)
     assert np.array_equal(f.tensor("tok_embd"), g.tensors["token_embd.weight"].data)
     assert f.tensors["tok_embd"].qtype == "q8_0" and f.config.tied_embeddings
+
+
+def test_greedy_equals_transformers_token_for_token(smollm2_mgpt):
+    """The f32 path's greedy continuations are transformers' own (tools/make_greedy_reference.py)."""
+    m = minigpt.load(smollm2_mgpt, backend="numpy")
+    for row in json.loads((FIX / "smollm2_greedy_hf.json").read_text()):
+        assert m.tokenize(row["prompt"], special=True) == row["ids"]
+        m.reset()
+        logits, got = m.eval(row["ids"]), []
+        while len(got) < len(row["greedy"]) + 1 and len(got) < 40:
+            t = int(np.argmax(logits))
+            if t == 2:
+                break
+            got.append(t)
+            logits = m.eval([t])
+        assert got == row["greedy"], row["prompt"]
