@@ -11,9 +11,14 @@
  *   q4_1  per block: fp16 d, fp16 m, uint8 qs[16] (same order)   x = d*q + m
  * fp16 fields are little-endian and unaligned; they are read byte by byte.
  *
+ * Activations for the integer path (mg_matmul_q8) are quantized per row, in blocks of 32, to
+ *   q8    per block: float32 d, float32 s, int8 q[32]            x ~ d*q,  s = d * sum(q)
+ * with d = amax/127 and q = x*(1/d) rounded to nearest even (so |q| <= 127, never -128).
+ *
  * Per-type work goes through function pointers in mg_traits (and mg_gemm_kernel for the float tile
- * product). These start as the portable C99 versions; an ISA-specific variant (AVX2, NEON) replaces a
- * slot at run time after CPU detection, without touching the drivers in matmul.c.
+ * product, mg_quantize_row_q8 for activations). These start as the portable C99 versions (quants.c);
+ * mg_cpu_init (cpu.c) replaces slots once, at import, with an ISA-specific variant (quants_avx2.c)
+ * after CPU detection, without touching the drivers in matmul.c.
  */
 #ifndef MINIGPT_KERNELS_H
 #define MINIGPT_KERNELS_H
@@ -38,11 +43,20 @@
 enum mg_qtype { MG_F32 = 0, MG_F16 = 1, MG_Q8_0 = 2, MG_Q4_0 = 3, MG_Q4_1 = 4, MG_NQTYPES = 5 };
 
 #define MG_QK 32 /* elements per block of the block types */
+#define MG_Q8_BLOCK_BYTES 40 /* sizeof(mg_block_q8) */
 
 /* Error codes returned by the entry points (0 = success). */
 #define MG_OK 0
 #define MG_EQTYPE 1 /* unknown qtype code */
 #define MG_ENOMEM 2 /* scratch allocation failed */
+#define MG_EISA 3   /* instruction set not supported by this CPU or build */
+
+/* one block of quantized activations (see the layout above); 40 bytes, 4-byte aligned */
+typedef struct {
+    float d;           /* scale */
+    float s;           /* d * sum(q): the q4_1 min term needs sum x */
+    int8_t q[MG_QK];
+} mg_block_q8;
 
 /* --- per-type kernels (the ISA slots) --------------------------------------------------------- */
 
@@ -52,15 +66,30 @@ typedef void (*mg_dequant_fn)(const void *restrict w, float *restrict y, int64_t
 /* sum over j < k of W[j] * x[j], W being k elements of one stored row; accumulates in float32 */
 typedef float (*mg_vec_dot_fn)(int64_t k, const void *restrict w, const float *restrict x);
 
+/* sum over blocks of (stored block) . (activation block): k elements, k a multiple of MG_QK */
+typedef float (*mg_vec_dot_q8_fn)(int64_t k, const void *restrict w, const mg_block_q8 *restrict x);
+
+/* the same for 4 activation rows x, x + ldx, x + 2*ldx, x + 3*ldx (ldx in blocks) -> out[4];
+ * each weight block is loaded and unpacked once for the four */
+typedef void (*mg_vec_dot_q8_x4_fn)(int64_t k, const void *restrict w, const mg_block_q8 *restrict x,
+                                    int64_t ldx, float *restrict out);
+
 typedef struct {
     const char *name;
     int64_t block;       /* elements per block (1 for f32, f16) */
     int64_t block_bytes; /* bytes per block */
     mg_dequant_fn dequant;
     mg_vec_dot_fn vec_dot;
+    mg_vec_dot_q8_fn vec_dot_q8;       /* NULL for f32, f16: mg_matmul_q8 takes the exact path */
+    mg_vec_dot_q8_x4_fn vec_dot_q8_x4; /* NULL: the driver calls vec_dot_q8 four times */
 } mg_type_traits;
 
 extern mg_type_traits mg_traits[MG_NQTYPES];
+
+/* x[k] -> y[k / MG_QK] blocks; every variant must give the same bytes (the NumPy twin checks them) */
+typedef void (*mg_quantize_row_q8_fn)(const float *restrict x, mg_block_q8 *restrict y, int64_t k);
+
+extern mg_quantize_row_q8_fn mg_quantize_row_q8;
 
 /* Float tile product: acc[r][i] = sum over j < kc of w[r*ldw + j] * xp[j*mi + i], for r < nr, i < mi.
  * w: dequantized weight rows (nr, ldw); xp: a packed input panel (kc, mi), inputs side by side. */
@@ -100,6 +129,17 @@ static inline uint16_t mg_rd16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1
 int mg_matmul(const float *restrict x, const void *restrict w, float *restrict out, int qtype,
               int64_t n, int64_t rows, int64_t cols);
 
+/* Like mg_matmul, but each input row is first quantized to q8 blocks (mg_quantize_act) and the
+ * block types (q8_0, q4_0, q4_1) are dotted in integers: out = dequant(q8(x)) @ W^T up to float32
+ * rounding of the per-block scale products. f32 and f16 weights take mg_matmul's exact path.
+ * cols must be a multiple of MG_QK for the block types (as their storage implies). */
+int mg_matmul_q8(const float *restrict x, const void *restrict w, float *restrict out, int qtype,
+                 int64_t n, int64_t rows, int64_t cols);
+
+/* out[n * cols / MG_QK] = q8 blocks of x[n, cols], row by row; cols a multiple of MG_QK.
+ * Non-finite x give unspecified (but in-bounds) blocks. */
+void mg_quantize_act(const float *restrict x, int64_t n, int64_t cols, mg_block_q8 *restrict out);
+
 /* out[i, :] = W[ids[i], :] for i < n_ids; every id must already be in [0, rows). Single-threaded. */
 int mg_get_rows(const void *restrict w, int qtype, const int64_t *restrict ids, int64_t n_ids,
                 int64_t cols, float *restrict out);
@@ -109,6 +149,20 @@ int mg_dequantize(const void *restrict w, int qtype, int64_t rows, int64_t cols,
 
 /* bytes of one stored row of cols elements, or -1 for an unknown qtype */
 int64_t mg_row_bytes(int qtype, int64_t cols);
+
+/* --- CPU detection (cpu.c) ---------------------------------------------------------------------- */
+
+enum mg_isa { MG_ISA_SCALAR = 0, MG_ISA_AVX2 = 1, MG_ISA_NEON = 2 };
+
+/* the best instruction set this CPU and build support */
+int mg_cpu_best(void);
+
+/* Fill the ISA slots for `isa` (once, before any kernel runs; later calls change nothing and return
+ * MG_OK only for the isa already in use). MG_EISA if the CPU or build lacks it. */
+int mg_cpu_init(int isa);
+
+/* 'scalar', 'avx2' or 'neon': the slots in use */
+const char *mg_isa_name(void);
 
 /* --- thread pool (threadpool.c) --------------------------------------------------------------- */
 

@@ -7,6 +7,11 @@
  *           side ([cols, mi]); each weight block is dequantized once into a small float buffer of nr
  *           rows x KC columns and applied to every panel by the float tile kernel (mg_gemm.tile).
  * Threads split the weight rows; each thread writes only its own columns of out.
+ *
+ * mg_matmul_q8 first quantizes the inputs to q8 blocks (on the caller, once per input row), then dots
+ * them with the still-quantized weight rows in integers (mg_traits[].vec_dot_q8). For several inputs
+ * each weight row meets a group of inputs four at a time (vec_dot_q8_x4): the row stays in L1 and each
+ * weight block is unpacked once per four inputs.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +23,8 @@
 #define MIN_GEMM_N 3   /* below this many inputs, n quantized dot products beat dequantize + pack */
 #define ROW_ALIGN 16   /* thread row ranges start on 64-byte boundaries of an out row */
 #define MIN_WORK (1 << 16) /* multiply-adds per thread below which waking another one does not pay */
+#define Q8_GROUP_N 64  /* inputs per pass over a thread's weight rows: 64 rows of q8 blocks stay in L2 */
+#define Q8_STACK_BLOCKS 512 /* quantized inputs up to this many blocks (20 KB) live on the stack */
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
@@ -111,6 +118,37 @@ static void gemm_task(void *arg, int ith, int nth) {
     }
 }
 
+typedef struct {
+    const mg_block_q8 *xq;     /* (n, nb) quantized inputs                      IN  */
+    const uint8_t *w;          /* (rows, rb) stored rows                        IN  */
+    float *out;                /* (n, rows)                                     OUT */
+    const mg_type_traits *tt;
+    int64_t n, rows, cols, rb, nb; /* nb: blocks per input row */
+} matmul_q8_job;
+
+static void matmul_q8_task(void *arg, int ith, int nth) {
+    const matmul_q8_job *jb = (const matmul_q8_job *)arg;
+    const mg_vec_dot_q8_fn dot = jb->tt->vec_dot_q8;
+    const mg_vec_dot_q8_x4_fn dot4 = jb->tt->vec_dot_q8_x4;
+    const int64_t n = jb->n, rows = jb->rows, cols = jb->cols, nb = jb->nb;
+    int64_t r0, r1;
+    row_range(rows, ith, nth, &r0, &r1);
+    for (int64_t g = 0; g < n; g += Q8_GROUP_N) {
+        const int64_t g1 = min64(g + Q8_GROUP_N, n);
+        for (int64_t r = r0; r < r1; r++) {
+            const uint8_t *wr = jb->w + r * jb->rb;
+            int64_t i = g;
+            if (dot4)
+                for (; i + 4 <= g1; i += 4) {
+                    float o[4];
+                    dot4(cols, wr, jb->xq + i * nb, nb, o);
+                    for (int t = 0; t < 4; t++) jb->out[(i + t) * rows + r] = o[t];
+                }
+            for (; i < g1; i++) jb->out[i * rows + r] = dot(cols, wr, jb->xq + i * nb);
+        }
+    }
+}
+
 /* xp[p][j][i] = x[p*mi + i][j], zero for inputs past n */
 static void pack_inputs(const float *restrict x, int64_t n, int64_t cols, int mi, float *restrict xp) {
     const int64_t n_panels = (n + mi - 1) / mi;
@@ -157,6 +195,35 @@ int mg_matmul(const float *restrict x, const void *restrict w, float *restrict o
         mg_parallel(gemm_task, &gj, useful_threads(gj.n, rows, cols));
     }
     free(xp);
+    return MG_OK;
+}
+
+void mg_quantize_act(const float *restrict x, int64_t n, int64_t cols, mg_block_q8 *restrict out) {
+    const int64_t nb = cols / MG_QK;
+    for (int64_t i = 0; i < n; i++) mg_quantize_row_q8(x + i * cols, out + i * nb, cols);
+}
+
+int mg_matmul_q8(const float *restrict x, const void *restrict w, float *restrict out, int qtype,
+                 int64_t n, int64_t rows, int64_t cols) {
+    if (qtype < 0 || qtype >= MG_NQTYPES) return MG_EQTYPE;
+    const mg_type_traits *tt = &mg_traits[qtype];
+    if (!tt->vec_dot_q8) return mg_matmul(x, w, out, qtype, n, rows, cols);
+    if (n <= 0 || rows <= 0) return MG_OK;
+    if (cols <= 0) {
+        memset(out, 0, (size_t)(n * rows) * sizeof(float));
+        return MG_OK;
+    }
+    const int64_t nb = cols / MG_QK;
+    mg_block_q8 stack_xq[Q8_STACK_BLOCKS];
+    mg_block_q8 *xq = stack_xq;
+    if (n * nb > Q8_STACK_BLOCKS) {
+        xq = (mg_block_q8 *)malloc((size_t)(n * nb) * sizeof(mg_block_q8));
+        if (!xq) return MG_ENOMEM;
+    }
+    mg_quantize_act(x, n, cols, xq);
+    matmul_q8_job jb = {xq, (const uint8_t *)w, out, tt, n, rows, cols, mg_row_bytes(qtype, cols), nb};
+    mg_parallel(matmul_q8_task, &jb, useful_threads(n, rows, cols));
+    if (xq != stack_xq) free(xq);
     return MG_OK;
 }
 

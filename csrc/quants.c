@@ -4,6 +4,9 @@
  * sums kept in 16 independent lanes (acc[16]) so no reassociation (-ffast-math) is needed to use
  * SIMD registers. The lanes are added up once at the end of the row.
  */
+#include <float.h>
+#include <math.h>
+
 #include "kernels.h"
 
 #define LANES 16
@@ -149,14 +152,93 @@ static float vec_dot_q4_1(int64_t k, const void *restrict vw, const float *restr
     return sum_lanes(acc) + sum_lanes(accm);
 }
 
+/* --- q8 activations: the integer path ------------------------------------------------------------ */
+
+/* rintf, not roundf: halves to even, as the AVX2 variant (and np.rint) round. rintf also keeps the
+ * product x*id a separately rounded float32, where a compiler could fuse x*id + magic into an FMA.
+ * A block with d below FLT_MIN (all |x| < 1.5e-36) is stored as zeros: 1/d would overflow. */
+static void quantize_row_q8_c(const float *restrict x, mg_block_q8 *restrict y, int64_t k) {
+    const int64_t nb = k / MG_QK;
+    for (int64_t b = 0; b < nb; b++, x += MG_QK) {
+        float amax = 0.0f;
+        for (int j = 0; j < MG_QK; j++) {
+            const float a = fabsf(x[j]);
+            amax = a > amax ? a : amax;
+        }
+        const float d = amax / 127.0f >= FLT_MIN ? amax / 127.0f : 0.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        int sum = 0;
+        for (int j = 0; j < MG_QK; j++) {
+            const int q = (int)rintf(x[j] * id);
+            y[b].q[j] = (int8_t)q;
+            sum += q;
+        }
+        y[b].d = d;
+        y[b].s = d * (float)sum;
+    }
+}
+
+mg_quantize_row_q8_fn mg_quantize_row_q8 = quantize_row_q8_c;
+
+/* Products of codes summed in float32 lanes, like the exact kernels above (GCC vectorizes this form
+ * far better than an int32 sum of int8 products): still exact per block, since |q_w * q_x| <= 2^14
+ * and the two-term lane sums stay far below 2^24. Then one multiply-add per lane by both scales. */
+
+static float vec_dot_q8_q8_0(int64_t k, const void *restrict vw, const mg_block_q8 *restrict x) {
+    const uint8_t *restrict w = (const uint8_t *)vw;
+    const int64_t nb = k / MG_QK;
+    float acc[LANES] = {0};
+    for (int64_t b = 0; b < nb; b++, w += 34) {
+        const int8_t *restrict qw = (const int8_t *)(w + 2), *restrict qx = x[b].q;
+        const float d = mg_fp16_to_fp32(mg_rd16(w)) * x[b].d;
+        float s[LANES];
+        for (int j = 0; j < 16; j++) s[j] = (float)qw[j] * (float)qx[j] + (float)qw[j + 16] * (float)qx[j + 16];
+        for (int j = 0; j < 16; j++) acc[j] += d * s[j];
+    }
+    return sum_lanes(acc);
+}
+
+static float vec_dot_q8_q4_0(int64_t k, const void *restrict vw, const mg_block_q8 *restrict x) {
+    const uint8_t *restrict w = (const uint8_t *)vw;
+    const int64_t nb = k / MG_QK;
+    float acc[LANES] = {0};
+    for (int64_t b = 0; b < nb; b++, w += 18) {
+        const uint8_t *restrict qs = w + 2;
+        const int8_t *restrict qx = x[b].q;
+        const float d = mg_fp16_to_fp32(mg_rd16(w)) * x[b].d;
+        float s[LANES];
+        for (int j = 0; j < 16; j++)
+            s[j] = (float)((int)(qs[j] & 0x0F) - 8) * (float)qx[j] + (float)((int)(qs[j] >> 4) - 8) * (float)qx[j + 16];
+        for (int j = 0; j < 16; j++) acc[j] += d * s[j];
+    }
+    return sum_lanes(acc);
+}
+
+static float vec_dot_q8_q4_1(int64_t k, const void *restrict vw, const mg_block_q8 *restrict x) {
+    /* sum (dw*q + m) * dx*qx = dw*dx * sum q*qx + m * s */
+    const uint8_t *restrict w = (const uint8_t *)vw;
+    const int64_t nb = k / MG_QK;
+    float acc[LANES] = {0}, summ = 0.0f;
+    for (int64_t b = 0; b < nb; b++, w += 20) {
+        const uint8_t *restrict qs = w + 4;
+        const int8_t *restrict qx = x[b].q;
+        const float d = mg_fp16_to_fp32(mg_rd16(w)) * x[b].d;
+        float s[LANES];
+        for (int j = 0; j < 16; j++) s[j] = (float)(qs[j] & 0x0F) * (float)qx[j] + (float)(qs[j] >> 4) * (float)qx[j + 16];
+        for (int j = 0; j < 16; j++) acc[j] += d * s[j];
+        summ += mg_fp16_to_fp32(mg_rd16(w + 2)) * x[b].s;
+    }
+    return sum_lanes(acc) + summ;
+}
+
 /* --- the table -------------------------------------------------------------------------------------- */
 
 mg_type_traits mg_traits[MG_NQTYPES] = {
-    [MG_F32] = {"f32", 1, 4, dequant_f32, vec_dot_f32},
-    [MG_F16] = {"f16", 1, 2, dequant_f16, vec_dot_f16},
-    [MG_Q8_0] = {"q8_0", MG_QK, 34, dequant_q8_0, vec_dot_q8_0},
-    [MG_Q4_0] = {"q4_0", MG_QK, 18, dequant_q4_0, vec_dot_q4_0},
-    [MG_Q4_1] = {"q4_1", MG_QK, 20, dequant_q4_1, vec_dot_q4_1},
+    [MG_F32] = {"f32", 1, 4, dequant_f32, vec_dot_f32, NULL, NULL},
+    [MG_F16] = {"f16", 1, 2, dequant_f16, vec_dot_f16, NULL, NULL},
+    [MG_Q8_0] = {"q8_0", MG_QK, 34, dequant_q8_0, vec_dot_q8_0, vec_dot_q8_q8_0, NULL},
+    [MG_Q4_0] = {"q4_0", MG_QK, 18, dequant_q4_0, vec_dot_q4_0, vec_dot_q8_q4_0, NULL},
+    [MG_Q4_1] = {"q4_1", MG_QK, 20, dequant_q4_1, vec_dot_q4_1, vec_dot_q8_q4_1, NULL},
 };
 
 int64_t mg_row_bytes(int qtype, int64_t cols) {

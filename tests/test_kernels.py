@@ -1,6 +1,8 @@
 """Every kernel backend against its NumPy twin (numpy_ref), on random inputs with odd shapes."""
 
 import multiprocessing
+import os
+import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,8 +18,18 @@ BACKENDS = available_backends()
 RTOL = 1e-5  # of sum |x_j * W_ij|: float32 rounding in a different summation order stays far below
 
 
+Q8_BACKENDS = [name for name in BACKENDS if hasattr(get_backend(name), "matmul_q8")]
+
+
 @pytest.fixture(params=BACKENDS)
 def be(request):
+    backend = get_backend(request.param)
+    yield backend
+    backend.set_threads(1)
+
+
+@pytest.fixture(params=Q8_BACKENDS)
+def be8(request):
     backend = get_backend(request.param)
     yield backend
     backend.set_threads(1)
@@ -126,6 +138,128 @@ def test_empty_shapes(be):
     assert be.get_rows(w, "q8_0", []).shape == (0, 64)
 
 
+# --- int8 activations: matmul_q8 against its twin ---------------------------------------------------
+
+def assert_matmul_q8_close(got, x, w, qtype):
+    # the twin sums exact products in float64; C sums float32 scale products per block
+    want = numpy_ref.matmul_q8(x, w, qtype)
+    if quant.QTYPES[qtype][0] == 1:
+        xd = x
+    else:
+        q, d, _ = quant.quantize_act(x)
+        xd = (q.reshape(len(x), -1, 32) * d[:, :, None]).reshape(x.shape)
+    scale = np.abs(xd) @ np.abs(quant.dequantize(w, qtype)).T
+    bad = np.abs(got - want) > RTOL * scale + 1e-30
+    assert not bad.any(), f"{bad.sum()} of {bad.size} outputs differ, e.g. {got[bad][:3]} vs {want[bad][:3]}"
+
+
+def test_c_quantize_act_matches_quant_bytes():
+    # the C quantizer (scalar or AVX2) must give quant.quantize_act's bytes exactly
+    core = get_backend("c")
+    rng = np.random.default_rng(20)
+    x = inputs(rng, 17, 576) * rng.uniform(1e-6, 1e4, size=(17, 1)).astype(np.float32)
+    x[0, :32] = 0.0                                                   # all-zero block: d = 0
+    x[1, :32] = np.arange(32) - 15.5                                  # exact halves x*id = k + 0.5
+    x[1, 31] = 127.0
+    x[2, :32] = np.float32(1e-40)                                     # subnormals: zeros
+    x[2, 32:64] = np.float32(1.6e-36)                                 # just above that
+    x[3, 32:64] = -x[3, 32:64]
+    blocks = core._quantize_act(x).reshape(17, 18, 40)
+    q, d, s = quant.quantize_act(x)
+    np.testing.assert_array_equal(blocks[:, :, 0:4].copy().view(np.float32)[..., 0], d)
+    np.testing.assert_array_equal(blocks[:, :, 4:8].copy().view(np.float32)[..., 0], s)
+    np.testing.assert_array_equal(blocks[:, :, 8:].copy().view(np.int8).reshape(17, 576), q)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("qtype", QTYPES)
+def test_matmul_q8_matches_reference(be8, qtype, threads):
+    be8.set_threads(threads)
+    rng = np.random.default_rng(30 + threads)
+    for cols in (32, 96, 576):
+        for rows in (1, 7, 33, 257):
+            w = weight(rng, rows, cols, qtype)
+            for n in (1, 2, 3, 4, 5, 9, 17):  # around the 4-input kernel
+                x = inputs(rng, n, cols)
+                out = be8.matmul_q8(x, w, qtype)
+                assert out.shape == (n, rows) and out.dtype == np.float32
+                assert_matmul_q8_close(out, x, w, qtype)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("qtype", ["q8_0", "q4_0", "q4_1"])
+def test_matmul_q8_large_prefill(be8, qtype, threads):
+    # several input groups, the last one not a multiple of 4
+    be8.set_threads(threads)
+    rng = np.random.default_rng(12)
+    w = weight(rng, 70, 1056, qtype)
+    x = inputs(rng, 203, 1056)
+    assert_matmul_q8_close(be8.matmul_q8(x, w, qtype), x, w, qtype)
+
+
+@pytest.mark.parametrize("qtype", ["f32", "f16"])
+def test_matmul_q8_of_float_weights_is_matmul(be8, qtype):
+    rng = np.random.default_rng(13)
+    w = weight(rng, 33, 70, qtype)
+    for n in (1, 9):
+        x = inputs(rng, n, 70)
+        np.testing.assert_array_equal(be8.matmul_q8(x, w, qtype), be8.matmul(x, w, qtype))
+
+
+@pytest.mark.parametrize("qtype", ["q8_0", "q4_0", "q4_1"])
+def test_matmul_q8_is_near_exact_matmul(be8, qtype):
+    # int8 activations cost well under 1% of the output scale
+    rng = np.random.default_rng(14)
+    w = weight(rng, 64, 576, qtype)
+    x = inputs(rng, 5, 576)
+    scale = np.abs(x) @ np.abs(quant.dequantize(w, qtype)).T
+    assert (np.abs(be8.matmul_q8(x, w, qtype) - be8.matmul(x, w, qtype)) < 0.01 * scale).all()
+
+
+def test_matmul_q8_out_and_empty(be8):
+    rng = np.random.default_rng(15)
+    w = weight(rng, 33, 96, "q4_1")
+    x = inputs(rng, 5, 96)
+    out = np.full((5, 33), np.nan, np.float32)
+    assert be8.matmul_q8(x, w, "q4_1", out=out) is out
+    assert_matmul_q8_close(out, x, w, "q4_1")
+    assert be8.matmul_q8(np.zeros((0, 96), np.float32), w, "q4_1").shape == (0, 33)
+    with pytest.raises(ValueError, match="overlap"):
+        buf = np.zeros((2, 64), np.float32)
+        be8.matmul_q8(buf, np.zeros((64, 64), np.float32), "f32", out=buf)
+
+
+# --- instruction sets ----------------------------------------------------------------------------
+
+def test_isa_is_reported():
+    core = get_backend("c")
+    assert core.isa() in ("avx2", "neon", "scalar")
+    if os.environ.get("MINIGPT_ISA", "auto") not in ("", "auto"):
+        assert core.isa() == os.environ["MINIGPT_ISA"]
+
+
+def _run_python(code, **env):
+    return subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_bad_isa_names_the_value():
+    r = _run_python("import minigpt.kernels._core", MINIGPT_ISA="avx9")
+    assert r.returncode != 0 and "avx9" in r.stderr
+
+
+@pytest.mark.skipif(os.environ.get("MINIGPT_ISA") == "scalar", reason="already the scalar run")
+def test_scalar_isa_in_subprocess():
+    # the portable C path is what non-AVX2 CPUs run: re-run this file's compiled-backend tests on it
+    assert _run_python("from minigpt.kernels import _core; print(_core.isa())",
+                       MINIGPT_ISA="scalar").stdout.strip() == "scalar"
+    r = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider",
+                        "-k", "not numpy and not numba and not subprocess"],
+                       env={**os.environ, "MINIGPT_ISA": "scalar"}, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+
+
 # --- bad input is a ValueError, never a crash ------------------------------------------------------
 
 def bad_matmul_calls():
@@ -162,6 +296,15 @@ def test_matmul_rejects_bad_input(be, i):
         kwargs["out"].setflags(write=False)
     with pytest.raises(ValueError, match=match):
         be.matmul(*args, **kwargs)
+
+
+@pytest.mark.parametrize("i", range(len(bad_matmul_calls())))
+def test_matmul_q8_rejects_bad_input(be8, i):
+    match, args, kwargs = bad_matmul_calls()[i]
+    if match == "read-only":
+        kwargs["out"].setflags(write=False)
+    with pytest.raises(ValueError, match=match):
+        be8.matmul_q8(*args, **kwargs)
 
 
 def test_matmul_rejects_overlapping_out(be):

@@ -246,3 +246,32 @@ def test_dequantize_float_types_from_raw_bytes(qtype):
     np.testing.assert_array_equal(quant.dequantize(w.view(np.uint8).reshape(-1), qtype, cols=10), expect)
     with pytest.raises(ValueError, match="dtype"):
         quant.dequantize(x.astype(np.float64), qtype)
+
+
+# --- activations for the integer matmul ------------------------------------------------------------
+
+def test_quantize_act_hand_block():
+    # amax = 127 -> d = 1, so q = rint(x): halves go to even (2.5 -> 2, -0.5 -> -0, 1.5 -> 2)
+    x = np.zeros((1, 64), np.float32)
+    x[0, :8] = [127, -127, 2.5, -2.5, 0.5, -0.5, 1.5, -1.51]
+    x[0, 32:64] = 1e-40  # d would be subnormal: the block is zeros
+    q, d, s = quant.quantize_act(x)
+    assert q[0, :8].tolist() == [127, -127, 2, -2, 0, 0, 2, -2] and not q[0, 8:].any()
+    assert d.tolist() == [[1.0, 0.0]] and s.tolist() == [[0.0, 0.0]]
+    assert q.dtype == np.int8 and d.dtype == s.dtype == np.float32
+
+
+def test_quantize_act_error_bound():
+    x = (np.random.default_rng(1).standard_normal((4, 96)) * 5).astype(np.float32)
+    q, d, s = quant.quantize_act(x)
+    xd = (q.reshape(4, 3, 32) * d[:, :, None]).reshape(4, 96)
+    amax = np.abs(x.reshape(4, 3, 32)).max(axis=2)
+    assert (np.abs(xd - x).reshape(4, 3, 32).max(axis=2) <= amax / 254 * (1 + 1e-6)).all()
+    np.testing.assert_allclose(s, q.reshape(4, 3, 32).sum(axis=2) * d, rtol=1e-7)
+
+
+@pytest.mark.parametrize("x, match", [
+    (np.zeros((2, 33), np.float32), "33"), (np.zeros(32, np.float32), "2-D"), (np.zeros((1, 32)), "float32")])
+def test_quantize_act_rejects_bad_args(x, match):
+    with pytest.raises(ValueError, match=match):
+        quant.quantize_act(x)

@@ -4,9 +4,13 @@
 C trusts every size it is given, so nothing reaches it unchecked: dtype, dimensions, C-contiguity,
 alignment, shapes that agree, ids in range, and an `out` that overlaps no input. A mismatch is a
 ValueError naming the bad value. Same functions and contracts as numpy_ref.
+
+The instruction set (csrc/cpu.c) is chosen once, at import: the best this CPU has, or the one named
+by $MINIGPT_ISA ('scalar' forces the portable C; 'auto' or unset is the default). isa() tells which.
 """
 
 import atexit
+import os
 
 import numpy as np
 
@@ -16,10 +20,17 @@ from libc.stdint cimport int64_t, uintptr_t
 cnp.import_array()
 
 cdef extern from "kernels.h" nogil:
-    int MG_OK, MG_EQTYPE, MG_ENOMEM, MG_MAX_THREADS
+    int MG_OK, MG_EQTYPE, MG_ENOMEM, MG_MAX_THREADS, MG_QK, MG_Q8_BLOCK_BYTES
     int MG_F32, MG_F16, MG_Q8_0, MG_Q4_0, MG_Q4_1
+    int MG_ISA_SCALAR, MG_ISA_AVX2, MG_ISA_NEON
     int mg_matmul(const float *x, const void *w, float *out, int qtype,
                   int64_t n, int64_t rows, int64_t cols)
+    int mg_matmul_q8(const float *x, const void *w, float *out, int qtype,
+                     int64_t n, int64_t rows, int64_t cols)
+    void mg_quantize_act(const float *x, int64_t n, int64_t cols, void *out)
+    int mg_cpu_best()
+    int mg_cpu_init(int isa)
+    const char *mg_isa_name()
     int mg_get_rows(const void *w, int qtype, const int64_t *ids, int64_t n_ids,
                     int64_t cols, float *out)
     int mg_dequantize(const void *w, int qtype, int64_t rows, int64_t cols, float *out)
@@ -37,6 +48,28 @@ _QTYPES = {
     "q4_0": (MG_Q4_0, 32, 18, np.dtype(np.uint8)),
     "q4_1": (MG_Q4_1, 32, 20, np.dtype(np.uint8)),
 }
+
+# --- instruction set: chosen once, here ------------------------------------------------------------
+
+ISA_ENV_VAR = "MINIGPT_ISA"
+_ISAS = {"scalar": MG_ISA_SCALAR, "avx2": MG_ISA_AVX2, "neon": MG_ISA_NEON}
+
+
+def _init_isa():
+    want = os.environ.get(ISA_ENV_VAR, "").strip().lower() or "auto"
+    if want != "auto" and want not in _ISAS:
+        raise ValueError(f"{ISA_ENV_VAR}={want!r} is not one of auto, {', '.join(_ISAS)}")
+    cdef int code = mg_cpu_best() if want == "auto" else _ISAS[want]
+    if mg_cpu_init(code) != MG_OK:
+        raise ValueError(f"{ISA_ENV_VAR}={want!r}: this CPU or build does not support it")
+
+
+_init_isa()
+
+
+def isa():
+    """The instruction set the kernels run on: 'avx2', 'neon' or 'scalar'."""
+    return mg_isa_name().decode()
 
 # --- boundary checks -------------------------------------------------------------------------------
 
@@ -101,8 +134,7 @@ cdef void _raise_for(int err) except *:
 
 # --- kernels ---------------------------------------------------------------------------------------
 
-def matmul(x, w, qtype, out=None):
-    """x: float32 [n, cols], w: stored [rows, ...] -> out float32 [n, rows] = x @ W^T."""
+cdef object _matmul(object x, object w, object qtype, object out, bint q8):
     warr, code, rows, cols = _check_weight(w, qtype)
     cdef cnp.ndarray xarr = _check_array(x, "x", np.dtype(np.float32))
     if xarr.shape[1] != cols:
@@ -115,8 +147,37 @@ def matmul(x, w, qtype, out=None):
     cdef int c = code, err
     cdef int64_t r = rows, k = cols
     with nogil:
-        err = mg_matmul(xp, wp, op, c, n, r, k)
+        if q8:
+            err = mg_matmul_q8(xp, wp, op, c, n, r, k)
+        else:
+            err = mg_matmul(xp, wp, op, c, n, r, k)
     _raise_for(err)
+    return oarr
+
+
+def matmul(x, w, qtype, out=None):
+    """x: float32 [n, cols], w: stored [rows, ...] -> out float32 [n, rows] = x @ W^T."""
+    return _matmul(x, w, qtype, out, False)
+
+
+def matmul_q8(x, w, qtype, out=None):
+    """matmul with x quantized to int8 blocks first (quant.quantize_act) and integer dot products:
+    out = dequant(quantize_act(x)) @ W^T up to float32 rounding. f32/f16 weights: exactly matmul."""
+    return _matmul(x, w, qtype, out, True)
+
+
+def _quantize_act(x):
+    """x: float32 [n, cols], cols a multiple of 32 -> uint8 [n, cols/32 * 40]: the q8 blocks
+    (float32 d, float32 s, int8 q[32]) matmul_q8 computes with. For tests against quant.quantize_act."""
+    cdef cnp.ndarray xarr = _check_array(x, "x", np.dtype(np.float32))
+    cdef int64_t n = xarr.shape[0], cols = xarr.shape[1]
+    if cols % MG_QK:
+        raise ValueError(f"x has {cols} columns, not a multiple of {MG_QK}")
+    cdef cnp.ndarray oarr = np.empty((n, cols // MG_QK * MG_Q8_BLOCK_BYTES), dtype=np.uint8)
+    cdef const float *xp = <const float *>cnp.PyArray_DATA(xarr)
+    cdef void *op = cnp.PyArray_DATA(oarr)
+    with nogil:
+        mg_quantize_act(xp, n, cols, op)
     return oarr
 
 

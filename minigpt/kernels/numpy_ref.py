@@ -72,6 +72,22 @@ def matmul(x, w, qtype, out=None):
     return out
 
 
+def matmul_q8(x, w, qtype, out=None):
+    """matmul with x first quantized to int8 blocks (quant.quantize_act): out = dequant(q8(x)) @ W^T,
+    here in float64 from exact products, rounded once to float32. f32/f16 weights: exactly matmul."""
+    rows, cols = _check_weight(w, qtype)
+    if quant.QTYPES[qtype][0] == 1:
+        return matmul(x, w, qtype, out)
+    _check_array(x, "x", np.float32)
+    if x.shape[1] != cols:
+        raise ValueError(f"x has {x.shape[1]} columns, the {qtype} weight has {cols}")
+    out = _check_out(out, x.shape[0], rows, (x, w))
+    q, d, _ = quant.quantize_act(x)
+    xd = (q.reshape(x.shape[0], cols // 32, 32) * d[:, :, None].astype(np.float64)).reshape(x.shape)
+    out[...] = xd @ quant.dequantize(w, qtype, cols).astype(np.float64).T
+    return out
+
+
 def get_rows(w, qtype, ids, out=None):
     """Embedding lookup: float32 [len(ids), cols], row i = W[ids[i]]."""
     rows, cols = _check_weight(w, qtype)

@@ -1,0 +1,62 @@
+/* Run-time CPU detection: which instruction set the kernels use, chosen once at import.
+ *
+ * The x86 test asks the CPU itself (cpuid) and the OS (xgetbv: are the YMM registers saved on a
+ * context switch?) rather than trusting compiler flags, so one build runs on every x86-64: AVX2 code
+ * lives in quants_avx2.c behind function-level target attributes and is only called after this says
+ * yes. NEON is baseline on ARM64; no NEON variants are written yet, so ARM64 runs the scalar slots.
+ */
+#include "kernels.h"
+
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+#include <cpuid.h>
+#define MG_X86 1
+#endif
+
+/* quants_avx2.c: put the AVX2 variants in the slots; 0 if this build has none */
+int mg_install_avx2(void);
+
+/* sizeof(mg_block_q8) is part of the Python-visible layout */
+typedef char mg_block_q8_is_40_bytes[sizeof(mg_block_q8) == MG_Q8_BLOCK_BYTES ? 1 : -1];
+
+static int cpu_has_avx2(void) {
+#ifdef MG_X86
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+    const int fma = (c >> 12) & 1, osxsave = (c >> 27) & 1, avx = (c >> 28) & 1, f16c = (c >> 29) & 1;
+    if (!(fma && osxsave && avx && f16c)) return 0;
+    unsigned xcr0_lo, xcr0_hi;
+    __asm__ __volatile__("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+    if ((xcr0_lo & 6) != 6) return 0; /* the OS saves XMM and YMM state */
+    if (__get_cpuid_max(0, NULL) < 7) return 0;
+    __cpuid_count(7, 0, a, b, c, d);
+    return (b >> 5) & 1;
+#else
+    return 0;
+#endif
+}
+
+static int current = -1; /* the isa installed, -1 before mg_cpu_init */
+
+int mg_cpu_best(void) {
+    if (cpu_has_avx2()) return MG_ISA_AVX2;
+    return MG_ISA_SCALAR;
+}
+
+int mg_cpu_init(int isa) {
+    if (current >= 0) return isa == current ? MG_OK : MG_EISA;
+    if (isa == MG_ISA_AVX2) {
+        if (!cpu_has_avx2() || !mg_install_avx2()) return MG_EISA;
+    } else if (isa != MG_ISA_SCALAR) {
+        return MG_EISA;
+    }
+    current = isa;
+    return MG_OK;
+}
+
+const char *mg_isa_name(void) {
+    switch (current) {
+    case MG_ISA_AVX2: return "avx2";
+    case MG_ISA_NEON: return "neon";
+    default: return "scalar";
+    }
+}
