@@ -5,7 +5,7 @@ import os
 import numpy as np
 
 from . import hub, kernels
-from .engine import Engine, generate_tokens, stream_text
+from .engine import Engine, KVCache, generate_tokens, stream_text
 from .errors import MinigptError
 from .format import MgptFile
 from .model import llama
@@ -33,11 +33,13 @@ def default_threads():
 class Model:
     """A loaded model: weights mapped from a .mgpt file, a tokenizer, and one KV cache.
 
-    backend: 'c' (default, compiled kernels) or 'numpy' (the reference: weights dequantized to f32
-    once at load, every operation in NumPy float32). n_ctx: cache length (default: the model's).
+    backend: 'c' (default, compiled kernels), 'numba', or 'numpy' (the reference: weights dequantized
+    to f32 once at load, every operation in NumPy float32). n_ctx: cache length (default: the model's).
+    precision: 'balanced' (default), 'exact' or 'fast': how the compiled backend rounds activations
+    (minigpt.engine.Engine).
     """
 
-    def __init__(self, path, threads=None, backend=None, n_ctx=None, verify=False):
+    def __init__(self, path, threads=None, backend=None, n_ctx=None, verify=False, precision="balanced"):
         self.path = path
         self.file = MgptFile(path)
         if verify:
@@ -55,7 +57,7 @@ class Model:
             raise MinigptError(f"n_ctx {n_ctx} out of range 1..{self.config.context_length}")
         reference = self.kern.name == "numpy"
         self.weights = llama.load_weights(self.file, self.config, self.kern.dequantize if reference else None)
-        self.engine = Engine(self.config, self.weights, self.kern, self.n_ctx)
+        self.engine = Engine(self.config, self.weights, self.kern, self.n_ctx, precision)
 
     # --- text
     def tokenize(self, text, add_bos=False, special=False):
@@ -67,8 +69,7 @@ class Model:
     # --- evaluation
     def logits(self, ids):
         """float32 [len(ids), vocab], teacher-forced from an empty cache (the model's own cache is untouched)."""
-        scratch = Engine(self.config, self.weights, self.kern, max(1, len(ids)), rope=self.engine.rope)
-        return scratch.prefill(ids, all_logits=True)
+        return self.engine.prefill(ids, all_logits=True, cache=KVCache(self.config, max(1, len(ids))))
 
     def reset(self):
         self.engine.reset()
@@ -101,6 +102,8 @@ class Model:
         return stream_text(tokens, self.tokenizer, stop)
 
 
-def load(model=None, threads=None, backend=None, n_ctx=None, verify=False, log=None, progress=None):
+def load(model=None, threads=None, backend=None, n_ctx=None, verify=False, precision="balanced", log=None,
+         progress=None):
     """Load a .mgpt file, or a known model name (pulled and converted on first use). Default: SmolLM2-135M-Instruct."""
-    return Model(hub.resolve(model, log, progress), threads=threads, backend=backend, n_ctx=n_ctx, verify=verify)
+    return Model(hub.resolve(model, log, progress), threads=threads, backend=backend, n_ctx=n_ctx, verify=verify,
+                 precision=precision)

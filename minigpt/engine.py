@@ -40,39 +40,63 @@ def _lazy_zeros(shape):
     return np.frombuffer(mmap.mmap(-1, max(nbytes, 1)), dtype=np.float32, count=nbytes // 4).reshape(shape)
 
 
-class Engine:
-    """One model's forward pass bound to weights, a kernel backend and a cache."""
+PRECISIONS = ("exact", "balanced", "fast")
 
-    def __init__(self, cfg: Config, weights, kern, n_ctx, rope=None):
+
+class Engine:
+    """One model's forward pass bound to weights, a kernel backend and a cache.
+
+    With the compiled backend the whole forward runs in one C call per chunk (csrc/llama.c);
+    otherwise in minigpt/model/llama.py over the backend's matmul. precision (compiled backend):
+    'exact' float32 activations; 'fast' int8 activations; 'balanced' int8 except w_down and the
+    output head (the default: faster than exact, more faithful than llama.cpp; docs/fidelity.md).
+    """
+
+    def __init__(self, cfg: Config, weights, kern, n_ctx, precision="balanced"):
+        if precision not in PRECISIONS:
+            raise MinigptError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
         self.cfg, self.w, self.kern = cfg, weights, kern
-        if rope is None:   # tables may be longer than n_ctx when shared with another engine
-            freq = weights["rope_freqs"].data if "rope_freqs" in weights else None
-            rope = llama.rope_tables(cfg, n_ctx, freq)
-        self.rope = rope
+        freq = weights["rope_freqs"].data if "rope_freqs" in weights else None
+        self.rope = llama.rope_tables(cfg, n_ctx, freq)
         self.cache = KVCache(cfg, n_ctx)
+        self.compiled = None
+        if hasattr(kern, "LlamaForward"):
+            self.compiled = kern.LlamaForward(
+                dim=cfg.dim, n_layers=cfg.n_layers, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads,
+                head_dim=cfg.head_dim, hidden_dim=cfg.hidden_dim, vocab_size=cfg.vocab_size,
+                norm_eps=cfg.norm_eps, rope_dim=cfg.rope_dim, tied_embeddings=cfg.tied_embeddings,
+                weights={name: (w.data, w.qtype) for name, w in weights.items()}, rope=self.rope,
+                max_batch=PREFILL_CHUNK, matmul=precision)
 
     def reset(self):
         self.cache.tokens = []   # stale K/V beyond pos is never read
 
-    def prefill(self, ids, all_logits=False):
-        """Append `ids` to the cache. Returns logits [len(ids), vocab] if all_logits else [vocab] of the last."""
+    def prefill(self, ids, all_logits=False, cache=None):
+        """Append `ids` to the cache (default: the engine's own).
+
+        Returns logits [len(ids), vocab] if all_logits else [vocab] of the last position.
+        """
         ids = [int(i) for i in ids]
         if not ids:
             raise MinigptError("nothing to evaluate: empty token list")
         bad = [i for i in ids if not 0 <= i < self.cfg.vocab_size]
         if bad:
             raise MinigptError(f"token id {bad[0]} out of range (vocabulary size {self.cfg.vocab_size})")
-        c = self.cache
+        c = cache or self.cache
         if c.pos + len(ids) > c.n_ctx:
             raise ContextFullError(f"context full: {c.pos} + {len(ids)} tokens > n_ctx {c.n_ctx}")
-        outs = []
-        for s in range(0, len(ids), PREFILL_CHUNK):
-            chunk = ids[s:s + PREFILL_CHUNK]
-            logits = llama.forward(self.cfg, self.w, self.kern, (c.k, c.v), chunk, c.pos, self.rope, all_logits)
-            c.tokens.extend(chunk)
-            if all_logits:
-                outs.append(logits)
-        logits = np.concatenate(outs) if all_logits else logits[0]
+        if self.compiled is not None:   # chunks inside, the GIL released
+            logits = self.compiled.forward(np.asarray(ids, dtype=np.int64), c.pos, c.k, c.v, all_logits)
+            c.tokens.extend(ids)
+        else:
+            outs = []
+            for s in range(0, len(ids), PREFILL_CHUNK):
+                chunk = ids[s:s + PREFILL_CHUNK]
+                outs.append(llama.forward(self.cfg, self.w, self.kern, (c.k, c.v), chunk, c.pos, self.rope, all_logits))
+                c.tokens.extend(chunk)
+            logits = np.concatenate(outs) if all_logits else outs[-1]
+        if not all_logits:
+            logits = logits[0]
         if not np.all(np.isfinite(logits)):
             raise MinigptError("the model produced non-finite values: the file may be corrupt "
                                "(check it with `minigpt info --verify`)")

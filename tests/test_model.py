@@ -95,9 +95,14 @@ def test_quantized_backends_agree(tmp_path):
     tiny_llama(src, wtype="Q4_1")
     convert(src, tmp_path / "q.mgpt")
     ref = minigpt.Model(tmp_path / "q.mgpt", backend="numpy").logits(IDS)
+    scale = np.abs(ref).max()
     for b in kernels.available_backends():
-        np.testing.assert_allclose(minigpt.Model(tmp_path / "q.mgpt", backend=b).logits(IDS), ref,
-                                   atol=1e-4 * np.abs(ref).max())
+        exact = minigpt.Model(tmp_path / "q.mgpt", backend=b, precision="exact").logits(IDS)
+        np.testing.assert_allclose(exact, ref, atol=1e-4 * scale)
+    for precision in ("balanced", "fast"):   # int8 activations: close, not equal
+        got = minigpt.Model(tmp_path / "q.mgpt", precision=precision).logits(IDS)
+        assert np.abs(got - ref).max() < 0.05 * scale
+        assert (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.8
 
 
 def test_context_limits_and_bad_ids(tiny):

@@ -57,11 +57,14 @@ def test_tokenizer_gives_llama_cpp_ids(smollm2_mgpt, ref, corpus):
         assert m.tokenize(chunk["text"], special=True) == z[f"{chunk['name']}/ids"].tolist(), chunk["name"]
 
 
-def test_f32_reference_path_matches_transformers(smollm2_mgpt, ref):
+@pytest.mark.parametrize("backend", ["numpy", "c"])
+def test_exact_paths_match_transformers(smollm2_mgpt, ref, backend):
     """Weights dequantized, activations f32: the same top-1 token as transformers on >= 99.5% of positions."""
+    if backend not in kernels.available_backends():
+        pytest.skip(f"backend {backend} not built")
     z, summary = ref
-    agree, ppl, kl, n = score(minigpt.load(smollm2_mgpt, backend="numpy"), z)
-    print(f"numpy f32: {n} positions, agreement {agree:.4f}, ppl {ppl:.4f} (hf {summary['ppl_hf']}), KL {kl:.2e}")
+    agree, ppl, kl, n = score(minigpt.load(smollm2_mgpt, backend=backend, precision="exact"), z)
+    print(f"{backend} exact: {n} positions, agreement {agree:.4f}, ppl {ppl:.4f} (hf {summary['ppl_hf']}), KL {kl:.2e}")
     assert n >= 1000
     assert agree >= 0.995
     assert abs(ppl / summary["ppl_hf"] - 1) < 0.005
@@ -71,7 +74,7 @@ def test_default_path_at_least_as_faithful_as_llama_cpp(smollm2_mgpt, ref):
     z, summary = ref
     m = minigpt.load(smollm2_mgpt)
     agree, ppl, kl, n = score(m, z)
-    print(f"{m.kern.name}: {n} positions, agreement {agree:.4f} (llama.cpp {summary['top1_agreement_llama_vs_hf']}), "
+    print(f"{m.kern.name} {m.engine.compiled.matmul if m.engine.compiled else ''}: {n} positions, agreement {agree:.4f} (llama.cpp {summary['top1_agreement_llama_vs_hf']}), "
           f"ppl {ppl:.4f} (hf {summary['ppl_hf']}, llama.cpp {summary['ppl_llama']}), KL {kl:.2e} "
           f"(llama.cpp {summary['kl_hf_llama_top32_approx_mean']:.2e})")
     assert agree >= summary["top1_agreement_llama_vs_hf"]

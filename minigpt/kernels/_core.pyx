@@ -248,3 +248,4 @@ def _shutdown():
 
 
 atexit.register(_shutdown)
+include "_forward.pxi"

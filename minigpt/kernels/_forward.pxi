@@ -1,0 +1,279 @@
+# The whole Llama forward pass in one C call (csrc/llama.c); included by _core.pyx.
+#
+# LlamaForward checks every weight against the config once, when it is built, and keeps a reference to
+# each array (the mmap views must outlive the C pointers). forward() checks ids, positions and the
+# cache on every call, then runs the C forward with the GIL released.
+
+import threading
+
+cdef extern from "llama.h" nogil:
+    int MG_LLAMA_MAX_GROUP, MG_MATMUL_EXACT, MG_MATMUL_FAST, MG_MATMUL_BALANCED
+
+    ctypedef struct mg_llama_config:
+        int64_t dim, n_layers, n_heads, n_kv_heads, head_dim, hidden_dim, vocab_size, rope_dim
+        float norm_eps
+
+    ctypedef struct mg_weight:
+        const void *data
+        int qtype
+
+    ctypedef struct mg_llama_layer:
+        mg_weight attn_norm, wq, wk, wv, wo, ffn_norm, w_gate, w_up, w_down
+
+    ctypedef struct mg_llama_weights:
+        mg_weight tok_embd, output_norm, output
+        const mg_llama_layer *layers
+        const float *rope_cos
+        const float *rope_sin
+        int64_t n_rope
+
+    ctypedef struct mg_llama_ctx:
+        pass
+
+    mg_llama_ctx *mg_llama_create(const mg_llama_config *cfg, const mg_llama_weights *w, int64_t max_batch)
+    void mg_llama_free(mg_llama_ctx *ctx)
+    int mg_llama_set_matmul(mg_llama_ctx *ctx, int mode)
+    int mg_llama_forward(mg_llama_ctx *ctx, const int64_t *ids, int64_t n, int64_t start,
+                         float *k_cache, float *v_cache, int64_t n_ctx, float *logits_out, int all_logits)
+
+from libc.stdlib cimport free, malloc
+
+_LAYER_WEIGHTS = ("attn_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w_gate", "w_up", "w_down")
+_MATMUL_MODES = {"exact": MG_MATMUL_EXACT, "fast": MG_MATMUL_FAST, "balanced": MG_MATMUL_BALANCED}
+
+
+cdef cnp.ndarray _check_f32(object a, str what, tuple shape, int writeable=False):
+    """a must be a C-contiguous, aligned float32 ndarray of exactly `shape`."""
+    if not isinstance(a, cnp.ndarray):
+        raise ValueError(f"{what} must be a numpy array, got {type(a).__name__}")
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    if cnp.PyArray_TYPE(arr) != cnp.NPY_FLOAT32 or not cnp.PyArray_ISNOTSWAPPED(arr):
+        raise ValueError(f"{what} must have dtype float32, got {a.dtype}")
+    if a.shape != shape:
+        raise ValueError(f"{what} has shape {a.shape}, expected {shape}")
+    if not cnp.PyArray_IS_C_CONTIGUOUS(arr):
+        raise ValueError(f"{what} must be C-contiguous (use np.ascontiguousarray)")
+    if not cnp.PyArray_ISALIGNED(arr):
+        raise ValueError(f"{what} is not aligned for float32")
+    if writeable and not cnp.PyArray_ISWRITEABLE(arr):
+        raise ValueError(f"{what} is read-only")
+    return arr
+
+
+cdef int _positive(object v, str what) except -1:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 < v <= 1 << 24:
+        raise ValueError(f"{what} must be an integer in 1..{1 << 24}, got {v!r}")
+    return 0
+
+
+cdef class LlamaForward:
+    """The Llama forward pass of minigpt/model/llama.py as one C call over buffers allocated once.
+
+    weights: {name: (ndarray, qtype name)} with load_weights' names ('tok_embd', 'output_norm',
+    'output' unless tied_embeddings, 'layers.{i}.{attn_norm,wq,...,w_down}'; others are ignored).
+    rope: (cos, sin), float32 [n_rope, rope_dim // 2] (llama.rope_tables). max_batch: tokens per C call
+    (longer inputs run in chunks). matmul: 'exact' (float32 activations), 'fast' (int8 activations) or
+    'balanced' (int8 except w_down and the output head; see csrc/llama.h).
+    Not reentrant: concurrent forward() calls on one instance take turns.
+    """
+    cdef mg_llama_ctx *ctx
+    cdef mg_llama_config cfg
+    cdef readonly int64_t max_batch, n_rope
+    cdef readonly str matmul
+    cdef list _keep          # every array C points into
+    cdef object _lock
+    cdef uintptr_t *_ranges  # (n_ranges, 2) [begin, end) of each weight array, for overlap checks
+    cdef int64_t _n_ranges
+
+    def __cinit__(self):
+        self.ctx = NULL
+        self._ranges = NULL
+
+    def __init__(self, *, dim, n_layers, n_heads, n_kv_heads, head_dim, hidden_dim, vocab_size, norm_eps,
+                 rope_dim, weights, rope, max_batch=512, tied_embeddings=False, matmul="exact"):
+        for k, v in (("dim", dim), ("n_layers", n_layers), ("n_heads", n_heads), ("n_kv_heads", n_kv_heads),
+                     ("head_dim", head_dim), ("hidden_dim", hidden_dim), ("vocab_size", vocab_size),
+                     ("rope_dim", rope_dim), ("max_batch", max_batch)):
+            _positive(v, k)
+        if n_heads % n_kv_heads or n_heads // n_kv_heads > MG_LLAMA_MAX_GROUP:
+            raise ValueError(f"n_heads {n_heads} must be a multiple of n_kv_heads {n_kv_heads}, "
+                             f"at most {MG_LLAMA_MAX_GROUP} times it")
+        if rope_dim % 2 or rope_dim > head_dim:
+            raise ValueError(f"rope_dim {rope_dim} must be even and at most head_dim {head_dim}")
+        eps = float(norm_eps)
+        if not 0.0 <= eps < 1.0:
+            raise ValueError(f"norm_eps {norm_eps!r} out of range [0, 1)")
+        if self.ctx != NULL:
+            raise ValueError("LlamaForward is already initialized")
+        cdef mg_llama_config *cfg = &self.cfg
+        cdef mg_llama_layer *L
+        cfg.dim, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads = dim, n_layers, n_heads, n_kv_heads
+        cfg.head_dim, cfg.hidden_dim, cfg.vocab_size, cfg.rope_dim = head_dim, hidden_dim, vocab_size, rope_dim
+        cfg.norm_eps = eps
+        self.max_batch = max_batch
+        self._keep = []
+        self._lock = threading.Lock()
+
+        cdef int64_t qd = n_heads * head_dim, kvd = n_kv_heads * head_dim
+        shapes = {"attn_norm": (dim,), "ffn_norm": (dim,), "wq": (qd, dim), "wk": (kvd, dim), "wv": (kvd, dim),
+                  "wo": (dim, qd), "w_gate": (hidden_dim, dim), "w_up": (hidden_dim, dim),
+                  "w_down": (dim, hidden_dim), "tok_embd": (vocab_size, dim), "output": (vocab_size, dim),
+                  "output_norm": (dim,)}
+        if not isinstance(weights, dict):
+            raise ValueError(f"weights must be a dict name -> (array, qtype), got {type(weights).__name__}")
+        cdef mg_llama_weights w
+        cdef mg_llama_layer *layers = <mg_llama_layer *>malloc(n_layers * sizeof(mg_llama_layer))
+        if layers == NULL:
+            raise MemoryError()
+        try:
+            w.tok_embd = self._weight(weights, "tok_embd", shapes["tok_embd"])
+            w.output_norm = self._weight(weights, "output_norm", shapes["output_norm"])
+            head = "tok_embd" if tied_embeddings else "output"
+            w.output = self._weight(weights, head, shapes["output"])
+            for i in range(n_layers):
+                L = &layers[i]
+                L.attn_norm = self._weight(weights, f"layers.{i}.attn_norm", shapes["attn_norm"])
+                L.wq = self._weight(weights, f"layers.{i}.wq", shapes["wq"])
+                L.wk = self._weight(weights, f"layers.{i}.wk", shapes["wk"])
+                L.wv = self._weight(weights, f"layers.{i}.wv", shapes["wv"])
+                L.wo = self._weight(weights, f"layers.{i}.wo", shapes["wo"])
+                L.ffn_norm = self._weight(weights, f"layers.{i}.ffn_norm", shapes["ffn_norm"])
+                L.w_gate = self._weight(weights, f"layers.{i}.w_gate", shapes["w_gate"])
+                L.w_up = self._weight(weights, f"layers.{i}.w_up", shapes["w_up"])
+                L.w_down = self._weight(weights, f"layers.{i}.w_down", shapes["w_down"])
+            if not isinstance(rope, (tuple, list)) or len(rope) != 2:
+                raise ValueError("rope must be a pair (cos, sin) of float32 [n_rope, rope_dim // 2] arrays")
+            n_rope = np.shape(rope[0])[0] if np.ndim(rope[0]) == 2 else 0
+            if n_rope < 1:
+                raise ValueError(f"rope cos must be 2-D with at least one row, got shape {np.shape(rope[0])}")
+            cos = _check_f32(rope[0], "rope cos", (n_rope, rope_dim // 2))
+            sin = _check_f32(rope[1], "rope sin", (n_rope, rope_dim // 2))
+            self._keep += [cos, sin]
+            w.rope_cos = <const float *>cnp.PyArray_DATA(cos)
+            w.rope_sin = <const float *>cnp.PyArray_DATA(sin)
+            w.n_rope = self.n_rope = n_rope
+            w.layers = layers
+            free(self._ranges)   # a failed earlier __init__ may have left one
+            self._n_ranges = len(self._keep)
+            self._ranges = <uintptr_t *>malloc(2 * self._n_ranges * sizeof(uintptr_t))
+            if self._ranges == NULL:
+                raise MemoryError()
+            for i, a in enumerate(self._keep):
+                self._ranges[2 * i] = <uintptr_t>cnp.PyArray_DATA(<cnp.ndarray>a)
+                self._ranges[2 * i + 1] = self._ranges[2 * i] + <uintptr_t>cnp.PyArray_NBYTES(<cnp.ndarray>a)
+            self.ctx = mg_llama_create(&self.cfg, &w, max_batch)   # copies the layer table
+            if self.ctx == NULL:
+                raise MemoryError(f"out of memory for LlamaForward scratch (max_batch {max_batch})")
+        finally:
+            free(layers)
+        self.matmul = "exact"
+        self.set_matmul(matmul)
+
+    cdef mg_weight _weight(self, dict weights, str name, tuple shape) except *:
+        """The checked (pointer, qtype) of weights[name], which must have logical `shape`."""
+        if name not in weights:
+            raise ValueError(f"missing weight {name!r}")
+        entry = weights[name]
+        if not isinstance(entry, tuple) or len(entry) != 2:
+            raise ValueError(f"weights[{name!r}] must be a pair (array, qtype name)")
+        data, qtype = entry
+        cdef mg_weight out
+        if len(shape) == 1:   # norms: f32 vectors
+            if qtype != "f32":
+                raise ValueError(f"{name} must be f32, not {qtype!r}")
+            arr = _check_f32(data, name, shape)
+            out.qtype = MG_F32
+        else:
+            try:
+                arr, code, rows, cols = _check_weight(data, qtype)
+            except ValueError as e:
+                raise ValueError(f"{name}: {e}") from None
+            if (rows, cols) != shape:
+                raise ValueError(f"{name} has logical shape {(rows, cols)}, expected {shape}")
+            out.qtype = code
+        self._keep.append(arr)
+        out.data = cnp.PyArray_DATA(<cnp.ndarray>arr)
+        return out
+
+    def __dealloc__(self):
+        mg_llama_free(self.ctx)
+        free(self._ranges)
+
+    def set_matmul(self, mode):
+        """'exact' (float32 activations, as llama.py), 'fast' (int8 activations) or 'balanced'."""
+        if mode not in _MATMUL_MODES:
+            raise ValueError(f"unknown matmul mode {mode!r}; expected one of {', '.join(_MATMUL_MODES)}")
+        with self._lock:
+            _raise_for(mg_llama_set_matmul(self.ctx, _MATMUL_MODES[mode]))
+            self.matmul = mode
+
+    cdef int _overlaps_weights(self, cnp.ndarray a):
+        cdef uintptr_t a0 = <uintptr_t>cnp.PyArray_DATA(a)
+        cdef uintptr_t a1 = a0 + <uintptr_t>cnp.PyArray_NBYTES(a)
+        cdef int64_t i
+        for i in range(self._n_ranges):
+            if a0 < self._ranges[2 * i + 1] and self._ranges[2 * i] < a1 and a0 != a1:
+                return True
+        return False
+
+    def forward(self, ids, start, k_cache, v_cache, all_logits=False, out=None):
+        """Run `ids` at positions [start, start + n), writing their K/V into the caches.
+
+        k_cache, v_cache: float32 [n_layers, n_kv_heads, n_ctx, head_dim]; n_ctx <= n_rope.
+        Returns logits float32 [n, vocab] if all_logits else [1, vocab] (the last position), in `out`
+        when given. Inputs longer than max_batch run in chunks of max_batch.
+        """
+        cdef mg_llama_config *cfg = &self.cfg
+        ids_in = np.asarray(ids)
+        if ids_in.ndim != 1 or ids_in.size == 0:
+            raise ValueError(f"ids must be a non-empty 1-D sequence, got shape {ids_in.shape}")
+        if not np.issubdtype(ids_in.dtype, np.integer):
+            raise ValueError(f"ids must be integers, got dtype {ids_in.dtype}")
+        cdef cnp.ndarray idarr = np.ascontiguousarray(ids_in, dtype=np.int64)
+        cdef const int64_t *idp = <const int64_t *>cnp.PyArray_DATA(idarr)
+        cdef int64_t n = idarr.shape[0], i, vocab = cfg.vocab_size
+        for i in range(n):
+            if idp[i] < 0 or idp[i] >= vocab:
+                raise ValueError(f"token id {idp[i]} at position {i} is out of range for vocabulary {vocab}")
+        if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or start < 0:
+            raise ValueError(f"start must be a non-negative integer, got {start!r}")
+        if not isinstance(k_cache, cnp.ndarray) or k_cache.ndim != 4:
+            raise ValueError("k_cache must be a 4-D numpy array [n_layers, n_kv_heads, n_ctx, head_dim]")
+        cdef int64_t n_ctx = k_cache.shape[2]
+        shape = (cfg.n_layers, cfg.n_kv_heads, n_ctx, cfg.head_dim)
+        cdef cnp.ndarray karr = _check_f32(k_cache, "k_cache", shape, writeable=True)
+        cdef cnp.ndarray varr = _check_f32(v_cache, "v_cache", shape, writeable=True)
+        if n_ctx > self.n_rope:
+            raise ValueError(f"cache length {n_ctx} exceeds the rope tables' {self.n_rope} positions")
+        if start + n > n_ctx:
+            raise ValueError(f"positions {start}..{start + n} do not fit the cache length {n_ctx}")
+        if _overlap(karr, varr) or self._overlaps_weights(karr) or self._overlaps_weights(varr):
+            raise ValueError("k_cache and v_cache must not overlap each other or a weight")
+        cdef int64_t rows = n if all_logits else 1
+        cdef cnp.ndarray oarr
+        if out is None:
+            oarr = np.empty((rows, vocab), dtype=np.float32)
+        else:
+            oarr = _check_f32(out, "out", (rows, vocab), writeable=True)
+            if _overlap(oarr, karr) or _overlap(oarr, varr) or self._overlaps_weights(oarr):
+                raise ValueError("out overlaps the cache or a weight")
+
+        cdef int64_t s = start, c0, cn, B = self.max_batch
+        cdef float *kp = <float *>cnp.PyArray_DATA(karr)
+        cdef float *vp = <float *>cnp.PyArray_DATA(varr)
+        cdef float *op = <float *>cnp.PyArray_DATA(oarr)
+        cdef float *lp
+        cdef int all_l = bool(all_logits), err = 0
+        with self._lock:
+            for c0 in range(0, n, B):
+                cn = min(B, n - c0)
+                if all_l:
+                    lp = op + c0 * vocab
+                else:
+                    lp = op if c0 + cn == n else NULL
+                with nogil:
+                    err = mg_llama_forward(self.ctx, idp + c0, cn, s + c0, kp, vp, n_ctx, lp, all_l)
+                if err:
+                    break
+        _raise_for(err)
+        return oarr

@@ -1,0 +1,221 @@
+"""The C forward pass (LlamaForward, csrc/llama.c) against llama.forward over the same C matmul."""
+
+import numpy as np
+import pytest
+
+import minigpt
+from minigpt.convert import convert
+from minigpt.engine import KVCache
+from minigpt.model import llama
+
+from synthetic import tiny_llama
+
+_core = pytest.importorskip("minigpt.kernels._core")
+
+IDS = [1, 40, 72, 101, 108, 108, 111, 262, 44, 3, 100, 200, 250, 45, 7, 9, 33]
+
+
+def make_forward(m, **kw):
+    cfg = m.config
+    weights = {name: (w.data, w.qtype) for name, w in m.weights.items()}
+    return _core.LlamaForward(dim=cfg.dim, n_layers=cfg.n_layers, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads,
+                              head_dim=cfg.head_dim, hidden_dim=cfg.hidden_dim, vocab_size=cfg.vocab_size,
+                              norm_eps=cfg.norm_eps, rope_dim=cfg.rope_dim, tied_embeddings=cfg.tied_embeddings,
+                              weights=weights, rope=m.engine.rope, **kw)
+
+
+def reference(m, ids, start, cache, all_logits):
+    return llama.forward(m.config, m.weights, _core, (cache.k, cache.v), ids, start, m.engine.rope, all_logits)
+
+
+def close(got, ref, rel=1e-4):
+    assert got.shape == ref.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, ref, rtol=0, atol=rel * np.abs(ref).max())
+
+
+@pytest.fixture
+def threads(request):
+    before = _core.get_threads()
+    _core.set_threads(request.param)
+    yield request.param
+    _core.set_threads(before)
+
+
+def tiny_model(tmp_path, wtype="F32", **kw):
+    src, out = tmp_path / "t.gguf", tmp_path / "t.mgpt"
+    tiny_llama(src, wtype=wtype, **kw)
+    convert(src, out, "f32" if wtype == "F32" else None)
+    return minigpt.Model(out, backend="c", threads=1)
+
+
+MODELS = {"tied": dict(), "untied-freqs": dict(tied=False, rope_freqs=True), "mha": dict(n_kv_heads=4),
+          "mqa": dict(n_kv_heads=1), "q4_1": dict(wtype="Q4_1"), "q4_0": dict(wtype="Q4_0", tied=False),
+          "q8_0": dict(wtype="Q8_0"), "f16": dict(wtype="F16")}
+
+
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+@pytest.mark.parametrize("kind", MODELS)
+def test_prefill_then_decode_matches_numpy_path(tmp_path, kind, threads):
+    m = tiny_model(tmp_path, **MODELS[kind])
+    fwd = make_forward(m)
+    ref_cache, cache = KVCache(m.config, 64), KVCache(m.config, 64)
+    close(fwd.forward(IDS[:9], 0, cache.k, cache.v, all_logits=True),
+          reference(m, IDS[:9], 0, ref_cache, True))
+    for pos in range(9, len(IDS)):    # incremental decode, one token at a time
+        close(fwd.forward([IDS[pos]], pos, cache.k, cache.v), reference(m, [IDS[pos]], pos, ref_cache, False))
+    n = len(IDS)
+    np.testing.assert_allclose(cache.k[:, :, :n], ref_cache.k[:, :, :n], atol=1e-5)
+    np.testing.assert_allclose(cache.v[:, :, :n], ref_cache.v[:, :, :n], atol=1e-5)
+    # a 2-token step: the decode matmul path with more than one query
+    close(fwd.forward(IDS[:2], n, cache.k, cache.v, all_logits=True),
+          reference(m, IDS[:2], n, ref_cache, True))
+
+
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+@pytest.mark.parametrize("max_batch", [1, 3, 5])
+def test_chunked_prompt_longer_than_max_batch(tmp_path, max_batch, threads):
+    m = tiny_model(tmp_path, wtype="Q4_1", tied=False)
+    fwd = make_forward(m, max_batch=max_batch)
+    ref = reference(m, IDS, 0, KVCache(m.config, 32), True)
+    cache = KVCache(m.config, 32)
+    close(fwd.forward(IDS, 0, cache.k, cache.v, all_logits=True), ref)
+    cache = KVCache(m.config, 32)
+    last = fwd.forward(np.array(IDS, dtype=np.int32), 0, cache.k, cache.v)
+    close(last, ref[-1:])
+    out = np.zeros((1, m.config.vocab_size), np.float32)
+    assert fwd.forward([5], len(IDS), cache.k, cache.v, out=out) is out
+
+
+def test_forward_runs_at_the_end_of_the_cache(tmp_path):
+    m = tiny_model(tmp_path)
+    fwd = make_forward(m, max_batch=4)
+    cache, ref_cache = KVCache(m.config, 10), KVCache(m.config, 10)
+    ids = IDS[:10]
+    close(fwd.forward(ids, 0, cache.k, cache.v, all_logits=True), reference(m, ids, 0, ref_cache, True))
+
+
+@pytest.mark.parametrize("threads", [2], indirect=True)
+def test_long_context_decode_splits_head_groups(tmp_path, threads):
+    # one kv head and enough keys that decode attention is cut into parts of the head group
+    m = tiny_model(tmp_path, dim=256, n_heads=4, n_kv_heads=1, ctx=512)
+    fwd = make_forward(m)
+    ids = (IDS * 20)[:300]
+    cache, ref_cache = KVCache(m.config, 512), KVCache(m.config, 512)
+    close(fwd.forward(ids, 0, cache.k, cache.v), reference(m, ids, 0, ref_cache, False))
+    for pos in range(300, 304):
+        close(fwd.forward([pos % 200], pos, cache.k, cache.v), reference(m, [pos % 200], pos, ref_cache, False))
+
+
+def test_fast_mode_stays_close(tmp_path):
+    m = tiny_model(tmp_path, wtype="Q8_0")
+    fwd = make_forward(m, matmul="fast")
+    assert fwd.matmul == "fast"
+    ref = reference(m, IDS, 0, KVCache(m.config, 32), True)
+    cache = KVCache(m.config, 32)
+    fast = fwd.forward(IDS, 0, cache.k, cache.v, all_logits=True)
+    close(fast, ref, rel=3e-2)
+    assert not np.array_equal(fast, ref)    # int8 activations really were used
+    fwd.set_matmul("exact")
+    cache = KVCache(m.config, 32)
+    close(fwd.forward(IDS, 0, cache.k, cache.v, all_logits=True), ref)
+
+
+# --- bad input: a ValueError naming the problem, never a crash
+
+def test_bad_forward_arguments(tmp_path):
+    m = tiny_model(tmp_path)
+    fwd = make_forward(m, max_batch=4)
+    V = m.config.vocab_size
+    c = KVCache(m.config, 16)
+    k, v = c.k, c.v
+    bad = [
+        (([V], 0, k, v), "out of range"), (([-1], 0, k, v), "out of range"), (([], 0, k, v), "non-empty"),
+        (([[1, 2]], 0, k, v), "1-D"), (([1.5], 0, k, v), "integers"), (("ab", 0, k, v), "1-D"), ((["a"], 0, k, v), "integers"),
+        (([1], -1, k, v), "start"), (([1], 1.0, k, v), "start"), (([1], True, k, v), "start"),
+        (([1] * 3, 14, k, v), "do not fit"), (([1], 16, k, v), "do not fit"),
+        (([1], 0, k[:1], v), "shape"), (([1], 0, k, v[:, :, :8]), "shape"),
+        (([1], 0, k[0], v), "4-D"), (([1], 0, list(k), v), "4-D"),
+        (([1], 0, k.astype(np.float64), v), "float32"), (([1], 0, k, v.astype(np.float16)), "float32"),
+        (([1], 0, np.asfortranarray(k), v), "shape|contiguous"),
+        (([1], 0, k, k), "overlap"),
+        (([1], 0, KVCache(m.config, 500).k, KVCache(m.config, 500).v), "rope"),
+    ]
+    ro = k.copy()
+    ro.flags.writeable = False
+    bad.append((([1], 0, ro, v), "read-only"))
+    swapped = k.astype(k.dtype.newbyteorder())
+    bad.append((([1], 0, swapped, v), "float32"))
+    strided = np.zeros(k.shape[:3] + (2 * k.shape[3],), np.float32)[..., ::2]
+    bad.append((([1], 0, strided, v), "contiguous"))
+    for args, msg in bad:
+        with pytest.raises(ValueError, match=msg):
+            fwd.forward(*args)
+    for out, msg in [(np.zeros((2, V), np.float32), "shape"), (np.zeros((1, V), np.float64), "float32"),
+                     (np.zeros((1, 2 * V), np.float32)[:, ::2], "contiguous"), ([0.0] * V, "numpy array")]:
+        with pytest.raises(ValueError, match=msg):
+            fwd.forward([1], 0, k, v, out=out)
+    with pytest.raises(ValueError, match="overlap"):
+        fwd.forward([1], 0, k, v, out=k.reshape(-1)[:V].reshape(1, V))
+    with pytest.raises(ValueError, match="mode"):
+        fwd.set_matmul("int4")
+    fwd.forward([1, 2, 3], 0, k, v)   # still usable afterwards
+
+
+def test_bad_construction(tmp_path):
+    m = tiny_model(tmp_path, wtype="Q4_1", tied=False)
+    cfg = m.config
+    good = {name: (w.data, w.qtype) for name, w in m.weights.items()}
+
+    def build(weights=good, **kw):
+        args = dict(dim=cfg.dim, n_layers=cfg.n_layers, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads,
+                    head_dim=cfg.head_dim, hidden_dim=cfg.hidden_dim, vocab_size=cfg.vocab_size,
+                    norm_eps=cfg.norm_eps, rope_dim=cfg.rope_dim, weights=weights, rope=m.engine.rope)
+        args.update(kw)
+        return _core.LlamaForward(**args)
+
+    build()
+    wq = good["layers.0.wq"][0]
+    cases = [
+        (dict(weights={k: v for k, v in good.items() if k != "layers.1.w_up"}), "missing weight 'layers.1.w_up'"),
+        (dict(weights={k: v for k, v in good.items() if k != "output"}), "missing weight 'output'"),
+        (dict(weights={**good, "layers.0.wq": (wq, "q4_0")}), "layers.0.wq"),
+        (dict(weights={**good, "layers.0.wq": (wq[:-1], "q4_1")}), "logical shape"),
+        (dict(weights={**good, "layers.0.wq": (wq, "q9")}), "unknown qtype"),
+        (dict(weights={**good, "layers.0.wq": wq}), "pair"),
+        (dict(weights={**good, "layers.0.wk": good["layers.0.wq"]}), "layers.0.wk has logical shape"),
+        (dict(weights={**good, "layers.1.attn_norm": (good["layers.1.attn_norm"][0], "f16")}), "must be f32"),
+        (dict(weights={**good, "output_norm": (np.zeros(cfg.dim + 1, np.float32), "f32")}), "output_norm has shape"),
+        (dict(weights={**good, "output_norm": (np.zeros(cfg.dim, np.float64), "f32")}), "float32"),
+        (dict(weights=list(good.items())), "dict"),
+        (dict(n_layers=cfg.n_layers + 1), "missing weight 'layers.2"),
+        (dict(dim=cfg.dim * 2), "shape"),
+        (dict(vocab_size=cfg.vocab_size - 1), "shape"),
+        (dict(n_kv_heads=3), "multiple"),
+        (dict(rope_dim=cfg.head_dim + 2), "rope_dim"),
+        (dict(rope_dim=3), "rope_dim"),
+        (dict(max_batch=0), "max_batch"),
+        (dict(max_batch=2.0), "max_batch"),
+        (dict(head_dim=-4), "head_dim"),
+        (dict(norm_eps=float("nan")), "norm_eps"),
+        (dict(rope=m.engine.rope[0]), "rope"),
+        (dict(rope=(m.engine.rope[0][:, :-1], m.engine.rope[1])), "rope cos"),
+        (dict(rope=(m.engine.rope[0], m.engine.rope[1][:5])), "rope sin"),
+        (dict(matmul="int4"), "mode"),
+    ]
+    for kw, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            build(**kw)
+
+
+# --- the real model
+
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+def test_smollm2_matches_numpy_path(smollm2_mgpt, threads):
+    m = minigpt.Model(smollm2_mgpt, backend="c", threads=1, n_ctx=256)
+    fwd = make_forward(m, max_batch=32)
+    ids = m.tokenize("The quick brown fox jumps over the lazy dog. " * 4)
+    assert 32 < len(ids) < 80
+    ref_cache, cache = KVCache(m.config, 256), KVCache(m.config, 256)
+    close(fwd.forward(ids, 0, cache.k, cache.v, all_logits=True), reference(m, ids, 0, ref_cache, True))
+    for pos, tok in enumerate([260, 1300, 42, 7], start=len(ids)):
+        close(fwd.forward([tok], pos, cache.k, cache.v), reference(m, [tok], pos, ref_cache, False))
