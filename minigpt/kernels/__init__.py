@@ -5,10 +5,12 @@
     dequantize(w, qtype)               -> float32 [rows, cols]
     set_threads(n) / get_threads()     threads matmul uses (the numpy backend only records n)
 
-Backends: 'c' (compiled, minigpt/kernels/_core.pyx over csrc/; the default when it is built) and
-'numpy' (numpy_ref.py, the oracle). Stored weight layouts are described in minigpt/quant.py.
+Backends: 'c' (compiled, minigpt/kernels/_core.pyx over csrc/; the default when it is built),
+'numba' (numba_.py, JIT-compiled; listed when numba is installed, imported on first use since importing
+numba takes ~0.5 s) and 'numpy' (numpy_ref.py, the oracle). Stored weight layouts: minigpt/quant.py.
 """
 
+import importlib.util
 import os
 
 from minigpt.errors import MinigptError
@@ -25,6 +27,8 @@ ENV_VAR = "MINIGPT_BACKEND"
 _BACKENDS = {"numpy": numpy_ref}
 if _core is not None:
     _BACKENDS["c"] = _core
+if importlib.util.find_spec("numba") is not None:
+    _BACKENDS["numba"] = None  # imported by get_backend
 
 
 def available_backends():
@@ -40,6 +44,12 @@ def get_backend(name=None):
     """The backend module called `name`; None reads $MINIGPT_BACKEND, else the default."""
     if name is None:
         name = os.environ.get(ENV_VAR) or default_backend()
+    if name in _BACKENDS and _BACKENDS[name] is None:  # numba: imported on first use
+        try:
+            from minigpt.kernels import numba_
+        except ImportError as e:
+            raise MinigptError(f"the numba backend cannot be imported ({e})") from None
+        _BACKENDS[name] = numba_
     if name in _BACKENDS:
         return _BACKENDS[name]
     if name == "c":

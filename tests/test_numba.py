@@ -1,0 +1,72 @@
+"""What is particular to the numba backend; the cross-checks against numpy_ref are in test_kernels.py."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+
+import numba  # noqa: E402
+
+from minigpt import quant  # noqa: E402
+from minigpt.kernels import available_backends, default_backend, get_backend, numba_  # noqa: E402
+
+
+@pytest.fixture
+def nb():
+    yield numba_
+    numba_.set_threads(1)
+
+
+def test_registered_but_not_the_default(monkeypatch):
+    assert "numba" in available_backends()
+    assert get_backend("numba") is numba_ and numba_.name == "numba"
+    if "c" in available_backends():
+        assert default_backend() == "c"
+    monkeypatch.setenv("MINIGPT_BACKEND", "numba")
+    assert get_backend() is numba_
+
+
+def test_block_scales_of_every_fp16_kind_are_exact(nb):
+    # d and m read from the bytes: subnormal, -0, huge and tiny normals, decoded as NumPy decodes them
+    rng = np.random.default_rng(0)
+    w = quant.quantize(rng.standard_normal((64, 64)).astype(np.float32), "q4_1")
+    halves = np.array([0x0001, 0x03FF, 0x8001, 0x8000, 0x0400, 0x7BFF, 0xFBFF, 0x3C00, 0x1234], np.uint16)
+    for field in (0, 2, 20, 22):  # d and m of the first two blocks
+        w[:, field:field + 2] = rng.choice(halves, 64)[:, None].view(np.uint8).reshape(64, 2)
+    np.testing.assert_array_equal(nb.dequantize(w, "q4_1"), quant.dequantize(w, "q4_1"))
+
+
+def test_threads_are_bounded_by_numba():
+    limit = numba.config.NUMBA_NUM_THREADS
+    numba_.set_threads(limit)
+    assert numba_.get_threads() == limit
+    with pytest.raises(ValueError, match="NUMBA_NUM_THREADS"):
+        numba_.set_threads(limit + 1)
+    numba_.set_threads(1)
+
+
+@pytest.mark.parametrize("qtype", list(quant.QTYPES))
+def test_result_does_not_depend_on_threads(nb, qtype):
+    # each output is summed by the same code whichever thread owns its row: bit-identical
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba has one thread")
+    rng = np.random.default_rng(1)
+    w = quant.quantize(rng.standard_normal((67, 160)).astype(np.float32), qtype)
+    for n in (1, 9):
+        x = rng.standard_normal((n, 160)).astype(np.float32)
+        one = nb.matmul(x, w, qtype)
+        nb.set_threads(2)
+        np.testing.assert_array_equal(nb.matmul(x, w, qtype), one)
+        nb.set_threads(1)
+
+
+@pytest.mark.parametrize("qtype", list(quant.QTYPES))
+def test_decode_and_prefill_paths_agree(nb, qtype):
+    # n < MIN_TILE_N dots the stored rows directly; larger n dequantizes tiles first
+    rng = np.random.default_rng(2)
+    w = quant.quantize(rng.standard_normal((2 * numba_.TILE + 3, 96)).astype(np.float32), qtype)
+    x = rng.standard_normal((numba_.MIN_TILE_N + 2, 96)).astype(np.float32)
+    tiled = nb.matmul(x, w, qtype)
+    direct = np.concatenate([nb.matmul(x[i:i + 1], w, qtype) for i in range(len(x))])
+    scale = np.abs(x) @ np.abs(quant.dequantize(w, qtype)).T
+    assert (np.abs(tiled - direct) <= 1e-5 * scale).all()
