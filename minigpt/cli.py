@@ -200,6 +200,22 @@ def generate(model, prompt, max_tokens, temperature, top_k, top_p, min_p, repeat
              f"({n_gen / max(dt, 1e-9):.1f} tok/s); backend {m.kern.name}, {m.threads} threads]")
 
 
+@cli.command()
+@click.option("-m", "--model", default=None, help="A .mgpt file or a known model name (default: smollm2-135m-instruct).")
+@click.option("-p", "--n-prompt", default=128, show_default=True, type=click.IntRange(0), help="Prefill test length.")
+@click.option("-n", "--n-gen", default=128, show_default=True, type=click.IntRange(0), help="Decode test length.")
+@click.option("-t", "--threads", default=None, type=click.IntRange(1, 512), help="Default: physical cores.")
+@click.option("-r", "--reps", default=3, show_default=True, type=click.IntRange(1), help="Repetitions of each test.")
+@click.option("--backend", default=None, help="Kernel backend; default $MINIGPT_BACKEND or c.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def bench(model, n_prompt, n_gen, threads, reps, backend, as_json):
+    """Measure load time, prefill and decode speed, and peak memory."""
+    from . import bench as bench_
+
+    r = bench_.run(_resolve(model), n_prompt, n_gen, threads, reps, backend)
+    click.echo(json.dumps(r, indent=2) if as_json else bench_.format_table(r))
+
+
 def main():
     try:
         cli.main(standalone_mode=False)

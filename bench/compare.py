@@ -1,0 +1,190 @@
+"""minigpt against llama.cpp on the same Q4_0 weights, interleaved A B A B, one fresh process per measurement.
+
+    /work/venvs/llama/bin/python bench/make_model.py       # once: the Q4_0 GGUF and its .mgpt (see that file)
+    python bench/compare.py                                # 5 rounds at 1 and 2 threads, all rows it can run
+    python bench/compare.py --rounds 9 --threads 1 --engines llama.cpp,minigpt
+
+Each round runs every engine once per thread count, in a fixed order (llama.cpp, minigpt, then the optional
+rows), so slow drifts of a shared machine hit all of them alike. Every measurement is a new process: load
+(timed), an untimed warm-up, prefill of p fixed ids from an empty cache, n greedy single-token decode steps
+(minigpt/bench.py; bench/llama_worker.py and bench/hf_worker.py are its twins). Printed per thread count:
+median [min, max] over rounds of prefill and decode tok/s, load seconds and peak RSS, with the ratio
+row / llama.cpp (RSS: the difference in MiB). Raw results go to ~/.cache/minigpt/bench/compare-<time>.json.
+
+Rows: llama.cpp (llama-cpp-python in /work/venvs/llama), minigpt (default backend), and the optional
+minigpt-numba and minigpt-numpy (skipped when that backend is not available) and transformers-f32 (/work/venvs/hf;
+the GGUF dequantized to float32 - "what a user would pick instead"). --extra-rounds limits the rounds of the
+optional rows, which can be very slow. This script itself needs only the Python standard library.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("MINIGPT_CACHE") or Path.home() / ".cache" / "minigpt")
+BENCH_DIR = CACHE / "bench"
+STEM = "SmolLM2-135M-Instruct.Q4_0"
+LLAMA_PY = "/work/venvs/llama/bin/python"
+HF_PY = "/work/venvs/hf/bin/python"
+REQUIRED = ("llama.cpp", "minigpt")
+OPTIONAL = ("minigpt-numba", "transformers-f32", "minigpt-numpy")
+
+
+# --- one measurement per process
+
+def _command(engine, a, threads):
+    size = ["-p", str(a.n_prompt), "-n", str(a.n_gen), "-t", str(threads)]
+    if engine == "llama.cpp":
+        return [a.llama_python, str(ROOT / "bench" / "llama_worker.py"), "-m", str(a.gguf), *size]
+    if engine == "transformers-f32":
+        return [a.hf_python, str(ROOT / "bench" / "hf_worker.py"), "-m", str(a.gguf), *size]
+    backend = {"minigpt": [], "minigpt-numba": ["--backend", "numba"], "minigpt-numpy": ["--backend", "numpy"]}[engine]
+    return [a.python, "-m", "minigpt", "bench", "-m", str(a.mgpt), *size, "-r", "1", "--json", *backend]
+
+
+def _flat(d):
+    """A worker's JSON or `minigpt bench --json` in one shape: scalars only."""
+    out = dict(d)
+    for k in ("prefill_tok_s", "decode_tok_s"):
+        if isinstance(d.get(k), dict):
+            out[k] = d[k]["median"]
+    return out
+
+
+def measure(engine, a, threads):
+    """The flat result dict, or a one-line reason it could not run."""
+    cmd = _command(engine, a, threads)
+    if not Path(cmd[0]).exists() and os.sep in cmd[0]:
+        return f"{cmd[0]} not found"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env.pop("MINIGPT_BACKEND", None)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        lines = [l for l in r.stderr.strip().splitlines() if l.strip()] or ["no output"]
+        return lines[-1]
+    return _flat(json.loads(r.stdout))
+
+
+# --- the table
+
+def _spread(xs, fmt):
+    return f"{fmt.format(statistics.median(xs))} [{fmt.format(min(xs))}, {fmt.format(max(xs))}]"
+
+
+def table(results, engines, threads, a):
+    """Lines of one thread count's table; results: {(engine, threads): [flat dicts]}."""
+    base = results.get(("llama.cpp", threads))
+    rows = [["", "prefill tok/s", "decode tok/s", "load s", "peak RSS MiB"]]
+    for e in engines:
+        runs = results.get((e, threads))
+        if not runs:
+            continue
+        row = [f"{e} ({len(runs)})"]
+        for key, fmt in (("prefill_tok_s", "{:.1f}"), ("decode_tok_s", "{:.1f}"), ("load_s", "{:.2f}"),
+                         ("peak_rss_mib", "{:.0f}")):
+            xs = [r[key] for r in runs]
+            cell = _spread(xs, fmt)
+            if base and e != "llama.cpp":
+                m, b = statistics.median(xs), statistics.median(r[key] for r in base)
+                cell += f" {m - b:+.0f}" if key == "peak_rss_mib" else f" {m / b:.2f}x"
+            row.append(cell)
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [f"threads {threads}: pp{a.n_prompt}, tg{a.n_gen}; median [min, max] (ratio to llama.cpp); (runs)"]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return lines
+
+
+def machine(results):
+    """What the numbers were measured on."""
+    info = {"os": platform.platform(), "python": platform.python_version()}
+    try:
+        cpu = Path("/proc/cpuinfo").read_text()
+        info["cpu"] = next(l.split(":", 1)[1].strip() for l in cpu.splitlines() if l.startswith("model name"))
+        flags = set(next(l for l in cpu.splitlines() if l.startswith("flags")).split(":", 1)[1].split())
+        info["flags"] = " ".join(f for f in ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx_vnni") if f in flags)
+        info["cpus"] = len(os.sched_getaffinity(0))
+        mem = next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal"))
+        info["memory_gib"] = round(int(mem.split()[1]) / 2**20, 1)
+    except (OSError, StopIteration, AttributeError):
+        pass
+    for runs in results.values():
+        for r in runs:
+            for k, v in r.get("versions", {}).items():
+                info.setdefault(k, v)
+    return info
+
+
+# ---
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--gguf", type=Path, default=BENCH_DIR / f"{STEM}.gguf")
+    ap.add_argument("--mgpt", type=Path, default=BENCH_DIR / f"{STEM}.mgpt")
+    ap.add_argument("-p", "--n-prompt", type=int, default=128)
+    ap.add_argument("-n", "--n-gen", type=int, default=128)
+    ap.add_argument("--threads", default="1,2", help="Comma-separated thread counts.")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--extra-rounds", type=int, default=None, help="Rounds of the optional rows (default: --rounds).")
+    ap.add_argument("--engines", default=",".join(REQUIRED + OPTIONAL), help="Comma-separated rows to run.")
+    ap.add_argument("--python", default=sys.executable, help="Interpreter for `-m minigpt bench`.")
+    ap.add_argument("--llama-python", default=LLAMA_PY)
+    ap.add_argument("--hf-python", default=HF_PY)
+    ap.add_argument("--out", type=Path, default=None, help="Raw results JSON (default: in the bench cache).")
+    a = ap.parse_args()
+    engines = [e.strip() for e in a.engines.split(",") if e.strip()]
+    unknown = set(engines) - set(REQUIRED + OPTIONAL)
+    if unknown:
+        raise SystemExit(f"unknown engines {sorted(unknown)}; known: {', '.join(REQUIRED + OPTIONAL)}")
+    for f in (a.gguf, a.mgpt):
+        if not f.is_file():
+            raise SystemExit(f"{f} not found; run: /work/venvs/llama/bin/python bench/make_model.py")
+    thread_counts = [int(t) for t in a.threads.split(",")]
+    extra = a.rounds if a.extra_rounds is None else a.extra_rounds
+
+    results, skipped = {}, {}
+    t_start = time.time()
+    for rnd in range(a.rounds):
+        for t in thread_counts:
+            for e in engines:
+                if e in skipped or (e in OPTIONAL and rnd >= extra):
+                    continue
+                r = measure(e, a, t)
+                if isinstance(r, str):
+                    if e in REQUIRED:
+                        raise SystemExit(f"{e} failed: {r}")
+                    skipped[e] = r
+                    print(f"skipping {e}: {r}", file=sys.stderr)
+                    continue
+                results.setdefault((e, t), []).append(r)
+                print(f"round {rnd + 1}/{a.rounds}  {e:<17} t={t}  pp {r['prefill_tok_s']:8.1f}  "
+                      f"tg {r['decode_tok_s']:7.1f} tok/s  load {r['load_s']:.2f} s  "
+                      f"rss {r['peak_rss_mib']:.0f} MiB", file=sys.stderr, flush=True)
+
+    info = machine(results)
+    print(f"model: {a.gguf} / {a.mgpt}")
+    print("machine: " + "; ".join(f"{k} {v}" for k, v in info.items()))
+    print(f"{a.rounds} rounds (optional rows: {extra}), {time.time() - t_start:.0f} s")
+    for t in thread_counts:
+        print()
+        print("\n".join(table(results, engines, t, a)))
+    for e, why in skipped.items():
+        print(f"skipped {e}: {why}")
+
+    out = a.out or BENCH_DIR / time.strftime("compare-%Y%m%d-%H%M%S.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": info, "args": {k: str(v) for k, v in vars(a).items()},
+                               "results": [{"engine": e, "threads": t, "runs": rs} for (e, t), rs in results.items()],
+                               "skipped": skipped}, indent=1) + "\n")
+    print(f"raw results: {out}")
+
+
+if __name__ == "__main__":
+    main()

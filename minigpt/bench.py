@@ -1,0 +1,111 @@
+"""`minigpt bench`: load time, prefill and decode speed, peak memory, in the spirit of llama-bench.
+
+    prefill  pp<p>: p fixed token ids evaluated in one call from an empty KV cache
+    decode   tg<n>: n greedy tokens after a 1-token prompt, one eval call per token
+Each repetition starts from an empty cache; one untimed warm-up (p tokens, then 2 decode steps) comes first.
+The cache holds p + n positions, as in llama-bench. bench/compare.py runs llama.cpp the same way.
+"""
+
+import platform
+import resource
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from . import __version__
+from .api import load
+from .errors import MinigptError
+
+# ---
+
+
+def prompt_ids(n, vocab):
+    """n fixed, ordinary token ids (no control tokens at the low end); bench/llama_worker.py uses the same rule."""
+    return [100 + (i * 7919) % (vocab - 100) for i in range(n)]
+
+
+def _peak_rss_mib():
+    # ru_maxrss is KiB on Linux, bytes on macOS
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def _isa(kern):
+    isa = getattr(kern, "isa", None)
+    return isa() if callable(isa) else None
+
+
+def _time_prefill(m, ids):
+    m.reset()
+    t0 = time.perf_counter()
+    m.eval(ids)
+    return time.perf_counter() - t0
+
+
+def _time_decode(m, first, n):
+    """Seconds for n single-token greedy steps after a 1-token prompt."""
+    m.reset()
+    tok = int(np.argmax(m.eval([first])))
+    t0 = time.perf_counter()
+    for _ in range(n):
+        tok = int(np.argmax(m.eval([tok])))
+    return time.perf_counter() - t0
+
+
+def _summary(samples):
+    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples), "samples": samples}
+
+
+def run(model, n_prompt=128, n_gen=128, threads=None, reps=3, backend=None):
+    """Benchmark one model; a JSON-ready dict. model: a .mgpt path or a known model name.
+
+    Timings are tok/s (higher is better) summarized over `reps` repetitions; n_prompt or n_gen 0 skips that test.
+    """
+    if n_prompt < 0 or n_gen < 0 or reps < 1 or n_prompt + n_gen < 1:
+        raise MinigptError(f"bad bench sizes: n_prompt {n_prompt}, n_gen {n_gen}, reps {reps}")
+    t0 = time.perf_counter()
+    m = load(model, threads=threads, backend=backend, n_ctx=n_prompt + n_gen + 1)
+    load_s = time.perf_counter() - t0
+
+    c = m.config
+    ids = prompt_ids(max(1, n_prompt), c.vocab_size)
+    _time_prefill(m, ids)   # warm-up: first touches of the mapped weights, thread start
+    _time_decode(m, ids[0], 2)
+    pp = [n_prompt / _time_prefill(m, ids) for _ in range(reps)] if n_prompt else []
+    tg = [n_gen / _time_decode(m, ids[0], n_gen) for _ in range(reps)] if n_gen else []
+
+    types = {}
+    for t in m.file.tensors.values():
+        types[t.qtype] = types.get(t.qtype, 0) + 1
+    return {
+        "model": {"path": str(m.path), "name": c.name, "arch": c.arch, "file_size": m.file.file_size,
+                  "n_params": sum(int(np.prod(t.shape)) for t in m.file.tensors.values()), "tensor_types": types},
+        "backend": m.kern.name, "isa": _isa(m.kern), "threads": m.threads,
+        "n_prompt": n_prompt, "n_gen": n_gen, "reps": reps,
+        "load_s": load_s,
+        "prefill_tok_s": _summary(pp) if pp else None,
+        "decode_tok_s": _summary(tg) if tg else None,
+        "peak_rss_mib": _peak_rss_mib(),
+        "versions": {"minigpt": __version__, "python": platform.python_version(), "numpy": np.__version__},
+    }
+
+
+def format_table(r):
+    """The human-readable report of a run() dict."""
+    mo = r["model"]
+    types = ", ".join(f"{n} {q}" for q, n in sorted(mo["tensor_types"].items()))
+    lines = [
+        f"model     {mo['name'] or mo['path']}  ({mo['arch']}, {mo['n_params'] / 1e6:.1f}M params, "
+        f"{mo['file_size'] / 2**20:.1f} MiB; {types})",
+        f"backend   {r['backend']}" + (f" ({r['isa']})" if r["isa"] else "") + f", {r['threads']} threads",
+        f"load      {r['load_s']:.3f} s",
+    ]
+    for label, key, n in (("prefill", "prefill_tok_s", f"pp{r['n_prompt']}"), ("decode", "decode_tok_s", f"tg{r['n_gen']}")):
+        s = r[key]
+        if s:
+            lines.append(f"{label:<9} {n:<7} {s['median']:8.1f} tok/s  [{s['min']:.1f}, {s['max']:.1f}] "
+                         f"over {len(s['samples'])} reps")
+    lines.append(f"peak RSS  {r['peak_rss_mib']:.1f} MiB")
+    return "\n".join(lines)
