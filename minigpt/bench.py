@@ -58,7 +58,7 @@ def _summary(samples):
     return {"median": statistics.median(samples), "min": min(samples), "max": max(samples), "samples": samples}
 
 
-def run(model, n_prompt=128, n_gen=128, threads=None, reps=3, backend=None):
+def run(model, n_prompt=128, n_gen=128, threads=None, reps=3, backend=None, precision="balanced"):
     """Benchmark one model; a JSON-ready dict. model: a .mgpt path or a known model name.
 
     Timings are tok/s (higher is better) summarized over `reps` repetitions; n_prompt or n_gen 0 skips that test.
@@ -66,7 +66,7 @@ def run(model, n_prompt=128, n_gen=128, threads=None, reps=3, backend=None):
     if n_prompt < 0 or n_gen < 0 or reps < 1 or n_prompt + n_gen < 1:
         raise MinigptError(f"bad bench sizes: n_prompt {n_prompt}, n_gen {n_gen}, reps {reps}")
     t0 = time.perf_counter()
-    m = load(model, threads=threads, backend=backend, n_ctx=n_prompt + n_gen + 1)
+    m = load(model, threads=threads, backend=backend, n_ctx=n_prompt + n_gen + 1, precision=precision)
     load_s = time.perf_counter() - t0
 
     c = m.config
@@ -85,6 +85,7 @@ def run(model, n_prompt=128, n_gen=128, threads=None, reps=3, backend=None):
         "backend": m.kern.name, "isa": _isa(m.kern), "threads": m.threads,
         "n_prompt": n_prompt, "n_gen": n_gen, "reps": reps,
         "load_s": load_s,
+        "precision": m.engine.compiled.matmul if m.engine.compiled is not None else "exact",
         "prefill_tok_s": _summary(pp) if pp else None,
         "decode_tok_s": _summary(tg) if tg else None,
         "peak_rss_mib": _peak_rss_mib(),
@@ -99,7 +100,7 @@ def format_table(r):
     lines = [
         f"model     {mo['name'] or mo['path']}  ({mo['arch']}, {mo['n_params'] / 1e6:.1f}M params, "
         f"{mo['file_size'] / 2**20:.1f} MiB; {types})",
-        f"backend   {r['backend']}" + (f" ({r['isa']})" if r["isa"] else "") + f", {r['threads']} threads",
+        f"backend   {r['backend']}" + (f" ({r['isa']})" if r["isa"] else "") + f", {r['precision']} precision, {r['threads']} threads",
         f"load      {r['load_s']:.3f} s",
     ]
     for label, key, n in (("prefill", "prefill_tok_s", f"pp{r['n_prompt']}"), ("decode", "decode_tok_s", f"tg{r['n_gen']}")):

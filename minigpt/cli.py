@@ -61,10 +61,10 @@ def _resolve(model):
     return hub.resolve(name)
 
 
-def _load(model, threads=None, backend=None, n_ctx=None):
+def _load(model, threads=None, backend=None, n_ctx=None, precision="balanced"):
     from .api import Model
 
-    return Model(_resolve(model), threads=threads, backend=backend, n_ctx=n_ctx)
+    return Model(_resolve(model), threads=threads, backend=backend, n_ctx=n_ctx, precision=precision)
 
 
 def _utf8_stdout():
@@ -125,6 +125,7 @@ def info(model, verify, as_json):
         "tokenizer": {"model": tok.get("model"), "pre": tok.get("pre"), "n_vocab": len(tok.get("tokens", [])),
                       "bos": tok.get("bos_token_id"), "eos": tok.get("eos_token_id")},
         "chat_template": f.chat_template, "backend": kernels.get_backend().name,
+        "isa": getattr(kernels.get_backend(), "isa", lambda: None)(),
     }
     if as_json:
         click.echo(json.dumps(d, ensure_ascii=False, indent=2))
@@ -139,7 +140,7 @@ def info(model, verify, as_json):
     t = d["tokenizer"]
     click.echo(f"tokenizer   {t['model']} ({t['pre']}), {t['n_vocab']} tokens, bos {t['bos']}, eos {t['eos']}")
     click.echo(f"checksums   {d['checksums']}")
-    click.echo(f"backend     {d['backend']}")
+    click.echo(f"backend     {d['backend']}" + (f" ({d['isa']})" if d["isa"] else ""))
     click.echo("template    " + ("(none)" if not f.chat_template else ""))
     if f.chat_template:
         click.echo("\n".join("  " + line for line in f.chat_template.splitlines()))
@@ -174,14 +175,16 @@ def tokenize(model, special, add_bos, text):
 @click.option("--stop", multiple=True, help="Stop before this text (repeatable).")
 @click.option("-t", "--threads", default=None, type=click.IntRange(1, 512), help="Default: physical cores.")
 @click.option("--ctx", default=None, type=click.IntRange(1), help="Context length (default: the model's).")
-@click.option("--backend", default=None, help="Kernel backend (c, numpy); default $MINIGPT_BACKEND or c.")
+@click.option("--backend", default=None, help="Kernel backend (c, numba, numpy); default $MINIGPT_BACKEND or c.")
+@click.option("--precision", default="balanced", show_default=True, type=click.Choice(["exact", "balanced", "fast"]),
+              help="Activations in f32 (exact), int8 (fast), or int8 but for the sensitive matmuls (balanced).")
 @click.option("--echo", is_flag=True, help="Print the prompt before the continuation.")
 @click.option("--stats", is_flag=True, help="Print token counts and speed to stderr at the end.")
 def generate(model, prompt, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, stop,
-             threads, ctx, backend, echo, stats):
+             threads, ctx, backend, precision, echo, stats):
     """Continue PROMPT, streaming the text to standard output."""
     _utf8_stdout()
-    m = _load(model, threads, backend, ctx)
+    m = _load(model, threads, backend, ctx, precision)
     if echo:
         click.echo(prompt, nl=False)
     t0 = time.perf_counter()
@@ -207,12 +210,14 @@ def generate(model, prompt, max_tokens, temperature, top_k, top_p, min_p, repeat
 @click.option("-t", "--threads", default=None, type=click.IntRange(1, 512), help="Default: physical cores.")
 @click.option("-r", "--reps", default=3, show_default=True, type=click.IntRange(1), help="Repetitions of each test.")
 @click.option("--backend", default=None, help="Kernel backend; default $MINIGPT_BACKEND or c.")
+@click.option("--precision", default="balanced", show_default=True, type=click.Choice(["exact", "balanced", "fast"]),
+              help="Activations in f32 (exact), int8 (fast), or int8 but for the sensitive matmuls (balanced).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def bench(model, n_prompt, n_gen, threads, reps, backend, as_json):
+def bench(model, n_prompt, n_gen, threads, reps, backend, precision, as_json):
     """Measure load time, prefill and decode speed, and peak memory."""
     from . import bench as bench_
 
-    r = bench_.run(_resolve(model), n_prompt, n_gen, threads, reps, backend)
+    r = bench_.run(_resolve(model), n_prompt, n_gen, threads, reps, backend, precision)
     click.echo(json.dumps(r, indent=2) if as_json else bench_.format_table(r))
 
 
