@@ -135,7 +135,7 @@ def info(model, verify, as_json):
                f"head_dim {c.head_dim}, ffn {c.hidden_dim}, context {c.context_length}")
     click.echo(f"rope        theta {c.rope_theta:g}, dims {c.rope_dim}" + (f", scaling {c.rope_scaling}" if c.rope_scaling else ""))
     click.echo(f"size        {n_params / 1e6:.1f}M parameters, {f.file_size / 2**20:.1f} MiB, {d['bits_per_weight']:.2f} bits/weight")
-    click.echo(f"tensors     " + ", ".join(f"{n} {q}" for q, n in sorted(types.items())) +
+    click.echo("tensors     " + ", ".join(f"{n} {q}" for q, n in sorted(types.items())) +
                (", embeddings tied" if c.tied_embeddings else ""))
     t = d["tokenizer"]
     click.echo(f"tokenizer   {t['model']} ({t['pre']}), {t['n_vocab']} tokens, bos {t['bos']}, eos {t['eos']}")

@@ -1,8 +1,6 @@
 """`minigpt bench` on a tiny synthetic model: the report's fields and shapes, never its timings."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -10,6 +8,7 @@ from minigpt import bench, kernels
 from minigpt.convert import convert
 
 from synthetic import tiny_llama
+from subproc import run_minigpt
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +20,7 @@ def tiny(tmp_path_factory):
 
 
 def test_bench_json(tiny):
-    r = subprocess.run([sys.executable, "-m", "minigpt", "bench", "-m", str(tiny), "-p", "8", "-n", "4",
-                        "-t", "1", "-r", "2", "--json"], capture_output=True, text=True, timeout=300)
+    r = run_minigpt("bench", "-m", tiny, "-p", "8", "-n", "4", "-t", "1", "-r", "2", "--json", timeout=300)
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert d["backend"] == kernels.get_backend().name and d["threads"] == 1
@@ -47,8 +45,7 @@ def test_bench_every_backend_and_table(tiny, backend):
 
 
 def test_bench_bad_sizes_are_one_line_errors(tiny):
-    r = subprocess.run([sys.executable, "-m", "minigpt", "bench", "-m", str(tiny), "-p", "0", "-n", "0"],
-                       capture_output=True, text=True, timeout=300)
+    r = run_minigpt("bench", "-m", tiny, "-p", "0", "-n", "0", timeout=300)
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("error: bad bench sizes")
 

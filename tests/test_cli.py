@@ -1,8 +1,6 @@
 """The command line on tiny synthetic models: outputs, and one-line errors for every kind of bad input."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -10,12 +8,11 @@ import pytest
 from minigpt.format import MgptFile
 
 from synthetic import tiny_llama
+from subproc import run_minigpt
 
 
 def run(*args, input=None):
-    r = subprocess.run([sys.executable, "-m", "minigpt", *map(str, args)], capture_output=True, text=True,
-                       timeout=300, input=input)
-    return r
+    return run_minigpt(*args, timeout=300, input=input)
 
 
 def assert_one_line_error(r):

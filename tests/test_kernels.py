@@ -2,7 +2,6 @@
 
 import multiprocessing
 import os
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -12,6 +11,7 @@ import pytest
 from minigpt import quant
 from minigpt.errors import MinigptError
 from minigpt.kernels import available_backends, get_backend, numpy_ref
+from subproc import run_python
 
 QTYPES = list(quant.QTYPES)
 BACKENDS = available_backends()
@@ -239,8 +239,7 @@ def test_isa_is_reported():
 
 
 def _run_python(code, **env):
-    return subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True,
-                          text=True, timeout=120)
+    return run_python("-c", code, env=env, timeout=120)
 
 
 def test_bad_isa_names_the_value():
@@ -253,10 +252,8 @@ def test_scalar_isa_in_subprocess():
     # the portable C path is what non-AVX2 CPUs run: re-run this file's compiled-backend tests on it
     assert _run_python("from minigpt.kernels import _core; print(_core.isa())",
                        MINIGPT_ISA="scalar").stdout.strip() == "scalar"
-    r = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider",
-                        "-k", "not numpy and not numba and not subprocess"],
-                       env={**os.environ, "MINIGPT_ISA": "scalar"}, capture_output=True, text=True,
-                       timeout=600)
+    r = run_python("-m", "pytest", __file__, "-q", "-p", "no:cacheprovider",
+                   "-k", "not numpy and not numba and not subprocess", env={"MINIGPT_ISA": "scalar"})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
 

@@ -56,7 +56,6 @@ class ByteTokenizer:
     """Token i is byte i: enough to drive stream_text."""
 
     def stream(self):
-        tok = self
 
         class D:
             buf = b""

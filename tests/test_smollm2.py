@@ -2,8 +2,6 @@
 Hugging Face transformers in f32 on the dequantized weights, and llama.cpp (see docs/fidelity.md)."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +9,7 @@ import pytest
 
 import minigpt
 from minigpt import kernels
+from subproc import run_minigpt
 
 FIX = Path(__file__).parent / "fixtures"
 
@@ -83,7 +82,7 @@ def test_default_path_at_least_as_faithful_as_llama_cpp(smollm2_mgpt, ref):
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "minigpt", *args], capture_output=True, text=True, timeout=600)
+    return run_minigpt(*args)
 
 
 def test_generate_capital_of_france(smollm2_mgpt):
