@@ -238,7 +238,7 @@ def dequantize(w, qtype, cols=None):
             raise ValueError(f"weight must be 2-D, got shape {w.shape}")
         if cols is not None and w.shape[1] != int(cols):
             raise ValueError(f"cols={cols} does not match the weight's {w.shape[1]} columns")
-        return w.astype(np.float32)
+        return w.astype(np.float32, copy=False)   # f32 weights: no copy (the reference path reads them per token)
 
     if w.dtype != np.uint8:
         raise ValueError(f"a {qtype} weight must have dtype uint8, got {w.dtype}")
