@@ -9,11 +9,13 @@ tokenizer_st_partition, token_to_piece, detokenize).
 import codecs
 import enum
 import heapq
+import itertools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
 from minigpt.errors import TokenizerError
-from minigpt.tokenizer.pretokenize import CHAR_TO_BYTE, PreTokenizer, byte_encode, pre_tokenizer, split
+from minigpt.tokenizer.pretokenize import (CHAR_TO_BYTE, PreTokenizer, byte_encode, compiled, pre_tokenizer,
+                                           split)
 
 
 class Attr(enum.IntFlag):
@@ -29,6 +31,8 @@ class Attr(enum.IntFlag):
 # GGUF tokenizer.ggml.token_type -> Attr; anything else (0 = undefined) has no attribute.
 _TYPE_TO_ATTR = {1: Attr.NORMAL, 2: Attr.UNKNOWN, 3: Attr.CONTROL, 4: Attr.USER_DEFINED,
                  5: Attr.UNUSED, 6: Attr.BYTE}
+_NO_ATTR = Attr(0)
+_SPECIAL = Attr.CONTROL | Attr.USER_DEFINED | Attr.UNKNOWN   # matched by text before pre-tokenizing
 
 # llama.cpp finds end-of-generation tokens by their text (it says so itself: "obviously not ideal").
 _EOG_TEXTS = frozenset([
@@ -67,13 +71,11 @@ def from_fields(fields: Mapping) -> "Tokenizer":
         raise TokenizerError("GGUF tokenizer lacks tokenizer.ggml.tokens or tokenizer.ggml.merges")
 
     # an empty token text gets a placeholder so that no two tokens share a text
-    tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(fields["tokens"])]
+    tokens = list(fields["tokens"])
+    if not all(tokens):
+        tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
     n = len(tokens)
-    types = fields.get("token_type")
-    if types is not None and len(types) < n:
-        raise TokenizerError(f"tokenizer.ggml.token_type has {len(types)} entries for {n} tokens")
-    attrs = [_TYPE_TO_ATTR.get(int(types[i]), Attr(0)) if types is not None else Attr.NORMAL
-             for i in range(n)]
+    attrs = _attributes(fields.get("token_type"), n)
 
     def special_id(key: str, default: int | None) -> int | None:
         if default is not None and default >= n:
@@ -86,19 +88,44 @@ def from_fields(fields: Mapping) -> "Tokenizer":
     add_bos = bool(fields.get("add_bos_token", pre.add_bos))
     if add_bos and bos is None:
         raise TokenizerError("tokenizer.ggml.add_bos_token is true, but bos_token_id is not set")
-    eog = _end_of_generation(tokens, attrs, fields, special_id, eos)
+    ids = _token_ids(tokens)
+    eog = _end_of_generation(tokens, ids, attrs, fields, special_id, eos)
 
-    ranks: dict[tuple[str, str], int] = {}
-    for rank, merge in enumerate(fields["merges"]):
-        cut = merge.find(" ", 1)
-        pair = (merge[:cut], merge[cut + 1:]) if cut >= 0 else ("", "")
-        ranks.setdefault(pair, rank)    # the first rank of a repeated merge wins
-    return Tokenizer(tokens, attrs, ranks, pre, bos_id=bos, eos_id=eos, eog_ids=eog, add_bos=add_bos)
+    # llama.cpp cuts a merge "left right" at its first space after the first character. Symbols in
+    # byte-level BPE never hold U+0020 (byte 0x20 is spelled 'Ġ'), so looking up left + " " + right
+    # in a dict keyed by the merge text itself finds exactly the merges that cut would give, and
+    # spares splitting 50k strings up front. Built backwards so the first rank of a repeat wins.
+    merges = fields["merges"]
+    ranks = dict(zip(reversed(merges), range(len(merges) - 1, -1, -1)))
+    return Tokenizer(tokens, attrs, ranks, pre, bos_id=bos, eos_id=eos, eog_ids=eog, add_bos=add_bos,
+                     ids=ids)
 
 
-def _end_of_generation(tokens, attrs, fields, special_id, eos) -> frozenset[int]:
+def _token_ids(tokens: Sequence[str]) -> dict[str, int]:
+    """Token text -> id; a text held by two tokens is an error."""
+    ids = dict(zip(tokens, range(len(tokens))))
+    if len(ids) != len(tokens):
+        seen: dict[str, int] = {}
+        for i, t in enumerate(tokens):
+            if seen.setdefault(t, i) != i:
+                raise TokenizerError(f"duplicate token in vocabulary: {t!r} has ids {seen[t]} and {i}")
+    return ids
+
+
+def _attributes(types, n: int) -> list[Attr]:
+    """Attr of each of the n tokens from tokenizer.ggml.token_type (all NORMAL when it is absent)."""
+    if types is None:
+        return [Attr.NORMAL] * n
+    if len(types) < n:
+        raise TokenizerError(f"tokenizer.ggml.token_type has {len(types)} entries for {n} tokens")
+    types = types[:n]
+    if set(types) <= _TYPE_TO_ATTR.keys():
+        return list(map(_TYPE_TO_ATTR.__getitem__, types))     # one C-level pass
+    return [_TYPE_TO_ATTR.get(int(t), _NO_ATTR) for t in types]
+
+
+def _end_of_generation(tokens, by_text, attrs, fields, special_id, eos) -> frozenset[int]:
     """End-of-generation ids, found as llama.cpp does; marks the tokens it finds as control (in place)."""
-    by_text = {t: i for i, t in enumerate(tokens)}
     eog: set[int] = set()
     for kind, texts in _FIM_TEXTS.items():
         tid = special_id(f"fim_{kind}_token_id", None)
@@ -141,27 +168,27 @@ class Tokenizer:
     the model wants a BOS in front of prompts), encode, decode, token_bytes, stream.
     """
 
-    def __init__(self, tokens: Sequence[str], attrs: Sequence[Attr], ranks: dict[tuple[str, str], int],
+    def __init__(self, tokens: Sequence[str], attrs: Sequence[Attr], ranks: dict[str, int],
                  pre: PreTokenizer, *, bos_id: int | None, eos_id: int | None,
-                 eog_ids: Iterable[int], add_bos: bool):
+                 eog_ids: Iterable[int], add_bos: bool, ids: dict[str, int] | None = None):
+        """ranks: merge text "left right" -> rank (symbols never contain a space, see from_fields);
+        ids: token text -> id when the caller has already built it."""
         self._tokens = list(tokens)
         self._attrs = list(attrs)
         self._ranks = ranks
         self._pre = pre
-        self._patterns = pre.compiled()
-        self._ids: dict[str, int] = {}
-        for i, t in enumerate(self._tokens):
-            if self._ids.setdefault(t, i) != i:
-                raise TokenizerError(f"duplicate token in vocabulary: {t!r} has ids {self._ids[t]} and {i}")
+        self._patterns = compiled(pre.patterns)
+        self.n_vocab = len(self._tokens)
+        self._ids = _token_ids(self._tokens) if ids is None else ids
         self.bos_id, self.eos_id, self.add_bos = bos_id, eos_id, add_bos
         self.eog_ids = frozenset(eog_ids)
-        self.n_vocab = len(self._tokens)
 
         # Special-token texts are matched longest first (llama.cpp sorts by byte length; ties, which
         # its unstable sort leaves in any order, go by id here). Control and unknown tokens only
-        # when parsing specials; user-defined ones always.
-        special = [i for i, a in enumerate(self._attrs)
-                   if a & (Attr.CONTROL | Attr.USER_DEFINED | Attr.UNKNOWN)]
+        # when parsing specials; user-defined ones always. A vocab holds only a handful of distinct
+        # attribute values, so the scan for them runs in C.
+        special_attrs = {a for a in set(self._attrs) if a & _SPECIAL}
+        special = list(itertools.compress(range(self.n_vocab), map(special_attrs.__contains__, self._attrs)))
         special.sort(key=lambda i: -len(self._tokens[i].encode("utf-8", "surrogatepass")))
         self._specials_parsed = [(i, self._tokens[i]) for i in special]
         self._specials_always = [(i, self._tokens[i]) for i in special
@@ -219,7 +246,7 @@ class Tokenizer:
         nxt = list(range(1, len(text))) + [-1]
         prv = list(range(-1, len(text) - 1))
         def pair(left: int, right: int) -> tuple | None:
-            rank = self._ranks.get((text[left], text[right])) if left >= 0 and right >= 0 else None
+            rank = self._ranks.get(text[left] + " " + text[right]) if left >= 0 and right >= 0 else None
             return None if rank is None else (rank, left, right, text[left], text[right])
 
         heap = [p for p in (pair(i, i + 1) for i in range(len(text) - 1)) if p]

@@ -10,6 +10,7 @@ running the pattern on the original text, so we run them that way. Character cla
 differ).
 """
 
+import functools
 import warnings
 from dataclasses import dataclass
 
@@ -41,7 +42,13 @@ class PreTokenizer:
     add_bos: bool = False       # default when the file has no add_bos_token
 
     def compiled(self) -> tuple:
-        return tuple(regex.compile(p) for p in self.patterns)
+        return compiled(self.patterns)
+
+
+@functools.cache
+def compiled(patterns: tuple[str, ...]) -> tuple:
+    """The compiled patterns, compiled once per process (every tokenizer of a family shares them)."""
+    return tuple(regex.compile(p) for p in patterns)
 
 
 _DEFAULT = PreTokenizer((r"[\p{P}\$\+<=>\^~\|]+", _GPT2, r"\p{N}+", r"[0-9][0-9][0-9]"))
