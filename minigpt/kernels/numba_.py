@@ -3,9 +3,12 @@
 Same functions and contracts as numpy_ref, matmul_q8 included (and the same ValueErrors: the boundary
 checks are numpy_ref's). Every weight reaches the kernels as its uint8 bytes [rows, row_bytes] plus a
 type code; fp16 fields are decoded bit-exactly (_f16). Float sums accumulate in float32 in a fixed
-order (LANES partial sums, combined pairwise); fastmath stays off, so the order is the one written here.
+order (LANES or QK partial sums, combined pairwise); fastmath stays off but for FMA contraction in the
+block dots, so the order is the one written here.
 
-    decode  (n < MIN_TILE_N): each weight row is dotted, still quantized, with each input.
+    decode  (n < MIN_TILE_N): each weight row is dotted, still quantized, with each input: per block the
+            weights are unpacked into QK independent float32 lanes, which LLVM vectorizes (a single
+            running sum would need fastmath's reassociation to vectorize).
     prefill (n >= MIN_TILE_N): TILE weight rows are dequantized into a float buffer, then dotted with
             every input while they sit in cache.
     matmul_q8: x quantized per block of 32 as quant.quantize_act; exact integer dot per block, scaled.
@@ -37,6 +40,7 @@ TILE = 16       # weight rows dequantized together in the prefill path
 MIN_TILE_N = 3  # below this many inputs, dotting the quantized rows directly beats dequantizing them
 
 _JIT = dict(cache=True, fastmath=False, nogil=True)
+_JIT_DOT = dict(cache=True, fastmath={"contract"}, nogil=True)  # FMA: ~10% faster q4 dots, same order
 
 
 # --- scalar helpers ------------------------------------------------------------------------------
@@ -134,96 +138,60 @@ def _dot_f32(x, y):
     return s
 
 
-@njit(inline="always", **_JIT)
-def _block_sum(x, o):
-    """sum x[o:o + QK] in LANES partial sums."""
-    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.float32(0)
-    for h in range(o, o + QK, LANES):
-        a0 += x[h]
-        a1 += x[h + 1]
-        a2 += x[h + 2]
-        a3 += x[h + 3]
-        a4 += x[h + 4]
-        a5 += x[h + 5]
-        a6 += x[h + 6]
-        a7 += x[h + 7]
-    return _lane_sum(a0, a1, a2, a3, a4, a5, a6, a7)
-
-
 @njit(**_JIT)
 def _dot_row(row, code, x, y):
-    """sum W[j] * x[j] for one stored row; y: float32 [cols] scratch for the types without a direct path."""
+    """sum W[j] * x[j] for one stored row; y: float32 [cols] scratch (its first QK are the lanes)."""
     if code == F32:
         return _dot_f32(x, row.view(np.float32))
     if code == F16:
         _dequant_row(row, code, y)
         return _dot_f32(x, y)
-    return _dot_blocks(row, code, x)
+    return _dot_blocks(row, code, x, y)
 
 
-@njit(**_JIT)
-def _dot_blocks(row, code, x):
-    """Block types: per block, LANES partial sums of q*x, scaled by d (q4_1: + m * sum x) into the totals."""
+@njit(**_JIT_DOT)
+def _dot_blocks(row, code, x, acc):
+    """Block types: QK lanes, acc[j] += w[j] * x[j] over the blocks (w dequantized as _dequant_row),
+    then the lanes summed. Each lane is its own chain, so LLVM vectorizes it without reassociating."""
     nb = x.shape[0] // QK
-    t0 = t1 = t2 = t3 = t4 = t5 = t6 = t7 = np.float32(0)
+    if nb == 0:  # no columns: acc has no lanes either
+        return np.float32(0)
+    acc[:QK] = 0
     if code == Q8_0:
         q = row.view(np.int8)
         for b in range(nb):
-            p = 34 * b + 2
-            o = QK * b
+            p, o = 34 * b + 2, QK * b
             d = _f16(row[p - 2], row[p - 1])
-            a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.float32(0)
-            for h in range(0, QK, LANES):
-                a0 += np.float32(q[p + h]) * x[o + h]
-                a1 += np.float32(q[p + h + 1]) * x[o + h + 1]
-                a2 += np.float32(q[p + h + 2]) * x[o + h + 2]
-                a3 += np.float32(q[p + h + 3]) * x[o + h + 3]
-                a4 += np.float32(q[p + h + 4]) * x[o + h + 4]
-                a5 += np.float32(q[p + h + 5]) * x[o + h + 5]
-                a6 += np.float32(q[p + h + 6]) * x[o + h + 6]
-                a7 += np.float32(q[p + h + 7]) * x[o + h + 7]
-            t0 += d * a0
-            t1 += d * a1
-            t2 += d * a2
-            t3 += d * a3
-            t4 += d * a4
-            t5 += d * a5
-            t6 += d * a6
-            t7 += d * a7
-        return _lane_sum(t0, t1, t2, t3, t4, t5, t6, t7)
+            for j in range(QK):
+                acc[j] += d * np.float32(q[p + j]) * x[o + j]
+    elif code == Q4_0:
+        for b in range(nb):
+            p, o = 18 * b + 2, QK * b
+            d = _f16(row[p - 2], row[p - 1])
+            for j in range(16):
+                v = np.int32(row[p + j])
+                acc[j] += d * np.float32(np.int32(v & 15) - 8) * x[o + j]
+                acc[j + 16] += d * np.float32(np.int32(v >> 4) - 8) * x[o + j + 16]
+    else:
+        for b in range(nb):
+            p, o = 20 * b + 4, QK * b
+            d = _f16(row[p - 4], row[p - 3])
+            m = _f16(row[p - 2], row[p - 1])
+            for j in range(16):
+                v = np.int32(row[p + j])
+                acc[j] += (d * np.float32(np.int32(v & 15)) + m) * x[o + j]
+                acc[j + 16] += (d * np.float32(np.int32(v >> 4)) + m) * x[o + j + 16]
+    return _fold(acc)
 
-    c = np.int32(8) if code == Q4_0 else np.int32(0)
-    step = 18 if code == Q4_0 else 20
-    off = 2 if code == Q4_0 else 4
-    s = np.float32(0)  # q4_1: sum over blocks of m * sum x
-    for b in range(nb):
-        p = step * b + off
-        o = QK * b
-        d = _f16(row[step * b], row[step * b + 1])
-        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.float32(0)
-        for h in range(0, 16, LANES):
-            for u in range(2):  # u=0: low nibbles, elements h..h+7; u=1: high nibbles, h+16..h+23
-                e = o + h + 16 * u
-                sh = np.int32(4 * u)
-                a0 += np.float32(((np.int32(row[p + h]) >> sh) & 15) - c) * x[e]
-                a1 += np.float32(((np.int32(row[p + h + 1]) >> sh) & 15) - c) * x[e + 1]
-                a2 += np.float32(((np.int32(row[p + h + 2]) >> sh) & 15) - c) * x[e + 2]
-                a3 += np.float32(((np.int32(row[p + h + 3]) >> sh) & 15) - c) * x[e + 3]
-                a4 += np.float32(((np.int32(row[p + h + 4]) >> sh) & 15) - c) * x[e + 4]
-                a5 += np.float32(((np.int32(row[p + h + 5]) >> sh) & 15) - c) * x[e + 5]
-                a6 += np.float32(((np.int32(row[p + h + 6]) >> sh) & 15) - c) * x[e + 6]
-                a7 += np.float32(((np.int32(row[p + h + 7]) >> sh) & 15) - c) * x[e + 7]
-        t0 += d * a0
-        t1 += d * a1
-        t2 += d * a2
-        t3 += d * a3
-        t4 += d * a4
-        t5 += d * a5
-        t6 += d * a6
-        t7 += d * a7
-        if code == Q4_1:
-            s += _f16(row[p - 2], row[p - 1]) * _block_sum(x, o)
-    return _lane_sum(t0, t1, t2, t3, t4, t5, t6, t7) + s
+
+@njit(inline="always", **_JIT)
+def _fold(acc):
+    """sum acc[:QK] pairwise, in a fixed order."""
+    s = _lane_sum(acc[0], acc[1], acc[2], acc[3], acc[4], acc[5], acc[6], acc[7])
+    s += _lane_sum(acc[8], acc[9], acc[10], acc[11], acc[12], acc[13], acc[14], acc[15])
+    t = _lane_sum(acc[16], acc[17], acc[18], acc[19], acc[20], acc[21], acc[22], acc[23])
+    t += _lane_sum(acc[24], acc[25], acc[26], acc[27], acc[28], acc[29], acc[30], acc[31])
+    return s + t
 
 
 # --- drivers -------------------------------------------------------------------------------------
