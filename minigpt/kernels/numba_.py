@@ -27,7 +27,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-from minigpt.kernels.numpy_ref import _check_array, _check_out, _check_weight
+from minigpt.kernels.numpy_ref import check_weight, check_get_rows, check_matmul
 
 name = "numba"
 
@@ -340,11 +340,7 @@ def _bytes(w):
 
 def matmul(x, w, qtype, out=None):
     """x: float32 [n, cols], w: stored [rows, ...] -> out float32 [n, rows] = x @ W^T."""
-    rows, cols = _check_weight(w, qtype)
-    _check_array(x, "x", np.float32)
-    if x.shape[1] != cols:
-        raise ValueError(f"x has {x.shape[1]} columns, the {qtype} weight has {cols}")
-    out = _check_out(out, x.shape[0], rows, (x, w))
+    rows, cols, out = check_matmul(x, w, qtype, out)
     if x.shape[0] == 0 or rows == 0:
         return out
     _run(_matmul_serial, _matmul_parallel, x, w, qtype, out)
@@ -354,13 +350,9 @@ def matmul(x, w, qtype, out=None):
 def matmul_q8(x, w, qtype, out=None):
     """matmul with x first quantized to int8 blocks (quant.quantize_act), as numpy_ref.matmul_q8.
     f32/f16 weights: exactly matmul."""
-    rows, cols = _check_weight(w, qtype)
+    rows, cols, out = check_matmul(x, w, qtype, out)
     if _QTYPES[qtype][1] == 1:
         return matmul(x, w, qtype, out)
-    _check_array(x, "x", np.float32)
-    if x.shape[1] != cols:
-        raise ValueError(f"x has {x.shape[1]} columns, the {qtype} weight has {cols}")
-    out = _check_out(out, x.shape[0], rows, (x, w))
     if x.shape[0] == 0 or rows == 0:
         return out
     _run(_matmul_q8_serial, _matmul_q8_parallel, x, w, qtype, out)
@@ -381,18 +373,7 @@ def _run(serial, parallel, x, w, qtype, out):
 
 def get_rows(w, qtype, ids, out=None):
     """Embedding lookup: float32 [len(ids), cols], row i = W[ids[i]]."""
-    rows, cols = _check_weight(w, qtype)
-    ids = np.asarray(ids)
-    if ids.ndim != 1:
-        raise ValueError(f"ids must be 1-D, got shape {ids.shape}")
-    if ids.size and not np.issubdtype(ids.dtype, np.integer):
-        raise ValueError(f"ids must be integers, got dtype {ids.dtype}")
-    ids = np.ascontiguousarray(ids, dtype=np.int64)
-    bad = np.flatnonzero((ids < 0) | (ids >= rows))
-    if bad.size:
-        i = int(bad[0])
-        raise ValueError(f"id {ids[i]} at position {i} is out of range for {rows} rows")
-    out = _check_out(out, ids.shape[0], cols, (w,))
+    cols, ids, out = check_get_rows(w, qtype, ids, out)
     if ids.size and cols:
         _get_rows(_bytes(w), _QTYPES[qtype][0], ids, out)
     return out
@@ -400,7 +381,7 @@ def get_rows(w, qtype, ids, out=None):
 
 def dequantize(w, qtype):
     """Stored weight -> float32 [rows, cols]."""
-    rows, cols = _check_weight(w, qtype)
+    rows, cols = check_weight(w, qtype)
     out = np.empty((rows, cols), np.float32)
     if rows and cols:
         _dequantize(_bytes(w), _QTYPES[qtype][0], out)

@@ -32,7 +32,7 @@ def _check_array(a, what, dtype, writeable=False):
     return a
 
 
-def _check_weight(w, qtype):
+def check_weight(w, qtype):
     """-> (rows, cols) of a stored weight of qtype."""
     if not isinstance(qtype, str) or qtype not in quant.QTYPES:
         raise ValueError(f"unknown qtype {qtype!r}; expected one of {', '.join(quant.QTYPES)}")
@@ -61,13 +61,34 @@ def _check_out(out, n, cols, inputs):
 
 # --- kernels -------------------------------------------------------------------------------------
 
-def matmul(x, w, qtype, out=None):
-    """x: float32 [n, cols], w: stored [rows, ...] -> out float32 [n, rows] = x @ W^T."""
-    rows, cols = _check_weight(w, qtype)
+def check_matmul(x, w, qtype, out):
+    """The boundary checks of matmul and matmul_q8 (shared by the Python backends) -> (rows, cols, out)."""
+    rows, cols = check_weight(w, qtype)
     _check_array(x, "x", np.float32)
     if x.shape[1] != cols:
         raise ValueError(f"x has {x.shape[1]} columns, the {qtype} weight has {cols}")
-    out = _check_out(out, x.shape[0], rows, (x, w))
+    return rows, cols, _check_out(out, x.shape[0], rows, (x, w))
+
+
+def check_get_rows(w, qtype, ids, out):
+    """The boundary checks of get_rows -> (cols, ids as contiguous int64, out)."""
+    rows, cols = check_weight(w, qtype)
+    ids = np.asarray(ids)
+    if ids.ndim != 1:
+        raise ValueError(f"ids must be 1-D, got shape {ids.shape}")
+    if ids.size and not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"ids must be integers, got dtype {ids.dtype}")
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    bad = np.flatnonzero((ids < 0) | (ids >= rows))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"id {ids[i]} at position {i} is out of range for {rows} rows")
+    return cols, ids, _check_out(out, ids.shape[0], cols, (w,))
+
+
+def matmul(x, w, qtype, out=None):
+    """x: float32 [n, cols], w: stored [rows, ...] -> out float32 [n, rows] = x @ W^T."""
+    rows, cols, out = check_matmul(x, w, qtype, out)
     np.matmul(x, quant.dequantize(w, qtype, cols).T, out=out)
     return out
 
@@ -75,13 +96,9 @@ def matmul(x, w, qtype, out=None):
 def matmul_q8(x, w, qtype, out=None):
     """matmul with x first quantized to int8 blocks (quant.quantize_act): out = dequant(q8(x)) @ W^T,
     here in float64 from exact products, rounded once to float32. f32/f16 weights: exactly matmul."""
-    rows, cols = _check_weight(w, qtype)
+    rows, cols, out = check_matmul(x, w, qtype, out)
     if quant.QTYPES[qtype][0] == 1:
         return matmul(x, w, qtype, out)
-    _check_array(x, "x", np.float32)
-    if x.shape[1] != cols:
-        raise ValueError(f"x has {x.shape[1]} columns, the {qtype} weight has {cols}")
-    out = _check_out(out, x.shape[0], rows, (x, w))
     q, d, _ = quant.quantize_act(x)
     xd = (q.reshape(x.shape[0], cols // 32, 32) * d[:, :, None].astype(np.float64)).reshape(x.shape)
     out[...] = xd @ quant.dequantize(w, qtype, cols).astype(np.float64).T
@@ -90,25 +107,14 @@ def matmul_q8(x, w, qtype, out=None):
 
 def get_rows(w, qtype, ids, out=None):
     """Embedding lookup: float32 [len(ids), cols], row i = W[ids[i]]."""
-    rows, cols = _check_weight(w, qtype)
-    ids = np.asarray(ids)
-    if ids.ndim != 1:
-        raise ValueError(f"ids must be 1-D, got shape {ids.shape}")
-    if ids.size and not np.issubdtype(ids.dtype, np.integer):
-        raise ValueError(f"ids must be integers, got dtype {ids.dtype}")
-    ids = ids.astype(np.int64)
-    bad = np.flatnonzero((ids < 0) | (ids >= rows))
-    if bad.size:
-        i = int(bad[0])
-        raise ValueError(f"id {ids[i]} at position {i} is out of range for {rows} rows")
-    out = _check_out(out, ids.shape[0], cols, (w,))
+    cols, ids, out = check_get_rows(w, qtype, ids, out)
     out[...] = quant.dequantize(w[ids], qtype, cols)
     return out
 
 
 def dequantize(w, qtype):
     """Stored weight -> float32 [rows, cols]."""
-    _, cols = _check_weight(w, qtype)
+    _, cols = check_weight(w, qtype)
     return quant.dequantize(w, qtype, cols)
 
 
