@@ -4,7 +4,6 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
 import click
 import numpy as np
@@ -20,13 +19,15 @@ def _log(msg):
 
 
 class _Progress:
-    """A byte-count progress bar on stderr, fed by increments; drawn from the first increment on."""
+    """A byte-count progress bar on stderr, fed (increment, total); drawn from the first increment on,
+    so nothing shows when there is nothing to do or an error comes first."""
 
-    def __init__(self, label, total):
-        self.label, self.total, self.bar, self.done = label, max(1, total), None, 0
+    def __init__(self, label):
+        self.label, self.total, self.bar, self.done = label, 1, None, 0
 
-    def __call__(self, n):
+    def __call__(self, n, total):
         if self.bar is None:
+            self.total = max(1, total)
             self.bar = click.progressbar(length=self.total, label=self.label, file=sys.stderr, width=32,
                                          show_percent=True, show_eta=True)
             self.bar.__enter__()
@@ -43,7 +44,7 @@ class _Progress:
 def _convert_with_bar(src, out, quant):
     from .convert import convert
 
-    bar = _Progress("converting", os.path.getsize(src))
+    bar = _Progress("converting")
     try:
         return convert(src, out, quant, progress=bar)
     finally:
@@ -52,13 +53,11 @@ def _convert_with_bar(src, out, quant):
 
 def _resolve(model):
     """A -m value to a .mgpt path, pulling a known model with progress on stderr if needed."""
-    name = model or hub.DEFAULT_MODEL
-    if not Path(name).expanduser().exists() and name in hub.KNOWN and not hub.model_path(name).exists():
-        src = hub.fetch_gguf(name, log=_log)
-        out = hub.model_path(name)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        _convert_with_bar(src, out, hub.KNOWN[name].quant)
-    return hub.resolve(name)
+    bar = _Progress("converting")
+    try:
+        return hub.resolve(model, log=_log, progress=bar)
+    finally:
+        bar.close()
 
 
 def _load(model, threads=None, backend=None, n_ctx=None, precision="balanced"):

@@ -125,7 +125,7 @@ def _check_complete(g, config, names):
 
 
 def convert(src, out, quant_type=None, progress=None) -> dict:
-    """Convert GGUF `src` into the .mgpt file `out`. `progress(n_bytes_done_increment)` is called per tensor.
+    """Convert GGUF `src` into the .mgpt file `out`. `progress(n_bytes, total_bytes)` is called per tensor.
 
     Returns a summary: n_params, file_size, bits_per_weight, seconds, requantized tensor names.
     """
@@ -148,6 +148,7 @@ def convert(src, out, quant_type=None, progress=None) -> dict:
     items = plan(g, config, target)
 
     specs = [(name, qtype, t.shape) for t, name, qtype in items]
+    total = sum(t.nbytes for t, _, _ in items)
     requantized = []
     try:
         with Writer(out, config, fields, g.field("tokenizer.chat_template"), specs) as w:
@@ -161,7 +162,7 @@ def convert(src, out, quant_type=None, progress=None) -> dict:
                         requantized.append(name)
                 w.write(name, data)
                 if progress:
-                    progress(t.nbytes)
+                    progress(t.nbytes, total)
     except MinigptError:
         raise
     except OSError as e:
