@@ -14,6 +14,9 @@
 
 /* quants_avx2.c: put the AVX2 variants in the slots; 0 if this build has none */
 int mg_install_avx2(void);
+/* packed_avx2.c: the x8 kernels, with maddubs (AVX2) or vpdpbusd (AVX512-VNNI) */
+int mg_install_x8_avx2(void);
+int mg_install_x8_vnni(void);
 
 /* sizeof(mg_block_q8) is part of the Python-visible layout */
 typedef char mg_block_q8_is_40_bytes[sizeof(mg_block_q8) == MG_Q8_BLOCK_BYTES ? 1 : -1];
@@ -35,9 +38,27 @@ static int cpu_has_avx2(void) {
 #endif
 }
 
+/* AVX512-VNNI usable on 256-bit registers: the CPU has AVX512F, VL and VNNI, and the OS saves the
+ * opmask and upper ZMM state (EVEX instructions need it enabled even on YMM registers). */
+static int cpu_has_avx512vnni(void) {
+#ifdef MG_X86
+    if (!cpu_has_avx2()) return 0;
+    unsigned a, b, c, d;
+    __cpuid_count(7, 0, a, b, c, d);
+    const int f = (b >> 16) & 1, vl = (b >> 31) & 1, vnni = (c >> 11) & 1;
+    if (!(f && vl && vnni)) return 0;
+    unsigned xcr0_lo, xcr0_hi;
+    __asm__ __volatile__("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+    return (xcr0_lo & 0xE6) == 0xE6;
+#else
+    return 0;
+#endif
+}
+
 static int current = -1; /* the isa installed, -1 before mg_cpu_init */
 
 int mg_cpu_best(void) {
+    if (cpu_has_avx512vnni()) return MG_ISA_AVX512VNNI;
     if (cpu_has_avx2()) return MG_ISA_AVX2;
     return MG_ISA_SCALAR;
 }
@@ -45,7 +66,9 @@ int mg_cpu_best(void) {
 int mg_cpu_init(int isa) {
     if (current >= 0) return isa == current ? MG_OK : MG_EISA;
     if (isa == MG_ISA_AVX2) {
-        if (!cpu_has_avx2() || !mg_install_avx2()) return MG_EISA;
+        if (!cpu_has_avx2() || !mg_install_avx2() || !mg_install_x8_avx2()) return MG_EISA;
+    } else if (isa == MG_ISA_AVX512VNNI) {
+        if (!cpu_has_avx512vnni() || !mg_install_avx2() || !mg_install_x8_vnni()) return MG_EISA;
     } else if (isa != MG_ISA_SCALAR) {
         return MG_EISA;
     }
@@ -56,6 +79,7 @@ int mg_cpu_init(int isa) {
 const char *mg_isa_name(void) {
     switch (current) {
     case MG_ISA_AVX2: return "avx2";
+    case MG_ISA_AVX512VNNI: return "avx512vnni";
     case MG_ISA_NEON: return "neon";
     default: return "scalar";
     }

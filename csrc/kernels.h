@@ -58,6 +58,18 @@ typedef struct {
     int8_t q[MG_QK];
 } mg_block_q8;
 
+/* int16 activations, for the matmuls whose inputs need more than 8 bits (mg_matmul_q16):
+ *   q16   per block: float32 d, float32 s, int16 q[32]           x ~ d*q,  s = d * sum(q)
+ * with d = amax/32767 and q = rint(x*(1/d)), and the 32 values stored in groups of 4 as
+ * (x0, x2, x1, x3): the order the x8 kernels pair them with weight codes. 72 bytes. */
+#define MG_Q16_BLOCK_BYTES 72
+
+typedef struct {
+    float d;
+    float s;
+    int16_t q[MG_QK];
+} mg_block_q16;
+
 /* --- per-type kernels (the ISA slots) --------------------------------------------------------- */
 
 /* w: the blocks covering k elements of one row (k a multiple of the block size) -> y[k] */
@@ -107,6 +119,19 @@ typedef struct {
 
 extern mg_gemm_kernel mg_gemm;
 
+/* x8 kernel (packed.c): out[t * ldo + r] = row r of one 8-row group . input t, for r < 8, t < nt (1..4);
+ * w: the group's nb x8 blocks, x: nb q8 blocks per input, inputs ldx blocks apart. */
+typedef void (*mg_gemm_x8_fn)(int64_t nb, const uint8_t *restrict w, const mg_block_q8 *restrict x,
+                              int64_t ldx, int nt, float *restrict out, int64_t ldo);
+
+extern mg_gemm_x8_fn mg_gemm_x8[MG_NQTYPES]; /* by base qtype; NULL where no ISA provides one */
+
+/* the same over q16 inputs */
+typedef void (*mg_gemm_x8_16_fn)(int64_t nb, const uint8_t *restrict w, const mg_block_q16 *restrict x,
+                                 int64_t ldx, int nt, float *restrict out, int64_t ldo);
+
+extern mg_gemm_x8_16_fn mg_gemm_x8_16[MG_NQTYPES];
+
 /* fp16 bits -> float32, exact for every value. Branch-free (so loops around it vectorize) and free of
  * denormal float arithmetic (so it holds under flush-to-zero): subnormals come from an int -> float. */
 static inline float mg_fp16_to_fp32(uint16_t h) {
@@ -150,9 +175,39 @@ int mg_dequantize(const void *restrict w, int qtype, int64_t rows, int64_t cols,
 /* bytes of one stored row of cols elements, or -1 for an unknown qtype */
 int64_t mg_row_bytes(int qtype, int64_t cols);
 
+/* --- the x8 layout (packed.c) --------------------------------------------------------------------- */
+
+/* A packed weight's qtype code is its base type's | MG_X8; only mg_matmul_q8 takes one. */
+#define MG_X8 16
+
+/* 1 if `qtype` (a base type) can be packed and multiplied on this CPU: q8_0, q4_0, q4_1 once an ISA
+ * with x8 kernels is installed. */
+int mg_x8_supported(int qtype);
+
+/* bytes of one x8 block (8 rows x 32 columns), or -1 for a type without an x8 layout */
+int64_t mg_x8_block_bytes(int qtype);
+
+/* out = W (rows, cols) in the x8 layout: rows / 8 * cols / 32 * mg_x8_block_bytes(qtype) bytes.
+ * rows must be a multiple of 8 and cols of 32 (unchecked). MG_EQTYPE if qtype has no x8 layout. */
+int mg_pack_x8(const void *restrict w, int qtype, int64_t rows, int64_t cols, void *restrict out);
+
+/* mg_matmul_q8 over a packed weight (qtype: the base type); MG_EQTYPE if !mg_x8_supported(qtype). */
+int mg_matmul_q8_x8(const float *restrict x, const void *restrict w, float *restrict out, int qtype,
+                    int64_t n, int64_t rows, int64_t cols);
+
+/* out[n * cols / MG_QK] = q16 blocks of x[n, cols]; cols a multiple of MG_QK */
+void mg_quantize_act16(const float *restrict x, int64_t n, int64_t cols, mg_block_q16 *restrict out);
+
+/* out[n, rows] = x[n, cols] @ W^T with x quantized to q16 blocks: for a packed weight (qtype | MG_X8);
+ * any other weight takes mg_matmul's float32 path, which q16 approximates to ~1e-5 of each block's
+ * largest input. */
+int mg_matmul_q16(const float *restrict x, const void *restrict w, float *restrict out, int qtype,
+                  int64_t n, int64_t rows, int64_t cols);
+
 /* --- CPU detection (cpu.c) ---------------------------------------------------------------------- */
 
-enum mg_isa { MG_ISA_SCALAR = 0, MG_ISA_AVX2 = 1, MG_ISA_NEON = 2 };
+/* AVX512VNNI: the AVX2 kernels, with x8 kernels using vpdpbusd on 256-bit registers */
+enum mg_isa { MG_ISA_SCALAR = 0, MG_ISA_AVX2 = 1, MG_ISA_NEON = 2, MG_ISA_AVX512VNNI = 3 };
 
 /* the best instruction set this CPU and build support */
 int mg_cpu_best(void);
@@ -161,7 +216,7 @@ int mg_cpu_best(void);
  * MG_OK only for the isa already in use). MG_EISA if the CPU or build lacks it. */
 int mg_cpu_init(int isa);
 
-/* 'scalar', 'avx2' or 'neon': the slots in use */
+/* 'scalar', 'avx2', 'avx512vnni' or 'neon': the slots in use */
 const char *mg_isa_name(void);
 
 /* --- thread pool (threadpool.c) --------------------------------------------------------------- */

@@ -86,7 +86,7 @@ int mg_llama_set_matmul(mg_llama_ctx *ctx, int mode) {
     switch (mode) {
     case MG_MATMUL_EXACT: ctx->matmul = ctx->matmul_hi = mg_matmul; return MG_OK;
     case MG_MATMUL_FAST: ctx->matmul = ctx->matmul_hi = mg_matmul_q8; return MG_OK;
-    case MG_MATMUL_BALANCED: ctx->matmul = mg_matmul_q8; ctx->matmul_hi = mg_matmul; return MG_OK;
+    case MG_MATMUL_BALANCED: ctx->matmul = mg_matmul_q8; ctx->matmul_hi = mg_matmul_q16; return MG_OK;
     default: return MG_EQTYPE;
     }
 }

@@ -205,6 +205,7 @@ void mg_quantize_act(const float *restrict x, int64_t n, int64_t cols, mg_block_
 
 int mg_matmul_q8(const float *restrict x, const void *restrict w, float *restrict out, int qtype,
                  int64_t n, int64_t rows, int64_t cols) {
+    if (qtype & MG_X8) return mg_matmul_q8_x8(x, w, out, qtype & ~MG_X8, n, rows, cols);
     if (qtype < 0 || qtype >= MG_NQTYPES) return MG_EQTYPE;
     const mg_type_traits *tt = &mg_traits[qtype];
     if (!tt->vec_dot_q8) return mg_matmul(x, w, out, qtype, n, rows, cols);

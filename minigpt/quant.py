@@ -190,28 +190,33 @@ def quantize(x, qtype):
     return out.reshape(*x.shape[:-1], nbytes)
 
 
-def quantize_act(x):
-    """Activations for the integer matmul (kernels' matmul_q8): float32 x [n, cols], cols a multiple
-    of 32 -> (q int8 [n, cols], d float32 [n, cols/32], s float32 [n, cols/32]), x ~ d*q per block.
+def quantize_act(x, bits=8):
+    """Activations for the integer matmuls (kernels' matmul_q8, matmul_q16): float32 x [n, cols], cols a
+    multiple of 32 -> (q int8 or int16 [n, cols], d float32 [n, cols/32], s float32 [n, cols/32]),
+    x ~ d*q per block.
 
-    Per block of 32: d = amax/127, q = rint(x * (1/d)) (halves to even), s = d * sum(q), every step a
-    float32 operation as in csrc (so the bytes match exactly). A block with d below the smallest normal
-    float32 (all |x| < 1.5e-36; 1/d would overflow) is all zeros: d = 0, q = 0, s = 0. The scale
-    stays float32, where llama.cpp's q8_0 / q8_1 round it to fp16. Non-finite x: unspecified result.
+    Per block of 32: d = amax/qmax (qmax = 127 for 8 bits, 32767 for 16), q = rint(x * (1/d)) (halves
+    to even), s = d * sum(q), every step a float32 operation as in csrc (so the values match exactly).
+    A block with d below the smallest normal float32 (1/d would overflow) is all zeros: d = 0, q = 0,
+    s = 0. The scale stays float32, where llama.cpp's q8_0 / q8_1 round it to fp16. Non-finite x:
+    unspecified result. (csrc stores q16 blocks with each group of 4 reordered; q here is in order.)
     """
     x = np.asarray(x)
     if x.ndim != 2 or x.dtype != np.float32:
         raise ValueError(f"x must be 2-D float32, got shape {x.shape} dtype {x.dtype}")
+    if bits not in (8, 16):
+        raise ValueError(f"bits must be 8 or 16, got {bits!r}")
     n, cols = x.shape
     if cols % 32:
         raise ValueError(f"x has {cols} columns, not a multiple of 32")
+    qmax, qdtype = (np.float32(127), np.int8) if bits == 8 else (np.float32(32767), np.int16)
     b = x.reshape(-1, 32)
-    d = np.abs(b).max(axis=1, initial=np.float32(0)) / np.float32(127)
+    d = np.abs(b).max(axis=1, initial=np.float32(0)) / qmax
     d[d < np.finfo(np.float32).tiny] = 0
     with np.errstate(divide="ignore", invalid="ignore"):
         inv = np.where(d == 0, np.float32(0), np.float32(1) / d)
         q = np.rint(b * inv[:, None])
-    q = np.nan_to_num(q, nan=0, posinf=0, neginf=0).astype(np.int8)
+    q = np.nan_to_num(q, nan=0, posinf=0, neginf=0).astype(qdtype)
     s = d * q.sum(axis=1, dtype=np.int32).astype(np.float32)
     return q.reshape(n, cols), d.reshape(n, cols // 32), s.reshape(n, cols // 32)
 

@@ -20,14 +20,20 @@ from libc.stdint cimport int64_t, uintptr_t
 cnp.import_array()
 
 cdef extern from "kernels.h" nogil:
-    int MG_OK, MG_EQTYPE, MG_ENOMEM, MG_MAX_THREADS, MG_QK, MG_Q8_BLOCK_BYTES
+    int MG_OK, MG_EQTYPE, MG_ENOMEM, MG_MAX_THREADS, MG_QK, MG_Q8_BLOCK_BYTES, MG_Q16_BLOCK_BYTES
     int MG_F32, MG_F16, MG_Q8_0, MG_Q4_0, MG_Q4_1
-    int MG_ISA_SCALAR, MG_ISA_AVX2, MG_ISA_NEON
+    int MG_ISA_SCALAR, MG_ISA_AVX2, MG_ISA_NEON, MG_ISA_AVX512VNNI, MG_X8
     int mg_matmul(const float *x, const void *w, float *out, int qtype,
                   int64_t n, int64_t rows, int64_t cols)
     int mg_matmul_q8(const float *x, const void *w, float *out, int qtype,
                      int64_t n, int64_t rows, int64_t cols)
     void mg_quantize_act(const float *x, int64_t n, int64_t cols, void *out)
+    int mg_matmul_q16(const float *x, const void *w, float *out, int qtype,
+                      int64_t n, int64_t rows, int64_t cols)
+    void mg_quantize_act16(const float *x, int64_t n, int64_t cols, void *out)
+    int mg_x8_supported(int qtype)
+    int64_t mg_x8_block_bytes(int qtype)
+    int mg_pack_x8(const void *w, int qtype, int64_t rows, int64_t cols, void *out)
     int mg_cpu_best()
     int mg_cpu_init(int isa)
     const char *mg_isa_name()
@@ -49,10 +55,12 @@ _QTYPES = {
     "q4_1": (MG_Q4_1, 32, 20, np.dtype(np.uint8)),
 }
 
+_X8_QTYPES = ("q8_0x8", "q4_0x8", "q4_1x8")   # pack_x8's layouts, for matmul_q8 only
+
 # --- instruction set: chosen once, here ------------------------------------------------------------
 
 ISA_ENV_VAR = "MINIGPT_ISA"
-_ISAS = {"scalar": MG_ISA_SCALAR, "avx2": MG_ISA_AVX2, "neon": MG_ISA_NEON}
+_ISAS = {"scalar": MG_ISA_SCALAR, "avx2": MG_ISA_AVX2, "avx512vnni": MG_ISA_AVX512VNNI, "neon": MG_ISA_NEON}
 
 
 def _init_isa():
@@ -68,7 +76,7 @@ _init_isa()
 
 
 def isa():
-    """The instruction set the kernels run on: 'avx2', 'neon' or 'scalar'."""
+    """The instruction set the kernels run on: 'avx512vnni', 'avx2', 'neon' or 'scalar'."""
     return mg_isa_name().decode()
 
 # --- boundary checks -------------------------------------------------------------------------------
@@ -99,8 +107,10 @@ cdef cnp.ndarray _check_array(object a, str what, object dtype, int writeable=Fa
     return arr
 
 
-cdef tuple _check_weight(object w, object qtype):
-    """-> (array, code, rows, cols) for a stored weight of qtype."""
+cdef tuple _check_weight(object w, object qtype, bint packed_ok=False):
+    """-> (array, code, rows, cols) for a stored weight of qtype (or, if packed_ok, an x8-packed one)."""
+    if packed_ok and isinstance(qtype, str) and qtype in _X8_QTYPES:
+        return _check_packed(w, qtype)
     info = _QTYPES.get(qtype) if isinstance(qtype, str) else None
     if info is None:
         raise ValueError(f"unknown qtype {qtype!r}; expected one of {', '.join(_QTYPES)}")
@@ -112,6 +122,19 @@ cdef tuple _check_weight(object w, object qtype):
     if width % block_bytes:
         raise ValueError(f"a {qtype} weight row of {width} bytes is not a multiple of {block_bytes}")
     return arr, code, rows, width // block_bytes * block
+
+
+cdef tuple _check_packed(object w, str qtype):
+    """-> (array, code | MG_X8, rows, cols) for a weight packed by pack_x8 as `qtype` ('q4_0x8', ...)."""
+    base = qtype[:-2]
+    cdef int code = _QTYPES[base][0]
+    if not mg_x8_supported(code):
+        raise ValueError(f"{qtype} weights need x8 kernels, which the {isa()} instruction set lacks")
+    cdef cnp.ndarray arr = _check_array(w, "w", np.dtype(np.uint8))
+    cdef int64_t gb = mg_x8_block_bytes(code), groups = arr.shape[0], width = arr.shape[1]
+    if width % gb:
+        raise ValueError(f"a {qtype} group of {width} bytes is not a multiple of {gb}")
+    return arr, code | MG_X8, groups * 8, width // gb * MG_QK
 
 
 cdef cnp.ndarray _check_out(object out, int64_t n, int64_t cols, tuple inputs):
@@ -134,8 +157,11 @@ cdef void _raise_for(int err) except *:
 
 # --- kernels ---------------------------------------------------------------------------------------
 
-cdef object _matmul(object x, object w, object qtype, object out, bint q8):
-    warr, code, rows, cols = _check_weight(w, qtype)
+cdef object _matmul(object x, object w, object qtype, object out, int bits):
+    """bits: 32 (float32 activations), 16 or 8 (quantized first)"""
+    if bits == 32 and isinstance(qtype, str) and qtype in _X8_QTYPES:
+        raise ValueError(f"{qtype} (packed) weights go through matmul_q8 or matmul_q16 only")
+    warr, code, rows, cols = _check_weight(w, qtype, packed_ok=bits < 32)
     cdef cnp.ndarray xarr = _check_array(x, "x", np.dtype(np.float32))
     if xarr.shape[1] != cols:
         raise ValueError(f"x has {x.shape[1]} columns, the {qtype} weight has {cols}")
@@ -147,8 +173,10 @@ cdef object _matmul(object x, object w, object qtype, object out, bint q8):
     cdef int c = code, err
     cdef int64_t r = rows, k = cols
     with nogil:
-        if q8:
+        if bits == 8:
             err = mg_matmul_q8(xp, wp, op, c, n, r, k)
+        elif bits == 16:
+            err = mg_matmul_q16(xp, wp, op, c, n, r, k)
         else:
             err = mg_matmul(xp, wp, op, c, n, r, k)
     _raise_for(err)
@@ -157,13 +185,44 @@ cdef object _matmul(object x, object w, object qtype, object out, bint q8):
 
 def matmul(x, w, qtype, out=None):
     """x: float32 [n, cols], w: stored [rows, ...] -> out float32 [n, rows] = x @ W^T."""
-    return _matmul(x, w, qtype, out, False)
+    return _matmul(x, w, qtype, out, 32)
 
 
 def matmul_q8(x, w, qtype, out=None):
     """matmul with x quantized to int8 blocks first (quant.quantize_act) and integer dot products:
-    out = dequant(quantize_act(x)) @ W^T up to float32 rounding. f32/f16 weights: exactly matmul."""
-    return _matmul(x, w, qtype, out, True)
+    out = dequant(quantize_act(x)) @ W^T up to float32 rounding. f32/f16 weights: exactly matmul.
+    Also takes weights packed by pack_x8, with qtype 'q4_0x8', 'q4_1x8' or 'q8_0x8'."""
+    return _matmul(x, w, qtype, out, 8)
+
+
+def matmul_q16(x, w, qtype, out=None):
+    """matmul_q8 with int16 blocks (quant.quantize_act(x, 16)) over a weight packed by pack_x8; other
+    weights take matmul's float32 path, which this approximates to ~1e-5 of each block's largest |x|."""
+    return _matmul(x, w, qtype, out, 16)
+
+
+def x8_supported(qtype):
+    """True if weights of `qtype` can be packed (pack_x8) and multiplied on this CPU."""
+    return qtype in _QTYPES and bool(mg_x8_supported(_QTYPES[qtype][0]))
+
+
+def pack_x8(w, qtype):
+    """A stored weight [rows, ...] -> the same numbers in the x8 layout (csrc/packed.c), uint8
+    [rows / 8, cols / 32 * block_bytes], for matmul_q8 with qtype + 'x8'. rows must be a multiple of 8."""
+    warr, code, rows, cols = _check_weight(w, qtype)
+    if not x8_supported(qtype):
+        raise ValueError(f"{qtype} weights have no x8 kernels on the {isa()} instruction set")
+    if rows % 8:
+        raise ValueError(f"pack_x8 needs a multiple of 8 rows, got {rows}")
+    cdef int c = code
+    cdef int64_t r = rows, k = cols
+    cdef cnp.ndarray oarr = np.empty((rows // 8, cols // MG_QK * mg_x8_block_bytes(c)), dtype=np.uint8)
+    cdef const void *wp = cnp.PyArray_DATA(<cnp.ndarray>warr)
+    cdef void *op = cnp.PyArray_DATA(oarr)
+    with nogil:
+        err = mg_pack_x8(wp, c, r, k, op)
+    _raise_for(err)
+    return oarr
 
 
 def _quantize_act(x):
@@ -178,6 +237,21 @@ def _quantize_act(x):
     cdef void *op = cnp.PyArray_DATA(oarr)
     with nogil:
         mg_quantize_act(xp, n, cols, op)
+    return oarr
+
+
+def _quantize_act16(x):
+    """x: float32 [n, cols] -> uint8 [n, cols/32 * 72]: matmul_q16's blocks (float32 d, float32 s,
+    int16 q[32], each group of 4 stored as x0, x2, x1, x3). For tests against quant.quantize_act."""
+    cdef cnp.ndarray xarr = _check_array(x, "x", np.dtype(np.float32))
+    cdef int64_t n = xarr.shape[0], cols = xarr.shape[1]
+    if cols % MG_QK:
+        raise ValueError(f"x has {cols} columns, not a multiple of {MG_QK}")
+    cdef cnp.ndarray oarr = np.empty((n, cols // MG_QK * MG_Q16_BLOCK_BYTES), dtype=np.uint8)
+    cdef const float *xp = <const float *>cnp.PyArray_DATA(xarr)
+    cdef void *op = cnp.PyArray_DATA(oarr)
+    with nogil:
+        mg_quantize_act16(xp, n, cols, op)
     return oarr
 
 

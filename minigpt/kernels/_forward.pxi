@@ -3,6 +3,10 @@
 # LlamaForward checks every weight against the config once, when it is built, and keeps a reference to
 # each array (the mmap views must outlive the C pointers). forward() checks ids, positions and the
 # cache on every call, then runs the C forward with the GIL released.
+#
+# The matmuls that take quantized activations in the chosen mode (int8, or int16 for balanced's w_down
+# and head) get their weights repacked into the x8 layout (csrc/packed.c) when the CPU has x8 kernels:
+# a private copy made once, here; the mapped original stays for the rest (embedding rows, 'exact').
 
 import threading
 
@@ -40,6 +44,11 @@ from libc.stdlib cimport free, malloc
 
 _LAYER_WEIGHTS = ("attn_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w_gate", "w_up", "w_down")
 _MATMUL_MODES = {"exact": MG_MATMUL_EXACT, "fast": MG_MATMUL_FAST, "balanced": MG_MATMUL_BALANCED}
+_MATMULS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
+# the weights each mode multiplies with quantized activations (csrc/llama.h: mg_matmul_mode); None: the
+# head. balanced leaves the head plain, so its mg_matmul_q16 takes the float32 path: int16 activations
+# there cost 0.6 points of top-1 agreement on SmolLM2, int16 on w_down none.
+_PACKED_WEIGHTS = {"exact": (), "fast": (*_MATMULS, None), "balanced": _MATMULS}
 
 
 cdef cnp.ndarray _check_f32(object a, str what, tuple shape, int writeable=False):
@@ -73,11 +82,16 @@ cdef class LlamaForward:
     'output' unless tied_embeddings, 'layers.{i}.{attn_norm,wq,...,w_down}'; others are ignored).
     rope: (cos, sin), float32 [n_rope, rope_dim // 2] (llama.rope_tables). max_batch: tokens per C call
     (longer inputs run in chunks). matmul: 'exact' (float32 activations), 'fast' (int8 activations) or
-    'balanced' (int8 except w_down and the output head; see csrc/llama.h).
+    'balanced' (int8, except int16 for w_down and float32 for the output head; see csrc/llama.h).
     Not reentrant: concurrent forward() calls on one instance take turns.
     """
     cdef mg_llama_ctx *ctx
     cdef mg_llama_config cfg
+    cdef mg_llama_weights _plain            # the checked weights, as given
+    cdef mg_llama_layer *_plain_layers      # (n_layers,)
+    cdef dict _arrays                       # name -> (array, qtype name) of every matrix
+    cdef dict _packed                       # name -> its x8 copy, made on first use
+    cdef str _head                          # the output head's name ('output' or 'tok_embd')
     cdef readonly int64_t max_batch, n_rope
     cdef readonly str matmul
     cdef list _keep          # every array C points into
@@ -88,6 +102,7 @@ cdef class LlamaForward:
     def __cinit__(self):
         self.ctx = NULL
         self._ranges = NULL
+        self._plain_layers = NULL
 
     def __init__(self, *, dim, n_layers, n_heads, n_kv_heads, head_dim, hidden_dim, vocab_size, norm_eps,
                  rope_dim, weights, rope, max_batch=512, tied_embeddings=False, matmul="exact"):
@@ -112,6 +127,7 @@ cdef class LlamaForward:
         cfg.norm_eps = eps
         self.max_batch = max_batch
         self._keep = []
+        self._arrays, self._packed = {}, {}
         self._lock = threading.Lock()
 
         cdef int64_t qd = n_heads * head_dim, kvd = n_kv_heads * head_dim
@@ -128,8 +144,8 @@ cdef class LlamaForward:
         try:
             w.tok_embd = self._weight(weights, "tok_embd", shapes["tok_embd"])
             w.output_norm = self._weight(weights, "output_norm", shapes["output_norm"])
-            head = "tok_embd" if tied_embeddings else "output"
-            w.output = self._weight(weights, head, shapes["output"])
+            self._head = "tok_embd" if tied_embeddings else "output"
+            w.output = self._weight(weights, self._head, shapes["output"])
             for i in range(n_layers):
                 L = &layers[i]
                 L.attn_norm = self._weight(weights, f"layers.{i}.attn_norm", shapes["attn_norm"])
@@ -161,12 +177,11 @@ cdef class LlamaForward:
             for i, a in enumerate(self._keep):
                 self._ranges[2 * i] = <uintptr_t>cnp.PyArray_DATA(<cnp.ndarray>a)
                 self._ranges[2 * i + 1] = self._ranges[2 * i] + <uintptr_t>cnp.PyArray_NBYTES(<cnp.ndarray>a)
-            self.ctx = mg_llama_create(&self.cfg, &w, max_batch)   # copies the layer table
-            if self.ctx == NULL:
-                raise MemoryError(f"out of memory for LlamaForward scratch (max_batch {max_batch})")
-        finally:
+        except BaseException:
             free(layers)
-        self.matmul = "exact"
+            raise
+        free(self._plain_layers)   # a failed earlier __init__ may have left one
+        self._plain, self._plain_layers = w, layers
         self.set_matmul(matmul)
 
     cdef mg_weight _weight(self, dict weights, str name, tuple shape) except *:
@@ -191,6 +206,7 @@ cdef class LlamaForward:
             if (rows, cols) != shape:
                 raise ValueError(f"{name} has logical shape {(rows, cols)}, expected {shape}")
             out.qtype = code
+            self._arrays[name] = (arr, qtype)
         self._keep.append(arr)
         out.data = cnp.PyArray_DATA(<cnp.ndarray>arr)
         return out
@@ -198,14 +214,55 @@ cdef class LlamaForward:
     def __dealloc__(self):
         mg_llama_free(self.ctx)
         free(self._ranges)
+        free(self._plain_layers)
+
+    cdef mg_weight _packed_weight(self, str name, mg_weight plain) except *:
+        """The weight `name` for a quantized-activation matmul: its x8 copy where the CPU has x8 kernels."""
+        arr, qtype = self._arrays[name]
+        if not x8_supported(qtype) or arr.shape[0] % 8:
+            return plain
+        if name not in self._packed:
+            self._packed[name] = pack_x8(arr, qtype)
+        cdef mg_weight out
+        out.data = cnp.PyArray_DATA(<cnp.ndarray>self._packed[name])
+        out.qtype = plain.qtype | MG_X8
+        return out
 
     def set_matmul(self, mode):
         """'exact' (float32 activations, as llama.py), 'fast' (int8 activations) or 'balanced'."""
         if mode not in _MATMUL_MODES:
             raise ValueError(f"unknown matmul mode {mode!r}; expected one of {', '.join(_MATMUL_MODES)}")
+        packed = _PACKED_WEIGHTS[mode]
+        cdef int64_t n_layers = self.cfg.n_layers, i
+        cdef mg_llama_weights w = self._plain
+        cdef mg_llama_layer *layers = <mg_llama_layer *>malloc(n_layers * sizeof(mg_llama_layer))
+        cdef mg_weight *slot[7]
+        cdef mg_llama_ctx *ctx = NULL
+        if layers == NULL:
+            raise MemoryError()
+        try:
+            for i in range(n_layers):
+                layers[i] = self._plain_layers[i]
+                slot[:] = [&layers[i].wq, &layers[i].wk, &layers[i].wv, &layers[i].wo,
+                           &layers[i].w_gate, &layers[i].w_up, &layers[i].w_down]
+                for j, nm in enumerate(_MATMULS):
+                    if nm in packed:
+                        slot[j][0] = self._packed_weight(f"layers.{i}.{nm}", slot[j][0])
+            if None in packed:
+                w.output = self._packed_weight(self._head, w.output)
+            w.layers = layers
+            ctx = mg_llama_create(&self.cfg, &w, self.max_batch)   # copies the layer table
+            if ctx == NULL:
+                raise MemoryError(f"out of memory for LlamaForward scratch (max_batch {self.max_batch})")
+            _raise_for(mg_llama_set_matmul(ctx, _MATMUL_MODES[mode]))
+        except BaseException:
+            mg_llama_free(ctx)
+            raise
+        finally:
+            free(layers)
         with self._lock:
-            _raise_for(mg_llama_set_matmul(self.ctx, _MATMUL_MODES[mode]))
-            self.matmul = mode
+            mg_llama_free(self.ctx)
+            self.ctx, self.matmul = ctx, mode
 
     cdef int _overlaps_weights(self, cnp.ndarray a):
         cdef uintptr_t a0 = <uintptr_t>cnp.PyArray_DATA(a)

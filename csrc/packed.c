@@ -1,0 +1,162 @@
+/* The x8 layout: block-quantized weights repacked so that one SIMD register holds 8 rows at once,
+ * and the int8-activation matmul over it (prefill and decode alike).
+ *
+ * Rows are taken 8 at a time (a group). For each group and each block b of 32 columns, the 8 rows'
+ * blocks are stored together, scales first:
+ *
+ *   q4_0x8  fp16 d[8]           | qs[4][8][4]   144 bytes   x = d * (q - 8)
+ *   q4_1x8  fp16 d[8], m[8]     | qs[4][8][4]   160 bytes   x = d * q + m
+ *   q8_0x8  fp16 d[8]           | q[8][8][4]    272 bytes   x = d * q
+ *
+ * qs[L][r][i] is byte 4L + i of row r's qs (so its low nibble is element 4L + i, its high nibble
+ * element 16 + 4L + i); q[v][r][i] is element 4v + i of row r. Each 32-byte vector [.][r][i] thus
+ * holds 4 consecutive elements of each of the 8 rows: one "dot 4 bytes per 32-bit lane" instruction
+ * (vpdpbusd, or maddubs + madd) against those 4 elements of one input, broadcast, leaves row r's
+ * partial sum in lane r. A whole block is 8 such steps, after which the 8 scales, converted in one
+ * instruction, apply to the 8 lanes at once. No horizontal sums anywhere; one 8-float store writes 8
+ * outputs of one input.
+ *
+ * Groups follow each other: group g starts at g * nb * block_bytes (nb = cols / 32). Weights are
+ * packed once, at model load (minigpt/kernels/_forward.pxi), only where an ISA provides kernels
+ * (mg_gemm_x8[qtype] != NULL) and rows is a multiple of 8; the packed copy is another layout of the
+ * same numbers, bit for bit.
+ */
+#include <float.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+
+#define X8_ROWS 8
+#define TOKENS 4                /* inputs per kernel call: 8 rows x 4 inputs of accumulators */
+#define MIN_WORK (1 << 16)      /* multiply-adds per thread below which waking another one does not pay */
+#define STACK_BYTES (20 << 10)  /* quantized inputs up to this size live on the stack */
+
+mg_gemm_x8_fn mg_gemm_x8[MG_NQTYPES];
+mg_gemm_x8_16_fn mg_gemm_x8_16[MG_NQTYPES];
+
+/* q16 keeps each group of 4 inputs as (x0, x2, x1, x3) */
+static const int Q16_ORDER[4] = {0, 2, 1, 3};
+
+static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+int64_t mg_x8_block_bytes(int qtype) {
+    switch (qtype) {
+    case MG_Q4_0: return 16 + 128;
+    case MG_Q4_1: return 32 + 128;
+    case MG_Q8_0: return 16 + 256;
+    default: return -1;
+    }
+}
+
+int mg_x8_supported(int qtype) {
+    return qtype >= 0 && qtype < MG_NQTYPES && mg_gemm_x8[qtype] && mg_gemm_x8_16[qtype] &&
+           mg_x8_block_bytes(qtype) > 0;
+}
+
+int mg_pack_x8(const void *restrict w, int qtype, int64_t rows, int64_t cols, void *restrict out) {
+    const int64_t gb = mg_x8_block_bytes(qtype);
+    if (gb < 0) return MG_EQTYPE;
+    const int64_t nb = cols / MG_QK, bb = mg_traits[qtype].block_bytes, rb = nb * bb;
+    const int hdr = qtype == MG_Q4_1 ? 32 : 16;           /* scale bytes before the codes */
+    const int code_off = qtype == MG_Q4_1 ? 4 : 2;        /* where the codes start in a stored block */
+    const int vecs = qtype == MG_Q8_0 ? 8 : 4;            /* 32-byte vectors of codes per block */
+    const uint8_t *src = (const uint8_t *)w;
+    uint8_t *dst = (uint8_t *)out;
+    for (int64_t g = 0; g < rows / X8_ROWS; g++)
+        for (int64_t b = 0; b < nb; b++, dst += gb)
+            for (int r = 0; r < X8_ROWS; r++) {
+                const uint8_t *blk = src + (g * X8_ROWS + r) * rb + b * bb;
+                memcpy(dst + 2 * r, blk, 2);                           /* d */
+                if (qtype == MG_Q4_1) memcpy(dst + 16 + 2 * r, blk + 2, 2); /* m */
+                for (int v = 0; v < vecs; v++) memcpy(dst + hdr + 32 * v + 4 * r, blk + code_off + 4 * v, 4);
+            }
+    return MG_OK;
+}
+
+/* --- the matmuls ---------------------------------------------------------------------------------- */
+
+/* As the q8 quantizer (quants.c): rintf halves to even, a block with d below FLT_MIN is zeros. */
+void mg_quantize_act16(const float *restrict x, int64_t n, int64_t cols, mg_block_q16 *restrict out) {
+    const int64_t nb = n * (cols / MG_QK);
+    for (int64_t b = 0; b < nb; b++, x += MG_QK) {
+        float amax = 0.0f;
+        for (int j = 0; j < MG_QK; j++) amax = fabsf(x[j]) > amax ? fabsf(x[j]) : amax;
+        const float d = amax / 32767.0f >= FLT_MIN ? amax / 32767.0f : 0.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        int sum = 0;
+        for (int j = 0; j < MG_QK; j++) {
+            const int q = (int)rintf(x[j] * id);
+            out[b].q[j / 4 * 4 + Q16_ORDER[j % 4]] = (int16_t)q;
+            sum += q;
+        }
+        out[b].d = d;
+        out[b].s = d * (float)sum;
+    }
+}
+
+typedef struct {
+    const uint8_t *xq;      /* (n, nb) quantized inputs, xb bytes per block IN  */
+    const uint8_t *w;       /* (rows / 8, nb, gb) x8 groups                 IN  */
+    float *out;             /* (n, rows)                                    OUT */
+    mg_gemm_x8_fn k8;       /* one of these two */
+    mg_gemm_x8_16_fn k16;
+    int64_t n, rows, nb, gb, xb;
+} x8_job;
+
+/* Thread ith of nth takes a contiguous range of groups; for each group (its weights stay in L1),
+ * the inputs go by in fours. */
+static void x8_task(void *arg, int ith, int nth) {
+    const x8_job *jb = (const x8_job *)arg;
+    const int64_t groups = jb->rows / X8_ROWS, g0 = groups * ith / nth, g1 = groups * (ith + 1) / nth;
+    for (int64_t g = g0; g < g1; g++) {
+        const uint8_t *wg = jb->w + g * jb->nb * jb->gb;
+        for (int64_t i = 0; i < jb->n; i += TOKENS) {
+            const void *x = jb->xq + i * jb->nb * jb->xb;
+            const int nt = (int)min64(TOKENS, jb->n - i);
+            float *out = jb->out + i * jb->rows + g * X8_ROWS;
+            if (jb->k8)
+                jb->k8(jb->nb, wg, (const mg_block_q8 *)x, jb->nb, nt, out, jb->rows);
+            else
+                jb->k16(jb->nb, wg, (const mg_block_q16 *)x, jb->nb, nt, out, jb->rows);
+        }
+    }
+}
+
+/* quantize x with 8 or 16 bits, then run the x8 kernels over the packed weight w */
+static int matmul_x8(const float *restrict x, const void *restrict w, float *restrict out, int qtype,
+                     int64_t n, int64_t rows, int64_t cols, int bits) {
+    if (!mg_x8_supported(qtype)) return MG_EQTYPE;
+    if (n <= 0 || rows <= 0) return MG_OK;
+    const int64_t nb = cols / MG_QK, xb = bits == 8 ? MG_Q8_BLOCK_BYTES : MG_Q16_BLOCK_BYTES;
+    _Alignas(64) uint8_t stack_xq[STACK_BYTES];
+    uint8_t *xq = stack_xq;
+    if (n * nb * xb > STACK_BYTES) {
+        xq = (uint8_t *)malloc((size_t)(n * nb * xb));
+        if (!xq) return MG_ENOMEM;
+    }
+    x8_job jb = {xq, (const uint8_t *)w, out, NULL, NULL, n, rows, nb, mg_x8_block_bytes(qtype), xb};
+    if (bits == 8) {
+        mg_quantize_act(x, n, cols, (mg_block_q8 *)xq);
+        jb.k8 = mg_gemm_x8[qtype];
+    } else {
+        mg_quantize_act16(x, n, cols, (mg_block_q16 *)xq);
+        jb.k16 = mg_gemm_x8_16[qtype];
+    }
+    const int64_t by_work = n * rows * cols / MIN_WORK, by_groups = rows / X8_ROWS;
+    mg_parallel(x8_task, &jb, (int)min64(min64(by_work, by_groups), MG_MAX_THREADS));
+    if (xq != stack_xq) free(xq);
+    return MG_OK;
+}
+
+int mg_matmul_q8_x8(const float *restrict x, const void *restrict w, float *restrict out, int qtype,
+                    int64_t n, int64_t rows, int64_t cols) {
+    return matmul_x8(x, w, out, qtype, n, rows, cols, 8);
+}
+
+int mg_matmul_q16(const float *restrict x, const void *restrict w, float *restrict out, int qtype,
+                  int64_t n, int64_t rows, int64_t cols) {
+    if (qtype & MG_X8) return matmul_x8(x, w, out, qtype & ~MG_X8, n, rows, cols, 16);
+    return mg_matmul(x, w, out, qtype, n, rows, cols);
+}

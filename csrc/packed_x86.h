@@ -1,0 +1,211 @@
+/* The x8 kernels (layout: packed.c), written once for every x86 flavour of "dot 4 bytes per lane".
+ *
+ * Included by packed_avx2.c once per instruction set, after it defines:
+ *   TARGET              the function attribute enabling that instruction set
+ *   NAME(f)             f with the instruction set's suffix
+ *   dot4(acc, u, s)     acc (8 x int32) += per-lane sum of 4 products u (unsigned bytes) * s (signed)
+ *   dot4x2(acc, u0, s0, u1, s1)  two dot4 steps, for u < 16 (the q4 types)
+ *   q8_unsigned(w)      signed weight bytes -> the unsigned operand of dot4
+ *   q8_signed(x, w)     broadcast input bytes -> the signed operand, given the weight bytes
+ *   Q8_BIAS             what q8_unsigned adds to a weight (sum w*x = dot4 result - Q8_BIAS * sum x)
+ *   dot2(acc, a, b)     acc (8 x int32) += per-lane sum of 2 products of int16 a * int16 b
+ *
+ * Each kernel computes out[t * ldo + r] for r < 8, t < nt (1..4): the dot products of one group's 8
+ * rows with inputs x + t * ldx (q8 blocks, nb of them). Per block: int32 lanes from 8 dot4 steps per
+ * input, then sum_t += (d_w * d_x) * lanes + bias_w * s_x, where s_x = d_x * sum(q_x) and bias_w is
+ * -8 d_w (q4_0), m_w (q4_1) or -Q8_BIAS d_w (q8_0): the codes are dotted as stored (unsigned) and
+ * the offset is taken out once per block.
+ *
+ * Dependency chains: a dot instruction waits for its accumulator, so each input's products go into
+ * CH(nt) independent accumulators (4 for one input, 2 for four), added up once per block; the scale
+ * and bias terms also accumulate separately. One input (decode) would otherwise run at the latency
+ * of the chain, not at the throughput of the machine.
+ *
+ * The q16 kernels do the same with int16 inputs (mg_block_q16), for the matmuls whose inputs need
+ * more than 8 bits: each 4-byte lane of weight codes is split into two int16 pairs, (e0, e2) and
+ * (e1, e3), which is why a q16 block stores each group of 4 inputs in that order.
+ */
+
+TARGET static inline __m256i NAME(bcast4)(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
+}
+
+/* the 8 fp16 scales at p, as floats */
+TARGET static inline __m256 NAME(scales8)(const uint8_t *p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+
+#define CH(nt) ((nt) <= 2 ? 4 : 2) /* accumulators per input */
+
+/* sum += (dw * d_x) * (the ch accumulators' total); sumb += bias * s_x, for an input block with
+ * scale d_x and s_x = d_x * sum(q_x) */
+TARGET static inline __attribute__((always_inline)) void NAME(apply)(
+    __m256 *sum, __m256 *sumb, __m256 dw, __m256 bias, float dx, float sx, const __m256i *acc, int ch) {
+    __m256i lanes = acc[0];
+    for (int c = 1; c < ch; c++) lanes = _mm256_add_epi32(lanes, acc[c]);
+    *sum = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(dx)), _mm256_cvtepi32_ps(lanes), *sum);
+    *sumb = _mm256_fmadd_ps(bias, _mm256_set1_ps(sx), *sumb);
+}
+
+/* q4_0x8 and q4_1x8: the code vectors are the same; only the bias differs */
+TARGET static inline __attribute__((always_inline)) void NAME(gemm_q4x8)(
+    int64_t nb, const uint8_t *restrict w, const mg_block_q8 *restrict x, int64_t ldx, float *restrict out,
+    int64_t ldo, const int nt, const int is_q4_1) {
+    const int64_t gb = is_q4_1 ? 160 : 144, hdr = is_q4_1 ? 32 : 16;
+    const int ch = CH(nt);
+    const __m256i low = _mm256_set1_epi8(0x0F);
+    __m256 sum[4], sumb[4];
+    for (int t = 0; t < nt; t++) sum[t] = sumb[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++, w += gb) {
+        __m256i acc[4][4];
+        for (int t = 0; t < nt; t++)
+            for (int c = 0; c < ch; c++) acc[t][c] = _mm256_setzero_si256();
+        for (int l = 0; l < 4; l++) {
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(w + hdr + 32 * l));
+            const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+            for (int t = 0; t < nt; t++) {
+                const int8_t *q = x[t * ldx + b].q;
+                __m256i *a = &acc[t][l % ch];
+                *a = dot4x2(*a, lo, NAME(bcast4)(q + 4 * l), hi, NAME(bcast4)(q + 16 + 4 * l));
+            }
+        }
+        const __m256 dw = NAME(scales8)(w);
+        const __m256 bias = is_q4_1 ? NAME(scales8)(w + 16) : _mm256_mul_ps(dw, _mm256_set1_ps(-8.0f));
+        for (int t = 0; t < nt; t++)
+            NAME(apply)(&sum[t], &sumb[t], dw, bias, x[t * ldx + b].d, x[t * ldx + b].s, acc[t], ch);
+    }
+    for (int t = 0; t < nt; t++) _mm256_storeu_ps(out + t * ldo, _mm256_add_ps(sum[t], sumb[t]));
+}
+
+TARGET static inline __attribute__((always_inline)) void NAME(gemm_q8x8)(
+    int64_t nb, const uint8_t *restrict w, const mg_block_q8 *restrict x, int64_t ldx, float *restrict out,
+    int64_t ldo, const int nt) {
+    const int ch = CH(nt);
+    __m256 sum[4], sumb[4];
+    for (int t = 0; t < nt; t++) sum[t] = sumb[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++, w += 272) {
+        __m256i acc[4][4];
+        for (int t = 0; t < nt; t++)
+            for (int c = 0; c < ch; c++) acc[t][c] = _mm256_setzero_si256();
+        for (int v = 0; v < 8; v++) {
+            const __m256i qw = _mm256_loadu_si256((const __m256i *)(w + 16 + 32 * v)), uw = q8_unsigned(qw);
+            for (int t = 0; t < nt; t++) {
+                __m256i *a = &acc[t][v % ch];
+                *a = dot4(*a, uw, q8_signed(NAME(bcast4)(x[t * ldx + b].q + 4 * v), qw));
+            }
+        }
+        const __m256 dw = NAME(scales8)(w), bias = _mm256_mul_ps(dw, _mm256_set1_ps(-(float)Q8_BIAS));
+        for (int t = 0; t < nt; t++)
+            NAME(apply)(&sum[t], &sumb[t], dw, bias, x[t * ldx + b].d, x[t * ldx + b].s, acc[t], ch);
+    }
+    for (int t = 0; t < nt; t++) _mm256_storeu_ps(out + t * ldo, _mm256_add_ps(sum[t], sumb[t]));
+}
+
+/* q16 inputs. q4: per 16-bit word of codes (2 bytes: elements e0, e1 in the low nibbles, e0', e1' of
+ * the hi group in the high ones) the four int16 values are word & 15, word >> 8 & 15, word >> 4 & 15,
+ * word >> 12. */
+TARGET static inline __attribute__((always_inline)) void NAME(gemm_q4x8_16)(
+    int64_t nb, const uint8_t *restrict w, const mg_block_q16 *restrict x, int64_t ldx, float *restrict out,
+    int64_t ldo, const int nt, const int is_q4_1) {
+    const int64_t gb = is_q4_1 ? 160 : 144, hdr = is_q4_1 ? 32 : 16;
+    const int ch = CH(nt);
+    const __m256i low = _mm256_set1_epi16(0x0F);
+    __m256 sum[4], sumb[4];
+    for (int t = 0; t < nt; t++) sum[t] = sumb[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++, w += gb) {
+        __m256i acc[4][4];
+        for (int t = 0; t < nt; t++)
+            for (int c = 0; c < ch; c++) acc[t][c] = _mm256_setzero_si256();
+        for (int l = 0; l < 4; l++) {
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(w + hdr + 32 * l));
+            const __m256i e = _mm256_and_si256(v, low), o = _mm256_and_si256(_mm256_srli_epi16(v, 8), low);
+            const __m256i eh = _mm256_and_si256(_mm256_srli_epi16(v, 4), low), oh = _mm256_srli_epi16(v, 12);
+            for (int t = 0; t < nt; t++) {
+                const int8_t *q = (const int8_t *)x[t * ldx + b].q;   /* bytes: 8 per group of 4 */
+                __m256i *a = acc[t];
+                a[0] = dot2(a[0], e, NAME(bcast4)(q + 8 * l));
+                a[1] = dot2(a[1], o, NAME(bcast4)(q + 8 * l + 4));
+                a[2 % ch] = dot2(a[2 % ch], eh, NAME(bcast4)(q + 32 + 8 * l));
+                a[3 % ch] = dot2(a[3 % ch], oh, NAME(bcast4)(q + 32 + 8 * l + 4));
+            }
+        }
+        const __m256 dw = NAME(scales8)(w);
+        const __m256 bias = is_q4_1 ? NAME(scales8)(w + 16) : _mm256_mul_ps(dw, _mm256_set1_ps(-8.0f));
+        for (int t = 0; t < nt; t++)
+            NAME(apply)(&sum[t], &sumb[t], dw, bias, x[t * ldx + b].d, x[t * ldx + b].s, acc[t], ch);
+    }
+    for (int t = 0; t < nt; t++) _mm256_storeu_ps(out + t * ldo, _mm256_add_ps(sum[t], sumb[t]));
+}
+
+/* q8: the signed bytes of each word, sign-extended: (word << 8) >> 8 and word >> 8 (arithmetic) */
+TARGET static inline __attribute__((always_inline)) void NAME(gemm_q8x8_16)(
+    int64_t nb, const uint8_t *restrict w, const mg_block_q16 *restrict x, int64_t ldx, float *restrict out,
+    int64_t ldo, const int nt) {
+    const int ch = CH(nt);
+    __m256 sum[4];
+    for (int t = 0; t < nt; t++) sum[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++, w += 272) {
+        __m256i acc[4][4];
+        for (int t = 0; t < nt; t++)
+            for (int c = 0; c < ch; c++) acc[t][c] = _mm256_setzero_si256();
+        for (int v = 0; v < 8; v++) {
+            const __m256i qw = _mm256_loadu_si256((const __m256i *)(w + 16 + 32 * v));
+            const __m256i e = _mm256_srai_epi16(_mm256_slli_epi16(qw, 8), 8), o = _mm256_srai_epi16(qw, 8);
+            for (int t = 0; t < nt; t++) {
+                const int8_t *q = (const int8_t *)x[t * ldx + b].q;
+                __m256i *a = acc[t];
+                a[(2 * v) % ch] = dot2(a[(2 * v) % ch], e, NAME(bcast4)(q + 8 * v));
+                a[(2 * v + 1) % ch] = dot2(a[(2 * v + 1) % ch], o, NAME(bcast4)(q + 8 * v + 4));
+            }
+        }
+        const __m256 dw = NAME(scales8)(w);
+        for (int t = 0; t < nt; t++) {
+            __m256i lanes = acc[t][0];
+            for (int c = 1; c < ch; c++) lanes = _mm256_add_epi32(lanes, acc[t][c]);
+            sum[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(x[t * ldx + b].d)), _mm256_cvtepi32_ps(lanes), sum[t]);
+        }
+    }
+    for (int t = 0; t < nt; t++) _mm256_storeu_ps(out + t * ldo, sum[t]);
+}
+
+/* The slot functions: nt dispatched to constant-count copies, so the accumulators live in registers. */
+#define X8_ENTRY(fn, block, body)                                                                       \
+    TARGET static void NAME(fn)(int64_t nb, const uint8_t *restrict w, const block *restrict x,           \
+                                int64_t ldx, int nt, float *restrict out, int64_t ldo) {                \
+        switch (nt) {                                                                                   \
+        case 1: body(1); break;                                                                         \
+        case 2: body(2); break;                                                                         \
+        case 3: body(3); break;                                                                         \
+        default: body(4); break;                                                                        \
+        }                                                                                               \
+    }
+#define Q4_0_BODY(n) NAME(gemm_q4x8)(nb, w, x, ldx, out, ldo, n, 0)
+#define Q4_1_BODY(n) NAME(gemm_q4x8)(nb, w, x, ldx, out, ldo, n, 1)
+#define Q8_0_BODY(n) NAME(gemm_q8x8)(nb, w, x, ldx, out, ldo, n)
+X8_ENTRY(x8_q4_0, mg_block_q8, Q4_0_BODY)
+X8_ENTRY(x8_q4_1, mg_block_q8, Q4_1_BODY)
+X8_ENTRY(x8_q8_0, mg_block_q8, Q8_0_BODY)
+#undef Q4_0_BODY
+#undef Q4_1_BODY
+#undef Q8_0_BODY
+#define Q4_0_BODY(n) NAME(gemm_q4x8_16)(nb, w, x, ldx, out, ldo, n, 0)
+#define Q4_1_BODY(n) NAME(gemm_q4x8_16)(nb, w, x, ldx, out, ldo, n, 1)
+#define Q8_0_BODY(n) NAME(gemm_q8x8_16)(nb, w, x, ldx, out, ldo, n)
+X8_ENTRY(x8_16_q4_0, mg_block_q16, Q4_0_BODY)
+X8_ENTRY(x8_16_q4_1, mg_block_q16, Q4_1_BODY)
+X8_ENTRY(x8_16_q8_0, mg_block_q16, Q8_0_BODY)
+#undef Q4_0_BODY
+#undef Q4_1_BODY
+#undef Q8_0_BODY
+#undef X8_ENTRY
+
+static void NAME(install_x8)(void) {
+    mg_gemm_x8[MG_Q4_0] = NAME(x8_q4_0);
+    mg_gemm_x8[MG_Q4_1] = NAME(x8_q4_1);
+    mg_gemm_x8[MG_Q8_0] = NAME(x8_q8_0);
+    mg_gemm_x8_16[MG_Q4_0] = NAME(x8_16_q4_0);
+    mg_gemm_x8_16[MG_Q4_1] = NAME(x8_16_q4_1);
+    mg_gemm_x8_16[MG_Q8_0] = NAME(x8_16_q8_0);
+}

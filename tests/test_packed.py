@@ -1,0 +1,146 @@
+"""The x8 layout (csrc/packed.c): weights repacked 8 rows at a time for the int8-activation matmul.
+
+Packing is a permutation of the stored bytes, and matmul_q8 over a packed weight must agree with the
+NumPy twin of matmul_q8 over the original, on every instruction set that has x8 kernels: this file runs
+on the best one here and again, in a subprocess, on plain AVX2 when the best is AVX512-VNNI.
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+from minigpt import quant
+from minigpt.kernels import get_backend, numpy_ref
+from subproc import run_python
+from test_kernels import assert_matmul_q8_close, inputs, weight
+
+core = get_backend("c")
+X8_QTYPES = [q for q in ("q8_0", "q4_0", "q4_1") if core.x8_supported(q)]
+pytestmark = pytest.mark.skipif(not X8_QTYPES, reason=f"no x8 kernels on {core.isa()}")
+
+
+@pytest.mark.parametrize("qtype", X8_QTYPES)
+def test_packing_permutes_the_stored_bytes(qtype):
+    rng = np.random.default_rng(1)
+    w = weight(rng, 24, 96, qtype)
+    p = core.pack_x8(w, qtype)
+    assert p.shape == (3, 3 * {"q8_0": 272, "q4_0": 144, "q4_1": 160}[qtype])
+    assert sorted(p.tobytes()) == sorted(w.tobytes())
+    # group 1, block 2: the 8 rows' fp16 scales come first, in row order
+    blk = p[1].reshape(3, -1)[2]
+    bb = quant.QTYPES[qtype][1]
+    np.testing.assert_array_equal(blk[:16].reshape(8, 2), w[8:16, 2 * bb:2 * bb + 2])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("qtype", X8_QTYPES)
+def test_packed_matmul_matches_reference(qtype, threads):
+    core.set_threads(threads)
+    rng = np.random.default_rng(40 + threads)
+    for cols in (32, 96, 576):
+        for rows in (8, 16, 40, 264):
+            w = weight(rng, rows, cols, qtype)
+            p = core.pack_x8(w, qtype)
+            for n in (1, 2, 3, 4, 5, 9, 17):  # around the 4-input tile
+                x = inputs(rng, n, cols)
+                out = core.matmul_q8(x, p, qtype + "x8")
+                assert out.shape == (n, rows) and out.dtype == np.float32
+                assert_matmul_q8_close(out, x, w, qtype)
+
+
+@pytest.mark.parametrize("qtype", X8_QTYPES)
+def test_packed_large_prefill_with_outliers(qtype):
+    core.set_threads(2)
+    rng = np.random.default_rng(41)
+    w = weight(rng, 96, 1536, qtype)
+    x = inputs(rng, 130, 1536)
+    x[:, 7] *= 300.0       # an outlier channel, as silu(gate) * up has
+    x[5] = 0.0             # an all-zero input: d = 0 blocks
+    assert_matmul_q8_close(core.matmul_q8(x, core.pack_x8(w, qtype), qtype + "x8"), x, w, qtype)
+
+
+def test_extreme_codes_do_not_saturate():
+    # every weight -128 or 127 and every input +-127: the largest products either path can meet
+    rng = np.random.default_rng(42)
+    w = weight(rng, 16, 256, "q8_0").reshape(16, 8, 34).copy()
+    w[:, :, 2:] = rng.choice(np.array([-128, 127], np.int8), size=(16, 8, 32)).view(np.uint8)
+    w = w.reshape(16, 8 * 34)
+    x = (rng.choice([-1.0, 1.0], size=(3, 256)) * 127).astype(np.float32)
+    assert_matmul_q8_close(core.matmul_q8(x, core.pack_x8(w, "q8_0"), "q8_0x8"), x, w, "q8_0")
+
+
+def test_bad_packed_calls_are_value_errors():
+    rng = np.random.default_rng(43)
+    w = weight(rng, 12, 64, "q4_0")
+    with pytest.raises(ValueError, match="multiple of 8 rows"):
+        core.pack_x8(w, "q4_0")
+    with pytest.raises(ValueError, match="f16"):
+        core.pack_x8(weight(rng, 8, 64, "f16"), "f16")
+    p = core.pack_x8(weight(rng, 8, 64, "q4_0"), "q4_0")
+    with pytest.raises(ValueError, match="matmul_q8 or matmul_q16 only"):
+        core.matmul(inputs(rng, 1, 64), p, "q4_0x8")
+    with pytest.raises(ValueError, match="columns"):
+        core.matmul_q8(inputs(rng, 1, 96), p, "q4_0x8")
+    with pytest.raises(ValueError, match="not a multiple"):
+        core.matmul_q8(inputs(rng, 1, 64), p[:, :100], "q4_0x8")
+
+
+@pytest.mark.skipif(core.isa() != "avx512vnni", reason="plain AVX2 is already the best here")
+def test_avx2_kernels_in_subprocess():
+    r = run_python("-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", "not subprocess",
+                   env={"MINIGPT_ISA": "avx2"}, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "passed" in r.stdout
+
+
+# --- int16 activations (matmul_q16) ------------------------------------------------------------------
+
+def assert_matmul_q16_close(got, x, w, qtype):
+    want = numpy_ref.matmul_q16(x, w, qtype)
+    scale = np.abs(x) @ np.abs(quant.dequantize(w, qtype)).T
+    bad = np.abs(got - want) > 1e-5 * scale + 1e-30
+    assert not bad.any(), f"{bad.sum()} of {bad.size} outputs differ, e.g. {got[bad][:3]} vs {want[bad][:3]}"
+
+
+def test_c_quantize_act16_matches_quant_values():
+    rng = np.random.default_rng(50)
+    x = inputs(rng, 9, 576) * rng.uniform(1e-6, 1e4, size=(9, 1)).astype(np.float32)
+    x[0, :32] = 0.0
+    x[1, :32] = (np.arange(32) - 15.5) * 1000
+    x[1, 31] = 32767.0
+    x[2, :32] = np.float32(1e-40)
+    blocks = core._quantize_act16(x).reshape(9, 18, 72)
+    q, d, s = quant.quantize_act(x, 16)
+    np.testing.assert_array_equal(blocks[:, :, 0:4].copy().view(np.float32)[..., 0], d)
+    np.testing.assert_array_equal(blocks[:, :, 4:8].copy().view(np.float32)[..., 0], s)
+    stored = blocks[:, :, 8:].copy().view(np.int16).reshape(9, 18, 8, 4)
+    np.testing.assert_array_equal(stored[..., [0, 2, 1, 3]].reshape(9, 576), q)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("qtype", X8_QTYPES)
+def test_packed_matmul_q16_matches_reference(qtype, threads):
+    core.set_threads(threads)
+    rng = np.random.default_rng(60 + threads)
+    for cols, rows in ((32, 8), (96, 40), (1536, 264)):
+        w = weight(rng, rows, cols, qtype)
+        p = core.pack_x8(w, qtype)
+        for n in (1, 2, 3, 4, 5, 9, 17):
+            x = inputs(rng, n, cols)
+            x[:, 3] *= 500.0  # an outlier channel: what int16 is for
+            out = core.matmul_q16(x, p, qtype + "x8")
+            assert_matmul_q16_close(out, x, w, qtype)
+            # and within int16 rounding (half a step, d/2, per input) of the float32 matmul
+            _, d, _ = quant.quantize_act(x, 16)
+            wabs = np.abs(quant.dequantize(w, qtype)).astype(np.float64)
+            bound = (np.repeat(d, 32, axis=1) / 2) @ wabs.T + 1e-5 * (np.abs(x) @ wabs.T)
+            assert (np.abs(out - core.matmul(x, w, qtype)) <= bound).all()
+
+
+def test_matmul_q16_of_unpacked_weights_is_matmul():
+    rng = np.random.default_rng(61)
+    for qtype in ("f32", "q4_1"):
+        w = weight(rng, 12, 64, qtype)
+        x = inputs(rng, 3, 64)
+        np.testing.assert_array_equal(core.matmul_q16(x, w, qtype), core.matmul(x, w, qtype))
