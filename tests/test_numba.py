@@ -62,11 +62,27 @@ def test_result_does_not_depend_on_threads(nb, qtype):
 
 @pytest.mark.parametrize("qtype", list(quant.QTYPES))
 def test_decode_and_prefill_paths_agree(nb, qtype):
-    # n < MIN_TILE_N dots the stored rows directly; larger n dequantizes tiles first
+    # n < NI dots the stored rows directly; larger n dequantizes tiles, dotted with NI inputs at a
+    # time and then one at a time for the rest
     rng = np.random.default_rng(2)
-    w = quant.quantize(rng.standard_normal((2 * numba_.TILE + 3, 96)).astype(np.float32), qtype)
-    x = rng.standard_normal((numba_.MIN_TILE_N + 2, 96)).astype(np.float32)
+    w = quant.quantize(rng.standard_normal((2 * numba_.NR + 3, 96)).astype(np.float32), qtype)
+    x = rng.standard_normal((numba_.NI + 3, 96)).astype(np.float32)
     tiled = nb.matmul(x, w, qtype)
     direct = np.concatenate([nb.matmul(x[i:i + 1], w, qtype) for i in range(len(x))])
     scale = np.abs(x) @ np.abs(quant.dequantize(w, qtype)).T
     assert (np.abs(tiled - direct) <= 1e-5 * scale).all()
+
+
+def test_block_scales_are_cached_for_read_only_weights_only(nb):
+    # the engine's weights are read-only mmap views; a writeable weight may change between calls
+    rng = np.random.default_rng(3)
+    w = quant.quantize(rng.standard_normal((9, 64)).astype(np.float32), "q4_1")
+    x = rng.standard_normal((1, 64)).astype(np.float32)
+    nb.matmul(x, w, "q4_1")
+    w[:, :2] = np.array([2.0], np.float16).view(np.uint8)   # every row's first d
+    np.testing.assert_allclose(nb.matmul(x, w, "q4_1"), x @ quant.dequantize(w, "q4_1").T, rtol=1e-5, atol=1e-5)
+    w.setflags(write=False)
+    nb.matmul(x, w, "q4_1")
+    assert id(w) in numba_._scales_cache
+    del w
+    assert len([k for k, v in numba_._scales_cache.items() if v[0]() is None]) == 0

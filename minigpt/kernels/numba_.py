@@ -2,24 +2,27 @@
 
 Same functions and contracts as numpy_ref, matmul_q8 included (and the same ValueErrors: the boundary
 checks are numpy_ref's). Every weight reaches the kernels as its uint8 bytes [rows, row_bytes] plus a
-type code; fp16 fields are decoded bit-exactly (_f16). Float sums accumulate in float32 in a fixed
-order (LANES or QK partial sums, combined pairwise); fastmath stays off but for FMA contraction in the
-block dots, so the order is the one written here.
+type code; fp16 fields are decoded bit-exactly (_f16).
 
-    decode  (n < MIN_TILE_N): each weight row is dotted, still quantized, with each input: per block the
-            weights are unpacked into QK independent float32 lanes, which LLVM vectorizes (a single
-            running sum would need fastmath's reassociation to vectorize).
-    prefill (n >= MIN_TILE_N): TILE weight rows are dequantized into a float buffer, then dotted with
-            every input while they sit in cache.
-    matmul_q8: x quantized per block of 32 as quant.quantize_act; exact integer dot per block, scaled.
-Rows are split between threads with prange (one chunk per thread); at 1 thread a serial build runs, so
-there is no parallel launch per call. Every result is the same bit for bit whatever the thread count.
+    matmul:    weight rows are dequantized NR at a time into a float32 tile, then the tile is dotted
+               with the inputs four at a time (NR x 4 sums in one pass over the columns, each weight
+               and input value loaded once for four products), or one at a time for the last n % 4.
+               The block scales are decoded once per weight: cached for read-only weights (the
+               engine's mmap views, which cannot change), decoded per call otherwise.
+    matmul_q8: x quantized per block of 32 exactly as quant.quantize_act, turned back into float32
+               d*q, then matmul's tiles: dequant(q8(x)) @ W^T, the contract, summed in float32.
+The dots let LLVM reassociate float sums (fastmath 'reassoc') so it can vectorize them over the
+columns: the order is then the compiler's, fixed per compiled kernel, so each output is summed the
+same way whatever the thread count or the call. dequantize and get_rows stay bit-exact (no fastmath).
+Rows are split between threads with prange (one chunk of whole tiles per thread); at 1 thread a serial
+build runs, so there is no parallel launch per call.
 Kernels compile on first use and are cached on disk (cache=True): the first call in a fresh
-environment pays ~15 s of compilation (~25 s for every kernel), later processes ~0.7 s to load it.
+environment pays ~15-30 s of compilation, later processes ~1 s to load it.
 """
 
 import os
 import threading
+import weakref
 
 import numba
 import numpy as np
@@ -35,12 +38,11 @@ name = "numba"
 _QTYPES = {"f32": (0, 1, 4), "f16": (1, 1, 2), "q8_0": (2, 32, 34), "q4_0": (3, 32, 18), "q4_1": (4, 32, 20)}
 F32, F16, Q8_0, Q4_0, Q4_1 = 0, 1, 2, 3, 4
 QK = 32
-LANES = 8       # partial sums per dot product: one AVX register of float32
-TILE = 16       # weight rows dequantized together in the prefill path
-MIN_TILE_N = 3  # below this many inputs, dotting the quantized rows directly beats dequantizing them
+NR = 4   # weight rows per tile; thread chunks are whole tiles
+NI = 4   # inputs dotted with a tile in one pass
 
 _JIT = dict(cache=True, fastmath=False, nogil=True)
-_JIT_DOT = dict(cache=True, fastmath={"contract"}, nogil=True)  # FMA: ~10% faster q4 dots, same order
+_JIT_DOT = dict(cache=True, fastmath={"contract", "reassoc"}, nogil=True)  # vectorized float sums
 
 
 # --- scalar helpers ------------------------------------------------------------------------------
@@ -73,16 +75,11 @@ def _f16(lo, hi):
     return _bits_to_f32((em << np.uint32(13)) + (bias << np.uint32(23)) | sign)
 
 
-@njit(inline="always", **_JIT)
-def _lane_sum(a0, a1, a2, a3, a4, a5, a6, a7):
-    return ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
-
-
-# --- one row: dequantize, or dot with an input ---------------------------------------------------
+# --- one row, exact: dequantize and get_rows -----------------------------------------------------
 
 @njit(**_JIT)
 def _dequant_row(row, code, y):
-    """row: uint8 [row_bytes], one stored row -> y float32 [cols]."""
+    """row: uint8 [row_bytes], one stored row -> y float32 [cols], bit for bit as quant.dequantize."""
     cols = y.shape[0]
     if code == F32:
         y[:] = row.view(np.float32)
@@ -115,132 +112,192 @@ def _dequant_row(row, code, y):
                 y[QK * b + j + 16] = d * np.float32(v >> 4) + m
 
 
-@njit(**_JIT)
-def _dot_f32(x, y):
-    """sum x[j] * y[j], float32, in LANES partial sums."""
-    k = x.shape[0]
-    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.float32(0)
-    j = 0
-    while j + LANES <= k:
-        a0 += x[j] * y[j]
-        a1 += x[j + 1] * y[j + 1]
-        a2 += x[j + 2] * y[j + 2]
-        a3 += x[j + 3] * y[j + 3]
-        a4 += x[j + 4] * y[j + 4]
-        a5 += x[j + 5] * y[j + 5]
-        a6 += x[j + 6] * y[j + 6]
-        a7 += x[j + 7] * y[j + 7]
-        j += LANES
-    s = _lane_sum(a0, a1, a2, a3, a4, a5, a6, a7)
-    while j < k:
-        s += x[j] * y[j]
-        j += 1
-    return s
-
+# --- matmul: block scales, weight tiles, tile dots -------------------------------------------------
 
 @njit(**_JIT)
-def _dot_row(row, code, x, y):
-    """sum W[j] * x[j] for one stored row; y: float32 [cols] scratch (its first QK are the lanes)."""
-    if code == F32:
-        return _dot_f32(x, row.view(np.float32))
-    if code == F16:
-        _dequant_row(row, code, y)
-        return _dot_f32(x, y)
-    return _dot_blocks(row, code, x, y)
+def _block_scales(w, code, d, m):
+    """w: uint8 [rows, row_bytes] of a block type -> d, m float32 [rows, nb] (m: q4_1's minimum)."""
+    bb = 34 if code == Q8_0 else (18 if code == Q4_0 else 20)
+    for r in range(w.shape[0]):
+        for b in range(d.shape[1]):
+            p = bb * b
+            d[r, b] = _f16(w[r, p], w[r, p + 1])
+            if code == Q4_1:
+                m[r, b] = _f16(w[r, p + 2], w[r, p + 3])
 
 
 @njit(**_JIT_DOT)
-def _dot_blocks(row, code, x, acc):
-    """Block types: QK lanes, acc[j] += w[j] * x[j] over the blocks (w dequantized as _dequant_row),
-    then the lanes summed. Each lane is its own chain, so LLVM vectorizes it without reassociating."""
+def _load_tile(w, code, d, m, r0, buf):
+    """buf[t] = W[r0 + t] dequantized (d, m: _block_scales), for t < NR; rows past the end are zeros."""
+    cols = buf.shape[1]
+    for t in range(NR):
+        r = r0 + t
+        y = buf[t]
+        if r >= w.shape[0]:
+            y[:] = 0
+        elif code == F32:
+            y[:] = w[r].view(np.float32)
+        elif code == F16:
+            row = w[r]
+            for j in range(cols):
+                y[j] = _f16(row[2 * j], row[2 * j + 1])
+        elif code == Q8_0:
+            q = w[r].view(np.int8)
+            for b in range(cols // QK):
+                p, o, s = 34 * b + 2, QK * b, d[r, b]
+                for j in range(QK):
+                    y[o + j] = s * np.float32(q[p + j])
+        elif code == Q4_0:
+            row = w[r]
+            for b in range(cols // QK):
+                p, o, s = 18 * b + 2, QK * b, d[r, b]
+                for j in range(16):
+                    v = np.int32(row[p + j])
+                    y[o + j] = s * np.float32((v & 15) - 8)
+                    y[o + j + 16] = s * np.float32((v >> 4) - 8)
+        else:
+            row = w[r]
+            for b in range(cols // QK):
+                p, o, s, mb = 20 * b + 4, QK * b, d[r, b], m[r, b]
+                for j in range(16):
+                    v = np.int32(row[p + j])
+                    y[o + j] = s * np.float32(v & 15) + mb
+                    y[o + j + 16] = s * np.float32(v >> 4) + mb
+
+
+@njit(**_JIT_DOT)
+def _dot_tile_x4(w0, w1, w2, w3, x0, x1, x2, x3, acc):
+    """acc[t, i] = w_t . x_i for 4 tile rows and 4 inputs, float32 [cols] each: 16 sums, one pass."""
+    s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = np.float32(0)
+    s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = np.float32(0)
+    for k in range(x0.shape[0]):
+        a0, a1, a2, a3 = x0[k], x1[k], x2[k], x3[k]
+        b = w0[k]
+        s00 += b * a0
+        s01 += b * a1
+        s02 += b * a2
+        s03 += b * a3
+        b = w1[k]
+        s10 += b * a0
+        s11 += b * a1
+        s12 += b * a2
+        s13 += b * a3
+        b = w2[k]
+        s20 += b * a0
+        s21 += b * a1
+        s22 += b * a2
+        s23 += b * a3
+        b = w3[k]
+        s30 += b * a0
+        s31 += b * a1
+        s32 += b * a2
+        s33 += b * a3
+    acc[0, 0], acc[0, 1], acc[0, 2], acc[0, 3] = s00, s01, s02, s03
+    acc[1, 0], acc[1, 1], acc[1, 2], acc[1, 3] = s10, s11, s12, s13
+    acc[2, 0], acc[2, 1], acc[2, 2], acc[2, 3] = s20, s21, s22, s23
+    acc[3, 0], acc[3, 1], acc[3, 2], acc[3, 3] = s30, s31, s32, s33
+
+
+@njit(**_JIT_DOT)
+def _dot_tile_x1(w0, w1, w2, w3, x0, acc):
+    """acc[t, 0] = w_t . x0 for the 4 tile rows."""
+    s0 = s1 = s2 = s3 = np.float32(0)
+    for k in range(x0.shape[0]):
+        a = x0[k]
+        s0 += w0[k] * a
+        s1 += w1[k] * a
+        s2 += w2[k] * a
+        s3 += w3[k] * a
+    acc[0, 0], acc[1, 0], acc[2, 0], acc[3, 0] = s0, s1, s2, s3
+
+
+@njit(**_JIT_DOT)
+def _dot_blocks(row, code, d, m, x, acc):
+    """sum W[j] * x[j] for one stored row of a block type (d, m: its scales); decode's dot. Each of
+    the QK lanes acc[j] is its own chain over the blocks, which LLVM vectorizes as it stands."""
     nb = x.shape[0] // QK
-    if nb == 0:  # no columns: acc has no lanes either
-        return np.float32(0)
-    acc[:QK] = 0
+    acc[:] = 0
     if code == Q8_0:
         q = row.view(np.int8)
         for b in range(nb):
-            p, o = 34 * b + 2, QK * b
-            d = _f16(row[p - 2], row[p - 1])
+            p, o, s = 34 * b + 2, QK * b, d[b]
             for j in range(QK):
-                acc[j] += d * np.float32(q[p + j]) * x[o + j]
+                acc[j] += s * np.float32(q[p + j]) * x[o + j]
     elif code == Q4_0:
         for b in range(nb):
-            p, o = 18 * b + 2, QK * b
-            d = _f16(row[p - 2], row[p - 1])
+            p, o, s = 18 * b + 2, QK * b, d[b]
             for j in range(16):
                 v = np.int32(row[p + j])
-                acc[j] += d * np.float32(np.int32(v & 15) - 8) * x[o + j]
-                acc[j + 16] += d * np.float32(np.int32(v >> 4) - 8) * x[o + j + 16]
+                acc[j] += s * np.float32(np.int32(v & 15) - 8) * x[o + j]
+                acc[j + 16] += s * np.float32(np.int32(v >> 4) - 8) * x[o + j + 16]
     else:
         for b in range(nb):
-            p, o = 20 * b + 4, QK * b
-            d = _f16(row[p - 4], row[p - 3])
-            m = _f16(row[p - 2], row[p - 1])
+            p, o, s, mb = 20 * b + 4, QK * b, d[b], m[b]
             for j in range(16):
                 v = np.int32(row[p + j])
-                acc[j] += (d * np.float32(np.int32(v & 15)) + m) * x[o + j]
-                acc[j + 16] += (d * np.float32(np.int32(v >> 4)) + m) * x[o + j + 16]
-    return _fold(acc)
+                acc[j] += (s * np.float32(np.int32(v & 15)) + mb) * x[o + j]
+                acc[j + 16] += (s * np.float32(np.int32(v >> 4)) + mb) * x[o + j + 16]
+    return acc.sum()
 
-
-@njit(inline="always", **_JIT)
-def _fold(acc):
-    """sum acc[:QK] pairwise, in a fixed order."""
-    s = _lane_sum(acc[0], acc[1], acc[2], acc[3], acc[4], acc[5], acc[6], acc[7])
-    s += _lane_sum(acc[8], acc[9], acc[10], acc[11], acc[12], acc[13], acc[14], acc[15])
-    t = _lane_sum(acc[16], acc[17], acc[18], acc[19], acc[20], acc[21], acc[22], acc[23])
-    t += _lane_sum(acc[24], acc[25], acc[26], acc[27], acc[28], acc[29], acc[30], acc[31])
-    return s + t
-
-
-# --- drivers -------------------------------------------------------------------------------------
 
 @njit(**_JIT)
-def _matmul_rows(x, w, code, out, r_lo, r_hi, buf):
-    """out[:, r_lo:r_hi] = x @ W[r_lo:r_hi]^T.  x: [n, cols], w: uint8 [rows, row_bytes], buf: [TILE, cols]."""
+def _matmul_rows(x, w, code, d, m, out, r_lo, r_hi, buf, acc):
+    """out[:, r_lo:r_hi] = x @ W[r_lo:r_hi]^T.  x: [n, cols], w: uint8 [rows, row_bytes],
+    buf: float32 [NR, cols], acc: float32 [NR, max(NI, QK)]; r_lo a multiple of NR."""
     n = x.shape[0]
-    if n < MIN_TILE_N:
+    if n < NI and code >= Q8_0:  # decode: dot the stored rows directly, no tile
         for r in range(r_lo, r_hi):
             for i in range(n):
-                out[i, r] = _dot_row(w[r], code, x[i], buf[0])
+                mr = m[r] if code == Q4_1 else d[r]  # d[r]: unused, any float32 row
+                out[i, r] = _dot_blocks(w[r], code, d[r], mr, x[i], acc[0])
         return
-    for r0 in range(r_lo, r_hi, TILE):
-        nt = min(TILE, r_hi - r0)
-        for t in range(nt):
-            _dequant_row(w[r0 + t], code, buf[t])
-        for i in range(n):
-            for t in range(nt):
-                out[i, r0 + t] = _dot_f32(x[i], buf[t])
+    for r0 in range(r_lo, r_hi, NR):
+        _load_tile(w, code, d, m, r0, buf)
+        nr = min(NR, r_hi - r0)
+        i = 0
+        while i + NI <= n:
+            _dot_tile_x4(buf[0], buf[1], buf[2], buf[3], x[i], x[i + 1], x[i + 2], x[i + 3], acc)
+            for u in range(NI):
+                for t in range(nr):
+                    out[i + u, r0 + t] = acc[t, u]
+            i += NI
+        while i < n:
+            _dot_tile_x1(buf[0], buf[1], buf[2], buf[3], x[i], acc)
+            for t in range(nr):
+                out[i, r0 + t] = acc[t, 0]
+            i += 1
 
 
 # Serial and parallel drivers are separate functions: numba's disk cache keys on the function, not on
 # parallel=, so one function jitted both ways would load whichever build was cached first.
 
 @njit(**_JIT)
-def _matmul_serial(x, w, code, out, n_chunks):
-    _matmul_rows(x, w, code, out, 0, w.shape[0], np.empty((TILE, x.shape[1]), np.float32))
+def _matmul_serial(x, w, code, d, m, out, n_chunks):
+    buf = np.empty((NR, x.shape[1]), np.float32)
+    _matmul_rows(x, w, code, d, m, out, 0, w.shape[0], buf, np.empty((NR, max(NI, QK)), np.float32))
 
 
 @njit(parallel=True, **_JIT)
-def _matmul_parallel(x, w, code, out, n_chunks):
+def _matmul_parallel(x, w, code, d, m, out, n_chunks):
     rows = w.shape[0]
-    step = (rows + n_chunks - 1) // n_chunks
+    step = ((rows + n_chunks - 1) // n_chunks + NR - 1) // NR * NR   # whole tiles
     for c in prange(n_chunks):
-        buf = np.empty((TILE, x.shape[1]), np.float32)
-        _matmul_rows(x, w, code, out, min(rows, c * step), min(rows, (c + 1) * step), buf)
+        buf = np.empty((NR, x.shape[1]), np.float32)
+        acc = np.empty((NR, max(NI, QK)), np.float32)
+        _matmul_rows(x, w, code, d, m, out, min(rows, c * step), min(rows, (c + 1) * step), buf, acc)
 
 
-# --- int8 activations (matmul_q8): x quantized per block as quant.quantize_act, integer block dots ---
+# --- int8 activations (matmul_q8): x rounded to its q8 blocks as quant.quantize_act ------------------
 
 _TINY = np.float32(np.finfo(np.float32).tiny)
 
 
 @njit(**_JIT)
-def _quantize_act(x, q, d, s):
-    """x float32 [n, cols] -> q int8 [n, cols], d, s float32 [n, cols/QK]; float32 steps as quant.quantize_act."""
+def _q8_round(x, xd):
+    """x float32 [n, cols] -> xd = d*q per block of 32, with q, d exactly as quant.quantize_act's
+    (float32 steps: d = amax/127, q = rint(x * (1/d)); d below the smallest normal: zeros)."""
     for i in range(x.shape[0]):
-        for b in range(d.shape[1]):
+        for b in range(x.shape[1] // QK):
             o = QK * b
             amax = np.float32(0)
             for j in range(QK):
@@ -250,73 +307,10 @@ def _quantize_act(x, q, d, s):
             if db < _TINY:
                 db = np.float32(0)
             inv = np.float32(1) / db if db != 0 else np.float32(0)
-            tot = 0
             for j in range(QK):
                 v = np.rint(x[i, o + j] * inv)
-                qj = np.int32(v) if np.isfinite(v) else np.int32(0)
-                q[i, o + j] = qj
-                tot += qj
-            d[i, b] = db
-            s[i, b] = db * np.float32(tot)
-
-
-@njit(**_JIT)
-def _dot_q8(row, code, qx, dx, sx):
-    """One stored row against one quantized input: per block an exact integer dot, scaled in float32."""
-    acc = np.float32(0)
-    if code == Q8_0:
-        qw = row.view(np.int8)
-        for b in range(dx.shape[0]):
-            p, o = 34 * b + 2, QK * b
-            isum = 0
-            for j in range(QK):
-                isum += np.int32(qw[p + j]) * np.int32(qx[o + j])
-            acc += (_f16(row[p - 2], row[p - 1]) * dx[b]) * np.float32(isum)
-        return acc
-    c = np.int32(8) if code == Q4_0 else np.int32(0)
-    step = 18 if code == Q4_0 else 20
-    for b in range(dx.shape[0]):
-        p, o = step * b + step - 16, QK * b
-        isum = 0
-        for j in range(16):
-            v = np.int32(row[p + j])
-            isum += ((v & 15) - c) * np.int32(qx[o + j]) + ((v >> 4) - c) * np.int32(qx[o + j + 16])
-        acc += (_f16(row[step * b], row[step * b + 1]) * dx[b]) * np.float32(isum)
-        if code == Q4_1:
-            acc += _f16(row[p - 2], row[p - 1]) * sx[b]
-    return acc
-
-
-@njit(**_JIT)
-def _quantized_act(x):
-    n, cols = x.shape
-    q = np.empty((n, cols), np.int8)
-    d = np.empty((n, cols // QK), np.float32)
-    s = np.empty((n, cols // QK), np.float32)
-    _quantize_act(x, q, d, s)
-    return q, d, s
-
-
-@njit(**_JIT)
-def _matmul_q8_rows(q, d, s, w, code, out, r_lo, r_hi):
-    for r in range(r_lo, r_hi):
-        for i in range(q.shape[0]):
-            out[i, r] = _dot_q8(w[r], code, q[i], d[i], s[i])
-
-
-@njit(**_JIT)
-def _matmul_q8_serial(x, w, code, out, n_chunks):
-    q, d, s = _quantized_act(x)
-    _matmul_q8_rows(q, d, s, w, code, out, 0, w.shape[0])
-
-
-@njit(parallel=True, **_JIT)
-def _matmul_q8_parallel(x, w, code, out, n_chunks):
-    q, d, s = _quantized_act(x)
-    rows = w.shape[0]
-    step = (rows + n_chunks - 1) // n_chunks
-    for c in prange(n_chunks):
-        _matmul_q8_rows(q, d, s, w, code, out, min(rows, c * step), min(rows, (c + 1) * step))
+                q = v if np.isfinite(v) else np.float32(0)
+                xd[i, o + j] = db * np.float32(q)
 
 
 @njit(**_JIT)
@@ -333,9 +327,30 @@ def _dequantize(w, code, out):
 
 # --- public API (checks as numpy_ref, then the kernels on the stored bytes) ----------------------
 
+_NO_SCALES = np.zeros((0, 0), np.float32)
+_scales_cache = {}  # id(w) -> (weakref to w, d, m), for read-only weights
+
+
 def _bytes(w):
     # w: checked 2-D C-contiguous [rows, width] of any stored dtype -> uint8 [rows, width * itemsize]
     return w.view(np.uint8)
+
+
+def _scales(w, code, cols):
+    """(d, m) float32 [rows, cols / QK] of a block-type weight (_block_scales). Cached for read-only
+    arrays, which are the engine's weights: decoding them per call would cost decode ~1/3 of its time."""
+    if code <= F16:
+        return _NO_SCALES, _NO_SCALES
+    key, cache = id(w), not w.flags.writeable
+    hit = _scales_cache.get(key) if cache else None
+    if hit is not None and hit[0]() is w:
+        return hit[1], hit[2]
+    d = np.empty((w.shape[0], cols // QK), np.float32)
+    m = np.empty_like(d) if code == Q4_1 else _NO_SCALES
+    _block_scales(_bytes(w), code, d, m)
+    if cache:
+        _scales_cache[key] = (weakref.ref(w, lambda _, key=key: _scales_cache.pop(key, None)), d, m)
+    return d, m
 
 
 def matmul(x, w, qtype, out=None):
@@ -343,7 +358,7 @@ def matmul(x, w, qtype, out=None):
     rows, cols, out = check_matmul(x, w, qtype, out)
     if x.shape[0] == 0 or rows == 0:
         return out
-    _run(_matmul_serial, _matmul_parallel, x, w, qtype, out)
+    _run(x, w, qtype, cols, out)
     return out
 
 
@@ -355,20 +370,24 @@ def matmul_q8(x, w, qtype, out=None):
         return matmul(x, w, qtype, out)
     if x.shape[0] == 0 or rows == 0:
         return out
-    _run(_matmul_q8_serial, _matmul_q8_parallel, x, w, qtype, out)
+    xd = np.empty_like(x)
+    _q8_round(x, xd)
+    _run(xd, w, qtype, cols, out)
     return out
 
 
-def _run(serial, parallel, x, w, qtype, out):
+def _run(x, w, qtype, cols, out):
     global _parallel_used
-    threads = min(_threads, w.shape[0])
+    code = _QTYPES[qtype][0]
+    d, m = _scales(w, code, cols)
+    threads = min(_threads, (w.shape[0] + NR - 1) // NR)
     if threads == 1 or _parallel_used == "before fork":
-        serial(x, _bytes(w), _QTYPES[qtype][0], out, 1)
+        _matmul_serial(x, _bytes(w), code, d, m, out, 1)
         return
     with _parallel_lock:  # numba's fallback threading layer (workqueue) aborts on concurrent parallel jobs
         _parallel_used = "yes"
         numba.set_num_threads(threads)
-        parallel(x, _bytes(w), _QTYPES[qtype][0], out, threads)
+        _matmul_parallel(x, _bytes(w), code, d, m, out, threads)
 
 
 def get_rows(w, qtype, ids, out=None):
