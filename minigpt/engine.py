@@ -48,8 +48,9 @@ class Engine:
 
     With the compiled backend the whole forward runs in one C call per chunk (csrc/llama.c);
     otherwise in minigpt/model/llama.py over the backend's matmul. precision (compiled backend):
-    'exact' float32 activations; 'fast' int8 activations; 'balanced' int8 except w_down and the
-    output head (the default: faster than exact, more faithful than llama.cpp; docs/fidelity.md).
+    'exact' float32 activations; 'fast' int8 activations; 'balanced' int8 except w_down (int16) and
+    the output head (float32): the default, faster than exact, more faithful than llama.cpp
+    (docs/fidelity.md).
     """
 
     def __init__(self, cfg: Config, weights, kern, n_ctx, precision="balanced"):
