@@ -223,17 +223,20 @@ const char *mg_isa_name(void);
 
 #define MG_MAX_THREADS 256
 
-/* a share of a parallel job: thread ith of nth; must not fail and must not block on other shares */
-typedef void (*mg_task_fn)(void *arg, int ith, int nth);
+/* share s of n of a parallel job; must not fail and must not block on other shares. It may run on
+ * any thread, so it must not assume that share s runs on a particular one. */
+typedef void (*mg_task_fn)(void *arg, int s, int n);
 
-/* Run fn(arg, i, nth) for every i < nth, the caller taking i = 0; returns when all are done.
- * nth = min(threads set, max_nth): max_nth <= 1 runs fn on the caller without waking anyone.
- * Parallel calls from several threads are serialized. */
-void mg_parallel(mg_task_fn fn, void *arg, int max_nth);
+/* Run fn(arg, s, n_shares) exactly once for every share s < n_shares and return when all have
+ * finished. The caller and up to mg_get_threads() - 1 workers claim shares as they come, so a thread
+ * that is slow to wake (or descheduled) does not hold the job up: pass more shares than threads for
+ * load balancing. n_shares <= 1 runs fn(arg, 0, 1) on the caller without waking anyone. Calls from
+ * several threads are serialized. */
+void mg_parallel(mg_task_fn fn, void *arg, int n_shares);
 
 /* Threads used by mg_parallel, caller included (1..MG_MAX_THREADS). Returns 0, or an errno value if
- * workers could not be started (then fewer run; mg_get_threads tells how many). Idle workers spin
- * briefly after each job before they sleep, so n should not exceed the free cores. */
+ * workers could not be started (then fewer run; mg_get_threads tells how many). Idle workers poll
+ * briefly (yielding their core) after each job before they sleep, so n should not exceed the cores. */
 int mg_set_threads(int n);
 int mg_get_threads(void);
 
