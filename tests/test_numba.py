@@ -86,3 +86,31 @@ def test_block_scales_are_cached_for_read_only_weights_only(nb):
     assert id(w) in numba_._scales_cache
     del w
     assert len([k for k, v in numba_._scales_cache.items() if v[0]() is None]) == 0
+
+
+# --- attention against llama.attention ---------------------------------------------------------------
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n_kv, group, hd", [(1, 1, 64), (3, 3, 64), (2, 3, 20), (4, 1, 36)])
+def test_attention_matches_numpy(nb, threads, n_kv, group, hd):
+    from minigpt.model.llama import attention
+    if threads > numba.config.NUMBA_NUM_THREADS:
+        pytest.skip("numba has one thread")
+    nb.set_threads(threads)
+    rng = np.random.default_rng(4)
+    n_ctx = 41
+    k = rng.standard_normal((n_kv, n_ctx, hd)).astype(np.float32)
+    v = rng.standard_normal((n_kv, n_ctx, hd)).astype(np.float32)
+    for n, start in ((1, 0), (1, 17), (7, 0), (13, 5), (1, 40)):
+        q = (rng.standard_normal((n, n_kv * group, hd)) * 2).astype(np.float32)
+        got = nb.attention(q, k, v, start)
+        assert got.shape == (n, n_kv * group * hd) and got.dtype == np.float32
+        np.testing.assert_allclose(got, attention(q, k, v, start), rtol=1e-5, atol=1e-5)
+
+
+def test_attention_rejects_shapes_that_do_not_fit(nb):
+    k = np.zeros((2, 8, 16), np.float32)
+    with pytest.raises(ValueError, match="does not fit"):
+        nb.attention(np.zeros((1, 3, 16), np.float32), k, k, 0)
+    with pytest.raises(ValueError, match="exceed"):
+        nb.attention(np.zeros((2, 4, 16), np.float32), k, k, 7)

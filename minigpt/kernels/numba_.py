@@ -1,7 +1,8 @@
 """The numba backend: the compiled kernels' job in JIT-compiled Python, over the stored bytes.
 
 Same functions and contracts as numpy_ref, matmul_q8 included (and the same ValueErrors: the boundary
-checks are numpy_ref's). Every weight reaches the kernels as its uint8 bytes [rows, row_bytes] plus a
+checks are numpy_ref's), plus attention (llama.attention's contract; numba_attention.py), which
+llama.forward takes from a backend that has one, so it runs on set_threads' threads rather than BLAS's. Every weight reaches the kernels as its uint8 bytes [rows, row_bytes] plus a
 type code; fp16 fields are decoded bit-exactly (_f16).
 
     matmul:    weight rows are dequantized NR at a time into a float32 tile, then the tile is dotted
@@ -30,6 +31,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
+from minigpt.kernels import numba_attention
 from minigpt.kernels.numpy_ref import check_weight, check_get_rows, check_matmul
 
 name = "numba"
@@ -377,17 +379,37 @@ def matmul_q8(x, w, qtype, out=None):
 
 
 def _run(x, w, qtype, cols, out):
-    global _parallel_used
     code = _QTYPES[qtype][0]
     d, m = _scales(w, code, cols)
     threads = min(_threads, (w.shape[0] + NR - 1) // NR)
+    _launch(_matmul_serial, _matmul_parallel, threads, x, _bytes(w), code, d, m, out)
+
+
+def _launch(serial, parallel, threads, *args):
+    """serial(*args, 1) at 1 thread (no parallel launch), else parallel(*args, threads) on `threads`."""
+    global _parallel_used
     if threads == 1 or _parallel_used == "before fork":
-        _matmul_serial(x, _bytes(w), code, d, m, out, 1)
+        serial(*args, 1)
         return
     with _parallel_lock:  # numba's fallback threading layer (workqueue) aborts on concurrent parallel jobs
         _parallel_used = "yes"
         numba.set_num_threads(threads)
-        _matmul_parallel(x, _bytes(w), code, d, m, out, threads)
+        parallel(*args, threads)
+
+
+def attention(q, k_cache, v_cache, start):
+    """llama.attention's contract: q float32 [n, n_heads, hd]; k_cache, v_cache float32 [n_kv, n_ctx, hd]
+    holding positions [0, start + n) -> float32 [n, n_heads * hd] (numba_attention)."""
+    n, n_heads, hd = q.shape
+    if n_heads % k_cache.shape[0] or k_cache.shape != v_cache.shape or k_cache.shape[2] != hd:
+        raise ValueError(f"attention: q {q.shape} does not fit the cache {k_cache.shape} / {v_cache.shape}")
+    if start < 0 or start + n > k_cache.shape[1]:
+        raise ValueError(f"attention: positions {start}..{start + n} exceed the cache ({k_cache.shape[1]})")
+    q, k, v = (np.ascontiguousarray(a, dtype=np.float32) for a in (q, k_cache, v_cache))
+    out = np.empty((n, n_heads * hd), np.float32)
+    threads = min(_threads, n * k.shape[0])
+    _launch(numba_attention.attention_serial, numba_attention.attention_parallel, threads, q, k, v, start, out)
+    return out
 
 
 def get_rows(w, qtype, ids, out=None):

@@ -120,6 +120,7 @@ def forward(cfg: Config, w, kern, cache, ids, start, rope, all_logits=False):
     """
     n, hd = len(ids), cfg.head_dim
     mm = kern.matmul
+    attend = getattr(kern, "attention", None) or attention   # a backend may bring its own
     x = kern.get_rows(w["tok_embd"].data, w["tok_embd"].qtype, np.asarray(ids, dtype=np.int32))   # [n, d]
     cos, sin = rope[0][start:start + n], rope[1][start:start + n]
     k_cache, v_cache = cache
@@ -133,7 +134,7 @@ def forward(cfg: Config, w, kern, cache, ids, start, rope, all_logits=False):
         apply_rope(k, cos, sin, cfg.rope_dim)
         k_cache[i, :, start:start + n] = k.transpose(1, 0, 2)
         v_cache[i, :, start:start + n] = v.transpose(1, 0, 2)
-        a = attention(q, k_cache[i], v_cache[i], start)
+        a = attend(q, k_cache[i], v_cache[i], start)
         x += mm(a, L("wo").data, L("wo").qtype)
 
         h = rms_norm(x, L("ffn_norm").data, cfg.norm_eps)
