@@ -114,3 +114,30 @@ def test_attention_rejects_shapes_that_do_not_fit(nb):
         nb.attention(np.zeros((1, 3, 16), np.float32), k, k, 0)
     with pytest.raises(ValueError, match="exceed"):
         nb.attention(np.zeros((2, 4, 16), np.float32), k, k, 7)
+
+
+# --- precision: int8 activations through llama.forward -------------------------------------------------
+
+def test_precision_picks_matmul_q8(tmp_path, monkeypatch):
+    # 'exact' calls matmul only; 'balanced' matmul_q8 except w_down and the head; 'fast' matmul_q8 only
+    import minigpt
+    from minigpt.convert import convert
+    from synthetic import tiny_llama
+
+    tiny_llama(tmp_path / "q.gguf", wtype="Q4_1")
+    convert(tmp_path / "q.gguf", tmp_path / "q.mgpt")
+    ids = [1, 40, 72, 101, 108, 3]
+    exact = minigpt.Model(tmp_path / "q.mgpt", backend="numba", precision="exact").logits(ids)
+    calls = {"matmul": 0, "matmul_q8": 0}
+    for fn in calls:
+        real = getattr(numba_, fn)
+        monkeypatch.setattr(numba_, fn, lambda *a, _f=real, _n=fn, **k: calls.__setitem__(_n, calls[_n] + 1) or _f(*a, **k))
+    per_layer = 7   # wq wk wv wo w_gate w_up w_down; then the head
+    for precision, layer_q8, head_q8 in (("exact", 0, 0), ("balanced", 6, 0), ("fast", 7, 1)):
+        calls.update(matmul=0, matmul_q8=0)
+        m = minigpt.Model(tmp_path / "q.mgpt", backend="numba", precision=precision)
+        got = m.logits(ids)
+        L = m.config.n_layers
+        assert calls == {"matmul_q8": layer_q8 * L + head_q8, "matmul": (per_layer - layer_q8) * L + 1 - head_q8}
+        scale = np.abs(exact).max()
+        assert np.abs(got - exact).max() < (1e-5 if precision == "exact" else 0.05) * scale

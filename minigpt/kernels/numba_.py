@@ -10,8 +10,10 @@ type code; fp16 fields are decoded bit-exactly (_f16).
                and input value loaded once for four products), or one at a time for the last n % 4.
                The block scales are decoded once per weight: cached for read-only weights (the
                engine's mmap views, which cannot change), decoded per call otherwise.
-    matmul_q8: x quantized per block of 32 exactly as quant.quantize_act, turned back into float32
-               d*q, then matmul's tiles: dequant(q8(x)) @ W^T, the contract, summed in float32.
+    matmul_q8: x quantized per block of 32 exactly as quant.quantize_act. Below NI inputs (decode):
+               int8 block dots of the codes, exact in int32, scaled per block (numba_int8.py).
+               Otherwise x turned back into float32 d*q, then matmul's tiles. Either way
+               dequant(q8(x)) @ W^T, the contract, to float32 rounding.
 The dots let LLVM reassociate float sums (fastmath 'reassoc') so it can vectorize them over the
 columns: the order is then the compiler's, fixed per compiled kernel, so each output is summed the
 same way whatever the thread count or the call. dequantize and get_rows stay bit-exact (no fastmath).
@@ -31,7 +33,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-from minigpt.kernels import numba_attention
+from minigpt.kernels import numba_attention, numba_int8
 from minigpt.kernels.numpy_ref import check_weight, check_get_rows, check_matmul
 
 name = "numba"
@@ -372,9 +374,18 @@ def matmul_q8(x, w, qtype, out=None):
         return matmul(x, w, qtype, out)
     if x.shape[0] == 0 or rows == 0:
         return out
-    xd = np.empty_like(x)
-    _q8_round(x, xd)
-    _run(xd, w, qtype, cols, out)
+    if x.shape[0] >= NI:  # prefill: the float tiles over the rounded x
+        xd = np.empty_like(x)
+        _q8_round(x, xd)
+        _run(xd, w, qtype, cols, out)
+        return out
+    q = np.empty(x.shape, np.int8)
+    d, s = np.empty((2, x.shape[0], cols // QK), np.float32)
+    numba_int8.quantize(x, q, d, s)
+    code = _QTYPES[qtype][0]
+    wd, wm = _scales(w, code, cols)
+    threads = min(_threads, (rows + NR - 1) // NR)
+    _launch(numba_int8.matmul_serial, numba_int8.matmul_parallel, threads, q, d, s, _bytes(w), code, wd, wm, out)
     return out
 
 
