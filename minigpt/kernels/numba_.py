@@ -8,10 +8,11 @@ type code; fp16 fields are decoded bit-exactly (_f16).
     matmul:    weight rows are dequantized NR at a time into a float32 tile, then the tile is dotted
                with the inputs four at a time (NR x 4 sums in one pass over the columns, each weight
                and input value loaded once for four products), or one at a time for the last n % 4.
-               The block scales are decoded once per weight: cached for read-only weights (the
+               Below NI inputs (decode) block types skip the tile: each stored block is dotted with x
+               as a 32-lane vector (numba_decode.py). The block scales are decoded once per weight: cached for read-only weights (the
                engine's mmap views, which cannot change), decoded per call otherwise.
     matmul_q8: x quantized per block of 32 exactly as quant.quantize_act. Below NI inputs (decode):
-               int8 block dots of the codes, exact in int32, scaled per block (numba_int8.py).
+               int8 block dots of the codes, exact in int32, scaled per block (numba_decode.py).
                Otherwise x turned back into float32 d*q, then matmul's tiles. Either way
                dequant(q8(x)) @ W^T, the contract, to float32 rounding.
 The dots let LLVM reassociate float sums (fastmath 'reassoc') so it can vectorize them over the
@@ -33,7 +34,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-from minigpt.kernels import numba_attention, numba_int8
+from minigpt.kernels import numba_attention, numba_decode
 from minigpt.kernels.numpy_ref import check_weight, check_get_rows, check_matmul
 
 name = "numba"
@@ -215,46 +216,11 @@ def _dot_tile_x1(w0, w1, w2, w3, x0, acc):
     acc[0, 0], acc[1, 0], acc[2, 0], acc[3, 0] = s0, s1, s2, s3
 
 
-@njit(**_JIT_DOT)
-def _dot_blocks(row, code, d, m, x, acc):
-    """sum W[j] * x[j] for one stored row of a block type (d, m: its scales); decode's dot. Each of
-    the QK lanes acc[j] is its own chain over the blocks, which LLVM vectorizes as it stands."""
-    nb = x.shape[0] // QK
-    acc[:] = 0
-    if code == Q8_0:
-        q = row.view(np.int8)
-        for b in range(nb):
-            p, o, s = 34 * b + 2, QK * b, d[b]
-            for j in range(QK):
-                acc[j] += s * np.float32(q[p + j]) * x[o + j]
-    elif code == Q4_0:
-        for b in range(nb):
-            p, o, s = 18 * b + 2, QK * b, d[b]
-            for j in range(16):
-                v = np.int32(row[p + j])
-                acc[j] += s * np.float32(np.int32(v & 15) - 8) * x[o + j]
-                acc[j + 16] += s * np.float32(np.int32(v >> 4) - 8) * x[o + j + 16]
-    else:
-        for b in range(nb):
-            p, o, s, mb = 20 * b + 4, QK * b, d[b], m[b]
-            for j in range(16):
-                v = np.int32(row[p + j])
-                acc[j] += (s * np.float32(np.int32(v & 15)) + mb) * x[o + j]
-                acc[j + 16] += (s * np.float32(np.int32(v >> 4)) + mb) * x[o + j + 16]
-    return acc.sum()
-
-
 @njit(**_JIT)
 def _matmul_rows(x, w, code, d, m, out, r_lo, r_hi, buf, acc):
     """out[:, r_lo:r_hi] = x @ W[r_lo:r_hi]^T.  x: [n, cols], w: uint8 [rows, row_bytes],
     buf: float32 [NR, cols], acc: float32 [NR, max(NI, QK)]; r_lo a multiple of NR."""
     n = x.shape[0]
-    if n < NI and code >= Q8_0:  # decode: dot the stored rows directly, no tile
-        for r in range(r_lo, r_hi):
-            for i in range(n):
-                mr = m[r] if code == Q4_1 else d[r]  # d[r]: unused, any float32 row
-                out[i, r] = _dot_blocks(w[r], code, d[r], mr, x[i], acc[0])
-        return
     for r0 in range(r_lo, r_hi, NR):
         _load_tile(w, code, d, m, r0, buf)
         nr = min(NR, r_hi - r0)
@@ -381,11 +347,11 @@ def matmul_q8(x, w, qtype, out=None):
         return out
     q = np.empty(x.shape, np.int8)
     d, s = np.empty((2, x.shape[0], cols // QK), np.float32)
-    numba_int8.quantize(x, q, d, s)
+    numba_decode.quantize(x, q, d, s)
     code = _QTYPES[qtype][0]
     wd, wm = _scales(w, code, cols)
     threads = min(_threads, (rows + NR - 1) // NR)
-    _launch(numba_int8.matmul_serial, numba_int8.matmul_parallel, threads, q, d, s, _bytes(w), code, wd, wm, out)
+    _launch(numba_decode.matmul_serial, numba_decode.matmul_parallel, threads, q, d, s, _bytes(w), code, wd, wm, out)
     return out
 
 
@@ -393,6 +359,11 @@ def _run(x, w, qtype, cols, out):
     code = _QTYPES[qtype][0]
     d, m = _scales(w, code, cols)
     threads = min(_threads, (w.shape[0] + NR - 1) // NR)
+    if x.shape[0] < NI and code >= Q8_0:  # decode: dot the stored rows directly, no tile
+        xs = x.reshape(x.shape[0], cols // QK, QK).sum(axis=2) if code == Q4_1 else x[:, :cols // QK]
+        _launch(numba_decode.fmatmul_serial, numba_decode.fmatmul_parallel, threads,
+                x, np.ascontiguousarray(xs), _bytes(w), code, d, m, out)
+        return
     _launch(_matmul_serial, _matmul_parallel, threads, x, _bytes(w), code, d, m, out)
 
 
