@@ -85,7 +85,7 @@ def run(model, n_prompt=128, n_gen=128, threads=None, reps=3, backend=None, prec
         "backend": m.kern.name, "isa": _isa(m.kern), "threads": m.threads,
         "n_prompt": n_prompt, "n_gen": n_gen, "reps": reps,
         "load_s": load_s,
-        "precision": m.engine.compiled.matmul if m.engine.compiled is not None else "exact",
+        "precision": "exact" if m.kern.name == "numpy" else m.engine.precision,   # numpy: f32 weights
         "prefill_tok_s": _summary(pp) if pp else None,
         "decode_tok_s": _summary(tg) if tg else None,
         "peak_rss_mib": _peak_rss_mib(),

@@ -47,16 +47,18 @@ class Engine:
     """One model's forward pass bound to weights, a kernel backend and a cache.
 
     With the compiled backend the whole forward runs in one C call per chunk (csrc/llama.c);
-    otherwise in minigpt/model/llama.py over the backend's matmul. precision (compiled backend):
-    'exact' float32 activations; 'fast' int8 activations; 'balanced' int8 except w_down (int16) and
-    the output head (float32): the default, faster than exact, more faithful than llama.cpp
-    (docs/fidelity.md).
+    otherwise in minigpt/model/llama.py over the backend's matmul / matmul_q8. precision:
+    'exact' float32 activations; 'fast' int8 activations; 'balanced' int8 except w_down and the
+    output head: the default, faster than exact, more faithful than llama.cpp (docs/fidelity.md).
+    The compiled backend's balanced takes int16 on w_down (float32 on the head); the Python
+    backends' keeps both float32. The numpy backend's weights are f32, which matmul_q8 multiplies
+    exactly: it stays exact.
     """
 
     def __init__(self, cfg: Config, weights, kern, n_ctx, precision="balanced"):
         if precision not in PRECISIONS:
             raise MinigptError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
-        self.cfg, self.w, self.kern = cfg, weights, kern
+        self.cfg, self.w, self.kern, self.precision = cfg, weights, kern, precision
         freq = weights["rope_freqs"].data if "rope_freqs" in weights else None
         self.rope = llama.rope_tables(cfg, n_ctx, freq)
         self.cache = KVCache(cfg, n_ctx)
@@ -93,7 +95,8 @@ class Engine:
             outs = []
             for s in range(0, len(ids), PREFILL_CHUNK):
                 chunk = ids[s:s + PREFILL_CHUNK]
-                outs.append(llama.forward(self.cfg, self.w, self.kern, (c.k, c.v), chunk, c.pos, self.rope, all_logits))
+                outs.append(llama.forward(self.cfg, self.w, self.kern, (c.k, c.v), chunk, c.pos, self.rope, all_logits,
+                                          self.precision))
                 c.tokens.extend(chunk)
             logits = np.concatenate(outs) if all_logits else outs[-1]
         if not all_logits:

@@ -86,3 +86,58 @@ def test_block_scales_are_cached_for_read_only_weights_only(nb):
     assert id(w) in numba_._scales_cache
     del w
     assert len([k for k, v in numba_._scales_cache.items() if v[0]() is None]) == 0
+
+
+# --- attention against llama.attention ---------------------------------------------------------------
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n_kv, group, hd", [(1, 1, 64), (3, 3, 64), (2, 3, 20), (4, 1, 36)])
+def test_attention_matches_numpy(nb, threads, n_kv, group, hd):
+    from minigpt.model.llama import attention
+    if threads > numba.config.NUMBA_NUM_THREADS:
+        pytest.skip("numba has one thread")
+    nb.set_threads(threads)
+    rng = np.random.default_rng(4)
+    n_ctx = 41
+    k = rng.standard_normal((n_kv, n_ctx, hd)).astype(np.float32)
+    v = rng.standard_normal((n_kv, n_ctx, hd)).astype(np.float32)
+    for n, start in ((1, 0), (1, 17), (7, 0), (13, 5), (1, 40)):
+        q = (rng.standard_normal((n, n_kv * group, hd)) * 2).astype(np.float32)
+        got = nb.attention(q, k, v, start)
+        assert got.shape == (n, n_kv * group * hd) and got.dtype == np.float32
+        np.testing.assert_allclose(got, attention(q, k, v, start), rtol=1e-5, atol=1e-5)
+
+
+def test_attention_rejects_shapes_that_do_not_fit(nb):
+    k = np.zeros((2, 8, 16), np.float32)
+    with pytest.raises(ValueError, match="does not fit"):
+        nb.attention(np.zeros((1, 3, 16), np.float32), k, k, 0)
+    with pytest.raises(ValueError, match="exceed"):
+        nb.attention(np.zeros((2, 4, 16), np.float32), k, k, 7)
+
+
+# --- precision: int8 activations through llama.forward -------------------------------------------------
+
+def test_precision_picks_matmul_q8(tmp_path, monkeypatch):
+    # 'exact' calls matmul only; 'balanced' matmul_q8 except w_down and the head; 'fast' matmul_q8 only
+    import minigpt
+    from minigpt.convert import convert
+    from synthetic import tiny_llama
+
+    tiny_llama(tmp_path / "q.gguf", wtype="Q4_1")
+    convert(tmp_path / "q.gguf", tmp_path / "q.mgpt")
+    ids = [1, 40, 72, 101, 108, 3]
+    exact = minigpt.Model(tmp_path / "q.mgpt", backend="numba", precision="exact").logits(ids)
+    calls = {"matmul": 0, "matmul_q8": 0}
+    for fn in calls:
+        real = getattr(numba_, fn)
+        monkeypatch.setattr(numba_, fn, lambda *a, _f=real, _n=fn, **k: calls.__setitem__(_n, calls[_n] + 1) or _f(*a, **k))
+    per_layer = 7   # wq wk wv wo w_gate w_up w_down; then the head
+    for precision, layer_q8, head_q8 in (("exact", 0, 0), ("balanced", 6, 0), ("fast", 7, 1)):
+        calls.update(matmul=0, matmul_q8=0)
+        m = minigpt.Model(tmp_path / "q.mgpt", backend="numba", precision=precision)
+        got = m.logits(ids)
+        L = m.config.n_layers
+        assert calls == {"matmul_q8": layer_q8 * L + head_q8, "matmul": (per_layer - layer_q8) * L + 1 - head_q8}
+        scale = np.abs(exact).max()
+        assert np.abs(got - exact).max() < (1e-5 if precision == "exact" else 0.05) * scale

@@ -1,16 +1,20 @@
 """The numba backend: the compiled kernels' job in JIT-compiled Python, over the stored bytes.
 
 Same functions and contracts as numpy_ref, matmul_q8 included (and the same ValueErrors: the boundary
-checks are numpy_ref's). Every weight reaches the kernels as its uint8 bytes [rows, row_bytes] plus a
+checks are numpy_ref's), plus attention (llama.attention's contract; numba_attention.py), which
+llama.forward takes from a backend that has one, so it runs on set_threads' threads rather than BLAS's. Every weight reaches the kernels as its uint8 bytes [rows, row_bytes] plus a
 type code; fp16 fields are decoded bit-exactly (_f16).
 
     matmul:    weight rows are dequantized NR at a time into a float32 tile, then the tile is dotted
                with the inputs four at a time (NR x 4 sums in one pass over the columns, each weight
                and input value loaded once for four products), or one at a time for the last n % 4.
-               The block scales are decoded once per weight: cached for read-only weights (the
+               Below NI inputs (decode) block types skip the tile: each stored block is dotted with x
+               as a 32-lane vector (numba_decode.py). The block scales are decoded once per weight: cached for read-only weights (the
                engine's mmap views, which cannot change), decoded per call otherwise.
-    matmul_q8: x quantized per block of 32 exactly as quant.quantize_act, turned back into float32
-               d*q, then matmul's tiles: dequant(q8(x)) @ W^T, the contract, summed in float32.
+    matmul_q8: x quantized per block of 32 exactly as quant.quantize_act. Below NI inputs (decode):
+               int8 block dots of the codes, exact in int32, scaled per block (numba_decode.py).
+               Otherwise x turned back into float32 d*q, then matmul's tiles. Either way
+               dequant(q8(x)) @ W^T, the contract, to float32 rounding.
 The dots let LLVM reassociate float sums (fastmath 'reassoc') so it can vectorize them over the
 columns: the order is then the compiler's, fixed per compiled kernel, so each output is summed the
 same way whatever the thread count or the call. dequantize and get_rows stay bit-exact (no fastmath).
@@ -30,6 +34,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
+from minigpt.kernels import numba_attention, numba_decode
 from minigpt.kernels.numpy_ref import check_weight, check_get_rows, check_matmul
 
 name = "numba"
@@ -211,46 +216,11 @@ def _dot_tile_x1(w0, w1, w2, w3, x0, acc):
     acc[0, 0], acc[1, 0], acc[2, 0], acc[3, 0] = s0, s1, s2, s3
 
 
-@njit(**_JIT_DOT)
-def _dot_blocks(row, code, d, m, x, acc):
-    """sum W[j] * x[j] for one stored row of a block type (d, m: its scales); decode's dot. Each of
-    the QK lanes acc[j] is its own chain over the blocks, which LLVM vectorizes as it stands."""
-    nb = x.shape[0] // QK
-    acc[:] = 0
-    if code == Q8_0:
-        q = row.view(np.int8)
-        for b in range(nb):
-            p, o, s = 34 * b + 2, QK * b, d[b]
-            for j in range(QK):
-                acc[j] += s * np.float32(q[p + j]) * x[o + j]
-    elif code == Q4_0:
-        for b in range(nb):
-            p, o, s = 18 * b + 2, QK * b, d[b]
-            for j in range(16):
-                v = np.int32(row[p + j])
-                acc[j] += s * np.float32(np.int32(v & 15) - 8) * x[o + j]
-                acc[j + 16] += s * np.float32(np.int32(v >> 4) - 8) * x[o + j + 16]
-    else:
-        for b in range(nb):
-            p, o, s, mb = 20 * b + 4, QK * b, d[b], m[b]
-            for j in range(16):
-                v = np.int32(row[p + j])
-                acc[j] += (s * np.float32(np.int32(v & 15)) + mb) * x[o + j]
-                acc[j + 16] += (s * np.float32(np.int32(v >> 4)) + mb) * x[o + j + 16]
-    return acc.sum()
-
-
 @njit(**_JIT)
 def _matmul_rows(x, w, code, d, m, out, r_lo, r_hi, buf, acc):
     """out[:, r_lo:r_hi] = x @ W[r_lo:r_hi]^T.  x: [n, cols], w: uint8 [rows, row_bytes],
     buf: float32 [NR, cols], acc: float32 [NR, max(NI, QK)]; r_lo a multiple of NR."""
     n = x.shape[0]
-    if n < NI and code >= Q8_0:  # decode: dot the stored rows directly, no tile
-        for r in range(r_lo, r_hi):
-            for i in range(n):
-                mr = m[r] if code == Q4_1 else d[r]  # d[r]: unused, any float32 row
-                out[i, r] = _dot_blocks(w[r], code, d[r], mr, x[i], acc[0])
-        return
     for r0 in range(r_lo, r_hi, NR):
         _load_tile(w, code, d, m, r0, buf)
         nr = min(NR, r_hi - r0)
@@ -370,24 +340,58 @@ def matmul_q8(x, w, qtype, out=None):
         return matmul(x, w, qtype, out)
     if x.shape[0] == 0 or rows == 0:
         return out
-    xd = np.empty_like(x)
-    _q8_round(x, xd)
-    _run(xd, w, qtype, cols, out)
+    if x.shape[0] >= NI:  # prefill: the float tiles over the rounded x
+        xd = np.empty_like(x)
+        _q8_round(x, xd)
+        _run(xd, w, qtype, cols, out)
+        return out
+    q = np.empty(x.shape, np.int8)
+    d, s = np.empty((2, x.shape[0], cols // QK), np.float32)
+    numba_decode.quantize(x, q, d, s)
+    code = _QTYPES[qtype][0]
+    wd, wm = _scales(w, code, cols)
+    threads = min(_threads, (rows + NR - 1) // NR)
+    _launch(numba_decode.matmul_serial, numba_decode.matmul_parallel, threads, q, d, s, _bytes(w), code, wd, wm, out)
     return out
 
 
 def _run(x, w, qtype, cols, out):
-    global _parallel_used
     code = _QTYPES[qtype][0]
     d, m = _scales(w, code, cols)
     threads = min(_threads, (w.shape[0] + NR - 1) // NR)
+    if x.shape[0] < NI and code >= Q8_0:  # decode: dot the stored rows directly, no tile
+        xs = x.reshape(x.shape[0], cols // QK, QK).sum(axis=2) if code == Q4_1 else x[:, :cols // QK]
+        _launch(numba_decode.fmatmul_serial, numba_decode.fmatmul_parallel, threads,
+                x, np.ascontiguousarray(xs), _bytes(w), code, d, m, out)
+        return
+    _launch(_matmul_serial, _matmul_parallel, threads, x, _bytes(w), code, d, m, out)
+
+
+def _launch(serial, parallel, threads, *args):
+    """serial(*args, 1) at 1 thread (no parallel launch), else parallel(*args, threads) on `threads`."""
+    global _parallel_used
     if threads == 1 or _parallel_used == "before fork":
-        _matmul_serial(x, _bytes(w), code, d, m, out, 1)
+        serial(*args, 1)
         return
     with _parallel_lock:  # numba's fallback threading layer (workqueue) aborts on concurrent parallel jobs
         _parallel_used = "yes"
         numba.set_num_threads(threads)
-        _matmul_parallel(x, _bytes(w), code, d, m, out, threads)
+        parallel(*args, threads)
+
+
+def attention(q, k_cache, v_cache, start):
+    """llama.attention's contract: q float32 [n, n_heads, hd]; k_cache, v_cache float32 [n_kv, n_ctx, hd]
+    holding positions [0, start + n) -> float32 [n, n_heads * hd] (numba_attention)."""
+    n, n_heads, hd = q.shape
+    if n_heads % k_cache.shape[0] or k_cache.shape != v_cache.shape or k_cache.shape[2] != hd:
+        raise ValueError(f"attention: q {q.shape} does not fit the cache {k_cache.shape} / {v_cache.shape}")
+    if start < 0 or start + n > k_cache.shape[1]:
+        raise ValueError(f"attention: positions {start}..{start + n} exceed the cache ({k_cache.shape[1]})")
+    q, k, v = (np.ascontiguousarray(a, dtype=np.float32) for a in (q, k_cache, v_cache))
+    out = np.empty((n, n_heads * hd), np.float32)
+    threads = min(_threads, n * k.shape[0])
+    _launch(numba_attention.attention_serial, numba_attention.attention_parallel, threads, q, k, v, start, out)
+    return out
 
 
 def get_rows(w, qtype, ids, out=None):

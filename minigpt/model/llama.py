@@ -112,37 +112,42 @@ def silu(x):
 
 # --- the model
 
-def forward(cfg: Config, w, kern, cache, ids, start, rope, all_logits=False):
+def forward(cfg: Config, w, kern, cache, ids, start, rope, all_logits=False, precision="exact"):
     """Run `ids` at positions [start, start + n), appending their K/V to `cache`.
 
     cache: (k, v), each [n_layers, n_kv_heads, n_ctx, hd]; rope: (cos, sin) tables.
+    precision (engine.Engine): 'exact' kern.matmul; 'fast' kern.matmul_q8 (int8 activations); 'balanced'
+    matmul_q8 except w_down and the head. (matmul_q8 of f32 weights is matmul: the numpy backend's.)
     Returns logits [n, vocab] if all_logits else [1, vocab] (the last position).
     """
     n, hd = len(ids), cfg.head_dim
     mm = kern.matmul
+    mm8 = getattr(kern, "matmul_q8", mm) if precision != "exact" else mm
+    mm_fine = mm8 if precision == "fast" else mm   # w_down and the head
+    attend = getattr(kern, "attention", None) or attention   # a backend may bring its own
     x = kern.get_rows(w["tok_embd"].data, w["tok_embd"].qtype, np.asarray(ids, dtype=np.int32))   # [n, d]
     cos, sin = rope[0][start:start + n], rope[1][start:start + n]
     k_cache, v_cache = cache
     for i in range(cfg.n_layers):
         L = lambda name: w[f"layers.{i}.{name}"]
         h = rms_norm(x, L("attn_norm").data, cfg.norm_eps)
-        q = mm(h, L("wq").data, L("wq").qtype).reshape(n, cfg.n_heads, hd)
-        k = mm(h, L("wk").data, L("wk").qtype).reshape(n, cfg.n_kv_heads, hd)
-        v = mm(h, L("wv").data, L("wv").qtype).reshape(n, cfg.n_kv_heads, hd)
+        q = mm8(h, L("wq").data, L("wq").qtype).reshape(n, cfg.n_heads, hd)
+        k = mm8(h, L("wk").data, L("wk").qtype).reshape(n, cfg.n_kv_heads, hd)
+        v = mm8(h, L("wv").data, L("wv").qtype).reshape(n, cfg.n_kv_heads, hd)
         apply_rope(q, cos, sin, cfg.rope_dim)
         apply_rope(k, cos, sin, cfg.rope_dim)
         k_cache[i, :, start:start + n] = k.transpose(1, 0, 2)
         v_cache[i, :, start:start + n] = v.transpose(1, 0, 2)
-        a = attention(q, k_cache[i], v_cache[i], start)
-        x += mm(a, L("wo").data, L("wo").qtype)
+        a = attend(q, k_cache[i], v_cache[i], start)
+        x += mm8(a, L("wo").data, L("wo").qtype)
 
         h = rms_norm(x, L("ffn_norm").data, cfg.norm_eps)
-        g = mm(h, L("w_gate").data, L("w_gate").qtype)
-        u = mm(h, L("w_up").data, L("w_up").qtype)
-        x += mm(np.ascontiguousarray(silu(g) * u), L("w_down").data, L("w_down").qtype)
+        g = mm8(h, L("w_gate").data, L("w_gate").qtype)
+        u = mm8(h, L("w_up").data, L("w_up").qtype)
+        x += mm_fine(np.ascontiguousarray(silu(g) * u), L("w_down").data, L("w_down").qtype)
 
     if not all_logits:
         x = x[-1:]
     x = rms_norm(x, w["output_norm"].data, cfg.norm_eps)
     head = w["tok_embd"] if cfg.tied_embeddings else w["output"]
-    return mm(np.ascontiguousarray(x), head.data, head.qtype)
+    return mm_fine(np.ascontiguousarray(x), head.data, head.qtype)
