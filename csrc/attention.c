@@ -10,6 +10,9 @@
  * Prefill has many items; decode (one query) has n_kv_heads of them, so when threads outnumber items
  * the head groups are cut in parts (K/V are then read once per part).
  * The inner loops (scores, exp, P.V) are the mg_lops slots; this file only tiles, masks and threads.
+ *
+ * Gemma 3's local layers need only mg_attn_params.window and .scale; a ring-buffer cache for them
+ * would map position t to slot t % n_ctx, a key tile then splitting where the ring wraps.
  */
 #include <math.h>
 #include <string.h>

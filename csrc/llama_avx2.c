@@ -4,12 +4,13 @@
  *
  * exp8 is a vectorized expf: Cody-Waite reduction x = n ln2 + r, |r| <= ln2 / 2 (ln2 in two parts,
  * the first product exact in the FMA), Cephes' degree-7 polynomial for e^r, then 2^n applied in two
- * halves so that results in the subnormal range round once, like expf's. Within 2 ulp of expf
- * (tests/test_forward_c.py); exp(-inf) and anything below -104 give 0, above 88.73 inf, NaN stays NaN.
+ * halves so that results in the subnormal range round once, like expf's. Under 1 ulp from the exact
+ * value over the normal range (the tests allow 2); exp(-inf) and anything below -104 give 0, above
+ * 88.73 inf; NaN stays NaN.
  *
  * Attention tiles: scores are dots of 2 query rows with 4 keys at once (8 accumulators; each 8-wide
  * step loads 6 vectors for 8 FMAs), folded into 4 sums per row by horizontal adds. P.V keeps a block
- * of 3 rows x 32 outputs in 12 accumulators while the tile's keys stream by. head_dim needs not be a
+ * of 3 rows x 32 outputs in 12 accumulators while the tile's keys stream by. head_dim need not be a
  * multiple of 8: the last partial vector of a row goes through masked loads and stores.
  */
 #include "llama_ops.h"
@@ -20,6 +21,7 @@
 #include <math.h>
 
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
+#define INLINE __attribute__((always_inline)) inline /* so that a block's row count is a constant */
 
 /* --- helpers ------------------------------------------------------------------------------------- */
 
@@ -155,32 +157,38 @@ AVX2 static inline __m128 fold4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
     return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
 }
 
-/* s[i * lds + t] = q_i . k_t for rows i < rb (rb = 1 or 2) and 4 keys k_0 .. k_3 (ldk apart) */
-AVX2 static inline void scores_rx4(const float *q, int64_t rb, const float *k, int64_t hd, float *s, int64_t lds) {
-    __m256 a[2][4];
-    for (int i = 0; i < 2; i++)
-        for (int t = 0; t < 4; t++) a[i][t] = _mm256_setzero_ps();
-    const float *q1 = rb > 1 ? q + hd : q;
+/* s[i * lds + t] = q_i . k_t for rows i < rb (1 or 2) and 4 keys k_0 .. k_3 (hd apart) */
+AVX2 static INLINE void scores_rx4(const int rb, const float *q, const float *k, int64_t hd, float *s, int64_t lds) {
+    __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a03 = a00, a10 = a00, a11 = a00, a12 = a00, a13 = a00;
+    const float *k1 = k + hd, *k2 = k + 2 * hd, *k3 = k + 3 * hd;
     int64_t d = 0;
     for (; d + 8 <= hd; d += 8) {
-        const __m256 k0 = _mm256_loadu_ps(k + d), k1 = _mm256_loadu_ps(k + hd + d);
-        const __m256 k2 = _mm256_loadu_ps(k + 2 * hd + d), k3 = _mm256_loadu_ps(k + 3 * hd + d);
-        const __m256 x0 = _mm256_loadu_ps(q + d), x1 = _mm256_loadu_ps(q1 + d);
-        a[0][0] = _mm256_fmadd_ps(x0, k0, a[0][0]), a[1][0] = _mm256_fmadd_ps(x1, k0, a[1][0]);
-        a[0][1] = _mm256_fmadd_ps(x0, k1, a[0][1]), a[1][1] = _mm256_fmadd_ps(x1, k1, a[1][1]);
-        a[0][2] = _mm256_fmadd_ps(x0, k2, a[0][2]), a[1][2] = _mm256_fmadd_ps(x1, k2, a[1][2]);
-        a[0][3] = _mm256_fmadd_ps(x0, k3, a[0][3]), a[1][3] = _mm256_fmadd_ps(x1, k3, a[1][3]);
+        const __m256 v0 = _mm256_loadu_ps(k + d), v1 = _mm256_loadu_ps(k1 + d);
+        const __m256 v2 = _mm256_loadu_ps(k2 + d), v3 = _mm256_loadu_ps(k3 + d);
+        const __m256 x0 = _mm256_loadu_ps(q + d);
+        a00 = _mm256_fmadd_ps(x0, v0, a00), a01 = _mm256_fmadd_ps(x0, v1, a01);
+        a02 = _mm256_fmadd_ps(x0, v2, a02), a03 = _mm256_fmadd_ps(x0, v3, a03);
+        if (rb > 1) {
+            const __m256 x1 = _mm256_loadu_ps(q + hd + d);
+            a10 = _mm256_fmadd_ps(x1, v0, a10), a11 = _mm256_fmadd_ps(x1, v1, a11);
+            a12 = _mm256_fmadd_ps(x1, v2, a12), a13 = _mm256_fmadd_ps(x1, v3, a13);
+        }
     }
     if (d < hd) {
         const __m256i mk = mask_first(hd - d);
-        const __m256 x0 = _mm256_maskload_ps(q + d, mk), x1 = _mm256_maskload_ps(q1 + d, mk);
-        for (int t = 0; t < 4; t++) {
-            const __m256 kt = _mm256_maskload_ps(k + t * hd + d, mk);
-            a[0][t] = _mm256_fmadd_ps(x0, kt, a[0][t]), a[1][t] = _mm256_fmadd_ps(x1, kt, a[1][t]);
+        const __m256 v0 = _mm256_maskload_ps(k + d, mk), v1 = _mm256_maskload_ps(k1 + d, mk);
+        const __m256 v2 = _mm256_maskload_ps(k2 + d, mk), v3 = _mm256_maskload_ps(k3 + d, mk);
+        const __m256 x0 = _mm256_maskload_ps(q + d, mk);
+        a00 = _mm256_fmadd_ps(x0, v0, a00), a01 = _mm256_fmadd_ps(x0, v1, a01);
+        a02 = _mm256_fmadd_ps(x0, v2, a02), a03 = _mm256_fmadd_ps(x0, v3, a03);
+        if (rb > 1) {
+            const __m256 x1 = _mm256_maskload_ps(q + hd + d, mk);
+            a10 = _mm256_fmadd_ps(x1, v0, a10), a11 = _mm256_fmadd_ps(x1, v1, a11);
+            a12 = _mm256_fmadd_ps(x1, v2, a12), a13 = _mm256_fmadd_ps(x1, v3, a13);
         }
     }
-    _mm_storeu_ps(s, fold4(a[0][0], a[0][1], a[0][2], a[0][3]));
-    if (rb > 1) _mm_storeu_ps(s + lds, fold4(a[1][0], a[1][1], a[1][2], a[1][3]));
+    _mm_storeu_ps(s, fold4(a00, a01, a02, a03));
+    if (rb > 1) _mm_storeu_ps(s + lds, fold4(a10, a11, a12, a13));
 }
 
 AVX2 static float dot_avx2(const float *a, const float *b, int64_t hd) {
@@ -197,65 +205,82 @@ AVX2 static float dot_avx2(const float *a, const float *b, int64_t hd) {
 AVX2 static void attn_scores_avx2(const float *restrict q, int64_t r, const float *restrict k, int64_t tn,
                                   int64_t hd, float *restrict s, int64_t lds) {
     int64_t t = 0;
-    for (; t + 4 <= tn; t += 4) /* key blocks outer: 4 key rows stay in L1 while the rows go by */
-        for (int64_t i = 0; i < r; i += 2) scores_rx4(q + i * hd, r - i < 2 ? 1 : 2, k + t * hd, hd, s + i * lds + t, lds);
+    for (; t + 4 <= tn; t += 4) { /* key blocks outer: 4 key rows stay in L1 while the rows go by */
+        int64_t i = 0;
+        for (; i + 2 <= r; i += 2) scores_rx4(2, q + i * hd, k + t * hd, hd, s + i * lds + t, lds);
+        if (i < r) scores_rx4(1, q + i * hd, k + t * hd, hd, s + i * lds + t, lds);
+    }
     for (; t < tn; t++)
         for (int64_t i = 0; i < r; i++) s[i * lds + t] = dot_avx2(q + i * hd, k + t * hd, hd);
 }
 
-/* o[i, d0 .. d0 + 8 NV) += sum_t p[i, t] v[t, d0 ..] for rows i < RB, in RB x NV accumulators;
- * MASKED: a single vector, its lanes limited by mk (the end of a row) */
-#define PV_BLOCK(NAME, RB, NV, MASKED)                                                                \
-    AVX2 static inline void NAME(const float *p, int64_t ldp, const float *v, int64_t tn, int64_t hd, \
-                                 float *o, __m256i mk) {                                              \
-        __m256 a[RB][NV];                                                                             \
-        for (int i = 0; i < RB; i++)                                                                  \
-            for (int u = 0; u < NV; u++)                                                              \
-                a[i][u] = MASKED ? _mm256_maskload_ps(o + i * hd, mk) : _mm256_loadu_ps(o + i * hd + 8 * u); \
-        for (int64_t t = 0; t < tn; t++) {                                                            \
-            __m256 vt[NV];                                                                            \
-            for (int u = 0; u < NV; u++)                                                              \
-                vt[u] = MASKED ? _mm256_maskload_ps(v + t * hd, mk) : _mm256_loadu_ps(v + t * hd + 8 * u); \
-            for (int i = 0; i < RB; i++) {                                                            \
-                const __m256 pi = _mm256_broadcast_ss(p + i * ldp + t);                               \
-                for (int u = 0; u < NV; u++) a[i][u] = _mm256_fmadd_ps(pi, vt[u], a[i][u]);          \
-            }                                                                                         \
-        }                                                                                             \
-        for (int i = 0; i < RB; i++)                                                                  \
-            for (int u = 0; u < NV; u++) {                                                            \
-                if (MASKED) _mm256_maskstore_ps(o + i * hd, mk, a[i][u]);                             \
-                else _mm256_storeu_ps(o + i * hd + 8 * u, a[i][u]);                                   \
-            }                                                                                         \
+/* o[i, d0 .. d0 + 32) += sum_t p[i, t] v[t, d0 ..] for rows i < rb (1..3, a constant once inlined),
+ * in named accumulators: GCC keeps an array of them in memory, storing it on every key */
+#define LD(i, u) (rb > i ? _mm256_loadu_ps(o + i * hd + 8 * u) : _mm256_setzero_ps())
+#define ST(i, u, a) if (rb > i) _mm256_storeu_ps(o + i * hd + 8 * u, a)
+AVX2 static INLINE void pv_rx32(const int rb, const float *p, int64_t ldp, const float *v, int64_t tn, int64_t hd,
+                                float *o) {
+    __m256 a00 = LD(0, 0), a01 = LD(0, 1), a02 = LD(0, 2), a03 = LD(0, 3);
+    __m256 a10 = LD(1, 0), a11 = LD(1, 1), a12 = LD(1, 2), a13 = LD(1, 3);
+    __m256 a20 = LD(2, 0), a21 = LD(2, 1), a22 = LD(2, 2), a23 = LD(2, 3);
+    for (int64_t t = 0; t < tn; t++) {
+        const float *vt = v + t * hd;
+        const __m256 v0 = _mm256_loadu_ps(vt), v1 = _mm256_loadu_ps(vt + 8);
+        const __m256 v2 = _mm256_loadu_ps(vt + 16), v3 = _mm256_loadu_ps(vt + 24);
+        __m256 pi = _mm256_broadcast_ss(p + t);
+        a00 = _mm256_fmadd_ps(pi, v0, a00), a01 = _mm256_fmadd_ps(pi, v1, a01);
+        a02 = _mm256_fmadd_ps(pi, v2, a02), a03 = _mm256_fmadd_ps(pi, v3, a03);
+        if (rb > 1) {
+            pi = _mm256_broadcast_ss(p + ldp + t);
+            a10 = _mm256_fmadd_ps(pi, v0, a10), a11 = _mm256_fmadd_ps(pi, v1, a11);
+            a12 = _mm256_fmadd_ps(pi, v2, a12), a13 = _mm256_fmadd_ps(pi, v3, a13);
+        }
+        if (rb > 2) {
+            pi = _mm256_broadcast_ss(p + 2 * ldp + t);
+            a20 = _mm256_fmadd_ps(pi, v0, a20), a21 = _mm256_fmadd_ps(pi, v1, a21);
+            a22 = _mm256_fmadd_ps(pi, v2, a22), a23 = _mm256_fmadd_ps(pi, v3, a23);
+        }
     }
-PV_BLOCK(pv_3x4, 3, 4, 0)
-PV_BLOCK(pv_2x4, 2, 4, 0)
-PV_BLOCK(pv_1x4, 1, 4, 0)
-PV_BLOCK(pv_3x1, 3, 1, 0)
-PV_BLOCK(pv_2x1, 2, 1, 0)
-PV_BLOCK(pv_1x1, 1, 1, 0)
-PV_BLOCK(pv_3m, 3, 1, 1)
-PV_BLOCK(pv_2m, 2, 1, 1)
-PV_BLOCK(pv_1m, 1, 1, 1)
+    ST(0, 0, a00); ST(0, 1, a01); ST(0, 2, a02); ST(0, 3, a03);
+    ST(1, 0, a10); ST(1, 1, a11); ST(1, 2, a12); ST(1, 3, a13);
+    ST(2, 0, a20); ST(2, 1, a21); ST(2, 2, a22); ST(2, 3, a23);
+}
+#undef LD
+#undef ST
 
-typedef void (*pv_fn)(const float *, int64_t, const float *, int64_t, int64_t, float *, __m256i);
-
-/* rows 0 .. r in blocks of 3 (then 2 or 1), for one column block */
-AVX2 static inline void pv_rows(const pv_fn f[3], const float *p, int64_t ldp, int64_t r, const float *v,
-                                int64_t tn, int64_t hd, float *o, __m256i mk) {
-    int64_t i = 0;
-    for (; i + 3 <= r; i += 3) f[2](p + i * ldp, ldp, v, tn, hd, o + i * hd, mk);
-    if (i < r) f[r - i - 1](p + i * ldp, ldp, v, tn, hd, o + i * hd, mk);
+/* the same for 8 columns (or fewer: the lanes of mk) */
+AVX2 static INLINE void pv_rx8(const int rb, const float *p, int64_t ldp, const float *v, int64_t tn, int64_t hd,
+                               float *o, __m256i mk) {
+    __m256 a0 = _mm256_maskload_ps(o, mk), a1 = _mm256_setzero_ps(), a2 = a1;
+    if (rb > 1) a1 = _mm256_maskload_ps(o + hd, mk);
+    if (rb > 2) a2 = _mm256_maskload_ps(o + 2 * hd, mk);
+    for (int64_t t = 0; t < tn; t++) {
+        const __m256 vt = _mm256_maskload_ps(v + t * hd, mk);
+        a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(p + t), vt, a0);
+        if (rb > 1) a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(p + ldp + t), vt, a1);
+        if (rb > 2) a2 = _mm256_fmadd_ps(_mm256_broadcast_ss(p + 2 * ldp + t), vt, a2);
+    }
+    _mm256_maskstore_ps(o, mk, a0);
+    if (rb > 1) _mm256_maskstore_ps(o + hd, mk, a1);
+    if (rb > 2) _mm256_maskstore_ps(o + 2 * hd, mk, a2);
 }
 
 AVX2 static void attn_pv_avx2(const float *restrict p, int64_t ldp, int64_t r, const float *restrict v,
                               int64_t tn, int64_t hd, float *restrict o) {
-    static const pv_fn wide[3] = {pv_1x4, pv_2x4, pv_3x4}, one[3] = {pv_1x1, pv_2x1, pv_3x1};
-    static const pv_fn masked[3] = {pv_1m, pv_2m, pv_3m};
-    const __m256i all = mask_first(8);
     int64_t d = 0;
-    for (; d + 32 <= hd; d += 32) pv_rows(wide, p, ldp, r, v + d, tn, hd, o + d, all); /* V's slice stays in L1 */
-    for (; d + 8 <= hd; d += 8) pv_rows(one, p, ldp, r, v + d, tn, hd, o + d, all);
-    if (d < hd) pv_rows(masked, p, ldp, r, v + d, tn, hd, o + d, mask_first(hd - d));
+    for (; d + 32 <= hd; d += 32) { /* column blocks outer: the tile's slice of V stays in L1 */
+        int64_t i = 0;
+        for (; i + 3 <= r; i += 3) pv_rx32(3, p + i * ldp, ldp, v + d, tn, hd, o + i * hd + d);
+        if (r - i == 2) pv_rx32(2, p + i * ldp, ldp, v + d, tn, hd, o + i * hd + d);
+        if (r - i == 1) pv_rx32(1, p + i * ldp, ldp, v + d, tn, hd, o + i * hd + d);
+    }
+    for (; d < hd; d += 8) {
+        const __m256i mk = mask_first(hd - d < 8 ? hd - d : 8);
+        int64_t i = 0;
+        for (; i + 3 <= r; i += 3) pv_rx8(3, p + i * ldp, ldp, v + d, tn, hd, o + i * hd + d, mk);
+        if (r - i == 2) pv_rx8(2, p + i * ldp, ldp, v + d, tn, hd, o + i * hd + d, mk);
+        if (r - i == 1) pv_rx8(1, p + i * ldp, ldp, v + d, tn, hd, o + i * hd + d, mk);
+    }
 }
 
 AVX2 static float exp_sum_avx2(float *restrict s, int64_t tn, float m) {
