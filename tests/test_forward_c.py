@@ -199,6 +199,7 @@ def test_bad_construction(tmp_path):
         (dict(max_batch=0), "max_batch"),
         (dict(max_batch=2.0), "max_batch"),
         (dict(head_dim=-4), "head_dim"),
+        (dict(head_dim=2048), "head_dim 2048 is above"),
         (dict(norm_eps=float("nan")), "norm_eps"),
         (dict(rope=m.engine.rope[0]), "rope"),
         (dict(rope=(m.engine.rope[0][:, :-1], m.engine.rope[1])), "rope cos"),

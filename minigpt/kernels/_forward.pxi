@@ -318,7 +318,7 @@ def _attention(q, k_cache, v_cache, int64_t start, float scale, int64_t window=0
     cdef cnp.ndarray va = _check_f32(v_cache, "v_cache", np.shape(k_cache))
     cdef mg_attn_params ap
     ap.n_heads, ap.n_kv_heads, ap.head_dim, ap.scale, ap.window = qa.shape[1], ka.shape[0], hd, scale, window
-    if (n < 1 or ap.n_kv_heads < 1 or ap.n_heads % ap.n_kv_heads or ka.shape[2] != hd
+    if (n < 1 or ap.n_heads < 1 or ap.n_kv_heads < 1 or ap.n_heads % ap.n_kv_heads or ka.shape[2] != hd
             or not 0 < hd <= MG_ATTN_MAX_HEAD_DIM or start < 0 or start + n > n_ctx or window < 0):
         raise ValueError(f"bad attention shapes q {np.shape(q)}, cache {np.shape(k_cache)}, start {start}")
     cdef cnp.ndarray out = np.empty((n, ap.n_heads * hd), np.float32)
