@@ -1,5 +1,7 @@
 """The C forward pass (LlamaForward, csrc/llama.c) against llama.forward over the same C matmul."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -8,6 +10,7 @@ from minigpt.convert import convert
 from minigpt.engine import KVCache
 from minigpt.model import llama
 
+from subproc import run_python
 from synthetic import tiny_llama
 
 _core = pytest.importorskip("minigpt.kernels._core")
@@ -196,6 +199,7 @@ def test_bad_construction(tmp_path):
         (dict(max_batch=0), "max_batch"),
         (dict(max_batch=2.0), "max_batch"),
         (dict(head_dim=-4), "head_dim"),
+        (dict(head_dim=2048), "head_dim 2048 is above"),
         (dict(norm_eps=float("nan")), "norm_eps"),
         (dict(rope=m.engine.rope[0]), "rope"),
         (dict(rope=(m.engine.rope[0][:, :-1], m.engine.rope[1])), "rope cos"),
@@ -219,3 +223,88 @@ def test_smollm2_matches_numpy_path(smollm2_mgpt, threads):
     close(fwd.forward(ids, 0, cache.k, cache.v, all_logits=True), reference(m, ids, 0, ref_cache, True))
     for pos, tok in enumerate([260, 1300, 42, 7], start=len(ids)):
         close(fwd.forward([tok], pos, cache.k, cache.v), reference(m, [tok], pos, ref_cache, False))
+
+
+# --- the inner steps alone: attention at odd sizes, the vectorized exp
+
+def attention_ref(q, kc, vc, start, scale, window=0):
+    """llama.attention with any scale and an optional sliding window, in float64."""
+    n, H, hd = q.shape
+    kv = kc.shape[0]
+    T = start + n
+    qg = q.astype(np.float64).reshape(n, kv, H // kv, hd).transpose(1, 2, 0, 3)
+    scores = qg @ kc[:, None, :T].astype(np.float64).swapaxes(-1, -2) * scale
+    pos, key = start + np.arange(n)[:, None], np.arange(T)[None, :]
+    scores[..., (key > pos) | ((key <= pos - window) if window else False)] = -np.inf
+    p = np.exp(scores - scores.max(-1, keepdims=True))
+    out = (p / p.sum(-1, keepdims=True)) @ vc[:, None, :T].astype(np.float64)
+    return out.transpose(2, 0, 1, 3).reshape(n, H * hd)
+
+
+# (n, start, n_ctx, n_heads, n_kv_heads, head_dim, window): head_dim not a multiple of 8, n not a
+# multiple of the query tile, groups of 1, 3, 4, a cache longer than needed, chunks after earlier tokens
+ATTN_CASES = [(1, 0, 1, 1, 1, 8, 0), (5, 0, 9, 3, 1, 7, 0), (13, 4, 40, 6, 2, 20, 0), (9, 0, 9, 4, 4, 64, 0),
+              (17, 70, 100, 12, 3, 64, 0), (1, 150, 200, 9, 3, 64, 0), (3, 200, 256, 8, 2, 256, 0),
+              (33, 0, 40, 2, 2, 3, 0), (70, 31, 128, 4, 1, 33, 0), (1, 90, 99, 16, 1, 136, 0),
+              (24, 60, 96, 6, 2, 64, 5), (1, 80, 90, 8, 2, 32, 16), (40, 0, 64, 4, 1, 24, 64)]
+
+
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+@pytest.mark.parametrize("case", ATTN_CASES, ids=lambda c: "n{}-s{}-c{}-h{}-kv{}-d{}-w{}".format(*c))
+def test_attention_odd_sizes(case, threads):
+    n, start, n_ctx, H, kv, hd, window = case
+    rng = np.random.default_rng(n * 1000 + start)
+    q = rng.standard_normal((n, H, hd), dtype=np.float32)
+    kc = rng.standard_normal((kv, n_ctx, hd), dtype=np.float32)
+    vc = rng.standard_normal((kv, n_ctx, hd), dtype=np.float32)
+    kc[:, start + n:] = vc[:, start + n:] = np.nan    # slots past the queries must never be read
+    scale = 1.0 / np.sqrt(hd) if window == 0 else 0.7
+    ref = attention_ref(q, kc, vc, start, scale, window)
+    got = _core._attention(q, kc, vc, start, scale, window)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=2e-6 * max(1.0, np.sqrt(hd)))
+    if window == 0 and scale == np.float32(1.0 / np.sqrt(hd)):    # the model's own reference agrees
+        np.testing.assert_allclose(got, llama.attention(q, kc, vc, start), rtol=0, atol=2e-5)
+
+
+def test_attention_keeps_large_logits_finite():
+    # logits far apart: the online softmax must rescale, never overflow or divide by zero
+    q = np.full((3, 2, 16), 30.0, np.float32)
+    kc = np.zeros((1, 300, 16), np.float32)
+    kc[0, :, 0] = np.linspace(-10, 10, 300, dtype=np.float32)
+    vc = np.random.default_rng(1).standard_normal((1, 300, 16), dtype=np.float32)
+    got = _core._attention(q, kc, vc, 297, 0.25)
+    np.testing.assert_allclose(got, attention_ref(q, kc, vc, 297, 0.25), rtol=0, atol=1e-5)
+
+
+def ulps(got, ref64):
+    """distance in float32 ulps between got and the float64 reference (denormals: ulp 2^-149)."""
+    ulp = np.spacing(np.maximum(np.abs(ref64.astype(np.float32)), np.float32(np.finfo(np.float32).tiny)))
+    return np.abs(got.astype(np.float64) - ref64) / ulp.astype(np.float64)
+
+
+def test_vectorized_exp_matches_expf():
+    rng = np.random.default_rng(3)
+    x = np.concatenate([np.linspace(-110, 90, 200_001, dtype=np.float32), rng.uniform(-88, 88, 100_000).astype(np.float32),
+                        rng.uniform(-1, 1, 100_000).astype(np.float32), np.float32([0, -0.0, 1e-30, -1e-30])])
+    got, ref = _core._exp(x), np.exp(x.astype(np.float64))
+    normal = (ref > np.finfo(np.float32).tiny) & (ref < np.finfo(np.float32).max)
+    assert ulps(got[normal], ref[normal]).max() <= 2.0
+    sub = (ref > 0) & ~normal & (ref < 1)     # results in the subnormal range: absolute error < 2 ulp there
+    assert np.all(np.abs(got[sub] - ref[sub]) <= 2 * 2.0 ** -149)
+    special = np.float32([-np.inf, -1e30, -200, -104, -103.98, 88.73, 89, 1e30, np.inf, np.nan])
+    got = _core._exp(special)
+    np.testing.assert_array_equal(got[:4], 0.0)
+    assert 0 <= got[4] <= 2.0 ** -148
+    np.testing.assert_array_equal(got[5:9], np.inf)
+    assert np.isnan(got[9])
+    for n in range(0, 20):    # every tail length, in place and out of place
+        y = np.arange(n, dtype=np.float32) - 5
+        np.testing.assert_allclose(_core._exp(y), np.exp(y), rtol=3e-7)
+
+
+@pytest.mark.skipif(os.environ.get("MINIGPT_ISA") == "scalar", reason="already the scalar run")
+def test_scalar_isa_in_subprocess():
+    # the portable C path (non-AVX2 CPUs): this file's tests again on it, the real model's included
+    r = run_python("-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", "not subprocess",
+                   env={"MINIGPT_ISA": "scalar"})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

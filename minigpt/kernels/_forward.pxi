@@ -40,6 +40,21 @@ cdef extern from "llama.h" nogil:
     int mg_llama_forward(mg_llama_ctx *ctx, const int64_t *ids, int64_t n, int64_t start,
                          float *k_cache, float *v_cache, int64_t n_ctx, float *logits_out, int all_logits)
 
+cdef extern from "llama_ops.h" nogil:
+    int MG_ATTN_MAX_HEAD_DIM
+
+    ctypedef struct mg_attn_params:
+        int64_t n_heads, n_kv_heads, head_dim
+        float scale
+        int64_t window
+
+    ctypedef struct mg_llama_ops:
+        void (*exp)(const float *x, float *y, int64_t n) noexcept nogil
+
+    mg_llama_ops mg_lops
+    void mg_attention(const mg_attn_params *ap, const float *q, const float *kc, const float *vc, float *out,
+                      int64_t n, int64_t start, int64_t n_ctx)
+
 from libc.stdlib cimport free, malloc
 
 _LAYER_WEIGHTS = ("attn_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w_gate", "w_up", "w_down")
@@ -113,6 +128,8 @@ cdef class LlamaForward:
         if n_heads % n_kv_heads or n_heads // n_kv_heads > MG_LLAMA_MAX_GROUP:
             raise ValueError(f"n_heads {n_heads} must be a multiple of n_kv_heads {n_kv_heads}, "
                              f"at most {MG_LLAMA_MAX_GROUP} times it")
+        if head_dim > MG_ATTN_MAX_HEAD_DIM:
+            raise ValueError(f"head_dim {head_dim} is above the supported {MG_ATTN_MAX_HEAD_DIM}")
         if rope_dim % 2 or rope_dim > head_dim:
             raise ValueError(f"rope_dim {rope_dim} must be even and at most head_dim {head_dim}")
         eps = float(norm_eps)
@@ -334,3 +351,35 @@ cdef class LlamaForward:
                     break
         _raise_for(err)
         return oarr
+
+
+# --- test hooks: the C forward's inner steps alone, for tests/test_forward_c.py
+
+def _exp(x):
+    """exp of a float32 array through the ISA's exp slot (the one softmax and SwiGLU use)."""
+    cdef cnp.ndarray a = np.array(x, dtype=np.float32, order="C", copy=True)
+    cdef cnp.ndarray y = np.empty_like(a)
+    cdef int64_t n = a.size
+    with nogil:
+        mg_lops.exp(<const float *>cnp.PyArray_DATA(a), <float *>cnp.PyArray_DATA(y), n)
+    return y
+
+
+def _attention(q, k_cache, v_cache, int64_t start, float scale, int64_t window=0):
+    """mg_attention: q float32 [n, n_heads, hd]; caches float32 [n_kv, n_ctx, hd] -> [n, n_heads * hd]."""
+    cdef cnp.ndarray qa = _check_f32(q, "q", np.shape(q))
+    if qa.ndim != 3 or np.ndim(k_cache) != 3:
+        raise ValueError("q must be [n, n_heads, hd] and the caches [n_kv, n_ctx, hd]")
+    cdef int64_t n = qa.shape[0], hd = qa.shape[2], n_ctx = np.shape(k_cache)[1]
+    cdef cnp.ndarray ka = _check_f32(k_cache, "k_cache", np.shape(k_cache))
+    cdef cnp.ndarray va = _check_f32(v_cache, "v_cache", np.shape(k_cache))
+    cdef mg_attn_params ap
+    ap.n_heads, ap.n_kv_heads, ap.head_dim, ap.scale, ap.window = qa.shape[1], ka.shape[0], hd, scale, window
+    if (n < 1 or ap.n_heads < 1 or ap.n_kv_heads < 1 or ap.n_heads % ap.n_kv_heads or ka.shape[2] != hd
+            or not 0 < hd <= MG_ATTN_MAX_HEAD_DIM or start < 0 or start + n > n_ctx or window < 0):
+        raise ValueError(f"bad attention shapes q {np.shape(q)}, cache {np.shape(k_cache)}, start {start}")
+    cdef cnp.ndarray out = np.empty((n, ap.n_heads * hd), np.float32)
+    with nogil:
+        mg_attention(&ap, <const float *>cnp.PyArray_DATA(qa), <const float *>cnp.PyArray_DATA(ka),
+                     <const float *>cnp.PyArray_DATA(va), <float *>cnp.PyArray_DATA(out), n, start, n_ctx)
+    return out

@@ -1,0 +1,133 @@
+/* Causal grouped-query attention over the KV cache (llama_ops.h), flash-attention style.
+ *
+ * Work is cut into items (query tile, kv head, part of its head group). An item's rows are the
+ * (query, head) pairs of up to ATT_QTILE consecutive queries and the query heads sharing one kv head,
+ * so each K/V row is loaded once per tile of queries rather than once per query. Keys go by in tiles
+ * of ATT_KTILE with an online softmax per row (a running max and sum, the output rescaled when a tile
+ * raises the max), so no [n, T] score matrix is ever stored; the masks (causal, sliding window) only
+ * touch the tiles at the edges of each query's key range.
+ *
+ * Prefill has many items; decode (one query) has n_kv_heads of them, so when threads outnumber items
+ * the head groups are cut in parts (K/V are then read once per part).
+ * The inner loops (scores, exp, P.V) are the mg_lops slots; this file only tiles, masks and threads.
+ *
+ * Gemma 3's local layers need only mg_attn_params.window and .scale; a ring-buffer cache for them
+ * would map position t to slot t % n_ctx, a key tile then splitting where the ring wraps.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "llama_ops.h"
+
+#define ATT_QTILE 8           /* queries per item in prefill */
+#define ATT_KTILE 64          /* keys per tile */
+#define ATT_ROWS 32           /* (query, head) rows per item */
+#define ATT_QO_FLOATS 4096    /* rows * head_dim of an item's q and o scratch (16 KB each, on the stack) */
+#define ATT_MIN_WORK (1 << 15) /* multiply-adds per thread below which attention stays on one thread */
+
+typedef char att_scratch_fits[ATT_QO_FLOATS / MG_ATTN_MAX_HEAD_DIM >= 1 ? 1 : -1];
+
+typedef struct {
+    const mg_attn_params *ap;
+    const float *q, *kc, *vc; /* see mg_attention */
+    float *out;
+    int64_t n, start, n_ctx;
+    int64_t tq;    /* queries per item */
+    int64_t n_qt;  /* query tiles: ceil(n / tq) */
+    int64_t parts; /* parts each group of heads is cut into */
+} attn_job;
+
+static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+static int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : v > hi ? hi : v; }
+
+/* first key position query position p sees */
+static int64_t first_key(const mg_attn_params *ap, int64_t p) {
+    return ap->window > 0 ? max64(0, p - ap->window + 1) : 0;
+}
+
+/* Queries i0 .. i0 + nq of heads [h0, h0 + gh), all sharing kv head j. Row qi * gh + h of the
+ * scratch is query i0 + qi, head h0 + h. */
+static void attend(const attn_job *jb, int64_t i0, int64_t nq, int64_t j, int64_t h0, int64_t gh) {
+    const mg_attn_params *ap = jb->ap;
+    const int64_t hd = ap->head_dim, H = ap->n_heads, R = nq * gh;
+    const int64_t p0 = jb->start + i0, p1 = p0 + nq - 1; /* positions of the first and last query */
+    const float *kc = jb->kc + j * jb->n_ctx * hd, *vc = jb->vc + j * jb->n_ctx * hd;
+    float qs[ATT_QO_FLOATS], o[ATT_QO_FLOATS]; /* (R, hd): scaled queries, unnormalized outputs */
+    float s[ATT_ROWS * ATT_KTILE];              /* (R, ATT_KTILE): scores, then probabilities */
+    float m[ATT_ROWS], l[ATT_ROWS];             /* running max and sum per row */
+
+    for (int64_t qi = 0; qi < nq; qi++) {
+        const float *src = jb->q + ((i0 + qi) * H + h0) * hd; /* gh heads side by side */
+        for (int64_t e = 0; e < gh * hd; e++) qs[qi * gh * hd + e] = src[e] * ap->scale;
+    }
+    memset(o, 0, (size_t)(R * hd) * sizeof(float));
+    for (int64_t r = 0; r < R; r++) m[r] = -INFINITY, l[r] = 0.0f;
+
+    for (int64_t t0 = first_key(ap, p0); t0 <= p1; t0 += ATT_KTILE) {
+        const int64_t tn = min64(ATT_KTILE, p1 + 1 - t0);
+        mg_lops.attn_scores(qs, R, kc + t0 * hd, tn, hd, s, ATT_KTILE);
+        for (int64_t qi = 0; qi < nq; qi++) {
+            /* keys [a, b) of this tile are in query p0 + qi's range; the rest get probability 0 */
+            const int64_t p = p0 + qi;
+            const int64_t a = clamp64(first_key(ap, p) - t0, 0, tn), b = clamp64(p + 1 - t0, 0, tn);
+            for (int64_t r = qi * gh; r < (qi + 1) * gh; r++) {
+                float *sr = s + r * ATT_KTILE;
+                if (a >= b) {
+                    memset(sr, 0, (size_t)tn * sizeof(float));
+                    continue;
+                }
+                for (int64_t t = 0; t < a; t++) sr[t] = 0.0f;
+                for (int64_t t = b; t < tn; t++) sr[t] = 0.0f;
+                const float mx = mg_lops.max(sr + a, b - a, m[r]);
+                if (mx > m[r]) { /* a new max: rescale what was summed so far (nothing, the first time) */
+                    const float corr = expf(m[r] - mx);
+                    float *orow = o + r * hd;
+                    l[r] *= corr;
+                    for (int64_t d = 0; d < hd; d++) orow[d] *= corr;
+                    m[r] = mx;
+                }
+                l[r] += mg_lops.exp_sum(sr + a, b - a, m[r]);
+            }
+        }
+        mg_lops.attn_pv(s, ATT_KTILE, R, vc + t0 * hd, tn, hd, o);
+    }
+    for (int64_t qi = 0; qi < nq; qi++)
+        for (int64_t h = 0; h < gh; h++) {
+            const int64_t r = qi * gh + h;
+            const float inv = 1.0f / l[r];
+            float *dst = jb->out + ((i0 + qi) * H + h0 + h) * hd;
+            for (int64_t d = 0; d < hd; d++) dst[d] = o[r * hd + d] * inv;
+        }
+}
+
+/* items (query tile, kv head, part), dealt round-robin: later query tiles see more keys */
+static void attn_task(void *arg, int ith, int nth) {
+    const attn_job *jb = (const attn_job *)arg;
+    const int64_t kv = jb->ap->n_kv_heads, g = jb->ap->n_heads / kv, sp = jb->parts;
+    for (int64_t it = ith; it < jb->n_qt * kv * sp; it += nth) {
+        const int64_t qt = it / (kv * sp), j = it / sp % kv, p = it % sp;
+        const int64_t i0 = qt * jb->tq, r0 = g * p / sp, r1 = g * (p + 1) / sp;
+        attend(jb, i0, min64(jb->tq, jb->n - i0), j, j * g + r0, r1 - r0);
+    }
+}
+
+void mg_attention(const mg_attn_params *ap, const float *q, const float *kc, const float *vc, float *out,
+                  int64_t n, int64_t start, int64_t n_ctx) {
+    const int64_t hd = ap->head_dim, kv = ap->n_kv_heads, g = ap->n_heads / kv;
+    const int64_t rows = min64(ATT_ROWS, ATT_QO_FLOATS / hd); /* per item */
+    attn_job jb = {ap, q, kc, vc, out, n, start, n_ctx, 1, n, (g + rows - 1) / rows};
+    const int64_t gh = (g + jb.parts - 1) / jb.parts; /* heads per part, at most */
+    jb.tq = clamp64(rows / gh, 1, min64(ATT_QTILE, n));
+    jb.n_qt = (n + jb.tq - 1) / jb.tq;
+
+    int64_t keys = 0; /* summed over the queries */
+    for (int64_t p = start; p < start + n; p++) keys += p + 1 - first_key(ap, p);
+    const int64_t want = clamp64(keys * ap->n_heads * hd * 2 / ATT_MIN_WORK, 1, mg_get_threads());
+    int64_t items = jb.n_qt * kv * jb.parts;
+    if (items < want) { /* decode: too few items; cut the groups finer (K/V then read more) */
+        jb.parts = min64(g, jb.parts * ((want + items - 1) / items));
+        items = jb.n_qt * kv * jb.parts;
+    }
+    mg_parallel(attn_task, &jb, (int)min64(items, want));
+}

@@ -1,0 +1,68 @@
+/* The forward's non-matmul steps: elementwise ops and attention, with per-ISA slots (like kernels.h).
+ *
+ * mg_llama_ops starts with the portable C versions (llama_ops.c); mg_install_llama_avx2
+ * (llama_avx2.c), called by mg_cpu_init (cpu.c) on AVX2 CPUs, replaces them once, at import.
+ * The attention driver (attention.c) tiles, masks and threads; the slots do its inner loops.
+ * Like kernels.h, everything here trusts the sizes it is given.
+ */
+#ifndef MINIGPT_LLAMA_OPS_H
+#define MINIGPT_LLAMA_OPS_H
+
+#include <stdint.h>
+
+#include "kernels.h"
+
+/* --- the slots ------------------------------------------------------------------------------------ */
+
+typedef struct {
+    /* out[i, :] = x[i, :] / sqrt(mean(x[i, :]^2) + eps) * g,  x, out: (n, d); sums in double */
+    void (*rms_norm)(const float *restrict x, const float *restrict g, float *restrict out, int64_t n,
+                     int64_t d, float eps);
+    /* rotate pairs (v[2p], v[2p+1]), p < rope_dim / 2, of every head of every token, in place.
+     * x: (n, heads, hd); cos, sin: (n, rope_dim / 2), rows of the tokens' positions */
+    void (*rope)(float *restrict x, int64_t n, int64_t heads, int64_t hd, int64_t rope_dim,
+                 const float *restrict cos_t, const float *restrict sin_t);
+    /* g = silu(g) * u over m values */
+    void (*swiglu)(float *restrict g, const float *restrict u, int64_t m);
+    /* x += y over m values */
+    void (*add)(float *restrict x, const float *restrict y, int64_t m);
+    /* y = exp(x) over n values (y may be x); the AVX2 variant is within 2 ulp of expf */
+    void (*exp)(const float *x, float *y, int64_t n);
+
+    /* attention inner loops, over a tile of r rows (query, head) and tn keys:
+     * s[i, t] = q[i, :] . k[t, :]        q: (r, hd), k: (tn, hd), s: (r, lds)             */
+    void (*attn_scores)(const float *restrict q, int64_t r, const float *restrict k, int64_t tn,
+                        int64_t hd, float *restrict s, int64_t lds);
+    /* o[i, :] += sum over t of p[i, t] * v[t, :]   p: (r, ldp), v: (tn, hd), o: (r, hd)   */
+    void (*attn_pv)(const float *restrict p, int64_t ldp, int64_t r, const float *restrict v, int64_t tn,
+                    int64_t hd, float *restrict o);
+    /* s[t] = exp(s[t] - m) for t < tn; returns the sum of the new s (max: returns max(m0, s[..]))  */
+    float (*exp_sum)(float *restrict s, int64_t tn, float m);
+    float (*max)(const float *restrict s, int64_t tn, float m0);
+} mg_llama_ops;
+
+extern mg_llama_ops mg_lops;
+
+/* llama_avx2.c: put the AVX2 variants in mg_lops; 0 if this build has none */
+int mg_install_llama_avx2(void);
+
+/* --- attention (attention.c) ------------------------------------------------------------------- */
+
+/* What one layer's attention looks like; Gemma 3 sets scale and, on its local layers, window. */
+typedef struct {
+    int64_t n_heads, n_kv_heads, head_dim; /* n_kv_heads divides n_heads */
+    float scale;    /* multiplies q . k: 1 / sqrt(head_dim) for Llama */
+    int64_t window; /* 0: query at position p sees keys [0, p]; else [p - window + 1, p] */
+} mg_attn_params;
+
+/* Causal grouped-query attention of n queries at positions [start, start + n) over the cache.
+ * q:  (n, n_heads, head_dim)                                                      IN
+ * kc, vc: (n_kv_heads, n_ctx, head_dim), positions [0, start + n) filled (a slot per position) IN
+ * out: (n, n_heads * head_dim)                                                    OUT
+ * Uses the thread pool. head_dim <= MG_ATTN_MAX_HEAD_DIM. */
+void mg_attention(const mg_attn_params *ap, const float *q, const float *kc, const float *vc, float *out,
+                  int64_t n, int64_t start, int64_t n_ctx);
+
+#define MG_ATTN_MAX_HEAD_DIM 1024
+
+#endif /* MINIGPT_LLAMA_OPS_H */
