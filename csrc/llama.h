@@ -68,7 +68,7 @@ typedef int (*mg_matmul_fn)(const float *restrict x, const void *restrict w, flo
  * silu(gate) * up, has outliers) and the output head, which go through mg_matmul_q16: int16
  * activations over a packed weight, float32 over a plain one. LlamaForward (_forward.pxi) packs
  * w_down but not the head: on SmolLM2 an int16 head costs 0.6 points of top-1 agreement with the f32
- * reference. Agreement: FAST 95.8 %, BALANCED 97.3 %, llama.cpp 96.4 % (docs/fidelity.md). */
+ * reference. Agreement: FAST 95.4 %, BALANCED 97.2 %, llama.cpp 96.4 % (docs/fidelity.md). */
 enum mg_matmul_mode { MG_MATMUL_EXACT = 0, MG_MATMUL_FAST = 1, MG_MATMUL_BALANCED = 2 };
 
 typedef struct mg_llama_ctx mg_llama_ctx;
