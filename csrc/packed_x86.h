@@ -4,7 +4,9 @@
  *   TARGET              the function attribute enabling that instruction set
  *   NAME(f)             f with the instruction set's suffix
  *   dot4(acc, u, s)     acc (8 x int32) += per-lane sum of 4 products u (unsigned bytes) * s (signed)
- *   dot4x2(acc, u0, s0, u1, s1)  two dot4 steps, for u < 16 (the q4 types)
+ *   dot4x2(acc, u0, s0, u1, s1)  two dot4 steps, for u < 16 (the q4 types), into an accumulator
+ *                       that q4_total(acc, ch) turns into int32 lanes (AVX2 keeps it in int16 pairs:
+ *                       a block's 8 steps stay below 8 * 2 * 15 * 127 < 2^15)
  *   q8_unsigned(w)      signed weight bytes -> the unsigned operand of dot4
  *   q8_signed(x, w)     broadcast input bytes -> the signed operand, given the weight bytes
  *   Q8_BIAS             what q8_unsigned adds to a weight (sum w*x = dot4 result - Q8_BIAS * sum x)
@@ -39,12 +41,17 @@ TARGET static inline __m256 NAME(scales8)(const uint8_t *p) {
 
 #define CH(nt) ((nt) <= 2 ? 4 : 2) /* accumulators per input */
 
-/* sum += (dw * d_x) * (the ch accumulators' total); sumb += bias * s_x, for an input block with
- * scale d_x and s_x = d_x * sum(q_x) */
-TARGET static inline __attribute__((always_inline)) void NAME(apply)(
-    __m256 *sum, __m256 *sumb, __m256 dw, __m256 bias, float dx, float sx, const __m256i *acc, int ch) {
+/* the int32 total of ch accumulators */
+TARGET static inline __attribute__((always_inline)) __m256i NAME(total32)(const __m256i *acc, int ch) {
     __m256i lanes = acc[0];
     for (int c = 1; c < ch; c++) lanes = _mm256_add_epi32(lanes, acc[c]);
+    return lanes;
+}
+
+/* sum += (dw * d_x) * lanes; sumb += bias * s_x, for an input block with scale d_x and
+ * s_x = d_x * sum(q_x) */
+TARGET static inline __attribute__((always_inline)) void NAME(apply)(
+    __m256 *sum, __m256 *sumb, __m256 dw, __m256 bias, float dx, float sx, __m256i lanes) {
     *sum = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(dx)), _mm256_cvtepi32_ps(lanes), *sum);
     *sumb = _mm256_fmadd_ps(bias, _mm256_set1_ps(sx), *sumb);
 }
@@ -74,7 +81,7 @@ TARGET static inline __attribute__((always_inline)) void NAME(gemm_q4x8)(
         const __m256 dw = NAME(scales8)(w);
         const __m256 bias = is_q4_1 ? NAME(scales8)(w + 16) : _mm256_mul_ps(dw, _mm256_set1_ps(-8.0f));
         for (int t = 0; t < nt; t++)
-            NAME(apply)(&sum[t], &sumb[t], dw, bias, x[t * ldx + b].d, x[t * ldx + b].s, acc[t], ch);
+            NAME(apply)(&sum[t], &sumb[t], dw, bias, x[t * ldx + b].d, x[t * ldx + b].s, q4_total(acc[t], ch));
     }
     for (int t = 0; t < nt; t++) _mm256_storeu_ps(out + t * ldo, _mm256_add_ps(sum[t], sumb[t]));
 }
@@ -98,7 +105,7 @@ TARGET static inline __attribute__((always_inline)) void NAME(gemm_q8x8)(
         }
         const __m256 dw = NAME(scales8)(w), bias = _mm256_mul_ps(dw, _mm256_set1_ps(-(float)Q8_BIAS));
         for (int t = 0; t < nt; t++)
-            NAME(apply)(&sum[t], &sumb[t], dw, bias, x[t * ldx + b].d, x[t * ldx + b].s, acc[t], ch);
+            NAME(apply)(&sum[t], &sumb[t], dw, bias, x[t * ldx + b].d, x[t * ldx + b].s, NAME(total32)(acc[t], ch));
     }
     for (int t = 0; t < nt; t++) _mm256_storeu_ps(out + t * ldo, _mm256_add_ps(sum[t], sumb[t]));
 }
@@ -134,7 +141,7 @@ TARGET static inline __attribute__((always_inline)) void NAME(gemm_q4x8_16)(
         const __m256 dw = NAME(scales8)(w);
         const __m256 bias = is_q4_1 ? NAME(scales8)(w + 16) : _mm256_mul_ps(dw, _mm256_set1_ps(-8.0f));
         for (int t = 0; t < nt; t++)
-            NAME(apply)(&sum[t], &sumb[t], dw, bias, x[t * ldx + b].d, x[t * ldx + b].s, acc[t], ch);
+            NAME(apply)(&sum[t], &sumb[t], dw, bias, x[t * ldx + b].d, x[t * ldx + b].s, NAME(total32)(acc[t], ch));
     }
     for (int t = 0; t < nt; t++) _mm256_storeu_ps(out + t * ldo, _mm256_add_ps(sum[t], sumb[t]));
 }

@@ -70,6 +70,19 @@ def test_extreme_codes_do_not_saturate():
     assert_matmul_q8_close(core.matmul_q8(x, core.pack_x8(w, "q8_0"), "q8_0x8"), x, w, "q8_0")
 
 
+@pytest.mark.parametrize("qtype", ["q4_0", "q4_1"])
+def test_extreme_q4_codes_do_not_saturate(qtype):
+    # every code 15 and every input +127: the int16 sums of AVX2's maddubs are at their largest
+    rng = np.random.default_rng(44)
+    bb = quant.QTYPES[qtype][1]
+    w = weight(rng, 16, 256, qtype).reshape(16, 8, bb).copy()
+    w[:, :, bb - 16:] = 0xFF
+    w = w.reshape(16, 8 * bb)
+    x = np.full((5, 256), 127.0, np.float32)
+    x[1] = -x[1]
+    assert_matmul_q8_close(core.matmul_q8(x, core.pack_x8(w, qtype), qtype + "x8"), x, w, qtype)
+
+
 def test_bad_packed_calls_are_value_errors():
     rng = np.random.default_rng(43)
     w = weight(rng, 12, 64, "q4_0")
