@@ -160,6 +160,8 @@ def _row_intrinsic(code, int8):
         return builder.fadd(total, builder.load(macc)) if code == Q4_1 else total
 
     def typer(typingctx, w, r, d, m, x, xd, xs, i):
+        if any(a.layout != "C" for a in (w, d, m, x, xd, xs)):  # the vector loads need contiguous rows
+            return None
         return types.float32(w, r, d, m, x, xd, xs, i), codegen
     return intrinsic(typer)
 
