@@ -113,8 +113,10 @@ def _row_intrinsic(code, int8):
     x [n, cols], xd, xs float32 [n, nb], i) -> float32, stored row r . input i.
     Float x (int8=False): sum_b d_w sum_j c_j x_j in 32 lanes, x: float32 (xd unused).
     int8 x: sum_b d_w d_x sum_j c_j q_j, the block's integer products summed in pairs (exact), 16 lanes.
-    c_j: q8_0's int8 codes, q4_0's nibbles - 8, q4_1's nibbles; q4_1 adds sum_b m_w xs_b, kept apart."""
-    bb, skip, off = {Q8_0: (34, 2, 0), Q4_0: (18, 2, 8), Q4_1: (20, 4, 0)}[code]
+    c_j: q8_0's int8 codes, q4_0's nibbles - 8, q4_1's nibbles; q4_1 adds sum_b m_w xs_b, kept apart.
+    With int8 x, q4_1 also dots nibbles - 8 and adds 8 d_w s_x to m_w s_x (s_x = d_x sum(q)): on codes
+    known to be >= 0 LLVM picks a lowering of the integer dot twice as long."""
+    bb, skip, off = {Q8_0: (34, 2, 0), Q4_0: (18, 2, 8), Q4_1: (20, 4, 8 if int8 else 0)}[code]
 
     def codegen(context, builder, sig, args):
         w, r, d, m, x, xd, xs, i = args
@@ -147,8 +149,10 @@ def _row_intrinsic(code, int8):
                 dots = builder.fmul(builder.sitofp(codes, _V32F32), builder.load(ptr("x", i, xat, _V32F32), align=4))
             builder.store(_fmuladd(builder, dots, _splat(builder, scale, dots.type), builder.load(acc)), acc)
             if code == Q4_1:
-                builder.store(_fmuladd(builder, builder.load(ptr("m", r, b)), builder.load(ptr("xs", i, b)),
-                                       builder.load(macc)), macc)
+                mw = builder.load(ptr("m", r, b))
+                if off:
+                    mw = _fmuladd(builder, ir.Constant(_F32, float(off)), builder.load(ptr("d", r, b)), mw)
+                builder.store(_fmuladd(builder, mw, builder.load(ptr("xs", i, b)), builder.load(macc)), macc)
 
         nb = cgutils.unpack_tuple(builder, arrays["d"][1].shape, 2)[1]
         vty = _V16F32 if int8 else _V32F32
