@@ -143,7 +143,8 @@ def _row_intrinsic(code, int8):
             scale = builder.load(ptr("d", r, b))
             if int8:
                 q = builder.load(ptr("x", i, xat, _V32I8), align=1)
-                dots = builder.sitofp(_madd(builder, builder.sext(codes, _V32I16), builder.sext(q, _V32I16)), acc.type.pointee)
+                dots = _madd(builder, builder.sext(codes, _V32I16), builder.sext(q, _V32I16))
+                dots = builder.sitofp(dots, acc.type.pointee)
                 scale = builder.fmul(scale, builder.load(ptr("xd", i, b)))
             else:
                 dots = builder.fmul(builder.sitofp(codes, _V32F32), builder.load(ptr("x", i, xat, _V32F32), align=4))
