@@ -4,9 +4,12 @@ Float32 x (matmul): each block's codes are widened to float32, multiplied with x
 scaled by d_w, into a 32-lane accumulator; the row's lanes are summed once, pairwise, at its end:
     q8_0, q4_0: sum_b d_w sum_j c_j x_j      q4_1: the same over the nibbles + sum_b m_w sum(x_b)
 int8 x (matmul_q8): x is quantized per block of 32 exactly as quant.quantize_act (q int8, d, s = d * sum(q)); each block
-of a stored row is dotted with x's codes in integers, exact (products summed in pairs), then scaled by
-d_w d_x into a 16-lane float accumulator, summed at the row's end:
-    q8_0: sum_b d_w d_x sum_j q_w q_x        q4_0: (nib - 8) for q_w      q4_1: nib for q_w, + sum_b m_w s_x
+of a stored row is dotted with x's codes in integers, exact, and scaled by d_w d_x:
+    q8_0: sum_b d_w d_x sum_j q_w q_x   (products summed in pairs, into a 16-lane float accumulator)
+    q4_0: sum_b d_w d_x sum_j nib q_x - sum_b 8 d_w s_x
+    q4_1: sum_b d_w d_x sum_j nib q_x + sum_b m_w s_x
+For nibbles each block's integer dot is summed whole, unsigned by signed bytes: LLVM lowers that add
+reduction to a few instructions (vpdpbusd with VNNI), shorter than any lane-wise form of it found.
 Each row is one LLVM loop written as vector IR (numba widens int32 sums to int64, which LLVM then leaves
 scalar, and does not vectorize float dots over numba arrays). Every row is summed by the same code in
 the same order: the result depends on neither the thread count nor the call.
@@ -60,7 +63,7 @@ def quantize(x, q, d, s):
 
 _I8, _I16, _I32, _I64, _F32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64), ir.FloatType()
 _V16I8, _V32I8, _V32I16 = ir.VectorType(_I8, 16), ir.VectorType(_I8, 32), ir.VectorType(_I16, 32)
-_V16I32 = ir.VectorType(_I32, 16)
+_V16I32, _V32I32 = ir.VectorType(_I32, 16), ir.VectorType(_I32, 32)
 _V16F32, _V32F32 = ir.VectorType(_F32, 16), ir.VectorType(_F32, 32)
 
 
@@ -100,6 +103,14 @@ def _fsum(builder, v):
     return builder.extract_element(v, ir.Constant(_I32, 0))
 
 
+def _reduce_add(builder, v):
+    # <32 x i32> -> the sum of its lanes, i32 (exact here: |sum| < 2^31)
+    name = "llvm.vector.reduce.add.v32i32"
+    mod = builder.module
+    fn = mod.globals.get(name) or ir.Function(mod, ir.FunctionType(_I32, [v.type]), name)
+    return builder.call(fn, [v])
+
+
 def _madd(builder, a, b):
     # a, b: <32 x i16> -> <16 x i32>, lane k: a_k b_k + a_k+16 b_k+16, exact
     lo, hi = _lanes(*range(16)), _lanes(*range(16, 32))
@@ -110,13 +121,11 @@ def _madd(builder, a, b):
 
 def _row_intrinsic(code, int8):
     """The row dot of one block type: (w uint8 [rows, row_bytes], r, d, m float32 [rows, nb],
-    x [n, cols], xd, xs float32 [n, nb], i) -> float32, stored row r . input i.
-    Float x (int8=False): sum_b d_w sum_j c_j x_j in 32 lanes, x: float32 (xd unused).
-    int8 x: sum_b d_w d_x sum_j c_j q_j, the block's integer products summed in pairs (exact), 16 lanes.
-    c_j: q8_0's int8 codes, q4_0's nibbles - 8, q4_1's nibbles; q4_1 adds sum_b m_w xs_b, kept apart.
-    With int8 x, q4_1 also dots nibbles - 8 and adds 8 d_w s_x to m_w s_x (s_x = d_x sum(q)): on codes
-    known to be >= 0 LLVM picks a lowering of the integer dot twice as long."""
-    bb, skip, off = {Q8_0: (34, 2, 0), Q4_0: (18, 2, 8), Q4_1: (20, 4, 8 if int8 else 0)}[code]
+    x [n, cols], xd, xs float32 [n, nb], i) -> float32, stored row r . input i (the module docstring's
+    sums). Float x (int8=False): x float32, xd unused; 32 lanes. int8 x: x the int8 codes; q8_0 in 16
+    lanes, nibbles one scalar per block. q4_1's m_w s_x and q4_0's -8 d_w s_x (int8 x) are summed apart."""
+    bb, skip, off = {Q8_0: (34, 2, 0), Q4_0: (18, 2, 0 if int8 else 8), Q4_1: (20, 4, 0)}[code]
+    whole = int8 and code != Q8_0  # the block's integer dot summed to a scalar
 
     def codegen(context, builder, sig, args):
         w, r, d, m, x, xd, xs, i = args
@@ -141,28 +150,35 @@ def _row_intrinsic(code, int8):
                 codes = builder.sub(builder.shuffle_vector(lo, hi, _lanes(*range(32))), ir.Constant(_V32I8, [off] * 32))
             xat = builder.mul(b, ir.Constant(_I64, QK))
             scale = builder.load(ptr("d", r, b))
-            if int8:
+            if whole:
+                q = builder.load(ptr("x", i, xat, _V32I8), align=1)
+                dots = _reduce_add(builder, builder.mul(builder.zext(codes, _V32I32), builder.sext(q, _V32I32)))
+                dots = builder.sitofp(dots, _F32)
+                scale = builder.fmul(scale, builder.load(ptr("xd", i, b)))
+            elif int8:
                 q = builder.load(ptr("x", i, xat, _V32I8), align=1)
                 dots = _madd(builder, builder.sext(codes, _V32I16), builder.sext(q, _V32I16))
                 dots = builder.sitofp(dots, acc.type.pointee)
                 scale = builder.fmul(scale, builder.load(ptr("xd", i, b)))
             else:
                 dots = builder.fmul(builder.sitofp(codes, _V32F32), builder.load(ptr("x", i, xat, _V32F32), align=4))
-            builder.store(_fmuladd(builder, dots, _splat(builder, scale, dots.type), builder.load(acc)), acc)
-            if code == Q4_1:
-                mw = builder.load(ptr("m", r, b))
-                if off:
-                    mw = _fmuladd(builder, ir.Constant(_F32, float(off)), builder.load(ptr("d", r, b)), mw)
+            builder.store(_fmuladd(builder, dots, scale if whole else _splat(builder, scale, dots.type),
+                                   builder.load(acc)), acc)
+            if code == Q4_1 or whole:
+                if code == Q4_1:
+                    mw = builder.load(ptr("m", r, b))
+                else:
+                    mw = builder.fmul(ir.Constant(_F32, -8.0), builder.load(ptr("d", r, b)))
                 builder.store(_fmuladd(builder, mw, builder.load(ptr("xs", i, b)), builder.load(macc)), macc)
 
         nb = cgutils.unpack_tuple(builder, arrays["d"][1].shape, 2)[1]
-        vty = _V16F32 if int8 else _V32F32
-        acc = cgutils.alloca_once_value(builder, ir.Constant(vty, [0.0] * vty.count))
+        vty = _F32 if whole else (_V16F32 if int8 else _V32F32)
+        acc = cgutils.alloca_once_value(builder, ir.Constant(vty, 0.0 if whole else [0.0] * vty.count))
         macc = cgutils.alloca_once_value(builder, ir.Constant(_F32, 0.0))
         with cgutils.for_range(builder, nb) as loop:
             block(loop.index, acc, macc)
-        total = _fsum(builder, builder.load(acc))
-        return builder.fadd(total, builder.load(macc)) if code == Q4_1 else total
+        total = builder.load(acc) if whole else _fsum(builder, builder.load(acc))
+        return builder.fadd(total, builder.load(macc)) if code == Q4_1 or whole else total
 
     def typer(typingctx, w, r, d, m, x, xd, xs, i):
         if any(a.layout != "C" for a in (w, d, m, x, xd, xs)):  # the vector loads need contiguous rows
