@@ -73,6 +73,21 @@ def test_decode_and_prefill_paths_agree(nb, qtype):
     assert (np.abs(tiled - direct) <= 1e-5 * scale).all()
 
 
+@pytest.mark.parametrize("qtype", ["q8_0", "q4_0", "q4_1"])
+def test_decode_rows_of_many_blocks_match_numpy(nb, qtype):
+    # the decode row dots (numba_decode: one vector loop per row, summed once at its end) on rows of
+    # 18 blocks, as the 135M model's, and of 49 (odd), for 1..NI-1 inputs, float and int8 x
+    from test_kernels import assert_matmul_close, assert_matmul_q8_close
+    rng = np.random.default_rng(5)
+    for rows, cols in ((37, 576), (6, 49 * 32)):
+        w = quant.quantize(rng.standard_normal((rows, cols)).astype(np.float32), qtype)
+        w.setflags(write=False)
+        for n in range(1, numba_.NI):
+            x = (rng.standard_normal((n, cols)) * 3).astype(np.float32)
+            assert_matmul_close(nb.matmul(x, w, qtype), x, w, qtype)
+            assert_matmul_q8_close(nb.matmul_q8(x, w, qtype), x, w, qtype)
+
+
 def test_block_scales_are_cached_for_read_only_weights_only(nb):
     # the engine's weights are read-only mmap views; a writeable weight may change between calls
     rng = np.random.default_rng(3)

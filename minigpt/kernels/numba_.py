@@ -8,11 +8,11 @@ type code; fp16 fields are decoded bit-exactly (_f16).
     matmul:    weight rows are dequantized NR at a time into a float32 tile, then the tile is dotted
                with the inputs four at a time (NR x 4 sums in one pass over the columns, each weight
                and input value loaded once for four products), or one at a time for the last n % 4.
-               Below NI inputs (decode) block types skip the tile: each stored block is dotted with x
-               as a 32-lane vector (numba_decode.py). The block scales are decoded once per weight: cached for read-only weights (the
+               Below NI inputs (decode) block types skip the tile: each stored row is dotted with x
+               in vector lanes, summed once per row (numba_decode.py). The block scales are decoded once per weight: cached for read-only weights (the
                engine's mmap views, which cannot change), decoded per call otherwise.
     matmul_q8: x quantized per block of 32 exactly as quant.quantize_act. Below NI inputs (decode):
-               int8 block dots of the codes, exact in int32, scaled per block (numba_decode.py).
+               int8 block dots of the codes, exact in integers, scaled per block (numba_decode.py).
                Otherwise x turned back into float32 d*q, then matmul's tiles. Either way
                dequant(q8(x)) @ W^T, the contract, to float32 rounding.
 The dots let LLVM reassociate float sums (fastmath 'reassoc') so it can vectorize them over the

@@ -1,24 +1,29 @@
 """The numba backend's decode dots: matmul and matmul_q8 below NI inputs, one stored row at a time.
 
-Float32 x (matmul): each block's codes are widened to float32 and dotted with x's 32 values, the sum
-taken pairwise in vector lanes (a fixed order), scaled once per block:
-    q8_0, q4_0: d_w * sum(c_j x_j)          q4_1: d_w * sum(nib_j x_j) + m_w * sum(x_j)
+Float32 x (matmul): each block's codes are widened to float32, multiplied with x's 32 values and added,
+scaled by d_w, into a 32-lane accumulator; the row's lanes are summed once, pairwise, at its end:
+    q8_0, q4_0: sum_b d_w sum_j c_j x_j      q4_1: the same over the nibbles + sum_b m_w sum(x_b)
 int8 x (matmul_q8): x is quantized per block of 32 exactly as quant.quantize_act (q int8, d, s = d * sum(q)); each block
-of a stored row is then dotted with x's codes in int32, exact, and scaled once:
-    q8_0: d_w * d_x * sum(q_w q_x)          q4_0: d_w * d_x * sum((nib - 8) q_x)
-    q4_1: d_w * d_x * sum(nib q_x) + m_w * s_x
-The 32-element integer loops are plain reductions over loads, which LLVM vectorizes for the host CPU
-(no stores in the loop, so no aliasing doubt), unlike float dots over numba arrays. Per-block float
-sums run in block order: the result depends on neither the thread count nor the call.
+of a stored row is dotted with x's codes in integers, exact, and scaled by d_w d_x:
+    q8_0: sum_b d_w d_x sum_j q_w q_x   (products summed in pairs, into a 16-lane float accumulator)
+    q4_0: sum_b d_w d_x sum_j nib q_x - sum_b 8 d_w s_x
+    q4_1: sum_b d_w d_x sum_j nib q_x + sum_b m_w s_x
+For nibbles each block's integer dot is summed whole, unsigned by signed bytes: LLVM lowers that add
+reduction to a few instructions (vpdpbusd with VNNI), shorter than any lane-wise form of it found.
+Each row is one LLVM loop written as vector IR (numba widens int32 sums to int64, which LLVM then leaves
+scalar, and does not vectorize float dots over numba arrays). Every row is summed by the same code in
+the same order: the result depends on neither the thread count nor the call.
 """
 
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 Q8_0, Q4_0, Q4_1 = 2, 3, 4
 QK = 32
+PREFETCH = 1024  # bytes ahead in the weight rows
 NR = 4  # rows per thread chunk granule, as numba_.NR
 
 _JIT = dict(cache=True, fastmath=False, nogil=True, error_model="numpy", boundscheck=False)
@@ -50,118 +55,155 @@ def quantize(x, q, d, s):
             s[i, b] = db * np.float32(total)
 
 
-# --- the block dots, as LLVM vector IR: numba widens int32 sums to int64, which LLVM then leaves scalar
+# --- the row dots, as LLVM vector IR ----------------------------------------------------------------
+# One loop per row over its blocks, on whole 2-D arrays with the row and input indices: a numba slice
+# per row (w[r], d[r], x[i], ...) costs an atomic incref and decref each, ~30 ns a row, as much as
+# the head's dots themselves. Each block adds its products lane-wise into a vector accumulator that is
+# summed once, at the end of the row (a horizontal sum per block would double the cost).
 
-def _byte_ptr(context, builder, arrty, arr, idx):
-    data = context.make_array(arrty)(context, builder, arr).data
-    return builder.gep(builder.bitcast(data, ir.IntType(8).as_pointer()), [idx])
+_I8, _I16, _I32, _I64, _F32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64), ir.FloatType()
+_V16I8, _V32I8, _V32I16 = ir.VectorType(_I8, 16), ir.VectorType(_I8, 32), ir.VectorType(_I16, 32)
+_V16I32, _V32I32 = ir.VectorType(_I32, 16), ir.VectorType(_I32, 32)
+_V16F32, _V32F32 = ir.VectorType(_F32, 16), ir.VectorType(_F32, 32)
 
 
-def _reduce_dot(builder, a, b):
-    # a, b: <32 x i32> -> their dot product, int64
-    red = "llvm.vector.reduce.add.v32i32"
+def _lanes(*idx):
+    return ir.Constant(ir.VectorType(_I32, len(idx)), list(idx))
+
+
+def _splat(builder, v, vty):
+    # scalar v -> vty with v in every lane
+    one = builder.insert_element(ir.Constant(vty, ir.Undefined), v, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(one, one, _lanes(*[0] * vty.count))
+
+
+def _fmuladd(builder, a, b, c):
+    # a * b + c, fused where the CPU has FMA (llvm.fmuladd: the choice is fixed per compiled kernel)
+    name = f"llvm.fmuladd.v{a.type.count}f32" if isinstance(a.type, ir.VectorType) else "llvm.fmuladd.f32"
     mod = builder.module
-    fn = mod.globals.get(red) or ir.Function(mod, ir.FunctionType(ir.IntType(32), [a.type]), red)
-    return builder.sext(builder.call(fn, [builder.mul(a, b)]), ir.IntType(64))
+    fn = mod.globals.get(name) or ir.Function(mod, ir.FunctionType(a.type, [a.type] * 3), name)
+    return builder.call(fn, [a, b, c])
 
 
-_V32I8, _V16I8 = ir.VectorType(ir.IntType(8), 32), ir.VectorType(ir.IntType(8), 16)
-_V32I32, _V32F32 = ir.VectorType(ir.IntType(32), 32), ir.VectorType(ir.FloatType(), 32)
+def _prefetch(builder, p):
+    # a read hint for the byte at p, non-temporal (never faults, any address): the weights stream from
+    # memory once per token; the head's 30 MB then reads at ~17 GB/s instead of ~13
+    name, ptr_t = "llvm.prefetch.p0i8", _I8.as_pointer()
+    mod = builder.module
+    fn = mod.globals.get(name) or ir.Function(mod, ir.FunctionType(ir.VoidType(), [ptr_t, _I32, _I32, _I32]), name)
+    builder.call(fn, [builder.bitcast(p, ptr_t), ir.Constant(_I32, 0), ir.Constant(_I32, 0), ir.Constant(_I32, 1)])
 
 
-@intrinsic
-def _dot_q8(typingctx, w, iw, x, ix):
-    """sum_j int8(w[iw + j]) * int8(x[ix + j]) for j < 32; w, x: 1-D uint8 or int8 arrays."""
+def _fsum(builder, v):
+    # <n x float> -> the sum of its lanes, pairwise, halves first (a fixed order)
+    while v.type.count > 1:
+        k = v.type.count // 2
+        v = builder.fadd(builder.shuffle_vector(v, v, _lanes(*range(k))),
+                         builder.shuffle_vector(v, v, _lanes(*range(k, 2 * k))))
+    return builder.extract_element(v, ir.Constant(_I32, 0))
+
+
+def _reduce_add(builder, v):
+    # <32 x i32> -> the sum of its lanes, i32 (exact here: |sum| < 2^31)
+    name = "llvm.vector.reduce.add.v32i32"
+    mod = builder.module
+    fn = mod.globals.get(name) or ir.Function(mod, ir.FunctionType(_I32, [v.type]), name)
+    return builder.call(fn, [v])
+
+
+def _madd(builder, a, b):
+    # a, b: <32 x i16> -> <16 x i32>, lane k: a_k b_k + a_k+16 b_k+16, exact
+    lo, hi = _lanes(*range(16)), _lanes(*range(16, 32))
+    prod = [builder.mul(builder.sext(builder.shuffle_vector(a, a, k), _V16I32),
+                        builder.sext(builder.shuffle_vector(b, b, k), _V16I32)) for k in (lo, hi)]
+    return builder.add(*prod)
+
+
+def _row_intrinsic(code, int8):
+    """The row dot of one block type: (w uint8 [rows, row_bytes], r, d, m float32 [rows, nb],
+    x [n, cols], xd, xs float32 [n, nb], i) -> float32, stored row r . input i (the module docstring's
+    sums). Float x (int8=False): x float32, xd unused; 32 lanes. int8 x: x the int8 codes; q8_0 in 16
+    lanes, nibbles one scalar per block. q4_1's m_w s_x and q4_0's -8 d_w s_x (int8 x) are summed apart."""
+    bb, skip, off = {Q8_0: (34, 2, 0), Q4_0: (18, 2, 0 if int8 else 8), Q4_1: (20, 4, 0)}[code]
+    whole = int8 and code != Q8_0  # the block's integer dot summed to a scalar
+
     def codegen(context, builder, sig, args):
-        vw, vx = (builder.load(builder.bitcast(_byte_ptr(context, builder, sig.args[k], args[k], args[k + 1]),
-                                               _V32I8.as_pointer()), align=1) for k in (0, 2))
-        return _reduce_dot(builder, builder.sext(vw, _V32I32), builder.sext(vx, _V32I32))
-    return types.int64(w, iw, x, ix), codegen
+        w, r, d, m, x, xd, xs, i = args
+        arrays = dict(zip(("w", "d", "m", "x", "xd", "xs"), zip(sig.args[:1] + sig.args[2:7], (w, d, m, x, xd, xs))))
+        arrays = {k: (t, context.make_array(t)(context, builder, v)) for k, (t, v) in arrays.items()}
+
+        def ptr(k, row, col, vty=None):  # &k[row, col], as a vty* if given
+            t, a = arrays[k]
+            p = cgutils.get_item_pointer2(context, builder, a.data, cgutils.unpack_tuple(builder, a.shape, 2),
+                                          cgutils.unpack_tuple(builder, a.strides, 2), t.layout, [row, col])
+            return builder.bitcast(p, vty.as_pointer()) if vty else p
+
+        def block(b, acc, macc):  # block b's dots added into the accumulators
+            at = builder.add(builder.mul(b, ir.Constant(_I64, bb)), ir.Constant(_I64, skip))
+            _prefetch(builder, builder.gep(ptr("w", r, at), [ir.Constant(_I64, PREFETCH)]))
+            if code == Q8_0:
+                codes = builder.load(ptr("w", r, at, _V32I8), align=1)
+            else:  # the 16 bytes' low nibbles, then their high ones, minus off: int8 -8..15
+                v16 = builder.load(ptr("w", r, at, _V16I8), align=1)
+                lo = builder.and_(v16, ir.Constant(_V16I8, [15] * 16))
+                hi = builder.lshr(v16, ir.Constant(_V16I8, [4] * 16))
+                codes = builder.sub(builder.shuffle_vector(lo, hi, _lanes(*range(32))), ir.Constant(_V32I8, [off] * 32))
+            xat = builder.mul(b, ir.Constant(_I64, QK))
+            scale = builder.load(ptr("d", r, b))
+            if whole:
+                q = builder.load(ptr("x", i, xat, _V32I8), align=1)
+                dots = _reduce_add(builder, builder.mul(builder.zext(codes, _V32I32), builder.sext(q, _V32I32)))
+                dots = builder.sitofp(dots, _F32)
+                scale = builder.fmul(scale, builder.load(ptr("xd", i, b)))
+            elif int8:
+                q = builder.load(ptr("x", i, xat, _V32I8), align=1)
+                dots = _madd(builder, builder.sext(codes, _V32I16), builder.sext(q, _V32I16))
+                dots = builder.sitofp(dots, acc.type.pointee)
+                scale = builder.fmul(scale, builder.load(ptr("xd", i, b)))
+            else:
+                dots = builder.fmul(builder.sitofp(codes, _V32F32), builder.load(ptr("x", i, xat, _V32F32), align=4))
+            builder.store(_fmuladd(builder, dots, scale if whole else _splat(builder, scale, dots.type),
+                                   builder.load(acc)), acc)
+            if code == Q4_1 or whole:
+                if code == Q4_1:
+                    mw = builder.load(ptr("m", r, b))
+                else:
+                    mw = builder.fmul(ir.Constant(_F32, -8.0), builder.load(ptr("d", r, b)))
+                builder.store(_fmuladd(builder, mw, builder.load(ptr("xs", i, b)), builder.load(macc)), macc)
+
+        nb = cgutils.unpack_tuple(builder, arrays["d"][1].shape, 2)[1]
+        vty = _F32 if whole else (_V16F32 if int8 else _V32F32)
+        acc = cgutils.alloca_once_value(builder, ir.Constant(vty, 0.0 if whole else [0.0] * vty.count))
+        macc = cgutils.alloca_once_value(builder, ir.Constant(_F32, 0.0))
+        with cgutils.for_range(builder, nb) as loop:
+            block(loop.index, acc, macc)
+        total = builder.load(acc) if whole else _fsum(builder, builder.load(acc))
+        return builder.fadd(total, builder.load(macc)) if code == Q4_1 or whole else total
+
+    def typer(typingctx, w, r, d, m, x, xd, xs, i):
+        if any(a.layout != "C" for a in (w, d, m, x, xd, xs)):  # the vector loads need contiguous rows
+            return None
+        return types.float32(w, r, d, m, x, xd, xs, i), codegen
+    return intrinsic(typer)
 
 
-@intrinsic
-def _dot_q4(typingctx, w, iw, x, ix, off):
-    """sum_j (nib_j - off) * int8(x[ix + j]) for j < 32: nib_j the low nibbles of w[iw:iw + 16], then
-    the high ones (the q4_0 / q4_1 block order)."""
-    def codegen(context, builder, sig, args):
-        nib = _nibbles(context, builder, sig.args[0], args[0], args[1], args[4])
-        px = builder.bitcast(_byte_ptr(context, builder, sig.args[2], args[2], args[3]), _V32I8.as_pointer())
-        return _reduce_dot(builder, nib, builder.sext(builder.load(px, align=1), _V32I32))
-    return types.int64(w, iw, x, ix, off), codegen
+_frow_q8_0, _frow_q4_0, _frow_q4_1 = (_row_intrinsic(c, False) for c in (Q8_0, Q4_0, Q4_1))
+_row_q8_0, _row_q4_0, _row_q4_1 = (_row_intrinsic(c, True) for c in (Q8_0, Q4_0, Q4_1))
 
 
-def _f32_ptr(context, builder, arrty, arr, idx):
-    data = context.make_array(arrty)(context, builder, arr).data
-    return builder.bitcast(builder.gep(data, [idx]), _V32F32.as_pointer())
-
-
-def _fdot(builder, codes, xv):
-    # codes <32 x i32>, xv <32 x float> -> sum(codes * xv), float32: lanes summed pairwise, halves first
-    v = builder.fmul(builder.sitofp(codes, _V32F32), xv)
-    width = 32
-    while width > 1:
-        width //= 2
-        half = ir.VectorType(ir.FloatType(), width)
-        lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(ir.IntType(32), width), list(range(width))))
-        hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(ir.IntType(32), width), list(range(width, 2 * width))))
-        v = builder.fadd(lo, hi)
-        assert v.type == half
-    return builder.extract_element(v, ir.Constant(ir.IntType(32), 0))
-
-
-def _nibbles(context, builder, arrty, arr, idx, off):
-    # the 32 nibbles of w[idx:idx + 16] (low ones first) minus off -> <32 x i32>
-    p = builder.bitcast(_byte_ptr(context, builder, arrty, arr, idx), _V16I8.as_pointer())
-    v16 = builder.load(p, align=1)
-    lo = builder.and_(v16, ir.Constant(_V16I8, [15] * 16))
-    hi = builder.lshr(v16, ir.Constant(_V16I8, [4] * 16))
-    nib = builder.zext(builder.shuffle_vector(lo, hi, ir.Constant(_V32I32, list(range(32)))), _V32I32)
-    ov = builder.insert_element(ir.Constant(_V32I32, ir.Undefined), builder.trunc(off, ir.IntType(32)),
-                                ir.Constant(ir.IntType(32), 0))
-    return builder.sub(nib, builder.shuffle_vector(ov, ov, ir.Constant(_V32I32, [0] * 32)))
-
-
-@intrinsic
-def _fdot_q8(typingctx, w, iw, x, ix):
-    """sum_j int8(w[iw + j]) * x[ix + j] for j < 32; x: 1-D float32."""
-    def codegen(context, builder, sig, args):
-        vw = builder.load(builder.bitcast(_byte_ptr(context, builder, sig.args[0], args[0], args[1]),
-                                          _V32I8.as_pointer()), align=1)
-        xv = builder.load(_f32_ptr(context, builder, sig.args[2], args[2], args[3]), align=4)
-        return _fdot(builder, builder.sext(vw, _V32I32), xv)
-    return types.float32(w, iw, x, ix), codegen
-
-
-@intrinsic
-def _fdot_q4(typingctx, w, iw, x, ix, off):
-    """sum_j (nib_j - off) * x[ix + j] for j < 32 (nibble order as _dot_q4); x: 1-D float32."""
-    def codegen(context, builder, sig, args):
-        nib = _nibbles(context, builder, sig.args[0], args[0], args[1], args[4])
-        xv = builder.load(_f32_ptr(context, builder, sig.args[2], args[2], args[3]), align=4)
-        return _fdot(builder, nib, xv)
-    return types.float32(w, iw, x, ix, off), codegen
-
-
-@njit(**_JIT)
-def _frow(row, code, ds, ms, x, xs):
-    """One stored row . float32 x [cols]; ds, ms: the row's block scales; xs: x's block sums (q4_1)."""
-    total = np.float32(0)
-    for b in range(xs.shape[0]):
-        if code == Q8_0:
-            total += ds[b] * _fdot_q8(row, 34 * b + 2, x, QK * b)
-        elif code == Q4_0:
-            total += ds[b] * _fdot_q4(row, 18 * b + 2, x, QK * b, 8)
-        else:
-            total += ds[b] * _fdot_q4(row, 20 * b + 4, x, QK * b, 0) + ms[b] * xs[b]
-    return total
-
+# --- float32 x: matmul ---------------------------------------------------------------------------
 
 @njit(**_JIT)
 def _frows(x, xs, w, code, d, m, out, r_lo, r_hi):
+    """out[:, r_lo:r_hi] = x @ W[r_lo:r_hi]^T; w: uint8 [rows, row_bytes]; xs: x's block sums (q4_1)."""
     for r in range(r_lo, r_hi):
-        mr = m[r] if code == Q4_1 else d[r]  # d[r]: unused, any float32 row
         for i in range(x.shape[0]):
-            out[i, r] = _frow(w[r], code, d[r], mr, x[i], xs[i])
+            if code == Q8_0:
+                out[i, r] = _frow_q8_0(w, r, d, m, x, xs, xs, i)
+            elif code == Q4_0:
+                out[i, r] = _frow_q4_0(w, r, d, m, x, xs, xs, i)
+            else:
+                out[i, r] = _frow_q4_1(w, r, d, m, x, xs, xs, i)
 
 
 @njit(**_JIT)
@@ -180,41 +222,16 @@ def fmatmul_parallel(x, xs, w, code, d, m, out, n_chunks):
 # --- int8 x: matmul_q8 ---------------------------------------------------------------------------
 
 @njit(**_JIT)
-def _row_q8_0(row, ds, xq, xd):
-    """One q8_0 row (bytes) . one quantized input; ds: the row's block scales."""
-    total = np.float32(0)
-    for b in range(xd.shape[0]):
-        total += ds[b] * xd[b] * np.float32(_dot_q8(row, 34 * b + 2, xq, QK * b))
-    return total
-
-
-@njit(**_JIT)
-def _row_q4_0(row, ds, xq, xd):
-    total = np.float32(0)
-    for b in range(xd.shape[0]):
-        total += ds[b] * xd[b] * np.float32(_dot_q4(row, 18 * b + 2, xq, QK * b, 8))
-    return total
-
-
-@njit(**_JIT)
-def _row_q4_1(row, ds, ms, xq, xd, xs):
-    total = np.float32(0)
-    for b in range(xd.shape[0]):
-        total += ds[b] * xd[b] * np.float32(_dot_q4(row, 20 * b + 4, xq, QK * b, 0)) + ms[b] * xs[b]
-    return total
-
-
-@njit(**_JIT)
 def _rows(xq, xd, xs, w, code, d, m, out, r_lo, r_hi):
     """out[:, r_lo:r_hi] = dequant(q8(x)) @ W[r_lo:r_hi]^T; w: uint8 [rows, row_bytes]."""
     for r in range(r_lo, r_hi):
         for i in range(xq.shape[0]):
             if code == Q8_0:
-                out[i, r] = _row_q8_0(w[r], d[r], xq[i], xd[i])
+                out[i, r] = _row_q8_0(w, r, d, m, xq, xd, xs, i)
             elif code == Q4_0:
-                out[i, r] = _row_q4_0(w[r], d[r], xq[i], xd[i])
+                out[i, r] = _row_q4_0(w, r, d, m, xq, xd, xs, i)
             else:
-                out[i, r] = _row_q4_1(w[r], d[r], m[r], xq[i], xd[i], xs[i])
+                out[i, r] = _row_q4_1(w, r, d, m, xq, xd, xs, i)
 
 
 @njit(**_JIT)
