@@ -3,7 +3,9 @@
  * The x86 test asks the CPU itself (cpuid) and the OS (xgetbv: are the YMM registers saved on a
  * context switch?) rather than trusting compiler flags, so one build runs on every x86-64: AVX2 code
  * lives in quants_avx2.c behind function-level target attributes and is only called after this says
- * yes. NEON is baseline on ARM64; no NEON variants are written yet, so ARM64 runs the scalar slots.
+ * yes. NEON is baseline on ARM64, where MG_ISA_NEON is the best ISA: it installs the x8 kernels of
+ * packed_neon.c (the other slots stay portable C), with SDOT when the CPU has the dotprod extension.
+ * Linux reports that in the auxiliary vector (HWCAP_ASIMDDP); elsewhere the baseline NEON kernels run.
  */
 #include "kernels.h"
 
@@ -12,12 +14,24 @@
 #define MG_X86 1
 #endif
 
+#if defined(__aarch64__) && defined(__GNUC__)
+#define MG_ARM64 1
+#if defined(__linux__)
+#include <sys/auxv.h>
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1 << 20) /* <asm/hwcap.h>, missing from old C libraries */
+#endif
+#endif
+#endif
+
 /* quants_avx2.c: put the AVX2 variants in the slots; 0 if this build has none */
 int mg_install_avx2(void);
 int mg_install_llama_avx2(void); /* llama_avx2.c: the same for the forward's other steps */
 /* packed_avx2.c: the x8 kernels, with maddubs (AVX2) or vpdpbusd (AVX512-VNNI) */
 int mg_install_x8_avx2(void);
 int mg_install_x8_vnni(void);
+/* packed_neon.c: the x8 kernels for ARM64, with SDOT if `dotprod`; 0 if this build has none */
+int mg_install_x8_neon(int dotprod);
 
 /* sizeof(mg_block_q8) is part of the Python-visible layout */
 typedef char mg_block_q8_is_40_bytes[sizeof(mg_block_q8) == MG_Q8_BLOCK_BYTES ? 1 : -1];
@@ -56,11 +70,29 @@ static int cpu_has_avx512vnni(void) {
 #endif
 }
 
+static int cpu_has_neon(void) {
+#ifdef MG_ARM64
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* ARMv8.2 dot product (SDOT/UDOT) */
+static int cpu_has_dotprod(void) {
+#if defined(MG_ARM64) && defined(__linux__)
+    return (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
+#else
+    return 0;
+#endif
+}
+
 static int current = -1; /* the isa installed, -1 before mg_cpu_init */
 
 int mg_cpu_best(void) {
     if (cpu_has_avx512vnni()) return MG_ISA_AVX512VNNI;
     if (cpu_has_avx2()) return MG_ISA_AVX2;
+    if (cpu_has_neon()) return MG_ISA_NEON;
     return MG_ISA_SCALAR;
 }
 
@@ -72,6 +104,8 @@ int mg_cpu_init(int isa) {
     } else if (isa == MG_ISA_AVX512VNNI) {
         if (!cpu_has_avx512vnni() || !mg_install_avx2() || !mg_install_llama_avx2() || !mg_install_x8_vnni())
             return MG_EISA;
+    } else if (isa == MG_ISA_NEON) {
+        if (!cpu_has_neon() || !mg_install_x8_neon(cpu_has_dotprod())) return MG_EISA;
     } else if (isa != MG_ISA_SCALAR) {
         return MG_EISA;
     }

@@ -1,0 +1,395 @@
+/* x8 kernels (layout: packed.c) for aarch64 NEON, installed by mg_cpu_init (cpu.c).
+ *
+ * An x8 vector of 32 bytes is two 128-bit registers here: rows 0-3 and rows 4-7, 4 bytes per row, so
+ * every kernel keeps two int32x4 (and two float32x4) accumulators per input where x86 keeps one.
+ *
+ *   int8 inputs, dotprod   sdot by element (vdotq_laneq_s32): lane r += 4 weight bytes of row r . the
+ *                          4 input bytes in lane l of a 16-byte input register; one instruction, signed
+ *                          x signed, so q8_0 needs no bias. ARMv8.2 dotprod (Cortex-A55/A76 on, Apple,
+ *                          Neoverse): built with a function-level target, called only if HWCAP says so.
+ *   int8 inputs, baseline  ARMv8.0: smull/smlal (8 bytes x 8 bytes -> 8 int16 products) on the input's
+ *                          4 bytes broadcast (ld1r), pairwise adds to int32 at the end. q4 sums a block's 8
+ *                          products per int16 lane (8 * 15 * 127 < 2^15); q8_0 sums 2 (2 * 128 * 127)
+ *                          before sadalp widens them into int32.
+ *   int16 inputs           one variant (NEON has no int16 dot): ld4 de-interleaves 64 bytes of codes into
+ *                          "element i of rows 0-7" registers, which widen to int16 and meet the input in
+ *                          smlal by element, 4 products per instruction. The q16 input order (x0, x2,
+ *                          x1, x3) only changes which lane holds x_i.
+ *
+ * Unlike packed_x86.h, q4_0 codes are made signed (q - 8) before the dot, so q4_0 has no bias term;
+ * q4_1 adds m_w * s_x per block as x86 does (s_x = d_x * sum(q_x)).
+ *
+ * Lane operands must be constants: the helpers below switch on the lane, and the loops around them
+ * are unrolled so the switches fold away.
+ */
+#include <string.h>
+
+#include "kernels.h"
+
+#if defined(__aarch64__) && defined(__GNUC__)
+
+#include <arm_neon.h>
+
+#ifdef __clang__
+#define DOTPROD __attribute__((target("dotprod")))
+#else
+#define DOTPROD __attribute__((target("arch=armv8.2-a+dotprod")))
+#endif
+#define INLINE static inline __attribute__((always_inline))
+#define UNROLL _Pragma("GCC unroll 8")
+
+#define CH(nt) ((nt) == 1 ? 4 : (nt) == 2 ? 2 : 1) /* accumulator pairs per input: independent chains */
+
+/* q16 stores each group of 4 inputs as (x0, x2, x1, x3): x_i sits at position Q16_POS[i] */
+static const int Q16_POS[4] = {0, 2, 1, 3};
+
+/* --- helpers ------------------------------------------------------------------------------------- */
+
+/* the 8 fp16 scales at p, as floats: rows 0-3, rows 4-7 */
+INLINE void scales8(const uint8_t *p, float32x4_t s[2]) {
+    const float16x8_t h = vreinterpretq_f16_u8(vld1q_u8(p));
+    s[0] = vcvt_f32_f16(vget_low_f16(h));
+    s[1] = vcvt_high_f32_f16(h);
+}
+
+/* sum[h] += (dw[h] * dx) * lanes[h] for both row halves */
+INLINE void apply(float32x4_t sum[2], const float32x4_t dw[2], float dx, int32x4_t lo, int32x4_t hi) {
+    sum[0] = vfmaq_f32(sum[0], vmulq_n_f32(dw[0], dx), vcvtq_f32_s32(lo));
+    sum[1] = vfmaq_f32(sum[1], vmulq_n_f32(dw[1], dx), vcvtq_f32_s32(hi));
+}
+
+/* 4-bit codes of 16 bytes, low or high nibbles, as signed bytes minus off (8 for q4_0, 0 for q4_1) */
+INLINE int8x16_t nibbles(uint8x16_t v, int high, int8x16_t off) {
+    const uint8x16_t u = high ? vshrq_n_u8(v, 4) : vandq_u8(v, vdupq_n_u8(0x0F));
+    return vsubq_s8(vreinterpretq_s8_u8(u), off);
+}
+
+/* the 4 bytes at p, repeated over 16 bytes (one ld1r) */
+INLINE int8x16_t bcast4(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return vreinterpretq_s8_s32(vdupq_n_s32(v));
+}
+
+DOTPROD INLINE int32x4_t sdot_lane(int32x4_t acc, int8x16_t w, int8x16_t x, const int lane) {
+    switch (lane) {
+    case 0: return vdotq_laneq_s32(acc, w, x, 0);
+    case 1: return vdotq_laneq_s32(acc, w, x, 1);
+    case 2: return vdotq_laneq_s32(acc, w, x, 2);
+    default: return vdotq_laneq_s32(acc, w, x, 3);
+    }
+}
+
+/* acc[0] += low 4 of w * x[lane]; acc[1] += high 4 of w * x[lane] (int16 -> int32) */
+INLINE void mlal_lane(int32x4_t acc[2], int16x8_t w, int16x8_t x, const int lane) {
+    switch (lane) {
+#define CASE(n)                                                                                         \
+    case n:                                                                                             \
+        acc[0] = vmlal_laneq_s16(acc[0], vget_low_s16(w), x, n);                                        \
+        acc[1] = vmlal_high_laneq_s16(acc[1], w, x, n);                                                 \
+        break;
+        CASE(0) CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6)
+#undef CASE
+    default:
+        acc[0] = vmlal_laneq_s16(acc[0], vget_low_s16(w), x, 7);
+        acc[1] = vmlal_high_laneq_s16(acc[1], w, x, 7);
+    }
+}
+
+/* acc[t][c][h] -> summed over c < ch into lanes[h] */
+INLINE void total32(int32x4_t acc[][2], int ch, int32x4_t lanes[2]) {
+    lanes[0] = acc[0][0];
+    lanes[1] = acc[0][1];
+    for (int c = 1; c < ch; c++) {
+        lanes[0] = vaddq_s32(lanes[0], acc[c][0]);
+        lanes[1] = vaddq_s32(lanes[1], acc[c][1]);
+    }
+}
+
+INLINE void store8(float *out, const float32x4_t sum[2]) {
+    vst1q_f32(out, sum[0]);
+    vst1q_f32(out + 4, sum[1]);
+}
+
+/* --- int8 inputs, dotprod ----------------------------------------------------------------------- */
+
+DOTPROD INLINE void gemm_q4x8_dot(int64_t nb, const uint8_t *restrict w, const mg_block_q8 *restrict x,
+                                  int64_t ldx, float *restrict out, int64_t ldo, const int nt,
+                                  const int is_q4_1) {
+    const int64_t gb = is_q4_1 ? 160 : 144, hdr = is_q4_1 ? 32 : 16;
+    const int ch = CH(nt);
+    const int8x16_t off = vdupq_n_s8(is_q4_1 ? 0 : 8);
+    float32x4_t sum[4][2];
+    for (int t = 0; t < nt; t++) sum[t][0] = sum[t][1] = vdupq_n_f32(0.0f);
+    for (int64_t b = 0; b < nb; b++, w += gb) {
+        int32x4_t acc[4][4][2];
+        int8x16_t xq[4][2];
+        UNROLL for (int t = 0; t < nt; t++) {
+            for (int c = 0; c < ch; c++) acc[t][c][0] = acc[t][c][1] = vdupq_n_s32(0);
+            xq[t][0] = vld1q_s8(x[t * ldx + b].q);
+            xq[t][1] = vld1q_s8(x[t * ldx + b].q + 16);
+        }
+        UNROLL for (int l = 0; l < 4; l++) {
+            const uint8x16_t v0 = vld1q_u8(w + hdr + 32 * l), v1 = vld1q_u8(w + hdr + 32 * l + 16);
+            const int8x16_t lo0 = nibbles(v0, 0, off), hi0 = nibbles(v0, 1, off);
+            const int8x16_t lo1 = nibbles(v1, 0, off), hi1 = nibbles(v1, 1, off);
+            UNROLL for (int t = 0; t < nt; t++) {
+                int32x4_t *a = acc[t][l % ch];
+                a[0] = sdot_lane(sdot_lane(a[0], lo0, xq[t][0], l), hi0, xq[t][1], l);
+                a[1] = sdot_lane(sdot_lane(a[1], lo1, xq[t][0], l), hi1, xq[t][1], l);
+            }
+        }
+        float32x4_t dw[2], m[2];
+        scales8(w, dw);
+        if (is_q4_1) scales8(w + 16, m);
+        UNROLL for (int t = 0; t < nt; t++) {
+            int32x4_t lanes[2];
+            total32(acc[t], ch, lanes);
+            apply(sum[t], dw, x[t * ldx + b].d, lanes[0], lanes[1]);
+            if (is_q4_1) {
+                sum[t][0] = vfmaq_n_f32(sum[t][0], m[0], x[t * ldx + b].s);
+                sum[t][1] = vfmaq_n_f32(sum[t][1], m[1], x[t * ldx + b].s);
+            }
+        }
+    }
+    for (int t = 0; t < nt; t++) store8(out + t * ldo, sum[t]);
+}
+
+DOTPROD INLINE void gemm_q8x8_dot(int64_t nb, const uint8_t *restrict w, const mg_block_q8 *restrict x,
+                                  int64_t ldx, float *restrict out, int64_t ldo, const int nt) {
+    const int ch = CH(nt);
+    float32x4_t sum[4][2];
+    for (int t = 0; t < nt; t++) sum[t][0] = sum[t][1] = vdupq_n_f32(0.0f);
+    for (int64_t b = 0; b < nb; b++, w += 272) {
+        int32x4_t acc[4][4][2];
+        int8x16_t xq[4][2];
+        UNROLL for (int t = 0; t < nt; t++) {
+            for (int c = 0; c < ch; c++) acc[t][c][0] = acc[t][c][1] = vdupq_n_s32(0);
+            xq[t][0] = vld1q_s8(x[t * ldx + b].q);
+            xq[t][1] = vld1q_s8(x[t * ldx + b].q + 16);
+        }
+        UNROLL for (int v = 0; v < 8; v++) {
+            const int8_t *wv = (const int8_t *)w + 16 + 32 * v;
+            const int8x16_t w0 = vld1q_s8(wv), w1 = vld1q_s8(wv + 16);
+            UNROLL for (int t = 0; t < nt; t++) {
+                int32x4_t *a = acc[t][v % ch];
+                a[0] = sdot_lane(a[0], w0, xq[t][v / 4], v % 4);
+                a[1] = sdot_lane(a[1], w1, xq[t][v / 4], v % 4);
+            }
+        }
+        float32x4_t dw[2];
+        scales8(w, dw);
+        UNROLL for (int t = 0; t < nt; t++) {
+            int32x4_t lanes[2];
+            total32(acc[t], ch, lanes);
+            apply(sum[t], dw, x[t * ldx + b].d, lanes[0], lanes[1]);
+        }
+    }
+    for (int t = 0; t < nt; t++) store8(out + t * ldo, sum[t]);
+}
+
+/* --- int8 inputs, baseline ARMv8.0 ---------------------------------------------------------------- */
+
+/* p[q] (int16x8, rows 2q and 2q + 1, 4 columns each) += w's 8 bytes of those rows * x's 8 bytes */
+INLINE void mlal8(int16x8_t p[4], int8x16_t w0, int8x16_t w1, int8x16_t x) {
+    p[0] = vmlal_s8(p[0], vget_low_s8(w0), vget_low_s8(x));
+    p[1] = vmlal_high_s8(p[1], w0, x);
+    p[2] = vmlal_s8(p[2], vget_low_s8(w1), vget_low_s8(x));
+    p[3] = vmlal_high_s8(p[3], w1, x);
+}
+
+INLINE void gemm_q4x8_neon(int64_t nb, const uint8_t *restrict w, const mg_block_q8 *restrict x,
+                           int64_t ldx, float *restrict out, int64_t ldo, const int nt, const int is_q4_1) {
+    const int64_t gb = is_q4_1 ? 160 : 144, hdr = is_q4_1 ? 32 : 16;
+    const int8x16_t off = vdupq_n_s8(is_q4_1 ? 0 : 8);
+    float32x4_t sum[4][2];
+    for (int t = 0; t < nt; t++) sum[t][0] = sum[t][1] = vdupq_n_f32(0.0f);
+    for (int64_t b = 0; b < nb; b++, w += gb) {
+        int16x8_t p[4][4]; /* per input: 8 products of one (row, column) pair at most, |.| <= 8 * 15 * 127 */
+        for (int t = 0; t < nt; t++) p[t][0] = p[t][1] = p[t][2] = p[t][3] = vdupq_n_s16(0);
+        UNROLL for (int l = 0; l < 4; l++) {
+            const uint8x16_t v0 = vld1q_u8(w + hdr + 32 * l), v1 = vld1q_u8(w + hdr + 32 * l + 16);
+            const int8x16_t lo0 = nibbles(v0, 0, off), hi0 = nibbles(v0, 1, off);
+            const int8x16_t lo1 = nibbles(v1, 0, off), hi1 = nibbles(v1, 1, off);
+            UNROLL for (int t = 0; t < nt; t++) {
+                mlal8(p[t], lo0, lo1, bcast4(x[t * ldx + b].q + 4 * l));
+                mlal8(p[t], hi0, hi1, bcast4(x[t * ldx + b].q + 16 + 4 * l));
+            }
+        }
+        float32x4_t dw[2], m[2];
+        scales8(w, dw);
+        if (is_q4_1) scales8(w + 16, m);
+        UNROLL for (int t = 0; t < nt; t++) {
+            const int32x4_t lo = vpaddq_s32(vpaddlq_s16(p[t][0]), vpaddlq_s16(p[t][1]));
+            const int32x4_t hi = vpaddq_s32(vpaddlq_s16(p[t][2]), vpaddlq_s16(p[t][3]));
+            apply(sum[t], dw, x[t * ldx + b].d, lo, hi);
+            if (is_q4_1) {
+                sum[t][0] = vfmaq_n_f32(sum[t][0], m[0], x[t * ldx + b].s);
+                sum[t][1] = vfmaq_n_f32(sum[t][1], m[1], x[t * ldx + b].s);
+            }
+        }
+    }
+    for (int t = 0; t < nt; t++) store8(out + t * ldo, sum[t]);
+}
+
+INLINE void gemm_q8x8_neon(int64_t nb, const uint8_t *restrict w, const mg_block_q8 *restrict x,
+                           int64_t ldx, float *restrict out, int64_t ldo, const int nt) {
+    float32x4_t sum[4][2];
+    for (int t = 0; t < nt; t++) sum[t][0] = sum[t][1] = vdupq_n_f32(0.0f);
+    for (int64_t b = 0; b < nb; b++, w += 272) {
+        int32x4_t acc[4][4]; /* per input: rows 0-1, 2-3, 4-5, 6-7, two partial sums per row */
+        for (int t = 0; t < nt; t++) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = vdupq_n_s32(0);
+        UNROLL for (int v = 0; v < 8; v += 2) { /* two vectors' products per int16: |.| <= 2 * 128 * 127 */
+            const int8_t *wv = (const int8_t *)w + 16 + 32 * v;
+            const int8x16_t a0 = vld1q_s8(wv), a1 = vld1q_s8(wv + 16), b0 = vld1q_s8(wv + 32), b1 = vld1q_s8(wv + 48);
+            UNROLL for (int t = 0; t < nt; t++) {
+                const int8x16_t xa = bcast4(x[t * ldx + b].q + 4 * v), xb = bcast4(x[t * ldx + b].q + 4 * v + 4);
+                int16x8_t p[4] = {vmull_s8(vget_low_s8(a0), vget_low_s8(xa)), vmull_high_s8(a0, xa),
+                                  vmull_s8(vget_low_s8(a1), vget_low_s8(xa)), vmull_high_s8(a1, xa)};
+                mlal8(p, b0, b1, xb);
+                for (int q = 0; q < 4; q++) acc[t][q] = vpadalq_s16(acc[t][q], p[q]);
+            }
+        }
+        float32x4_t dw[2];
+        scales8(w, dw);
+        UNROLL for (int t = 0; t < nt; t++)
+            apply(sum[t], dw, x[t * ldx + b].d, vpaddq_s32(acc[t][0], acc[t][1]), vpaddq_s32(acc[t][2], acc[t][3]));
+    }
+    for (int t = 0; t < nt; t++) store8(out + t * ldo, sum[t]);
+}
+
+/* --- int16 inputs ---------------------------------------------------------------------------------- */
+
+/* acc[t] += e[k][i] (element i of rows 0-7 in vector k of a pair) * input t's x, for the pair's two
+ * groups of 4 inputs at xs + 4 * k */
+INLINE void q16_pair(int32x4_t acc[4][4][2], int ch, const int16x8_t e[2][4], const mg_block_q16 *restrict x,
+                     int64_t ldx, int64_t b, int xoff, const int nt) {
+    UNROLL for (int t = 0; t < nt; t++) {
+        const int16x8_t xv = vld1q_s16(x[t * ldx + b].q + xoff);
+        UNROLL for (int k = 0; k < 2; k++)
+            UNROLL for (int i = 0; i < 4; i++) mlal_lane(acc[t][(4 * k + i) % ch], e[k][i], xv, 4 * k + Q16_POS[i]);
+    }
+}
+
+/* e[k][i] = the int8 codes d[i] of vectors k = 0, 1 (ld4 order), widened */
+INLINE void widen_pair(const int8x16_t d[4], int16x8_t e[2][4]) {
+    for (int i = 0; i < 4; i++) {
+        e[0][i] = vmovl_s8(vget_low_s8(d[i]));
+        e[1][i] = vmovl_high_s8(d[i]);
+    }
+}
+
+/* the int32 lanes of each input -> sum (plus m_w * s_x for q4_1) */
+INLINE void q16_apply(float32x4_t sum[4][2], int32x4_t acc[4][4][2], int ch, const uint8_t *w,
+                      const mg_block_q16 *restrict x, int64_t ldx, int64_t b, const int nt, const int is_q4_1) {
+    float32x4_t dw[2], m[2];
+    scales8(w, dw);
+    if (is_q4_1) scales8(w + 16, m);
+    UNROLL for (int t = 0; t < nt; t++) {
+        int32x4_t lanes[2];
+        total32(acc[t], ch, lanes);
+        apply(sum[t], dw, x[t * ldx + b].d, lanes[0], lanes[1]);
+        if (is_q4_1) {
+            sum[t][0] = vfmaq_n_f32(sum[t][0], m[0], x[t * ldx + b].s);
+            sum[t][1] = vfmaq_n_f32(sum[t][1], m[1], x[t * ldx + b].s);
+        }
+    }
+}
+
+/* ld4 on vectors l, l + 1: d[i] = byte i of rows 0-7 of vector l, then of vector l + 1; low nibbles are
+ * elements 4l + i (inputs 4l..), high nibbles 16 + 4l + i (inputs 16 + 4l..) */
+INLINE void gemm_q4x8_16(int64_t nb, const uint8_t *restrict w, const mg_block_q16 *restrict x, int64_t ldx,
+                         float *restrict out, int64_t ldo, const int nt, const int is_q4_1) {
+    const int64_t gb = is_q4_1 ? 160 : 144, hdr = is_q4_1 ? 32 : 16;
+    const int ch = CH(nt);
+    const int8x16_t off = vdupq_n_s8(is_q4_1 ? 0 : 8);
+    float32x4_t sum[4][2];
+    for (int t = 0; t < nt; t++) sum[t][0] = sum[t][1] = vdupq_n_f32(0.0f);
+    for (int64_t b = 0; b < nb; b++, w += gb) {
+        int32x4_t acc[4][4][2];
+        for (int t = 0; t < nt; t++)
+            for (int c = 0; c < ch; c++) acc[t][c][0] = acc[t][c][1] = vdupq_n_s32(0);
+        UNROLL for (int l = 0; l < 4; l += 2) {
+            const uint8x16x4_t d = vld4q_u8(w + hdr + 32 * l);
+            UNROLL for (int high = 0; high < 2; high++) {
+                int8x16_t c[4];
+                int16x8_t e[2][4];
+                for (int i = 0; i < 4; i++) c[i] = nibbles(d.val[i], high, off);
+                widen_pair(c, e);
+                q16_pair(acc, ch, e, x, ldx, b, 16 * high + 4 * l, nt);
+            }
+        }
+        q16_apply(sum, acc, ch, w, x, ldx, b, nt, is_q4_1);
+    }
+    for (int t = 0; t < nt; t++) store8(out + t * ldo, sum[t]);
+}
+
+INLINE void gemm_q8x8_16(int64_t nb, const uint8_t *restrict w, const mg_block_q16 *restrict x, int64_t ldx,
+                         float *restrict out, int64_t ldo, const int nt) {
+    const int ch = CH(nt);
+    float32x4_t sum[4][2];
+    for (int t = 0; t < nt; t++) sum[t][0] = sum[t][1] = vdupq_n_f32(0.0f);
+    for (int64_t b = 0; b < nb; b++, w += 272) {
+        int32x4_t acc[4][4][2];
+        for (int t = 0; t < nt; t++)
+            for (int c = 0; c < ch; c++) acc[t][c][0] = acc[t][c][1] = vdupq_n_s32(0);
+        UNROLL for (int v = 0; v < 8; v += 2) {
+            const int8x16x4_t d = vld4q_s8((const int8_t *)w + 16 + 32 * v);
+            int16x8_t e[2][4];
+            widen_pair(d.val, e);
+            q16_pair(acc, ch, e, x, ldx, b, 4 * v, nt);
+        }
+        q16_apply(sum, acc, ch, w, x, ldx, b, nt, 0);
+    }
+    for (int t = 0; t < nt; t++) store8(out + t * ldo, sum[t]);
+}
+
+/* --- slot functions: nt dispatched to constant-count copies, so the accumulators live in registers - */
+
+#define X8_ENTRY(attr, fn, block, body)                                                                 \
+    attr static void fn(int64_t nb, const uint8_t *restrict w, const block *restrict x, int64_t ldx,     \
+                        int nt, float *restrict out, int64_t ldo) {                                     \
+        switch (nt) {                                                                                   \
+        case 1: body(1); break;                                                                         \
+        case 2: body(2); break;                                                                         \
+        case 3: body(3); break;                                                                         \
+        default: body(4); break;                                                                        \
+        }                                                                                               \
+    }
+#define Q4_0_DOT(n) gemm_q4x8_dot(nb, w, x, ldx, out, ldo, n, 0)
+#define Q4_1_DOT(n) gemm_q4x8_dot(nb, w, x, ldx, out, ldo, n, 1)
+#define Q8_0_DOT(n) gemm_q8x8_dot(nb, w, x, ldx, out, ldo, n)
+#define Q4_0_NEON(n) gemm_q4x8_neon(nb, w, x, ldx, out, ldo, n, 0)
+#define Q4_1_NEON(n) gemm_q4x8_neon(nb, w, x, ldx, out, ldo, n, 1)
+#define Q8_0_NEON(n) gemm_q8x8_neon(nb, w, x, ldx, out, ldo, n)
+#define Q4_0_16(n) gemm_q4x8_16(nb, w, x, ldx, out, ldo, n, 0)
+#define Q4_1_16(n) gemm_q4x8_16(nb, w, x, ldx, out, ldo, n, 1)
+#define Q8_0_16(n) gemm_q8x8_16(nb, w, x, ldx, out, ldo, n)
+X8_ENTRY(DOTPROD, x8_q4_0_dot, mg_block_q8, Q4_0_DOT)
+X8_ENTRY(DOTPROD, x8_q4_1_dot, mg_block_q8, Q4_1_DOT)
+X8_ENTRY(DOTPROD, x8_q8_0_dot, mg_block_q8, Q8_0_DOT)
+X8_ENTRY(, x8_q4_0_neon, mg_block_q8, Q4_0_NEON)
+X8_ENTRY(, x8_q4_1_neon, mg_block_q8, Q4_1_NEON)
+X8_ENTRY(, x8_q8_0_neon, mg_block_q8, Q8_0_NEON)
+X8_ENTRY(, x8_16_q4_0, mg_block_q16, Q4_0_16)
+X8_ENTRY(, x8_16_q4_1, mg_block_q16, Q4_1_16)
+X8_ENTRY(, x8_16_q8_0, mg_block_q16, Q8_0_16)
+
+int mg_install_x8_neon(int dotprod) {
+    mg_gemm_x8[MG_Q4_0] = dotprod ? x8_q4_0_dot : x8_q4_0_neon;
+    mg_gemm_x8[MG_Q4_1] = dotprod ? x8_q4_1_dot : x8_q4_1_neon;
+    mg_gemm_x8[MG_Q8_0] = dotprod ? x8_q8_0_dot : x8_q8_0_neon;
+    mg_gemm_x8_16[MG_Q4_0] = x8_16_q4_0;
+    mg_gemm_x8_16[MG_Q4_1] = x8_16_q4_1;
+    mg_gemm_x8_16[MG_Q8_0] = x8_16_q8_0;
+    return 1;
+}
+
+#else
+
+int mg_install_x8_neon(int dotprod) {
+    (void)dotprod;
+    return 0;
+}
+
+#endif
