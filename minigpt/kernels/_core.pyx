@@ -225,33 +225,27 @@ def pack_x8(w, qtype):
     return oarr
 
 
-def _quantize_act(x):
-    """x: float32 [n, cols], cols a multiple of 32 -> uint8 [n, cols/32 * 40]: the q8 blocks
-    (float32 d, float32 s, int8 q[32]) matmul_q8 computes with. For tests against quant.quantize_act."""
+def _quantize_act(x, bits=8):
+    """x: float32 [n, cols], cols a multiple of 32 -> uint8 [n, cols/32 * block bytes]: the blocks
+    matmul_q8 (bits 8: float32 d, float32 s, int8 q[32]; 40 bytes) or matmul_q16 (bits 16: int16 q[32],
+    each group of 4 stored as x0, x2, x1, x3; 72 bytes) computes with. For tests against
+    quant.quantize_act."""
     cdef cnp.ndarray xarr = _check_array(x, "x", np.dtype(np.float32))
     cdef int64_t n = xarr.shape[0], cols = xarr.shape[1]
     if cols % MG_QK:
         raise ValueError(f"x has {cols} columns, not a multiple of {MG_QK}")
-    cdef cnp.ndarray oarr = np.empty((n, cols // MG_QK * MG_Q8_BLOCK_BYTES), dtype=np.uint8)
+    if bits not in (8, 16):
+        raise ValueError(f"bits must be 8 or 16, got {bits!r}")
+    cdef int b = bits
+    cdef cnp.ndarray oarr = np.empty((n, cols // MG_QK * (MG_Q8_BLOCK_BYTES if b == 8 else MG_Q16_BLOCK_BYTES)),
+                                     dtype=np.uint8)
     cdef const float *xp = <const float *>cnp.PyArray_DATA(xarr)
     cdef void *op = cnp.PyArray_DATA(oarr)
     with nogil:
-        mg_quantize_act(xp, n, cols, op)
-    return oarr
-
-
-def _quantize_act16(x):
-    """x: float32 [n, cols] -> uint8 [n, cols/32 * 72]: matmul_q16's blocks (float32 d, float32 s,
-    int16 q[32], each group of 4 stored as x0, x2, x1, x3). For tests against quant.quantize_act."""
-    cdef cnp.ndarray xarr = _check_array(x, "x", np.dtype(np.float32))
-    cdef int64_t n = xarr.shape[0], cols = xarr.shape[1]
-    if cols % MG_QK:
-        raise ValueError(f"x has {cols} columns, not a multiple of {MG_QK}")
-    cdef cnp.ndarray oarr = np.empty((n, cols // MG_QK * MG_Q16_BLOCK_BYTES), dtype=np.uint8)
-    cdef const float *xp = <const float *>cnp.PyArray_DATA(xarr)
-    cdef void *op = cnp.PyArray_DATA(oarr)
-    with nogil:
-        mg_quantize_act16(xp, n, cols, op)
+        if b == 8:
+            mg_quantize_act(xp, n, cols, op)
+        else:
+            mg_quantize_act16(xp, n, cols, op)
     return oarr
 
 

@@ -259,28 +259,6 @@ def _matmul_parallel(x, w, code, d, m, out, n_chunks):
 
 # --- int8 activations (matmul_q8): x rounded to its q8 blocks as quant.quantize_act ------------------
 
-_TINY = np.float32(np.finfo(np.float32).tiny)
-
-
-@njit(**_JIT)
-def _q8_round(x, xd):
-    """x float32 [n, cols] -> xd = d*q per block of 32, with q, d exactly as quant.quantize_act's
-    (float32 steps: d = amax/127, q = rint(x * (1/d)); d below the smallest normal: zeros)."""
-    for i in range(x.shape[0]):
-        for b in range(x.shape[1] // QK):
-            o = QK * b
-            amax = np.float32(0)
-            for j in range(QK):
-                a = abs(x[i, o + j])
-                amax = a if a > amax else amax
-            db = amax / np.float32(127)
-            if db < _TINY:
-                db = np.float32(0)
-            inv = np.float32(1) / db if db != 0 else np.float32(0)
-            for j in range(QK):
-                v = np.rint(x[i, o + j] * inv)
-                q = v if np.isfinite(v) else np.float32(0)
-                xd[i, o + j] = db * np.float32(q)
 
 
 @njit(**_JIT)
@@ -340,14 +318,13 @@ def matmul_q8(x, w, qtype, out=None):
         return matmul(x, w, qtype, out)
     if x.shape[0] == 0 or rows == 0:
         return out
-    if x.shape[0] >= NI:  # prefill: the float tiles over the rounded x
-        xd = np.empty_like(x)
-        _q8_round(x, xd)
-        _run(xd, w, qtype, cols, out)
-        return out
     q = np.empty(x.shape, np.int8)
     d, s = np.empty((2, x.shape[0], cols // QK), np.float32)
     numba_decode.quantize(x, q, d, s)
+    if x.shape[0] >= NI:  # prefill: the float tiles over x rounded to d * q
+        xd = (q.reshape(len(q), -1, QK) * d[:, :, None]).reshape(x.shape)
+        _run(xd, w, qtype, cols, out)
+        return out
     code = _QTYPES[qtype][0]
     wd, wm = _scales(w, code, cols)
     threads = min(_threads, (rows + NR - 1) // NR)
