@@ -5,11 +5,13 @@ import os
 import numpy as np
 
 from . import hub, kernels
+from .chat import ChatSession
 from .engine import Engine, KVCache, generate_tokens, stream_text
 from .errors import MinigptError
 from .format import MgptFile
 from .model import llama
 from .sampling import SamplerSettings
+from .template import ChatTemplate
 from .tokenizer import from_fields
 
 
@@ -47,6 +49,7 @@ class Model:
         self.config = self.file.config
         self.tokenizer = from_fields(self.file.tokenizer)
         self.chat_template = self.file.chat_template
+        self._template = None
         self.kern = kernels.get_backend(backend)
         self.threads = threads or default_threads()
         if threads is not None and not 1 <= threads <= 512:
@@ -81,6 +84,30 @@ class Model:
     @property
     def n_past(self):
         return self.engine.cache.pos
+
+    # --- chat
+    @property
+    def template(self) -> ChatTemplate:
+        """The chat template: the file's own (sandboxed), else a built-in one for the architecture."""
+        if self._template is None:
+            tok = self.tokenizer
+            name = lambda i: tok.token_text(i) if i is not None else ""
+            t = ChatTemplate.for_model(self.chat_template, self.config.arch, lambda s: tok.token_id(s) is not None,
+                                       bos_token=name(tok.bos_id), eos_token=name(tok.eos_id))
+            t.check()
+            self._template = t
+        return self._template
+
+    def set_chat_template(self, source):
+        """Use `source` (Jinja2 text) instead of the file's chat template; checked now."""
+        t = ChatTemplate(source, "custom", self.template.bos_token, self.template.eos_token)
+        t.check()
+        self._template = t
+
+    def chat(self, system=None, **kw):
+        """A new ChatSession on this model (minigpt.chat.ChatSession: max_tokens, n_ctx, seed and the
+        sampling settings as keywords). Sessions share the weights, nothing else."""
+        return ChatSession(self, system=system, **kw)
 
     # --- generation
     def generate(self, prompt, max_tokens=128, temperature=0.8, top_k=40, top_p=0.95, min_p=0.05,

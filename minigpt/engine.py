@@ -1,13 +1,14 @@
 """Prefill and decode over a preallocated KV cache; the token loop. The engine yields, the CLI prints."""
 
 import mmap
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from .config import Config
 from .errors import MinigptError
 from .model import llama
-from .sampling import SamplerSettings, make_rng, sample
+from .sampling import SamplerSettings, apply_repeat_penalty, make_rng, sample, top_probs
 
 PREFILL_CHUNK = 512   # bounds the attention scratch of long prompts: [heads, chunk, T] floats
 
@@ -106,69 +107,134 @@ class Engine:
                                "(check it with `minigpt info --verify`)")
         return logits
 
-    def decode_step(self, token):
-        """Append one token; logits [vocab] for the next."""
-        return self.prefill([token])
+    def decode_step(self, token, cache=None):
+        """Append one token to the cache (default: the engine's own); logits [vocab] for the next."""
+        return self.prefill([token], cache=cache)
+
+
+# --- the token loop
+
+STOP_REASONS = ("eos", "length", "context", "stop", "cancelled")
+
+
+@dataclass
+class Step:
+    """One generated token. top: [(id, probability)] of the most likely next tokens under the model
+    (softmax of the logits after the repeat penalty), best first, when asked for; p: the token's own.
+    text: the text this token completes, set by whoever turns tokens into text (may be '')."""
+    token: int
+    p: float | None = None
+    top: list = field(default_factory=list)
+    text: str = ""
+
+
+class TokenLoop:
+    """Sample, evaluate, yield: iterate for Steps. Every yielded token is already in the cache.
+
+    logits: [vocab] after the prompt. Ends at max_tokens (None: no limit), an end-of-generation id
+    (not yielded, not evaluated), a full cache, or when cancelled() turns true (checked before each
+    token). .stop then says which: 'length', 'eos', 'context' or 'cancelled' (None while running).
+    """
+
+    def __init__(self, engine, cache, logits, settings: SamplerSettings, rng, max_tokens=None, stop_ids=(),
+                 cancelled=None, top_n=0):
+        self.engine, self.cache, self.logits = engine, cache, logits
+        self.settings, self.rng, self.max_tokens, self.stop_ids = settings, rng, max_tokens, frozenset(stop_ids)
+        self.cancelled, self.top_n = cancelled or (lambda: False), top_n
+        self.stop = None
+
+    def __iter__(self):
+        s, cache = self.settings, self.cache
+        n = 0
+        while True:
+            if self.max_tokens is not None and n >= self.max_tokens:
+                self.stop = "length"
+                return
+            if self.cancelled():
+                self.stop = "cancelled"
+                return
+            recent = cache.tokens[-s.repeat_last_n:] if s.repeat_last_n else ()
+            logits = apply_repeat_penalty(self.logits, recent, s.repeat_penalty)
+            tok = sample(logits, s, self.rng)   # the penalty is applied: no `recent` here
+            if tok in self.stop_ids:
+                self.stop = "eos"
+                return
+            step = Step(tok, *top_probs(logits, tok, self.top_n)) if self.top_n else Step(tok)
+            if cache.pos >= cache.n_ctx:
+                self.stop = "context"
+                return
+            self.logits = self.engine.decode_step(tok, cache)
+            n += 1
+            yield step
 
 
 def generate_tokens(engine: Engine, prompt_ids, settings: SamplerSettings, max_tokens, stop_ids=()):
-    """Prefill the prompt, then yield sampled token ids until max_tokens, a stop id or a full context.
+    """Prefill the prompt into the engine's cache, then yield sampled token ids (TokenLoop).
 
-    The stop id itself is not yielded. Same seed + same settings + same prompt = same tokens.
+    Same seed + same settings + same prompt = same tokens.
     """
-    rng = make_rng(settings.seed)
     logits = engine.prefill(prompt_ids)
-    history = list(engine.cache.tokens)
-    for _ in range(max_tokens):
-        tok = sample(logits, settings, rng, history)
-        if tok in stop_ids:
-            return
-        yield tok
-        history.append(tok)
-        if engine.cache.pos >= engine.cache.n_ctx:
-            return
-        logits = engine.decode_step(tok)
+    for step in TokenLoop(engine, engine.cache, logits, settings, make_rng(settings.seed), max_tokens, stop_ids):
+        yield step.token
+
+
+# --- text
+
+class TextStream:
+    """Token ids in, text pieces out: whole UTF-8 characters only, cut before the first stop string.
+
+    Text that could be the start of a stop string is held back until it is known not to be one.
+    push() returns the text that is now safe to show; .stopped turns true at a stop string (whatever
+    comes after is dropped); flush() returns what is held back at the end.
+    """
+
+    def __init__(self, tokenizer, stop_strings=()):
+        self._dec = tokenizer.stream()
+        self._stops = [s for s in stop_strings if s]
+        self._held = ""
+        self.stopped = False
+
+    def push(self, token):
+        if self.stopped:
+            return ""
+        self._held += self._dec.push(token)
+        return self._release(self._stop_prefix_len())
+
+    def flush(self):
+        if self.stopped:
+            return ""
+        self._held += self._dec.flush()
+        return self._release(0)
+
+    def _release(self, keep):
+        held = self._held
+        cut = min((held.find(s) for s in self._stops if s in held), default=-1)
+        if cut >= 0:
+            self.stopped, self._held = True, ""
+            return held[:cut]
+        self._held = held[len(held) - keep:] if keep else ""
+        return held[:len(held) - keep]
+
+    def _stop_prefix_len(self):
+        """Length of the longest suffix of the held text that is a proper prefix of some stop string."""
+        best = 0
+        for s in self._stops:
+            for n in range(min(len(s) - 1, len(self._held)), best, -1):
+                if self._held.endswith(s[:n]):
+                    best = n
+                    break
+        return best
 
 
 def stream_text(token_iter, tokenizer, stop_strings=()):
-    """Turn token ids into text pieces: whole UTF-8 characters only, cut at the first stop string.
-
-    Text that could be the start of a stop string is held back until it is known not to be one.
-    """
-    dec = tokenizer.stream()
-    stops = [s for s in stop_strings if s]
-    held = ""
+    """Text pieces of a token stream (TextStream), ending at the first stop string."""
+    text = TextStream(tokenizer, stop_strings)
     for tok in token_iter:
-        held += dec.push(tok)
-        if not stops:
-            if held:
-                yield held
-                held = ""
-            continue
-        cut = min((held.find(s) for s in stops if s in held), default=-1)
-        if cut >= 0:
-            if held[:cut]:
-                yield held[:cut]
+        piece = text.push(tok)
+        if piece:
+            yield piece
+        if text.stopped:
             return
-        keep = _stop_prefix_len(held, stops)
-        if len(held) > keep:
-            yield held[:len(held) - keep]
-            held = held[len(held) - keep:]
-    held += dec.flush()
-    if stops:
-        cut = min((held.find(s) for s in stops if s in held), default=-1)
-        if cut >= 0:
-            held = held[:cut]
-    if held:
-        yield held
-
-
-def _stop_prefix_len(text, stops):
-    """Length of the longest suffix of `text` that is a proper prefix of some stop string."""
-    best = 0
-    for s in stops:
-        for n in range(min(len(s) - 1, len(text)), best, -1):
-            if text.endswith(s[:n]):
-                best = n
-                break
-    return best
+    piece = text.flush()
+    if piece:
+        yield piece

@@ -13,6 +13,7 @@ Opening parses and checks the header only (O(1) in the weights): the weights are
 no code reads until a kernel uses them. Per-tensor CRC-32s are checked by `verify()`.
 """
 
+import hashlib
 import json
 import mmap
 import os
@@ -179,6 +180,8 @@ class MgptFile:
         header = self._mm[_PREFIX.size:_PREFIX.size + hlen]
         if zlib.crc32(header) != hcrc:
             raise err("header checksum mismatch (file corrupt)")
+        # names the exact weights (the header holds every tensor's CRC): saved chats are tied to it
+        self.fingerprint = hashlib.sha256(header).hexdigest()[:16]
         try:
             meta = json.loads(header.decode("utf-8"))
             self.config = Config.from_dict(meta["config"])

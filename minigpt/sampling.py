@@ -73,5 +73,15 @@ def sample(logits, s: SamplerSettings, rng: np.random.Generator, recent=()):
     return int(ids[rng.choice(len(ids), p=p)])
 
 
+def top_probs(logits, token, n):
+    """The model's view of one step: (p of `token`, [(id, p)] of the n likeliest), softmax at temperature 1."""
+    z = logits.astype(np.float64)
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    best = np.argpartition(-p, n - 1)[:n] if n < len(p) else np.arange(len(p))
+    best = best[np.argsort(-p[best], kind="stable")]
+    return float(p[token]), [(int(i), float(p[i])) for i in best]
+
+
 def make_rng(seed):
     return np.random.default_rng(seed)

@@ -84,8 +84,12 @@ def tiny_vocab():
     return tokens, types, merges
 
 
+TINY_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
 def tiny_llama(path, *, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden=96, ctx=128, wtype="F32",
-               tied=True, seed=0, rope_freqs=False):
+               tied=True, seed=0, rope_freqs=False, chat_template=TINY_TEMPLATE):
     """Write a random tiny Llama GGUF; returns its metadata dict. Weights are scaled to keep activations sane."""
     rng = np.random.default_rng(seed)
     tokens, types, merges = tiny_vocab()
@@ -101,8 +105,9 @@ def tiny_llama(path, *, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden=96, 
         "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "smollm",
         "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": types, "tokenizer.ggml.merges": merges,
         "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2, "tokenizer.ggml.add_bos_token": False,
-        "tokenizer.chat_template": "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}",
     }
+    if chat_template is not None:
+        meta["tokenizer.chat_template"] = chat_template
 
     def mat(rows, cols, scale=None):
         x = (rng.standard_normal((rows, cols)) * (scale or 1 / np.sqrt(cols))).astype(np.float32)

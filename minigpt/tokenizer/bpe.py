@@ -165,7 +165,7 @@ class Tokenizer:
     """A byte-level BPE vocabulary with llama.cpp's encode/decode.
 
     Public: n_vocab, bos_id, eos_id (int | None), eog_ids (ids that end generation), add_bos (whether
-    the model wants a BOS in front of prompts), encode, decode, token_bytes, stream.
+    the model wants a BOS in front of prompts), encode, decode, token_id, token_text, token_bytes, stream.
     """
 
     def __init__(self, tokens: Sequence[str], attrs: Sequence[Attr], ranks: dict[str, int],
@@ -280,6 +280,14 @@ class Tokenizer:
         return tuple(ids)
 
     # --- decode
+
+    def token_id(self, text: str) -> int | None:
+        """The id of the token spelled `text` in the vocabulary, or None."""
+        return self._ids.get(text)
+
+    def token_text(self, token_id: int) -> str:
+        """The vocabulary's spelling of a token (e.g. '<|im_end|>', or 'Ġthe' in byte-level BPE)."""
+        return self._tokens[token_id]
 
     def token_bytes(self, token_id: int) -> bytes:
         """Raw bytes of one token as llama.cpp renders it (control and unknown tokens -> b'')."""

@@ -1,0 +1,336 @@
+"""Chat sessions: a conversation over one model's weights, with its own KV cache and sampler.
+
+    chat = model.chat(system="You are helpful.", temperature=0.7, seed=1)
+    for piece in chat.send("Hello!"):        # the reply, streamed
+        print(piece, end="")
+    chat.cancel()                            # from any thread: stops the reply or prefill in progress
+    chat.save("talk.mgchat"); chat = ChatSession.load("talk.mgchat", model)
+
+Each turn renders the whole conversation with the model's chat template, then prefills only what the
+cache does not hold yet. The cache's tokens are known to spell a prefix of that text (the replies as
+they were sampled), so a new turn appends the tokens of the new text only, and turn 10 costs what
+turn 1 costs. When the text no longer extends the cache's (after /system, or when the oldest turns
+are dropped to make room), it is tokenized afresh and the cache is kept as far as the tokens match.
+
+Sessions share the model's weights and nothing else: two sessions on two threads give the results
+each would give alone (their forward passes take turns on the compiled backend).
+"""
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+from .engine import ContextFullError, KVCache, Step, TextStream, TokenLoop
+from .errors import MinigptError
+from .sampling import SamplerSettings, make_rng
+from .template import ChatTemplate
+
+PREFILL_STEP = 128   # tokens per prefill call: how often cancel() and progress are looked at
+
+
+@dataclass
+class TurnStats:
+    """What the last turn cost. stop: 'eos', 'length' (max_tokens), 'context' (the cache is full),
+    'stop' (a stop string), 'cancelled' or None (not finished)."""
+    prompt_tokens: int = 0         # tokens prefilled for the turn (those the cache did not hold)
+    prefill_seconds: float = 0.0
+    reply_tokens: int = 0
+    decode_seconds: float = 0.0
+    stop: str | None = None
+    dropped_turns: int = 0         # oldest turns dropped to make room for this one
+
+    @property
+    def prefill_tps(self):
+        return self.prompt_tokens / self.prefill_seconds if self.prefill_seconds else 0.0
+
+    @property
+    def decode_tps(self):
+        return self.reply_tokens / self.decode_seconds if self.decode_seconds else 0.0
+
+
+class ChatSession:
+    """One conversation. system: the system prompt (None: the template's default, if any).
+    max_tokens: reply length cap (None: until end of turn or a full context). n_ctx: this session's
+    context (default and maximum: the model's). seed: None picks a random one (see .settings.seed).
+    The other keywords are SamplerSettings fields (temperature, top_k, top_p, min_p, repeat_penalty,
+    repeat_last_n).
+    """
+
+    def __init__(self, model, system=None, max_tokens=None, n_ctx=None, seed=None, **sampling):
+        self.model = model
+        if seed is None:
+            seed = int.from_bytes(os.urandom(8), "little") >> 1
+        self.settings = SamplerSettings(seed=seed, **sampling)
+        self.max_tokens = _check_max_tokens(max_tokens)
+        n_ctx = n_ctx or model.n_ctx
+        if not 1 <= n_ctx <= model.n_ctx:
+            raise MinigptError(f"session context {n_ctx} out of range 1..{model.n_ctx} (the model's)")
+        self.cache = KVCache(model.config, n_ctx)
+        self.rng = make_rng(seed)
+        self.messages = [{"role": "system", "content": system}] if system else []
+        self.last = TurnStats()
+        self._text = ""          # the template text the cache's tokens spell; None: not known
+        self._marks = []         # per turn: (tokens, text length) before it, or None if unknown
+        self._cancel = threading.Event()
+        self._busy = threading.Lock()
+
+    # --- what the session holds
+
+    @property
+    def template(self) -> ChatTemplate:
+        return self.model.template
+
+    @property
+    def history(self):
+        """The conversation as the model sees it: [{'role', 'content'}], the system prompt first."""
+        return [dict(m) for m in self.messages]
+
+    @property
+    def n_ctx(self):
+        return self.cache.n_ctx
+
+    @property
+    def n_past(self):
+        """Tokens in the context now."""
+        return self.cache.pos
+
+    @property
+    def system(self):
+        return self.messages[0]["content"] if self.messages and self.messages[0]["role"] == "system" else None
+
+    def set(self, max_tokens=..., **changes):
+        """Change sampling settings (SamplerSettings fields, seed included) and max_tokens for later turns.
+        A new seed restarts the random stream from it."""
+        with self._guard():
+            new = self.settings.with_(**changes)
+            if max_tokens is not ...:
+                self.max_tokens = _check_max_tokens(max_tokens)
+            if "seed" in changes:
+                self.rng = make_rng(new.seed)
+            self.settings = new
+
+    # --- changing the conversation
+
+    def reset(self):
+        """Forget every turn; keep the system prompt."""
+        with self._guard():
+            self.messages = self.messages[:1] if self.system is not None else []
+            self._forget_cache()
+
+    def set_system(self, text):
+        """Replace the system prompt (empty or None: none). The next turn re-reads the conversation."""
+        with self._guard():
+            if self.system is not None:
+                self.messages = self.messages[1:]
+            if text:
+                self.messages.insert(0, {"role": "system", "content": text})
+            self._text, self._marks = None, []
+
+    def undo(self):
+        """Remove the last turn (the user's message and the reply); returns the user's message, or None."""
+        with self._guard():
+            return self._undo()
+
+    def _undo(self):
+        users = [i for i, m in enumerate(self.messages) if m["role"] == "user"]
+        if not users:
+            return None
+        i = users[-1]
+        user = self.messages[i]["content"]
+        del self.messages[i:]
+        mark = self._marks.pop() if self._marks else None
+        if mark is None:
+            self._text, self._marks = None, []
+        else:
+            del self.cache.tokens[mark[0]:]
+            self._text = self._text[:mark[1]]
+        return user
+
+    def regenerate(self, **kw):
+        """Take back the last reply and write a new one to the same message (the random stream goes on)."""
+        with self._guard():
+            user = self._undo()
+        if user is None:
+            raise MinigptError("nothing to regenerate: no turn yet")
+        return self.send(user, **kw)
+
+    def _forget_cache(self):
+        del self.cache.tokens[:]
+        self._text, self._marks = "", []
+
+    # --- a turn
+
+    def cancel(self):
+        """Stop the send in progress (thread-safe): a prefill stops within one step, a reply before its
+        next token. What was written is kept in the history."""
+        self._cancel.set()
+
+    def send(self, text, on_prefill_progress=None):
+        """Stream the reply to `text` as text pieces (whole characters). on_prefill_progress(done, total)
+        is called as the prompt's new tokens are read. See .last for what the turn cost and why it ended."""
+        for step in self.steps(text, on_prefill_progress):
+            if step.text:
+                yield step.text
+
+    def steps(self, text, on_prefill_progress=None, top_n=0):
+        """Like send(), but yields engine.Step objects: token id, its text, and with top_n > 0 the model's
+        probabilities for it and for its top_n likeliest alternatives. A last Step with token None may
+        carry text held back until the end."""
+        if not isinstance(text, str):
+            raise MinigptError(f"a message must be a str, got {type(text).__name__}")
+        if not self._busy.acquire(blocking=False):
+            raise MinigptError("this session is already answering (one send at a time per session)")
+        try:
+            self._cancel.clear()
+            yield from self._turn(text, on_prefill_progress, top_n)
+        finally:
+            self._busy.release()
+
+    def _turn(self, text, progress, top_n):
+        m, cache = self.model, self.cache
+        stats = self.last = TurnStats()
+        messages, prompt, ids, stats.dropped_turns = self._fit(self.messages + [{"role": "user", "content": text}])
+        mark = (cache.pos, len(self._text)) if stats.dropped_turns == 0 and self._extends(prompt) else None
+
+        # prefill what the cache does not hold (at least one token: its logits start the reply)
+        n = min(_common_prefix(cache.tokens, ids), len(ids) - 1)
+        appends = n == cache.pos
+        del cache.tokens[n:]
+        todo = ids[n:]
+        t0 = time.perf_counter()
+        for s in range(0, len(todo), PREFILL_STEP):
+            if self._cancel.is_set():
+                del cache.tokens[n:]          # the turn never happened
+                if not appends:
+                    self._text, self._marks = None, []
+                stats.stop = "cancelled"
+                return
+            logits = m.engine.prefill(todo[s:s + PREFILL_STEP], cache=cache)
+            if progress:
+                progress(min(s + PREFILL_STEP, len(todo)), len(todo))
+        stats.prompt_tokens, stats.prefill_seconds = len(todo), time.perf_counter() - t0
+
+        # the turn is on: the conversation now holds the message, the cache spells `prompt`
+        self.messages = messages
+        if mark is None:
+            self._marks = [None] * sum(x["role"] == "user" for x in messages[:-1])
+        self._marks.append(mark)
+        self._text = prompt
+        reply = {"role": "assistant", "content": ""}
+        self.messages.append(reply)
+
+        out = TextStream(m.tokenizer, self.template.stop)
+        loop = TokenLoop(m.engine, cache, logits, self.settings, self.rng, self.max_tokens, m.tokenizer.eog_ids,
+                         self._cancel.is_set, top_n)
+        tokens = []
+        t0 = time.perf_counter()
+        try:
+            for step in loop:
+                tokens.append(step.token)
+                step.text = out.push(step.token)
+                reply["content"] += step.text
+                stats.reply_tokens += 1
+                yield step
+                if out.stopped:
+                    break
+            tail = out.flush()
+            if tail:
+                reply["content"] += tail
+                yield Step(None, text=tail)
+        finally:   # also when the caller stops iterating: the history keeps what was written
+            reply["content"] += out.flush()
+            stats.decode_seconds = time.perf_counter() - t0
+            stats.stop = "stop" if out.stopped else loop.stop or "cancelled"
+            # the cache now holds the reply's tokens: does their text extend the prompt as the history says?
+            self._text = prompt + reply["content"] if _spell(m.tokenizer, tokens) == reply["content"] else None
+
+    def _fit(self, messages):
+        """Drop the oldest turns until the rendered conversation leaves room for a reply.
+        Returns (messages, prompt text, token ids, turns dropped)."""
+        n_ctx = self.cache.n_ctx
+        room = min(self.max_tokens or n_ctx, n_ctx // 4)
+        dropped = 0
+        while True:
+            prompt = self.template.render(messages, add_generation_prompt=True)
+            ids = self._tokens_for(prompt) if dropped == 0 else self._encode(prompt)
+            first = 1 if messages[0]["role"] == "system" else 0
+            if len(ids) + room <= n_ctx or first >= len(messages) - 1:
+                break
+            end = first + 1   # a turn: the user's message and the replies after it
+            while end < len(messages) - 1 and messages[end]["role"] != "user":
+                end += 1
+            messages = messages[:first] + messages[end:]
+            dropped += 1
+        if len(ids) >= n_ctx:
+            raise ContextFullError(f"the message is too long: {len(ids)} tokens with the system prompt and template, "
+                                   f"and the context holds {n_ctx} (start with a larger --ctx)")
+        return messages, prompt, ids, dropped
+
+    def _extends(self, prompt):
+        return self._text is not None and prompt.startswith(self._text) and (self.cache.pos > 0 or not self._text)
+
+    def _tokens_for(self, prompt):
+        """Ids for `prompt`: the cache's own tokens followed by the new text's, when the text extends
+        what the cache spells; else the whole text tokenized afresh."""
+        if self._extends(prompt) and self.cache.pos:
+            rest = prompt[len(self._text):]
+            return self.cache.tokens + (self.model.tokenizer.encode(rest, special=True) if rest else [])
+        return self._encode(prompt)
+
+    def _encode(self, prompt):
+        tok = self.model.tokenizer
+        bos_text = tok.token_text(tok.bos_id) if tok.bos_id is not None else None
+        add_bos = tok.add_bos and not (bos_text and prompt.startswith(bos_text))
+        return tok.encode(prompt, add_bos=add_bos, special=True)
+
+    def _guard(self):
+        if not self._busy.acquire(blocking=False):
+            raise MinigptError("this session is answering: cancel() it, or wait for the reply to end")
+        return _Release(self._busy)
+
+    # --- saving and loading: minigpt/chatfile.py
+
+    def save(self, path):
+        """Write the conversation, the KV cache and the sampler state to `path` (atomically)."""
+        from . import chatfile
+
+        with self._guard():
+            chatfile.save(self, path)
+
+    @classmethod
+    def load(cls, path, model):
+        """A session saved by save(), on the same model: it continues without re-reading anything."""
+        from . import chatfile
+
+        return chatfile.load(cls, path, model)
+
+
+class _Release:
+    def __init__(self, lock):
+        self.lock = lock
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
+        self.lock.release()
+
+
+def _check_max_tokens(n):
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise MinigptError(f"bad max_tokens {n!r} (a positive integer, or None for no limit)")
+    return n
+
+
+def _spell(tokenizer, ids):
+    dec = tokenizer.stream()
+    return "".join(dec.push(i) for i in ids) + dec.flush()
+
+
+def _common_prefix(a, b):
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n

@@ -1,0 +1,167 @@
+"""Saved chats (.mgchat): a conversation, its KV cache and its sampler state in one file.
+
+A loaded chat continues without re-reading its past, and with the saved random state it writes
+exactly the reply the unsaved session would have written. Layout (little-endian):
+
+    magic  b"MGPTCHAT"   u32 version   u32 header bytes   header (UTF-8 JSON)   zero padding to 64
+    K      float32 [n_layers, n_kv_heads, n_past, head_dim]      the cache's first n_past positions
+    V      float32 [n_layers, n_kv_heads, n_past, head_dim]
+
+The header names the model by its fingerprint (a hash of the .mgpt header, which holds every
+tensor's checksum), so a chat cannot be loaded into other weights, and holds the SHA-256 of K and V,
+so a damaged file is refused before any of it reaches the cache. Files are written to a temporary
+name and renamed: a crash leaves the old file whole.
+"""
+
+import hashlib
+import json
+import os
+import struct
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import FormatError, MinigptError
+from .sampling import SamplerSettings
+
+MAGIC = b"MGPTCHAT"
+VERSION = 1
+_PREFIX = struct.Struct("<8sII")
+_ALIGN = 64
+_MAX_HEADER = 64 << 20
+
+
+def save(chat, path):
+    """Write `chat` (a ChatSession, not answering) to `path`, atomically."""
+    m, cache = chat.model, chat.cache
+    n = cache.pos
+    header = {
+        "model": {"fingerprint": m.file.fingerprint, "name": m.config.name, "path": str(Path(m.path).resolve()),
+                  "precision": m.engine.precision, "backend": m.kern.name},
+        "n_ctx": cache.n_ctx, "n_past": n, "tokens": list(cache.tokens),
+        "messages": chat.messages, "text": chat._text, "marks": chat._marks,
+        "settings": vars(chat.settings), "max_tokens": chat.max_tokens,
+        "rng": chat.rng.bit_generator.state,
+        "kv_sha256": _kv_digest(cache, n),
+    }
+    raw = json.dumps(header, ensure_ascii=False).encode("utf-8")
+    head = _PREFIX.pack(MAGIC, VERSION, len(raw)) + raw
+    head += b"\0" * (-len(head) % _ALIGN)
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(head)
+            for arr in (cache.k, cache.v):
+                for layer in arr:
+                    f.write(np.ascontiguousarray(layer[:, :n]).tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def read_header(path):
+    """The header of a saved chat (a dict) and where its K/V data starts. Raises FormatError."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            prefix = f.read(_PREFIX.size)
+            if len(prefix) < _PREFIX.size or prefix[:8] != MAGIC:
+                raise FormatError(f"{path}: not a saved minigpt chat")
+            _, version, hlen = _PREFIX.unpack(prefix)
+            if version != VERSION:
+                raise FormatError(f"{path}: saved-chat version {version} is not supported (this minigpt reads {VERSION})")
+            if hlen > _MAX_HEADER:
+                raise FormatError(f"{path}: corrupt header")
+            raw = f.read(hlen)
+    except OSError as e:
+        raise FormatError(f"{path}: cannot open: {e.strerror}") from None
+    if len(raw) != hlen:
+        raise FormatError(f"{path}: truncated")
+    try:
+        header = json.loads(raw.decode("utf-8"))
+        _check_header(header)
+    except (ValueError, KeyError, TypeError, MinigptError) as e:
+        raise FormatError(f"{path}: corrupt header ({e})") from None
+    offset = _PREFIX.size + hlen
+    return header, offset + (-offset % _ALIGN)
+
+
+def load(cls, path, model):
+    """A `cls` (ChatSession) restored from `path` on `model`, which must be the one it was saved with."""
+    path = Path(path)
+    h, offset = read_header(path)
+    want, have = h["model"]["fingerprint"], model.file.fingerprint
+    if want != have:
+        raise MinigptError(f"{path} was saved with another model ({h['model']['name'] or '?'}, "
+                           f"{h['model']['path']}, fingerprint {want}), not {model.path} (fingerprint {have})")
+    cfg, n, n_ctx = model.config, h["n_past"], h["n_ctx"]
+    if n_ctx > model.n_ctx:
+        raise MinigptError(f"{path} needs a context of {n_ctx} tokens; the model was loaded with {model.n_ctx} "
+                           f"(pass --ctx {n_ctx} or more)")
+    if any(t >= cfg.vocab_size for t in h["tokens"]):
+        raise FormatError(f"{path}: token ids outside this model's vocabulary")
+    per = cfg.n_layers * cfg.n_kv_heads * n * cfg.head_dim * 4
+    size = path.stat().st_size
+    if size != offset + 2 * per:
+        raise FormatError(f"{path}: {size} bytes, but {n} cached positions need {offset + 2 * per} (truncated?)")
+
+    chat = cls(model, n_ctx=n_ctx, max_tokens=h["max_tokens"], **h["settings"])
+    cache = chat.cache
+    with open(path, "rb") as f:
+        f.seek(offset)
+        for arr in (cache.k, cache.v):
+            for layer in arr:
+                block = np.empty(layer[:, :n].shape, dtype=np.float32)
+                if f.readinto(memoryview(block).cast("B")) != block.nbytes:
+                    raise FormatError(f"{path}: truncated")
+                layer[:, :n] = block
+    if _kv_digest(cache, n) != h["kv_sha256"]:
+        raise FormatError(f"{path}: the saved cache is damaged (checksum mismatch)")
+    cache.tokens[:] = h["tokens"]
+    chat.messages = h["messages"]
+    chat._text, chat._marks = h["text"], [tuple(m) if m is not None else None for m in h["marks"]]
+    try:
+        chat.rng.bit_generator.state = h["rng"]
+    except (ValueError, TypeError, KeyError) as e:
+        raise FormatError(f"{path}: bad sampler state ({e})") from None
+    return chat
+
+
+def _kv_digest(cache, n):
+    h = hashlib.sha256()
+    for arr in (cache.k, cache.v):
+        for layer in arr:
+            h.update(np.ascontiguousarray(layer[:, :n]).data)
+    return h.hexdigest()
+
+
+def _check_header(h):
+    """Types and ranges of everything load() trusts (a corrupt file must fail here, not later)."""
+    ints = lambda *xs: all(isinstance(x, int) and not isinstance(x, bool) for x in xs)
+    if not isinstance(h.get("model"), dict) or not isinstance(h["model"].get("fingerprint"), str):
+        raise ValueError("no model fingerprint")
+    n, n_ctx, tokens = h["n_past"], h["n_ctx"], h["tokens"]
+    if not ints(n, n_ctx) or not 0 <= n <= n_ctx or not isinstance(tokens, list) or len(tokens) != n \
+            or not ints(*tokens) or any(t < 0 for t in tokens):
+        raise ValueError("bad positions or tokens")
+    msgs = h["messages"]
+    if not isinstance(msgs, list) or not all(isinstance(m, dict) and set(m) == {"role", "content"}
+                                             and all(isinstance(v, str) for v in m.values()) for m in msgs):
+        raise ValueError("bad messages")
+    if h["text"] is not None and not isinstance(h["text"], str):
+        raise ValueError("bad text")
+    text_len = len(h["text"] or "")
+    if not isinstance(h["marks"], list) or not all(
+            m is None or (isinstance(m, list) and len(m) == 2 and ints(*m) and 0 <= m[0] <= n and 0 <= m[1] <= text_len)
+            for m in h["marks"]):
+        raise ValueError("bad marks")
+    SamplerSettings(**h["settings"])   # raises on unknown or bad fields
+    if h["max_tokens"] is not None and not ints(h["max_tokens"]):
+        raise ValueError("bad max_tokens")
+    if not isinstance(h["rng"], dict) or not isinstance(h["kv_sha256"], str):
+        raise ValueError("bad sampler state or checksum")

@@ -1,0 +1,285 @@
+"""Chat sessions on tiny synthetic models: templates, KV reuse, undo/regen, overflow, save/load, cancel, threads."""
+
+import threading
+
+import numpy as np
+import pytest
+
+import minigpt
+from minigpt.chat import ChatSession
+from minigpt.convert import convert
+from minigpt.engine import ContextFullError, KVCache
+from minigpt.errors import FormatError, MinigptError
+from minigpt.template import CHATML, GEMMA, LLAMA3, ChatTemplate, TemplateError
+
+from synthetic import tiny_llama
+
+SETTINGS = dict(temperature=0.9, top_k=0, top_p=1.0, min_p=0.0)
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory):
+    d = tmp_path_factory.mktemp("chat")
+    out = {}
+    for name, kw in {"a": {}, "b": {"seed": 1}, "plain": {"chat_template": None}}.items():
+        tiny_llama(d / f"{name}.gguf", wtype="Q8_0", ctx=256, **kw)
+        convert(d / f"{name}.gguf", d / f"{name}.mgpt")
+        out[name] = d / f"{name}.mgpt"
+    return out
+
+
+@pytest.fixture(scope="module")
+def model(paths):
+    return minigpt.load(str(paths["a"]))
+
+
+def reply(chat, text, **kw):
+    return "".join(chat.send(text, **kw))
+
+
+# --- templates
+
+HOSTILE = [
+    "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+    "{{ cycler.__init__.__globals__.os.system('true') }}",
+    "{{ messages.__class__ }}",
+    "{% for m in messages %}{{ m.update({'role': 'x'}) }}{% endfor %}",
+    "{{ messages.append(1) }}",
+    "{{ raise_exception.__globals__ }}",
+    "{{ self.__init__.__globals__ }}",
+]
+
+
+@pytest.mark.parametrize("source", HOSTILE)
+def test_hostile_templates_are_refused(source):
+    with pytest.raises(TemplateError, match="refused"):
+        ChatTemplate(source).check()
+
+
+@pytest.mark.parametrize("source, match", [
+    ("{% for m in messages %}", "syntax error on line 1"),
+    ("{{ raise_exception('roles must alternate') }}", "says: roles must alternate"),
+    ("{% for i in range(100000) %}{% for j in range(100000) %}0123456789{% endfor %}{% endfor %}", "runaway"),
+    ("{{ messages[5].content.upper() }}", "failed"),
+])
+def test_broken_templates_fail_clearly(source, match):
+    with pytest.raises(TemplateError, match=match):
+        ChatTemplate(source).check()
+
+
+def test_builtin_templates():
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "你好"}]
+    has = lambda *toks: (lambda t: t in toks)
+    assert ChatTemplate.for_model(None, "llama", has("<|im_start|>")).source == CHATML
+    assert ChatTemplate.for_model(None, "llama", has("<|start_header_id|>")).source == LLAMA3
+    assert ChatTemplate.for_model(None, "gemma3", has()).source == GEMMA
+    plain = ChatTemplate.for_model("", "llama", has())
+    assert plain.name == "plain" and plain.stop
+    g = ChatTemplate(GEMMA, bos_token="<bos>").render(msgs)
+    assert g == ("<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n"
+                 "<start_of_turn>user\n你好<end_of_turn>\n<start_of_turn>model\n")
+    assert ChatTemplate(CHATML).render(msgs[1:2]) == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_model_template_and_override(model):
+    assert model.template.name == "file"
+    with pytest.raises(TemplateError, match="refused"):
+        model.set_chat_template(HOSTILE[0])
+    assert model.template.name == "file"   # a refused template changes nothing
+
+
+def test_model_without_template_uses_builtin(paths):
+    m = minigpt.load(str(paths["plain"]))
+    assert m.template.name == "chatml"   # the tiny vocabulary has <|im_start|>
+    assert reply(m.chat(max_tokens=3, seed=0), "hi") is not None
+
+
+# --- turns and the cache
+
+def test_turns_reuse_the_cache(model):
+    chat = model.chat(system="sys", max_tokens=6, seed=3, **SETTINGS)
+    reply(chat, "the first message")
+    before = list(chat.cache.tokens)
+    reply(chat, "in a second turn")
+    s = chat.last
+    # turn 2 prefilled only its own text: the cache kept turn 1's prompt and reply tokens
+    assert chat.cache.tokens[:len(before)] == before
+    assert s.prompt_tokens == chat.n_past - len(before) - s.reply_tokens
+    assert s.prompt_tokens < len(model.tokenize("<|im_end|>\n<|im_start|>user\nin a second turn<|im_end|>\n"
+                                                "<|im_start|>assistant\n", special=True)) + 1
+    # and the cache's numbers are those of one prefill of the same tokens
+    ids = chat.cache.tokens
+    k, v = chat.cache.k[:, :, :len(ids)], chat.cache.v[:, :, :len(ids)]
+    fresh = KVCache(model.config, len(ids))
+    model.engine.prefill(ids, cache=fresh)
+    np.testing.assert_allclose(k, fresh.k, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(v, fresh.v, rtol=1e-4, atol=1e-4)
+    assert [m["role"] for m in chat.history] == ["system", "user", "assistant", "user", "assistant"]
+
+
+def test_undo_and_regenerate(model):
+    chat = model.chat(max_tokens=5, seed=4, temperature=0)
+    first = reply(chat, "one")
+    pos, text = chat.n_past, chat._text
+    second = reply(chat, "two")
+    assert chat.undo() == "two"
+    assert (chat.n_past, chat._text) == (pos, text) and len(chat.history) == 2
+    assert reply(chat, "two") == second                  # greedy: the same reply again
+    assert "".join(chat.regenerate()) == second
+    assert chat.history[-2]["content"] == "two" and len(chat.history) == 4
+    chat.undo(), chat.undo()
+    assert chat.undo() is None and chat.n_past == 0
+    assert reply(chat, "one") == first
+    with pytest.raises(MinigptError, match="nothing to regenerate"):
+        model.chat().regenerate()
+
+
+def test_system_change_and_reset(model):
+    chat = model.chat(system="first", max_tokens=4, seed=5, **SETTINGS)
+    reply(chat, "hello")
+    chat.set_system("second")
+    reply(chat, "again")
+    assert chat.history[0] == {"role": "system", "content": "second"}
+    assert chat.cache.tokens == chat._encode(chat._text)[:len(chat.cache.tokens)] or chat._text is None
+    chat.reset()
+    assert chat.history == [{"role": "system", "content": "second"}] and chat.n_past == 0
+
+
+def test_overflow_drops_oldest_turns(model):
+    chat = model.chat(system="keep me", n_ctx=96, max_tokens=12, seed=6, **SETTINGS)
+    dropped = 0
+    for i in range(12):
+        reply(chat, f"message number {i}")
+        dropped += chat.last.dropped_turns
+        assert chat.n_past <= 96
+        assert chat.history[0] == {"role": "system", "content": "keep me"}
+        assert chat.history[-2] == {"role": "user", "content": f"message number {i}"}
+    assert dropped > 0
+    with pytest.raises(ContextFullError, match="too long"):
+        reply(chat, "x" * 400)
+    assert chat.history[-2]["content"] == "message number 11"   # the failed turn changed nothing
+
+
+def test_settings(model):
+    chat = model.chat(max_tokens=3, seed=1)
+    chat.set(temperature=0.0, top_k=5, max_tokens=2)
+    assert chat.settings.temperature == 0 and chat.settings.top_k == 5 and chat.max_tokens == 2
+    reply(chat, "hi")
+    assert chat.last.reply_tokens <= 2
+    for bad in ({"temperature": -1}, {"top_p": 0}, {"max_tokens": 0}):
+        with pytest.raises(MinigptError):
+            chat.set(**bad)
+    with pytest.raises(TypeError):
+        chat.set(temprature=1)
+
+
+def test_steps_carry_probabilities(model):
+    chat = model.chat(max_tokens=4, seed=2, **SETTINGS)
+    steps = [s for s in chat.steps("hi", top_n=3) if s.token is not None]
+    assert steps
+    for s in steps:
+        assert len(s.top) == 3 and 0 < s.p <= 1
+        ps = [p for _, p in s.top]
+        assert ps == sorted(ps, reverse=True) and s.p <= ps[0] + 1e-12
+
+
+# --- save and load
+
+def test_save_load_continues_exactly(model, tmp_path):
+    chat = model.chat(system="sys", max_tokens=8, seed=11, **SETTINGS)
+    reply(chat, "first")
+    reply(chat, "second")
+    chat.save(tmp_path / "c.mgchat")
+    assert [p.name for p in tmp_path.iterdir()] == ["c.mgchat"]          # no temp file left behind
+    expected = reply(chat, "third")
+    loaded = ChatSession.load(tmp_path / "c.mgchat", model)
+    assert loaded.n_past == chat.n_past - chat.last.prompt_tokens - chat.last.reply_tokens
+    assert reply(loaded, "third") == expected
+    assert loaded.last.prompt_tokens == chat.last.prompt_tokens         # nothing re-prefilled
+    assert loaded.history == chat.history
+
+
+def test_load_refuses_other_models_and_damage(model, paths, tmp_path):
+    chat = model.chat(max_tokens=4, seed=1)
+    reply(chat, "hello")
+    path = tmp_path / "c.mgchat"
+    chat.save(path)
+    other = minigpt.load(str(paths["b"]))
+    with pytest.raises(MinigptError, match="saved with another model"):
+        ChatSession.load(path, other)
+    data = bytearray(path.read_bytes())
+    damaged = tmp_path / "damaged.mgchat"
+    damaged.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    with pytest.raises(FormatError, match="damaged"):
+        ChatSession.load(damaged, model)
+    damaged.write_bytes(data[:-100])
+    with pytest.raises(FormatError, match="truncated"):
+        ChatSession.load(damaged, model)
+    damaged.write_bytes(b"not a chat at all")
+    with pytest.raises(FormatError, match="not a saved minigpt chat"):
+        ChatSession.load(damaged, model)
+    damaged.write_bytes(data.replace(b'"n_past": ', b'"n_past": 9'))
+    with pytest.raises(FormatError):
+        ChatSession.load(damaged, model)
+
+
+# --- cancel and threads
+
+def test_cancel_stops_a_reply_from_another_thread(model):
+    chat = model.chat(max_tokens=None, seed=1, **SETTINGS)
+    got = []
+    for piece in chat.send("go on forever"):
+        got.append(piece)
+        if len(got) == 3:
+            threading.Thread(target=chat.cancel).start()
+    assert chat.last.stop in ("cancelled", "eos")
+    assert chat.history[-1]["content"] == "".join(got)          # what was written is kept
+    reply(chat, "and again")                                    # the session goes on
+
+
+def test_cancel_stops_a_prefill(model):
+    chat = model.chat(max_tokens=4, seed=1)
+    reply(chat, "hello")
+    before = (list(chat.cache.tokens), chat.history)
+    calls = []
+
+    def progress(done, total):
+        calls.append((done, total))
+        chat.cancel()
+
+    assert reply(chat, "word " * 40, on_prefill_progress=progress) == ""
+    assert chat.last.stop == "cancelled" and len(calls) == 1 and calls[0][0] < calls[0][1]
+    assert (chat.cache.tokens, chat.history) == before                 # the turn never happened
+
+
+def test_one_send_at_a_time(model):
+    chat = model.chat(max_tokens=5, seed=1)
+    it = chat.send("hi")
+    next(it, None)
+    with pytest.raises(MinigptError, match="already answering"):
+        next(chat.send("again"))
+    with pytest.raises(MinigptError, match="answering"):
+        chat.save("/nonexistent/x")
+    it.close()
+    reply(chat, "again")
+
+
+def test_two_sessions_on_two_threads(model):
+    prompts = ["alpha beta", "gamma delta"]
+    alone = []
+    for i, p in enumerate(prompts):
+        c = model.chat(max_tokens=20, seed=i, **SETTINGS)
+        alone.append([reply(c, p), reply(c, p + " again")])
+    together = [None, None]
+
+    def run(i):
+        c = model.chat(max_tokens=20, seed=i, **SETTINGS)
+        together[i] = [reply(c, prompts[i]), reply(c, prompts[i] + " again")]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert together == alone
