@@ -6,11 +6,11 @@ import numpy as np
 
 from . import hub, kernels
 from .chat import ChatSession
-from .engine import Engine, KVCache, generate_tokens, stream_text
+from .engine import Engine, KVCache, Step, TextStream, TokenLoop
 from .errors import MinigptError
 from .format import MgptFile
 from .model import llama
-from .sampling import SamplerSettings
+from .sampling import SamplerSettings, make_rng
 from .template import ChatTemplate
 from .tokenizer import from_fields
 
@@ -117,6 +117,16 @@ class Model:
         Stops at max_tokens, an end-of-generation token, a full context, or a stop string (not included).
         With special=True, control-token texts in the prompt (e.g. <|im_start|>) become those tokens.
         """
+        for step in self.steps(prompt, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n,
+                               seed, stop, special):
+            if step.text:
+                yield step.text
+
+    def steps(self, prompt, max_tokens=128, temperature=0.8, top_k=40, top_p=0.95, min_p=0.05,
+              repeat_penalty=1.0, repeat_last_n=64, seed=None, stop=(), special=True, top_n=0):
+        """generate(), as engine.Step objects: each token with its text and, with top_n > 0, the model's
+        probabilities for it and its top_n likeliest alternatives. A last Step with token None may carry
+        text held back until the end."""
         settings = SamplerSettings(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n,
                                    seed if seed is not None else int(np.random.SeedSequence().entropy % 2**63))
         if max_tokens < 0:
@@ -125,8 +135,17 @@ class Model:
         if not ids:
             ids = [self.tokenizer.bos_id if self.tokenizer.bos_id is not None else self.tokenizer.eos_id]
         self.reset()
-        tokens = generate_tokens(self.engine, ids, settings, max_tokens, self.tokenizer.eog_ids)
-        return stream_text(tokens, self.tokenizer, stop)
+        logits = self.engine.prefill(ids)
+        out = TextStream(self.tokenizer, stop)
+        for step in TokenLoop(self.engine, self.engine.cache, logits, settings, make_rng(settings.seed), max_tokens,
+                              self.tokenizer.eog_ids, top_n=top_n):
+            step.text = out.push(step.token)
+            yield step
+            if out.stopped:
+                return
+        tail = out.flush()
+        if tail:
+            yield Step(None, text=tail)
 
 
 def load(model=None, threads=None, backend=None, n_ctx=None, verify=False, precision="balanced", log=None,

@@ -202,6 +202,68 @@ def generate(model, prompt, max_tokens, temperature, top_k, top_p, min_p, repeat
              f"({n_gen / max(dt, 1e-9):.1f} tok/s); backend {m.kern.name}, {m.threads} threads]")
 
 
+CHAT_DEFAULTS = {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05, "repeat_penalty": 1.1,
+                 "max_tokens": 1024}
+
+
+@cli.command()
+@click.option("-m", "--model", default=None, help="A .mgpt file or a known model name (default: smollm2-135m-instruct).")
+@click.option("--system", default=None, help="The system prompt.")
+@click.option("--temperature", default=None, type=click.FloatRange(0), help="0 = greedy.  [default: 0.8]")
+@click.option("--top-k", default=None, type=click.IntRange(0), help="0 = off.  [default: 40]")
+@click.option("--top-p", default=None, type=click.FloatRange(0, 1, min_open=True), help="[default: 0.95]")
+@click.option("--min-p", default=None, type=click.FloatRange(0, 1), help="[default: 0.05]")
+@click.option("--repeat-penalty", default=None, type=click.FloatRange(0, min_open=True), help="[default: 1.1]")
+@click.option("--seed", default=None, type=int, help="Same seed + same messages = same replies.")
+@click.option("--max-tokens", default=None, type=click.IntRange(0), help="Reply length cap, 0 = none.  [default: 1024]")
+@click.option("--ctx", default=None, type=click.IntRange(1), help="Context length (default: the model's).")
+@click.option("-t", "--threads", default=None, type=click.IntRange(1, 512), help="Default: physical cores.")
+@click.option("--resume", default=None, type=click.Path(dir_okay=False), help="Continue a chat saved with /save.")
+@click.option("--chat-template", "template_file", default=None, type=click.Path(dir_okay=False),
+              help="A Jinja2 chat template file to use instead of the model's.")
+@click.option("--stats", is_flag=True, help="Print speed and context use after each reply.")
+@click.option("--show-probs", is_flag=True, help="Show the likeliest next tokens under each generated token.")
+@click.option("--backend", default=None, help="Kernel backend (c, numba, numpy); default $MINIGPT_BACKEND or c.")
+@click.option("--precision", default=None, type=click.Choice(["exact", "balanced", "fast"]),
+              help="How activations are rounded (see `minigpt generate --help`).  [default: balanced]")
+def chat(model, system, temperature, top_k, top_p, min_p, repeat_penalty, seed, max_tokens, ctx, threads, resume,
+         template_file, stats, show_probs, backend, precision):
+    """Chat with a model in the terminal (the default model is fetched on first use)."""
+    from . import chatfile
+    from .chat import ChatSession
+    from .repl import PROBS_N, Repl
+
+    _utf8_stdout()
+    given = {k: v for k, v in dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                   repeat_penalty=repeat_penalty, seed=seed).items() if v is not None}
+    if resume:   # the saved chat names its model, context and precision
+        saved, _ = chatfile.read_header(resume)
+        model = model or saved["model"]["path"]
+        ctx = max(ctx or 0, saved["n_ctx"])
+        precision = precision or saved["model"]["precision"]
+    m = _load(model, threads, backend, ctx, precision or "balanced")
+    if template_file:
+        with open(template_file, encoding="utf-8") as f:
+            m.set_chat_template(f.read())
+    m.template   # a broken or hostile template stops here, before any chat
+    if resume:
+        session = ChatSession.load(resume, m)
+        if given:
+            session.set(**given)
+        if max_tokens is not None:
+            session.set(max_tokens=max_tokens or None)
+    else:
+        settings = {**CHAT_DEFAULTS, **given}
+        if max_tokens is not None:
+            settings["max_tokens"] = max_tokens or None
+        session = m.chat(system=system, n_ctx=ctx, **settings)
+    repl = Repl(m, session, stats=stats, probs=PROBS_N if show_probs else 0)
+    repl._banner()
+    if resume:
+        repl.replay()
+    repl.run(banner=False)
+
+
 @cli.command()
 @click.option("-m", "--model", default=None, help="A .mgpt file or a known model name (default: smollm2-135m-instruct).")
 @click.option("-p", "--n-prompt", default=128, show_default=True, type=click.IntRange(0), help="Prefill test length.")

@@ -168,16 +168,6 @@ class TokenLoop:
             yield step
 
 
-def generate_tokens(engine: Engine, prompt_ids, settings: SamplerSettings, max_tokens, stop_ids=()):
-    """Prefill the prompt into the engine's cache, then yield sampled token ids (TokenLoop).
-
-    Same seed + same settings + same prompt = same tokens.
-    """
-    logits = engine.prefill(prompt_ids)
-    for step in TokenLoop(engine, engine.cache, logits, settings, make_rng(settings.seed), max_tokens, stop_ids):
-        yield step.token
-
-
 # --- text
 
 class TextStream:
