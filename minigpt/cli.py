@@ -19,26 +19,45 @@ def _log(msg):
 
 
 class _Progress:
-    """A byte-count progress bar on stderr, fed (increment, total); drawn from the first increment on,
-    so nothing shows when there is nothing to do or an error comes first."""
+    """Byte-count progress bars on stderr, fed (increment, total[, stage]); a new stage ends the current bar
+    and starts the next. A bar is drawn from its first increment on, so nothing shows when there is nothing
+    to do or an error comes first; and only on a terminal, so logs get the one-line messages alone."""
 
     def __init__(self, label):
         self.label, self.total, self.bar, self.done = label, 1, None, 0
+        self.live = sys.stderr.isatty()
 
-    def __call__(self, n, total):
+    def __call__(self, n, total, stage=None):
+        if not self.live:
+            return
+        if stage and stage != self.label:
+            self.close()
+            self.label = stage
         if self.bar is None:
             self.total = max(1, total)
-            self.bar = click.progressbar(length=self.total, label=self.label, file=sys.stderr, width=32,
-                                         show_percent=True, show_eta=True)
+            self.bar = click.progressbar(length=self.total, label=self.label.ljust(11), file=sys.stderr, width=32,
+                                         show_percent=True, show_eta=True, item_show_func=lambda s: s)
             self.bar.__enter__()
         n = min(n, self.total - self.done)
         self.done += n
-        self.bar.update(n)
+        self.bar.update(n, self._mib())
 
-    def close(self):
+    def _mib(self):
+        return f"{self.done / 2**20:.1f}/{self.total / 2**20:.1f} MiB"
+
+    def close(self, finished=True):
+        """End the bar: full if its work finished, left where it stopped if an error came first."""
         if self.bar is not None:
-            self.bar.update(self.total - self.done)
+            if finished:
+                n, self.done = self.total - self.done, self.total
+                self.bar.update(n, self._mib())
             self.bar.__exit__(None, None, None)
+            self.bar, self.done = None, 0
+
+    def log(self, msg):
+        """A message on a line of its own: it ends the current bar first."""
+        self.close()
+        _log(msg)
 
 
 def _convert_with_bar(src, out, quant):
@@ -52,12 +71,15 @@ def _convert_with_bar(src, out, quant):
 
 
 def _resolve(model):
-    """A -m value to a .mgpt path, pulling a known model with progress on stderr if needed."""
+    """A -m value to a .mgpt path, fetching or converting it first if needed, with progress on stderr."""
     bar = _Progress("converting")
     try:
-        return hub.resolve(model, log=_log, progress=bar)
-    finally:
-        bar.close()
+        path = hub.resolve(model, log=bar.log, progress=bar)
+    except BaseException:
+        bar.close(finished=False)
+        raise
+    bar.close()
+    return path
 
 
 def _load(model, threads=None, backend=None, n_ctx=None, precision="balanced"):

@@ -83,5 +83,5 @@ def test_bad_inputs_are_one_line_errors(tiny, tmp_path):
     assert_one_line_error(run("convert", src, "-o", tmp_path / "o.mgpt", "--quant", "q3_x"))
     assert not (tmp_path / "o.mgpt").exists()
     assert_one_line_error(run("convert", src, "-o", tmp_path / "no-such-dir" / "o.mgpt"))
-    assert_one_line_error(run("generate", "-m", src, "-p", "x"))     # a GGUF where a .mgpt is expected
+    assert_one_line_error(run("generate", "-m", tmp_path / "random.gguf", "-p", "x"))   # neither GGUF nor .mgpt
     assert_one_line_error(run("generate", "-m", out, "-p", "x", "--top-p", "7"))

