@@ -150,6 +150,8 @@ class Model:
 
 def load(model=None, threads=None, backend=None, n_ctx=None, verify=False, precision="balanced", log=None,
          progress=None):
-    """Load a .mgpt file, or a known model name (pulled and converted on first use). Default: SmolLM2-135M-Instruct."""
+    """Load a .mgpt file, a GGUF file or a known model name (GGUFs are converted, known models fetched,
+    once, into the cache). Default: SmolLM2-135M-Instruct. log(message) and progress(n_bytes, total,
+    stage) report that first-use work; stage is 'downloading', 'verifying' or 'converting'."""
     return Model(hub.resolve(model, log, progress), threads=threads, backend=backend, n_ctx=n_ctx, verify=verify,
                  precision=precision)
