@@ -201,21 +201,33 @@ def tokenize(model, special, add_bos, text):
               help="Activations in f32 (exact), int8 (fast), or int8 but for the sensitive matmuls (balanced).")
 @click.option("--echo", is_flag=True, help="Print the prompt before the continuation.")
 @click.option("--stats", is_flag=True, help="Print token counts and speed to stderr at the end.")
+@click.option("--show-probs", is_flag=True,
+              help="One line per generated token: its probability and the likeliest alternatives; then the text.")
 def generate(model, prompt, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, stop,
-             threads, ctx, backend, precision, echo, stats):
+             threads, ctx, backend, precision, echo, stats, show_probs):
     """Continue PROMPT, streaming the text to standard output."""
+    from .repl import PROBS_N, probs_line
+
     _utf8_stdout()
     m = _load(model, threads, backend, ctx, precision)
-    if echo:
+    if echo and not show_probs:
         click.echo(prompt, nl=False)
     t0 = time.perf_counter()
-    n_prompt = None
-    for piece in m.generate(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                            min_p=min_p, repeat_penalty=repeat_penalty, seed=seed, stop=stop):
-        if n_prompt is None:   # the first piece arrives after the prefill
+    n_prompt, text = None, []
+    for step in m.steps(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                        min_p=min_p, repeat_penalty=repeat_penalty, seed=seed, stop=stop,
+                        top_n=PROBS_N if show_probs else 0):
+        if n_prompt is None:   # the first token arrives after the prefill
             n_prompt, t_prefill = m.n_past - 1, time.perf_counter() - t0
-        sys.stdout.write(piece)
-        sys.stdout.flush()
+        if show_probs:
+            if step.token is not None:
+                click.echo(probs_line(m.tokenizer, step))
+            text.append(step.text)
+        else:
+            sys.stdout.write(step.text)
+            sys.stdout.flush()
+    if show_probs:
+        sys.stdout.write((prompt if echo else "") + "".join(text))
     sys.stdout.write("\n")
     if stats and n_prompt is not None:
         dt = time.perf_counter() - t0 - t_prefill

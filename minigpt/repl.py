@@ -120,7 +120,7 @@ class Repl:
                 for step in make_steps(n_probs):
                     reply.append(step.text)
                     if step.token is not None:
-                        self.say(self._probs_line(step))
+                        self.say(probs_line(self.model.tokenizer, step))
                 self.say("".join(reply))
             else:
                 for step in make_steps(0):
@@ -156,21 +156,6 @@ class Repl:
         s, c = self.chat.last, self.chat
         return (f"prompt {s.prompt_tokens} tokens, {s.prefill_tps:.0f} tok/s · reply {s.reply_tokens} tokens, "
                 f"{s.decode_tps:.1f} tok/s · context {c.n_past}/{c.n_ctx} ({100 * c.n_past / c.n_ctx:.0f}%)")
-
-    def _probs_line(self, step):
-        alts = "  ".join(f"{self._label(i)} {p:.1%}" for i, p in step.top if i != step.token)
-        return f"  {self._label(step.token):<16} {step.p:6.1%}   | {alts}"
-
-    def _label(self, token):
-        """How a token reads: its text quoted, raw bytes of a partial character in hex, or its name."""
-        tok = self.model.tokenizer
-        b = tok.token_bytes(token)
-        if not b:
-            return tok.token_text(token)
-        try:
-            return repr(b.decode("utf-8"))
-        except UnicodeDecodeError:
-            return "<" + b.hex(" ") + ">"
 
     # --- slash commands
 
@@ -275,6 +260,23 @@ class Repl:
             else:
                 self.note(f"{msg['role']}: {_short(msg['content'])}")
         self.note(f"resumed: {self.chat.n_past} tokens of context, nothing re-read")
+
+
+def probs_line(tokenizer, step):
+    """One generated token as a line: how it reads, its probability, and the likeliest alternatives."""
+    alts = "  ".join(f"{token_label(tokenizer, i)} {p:.1%}" for i, p in step.top if i != step.token)
+    return f"  {token_label(tokenizer, step.token):<16} {step.p:6.1%}   | {alts}"
+
+
+def token_label(tokenizer, token):
+    """How a token reads: its text quoted, the raw bytes of a partial character in hex, or its name."""
+    b = tokenizer.token_bytes(token)
+    if not b:
+        return tokenizer.token_text(token)
+    try:
+        return repr(b.decode("utf-8"))
+    except UnicodeDecodeError:
+        return "<" + b.hex(" ") + ">"
 
 
 def _on_off(value):

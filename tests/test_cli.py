@@ -48,6 +48,11 @@ def test_info_tokenize_generate(tiny):
     g = run("generate", "-m", out, "-p", "the", "-n", "8", "--temperature", "0")
     assert g.returncode == 0, g.stderr
     assert g.stdout == run("generate", "-m", out, "-p", "the", "-n", "8", "--temperature", "0").stdout
+    p = run("generate", "-m", out, "-p", "the", "-n", "8", "--temperature", "0", "--show-probs")
+    lines = p.stdout.splitlines()
+    assert p.returncode == 0 and len(lines) >= 9, p.stderr
+    assert all("%" in line and "|" in line for line in lines[:8])     # one line per token, then the text
+    assert "\n".join(lines[8:]) == g.stdout.rstrip("\n")
 
 
 def test_bad_inputs_are_one_line_errors(tiny, tmp_path):

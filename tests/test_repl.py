@@ -19,12 +19,26 @@ PROMPT = ">>> "
 CJK = re.compile(r"[\u4e00-\u9fff]")
 
 
+class Tape:
+    """pexpect's logfile_read: every chunk read from the terminal, with the time it arrived."""
+
+    def __init__(self):
+        self.chunks = []
+
+    def write(self, data):
+        self.chunks.append((time.monotonic(), data))
+
+    def flush(self):
+        pass
+
+
 def spawn(*args, cache, ready=PROMPT):
     env = {**os.environ, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "MINIGPT_CACHE": str(cache), "NO_COLOR": "1",
            "TERM": "xterm"}
     env.pop("MINIGPT_DEBUG", None)
     p = pexpect.spawn(sys.executable, ["-m", "minigpt", "chat", *map(str, args)], env=env, encoding="utf-8",
                       timeout=120, dimensions=(40, 200))
+    p.logfile_read = p.tape = Tape()
     p.expect_exact(ready)
     p.startup = p.before
     if ready != PROMPT:
@@ -33,15 +47,12 @@ def spawn(*args, cache, ready=PROMPT):
 
 
 def ask(p, text):
-    """Send a message; the reply text (what came before the next prompt), and the times pieces arrived."""
+    """Send a message; the reply (what came before the next prompt), and when its chunks arrived."""
     p.sendline(text)
     p.expect_exact(text)          # the terminal's echo of the line
-    chunks, arrivals = [p.buffer], [time.monotonic()]   # what expect() read past the echo
-    p.buffer = ""
-    while not "".join(chunks).endswith(PROMPT):
-        chunks.append(p.read_nonblocking(4096, timeout=120))
-        arrivals.append(time.monotonic())
-    return "".join(chunks)[:-len(PROMPT)].strip("\r\n"), arrivals
+    start = len(p.tape.chunks)
+    p.expect_exact(PROMPT)
+    return p.before.strip("\r\n"), [t for t, _ in p.tape.chunks[start:]]
 
 
 @pytest.fixture
@@ -183,3 +194,13 @@ def test_resume_refuses_a_file_from_another_model(smollm2_mgpt, tmp_path):
     r = run_minigpt("chat", "-m", smollm2_mgpt, "--resume", saved, input="hi\n", timeout=120)
     assert r.returncode == 1 and "saved with another model" in r.stderr and "Traceback" not in r.stderr
     assert json.loads(saved.read_bytes()[16:16 + int.from_bytes(saved.read_bytes()[12:16], "little")])["n_past"] > 0
+
+
+def test_readme_quick_start_chats(smollm2_mgpt):
+    """The README's first command installs and starts this chat on the default model."""
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md"), encoding="utf-8").read()
+    block = readme.split("## Quick start", 1)[1].split("```sh\n", 1)[1].split("\n```", 1)[0]
+    install, _, command = block.partition(" && ")
+    assert install.startswith("pip install") and command.split()[0] == "minigpt"
+    r = run_minigpt(*command.split()[1:], "--temperature", "0", input="What is the capital of France?\n", timeout=300)
+    assert r.returncode == 0 and "Paris" in r.stdout and "Traceback" not in r.stderr, r.stderr
