@@ -96,6 +96,10 @@ def test_ctrl_c_stops_a_reply_and_quits_at_the_prompt(smollm2_mgpt, cache, tmp_p
     assert len(header["messages"][1]["content"].split()) >= 3          # what was written is kept
     p.sendline("Thanks!")          # and the chat goes on
     p.expect_exact(PROMPT)
+    p.send("half typed")
+    p.expect_exact("half typed")
+    p.sendintr()                   # Ctrl-C on a half-typed line drops the line
+    p.expect_exact(PROMPT)
     p.sendintr()                   # Ctrl-C at an empty prompt quits cleanly
     p.expect(pexpect.EOF)
     p.close()
@@ -158,6 +162,11 @@ def test_commands(smollm2_mgpt, cache, tmp_path):
     ask(p, f"/save {tmp_path / 'c.mgchat'}")
     header, _ = read_header(tmp_path / "c.mgchat")
     assert header["messages"][-2] == {"role": "user", "content": "Repeat after me:\none two three"}
+    p.send("\x1b[200~Pasted:\nline one\nline two\x1b[201~\r")   # a bracketed paste is one message
+    p.expect_exact(PROMPT)
+    ask(p, f"/save {tmp_path / 'c.mgchat'}")
+    header, _ = read_header(tmp_path / "c.mgchat")
+    assert header["messages"][-2] == {"role": "user", "content": "Pasted:\nline one\nline two"}
     out, _ = ask(p, "/nonsense")
     assert "unknown command" in out
     out, _ = ask(p, "/help")
