@@ -113,25 +113,24 @@ class Repl:
         """Stream a reply; Ctrl-C cancels it (the session stops before its next token)."""
         chat = self.chat
         previous = signal.signal(signal.SIGINT, lambda *_: chat.cancel())
-        n_probs = self.probs
+        n_probs, reply = self.probs, []
         try:
-            if n_probs:
-                reply = []
-                for step in make_steps(n_probs):
-                    reply.append(step.text)
-                    if step.token is not None:
-                        self.say(probs_line(self.model.tokenizer, step))
-                self.say("".join(reply))
-            else:
-                for step in make_steps(0):
+            for step in make_steps(n_probs):
+                if not reply:
+                    self._clear_progress()
+                    self._dropped_note()
+                reply.append(step.text)
+                if not n_probs:
                     self.say(step.text, end="")
-                self.say()
+                elif step.token is not None:
+                    self.say(probs_line(self.model.tokenizer, step))
         finally:
             signal.signal(signal.SIGINT, previous)
             self._clear_progress()
+        if not reply:
+            self._dropped_note()
+        self.say("".join(reply) if n_probs else "")
         s = chat.last
-        if s.dropped_turns:
-            self.note(f"the context was full: dropped the {s.dropped_turns} oldest turn{'s' * (s.dropped_turns > 1)}")
         if s.stop == "cancelled":
             self.note("stopped")
         elif s.stop == "length":
@@ -140,6 +139,11 @@ class Repl:
             self.note("the context is full: the next message drops the oldest turns")
         if self.stats:
             self.note(self._stats_line())
+
+    def _dropped_note(self):
+        n = self.chat.last.dropped_turns
+        if n:
+            self.note(f"the context is full: dropped the {n} oldest turn{'s' * (n > 1)} to make room")
 
     def _progress(self, done, total):
         if total >= 256 and self.out.isatty():

@@ -213,3 +213,20 @@ def test_readme_quick_start_chats(smollm2_mgpt):
     assert install.startswith("pip install") and command.split()[0] == "minigpt"
     r = run_minigpt(*command.split()[1:], "--temperature", "0", input="What is the capital of France?\n", timeout=300)
     assert r.returncode == 0 and "Paris" in r.stdout and "Traceback" not in r.stderr, r.stderr
+
+
+def test_a_full_context_drops_the_oldest_turns(smollm2_mgpt, cache):
+    p = spawn("-m", smollm2_mgpt, "--ctx", "160", "--max-tokens", "30", "--seed", "1", "--system", "Be brief.",
+              "--stats", cache=cache)
+    notes = []
+    for i in range(6):
+        out, _ = ask(p, f"Tell me fact number {i} about the sea.")
+        notes.append("dropped the" in out)
+        used, total = map(int, re.search(r"context (\d+)/(\d+)", out).groups())
+        assert total == 160 and used <= 160
+    assert any(notes)
+    out, _ = ask(p, "/show")
+    assert "system     Be brief." in out
+    p.sendline("/exit")
+    p.expect(pexpect.EOF)
+    assert "Traceback" not in p.before
