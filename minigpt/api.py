@@ -151,7 +151,8 @@ class Model:
 def load(model=None, threads=None, backend=None, n_ctx=None, verify=False, precision="balanced", log=None,
          progress=None):
     """Load a .mgpt file, a GGUF file or a known model name (GGUFs are converted, known models fetched,
-    once, into the cache). Default: SmolLM2-135M-Instruct. log(message) and progress(n_bytes, total,
-    stage) report that first-use work; stage is 'downloading', 'verifying' or 'converting'."""
+    once, into the cache). Default: SmolLM2-135M-Instruct. log(message) and progress(n, total, stage)
+    report that first-use work: n more bytes of total are done; stage is 'downloading', 'verifying' or
+    'converting'."""
     return Model(hub.resolve(model, log, progress), threads=threads, backend=backend, n_ctx=n_ctx, verify=verify,
                  precision=precision)

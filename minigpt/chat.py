@@ -39,6 +39,7 @@ class TurnStats:
     decode_seconds: float = 0.0
     stop: str | None = None
     dropped_turns: int = 0         # oldest turns dropped to make room for this one
+    kept: bool = False             # the message is in the history (False: cancelled before the reply began)
 
     @property
     def prefill_tps(self):
@@ -55,6 +56,9 @@ class ChatSession:
     context (default and maximum: the model's). seed: None picks a random one (see .settings.seed).
     The other keywords are SamplerSettings fields (temperature, top_k, top_p, min_p, repeat_penalty,
     repeat_last_n).
+
+    One turn at a time per session. cancel() may be called from any thread; n_past, last and history
+    may be read from any thread at any time (during a turn they show it in progress).
     """
 
     def __init__(self, model, system=None, max_tokens=None, n_ctx=None, seed=None, **sampling):
@@ -169,21 +173,27 @@ class ChatSession:
     def send(self, text, on_prefill_progress=None):
         """Stream the reply to `text` as text pieces (whole characters). on_prefill_progress(done, total)
         is called as the prompt's new tokens are read. See .last for what the turn cost and why it ended."""
-        for step in self.steps(text, on_prefill_progress):
-            if step.text:
-                yield step.text
+        return (step.text for step in self.steps(text, on_prefill_progress) if step.text)
 
     def steps(self, text, on_prefill_progress=None, top_n=0):
         """Like send(), but yields engine.Step objects: token id, its text, and with top_n > 0 the model's
         probabilities for it and for its top_n likeliest alternatives. A last Step with token None may
-        carry text held back until the end."""
+        carry text held back until the end.
+
+        The turn runs as the iterator is consumed (on any thread); a cancel() from the moment this is
+        called counts. Stop a turn with cancel() rather than by abandoning the iterator: text held back
+        at that point (part of a character, a possible stop string) is then not shown, nor kept."""
         if not isinstance(text, str):
             raise MinigptError(f"a message must be a str, got {type(text).__name__}")
+        if not self._busy.locked():
+            self._cancel.clear()
+        return self._locked_turn(text, on_prefill_progress, top_n)
+
+    def _locked_turn(self, text, progress, top_n):
         if not self._busy.acquire(blocking=False):
             raise MinigptError("this session is already answering (one send at a time per session)")
         try:
-            self._cancel.clear()
-            yield from self._turn(text, on_prefill_progress, top_n)
+            yield from self._turn(text, progress, top_n)
         finally:
             self._busy.release()
 
@@ -212,6 +222,7 @@ class ChatSession:
         stats.prompt_tokens, stats.prefill_seconds = len(todo), time.perf_counter() - t0
 
         # the turn is on: the conversation now holds the message, the cache spells `prompt`
+        stats.kept = True
         self.messages = messages
         if mark is None:
             self._marks = [None] * sum(x["role"] == "user" for x in messages[:-1])
@@ -234,12 +245,11 @@ class ChatSession:
                 yield step
                 if out.stopped:
                     break
-            tail = out.flush()
+            tail = out.flush(partial=False)
             if tail:
                 reply["content"] += tail
                 yield Step(None, text=tail)
-        finally:   # also when the caller stops iterating: the history keeps what was written
-            reply["content"] += out.flush()
+        finally:   # also when the caller stops iterating: the history keeps what was shown
             stats.decode_seconds = time.perf_counter() - t0
             stats.stop = "stop" if out.stopped else loop.stop or "cancelled"
             # the cache now holds the reply's tokens: does their text extend the prompt as the history says?
@@ -264,7 +274,7 @@ class ChatSession:
             dropped += 1
         if len(ids) >= n_ctx:
             raise ContextFullError(f"the message is too long: {len(ids)} tokens with the system prompt and template, "
-                                   f"and the context holds {n_ctx} (start with a larger --ctx)")
+                                   f"and the context holds {n_ctx}")
         return messages, prompt, ids, dropped
 
     def _extends(self, prompt):
@@ -324,8 +334,9 @@ def _check_max_tokens(n):
 
 
 def _spell(tokenizer, ids):
-    dec = tokenizer.stream()
-    return "".join(dec.push(i) for i in ids) + dec.flush()
+    """The text of a reply's tokens as the session shows it."""
+    out = TextStream(tokenizer)
+    return "".join(out.push(i) for i in ids) + out.flush(partial=False)
 
 
 def _common_prefix(a, b):

@@ -190,10 +190,13 @@ class TextStream:
         self._held += self._dec.push(token)
         return self._release(self._stop_prefix_len())
 
-    def flush(self):
+    def flush(self, partial=True):
+        """The text held back. partial=False drops an unfinished character instead of writing U+FFFD
+        for it (a reply cut mid-character ends cleanly)."""
         if self.stopped:
             return ""
-        self._held += self._dec.flush()
+        tail = self._dec.flush()
+        self._held += tail if partial else tail.rstrip("\ufffd")
         return self._release(0)
 
     def _release(self, keep):

@@ -6,6 +6,7 @@ import signal
 import sys
 
 from .chat import ChatSession
+from .engine import ContextFullError
 from .errors import MinigptError
 
 HELP = """\
@@ -75,6 +76,8 @@ class Repl:
                         break
                 else:
                     self._answer(lambda top_n: self.chat.steps(text, self._progress, top_n))
+            except ContextFullError as e:
+                self.say(f"error: {e} (start minigpt chat with a larger --ctx)")
             except MinigptError as e:
                 self.say(f"error: {e}")
             except Exception as e:   # a bug: one line, and the chat goes on

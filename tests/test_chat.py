@@ -249,8 +249,16 @@ def test_cancel_stops_a_prefill(model):
         chat.cancel()
 
     assert reply(chat, "word " * 40, on_prefill_progress=progress) == ""
-    assert chat.last.stop == "cancelled" and len(calls) == 1 and calls[0][0] < calls[0][1]
+    assert chat.last.stop == "cancelled" and not chat.last.kept and len(calls) == 1 and calls[0][0] < calls[0][1]
     assert (chat.cache.tokens, chat.history) == before                 # the turn never happened
+
+
+def test_a_cancel_before_the_first_step_counts(model):
+    chat = model.chat(max_tokens=5, seed=1)
+    it = chat.send("hello")        # e.g. made on a UI thread, consumed on a worker
+    chat.cancel()
+    assert list(it) == [] and chat.last.stop == "cancelled" and chat.history == [] and chat.n_past == 0
+    assert reply(chat, "hello") and chat.last.kept
 
 
 def test_one_send_at_a_time(model):

@@ -90,3 +90,12 @@ def test_streaming_never_splits_characters():
     out = pieces("héllo 你好 🙂", [])
     assert "".join(out) == "héllo 你好 🙂"
     assert all("\ufffd" not in p for p in out)
+
+
+def test_a_cut_character_is_dropped_or_replaced():
+    from minigpt.engine import TextStream
+
+    for partial, end in ((True, "\ufffd"), (False, "")):
+        t = TextStream(ByteTokenizer())
+        out = "".join(t.push(b) for b in "好吗".encode()[:-1])   # the last character lacks its last byte
+        assert out + t.flush(partial=partial) == "好" + end
