@@ -5,9 +5,9 @@
 Enter sends, Shift+Enter starts a new line, Escape stops the reply, Ctrl+Q quits.
 
 Tk is not thread-safe: only the thread running the main loop may touch a widget. So the slow work
-(loading the model, writing a reply) runs on worker threads that never touch the window: they post
-the calls the window should make to a queue, and the main loop runs them every POLL_MS (root.after).
-The one call that goes the other way is chat.cancel(), which any thread may make.
+(loading the model, writing a reply) runs on worker threads that never touch the window, nor even the
+App: they post the names of the App methods to call to a queue, and the main loop calls them every
+POLL_MS (root.after). The one call that goes the other way is chat.cancel(), which any thread may make.
 """
 
 import argparse
@@ -31,12 +31,11 @@ class App:
         self.root = root
         self.model_name = os.path.basename(model)
         self.model = self.chat = None
-        self.stopping = threading.Event()   # Stop was pressed during the current reply
-        self.posted = queue.Queue()         # (function, args) from the workers, for the main loop to call
+        self.posted = queue.Queue()         # (method name, args) from the workers, for the main loop to call
         self._build()
         self._set_state("loading")   # then 'idle' <-> 'replying', or 'failed' if the model won't load
         self.status.set(f"loading {self.model_name}…")
-        threading.Thread(target=self._load, args=(model, system, chat_options), daemon=True).start()
+        threading.Thread(target=load_worker, args=(self.posted.put, model, system, chat_options), daemon=True).start()
         self._poll()
 
     # --- the window
@@ -115,15 +114,16 @@ class App:
             self._write("You: ", "name")
             self._write(text + "\n")
             self._write("Assistant: ", "name")
-            self.stopping.clear()
             self._set_state("replying")
             self.status.set("reading the prompt…")
-            threading.Thread(target=self._reply, args=(self.chat, text), daemon=True).start()
+            # made here, consumed on the worker: a Stop from this moment on counts
+            post = self.posted.put
+            pieces = self.chat.send(text, on_prefill_progress=lambda done, total: post(("_reading", (done, total))))
+            threading.Thread(target=reply_worker, args=(post, pieces), daemon=True).start()
         return "break"   # Enter has sent: it must not also insert a newline
 
     def stop(self, event=None):
         if self.state == "replying":
-            self.stopping.set()
             self.chat.cancel()
             self.status.set("stopping…")
 
@@ -143,35 +143,14 @@ class App:
 
     # --- the workers and their posts
 
-    def _post(self, fn, *args):
-        """From a worker: have the main loop call fn(*args)."""
-        self.posted.put((fn, args))
-
     def _poll(self):
         self._polling = self.root.after(POLL_MS, self._poll)   # first: a call that fails must not end the polling
         while True:
             try:
-                fn, args = self.posted.get_nowait()
+                name, args = self.posted.get_nowait()
             except queue.Empty:
                 break
-            fn(*args)
-
-    def _load(self, model, system, chat_options):
-        """Worker: load the model (the first run of a known name downloads and converts it)."""
-        done = 0
-
-        def converting(n, total):
-            nonlocal done
-            done += n
-            self._post(self.status.set, f"converting {self.model_name}: {100 * done // max(total, 1)}%")
-
-        try:
-            m = minigpt.load(model, log=lambda msg: self._post(self.status.set, msg), progress=converting)
-            chat = m.chat(system=system, **chat_options)
-        except Exception as e:   # shown in the window: a worker's exception would vanish with its thread
-            self._post(self._failed, f"could not load {model}: {e}")
-            return
-        self._post(self._loaded, m, chat)
+            getattr(self, name)(*args)
 
     def _loaded(self, model, chat):
         self.model, self.chat = model, chat
@@ -182,35 +161,50 @@ class App:
         self._set_state("failed")
         self.status.set(message)
 
-    def _reply(self, chat, text):
-        """Worker: stream the reply to `text` into the transcript, piece by piece."""
-        def reading(done, total):
-            status = "replying…" if done == total else f"reading the prompt: {done}/{total} tokens…"
-            self._post(self.status.set, status)
-            self._stop_if_asked(chat)
+    def _reading(self, done, total):
+        self.status.set("replying…" if done == total else f"reading the prompt: {done}/{total} tokens…")
 
-        try:
-            for piece in chat.send(text, on_prefill_progress=reading):
-                self._post(self._write, piece)
-                self._stop_if_asked(chat)
-        except Exception as e:   # minigpt.MinigptError (e.g. a message too long for the context), or a bug
-            self._post(self._write, f"[{e}]", "note")
-        self._post(self._replied)
-
-    def _stop_if_asked(self, chat):
-        # send() forgets a cancel() made before it started: Stop may have come that early, so cancel again
-        if self.stopping.is_set():
-            chat.cancel()
+    def _set_status(self, text):
+        self.status.set(text)
 
     def _replied(self):
         last = self.chat.last
-        if last.stop == "cancelled" and not last.prompt_tokens:   # stopped while reading the message
+        if last.stop == "cancelled" and not last.kept:   # stopped while reading the message
             self._write("[stopped: the message was not read, the model will not see it]", "note")
         elif last.stop == "cancelled":
             self._write(" [stopped]", "note")
         self._write("\n\n")
         self._set_state("idle")
         self._show_status()
+
+
+# --- the workers: they see the queue's put, never a widget
+
+def load_worker(post, model, system, chat_options):
+    """Load the model (the first run of a known name downloads and converts it), start a chat."""
+    done, name = {}, os.path.basename(model)
+
+    def progress(n, total, stage):   # stage: downloading, verifying or converting
+        done[stage] = done.get(stage, 0) + n
+        post(("_set_status", (f"{stage} {name}: {100 * done[stage] // max(total, 1)}%",)))
+
+    try:
+        m = minigpt.load(model, log=lambda msg: post(("_set_status", (msg,))), progress=progress)
+        chat = m.chat(system=system, **chat_options)
+    except Exception as e:   # shown in the window: a worker's exception would vanish with its thread
+        post(("_failed", (f"could not load {model}: {e}",)))
+        return
+    post(("_loaded", (m, chat)))
+
+
+def reply_worker(post, pieces):
+    """Stream a reply into the transcript, piece by piece."""
+    try:
+        for piece in pieces:
+            post(("_write", (piece,)))
+    except Exception as e:   # minigpt.MinigptError (e.g. a message too long for the context), or a bug
+        post(("_write", (f"[{e}]", "note")))
+    post(("_replied", ()))
 
 
 def main():

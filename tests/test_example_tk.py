@@ -158,18 +158,18 @@ def test_stop_mid_reply_keeps_what_was_written(open_app, tiny, monkeypatch):
     assert transcript(app) == "" and chat.history == [] and chat.n_past == 0
 
 
-def test_stop_before_the_reply_starts(open_app, tiny, monkeypatch):
-    # Stop pressed before the worker thread has called send(), which forgets earlier cancels: it must
-    # still stop the reply, before its first token
+def test_stop_before_the_reply_starts(open_app, tk_chat, tiny, monkeypatch):
+    # Stop pressed before the worker thread has begun to read the reply: it must still stop the reply,
+    # before its first token
     app = open_app(tiny, seed=1, temperature=0.9)
     slow_down(app, monkeypatch)
-    send = app.chat.send
+    reply = tk_chat.reply_worker
 
-    def late_send(*args, **kw):
+    def late_reply(*args, **kw):
         time.sleep(0.2)   # a worker thread slow to get going
-        return send(*args, **kw)
+        return reply(*args, **kw)
 
-    monkeypatch.setattr(app.chat, "send", late_send)
+    monkeypatch.setattr(tk_chat, "reply_worker", late_reply)
     type_and_send(app, "hello")
     app.stop_button.invoke()
     pump(app, lambda: app.state == "idle", "the reply to stop")
