@@ -98,9 +98,10 @@ class Model:
             self._template = t
         return self._template
 
-    def set_chat_template(self, source):
-        """Use `source` (Jinja2 text) instead of the file's chat template; checked now."""
-        t = ChatTemplate(source, "custom", self.template.bos_token, self.template.eos_token)
+    def set_chat_template(self, source, stop=()):
+        """Use `source` (Jinja2 text) instead of the file's chat template; checked now. stop: strings
+        that end a reply, for templates whose turns end in plain text rather than a special token."""
+        t = ChatTemplate(source, "custom", self.template.bos_token, self.template.eos_token, stop)
         t.check()
         self._template = t
 

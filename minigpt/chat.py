@@ -144,7 +144,7 @@ class ChatSession:
         user = self.messages[i]["content"]
         del self.messages[i:]
         mark = self._marks.pop() if self._marks else None
-        if mark is None:
+        if mark is None or self._text is None:   # where the turn began is not known: re-read next time
             self._text, self._marks = None, []
         else:
             del self.cache.tokens[mark[0]:]

@@ -10,7 +10,7 @@ from minigpt.chat import ChatSession
 from minigpt.convert import convert
 from minigpt.engine import ContextFullError, KVCache
 from minigpt.errors import FormatError, MinigptError
-from minigpt.template import CHATML, GEMMA, LLAMA3, ChatTemplate, TemplateError
+from minigpt.template import CHATML, GEMMA, LLAMA3, PLAIN, ChatTemplate, TemplateError
 
 from synthetic import tiny_llama
 
@@ -159,6 +159,18 @@ def test_overflow_drops_oldest_turns(model):
     with pytest.raises(ContextFullError, match="too long"):
         reply(chat, "x" * 400)
     assert chat.history[-2]["content"] == "message number 11"   # the failed turn changed nothing
+
+
+def test_stop_strings_then_undo(paths):
+    m = minigpt.load(str(paths["plain"]))
+    m.set_chat_template(PLAIN, stop=("::",))       # the tiny model writes ':' a lot
+    chat = m.chat(max_tokens=30, seed=3, temperature=0.9)
+    for i in range(3):
+        reply(chat, f"hi {i}")
+        assert chat.last.stop == "stop" and "::" not in chat.history[-1]["content"]
+    assert chat.undo() == "hi 2" and chat.undo() == "hi 1"
+    reply(chat, "again")   # the cache no longer spells a known text: the turn re-reads and goes on
+    assert [x["content"] for x in chat.history if x["role"] == "user"] == ["hi 0", "again"]
 
 
 def test_settings(model):
