@@ -1,6 +1,7 @@
-"""`minigpt bench` on a tiny synthetic model: the report's fields and shapes, never its timings."""
+"""`minigpt bench` and bench/chat_ttft.py on tiny synthetic models: the reports' fields and shapes, never timings."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -8,7 +9,9 @@ from minigpt import bench, kernels
 from minigpt.convert import convert
 
 from synthetic import tiny_llama
-from subproc import run_minigpt
+from subproc import run_minigpt, run_python
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
 @pytest.fixture(scope="module")
@@ -53,3 +56,52 @@ def test_bench_bad_sizes_are_one_line_errors(tiny):
 def test_prompt_ids_are_ordinary_tokens():
     ids = bench.prompt_ids(300, 400)
     assert len(ids) == 300 and min(ids) >= 100 and max(ids) < 400 and len(set(ids)) > 200
+
+
+# --- bench/chat_ttft.py
+
+@pytest.fixture(scope="module")
+def tiny_chat(tmp_path_factory):
+    d = tmp_path_factory.mktemp("chat_ttft")
+    tiny_llama(d / "tiny.gguf", wtype="Q8_0", ctx=512)
+    convert(d / "tiny.gguf", d / "tiny.mgpt")
+    return d / "tiny.mgpt"
+
+
+def test_chat_ttft_json(tiny_chat, tmp_path):
+    out = tmp_path / "ttft.json"
+    r = run_python(BENCH / "chat_ttft.py", "-m", tiny_chat, "-n", "3", "-r", "1", "--max-tokens", "4",
+                   "--json", "--out", out, timeout=300)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d == json.loads(out.read_text())
+    assert d["model"]["name"] == "tiny-llama" and d["threads"] == 1
+    assert d["settings"]["turns"] == 3 and d["settings"]["reps"] == 1 and d["settings"]["contrast"] == "all"
+    assert len(d["messages"]) == 3 and d["message_tokens"] == [48, 48, 48]
+    assert [t["turn"] for t in d["turns"]] == [1, 2, 3]
+    n_past = 0
+    for t in d["turns"]:
+        (run,) = t["runs"]
+        assert run["n_past_before"] == n_past and run["prompt_tokens"] > 48 and run["dropped_turns"] == 0
+        assert run["n_past"] == n_past + run["prompt_tokens"] + run["reply_tokens"]   # only the new tokens prefilled
+        assert 0 <= run["reply_tokens"] <= 4 and run["stop"] in ("eos", "length", "stop")
+        assert 0 < run["prefill_s"] <= run["ttft_s"] and run["first_piece_tokens"] <= run["reply_tokens"]
+        nr = run["no_reuse"]
+        assert nr["prompt_tokens"] >= run["prompt_tokens"] and 0 < nr["prefill_s"] <= nr["ttft_s"]
+        n_past = run["n_past"]
+    s = d["summary"]
+    for key in ("ttft_last_over_first", "ttft_last_over_second", "no_reuse_over_reuse_last"):
+        assert len(s[key]["samples"]) == 1 and s[key]["median"] > 0
+    assert s["ttft_last_over_first_fastest"] > 0 and s["ttft_last_over_second_fastest"] > 0
+
+
+def test_chat_ttft_table(tiny_chat):
+    r = run_python(BENCH / "chat_ttft.py", "-m", tiny_chat, "-n", "3", "-r", "2", "--max-tokens", "3",
+                   "--lang", "zh", "--msg-tokens", "30", "--contrast", "last", timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert "tiny-llama" in lines[0] and "messages: zh, " in r.stdout
+    head = next(i for i, l in enumerate(lines) if l.startswith("turn "))
+    assert lines[head].split()[:2] == ["turn", "prefilled"] and "no reuse" in lines[head]
+    assert [l.split()[0] for l in lines[head + 1:head + 4]] == ["1", "2", "3"]
+    assert "TTFT turn 3 / turn 1:" in r.stdout and "turn 3 without cache reuse:" in r.stdout
