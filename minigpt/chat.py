@@ -234,10 +234,10 @@ class ChatSession:
         out = TextStream(m.tokenizer, self.template.stop)
         loop = TokenLoop(m.engine, cache, logits, self.settings, self.rng, self.max_tokens, m.tokenizer.eog_ids,
                          self._cancel.is_set, top_n)
-        tokens = []
+        tokens, steps = [], iter(loop)
         t0 = time.perf_counter()
         try:
-            for step in loop:
+            for step in steps:
                 tokens.append(step.token)
                 step.text = out.push(step.token)
                 reply["content"] += step.text
@@ -250,6 +250,7 @@ class ChatSession:
                 reply["content"] += tail
                 yield Step(None, text=tail)
         finally:   # also when the caller stops iterating: the history keeps what was shown
+            steps.close()   # the last token shown enters the cache now
             stats.decode_seconds = time.perf_counter() - t0
             stats.stop = "stop" if out.stopped else loop.stop or "cancelled"
             # the cache now holds the reply's tokens: does their text extend the prompt as the history says?

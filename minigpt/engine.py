@@ -129,11 +129,14 @@ class Step:
 
 
 class TokenLoop:
-    """Sample, evaluate, yield: iterate for Steps. Every yielded token is already in the cache.
+    """Sample, yield, evaluate: iterate for Steps.
 
-    logits: [vocab] after the prompt. Ends at max_tokens (None: no limit), an end-of-generation id
-    (not yielded, not evaluated), a full cache, or when cancelled() turns true (checked before each
-    token). .stop then says which: 'length', 'eos', 'context' or 'cancelled' (None while running).
+    logits: [vocab] after the prompt. A token is yielded as soon as it is sampled, and evaluated into
+    the cache when the next one is asked for, or when the iteration ends or is closed: once the loop
+    is done, every yielded token is in the cache. Ends at max_tokens (None: no limit), an
+    end-of-generation id (not yielded, not evaluated), a full cache, or when cancelled() turns true
+    (checked before each token). .stop then says which: 'length', 'eos', 'context' or 'cancelled'
+    (None while running).
     """
 
     def __init__(self, engine, cache, logits, settings: SamplerSettings, rng, max_tokens=None, stop_ids=(),
@@ -145,27 +148,32 @@ class TokenLoop:
 
     def __iter__(self):
         s, cache = self.settings, self.cache
-        n = 0
-        while True:
-            if self.max_tokens is not None and n >= self.max_tokens:
-                self.stop = "length"
-                return
-            if self.cancelled():
-                self.stop = "cancelled"
-                return
-            recent = cache.tokens[-s.repeat_last_n:] if s.repeat_last_n else ()
-            logits = apply_repeat_penalty(self.logits, recent, s.repeat_penalty)
-            tok = sample(logits, s, self.rng)   # the penalty is applied: no `recent` here
-            if tok in self.stop_ids:
-                self.stop = "eos"
-                return
-            step = Step(tok, *top_probs(logits, tok, self.top_n)) if self.top_n else Step(tok)
-            if cache.pos >= cache.n_ctx:
-                self.stop = "context"
-                return
-            self.logits = self.engine.decode_step(tok, cache)
-            n += 1
-            yield step
+        n, pending = 0, None
+        try:
+            while True:
+                if pending is not None:
+                    self.logits = self.engine.decode_step(pending, cache)
+                    pending = None
+                if self.max_tokens is not None and n >= self.max_tokens:
+                    self.stop = "length"
+                    return
+                if self.cancelled():
+                    self.stop = "cancelled"
+                    return
+                recent = cache.tokens[-s.repeat_last_n:] if s.repeat_last_n else ()
+                logits = apply_repeat_penalty(self.logits, recent, s.repeat_penalty)
+                tok = sample(logits, s, self.rng)   # the penalty is applied: no `recent` here
+                if tok in self.stop_ids:
+                    self.stop = "eos"
+                    return
+                if cache.pos >= cache.n_ctx:
+                    self.stop = "context"
+                    return
+                pending, n = tok, n + 1
+                yield Step(tok, *top_probs(logits, tok, self.top_n)) if self.top_n else Step(tok)
+        finally:   # closed early: the token the caller has seen still goes into the cache
+            if pending is not None:
+                self.engine.decode_step(pending, cache)
 
 
 # --- text

@@ -265,6 +265,16 @@ def test_cancel_stops_a_prefill(model):
     assert (chat.cache.tokens, chat.history) == before                 # the turn never happened
 
 
+def test_an_abandoned_reply_is_in_the_cache(model):
+    chat = model.chat(max_tokens=None, seed=1, **SETTINGS)
+    it = chat.steps("hello")
+    shown = [next(it) for _ in range(3)]     # each token is shown before it is evaluated...
+    it.close()
+    assert chat.cache.tokens[-3:] == [s.token for s in shown]   # ...and the last one is evaluated on close
+    assert chat.history[-1]["content"] == "".join(s.text for s in shown) and chat.last.reply_tokens == 3
+    reply(chat, "go on")
+
+
 def test_a_cancel_before_the_first_step_counts(model):
     chat = model.chat(max_tokens=5, seed=1)
     it = chat.send("hello")        # e.g. made on a UI thread, consumed on a worker
