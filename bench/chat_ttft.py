@@ -7,13 +7,16 @@ One repetition is a conversation in a fresh ChatSession (minigpt/chat.py): N use
 tokens (--msg-tokens, default 48: the built-in messages are cut at the last word, or character, that gives
 exactly that many; the table shows what was prefilled), greedy replies of at most --max-tokens. For every turn:
 TTFT, from the send() call to its first text piece, split into prefill (the new tokens, in steps of
-chat.PREFILL_STEP) and the rest (rendering the template, tokenizing the new text, sampling and evaluating the
-first token); the tokens prefilled (chat.last.prompt_tokens); the context before and after the turn
+chat.PREFILL_STEP) and the rest (rendering the template, tokenizing the new text, sampling the first token); the tokens prefilled (chat.last.prompt_tokens); the context before and after the turn
 (chat.n_past); the reply's length, why it ended, and decode tok/s.
 
 The contrast, what reuse saves (--contrast all|last|none): right after turn k, a fresh session given the same
 k-1 earlier turns as its history (set, not prefilled) sends the same message, so its first send prefills the
 whole conversation, as a session without cache reuse would; timed the same way (to its first piece).
+
+Then the steadiest figure (--pairs P, default 20): turn 1 and turn N timed alternately, A B A B, turn 1 in a
+fresh session, turn N in one session holding turns 1..N-1 that takes the message back (undo) after each
+timing; the per-pair ratio TTFT(turn N) / TTFT(turn 1), median [min, max].
 
 Printed: per turn median [min, max] over the repetitions ("1st piece": tokens sampled before the first text
 piece, more than 1 when a character spans tokens), and the headline TTFT(turn N) / TTFT(turn 1) as median
@@ -147,6 +150,37 @@ def conversation(m, msgs, a, rep):
     return turns
 
 
+def first_piece(chat, text):
+    """TTFT of one send; then the reply is cancelled (its first token still enters the cache)."""
+    t0 = time.perf_counter()
+    pieces = chat.send(text)
+    next(pieces, None)
+    ttft = time.perf_counter() - t0
+    chat.cancel()
+    for _ in pieces:
+        pass
+    return ttft
+
+
+def interleaved(m, msgs, a):
+    """Turn 1 and turn N timed alternately (A B A B ...), so that the machine's ups and downs hit both alike:
+    turn 1 in a fresh session each time; turn N in one session that holds turns 1..N-1 and takes its
+    message back (undo) after each timing. Returns the TTFTs and the ratio of each pair."""
+    long = m.chat(system=a.system, temperature=0, max_tokens=a.max_tokens, seed=0)
+    for text in msgs[:-1]:
+        for _ in long.send(text):
+            pass
+    before = long.n_past
+    firsts, lasts = [], []
+    for _ in range(a.pairs):
+        firsts.append(first_piece(m.chat(system=a.system, temperature=0, max_tokens=a.max_tokens, seed=0), msgs[0]))
+        lasts.append(first_piece(long, msgs[-1]))
+        long.undo()
+        assert long.n_past == before   # back where it was: the next timing prefills the same tokens
+    return {"first_s": spread(firsts), "last_s": spread(lasts), "n_past_before_last": before,
+            "ratio": spread([b / f for f, b in zip(firsts, lasts)])}
+
+
 def run(a):
     """The whole benchmark as a JSON-ready dict."""
     t0 = time.perf_counter()
@@ -165,6 +199,7 @@ def run(a):
         print(f"repetition {rep + 1}/{a.reps}: TTFT turn 1 {t[0]['ttft_s'] * 1e3:.1f} ms, turn {len(t)} "
               f"{t[-1]['ttft_s'] * 1e3:.1f} ms", file=sys.stderr, flush=True)
 
+    pairs = interleaved(m, msgs, a) if a.pairs and a.turns > 1 else None
     isa = getattr(m.kern, "isa", None)
     return {
         "model": {"path": str(m.path), "name": m.config.name, "arch": m.config.arch},
@@ -172,11 +207,13 @@ def run(a):
         "precision": m.engine.precision, "load_s": load_s,
         "settings": {"turns": a.turns, "reps": a.reps, "max_tokens": a.max_tokens, "lang": a.lang,
                      "msg_tokens": a.msg_tokens, "system": a.system, "contrast": a.contrast, "temperature": 0,
+                     "pairs": a.pairs,
                      "prefill_step": PREFILL_STEP, "n_ctx": m.n_ctx},
         "messages": msgs,
         "message_tokens": [len(m.tokenizer.encode(t)) for t in msgs],
         "turns": [{"turn": k + 1, "runs": [r[k] for r in reps]} for k in range(a.turns)],
         "summary": summary(reps),
+        "interleaved": pairs,
         "machine": machine(),
         "versions": {"minigpt": minigpt.__version__, "python": platform.python_version(), "numpy": np.__version__},
     }
@@ -272,6 +309,12 @@ def format_table(d):
         lines.append(f"turn {n} without cache reuse: {_cell([r['prompt_tokens'] for r in last], '{:.0f}')} tokens "
                      f"prefilled, TTFT {ms(last, 'ttft_s')} ms = "
                      f"{_cell(sm['no_reuse_over_reuse_last']['samples'], '{:.1f}')}x turn {n} with reuse")
+    p = d.get("interleaved")
+    if p:
+        lines.append(f"interleaved, {s['pairs']} pairs A B A B (turn {n} after {p['n_past_before_last']} positions): "
+                     f"TTFT turn 1 {_cell([x * 1e3 for x in p['first_s']['samples']])} ms, turn {n} "
+                     f"{_cell([x * 1e3 for x in p['last_s']['samples']])} ms; turn {n} / turn 1 per pair "
+                     f"{_cell(p['ratio']['samples'], '{:.2f}')}")
     return "\n".join(lines)
 
 
@@ -289,10 +332,12 @@ def main():
     ap.add_argument("--system", default=None, help="System prompt (default: the template's own, if any).")
     ap.add_argument("--contrast", choices=("all", "last", "none"), default="all",
                     help="Turns also timed without cache reuse.")
+    ap.add_argument("--pairs", type=int, default=20,
+                    help="Then time turn 1 and the last turn alternately this many times (0: don't).")
     ap.add_argument("--json", action="store_true", help="Print every sample as one JSON object, not the table.")
     ap.add_argument("--out", default=None, help="Also write the JSON to this file.")
     a = ap.parse_args()
-    if a.turns < 1 or a.reps < 1 or a.max_tokens < 1 or a.msg_tokens < 1 or a.threads < 1:
+    if a.turns < 1 or a.reps < 1 or a.max_tokens < 1 or a.msg_tokens < 1 or a.threads < 1 or a.pairs < 0:
         raise SystemExit(f"bad sizes: turns {a.turns}, reps {a.reps}, max tokens {a.max_tokens}, "
                          f"message tokens {a.msg_tokens}, threads {a.threads}")
     try:

@@ -71,7 +71,7 @@ def tiny_chat(tmp_path_factory):
 def test_chat_ttft_json(tiny_chat, tmp_path):
     out = tmp_path / "ttft.json"
     r = run_python(BENCH / "chat_ttft.py", "-m", tiny_chat, "-n", "3", "-r", "1", "--max-tokens", "4",
-                   "--json", "--out", out, timeout=300)
+                   "--pairs", "3", "--json", "--out", out, timeout=300)
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert d == json.loads(out.read_text())
@@ -93,6 +93,9 @@ def test_chat_ttft_json(tiny_chat, tmp_path):
     for key in ("ttft_last_over_first", "ttft_last_over_second", "no_reuse_over_reuse_last"):
         assert len(s[key]["samples"]) == 1 and s[key]["median"] > 0
     assert s["ttft_last_over_first_fastest"] > 0 and s["ttft_last_over_second_fastest"] > 0
+    p = d["interleaved"]
+    assert len(p["ratio"]["samples"]) == 3 and len(p["first_s"]["samples"]) == 3
+    assert p["n_past_before_last"] == d["turns"][1]["runs"][0]["n_past"]   # turn 3 after turns 1 and 2
 
 
 def test_chat_ttft_table(tiny_chat):
@@ -105,3 +108,4 @@ def test_chat_ttft_table(tiny_chat):
     assert lines[head].split()[:2] == ["turn", "prefilled"] and "no reuse" in lines[head]
     assert [l.split()[0] for l in lines[head + 1:head + 4]] == ["1", "2", "3"]
     assert "TTFT turn 3 / turn 1:" in r.stdout and "turn 3 without cache reuse:" in r.stdout
+    assert "interleaved, 20 pairs A B A B" in r.stdout
