@@ -196,6 +196,19 @@ def test_steps_carry_probabilities(model):
         assert ps == sorted(ps, reverse=True) and s.p <= ps[0] + 1e-12
 
 
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_python_backends_chat_like_the_compiled_one(paths, backend):
+    replies = []
+    for b in ("c", backend):
+        m = minigpt.load(str(paths["a"]), backend=b, precision="exact")
+        chat = m.chat(temperature=0, max_tokens=6)
+        first = reply(chat, "hello there")
+        before = chat.n_past
+        replies.append([first, reply(chat, "again")])
+        assert chat.last.prompt_tokens == chat.n_past - before - chat.last.reply_tokens   # the cache was reused
+    assert replies[0] == replies[1]
+
+
 # --- save and load
 
 def test_save_load_continues_exactly(model, tmp_path):
