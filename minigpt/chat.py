@@ -209,16 +209,18 @@ class ChatSession:
         del cache.tokens[n:]
         todo = ids[n:]
         t0 = time.perf_counter()
-        for s in range(0, len(todo), PREFILL_STEP):
-            if self._cancel.is_set():
-                del cache.tokens[n:]          # the turn never happened
-                if not appends:
-                    self._text, self._marks = None, []
-                stats.stop = "cancelled"
-                return
-            logits = m.engine.prefill(todo[s:s + PREFILL_STEP], cache=cache)
-            if progress:
-                progress(min(s + PREFILL_STEP, len(todo)), len(todo))
+        try:
+            for s in range(0, len(todo), PREFILL_STEP):
+                if self._cancel.is_set():
+                    stats.stop = "cancelled"
+                    self._take_back(n, appends)
+                    return
+                logits = m.engine.prefill(todo[s:s + PREFILL_STEP], cache=cache)
+                if progress:
+                    progress(min(s + PREFILL_STEP, len(todo)), len(todo))
+        except BaseException:   # an error, or Ctrl-C in the program embedding us
+            self._take_back(n, appends)
+            raise
         stats.prompt_tokens, stats.prefill_seconds = len(todo), time.perf_counter() - t0
 
         # the turn is on: the conversation now holds the message, the cache spells `prompt`
@@ -253,8 +255,16 @@ class ChatSession:
             steps.close()   # the last token shown enters the cache now
             stats.decode_seconds = time.perf_counter() - t0
             stats.stop = "stop" if out.stopped else loop.stop or "cancelled"
-            # the cache now holds the reply's tokens: does their text extend the prompt as the history says?
-            self._text = prompt + reply["content"] if _spell(m.tokenizer, tokens) == reply["content"] else None
+            # the cache should now end with the reply's tokens, spelling what the history says
+            in_cache = cache.tokens[len(cache.tokens) - len(tokens):] == tokens if tokens else True
+            spelled = in_cache and _spell(m.tokenizer, tokens) == reply["content"]
+            self._text = prompt + reply["content"] if spelled else None
+
+    def _take_back(self, n, appends):
+        """Undo a prefill that did not finish: the turn never happened."""
+        del self.cache.tokens[n:]
+        if not appends:   # the cache was cut below what it spelled
+            self._text, self._marks = None, []
 
     def _fit(self, messages):
         """Drop the oldest turns until the rendered conversation leaves room for a reply.

@@ -296,6 +296,26 @@ def test_a_cancel_before_the_first_step_counts(model):
     assert reply(chat, "hello") and chat.last.kept
 
 
+def test_an_error_in_a_prefill_changes_nothing(model, monkeypatch):
+    chat = model.chat(max_tokens=4, seed=1)
+    reply(chat, "hello")
+    before = (list(chat.cache.tokens), chat.history, chat._text)
+    prefill, calls = model.engine.prefill, []
+
+    def failing(*args, **kw):   # the second step of the prefill fails (e.g. Ctrl-C in the embedding app)
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return prefill(*args, **kw)
+
+    monkeypatch.setattr(model.engine, "prefill", failing)
+    with pytest.raises(KeyboardInterrupt):
+        reply(chat, "word " * 40)
+    monkeypatch.undo()
+    assert (chat.cache.tokens, chat.history, chat._text) == before
+    reply(chat, "and on")
+
+
 def test_one_send_at_a_time(model):
     chat = model.chat(max_tokens=5, seed=1)
     it = chat.send("hi")
