@@ -140,3 +140,25 @@ def tiny_llama(path, *, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden=96, 
         t[p + "ffn_down.weight"] = mat(dim, hidden)
     write_gguf(path, meta, t)
     return meta
+
+
+def tiny_spm_fields(**overrides):
+    """A SentencePiece ("llama") vocabulary: 5 special tokens, 256 byte tokens, a few scored pieces.
+
+    Pieces and scores: the higher score merges first. "abc" has no piece, so "abc" stops at two.
+    """
+    special = [("<unk>", 2), ("<s>", 3), ("</s>", 3), ("<ctl>", 3), ("<usr>", 4)]
+    pieces = [("\u2581", -1.0), ("a", -1.0), ("b", -1.0), ("c", -1.0), ("h", -1.0), ("e", -1.0),
+              ("l", -1.0), ("o", -1.0), ("ab", -3.0), ("bc", -2.0), ("aa", -4.0), ("\u2581a", -5.0),
+              ("he", -6.0), ("ll", -6.0), ("hell", -7.0), ("hello", -8.0), ("\u2581hello", -9.0),
+              ("\u4f60", -10.0), ("\u2581\u2581", -11.0)]
+    tokens = [t for t, _ in special] + [f"<0x{b:02X}>" for b in range(256)] + [t for t, _ in pieces]
+    fields = {
+        "model": "llama", "tokens": tokens,
+        "scores": [0.0] * (len(special) + 256) + [s for _, s in pieces],
+        "token_type": [k for _, k in special] + [6] * 256 + [1] * len(pieces),
+        "bos_token_id": 1, "eos_token_id": 2, "unknown_token_id": 0,
+        "add_bos_token": True, "add_eos_token": False, "add_space_prefix": False,
+    }
+    fields.update(overrides)
+    return fields

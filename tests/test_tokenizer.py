@@ -118,7 +118,7 @@ def test_byte_encode_spells_bytes_as_vocab_characters():
     assert byte_encode(" hi\n") == "Ġhi\u010a"
 
 
-@pytest.mark.parametrize("key, value", [("model", "llama"), ("model", None), ("pre", "no-such-pre")])
+@pytest.mark.parametrize("key, value", [("model", "t5"), ("model", None), ("pre", "no-such-pre")])
 def test_unsupported_model_or_pre_is_a_clear_error(key, value):
     fields = tiny_fields(**{key: value})
     if value is None:

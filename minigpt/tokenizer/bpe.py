@@ -6,54 +6,15 @@ The llama.cpp behaviour reproduced here lives in src/llama-vocab.cpp (load, toke
 tokenizer_st_partition, token_to_piece, detokenize).
 """
 
-import codecs
-import enum
 import heapq
-import itertools
-import re
 from collections.abc import Iterable, Mapping, Sequence
 
 from minigpt.errors import TokenizerError
 from minigpt.tokenizer.pretokenize import (CHAR_TO_BYTE, PreTokenizer, byte_encode, compiled, pre_tokenizer,
                                            split)
+from minigpt.tokenizer.vocab import (Attr, StreamDecoder, attributes, byte_value, end_of_generation,
+                                     partition, special_tokens, token_ids)
 
-
-class Attr(enum.IntFlag):
-    """Per-token attributes (llama_token_attr)."""
-    UNKNOWN = 1
-    UNUSED = 2
-    NORMAL = 4
-    CONTROL = 8
-    USER_DEFINED = 16
-    BYTE = 32
-
-
-# GGUF tokenizer.ggml.token_type -> Attr; anything else (0 = undefined) has no attribute.
-_TYPE_TO_ATTR = {1: Attr.NORMAL, 2: Attr.UNKNOWN, 3: Attr.CONTROL, 4: Attr.USER_DEFINED,
-                 5: Attr.UNUSED, 6: Attr.BYTE}
-_NO_ATTR = Attr(0)
-_SPECIAL = Attr.CONTROL | Attr.USER_DEFINED | Attr.UNKNOWN   # matched by text before pre-tokenizing
-
-# llama.cpp finds end-of-generation tokens by their text (it says so itself: "obviously not ideal").
-_EOG_TEXTS = frozenset([
-    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
-    "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
-    "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
-    "<｜end▁of▁sentence｜>", "[e~[",
-])
-# Fill-in-the-middle tokens found by text when the file names none; pad/rep/sep also end generation.
-_FIM_TEXTS = {
-    "pre": ("<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>",
-            "<|code_prefix|>", "<|prefix|>"),
-    "suf": ("<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>",
-            "<|code_suffix|>", "<|suffix|>"),
-    "mid": ("<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>",
-            "<|code_middle|>", "<|middle|>"),
-    "pad": ("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"),
-    "rep": ("<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"),
-    "sep": ("<|file_sep|>",),
-}
-_GPT_OSS_RENDERED = ("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>")
 _BPE_DEFAULT_BOS_EOS = 11   # llama.cpp's default bos/eos for "gpt2" vocabs that name none
 _CACHE_LIMIT = 100_000      # pieces remembered by encode
 
@@ -75,7 +36,7 @@ def from_fields(fields: Mapping) -> "Tokenizer":
     if not all(tokens):
         tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
     n = len(tokens)
-    attrs = _attributes(fields.get("token_type"), n)
+    attrs = attributes(fields.get("token_type"), n)
 
     def special_id(key: str, default: int | None) -> int | None:
         if default is not None and default >= n:
@@ -88,8 +49,8 @@ def from_fields(fields: Mapping) -> "Tokenizer":
     add_bos = bool(fields.get("add_bos_token", pre.add_bos))
     if add_bos and bos is None:
         raise TokenizerError("tokenizer.ggml.add_bos_token is true, but bos_token_id is not set")
-    ids = _token_ids(tokens)
-    eog = _end_of_generation(tokens, ids, attrs, fields, special_id, eos)
+    ids = token_ids(tokens)
+    eog = end_of_generation(tokens, ids, attrs, fields, special_id, eos)
 
     # llama.cpp cuts a merge "left right" at its first space after the first character. Symbols in
     # byte-level BPE never hold U+0020 (byte 0x20 is spelled 'Ġ'), so looking up left + " " + right
@@ -99,64 +60,6 @@ def from_fields(fields: Mapping) -> "Tokenizer":
     ranks = dict(zip(reversed(merges), range(len(merges) - 1, -1, -1)))
     return Tokenizer(tokens, attrs, ranks, pre, bos_id=bos, eos_id=eos, eog_ids=eog, add_bos=add_bos,
                      ids=ids)
-
-
-def _token_ids(tokens: Sequence[str]) -> dict[str, int]:
-    """Token text -> id; a text held by two tokens is an error."""
-    ids = dict(zip(tokens, range(len(tokens))))
-    if len(ids) != len(tokens):
-        seen: dict[str, int] = {}
-        for i, t in enumerate(tokens):
-            if seen.setdefault(t, i) != i:
-                raise TokenizerError(f"duplicate token in vocabulary: {t!r} has ids {seen[t]} and {i}")
-    return ids
-
-
-def _attributes(types, n: int) -> list[Attr]:
-    """Attr of each of the n tokens from tokenizer.ggml.token_type (all NORMAL when it is absent)."""
-    if types is None:
-        return [Attr.NORMAL] * n
-    if len(types) < n:
-        raise TokenizerError(f"tokenizer.ggml.token_type has {len(types)} entries for {n} tokens")
-    types = types[:n]
-    if set(types) <= _TYPE_TO_ATTR.keys():
-        return list(map(_TYPE_TO_ATTR.__getitem__, types))     # one C-level pass
-    return [_TYPE_TO_ATTR.get(int(t), _NO_ATTR) for t in types]
-
-
-def _end_of_generation(tokens, by_text, attrs, fields, special_id, eos) -> frozenset[int]:
-    """End-of-generation ids, found as llama.cpp does; marks the tokens it finds as control (in place)."""
-    eog: set[int] = set()
-    for kind, texts in _FIM_TEXTS.items():
-        tid = special_id(f"fim_{kind}_token_id", None)
-        if tid is None:
-            # llama.cpp takes whichever candidate its hash map yields first; we take the lowest id
-            found = [by_text[t] for t in texts if t in by_text]
-            if found:
-                tid = min(found)
-                attrs[tid] |= Attr.CONTROL
-        if tid is not None and kind in ("pad", "rep", "sep"):
-            eog.add(tid)
-    for text in _EOG_TEXTS & by_text.keys():
-        eog.add(by_text[text])
-        attrs[by_text[text]] |= Attr.CONTROL
-    for text in _GPT_OSS_RENDERED:
-        if text in by_text:
-            attrs[by_text[text]] = Attr.USER_DEFINED
-    eog.update(i for i in (eos, special_id("eot_token_id", None), special_id("eom_token_id", None))
-               if i is not None)
-
-    eog_texts = {tokens[i] for i in eog}
-    has_call = bool({"<|call|>", "<|calls|>"} & eog_texts)
-    if "<|end|>" in eog_texts and has_call and ({"<|return|>", "<|flush|>"} & eog_texts):
-        end = by_text["<|end|>"]          # gpt-oss / solar-open: <|end|> ends a message, not the turn
-        eog.discard(end)
-        attrs[end] = Attr.USER_DEFINED
-    if {"<|tool_response>", "</s>"} <= eog_texts:
-        s = by_text["</s>"]               # gemma4 / paddleocr
-        eog.discard(s)
-        attrs[s] = Attr.NORMAL
-    return frozenset(eog)
 
 
 # --- the tokenizer
@@ -179,20 +82,11 @@ class Tokenizer:
         self._pre = pre
         self._patterns = compiled(pre.patterns)
         self.n_vocab = len(self._tokens)
-        self._ids = _token_ids(self._tokens) if ids is None else ids
+        self._ids = token_ids(self._tokens) if ids is None else ids
         self.bos_id, self.eos_id, self.add_bos = bos_id, eos_id, add_bos
         self.eog_ids = frozenset(eog_ids)
 
-        # Special-token texts are matched longest first (llama.cpp sorts by byte length; ties, which
-        # its unstable sort leaves in any order, go by id here). Control and unknown tokens only
-        # when parsing specials; user-defined ones always. A vocab holds only a handful of distinct
-        # attribute values, so the scan for them runs in C.
-        special_attrs = {a for a in set(self._attrs) if a & _SPECIAL}
-        special = list(itertools.compress(range(self.n_vocab), map(special_attrs.__contains__, self._attrs)))
-        special.sort(key=lambda i: -len(self._tokens[i].encode("utf-8", "surrogatepass")))
-        self._specials_parsed = [(i, self._tokens[i]) for i in special]
-        self._specials_always = [(i, self._tokens[i]) for i in special
-                                 if not self._attrs[i] & (Attr.CONTROL | Attr.UNKNOWN)]
+        self._specials_parsed, self._specials_always = special_tokens(self._tokens, self._attrs)
         self._cache: dict[str, tuple[int, ...]] = {}
         self._pieces: list[bytes | None] = [None] * self.n_vocab
 
@@ -205,7 +99,7 @@ class Tokenizer:
             if self.bos_id is None:
                 raise TokenizerError("add_bos requested, but the vocabulary has no BOS token")
             ids.append(self.bos_id)
-        for fragment in self._partition(text, special):
+        for fragment in partition(text, self._specials_parsed if special else self._specials_always):
             if isinstance(fragment, int):
                 ids.append(fragment)
                 continue
@@ -218,25 +112,6 @@ class Tokenizer:
                     cached = self._cache[word] = self._bpe(word)
                 ids.extend(cached)
         return ids
-
-    def _partition(self, text: str, special: bool) -> list[str | int]:
-        """`text` cut at every special-token text: str fragments and int ids."""
-        fragments: list[str | int] = [text] if text else []
-        for tid, tok in (self._specials_parsed if special else self._specials_always):
-            if not any(isinstance(f, str) and tok in f for f in fragments):
-                continue
-            out: list[str | int] = []
-            for f in fragments:
-                if isinstance(f, int) or tok not in f:
-                    out.append(f)
-                    continue
-                for k, part in enumerate(f.split(tok)):
-                    if k:
-                        out.append(tid)
-                    if part:
-                        out.append(part)
-            fragments = out
-        return fragments
 
     def _bpe(self, word: str) -> tuple[int, ...]:
         """Ids of one byte-encoded piece: merge the lowest-ranked adjacent pair, leftmost first."""
@@ -314,10 +189,8 @@ class Tokenizer:
                     out += b"[UNK_BYTE_0x" + ch.encode("utf-8", "surrogatepass").hex().encode()
                     out += text.encode("utf-8", "surrogatepass") + b"]"
             return bytes(out)
-        if attr & Attr.BYTE:    # "<0xAB>" spelling, parsed like C strtol on text[3:5]
-            m = re.match(r"\s*([+-]?)([0-9a-fA-F]*)", text[3:5])
-            value = int(m[2] or "0", 16)
-            return bytes([(-value if m[1] == "-" else value) & 0xFF])
+        if attr & Attr.BYTE:    # "<0xAB>" spelling
+            return bytes([byte_value(text)])
         return b""              # undefined / unused tokens render as nothing
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -329,25 +202,6 @@ class Tokenizer:
 
     def stream(self) -> "StreamDecoder":
         return StreamDecoder(self)
-
-
-class StreamDecoder:
-    """Token-by-token decoding that only ever returns whole characters.
-
-    A character whose bytes span several tokens is held back until it is complete; bytes that can
-    never form a character come out as U+FFFD. Unlike decode(), no space clean-up is applied.
-    """
-
-    def __init__(self, tokenizer: Tokenizer):
-        self._tokenizer = tokenizer
-        self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
-
-    def push(self, token_id: int) -> str:
-        return self._utf8.decode(self._tokenizer.token_bytes(token_id))
-
-    def flush(self) -> str:
-        """Whatever is held back (an unfinished character comes out as U+FFFD); resets the stream."""
-        return self._utf8.decode(b"", final=True)
 
 
 def _clean_spaces(t: bytearray) -> bytearray:

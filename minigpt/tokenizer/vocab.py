@@ -1,0 +1,182 @@
+"""What every GGUF vocabulary shares, whatever its model: token attributes, end-of-generation ids,
+special-token partitioning, byte-token values and the streaming decoder (src/llama-vocab.cpp: load,
+tokenizer_st_partition, token_to_byte).
+"""
+
+import codecs
+import enum
+import itertools
+import re
+from collections.abc import Sequence
+
+from minigpt.errors import TokenizerError
+
+
+class Attr(enum.IntFlag):
+    """Per-token attributes (llama_token_attr)."""
+    UNKNOWN = 1
+    UNUSED = 2
+    NORMAL = 4
+    CONTROL = 8
+    USER_DEFINED = 16
+    BYTE = 32
+
+
+# GGUF tokenizer.ggml.token_type -> Attr; anything else (0 = undefined) has no attribute.
+TYPE_TO_ATTR = {1: Attr.NORMAL, 2: Attr.UNKNOWN, 3: Attr.CONTROL, 4: Attr.USER_DEFINED,
+                5: Attr.UNUSED, 6: Attr.BYTE}
+_NO_ATTR = Attr(0)
+SPECIAL = Attr.CONTROL | Attr.USER_DEFINED | Attr.UNKNOWN   # matched by text before pre-tokenizing
+
+# llama.cpp finds end-of-generation tokens by their text (it says so itself: "obviously not ideal").
+_EOG_TEXTS = frozenset([
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
+    "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
+    "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
+    "<｜end▁of▁sentence｜>", "[e~[",
+])
+# Fill-in-the-middle tokens found by text when the file names none; pad/rep/sep also end generation.
+_FIM_TEXTS = {
+    "pre": ("<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>",
+            "<|code_prefix|>", "<|prefix|>"),
+    "suf": ("<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>",
+            "<|code_suffix|>", "<|suffix|>"),
+    "mid": ("<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>",
+            "<|code_middle|>", "<|middle|>"),
+    "pad": ("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"),
+    "rep": ("<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"),
+    "sep": ("<|file_sep|>",),
+}
+_GPT_OSS_RENDERED = ("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>")
+
+
+# --- building from GGUF fields
+
+def token_ids(tokens: Sequence[str]) -> dict[str, int]:
+    """Token text -> id; a text held by two tokens is an error."""
+    ids = dict(zip(tokens, range(len(tokens))))
+    if len(ids) != len(tokens):
+        seen: dict[str, int] = {}
+        for i, t in enumerate(tokens):
+            if seen.setdefault(t, i) != i:
+                raise TokenizerError(f"duplicate token in vocabulary: {t!r} has ids {seen[t]} and {i}")
+    return ids
+
+
+def attributes(types, n: int) -> list[Attr]:
+    """Attr of each of the n tokens from tokenizer.ggml.token_type (all NORMAL when it is absent)."""
+    if types is None:
+        return [Attr.NORMAL] * n
+    if len(types) < n:
+        raise TokenizerError(f"tokenizer.ggml.token_type has {len(types)} entries for {n} tokens")
+    types = types[:n]
+    if set(types) <= TYPE_TO_ATTR.keys():
+        return list(map(TYPE_TO_ATTR.__getitem__, types))     # one C-level pass
+    return [TYPE_TO_ATTR.get(int(t), _NO_ATTR) for t in types]
+
+
+def end_of_generation(tokens, by_text, attrs, fields, special_id, eos) -> frozenset[int]:
+    """End-of-generation ids, found as llama.cpp does; marks the tokens it finds as control (in place)."""
+    eog: set[int] = set()
+    for kind, texts in _FIM_TEXTS.items():
+        tid = special_id(f"fim_{kind}_token_id", None)
+        if tid is None:
+            # llama.cpp takes whichever candidate its hash map yields first; we take the lowest id
+            found = [by_text[t] for t in texts if t in by_text]
+            if found:
+                tid = min(found)
+                attrs[tid] |= Attr.CONTROL
+        if tid is not None and kind in ("pad", "rep", "sep"):
+            eog.add(tid)
+    for text in _EOG_TEXTS & by_text.keys():
+        eog.add(by_text[text])
+        attrs[by_text[text]] |= Attr.CONTROL
+    for text in _GPT_OSS_RENDERED:
+        if text in by_text:
+            attrs[by_text[text]] = Attr.USER_DEFINED
+    eog.update(i for i in (eos, special_id("eot_token_id", None), special_id("eom_token_id", None))
+               if i is not None)
+
+    eog_texts = {tokens[i] for i in eog}
+    has_call = bool({"<|call|>", "<|calls|>"} & eog_texts)
+    if "<|end|>" in eog_texts and has_call and ({"<|return|>", "<|flush|>"} & eog_texts):
+        end = by_text["<|end|>"]          # gpt-oss / solar-open: <|end|> ends a message, not the turn
+        eog.discard(end)
+        attrs[end] = Attr.USER_DEFINED
+    if {"<|tool_response>", "</s>"} <= eog_texts:
+        s = by_text["</s>"]               # gemma4 / paddleocr
+        eog.discard(s)
+        attrs[s] = Attr.NORMAL
+    return frozenset(eog)
+
+
+# --- special tokens
+
+def special_tokens(tokens: Sequence[str], attrs: Sequence[Attr]) -> tuple[list, list]:
+    """(id, text) of the tokens matched by text before tokenizing: (when parsing specials, always).
+
+    Longest first (llama.cpp sorts by byte length; ties, which its unstable sort leaves in any order,
+    go by id here). Control and unknown tokens only when parsing specials; user-defined ones always.
+    A vocab holds only a handful of distinct attribute values, so the scan for them runs in C.
+    """
+    special_attrs = {a for a in set(attrs) if a & SPECIAL}
+    special = list(itertools.compress(range(len(tokens)), map(special_attrs.__contains__, attrs)))
+    special.sort(key=lambda i: -len(tokens[i].encode("utf-8", "surrogatepass")))
+    parsed = [(i, tokens[i]) for i in special]
+    always = [(i, tokens[i]) for i in special if not attrs[i] & (Attr.CONTROL | Attr.UNKNOWN)]
+    return parsed, always
+
+
+def partition(text: str, specials: Sequence[tuple[int, str]]) -> list[str | int]:
+    """`text` cut at every special-token text, longest tokens first: str fragments and int ids."""
+    fragments: list[str | int] = [text] if text else []
+    for tid, tok in specials:
+        if not any(isinstance(f, str) and tok in f for f in fragments):
+            continue
+        out: list[str | int] = []
+        for f in fragments:
+            if isinstance(f, int) or tok not in f:
+                out.append(f)
+                continue
+            for k, part in enumerate(f.split(tok)):
+                if k:
+                    out.append(tid)
+                if part:
+                    out.append(part)
+        fragments = out
+    return fragments
+
+
+def byte_value(text: str) -> int:
+    """The byte a "<0xAB>" token stands for, parsed like C strtol on text[3:5] (llama.cpp token_to_byte)."""
+    m = re.match(r"\s*([+-]?)([0-9a-fA-F]*)", text[3:5])
+    value = int(m[2] or "0", 16)
+    return (-value if m[1] == "-" else value) & 0xFF
+
+
+# --- decoding a stream
+
+class StreamDecoder:
+    """Token-by-token decoding that only ever returns whole characters.
+
+    A character whose bytes span several tokens is held back until it is complete; bytes that can
+    never form a character come out as U+FFFD. Unlike decode(), no space clean-up is applied, and
+    pieces come out as llama.cpp's token_to_piece renders them; lstrip_first=True drops one leading
+    space from the first token's piece, as decode() does for SentencePiece vocabs with a space prefix.
+    """
+
+    def __init__(self, tokenizer, lstrip_first: bool = False):
+        self._tokenizer = tokenizer
+        self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+        self._lstrip = lstrip_first
+
+    def push(self, token_id: int) -> str:
+        piece = self._tokenizer.token_bytes(token_id)
+        if self._lstrip:
+            self._lstrip = False
+            piece = piece[1:] if piece.startswith(b" ") else piece
+        return self._utf8.decode(piece)
+
+    def flush(self) -> str:
+        """Whatever is held back (an unfinished character comes out as U+FFFD); resets the stream."""
+        return self._utf8.decode(b"", final=True)
