@@ -5,7 +5,7 @@
 - against gguf-py (llama.cpp's NumPy reference), through committed fixtures made by
   tools/make_kquant_fixtures.py in its own venv (gguf is not a minigpt dependency);
 - end to end: a synthetic GGUF in each type converts to requantize(dequantize(source)).
-Plus, when the Gemma-3-270M Q4_K_M GGUF is in the cache, every tensor of it against gguf-py's digests.
+Plus every tensor of the Gemma-3-270M Q4_K_M GGUF (fetched once into the cache) against gguf-py's digests.
 """
 
 import hashlib
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minigpt import hub, quant
+from minigpt import quant
 from minigpt.convert import convert, kquants
 from minigpt.convert.convert import decode_tensor
 from minigpt.convert.gguf import GGUFFile
@@ -254,16 +254,10 @@ def test_cli_reports_requantized_types(tmp_path):
 
 # --- the real file: Gemma-3-270M Q4_K_M ------------------------------------------------------------
 
-GEMMA = "gemma-3-270m-q4_k_m.gguf"
-
-
-def test_gemma3_every_tensor_matches_gguf_py():
+def test_gemma3_every_tensor_matches_gguf_py(gemma3_q4_k_m_gguf):
     """Each tensor's decoded float32 bytes against the sha256 gguf-py gives (tools/make_kquant_fixtures.py)."""
-    path = hub.cache_dir() / "gguf" / GEMMA
-    if not path.is_file():
-        pytest.skip(f"{path} not in the cache (tools/make_kquant_fixtures.py says how to fetch it)")
     want = json.loads((FIX / "gemma_3_270m_q4_k_m_digests.json").read_text())
-    g = GGUFFile(path)
+    g = GGUFFile(gemma3_q4_k_m_gguf)
     assert sorted(g.tensors) == sorted(want["tensors"])
     types = {}
     for name, t in g.tensors.items():
