@@ -9,7 +9,25 @@ import numpy as np
 
 from minigpt import quant
 
-GGML_IDS = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 8, "BF16": 30}
+GGML_IDS = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8,
+            "Q2_K": 10, "Q3_K": 11, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14, "BF16": 30}
+
+# types written as random valid blocks (minigpt decodes but cannot quantize them):
+# name -> (block_size, block_bytes, byte offsets of the fp16 fields in a block)
+RANDOM_BLOCK_TYPES = {
+    "Q5_0": (32, 22, [0]), "Q5_1": (32, 24, [0, 2]),
+    "Q2_K": (256, 84, [80, 82]), "Q3_K": (256, 110, [108]), "Q4_K": (256, 144, [0, 2]),
+    "Q5_K": (256, 176, [0, 2]), "Q6_K": (256, 210, [208]),
+}
+
+
+def random_blocks(rng, type_name, n, scale=0.05):
+    """uint8 [n, block_bytes]: random bytes with every fp16 field a finite value ~ N(0, scale)."""
+    _, block_bytes, f16_offsets = RANDOM_BLOCK_TYPES[type_name]
+    raw = rng.integers(0, 256, size=(n, block_bytes), dtype=np.uint8)
+    for off in f16_offsets:
+        raw[:, off:off + 2] = (rng.standard_normal(n) * scale).astype("<f2").view(np.uint8).reshape(n, 2)
+    return raw
 
 
 def _s(text):
@@ -117,6 +135,10 @@ def tiny_llama(path, *, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden=96, 
             return ("F16", x.astype(np.float16), (rows, cols))
         if wtype == "BF16":
             return ("BF16", (x.view(np.uint32) >> 16).astype(np.uint16), (rows, cols))
+        if wtype in RANDOM_BLOCK_TYPES:   # random codes; scales small enough to keep values modest
+            block = RANDOM_BLOCK_TYPES[wtype][0]
+            raw = random_blocks(rng, wtype, rows * cols // block, scale=0.02 / np.sqrt(cols))
+            return (wtype, raw.reshape(rows, -1), (rows, cols))
         return (wtype, quant.quantize(x, wtype.lower()), (rows, cols))
 
     def norm(n):

@@ -6,7 +6,10 @@ Type policy (docs/format.md, "Conversion"):
   output head (`output`, or `tok_embd` when embeddings are tied), which is kept at q8_0 when the
   target is 4-bit, as llama.cpp keeps its output head at higher precision.
 - A tensor whose source block format equals its target is copied bit for bit. Otherwise it is
-  dequantized to f32 and requantized with round-to-nearest (minigpt.quant).
+  dequantized to f32 and requantized with round-to-nearest (minigpt.quant). Types minigpt does not
+  store (BF16, Q5_0, Q5_1, the K-quants) are decoded by .kquants; with no `quant` given they count
+  as q8_0 (BF16: f16) when picking the default, so a K-quant model lands at 8 bits rather than
+  taking a second 4-bit rounding.
 - A 2-D tensor whose rows are not a multiple of 32 cannot hold blocks: it falls back to f16.
 """
 
@@ -19,6 +22,7 @@ from .. import quant
 from ..config import Config
 from ..errors import ConvertError, MinigptError
 from ..format import Writer
+from . import kquants
 from .gguf import GGUFFile
 from .names import GGUF_IGNORED, map_gguf_name
 
@@ -76,8 +80,13 @@ def decode_tensor(t) -> np.ndarray:
     if t.type_name == "BF16":
         bits = t.data.view(np.uint16).astype(np.uint32) << 16
         return bits.view(np.float32).reshape(t.shape)
+    if t.type_name in kquants.TYPES:
+        return kquants.dequantize(t.data, t.type_name).reshape(t.shape)
     raise ConvertError(f"tensor {t.name}: GGUF type {t.type_name} cannot be decoded yet "
-                       f"(supported: {', '.join(sorted(_FROM_GGML) + ['BF16'])})")
+                       f"(supported: {', '.join(DECODABLE)})")
+
+
+DECODABLE = tuple(sorted(set(_FROM_GGML) | {"BF16"} | set(kquants.TYPES)))   # GGUF types decode_tensor reads
 
 
 def dominant_type(g: GGUFFile) -> str:
@@ -97,6 +106,9 @@ def plan(g: GGUFFile, config: Config, target: str):
     for t in g.tensors.values():
         if t.name in GGUF_IGNORED:
             continue
+        if t.type_name not in DECODABLE:   # checked before anything is written
+            raise ConvertError(f"{g.path}: tensor {t.name!r} is {t.type_name}, which cannot be decoded yet "
+                               f"(supported: {', '.join(DECODABLE)})")
         name = map_gguf_name(t.name)
         if name is None:
             raise ConvertError(f"{g.path}: unexpected tensor {t.name!r} for architecture {config.arch}")
@@ -127,7 +139,9 @@ def _check_complete(g, config, names):
 def convert(src, out, quant_type=None, progress=None) -> dict:
     """Convert GGUF `src` into the .mgpt file `out`. `progress(n_bytes, total_bytes)` is called per tensor.
 
-    Returns a summary: n_params, file_size, bits_per_weight, seconds, requantized tensor names.
+    Returns a summary: n_params, file_size, bits_per_weight, seconds, quant (the target),
+    requantized (names of the 2-D tensors decoded and requantized), requantized_types
+    ({"q4_k -> q8_0": count}), types ({minigpt qtype: count}).
     """
     from ..tokenizer import from_fields   # checked here so a bad vocabulary fails before writing
 
@@ -159,7 +173,7 @@ def convert(src, out, quant_type=None, progress=None) -> dict:
                     x = decode_tensor(t)
                     data = x if qtype == "f32" else quant.quantize(x.reshape(-1, x.shape[-1]), qtype)
                     if len(t.shape) == 2:
-                        requantized.append(name)
+                        requantized.append((name, t.type_name.lower(), qtype))
                 w.write(name, data)
                 if progress:
                     progress(t.nbytes, total)
@@ -171,5 +185,15 @@ def convert(src, out, quant_type=None, progress=None) -> dict:
     n_params = sum(int(np.prod(t.shape)) for t, _, _ in items)
     size = out.stat().st_size
     return {"n_params": n_params, "file_size": size, "bits_per_weight": 8 * size / n_params,
-            "seconds": time.perf_counter() - t0, "quant": target, "requantized": requantized,
+            "seconds": time.perf_counter() - t0, "quant": target,
+            "requantized": [name for name, _, _ in requantized],
+            "requantized_types": _count_pairs(requantized),
             "types": {q: sum(1 for *_, qq in items if qq == q) for q in {q for *_, q in items}}}
+
+
+def _count_pairs(requantized):
+    # [(name, source type, target type)] -> {"q4_k -> q8_0": n}, most frequent first
+    counts = {}
+    for _, src, dst in requantized:
+        counts[f"{src} -> {dst}"] = counts.get(f"{src} -> {dst}", 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))

@@ -1,0 +1,177 @@
+"""Decoders for the ggml block types minigpt reads but does not store: Q5_0, Q5_1 and the K-quants.
+
+A GGUF tensor in one of these types is decoded to float32 on import and requantized to a minigpt
+type (minigpt.quant). Layouts follow the GGUF / ggml specification; all fields are little-endian,
+fp16 fields are IEEE half. Each decoder maps uint8 blocks [nb, block_bytes] -> float32 [nb, block]
+and is vectorized over blocks. Element i of a block is written x[i].
+
+Q5_0 / Q5_1 (32 weights): 5-bit codes, low 4 bits as nibbles (q4_0's order: byte j holds element j
+low, element j+16 high), the fifth bit of element i is bit i of the u32 qh.
+
+K-quants (256 weights, "super-blocks"): one fp16 d (and for the asymmetric types an fp16 dmin) for
+the whole block, scaled per sub-block by small integers (16 sub-blocks of 16, or 8 of 32).
+
+Arithmetic is float32 in the order the spec writes it (scale = d * sub_scale, then scale * q, then
+- min), so results match ggml's reference dequantizers bit for bit.
+"""
+
+import numpy as np
+
+# name -> (block_size, block_bytes)
+TYPES = {
+    "Q5_0": (32, 22), "Q5_1": (32, 24),
+    "Q2_K": (256, 84), "Q3_K": (256, 110), "Q4_K": (256, 144), "Q5_K": (256, 176), "Q6_K": (256, 210),
+}
+
+_CHUNK_BLOCKS = 1 << 14   # blocks decoded per step: bounds temporaries to a few tens of MB
+
+
+# --- field helpers -------------------------------------------------------------------------------
+
+def _f16(blk, start):
+    # blk: uint8 [nb, block_bytes] -> float32 [nb, 1], the fp16 at bytes start, start+1
+    return np.ascontiguousarray(blk[:, start:start + 2]).view("<f2").astype(np.float32)
+
+
+def _bits(bytes_, shifts, width):
+    # bytes_: uint8 [nb, n] -> uint8 [nb, len(shifts), n]: (byte >> shift) & mask for each shift
+    s = np.asarray(shifts, dtype=np.uint8)[None, :, None]
+    return (bytes_[:, None, :] >> s) & np.uint8((1 << width) - 1)
+
+
+def _scales_k4(sc):
+    """Q4_K / Q5_K sub-block scales and mins: 12 bytes -> (scale, min), each uint8 [nb, 8] in 0..63.
+
+    bytes 0-3:  scale j (j < 4) in bits 0-5; bits 6-7 are the high bits of scale j+4
+    bytes 4-7:  min j (j < 4) in bits 0-5;   bits 6-7 are the high bits of min j+4
+    bytes 8-11: low 4 bits of scale j+4 in bits 0-3, low 4 bits of min j+4 in bits 4-7
+    """
+    lo, mid, hi = sc[:, 0:4], sc[:, 4:8], sc[:, 8:12]
+    scale = np.concatenate([lo & 63, (hi & 0x0F) | ((lo >> 6) << 4)], axis=1)
+    mins = np.concatenate([mid & 63, (hi >> 4) | ((mid >> 6) << 4)], axis=1)
+    return scale, mins
+
+
+# --- 32-weight blocks ----------------------------------------------------------------------------
+
+def _q5_codes(qh_bytes, qs):
+    # qh_bytes: uint8 [nb, 4] (u32 little-endian), qs: uint8 [nb, 16] -> uint8 [nb, 32] in 0..31
+    qh = np.ascontiguousarray(qh_bytes).view("<u4")                      # [nb, 1]
+    high = ((qh >> np.arange(32, dtype=np.uint32)) & 1).astype(np.uint8)   # bit i -> element i
+    low = np.concatenate([qs & np.uint8(0x0F), qs >> np.uint8(4)], axis=1)
+    return low | (high << np.uint8(4))
+
+
+def dequantize_q5_0(blk):
+    # bytes 0-1 fp16 d | 2-5 u32 qh | 6-21 qs (nibbles)       x[i] = d * (q[i] - 16)
+    q = _q5_codes(blk[:, 2:6], blk[:, 6:22]).astype(np.float32) - np.float32(16)
+    return _f16(blk, 0) * q
+
+
+def dequantize_q5_1(blk):
+    # bytes 0-1 fp16 d | 2-3 fp16 m | 4-7 u32 qh | 8-23 qs     x[i] = d * q[i] + m
+    q = _q5_codes(blk[:, 4:8], blk[:, 8:24]).astype(np.float32)
+    return _f16(blk, 0) * q + _f16(blk, 2)
+
+
+# --- K-quants: 256-weight super-blocks -----------------------------------------------------------
+
+def dequantize_q2_k(blk):
+    # bytes 0-15 scales: sub-block s (16 weights) has scale = byte s & 15, min = byte s >> 4
+    #       16-79 qs: 2-bit codes; element i = 128h + 32j + l (h < 2, j < 4, l < 32) is
+    #             bits 2j..2j+1 of qs byte 32h + l
+    #       80-81 fp16 d | 82-83 fp16 dmin
+    # x[i] = (d * scale[i/16]) * q[i] - (dmin * min[i/16])
+    nb = blk.shape[0]
+    sc = blk[:, 0:16]
+    q = _bits(blk[:, 16:80].reshape(nb * 2, 32), [0, 2, 4, 6], 2).reshape(nb, 16, 16)
+    dl = _f16(blk, 80) * (sc & np.uint8(0x0F)).astype(np.float32)   # [nb, 16]
+    ml = _f16(blk, 82) * (sc >> np.uint8(4)).astype(np.float32)
+    return (dl[:, :, None] * q.astype(np.float32) - ml[:, :, None]).reshape(nb, 256)
+
+
+def dequantize_q3_k(blk):
+    # bytes 0-31 hmask: the third bit of element i = 128h + 32j + l (h < 2, j < 4, l < 32) is
+    #            bit 4h + j of hmask byte l; a clear bit subtracts 4
+    #       32-95 qs: low 2 bits, as in Q2_K (bits 2j..2j+1 of qs byte 32h + l)
+    #       96-107 scales: 16 six-bit scales; scale s has low 4 bits = (byte s%8 >> 4*(s//8)) & 15
+    #             and high 2 bits = (byte 8 + s%4 >> 2*(s//4)) & 3; stored with an offset of 32
+    #       108-109 fp16 d
+    # x[i] = (d * (scale[i/16] - 32)) * (q_low[i] - (high bit clear ? 4 : 0))
+    nb = blk.shape[0]
+    low = _bits(blk[:, 32:96].reshape(nb * 2, 32), [0, 2, 4, 6], 2).reshape(nb, 2, 4, 32)
+    high = _bits(blk[:, 0:32], range(8), 1).reshape(nb, 2, 4, 32)   # bit 4h + j -> [h, j]
+    q = low.astype(np.int8) - np.where(high == 0, np.int8(4), np.int8(0))
+    sb = blk[:, 96:108]
+    s = np.arange(16)
+    sc_low = (sb[:, s % 8] >> (4 * (s // 8)).astype(np.uint8)) & np.uint8(0x0F)
+    sc_high = (sb[:, 8 + s % 4] >> (2 * (s // 4)).astype(np.uint8)) & np.uint8(3)
+    scale = (sc_low | (sc_high << np.uint8(4))).astype(np.float32) - np.float32(32)   # [nb, 16]
+    dl = _f16(blk, 108) * scale
+    return (dl[:, :, None] * q.reshape(nb, 16, 16).astype(np.float32)).reshape(nb, 256)
+
+
+def dequantize_q4_k(blk):
+    # bytes 0-1 fp16 d | 2-3 fp16 dmin | 4-15 scales (see _scales_k4: 8 six-bit scales and mins)
+    #       16-143 qs: element i = 64c + 32n + l (c < 4, n < 2, l < 32) is nibble n (0 low, 1 high)
+    #             of qs byte 32c + l
+    # x[i] = (d * scale[i/32]) * q[i] - (dmin * min[i/32])
+    nb = blk.shape[0]
+    scale, mins = _scales_k4(blk[:, 4:16])
+    q = _bits(blk[:, 16:144].reshape(nb * 4, 32), [0, 4], 4).reshape(nb, 8, 32)
+    dl = _f16(blk, 0) * scale.astype(np.float32)
+    ml = _f16(blk, 2) * mins.astype(np.float32)
+    return (dl[:, :, None] * q.astype(np.float32) - ml[:, :, None]).reshape(nb, 256)
+
+
+def dequantize_q5_k(blk):
+    # bytes 0-1 fp16 d | 2-3 fp16 dmin | 4-15 scales (as Q4_K)
+    #       16-47 qh: the fifth bit of element i = 32k + l (k < 8, l < 32) is bit k of qh byte l
+    #       48-175 qs: the low 4 bits, laid out as Q4_K's
+    # x[i] = (d * scale[i/32]) * q[i] - (dmin * min[i/32])
+    nb = blk.shape[0]
+    scale, mins = _scales_k4(blk[:, 4:16])
+    low = _bits(blk[:, 48:176].reshape(nb * 4, 32), [0, 4], 4).reshape(nb, 8, 32)
+    high = _bits(blk[:, 16:48], range(8), 1)                                # [nb, 8, 32]
+    q = low | (high << np.uint8(4))
+    dl = _f16(blk, 0) * scale.astype(np.float32)
+    ml = _f16(blk, 2) * mins.astype(np.float32)
+    return (dl[:, :, None] * q.astype(np.float32) - ml[:, :, None]).reshape(nb, 256)
+
+
+def dequantize_q6_k(blk):
+    # bytes 0-127 ql: low 4 bits; element i = 128h + 32k + l (h < 2, k < 4, l < 32) is nibble k//2
+    #             of ql byte 64h + 32(k%2) + l
+    #       128-191 qh: high 2 bits of that element are bits 2k..2k+1 of qh byte 128 + 32h + l
+    #       192-207 scales: 16 int8, one per sub-block of 16 | 208-209 fp16 d
+    # x[i] = (d * scale[i/16]) * (q[i] - 32)
+    nb = blk.shape[0]
+    nib = _bits(blk[:, 0:128].reshape(nb * 4, 32), [0, 4], 4).reshape(nb, 2, 2, 2, 32)  # [h, k%2, k//2, l]
+    low = nib.transpose(0, 1, 3, 2, 4).reshape(nb, 2, 4, 32)                            # [h, k, l], k = 2*(k//2) + k%2
+    high = _bits(blk[:, 128:192].reshape(nb * 2, 32), [0, 2, 4, 6], 2).reshape(nb, 2, 4, 32)
+    q = (low | (high << np.uint8(4))).astype(np.int8) - np.int8(32)
+    dl = _f16(blk, 208) * blk[:, 192:208].view(np.int8).astype(np.float32)          # [nb, 16]
+    return (dl[:, :, None] * q.reshape(nb, 16, 16).astype(np.float32)).reshape(nb, 256)
+
+
+_DEQUANTIZE = {
+    "Q5_0": dequantize_q5_0, "Q5_1": dequantize_q5_1, "Q2_K": dequantize_q2_k, "Q3_K": dequantize_q3_k,
+    "Q4_K": dequantize_q4_k, "Q5_K": dequantize_q5_k, "Q6_K": dequantize_q6_k,
+}
+
+
+def dequantize(data, type_name):
+    """Raw bytes of a tensor in `type_name` (a key of TYPES), uint8 [rows, row_bytes] -> float32 [rows, cols]."""
+    if type_name not in TYPES:
+        raise ValueError(f"unknown ggml type {type_name!r}; expected one of {', '.join(TYPES)}")
+    block, block_bytes = TYPES[type_name]
+    data = np.asarray(data)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] % block_bytes:
+        raise ValueError(f"{type_name} data must be uint8 [rows, k*{block_bytes}], got {data.dtype} {data.shape}")
+    rows, cols = data.shape[0], data.shape[1] // block_bytes * block
+    blocks = np.ascontiguousarray(data).reshape(-1, block_bytes)
+    out = np.empty((blocks.shape[0], block), dtype=np.float32)
+    fn = _DEQUANTIZE[type_name]
+    for b0 in range(0, blocks.shape[0], _CHUNK_BLOCKS):
+        out[b0:b0 + _CHUNK_BLOCKS] = fn(blocks[b0:b0 + _CHUNK_BLOCKS])
+    return out.reshape(rows, cols)
