@@ -15,16 +15,15 @@ The same vocabulary is then run with tokenizer.ggml.add_space_prefix = true (a m
 the GGUF in a temporary directory, as Llama 2 vocabularies have it), stored under "space_prefix".
 """
 
-import ctypes
 import hashlib
 import json
 import os
-import struct
 import sys
 import tempfile
 from pathlib import Path
 
 import llama_cpp
+from llama_vocab import copy_metadata, detokenize, token_piece
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "tests" / "fixtures" / "tokenizer_corpus.json"
@@ -76,65 +75,6 @@ GEMMA_TEXTS = [
 ]
 
 
-def detokenize(vocab, ids: list[int]) -> str:
-    arr = (llama_cpp.llama_token * max(len(ids), 1))(*ids)
-    size = 64 + 64 * len(ids)
-    while True:
-        buf = ctypes.create_string_buffer(size)
-        n = llama_cpp.llama_detokenize(vocab, arr, len(ids), buf, size, False, False)
-        if n >= 0:
-            return buf.raw[:n].decode("utf-8", "replace")
-        size = -n + 1
-
-
-def token_piece(vocab, token: int) -> bytes:
-    size = 256
-    while True:
-        buf = ctypes.create_string_buffer(size)
-        n = llama_cpp.llama_token_to_piece(vocab, token, buf, size, 0, False)
-        if n >= 0:
-            return buf.raw[:n]
-        size = -n
-
-
-def copy_with_space_prefix(src: Path, dst: Path) -> None:
-    """Write the metadata of GGUF `src` (no tensors) to `dst` with tokenizer.ggml.add_space_prefix = true."""
-    data = Path(src).read_bytes()
-    magic, version, _, n_kv = struct.unpack_from("<4sIQQ", data, 0)
-    assert magic == b"GGUF", src
-    scalar = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-
-    def skip(pos: int, vtype: int) -> int:
-        if vtype == 8:
-            return pos + 8 + struct.unpack_from("<Q", data, pos)[0]
-        if vtype == 9:
-            etype, count = struct.unpack_from("<IQ", data, pos)
-            pos += 12
-            if etype in scalar:
-                return pos + count * scalar[etype]
-            for _ in range(count):
-                pos = skip(pos, etype)
-            return pos
-        return pos + scalar[vtype]
-
-    out = bytearray(struct.pack("<4sIQQ", magic, version, 0, n_kv))
-    pos, found = 24, False
-    for _ in range(n_kv):
-        key_end = skip(pos, 8)
-        key = data[pos + 8:key_end].decode()
-        vtype = struct.unpack_from("<I", data, key_end)[0]
-        end = skip(key_end + 4, vtype)
-        if key == "tokenizer.ggml.add_space_prefix":
-            assert vtype == 7
-            out += data[pos:key_end + 4] + b"\x01"
-            found = True
-        else:
-            out += data[pos:end]
-        pos = end
-    assert found, "the GGUF has no tokenizer.ggml.add_space_prefix to flip"
-    Path(dst).write_bytes(bytes(out))
-
-
 def run(gguf: Path, texts: list[str]) -> tuple[list[dict], object]:
     llm = llama_cpp.Llama(model_path=str(gguf), vocab_only=True, verbose=False)
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
@@ -169,7 +109,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "space_prefix.gguf"
-        copy_with_space_prefix(gguf, copy)
+        copy_metadata(gguf, copy, "tokenizer.ggml.add_space_prefix", b"\x01")   # a bool
         prefixed, _ = run(copy, texts)
     keep = ("ids", "ids_special", "ids_bos_special", "detok", "detok_special", "detok_bos_special")
     prefixed = [{k: c[k] for k in keep} for c in prefixed]

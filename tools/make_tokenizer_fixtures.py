@@ -15,7 +15,6 @@ tokenizer.ggml.pre replaced, in a temporary directory); only the texts whose res
 smollm's are stored, under "pre_variants".
 """
 
-import ctypes
 import hashlib
 import json
 import os
@@ -25,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 import llama_cpp
+from llama_vocab import copy_metadata, detokenize, token_piece
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "tests" / "fixtures" / "tokenizer_corpus.json"
@@ -33,69 +33,6 @@ DEFAULT_GGUF = (Path(os.environ.get("MINIGPT_CACHE", Path.home() / ".cache" / "m
                 / "src" / "SmolLM2-135M-Instruct.Q4_1.gguf")
 PRE_VARIANTS = ("gpt-2", "llama-bpe", "qwen2", "default")
 FIELDS = ("ids", "ids_special", "detok", "detok_special")
-
-# GGUF metadata value type -> byte size (8 = string, 9 = array: variable)
-_SCALAR_SIZE = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-
-
-def copy_with_pre(src: Path, dst: Path, pre: str) -> None:
-    """Write the metadata of GGUF `src` (no tensors) to `dst`, with tokenizer.ggml.pre = `pre`."""
-    data = Path(src).read_bytes()
-    magic, version, _, n_kv = struct.unpack_from("<4sIQQ", data, 0)
-    assert magic == b"GGUF", src
-
-    def skip_string(pos: int) -> int:
-        return pos + 8 + struct.unpack_from("<Q", data, pos)[0]
-
-    def skip_value(pos: int, vtype: int) -> int:
-        if vtype == 8:
-            return skip_string(pos)
-        if vtype == 9:
-            etype, count = struct.unpack_from("<IQ", data, pos)
-            pos += 12
-            if etype in _SCALAR_SIZE:
-                return pos + count * _SCALAR_SIZE[etype]
-            for _ in range(count):
-                pos = skip_value(pos, etype)
-            return pos
-        return pos + _SCALAR_SIZE[vtype]
-
-    out = bytearray(struct.pack("<4sIQQ", magic, version, 0, n_kv))
-    pos = 24
-    for _ in range(n_kv):
-        key_end = skip_string(pos)
-        key = data[pos + 8:key_end].decode()
-        vtype = struct.unpack_from("<I", data, key_end)[0]
-        end = skip_value(key_end + 4, vtype)
-        if key == "tokenizer.ggml.pre":
-            value = pre.encode()
-            out += data[pos:key_end + 4] + struct.pack("<Q", len(value)) + value
-        else:
-            out += data[pos:end]
-        pos = end
-    Path(dst).write_bytes(bytes(out))
-
-
-def detokenize(vocab, ids: list[int]) -> str:
-    arr = (llama_cpp.llama_token * max(len(ids), 1))(*ids)
-    size = 64 + 64 * len(ids)
-    while True:
-        buf = ctypes.create_string_buffer(size)
-        n = llama_cpp.llama_detokenize(vocab, arr, len(ids), buf, size, False, False)
-        if n >= 0:
-            return buf.raw[:n].decode("utf-8", "replace")
-        size = -n + 1
-
-
-def token_piece(vocab, token: int) -> bytes:
-    size = 256
-    while True:
-        buf = ctypes.create_string_buffer(size)
-        n = llama_cpp.llama_token_to_piece(vocab, token, buf, size, 0, False)
-        if n >= 0:
-            return buf.raw[:n]
-        size = -n
-
 
 def run_corpus(gguf: Path, texts: list[str]) -> list[dict]:
     llm = llama_cpp.Llama(model_path=str(gguf), vocab_only=True, verbose=False)
@@ -119,7 +56,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for pre in PRE_VARIANTS:
             copy = Path(tmp) / f"{pre}.gguf"
-            copy_with_pre(gguf, copy, pre)
+            copy_metadata(gguf, copy, "tokenizer.ggml.pre", struct.pack("<Q", len(pre)) + pre.encode())
             changed = {}
             for i, (case, base) in enumerate(zip(run_corpus(copy, texts), cases)):
                 if any(case[k] != base[k] for k in FIELDS):
