@@ -12,8 +12,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from minigpt.errors import TokenizerError
 from minigpt.tokenizer.pretokenize import (CHAR_TO_BYTE, PreTokenizer, byte_encode, compiled, pre_tokenizer,
                                            split)
-from minigpt.tokenizer.vocab import (Attr, StreamDecoder, attributes, byte_value, end_of_generation,
-                                     partition, special_tokens, token_ids)
+from minigpt.tokenizer.vocab import (Attr, StreamDecoder, Vocabulary, attributes, end_of_generation, partition,
+                                     token_ids)
 
 _BPE_DEFAULT_BOS_EOS = 11   # llama.cpp's default bos/eos for "gpt2" vocabs that name none
 _CACHE_LIMIT = 100_000      # pieces remembered by encode
@@ -64,7 +64,7 @@ def from_fields(fields: Mapping) -> "Tokenizer":
 
 # --- the tokenizer
 
-class Tokenizer:
+class Tokenizer(Vocabulary):
     """A byte-level BPE vocabulary with llama.cpp's encode/decode.
 
     Public: n_vocab, bos_id, eos_id (int | None), eog_ids (ids that end generation), add_bos (whether
@@ -76,19 +76,11 @@ class Tokenizer:
                  eog_ids: Iterable[int], add_bos: bool, ids: dict[str, int] | None = None):
         """ranks: merge text "left right" -> rank (symbols never contain a space, see from_fields);
         ids: token text -> id when the caller has already built it."""
-        self._tokens = list(tokens)
-        self._attrs = list(attrs)
+        super().__init__(tokens, attrs, bos_id=bos_id, eos_id=eos_id, eog_ids=eog_ids, add_bos=add_bos, ids=ids)
         self._ranks = ranks
         self._pre = pre
         self._patterns = compiled(pre.patterns)
-        self.n_vocab = len(self._tokens)
-        self._ids = token_ids(self._tokens) if ids is None else ids
-        self.bos_id, self.eos_id, self.add_bos = bos_id, eos_id, add_bos
-        self.eog_ids = frozenset(eog_ids)
-
-        self._specials_parsed, self._specials_always = special_tokens(self._tokens, self._attrs)
         self._cache: dict[str, tuple[int, ...]] = {}
-        self._pieces: list[bytes | None] = [None] * self.n_vocab
 
     # --- encode
 
@@ -156,42 +148,16 @@ class Tokenizer:
 
     # --- decode
 
-    def token_id(self, text: str) -> int | None:
-        """The id of the token spelled `text` in the vocabulary, or None."""
-        return self._ids.get(text)
-
-    def token_text(self, token_id: int) -> str:
-        """The vocabulary's spelling of a token (e.g. '<|im_end|>', or 'Ġthe' in byte-level BPE)."""
-        return self._tokens[token_id]
-
-    def token_bytes(self, token_id: int) -> bytes:
-        """Raw bytes of one token as llama.cpp renders it (control and unknown tokens -> b'')."""
-        if not 0 <= token_id < self.n_vocab:
-            raise TokenizerError(f"token id {token_id} is outside the vocabulary [0, {self.n_vocab})")
-        piece = self._pieces[token_id]
-        if piece is None:
-            piece = self._pieces[token_id] = self._render(token_id)
-        return piece
-
-    def _render(self, token_id: int) -> bytes:
-        attr, text = self._attrs[token_id], self._tokens[token_id]
-        if attr & (Attr.CONTROL | Attr.UNKNOWN):
-            return b""
-        if attr & Attr.USER_DEFINED:
-            return text.encode("utf-8", "surrogatepass")
-        if attr & Attr.NORMAL:
-            out = bytearray()
-            for ch in text:
-                b = CHAR_TO_BYTE.get(ch)
-                if b is not None:
-                    out.append(b)
-                else:   # not a byte-level character: llama.cpp writes a marker holding the token text
-                    out += b"[UNK_BYTE_0x" + ch.encode("utf-8", "surrogatepass").hex().encode()
-                    out += text.encode("utf-8", "surrogatepass") + b"]"
-            return bytes(out)
-        if attr & Attr.BYTE:    # "<0xAB>" spelling
-            return bytes([byte_value(text)])
-        return b""              # undefined / unused tokens render as nothing
+    def _render_normal(self, text: str) -> bytes:
+        out = bytearray()
+        for ch in text:
+            b = CHAR_TO_BYTE.get(ch)
+            if b is not None:
+                out.append(b)
+            else:   # not a byte-level character: llama.cpp writes a marker holding the token text
+                out += b"[UNK_BYTE_0x" + ch.encode("utf-8", "surrogatepass").hex().encode()
+                out += text.encode("utf-8", "surrogatepass") + b"]"
+        return bytes(out)
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of `ids` as llama_detokenize(remove_special=False, unparse_special=False) gives it."""

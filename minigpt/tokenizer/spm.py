@@ -12,8 +12,8 @@ import heapq
 from collections.abc import Iterable, Mapping, Sequence
 
 from minigpt.errors import TokenizerError
-from minigpt.tokenizer.vocab import (Attr, StreamDecoder, attributes, byte_value, end_of_generation,
-                                     partition, special_tokens, token_ids)
+from minigpt.tokenizer.vocab import (Attr, StreamDecoder, Vocabulary, attributes, end_of_generation, partition,
+                                     token_ids)
 
 SPACE = "\u2581"            # "▁": how SentencePiece spells a space inside a piece
 _SPM_DEFAULTS = {"bos_token_id": 1, "eos_token_id": 2}   # llama.cpp's defaults for "llama" vocabs
@@ -60,7 +60,7 @@ def from_fields(fields: Mapping) -> "SpmTokenizer":
 
 # --- the tokenizer
 
-class SpmTokenizer:
+class SpmTokenizer(Vocabulary):
     """A SentencePiece vocabulary with llama.cpp's encode/decode.
 
     Public: n_vocab, bos_id, eos_id (int | None), eog_ids (ids that end generation), add_bos (whether
@@ -72,16 +72,9 @@ class SpmTokenizer:
                  bos_id: int | None, eos_id: int | None, eog_ids: Iterable[int], add_bos: bool,
                  add_eos: bool = False, add_space_prefix: bool = True, ids: dict[str, int] | None = None):
         """ids: token text -> id when the caller has already built it."""
-        self._tokens = list(tokens)
+        super().__init__(tokens, attrs, bos_id=bos_id, eos_id=eos_id, eog_ids=eog_ids, add_bos=add_bos, ids=ids)
         self._scores = list(scores)
-        self._attrs = list(attrs)
-        self.n_vocab = len(self._tokens)
-        self._ids = token_ids(self._tokens) if ids is None else ids
-        self.bos_id, self.eos_id = bos_id, eos_id
-        self.add_bos, self.add_eos, self.add_space_prefix = add_bos, add_eos, add_space_prefix
-        self.eog_ids = frozenset(eog_ids)
-        self._specials_parsed, self._specials_always = special_tokens(self._tokens, self._attrs)
-        self._pieces: list[bytes | None] = [None] * self.n_vocab
+        self.add_eos, self.add_space_prefix = add_eos, add_space_prefix
         self._byte_ids: dict[int, int] = {}
 
     # --- encode
@@ -161,34 +154,8 @@ class SpmTokenizer:
 
     # --- decode
 
-    def token_id(self, text: str) -> int | None:
-        """The id of the token spelled `text` in the vocabulary, or None."""
-        return self._ids.get(text)
-
-    def token_text(self, token_id: int) -> str:
-        """The vocabulary's spelling of a token (e.g. '<start_of_turn>', or '▁the')."""
-        return self._tokens[token_id]
-
-    def token_bytes(self, token_id: int) -> bytes:
-        """Raw bytes of one token as llama.cpp renders it (control and unknown tokens -> b'')."""
-        if not 0 <= token_id < self.n_vocab:
-            raise TokenizerError(f"token id {token_id} is outside the vocabulary [0, {self.n_vocab})")
-        piece = self._pieces[token_id]
-        if piece is None:
-            piece = self._pieces[token_id] = self._render(token_id)
-        return piece
-
-    def _render(self, token_id: int) -> bytes:
-        attr, text = self._attrs[token_id], self._tokens[token_id]
-        if attr & (Attr.CONTROL | Attr.UNKNOWN):
-            return b""
-        if attr & Attr.USER_DEFINED:        # as written: a user-defined '▁' stays '▁'
-            return text.encode("utf-8", "surrogatepass")
-        if attr & Attr.NORMAL:
-            return text.replace(SPACE, " ").encode("utf-8", "surrogatepass")
-        if attr & Attr.BYTE:
-            return bytes([byte_value(text)])
-        return b""                          # undefined / unused tokens render as nothing
+    def _render_normal(self, text: str) -> bytes:
+        return text.replace(SPACE, " ").encode("utf-8", "surrogatepass")
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of `ids` as llama_detokenize(remove_special=False, unparse_special=False) gives it:

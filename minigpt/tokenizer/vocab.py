@@ -154,6 +154,60 @@ def byte_value(text: str) -> int:
     return (-value if m[1] == "-" else value) & 0xFF
 
 
+# --- what both tokenizers are
+
+class Vocabulary:
+    """The part of a tokenizer that does not depend on its model: the token table and attributes, the
+    special ids, the special-token texts to split out, and each token's bytes. Subclasses add encode,
+    decode, stream and _render_normal (how a normal token's text becomes bytes).
+
+    ids: token text -> id when the caller has already built it.
+    """
+
+    def __init__(self, tokens: Sequence[str], attrs: Sequence[Attr], *, bos_id, eos_id, eog_ids, add_bos: bool,
+                 ids: dict[str, int] | None = None):
+        self._tokens = list(tokens)
+        self._attrs = list(attrs)
+        self.n_vocab = len(self._tokens)
+        self._ids = token_ids(self._tokens) if ids is None else ids
+        self.bos_id, self.eos_id, self.add_bos = bos_id, eos_id, add_bos
+        self.eog_ids = frozenset(eog_ids)
+        self._specials_parsed, self._specials_always = special_tokens(self._tokens, self._attrs)
+        self._pieces: list[bytes | None] = [None] * self.n_vocab
+
+    def token_id(self, text: str) -> int | None:
+        """The id of the token spelled `text` in the vocabulary, or None."""
+        return self._ids.get(text)
+
+    def token_text(self, token_id: int) -> str:
+        """The vocabulary's spelling of a token (e.g. '<|im_end|>', 'Ġthe' in byte-level BPE, '▁the' in SPM)."""
+        return self._tokens[token_id]
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """Raw bytes of one token as llama.cpp renders it (control and unknown tokens -> b'')."""
+        if not 0 <= token_id < self.n_vocab:
+            raise TokenizerError(f"token id {token_id} is outside the vocabulary [0, {self.n_vocab})")
+        piece = self._pieces[token_id]
+        if piece is None:
+            piece = self._pieces[token_id] = self._render(token_id)
+        return piece
+
+    def _render(self, token_id: int) -> bytes:
+        attr, text = self._attrs[token_id], self._tokens[token_id]
+        if attr & (Attr.CONTROL | Attr.UNKNOWN):
+            return b""
+        if attr & Attr.USER_DEFINED:        # as written (a user-defined '▁' stays '▁')
+            return text.encode("utf-8", "surrogatepass")
+        if attr & Attr.NORMAL:
+            return self._render_normal(text)
+        if attr & Attr.BYTE:                # "<0xAB>" spelling
+            return bytes([byte_value(text)])
+        return b""                          # undefined / unused tokens render as nothing
+
+    def _render_normal(self, text: str) -> bytes:
+        raise NotImplementedError
+
+
 # --- decoding a stream
 
 class StreamDecoder:
