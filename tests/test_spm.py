@@ -108,9 +108,9 @@ def test_stream_decoder_yields_whole_characters(tiny, prefixed):
 
 @pytest.fixture(scope="module")
 def gemma3(gemma3_gguf):
+    from minigpt.convert.convert import tokenizer_fields
     from minigpt.convert.gguf import GGUFFile
-    metadata = GGUFFile(gemma3_gguf).metadata
-    fields = {k[len("tokenizer.ggml."):]: v for k, v in metadata.items() if k.startswith("tokenizer.ggml.")}
+    fields = tokenizer_fields(GGUFFile(gemma3_gguf))
     return from_fields(fields), fields
 
 

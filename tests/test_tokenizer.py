@@ -147,9 +147,9 @@ def test_bad_vocab_is_a_clear_error():
 
 @pytest.fixture(scope="module")
 def smollm2(smollm2_gguf):
+    from minigpt.convert.convert import tokenizer_fields
     from minigpt.convert.gguf import GGUFFile
-    metadata = GGUFFile(smollm2_gguf).metadata
-    fields = {k[len("tokenizer.ggml."):]: v for k, v in metadata.items() if k.startswith("tokenizer.ggml.")}
+    fields = tokenizer_fields(GGUFFile(smollm2_gguf))
     return from_fields(fields), fields
 
 
