@@ -6,14 +6,13 @@ The llama.cpp behaviour reproduced here lives in src/llama-vocab.cpp (load, toke
 tokenizer_st_partition, token_to_piece, detokenize).
 """
 
-import heapq
 from collections.abc import Iterable, Mapping, Sequence
 
 from minigpt.errors import TokenizerError
 from minigpt.tokenizer.pretokenize import (CHAR_TO_BYTE, PreTokenizer, byte_encode, compiled, pre_tokenizer,
                                            split)
-from minigpt.tokenizer.vocab import (Attr, StreamDecoder, Vocabulary, attributes, end_of_generation, partition,
-                                     token_ids)
+from minigpt.tokenizer.vocab import (Attr, StreamDecoder, Vocabulary, attributes, end_of_generation, merge,
+                                     partition, token_ids)
 
 _BPE_DEFAULT_BOS_EOS = 11   # llama.cpp's default bos/eos for "gpt2" vocabs that name none
 _CACHE_LIMIT = 100_000      # pieces remembered by encode
@@ -109,31 +108,9 @@ class Tokenizer(Vocabulary):
         """Ids of one byte-encoded piece: merge the lowest-ranked adjacent pair, leftmost first."""
         if self._pre.ignore_merges and word in self._ids:
             return (self._ids[word],)
-        text = list(word)                    # symbol texts; '' once merged into its left neighbour
-        nxt = list(range(1, len(text))) + [-1]
-        prv = list(range(-1, len(text) - 1))
-        def pair(left: int, right: int) -> tuple | None:
-            rank = self._ranks.get(text[left] + " " + text[right]) if left >= 0 and right >= 0 else None
-            return None if rank is None else (rank, left, right, text[left], text[right])
-
-        heap = [p for p in (pair(i, i + 1) for i in range(len(text) - 1)) if p]
-        heapq.heapify(heap)
-        while heap:
-            _, left, right, lt, rt = heapq.heappop(heap)
-            if text[left] != lt or text[right] != rt:
-                continue                     # a symbol of this pair has changed since
-            text[left], text[right] = lt + rt, ""
-            nxt[left] = nxt[right]
-            if nxt[left] >= 0:
-                prv[nxt[left]] = left
-            for p in (pair(prv[left], left), pair(left, nxt[left])):
-                if p:
-                    heapq.heappush(heap, p)
-
+        ranks = self._ranks
         ids: list[int] = []
-        for sym in text:
-            if not sym:
-                continue
+        for sym in merge(word, lambda left, right: ranks.get(left + " " + right)):
             tid = self._ids.get(sym)
             if tid is not None:
                 ids.append(tid)

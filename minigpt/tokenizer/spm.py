@@ -8,12 +8,11 @@ The llama.cpp behaviour reproduced here lives in src/llama-vocab.cpp (load, llm_
 tokenize, token_to_piece, detokenize).
 """
 
-import heapq
 from collections.abc import Iterable, Mapping, Sequence
 
 from minigpt.errors import TokenizerError
-from minigpt.tokenizer.vocab import (Attr, StreamDecoder, Vocabulary, attributes, end_of_generation, partition,
-                                     token_ids)
+from minigpt.tokenizer.vocab import (Attr, StreamDecoder, Vocabulary, attributes, end_of_generation, merge,
+                                     partition, token_ids)
 
 SPACE = "\u2581"            # "▁": how SentencePiece spells a space inside a piece
 _SPM_DEFAULTS = {"bos_token_id": 1, "eos_token_id": 2}   # llama.cpp's defaults for "llama" vocabs
@@ -106,34 +105,13 @@ class SpmTokenizer(Vocabulary):
     def _merge(self, text: str, out: list[int]) -> None:
         """Append the ids of one normalized fragment: merge the adjacent pair that spells the
         highest-scoring token, leftmost first among equal scores, until no pair spells a token."""
-        sym = list(text)                     # symbol texts; '' once merged into its left neighbour
-        nxt = list(range(1, len(sym))) + [-1]
-        prv = list(range(-1, len(sym) - 1))
         ids, scores = self._ids, self._scores
 
-        def pair(left: int, right: int) -> tuple | None:
-            if left < 0 or right < 0:
-                return None
-            tid = ids.get(sym[left] + sym[right])
-            return None if tid is None else (-scores[tid], left, right, sym[left], sym[right])
+        def priority(left: str, right: str) -> float | None:
+            tid = ids.get(left + right)
+            return None if tid is None else -scores[tid]
 
-        heap = [p for p in (pair(i, i + 1) for i in range(len(sym) - 1)) if p]
-        heapq.heapify(heap)
-        while heap:
-            _, left, right, lt, rt = heapq.heappop(heap)
-            if sym[left] != lt or sym[right] != rt:
-                continue                     # a symbol of this pair has changed since
-            sym[left], sym[right] = lt + rt, ""
-            nxt[left] = nxt[right]
-            if nxt[left] >= 0:
-                prv[nxt[left]] = left
-            for p in (pair(prv[left], left), pair(left, nxt[left])):
-                if p:
-                    heapq.heappush(heap, p)
-
-        for s in sym:
-            if not s:
-                continue
+        for s in merge(text, priority):
             tid = ids.get(s)
             if tid is not None:
                 out.append(tid)

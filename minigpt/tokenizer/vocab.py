@@ -5,6 +5,7 @@ tokenizer_st_partition, token_to_byte).
 
 import codecs
 import enum
+import heapq
 import itertools
 import re
 from collections.abc import Sequence
@@ -145,6 +146,36 @@ def partition(text: str, specials: Sequence[tuple[int, str]]) -> list[str | int]
                     out.append(part)
         fragments = out
     return fragments
+
+
+def merge(text: str, priority) -> list[str]:
+    """The symbols of `text` after pairwise merging: start from its characters, then repeatedly join the
+    adjacent pair with the smallest priority(left, right) (None: never), leftmost first among equals.
+    BPE ranks its merges; SentencePiece scores the joined pieces."""
+    sym = list(text)                     # symbol texts; '' once merged into its left neighbour
+    nxt = list(range(1, len(sym))) + [-1]
+    prv = list(range(-1, len(sym) - 1))
+
+    def pair(left: int, right: int) -> tuple | None:
+        if left < 0 or right < 0:
+            return None
+        p = priority(sym[left], sym[right])
+        return None if p is None else (p, left, right, sym[left], sym[right])
+
+    heap = [p for p in (pair(i, i + 1) for i in range(len(sym) - 1)) if p]
+    heapq.heapify(heap)
+    while heap:
+        _, left, right, lt, rt = heapq.heappop(heap)
+        if sym[left] != lt or sym[right] != rt:
+            continue                     # a symbol of this pair has changed since
+        sym[left], sym[right] = lt + rt, ""
+        nxt[left] = nxt[right]
+        if nxt[left] >= 0:
+            prv[nxt[left]] = left
+        for p in (pair(prv[left], left), pair(left, nxt[left])):
+            if p:
+                heapq.heappush(heap, p)
+    return [x for x in sym if x]
 
 
 def byte_value(text: str) -> int:
