@@ -1,10 +1,20 @@
-"""The model config: the one source of hyperparameters, stored as JSON in the .mgpt header."""
+"""The model config: the one source of hyperparameters, stored as JSON in the .mgpt header.
+
+Two architectures share one forward pass shape (pre-norm decoder blocks, grouped-query attention):
+- llama: RMSNorm, RoPE on adjacent pairs, SwiGLU FFN; optional q/k/v biases (Qwen2), optional
+  sliding-window layers (Mistral). Also how Mistral and Qwen2 checkpoints are stored.
+- gemma3: the same plus the embedding scaled by sqrt(dim), RMSNorm of every query and key head
+  (q_norm, k_norm) before RoPE, RMSNorm of the attention and FFN outputs before their residual adds
+  (post_attn_norm, post_ffn_norm), a GELU(tanh)-gated FFN, RoPE on halves (x[i], x[i + rope_dim / 2],
+  llama.cpp's NEOX), tied embeddings, and sliding-window local layers with their own RoPE base.
+  Norm weights are stored as the multiplier itself (Hugging Face's 1 + w, as GGUF stores them).
+"""
 
 from dataclasses import asdict, dataclass, field, fields
 
 from .errors import FormatError
 
-ARCHITECTURES = ("llama",)
+ARCHITECTURES = ("llama", "gemma3")
 
 
 @dataclass(frozen=True)
@@ -24,6 +34,11 @@ class Config:
     rope_scaling: dict = field(default_factory=dict)  # {} or {"type": "linear", "factor": f}
     tied_embeddings: bool = False  # output head = token embedding
     name: str = ""
+    sliding_window: int = 0       # keys a local layer's query sees, itself included; 0: no local layers
+    local_layers: tuple = ()      # indices of the sliding-window layers
+    rope_theta_local: float = 0.0  # RoPE base of the local layers; 0: rope_theta (no scaling on them)
+    query_scale: float = 0.0      # q is multiplied by it before q.k; 0: 1 / sqrt(head_dim)
+    qkv_bias: bool = False        # the q, k, v projections add biases bq, bk, bv (Qwen2)
 
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
@@ -36,12 +51,27 @@ class Config:
             object.__setattr__(self, "head_dim", self.dim // self.n_heads)
         if not self.rope_dim:
             object.__setattr__(self, "rope_dim", self.head_dim)
+        object.__setattr__(self, "local_layers", tuple(sorted(set(self.local_layers))))
+        if not self.rope_theta_local:
+            object.__setattr__(self, "rope_theta_local", self.rope_theta)
+        if not self.query_scale:
+            object.__setattr__(self, "query_scale", self.head_dim ** -0.5)
+        if (self.sliding_window < 0 or bool(self.sliding_window) != bool(self.local_layers)
+                or any(not isinstance(i, int) or not 0 <= i < self.n_layers for i in self.local_layers)):
+            raise FormatError(f"bad model config: sliding_window {self.sliding_window}, "
+                              f"local_layers {list(self.local_layers)}")
         if self.n_heads % self.n_kv_heads or self.rope_dim > self.head_dim or self.rope_dim % 2:
             raise FormatError(f"bad model config: heads {self.n_heads}/{self.n_kv_heads}, "
                               f"rope_dim {self.rope_dim}, head_dim {self.head_dim}")
 
     def to_dict(self):
-        return asdict(self)
+        d = asdict(self)
+        d["local_layers"] = list(self.local_layers)
+        return d
+
+    def is_local(self, layer):
+        """Whether `layer` attends over a sliding window (and uses rope_theta_local)."""
+        return layer in self.local_layers
 
     @classmethod
     def from_dict(cls, d):

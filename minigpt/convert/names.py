@@ -17,6 +17,15 @@ GGUF = {
     "blk.{i}.ffn_gate.weight": "layers.{i}.w_gate",
     "blk.{i}.ffn_up.weight": "layers.{i}.w_up",
     "blk.{i}.ffn_down.weight": "layers.{i}.w_down",
+    # Qwen2's biases
+    "blk.{i}.attn_q.bias": "layers.{i}.bq",
+    "blk.{i}.attn_k.bias": "layers.{i}.bk",
+    "blk.{i}.attn_v.bias": "layers.{i}.bv",
+    # Gemma 3's extra norms
+    "blk.{i}.attn_q_norm.weight": "layers.{i}.q_norm",
+    "blk.{i}.attn_k_norm.weight": "layers.{i}.k_norm",
+    "blk.{i}.post_attention_norm.weight": "layers.{i}.post_attn_norm",
+    "blk.{i}.post_ffw_norm.weight": "layers.{i}.post_ffn_norm",
 }
 
 # GGUF files carry a few tensors the forward pass never reads (e.g. precomputed RoPE tables).
