@@ -11,8 +11,9 @@
  * the head groups are cut in parts (K/V are then read once per part).
  * The inner loops (scores, exp, P.V) are the mg_lops slots; this file only tiles, masks and threads.
  *
- * Gemma 3's local layers need only mg_attn_params.window and .scale; a ring-buffer cache for them
- * would map position t to slot t % n_ctx, a key tile then splitting where the ring wraps.
+ * Gemma 3's local layers set mg_attn_params.window, and their cache may be a ring: position t lives in
+ * slot t % cap, and a key tile ends where the ring wraps (a global layer's cap exceeds every position,
+ * so its tiles never do).
  */
 #include <math.h>
 #include <string.h>
@@ -31,7 +32,7 @@ typedef struct {
     const mg_attn_params *ap;
     const float *q, *kc, *vc; /* see mg_attention */
     float *out;
-    int64_t n, start, n_ctx;
+    int64_t n, start, cap;
     int64_t tq;    /* queries per item */
     int64_t n_qt;  /* query tiles: ceil(n / tq) */
     int64_t parts; /* parts each group of heads is cut into */
@@ -52,7 +53,8 @@ static void attend(const attn_job *jb, int64_t i0, int64_t nq, int64_t j, int64_
     const mg_attn_params *ap = jb->ap;
     const int64_t hd = ap->head_dim, H = ap->n_heads, R = nq * gh;
     const int64_t p0 = jb->start + i0, p1 = p0 + nq - 1; /* positions of the first and last query */
-    const float *kc = jb->kc + j * jb->n_ctx * hd, *vc = jb->vc + j * jb->n_ctx * hd;
+    const int64_t cap = jb->cap;
+    const float *kc = jb->kc + j * cap * hd, *vc = jb->vc + j * cap * hd;
     float qs[ATT_QO_FLOATS], o[ATT_QO_FLOATS]; /* (R, hd): scaled queries, unnormalized outputs */
     float s[ATT_ROWS * ATT_KTILE];              /* (R, ATT_KTILE): scores, then probabilities */
     float m[ATT_ROWS], l[ATT_ROWS];             /* running max and sum per row */
@@ -64,9 +66,10 @@ static void attend(const attn_job *jb, int64_t i0, int64_t nq, int64_t j, int64_
     memset(o, 0, (size_t)(R * hd) * sizeof(float));
     for (int64_t r = 0; r < R; r++) m[r] = -INFINITY, l[r] = 0.0f;
 
-    for (int64_t t0 = first_key(ap, p0); t0 <= p1; t0 += ATT_KTILE) {
-        const int64_t tn = min64(ATT_KTILE, p1 + 1 - t0);
-        mg_lops.attn_scores(qs, R, kc + t0 * hd, tn, hd, s, ATT_KTILE);
+    for (int64_t t0 = first_key(ap, p0), tn; t0 <= p1; t0 += tn) {
+        const int64_t slot = t0 % cap;
+        tn = min64(min64(ATT_KTILE, p1 + 1 - t0), cap - slot);
+        mg_lops.attn_scores(qs, R, kc + slot * hd, tn, hd, s, ATT_KTILE);
         for (int64_t qi = 0; qi < nq; qi++) {
             /* keys [a, b) of this tile are in query p0 + qi's range; the rest get probability 0 */
             const int64_t p = p0 + qi;
@@ -90,7 +93,7 @@ static void attend(const attn_job *jb, int64_t i0, int64_t nq, int64_t j, int64_
                 l[r] += mg_lops.exp_sum(sr + a, b - a, m[r]);
             }
         }
-        mg_lops.attn_pv(s, ATT_KTILE, R, vc + t0 * hd, tn, hd, o);
+        mg_lops.attn_pv(s, ATT_KTILE, R, vc + slot * hd, tn, hd, o);
     }
     for (int64_t qi = 0; qi < nq; qi++)
         for (int64_t h = 0; h < gh; h++) {
@@ -113,10 +116,10 @@ static void attn_task(void *arg, int ith, int nth) {
 }
 
 void mg_attention(const mg_attn_params *ap, const float *q, const float *kc, const float *vc, float *out,
-                  int64_t n, int64_t start, int64_t n_ctx) {
+                  int64_t n, int64_t start, int64_t cap) {
     const int64_t hd = ap->head_dim, kv = ap->n_kv_heads, g = ap->n_heads / kv;
     const int64_t rows = min64(ATT_ROWS, ATT_QO_FLOATS / hd); /* per item */
-    attn_job jb = {ap, q, kc, vc, out, n, start, n_ctx, 1, n, (g + rows - 1) / rows};
+    attn_job jb = {ap, q, kc, vc, out, n, start, cap, 1, n, (g + rows - 1) / rows};
     const int64_t gh = (g + jb.parts - 1) / jb.parts; /* heads per part, at most */
     jb.tq = clamp64(rows / gh, 1, min64(ATT_QTILE, n));
     jb.n_qt = (n + jb.tq - 1) / jb.tq;

@@ -129,6 +129,44 @@ AVX2 static void rope_avx2(float *restrict x, int64_t n, int64_t heads, int64_t 
     }
 }
 
+AVX2 static void rope_neox_avx2(float *restrict x, int64_t n, int64_t heads, int64_t hd, int64_t rope_dim,
+                                const float *restrict cos_t, const float *restrict sin_t) {
+    const int64_t half = rope_dim / 2, p8 = half / 8 * 8;
+    for (int64_t i = 0; i < n; i++) {
+        const float *restrict c = cos_t + i * half, *restrict s = sin_t + i * half;
+        for (int64_t h = 0; h < heads; h++) {
+            float *restrict v = x + (i * heads + h) * hd;
+            for (int64_t p = 0; p < p8; p += 8) {
+                const __m256 x0 = _mm256_loadu_ps(v + p), x1 = _mm256_loadu_ps(v + p + half);
+                const __m256 cv = _mm256_loadu_ps(c + p), sv = _mm256_loadu_ps(s + p);
+                _mm256_storeu_ps(v + p, _mm256_fmsub_ps(x0, cv, _mm256_mul_ps(x1, sv)));
+                _mm256_storeu_ps(v + p + half, _mm256_fmadd_ps(x0, sv, _mm256_mul_ps(x1, cv)));
+            }
+            for (int64_t p = p8; p < half; p++) {
+                const float x0 = v[p], x1 = v[p + half];
+                v[p] = x0 * c[p] - x1 * s[p];
+                v[p + half] = x0 * s[p] + x1 * c[p];
+            }
+        }
+    }
+}
+
+AVX2 static inline __m256 geglu8(__m256 g, __m256 u) { /* g * sigmoid(a (g + b g^3)) * u */
+    const __m256 g2 = _mm256_mul_ps(g, g);
+    const __m256 inner = _mm256_mul_ps(g, _mm256_fmadd_ps(_mm256_set1_ps(0.044715f), g2, _mm256_set1_ps(1.0f)));
+    const __m256 e = exp8(_mm256_mul_ps(_mm256_set1_ps(-1.5957691216057308f), inner));
+    return _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0f), e)), u);
+}
+
+AVX2 static void geglu_avx2(float *restrict g, const float *restrict u, int64_t m) {
+    int64_t j = 0;
+    for (; j + 8 <= m; j += 8) _mm256_storeu_ps(g + j, geglu8(_mm256_loadu_ps(g + j), _mm256_loadu_ps(u + j)));
+    if (j < m) {
+        const __m256i mk = mask_first(m - j);
+        _mm256_maskstore_ps(g + j, mk, geglu8(_mm256_maskload_ps(g + j, mk), _mm256_maskload_ps(u + j, mk)));
+    }
+}
+
 AVX2 static inline __m256 swiglu8(__m256 g, __m256 u) {
     const __m256 e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), g));
     return _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0f), e)), u);
@@ -313,7 +351,9 @@ AVX2 static float max_avx2(const float *restrict s, int64_t tn, float m0) {
 int mg_install_llama_avx2(void) {
     mg_lops.rms_norm = rms_norm_avx2;
     mg_lops.rope = rope_avx2;
+    mg_lops.rope_neox = rope_neox_avx2;
     mg_lops.swiglu = swiglu_avx2;
+    mg_lops.geglu = geglu_avx2;
     mg_lops.add = add_avx2;
     mg_lops.exp = exp_avx2;
     mg_lops.attn_scores = attn_scores_avx2;

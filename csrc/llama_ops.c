@@ -32,8 +32,33 @@ static void rope_c(float *restrict x, int64_t n, int64_t heads, int64_t hd, int6
         }
 }
 
+static void rope_neox_c(float *restrict x, int64_t n, int64_t heads, int64_t hd, int64_t rope_dim,
+                        const float *restrict cos_t, const float *restrict sin_t) {
+    const int64_t half = rope_dim / 2;
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t h = 0; h < heads; h++) {
+            float *restrict v = x + (i * heads + h) * hd;
+            const float *restrict c = cos_t + i * half, *restrict s = sin_t + i * half;
+            for (int64_t p = 0; p < half; p++) {
+                const float x0 = v[p], x1 = v[p + half];
+                v[p] = x0 * c[p] - x1 * s[p];
+                v[p + half] = x0 * s[p] + x1 * c[p];
+            }
+        }
+}
+
 static void swiglu_c(float *restrict g, const float *restrict u, int64_t m) {
     for (int64_t j = 0; j < m; j++) g[j] = g[j] / (1.0f + expf(-g[j])) * u[j];
+}
+
+#define GELU_A 1.5957691216057308f /* 2 sqrt(2 / pi): gelu_tanh(x) = x * sigmoid(GELU_A (x + GELU_B x^3)) */
+#define GELU_B 0.044715f
+
+static void geglu_c(float *restrict g, const float *restrict u, int64_t m) {
+    for (int64_t j = 0; j < m; j++) {
+        const float x = g[j];
+        g[j] = x / (1.0f + expf(-GELU_A * (x + GELU_B * x * x * x))) * u[j];
+    }
 }
 
 static void add_c(float *restrict x, const float *restrict y, int64_t m) {
@@ -87,5 +112,5 @@ static float max_c(const float *restrict s, int64_t tn, float m0) {
     return mx;
 }
 
-mg_llama_ops mg_lops = {rms_norm_c, rope_c, swiglu_c, add_c, exp_c,
+mg_llama_ops mg_lops = {rms_norm_c, rope_c, rope_neox_c, swiglu_c, geglu_c, add_c, exp_c,
                         attn_scores_c, attn_pv_c, exp_sum_c, max_c};

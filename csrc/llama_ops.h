@@ -22,8 +22,13 @@ typedef struct {
      * x: (n, heads, hd); cos, sin: (n, rope_dim / 2), rows of the tokens' positions */
     void (*rope)(float *restrict x, int64_t n, int64_t heads, int64_t hd, int64_t rope_dim,
                  const float *restrict cos_t, const float *restrict sin_t);
+    /* the same on pairs (v[p], v[p + rope_dim / 2]) (llama.cpp's NEOX RoPE, Gemma's) */
+    void (*rope_neox)(float *restrict x, int64_t n, int64_t heads, int64_t hd, int64_t rope_dim,
+                      const float *restrict cos_t, const float *restrict sin_t);
     /* g = silu(g) * u over m values */
     void (*swiglu)(float *restrict g, const float *restrict u, int64_t m);
+    /* g = gelu_tanh(g) * u = g / (1 + exp(-2 sqrt(2/pi) (g + 0.044715 g^3))) * u over m values */
+    void (*geglu)(float *restrict g, const float *restrict u, int64_t m);
     /* x += y over m values */
     void (*add)(float *restrict x, const float *restrict y, int64_t m);
     /* y = exp(x) over n values (y may be x); the AVX2 variant is within 2 ulp of expf */
@@ -57,11 +62,12 @@ typedef struct {
 
 /* Causal grouped-query attention of n queries at positions [start, start + n) over the cache.
  * q:  (n, n_heads, head_dim)                                                      IN
- * kc, vc: (n_kv_heads, n_ctx, head_dim), positions [0, start + n) filled (a slot per position) IN
+ * kc, vc: (n_kv_heads, cap, head_dim), position t in slot t % cap, every position the queries see
+ *         filled: cap > start + n - 1 (no wrap) or, with a window, cap >= window + n - 1  IN
  * out: (n, n_heads * head_dim)                                                    OUT
  * Uses the thread pool. head_dim <= MG_ATTN_MAX_HEAD_DIM. */
 void mg_attention(const mg_attn_params *ap, const float *q, const float *kc, const float *vc, float *out,
-                  int64_t n, int64_t start, int64_t n_ctx);
+                  int64_t n, int64_t start, int64_t cap);
 
 #define MG_ATTN_MAX_HEAD_DIM 1024
 

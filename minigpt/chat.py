@@ -146,8 +146,9 @@ class ChatSession:
         mark = self._marks.pop() if self._marks else None
         if mark is None or self._text is None:   # where the turn began is not known: re-read next time
             self._text, self._marks = None, []
+        elif self.cache.truncate(mark[0]) < mark[0]:   # a ring has moved on: start afresh
+            self._text, self._marks = "", []
         else:
-            del self.cache.tokens[mark[0]:]
             self._text = self._text[:mark[1]]
         return user
 
@@ -160,7 +161,7 @@ class ChatSession:
         return self.send(user, **kw)
 
     def _forget_cache(self):
-        del self.cache.tokens[:]
+        self.cache.truncate(0)
         self._text, self._marks = "", []
 
     # --- a turn
@@ -204,9 +205,11 @@ class ChatSession:
         mark = (cache.pos, len(self._text)) if stats.dropped_turns == 0 and self._extends(prompt) else None
 
         # prefill what the cache does not hold (at least one token: its logits start the reply)
-        n = min(_common_prefix(cache.tokens, ids), len(ids) - 1)
-        appends = n == cache.pos
-        del cache.tokens[n:]
+        keep = min(_common_prefix(cache.tokens, ids), len(ids) - 1)
+        appends = keep == cache.pos
+        n = cache.truncate(keep)   # less when a sliding-window ring no longer holds what keep needs
+        if n < keep:
+            self._text, self._marks, appends, mark = None, [], False, None
         todo = ids[n:]
         t0 = time.perf_counter()
         try:
@@ -262,8 +265,7 @@ class ChatSession:
 
     def _take_back(self, n, appends):
         """Undo a prefill that did not finish: the turn never happened."""
-        del self.cache.tokens[n:]
-        if not appends:   # the cache was cut below what it spelled
+        if self.cache.truncate(n) < n or not appends:   # the cache was cut below what it spelled
             self._text, self._marks = None, []
 
     def _fit(self, messages):

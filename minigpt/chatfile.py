@@ -39,7 +39,7 @@ def save(chat, path):
     header = {
         "model": {"fingerprint": m.file.fingerprint, "name": m.config.name, "path": str(Path(m.path).resolve()),
                   "precision": m.engine.precision, "backend": m.kern.name},
-        "n_ctx": cache.n_ctx, "n_past": n, "tokens": list(cache.tokens),
+        "n_ctx": cache.n_ctx, "ring": cache.ring, "n_past": n, "tokens": list(cache.tokens),
         "messages": chat.messages, "text": chat._text, "marks": chat._marks,
         "settings": vars(chat.settings), "max_tokens": chat.max_tokens,
         "rng": chat.rng.bit_generator.state,
@@ -53,9 +53,8 @@ def save(chat, path):
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(head)
-            for arr in (cache.k, cache.v):
-                for layer in arr:
-                    f.write(np.ascontiguousarray(layer[:, :n]).tobytes())
+            for block in _used(cache, n):
+                f.write(np.ascontiguousarray(block).tobytes())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -105,21 +104,21 @@ def load(cls, path, model):
                            f"(pass --ctx {n_ctx} or more)")
     if any(t >= cfg.vocab_size for t in h["tokens"]):
         raise FormatError(f"{path}: token ids outside this model's vocabulary")
-    per = cfg.n_layers * cfg.n_kv_heads * n * cfg.head_dim * 4
-    size = path.stat().st_size
-    if size != offset + 2 * per:
-        raise FormatError(f"{path}: {size} bytes, but {n} cached positions need {offset + 2 * per} (truncated?)")
-
     chat = cls(model, n_ctx=n_ctx, max_tokens=h["max_tokens"], **h["settings"])
     cache = chat.cache
+    if h.get("ring", n_ctx) != cache.ring:
+        raise FormatError(f"{path}: its sliding-window cache has {h['ring']} slots, this minigpt's {cache.ring}")
+    need = offset + sum(block.nbytes for block in _used(cache, n))
+    size = path.stat().st_size
+    if size != need:
+        raise FormatError(f"{path}: {size} bytes, but {n} cached positions need {need} (truncated?)")
     with open(path, "rb") as f:
         f.seek(offset)
-        for arr in (cache.k, cache.v):
-            for layer in arr:
-                block = np.empty(layer[:, :n].shape, dtype=np.float32)
-                if f.readinto(memoryview(block).cast("B")) != block.nbytes:
-                    raise FormatError(f"{path}: truncated")
-                layer[:, :n] = block
+        for block in _used(cache, n):
+            data = np.empty(block.shape, dtype=np.float32)
+            if f.readinto(memoryview(data).cast("B")) != data.nbytes:
+                raise FormatError(f"{path}: truncated")
+            block[...] = data
     if _kv_digest(cache, n) != h["kv_sha256"]:
         raise FormatError(f"{path}: the saved cache is damaged (checksum mismatch)")
     cache.tokens[:] = h["tokens"]
@@ -132,11 +131,17 @@ def load(cls, path, model):
     return chat
 
 
-def _kv_digest(cache, n):
-    h = hashlib.sha256()
+def _used(cache, n):
+    """The filled part of each layer's keys, then values: slots [0, min(n, cap)) (a full ring: all of it)."""
     for arr in (cache.k, cache.v):
         for layer in arr:
-            h.update(np.ascontiguousarray(layer[:, :n]).data)
+            yield layer[:, :min(n, layer.shape[1])]
+
+
+def _kv_digest(cache, n):
+    h = hashlib.sha256()
+    for block in _used(cache, n):
+        h.update(np.ascontiguousarray(block).data)
     return h.hexdigest()
 
 

@@ -7,7 +7,7 @@ import numpy as np
 
 from .config import Config
 from .errors import MinigptError
-from .model import llama
+from .model import FORWARD, llama
 from .sampling import SamplerSettings, apply_repeat_penalty, make_rng, sample, top_probs
 
 PREFILL_CHUNK = 512   # bounds the attention scratch of long prompts: [heads, chunk, T] floats
@@ -18,22 +18,54 @@ class ContextFullError(MinigptError):
 
 
 class KVCache:
-    """Keys and values of every position so far: k, v: [n_layers, n_kv_heads, n_ctx, head_dim] float32.
+    """Keys and values of every position so far, per layer: k[i], v[i]: [n_kv_heads, cap, head_dim] float32.
+
+    A global layer has a slot per position (cap = n_ctx). A sliding-window layer needs only the last
+    `sliding_window` keys: it keeps a ring of cap = window + slack slots (default RING_SLACK), position
+    t in slot t % cap, so a long context does not grow it. The slack covers a prefill chunk's own keys
+    and lets truncate() go back about slack - PREFILL_CHUNK tokens (a regenerated reply) without
+    losing the keys the next position needs.
 
     Backed by anonymous mmaps, whose pages are committed 4 KiB at a time as the context fills, so a
     long n_ctx costs memory only when used. (np.zeros would ask for transparent huge pages, and the
     first token would then zero a 2 MiB page per layer and head: ~2 s at n_ctx 8192.)
     """
 
-    def __init__(self, cfg: Config, n_ctx):
-        shape = (cfg.n_layers, cfg.n_kv_heads, n_ctx, cfg.head_dim)
-        self.k, self.v = _lazy_zeros(shape), _lazy_zeros(shape)
+    def __init__(self, cfg: Config, n_ctx, slack=None):
         self.n_ctx = n_ctx
+        self.window = cfg.sliding_window
+        self.ring = min(n_ctx, cfg.sliding_window + (slack or RING_SLACK)) if cfg.sliding_window else n_ctx
+        # tokens per forward call: at most PREFILL_CHUNK, and what a ring holds beside the window
+        self.chunk = min(PREFILL_CHUNK, self.ring - self.window + 1) if self.ring < n_ctx else PREFILL_CHUNK
+        self.caps = [self.ring if cfg.is_local(i) else n_ctx for i in range(cfg.n_layers)]
+        self.k, self.v = [], []
+        for cap in sorted(set(self.caps)):   # one mapping per group of layers of equal capacity
+            layers = [i for i, c in enumerate(self.caps) if c == cap]
+            shape = (len(layers), cfg.n_kv_heads, cap, cfg.head_dim)
+            k, v = _lazy_zeros(shape), _lazy_zeros(shape)
+            self.k += list(zip(layers, k))
+            self.v += list(zip(layers, v))
+        self.k = [a for _, a in sorted(self.k, key=lambda e: e[0])]
+        self.v = [a for _, a in sorted(self.v, key=lambda e: e[0])]
         self.tokens = []          # the ids whose K/V are in the cache, in order
 
     @property
     def pos(self):
         return len(self.tokens)
+
+    def truncate(self, n):
+        """Forget the positions from n on; returns how many are kept: n, or 0 when a ring has already
+        overwritten keys that position n would attend to (n is more than the slack behind)."""
+        n = min(n, self.pos)
+        oldest_kept = max(0, self.pos - self.ring)      # older positions' slots were reused
+        needed = max(0, n - self.window + 1) if self.window else 0
+        if self.ring < self.n_ctx and needed < oldest_kept:
+            n = 0
+        del self.tokens[n:]
+        return n
+
+
+RING_SLACK = PREFILL_CHUNK + 1024   # a prefill chunk's own keys, then 1024 tokens of going back
 
 
 def _lazy_zeros(shape):
@@ -61,19 +93,27 @@ class Engine:
             raise MinigptError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
         self.cfg, self.w, self.kern, self.precision = cfg, weights, kern, precision
         freq = weights["rope_freqs"].data if "rope_freqs" in weights else None
-        self.rope = llama.rope_tables(cfg, n_ctx, freq)
+        tables = [llama.rope_tables(cfg, n_ctx, freq)]
+        if cfg.local_layers:
+            tables.append(llama.rope_tables(cfg, n_ctx, local=True))
+        self.rope = [tables[-1] if cfg.is_local(i) else tables[0] for i in range(cfg.n_layers)]   # per layer
+        self.forward = FORWARD[cfg.arch]
         self.cache = KVCache(cfg, n_ctx)
         self.compiled = None
         if hasattr(kern, "LlamaForward"):
+            gemma = cfg.arch == "gemma3"
             self.compiled = kern.LlamaForward(
                 dim=cfg.dim, n_layers=cfg.n_layers, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads,
                 head_dim=cfg.head_dim, hidden_dim=cfg.hidden_dim, vocab_size=cfg.vocab_size,
                 norm_eps=cfg.norm_eps, rope_dim=cfg.rope_dim, tied_embeddings=cfg.tied_embeddings,
                 weights={name: (w.data, w.qtype) for name, w in weights.items()}, rope=self.rope,
-                max_batch=PREFILL_CHUNK, matmul=precision)
+                max_batch=PREFILL_CHUNK, matmul=precision, query_scale=cfg.query_scale,
+                windows=[cfg.sliding_window * cfg.is_local(i) for i in range(cfg.n_layers)],
+                qkv_bias=cfg.qkv_bias, qk_norm=gemma, post_norms=gemma, rope_neox=gemma,
+                act="gelu_tanh" if gemma else "silu", embed_scale=cfg.dim ** 0.5 if gemma else 1.0)
 
     def reset(self):
-        self.cache.tokens = []   # stale K/V beyond pos is never read
+        self.cache.truncate(0)   # stale K/V beyond pos is never read
 
     def prefill(self, ids, all_logits=False, cache=None):
         """Append `ids` to the cache (default: the engine's own).
@@ -89,17 +129,16 @@ class Engine:
         c = cache or self.cache
         if c.pos + len(ids) > c.n_ctx:
             raise ContextFullError(f"context full: {c.pos} + {len(ids)} tokens > n_ctx {c.n_ctx}")
-        if self.compiled is not None:   # chunks inside, the GIL released
-            logits = self.compiled.forward(np.asarray(ids, dtype=np.int64), c.pos, c.k, c.v, all_logits)
-            c.tokens.extend(ids)
-        else:
-            outs = []
-            for s in range(0, len(ids), PREFILL_CHUNK):
-                chunk = ids[s:s + PREFILL_CHUNK]
-                outs.append(llama.forward(self.cfg, self.w, self.kern, (c.k, c.v), chunk, c.pos, self.rope, all_logits,
-                                          self.precision))
-                c.tokens.extend(chunk)
-            logits = np.concatenate(outs) if all_logits else outs[-1]
+        outs = []
+        for s in range(0, len(ids), c.chunk):
+            chunk = ids[s:s + c.chunk]
+            if self.compiled is not None:   # the GIL released inside
+                outs.append(self.compiled.forward(np.asarray(chunk, dtype=np.int64), c.pos, c.k, c.v, all_logits))
+            else:
+                outs.append(self.forward(self.cfg, self.w, self.kern, (c.k, c.v), chunk, c.pos, self.rope,
+                                         all_logits, self.precision))
+            c.tokens.extend(chunk)
+        logits = np.concatenate(outs) if all_logits else outs[-1]
         if not all_logits:
             logits = logits[0]
         if not np.all(np.isfinite(logits)):

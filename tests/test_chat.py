@@ -110,11 +110,11 @@ def test_turns_reuse_the_cache(model):
                                                 "<|im_start|>assistant\n", special=True)) + 1
     # and the cache's numbers are those of one prefill of the same tokens
     ids = chat.cache.tokens
-    k, v = chat.cache.k[:, :, :len(ids)], chat.cache.v[:, :, :len(ids)]
+    k, v = np.stack(chat.cache.k)[:, :, :len(ids)], np.stack(chat.cache.v)[:, :, :len(ids)]
     fresh = KVCache(model.config, len(ids))
     model.engine.prefill(ids, cache=fresh)
-    np.testing.assert_allclose(k, fresh.k, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(v, fresh.v, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(k, np.stack(fresh.k), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(v, np.stack(fresh.v), rtol=1e-4, atol=1e-4)
     assert [m["role"] for m in chat.history] == ["system", "user", "assistant", "user", "assistant"]
 
 

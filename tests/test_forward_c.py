@@ -67,8 +67,8 @@ def test_prefill_then_decode_matches_numpy_path(tmp_path, kind, threads):
     for pos in range(9, len(IDS)):    # incremental decode, one token at a time
         close(fwd.forward([IDS[pos]], pos, cache.k, cache.v), reference(m, [IDS[pos]], pos, ref_cache, False))
     n = len(IDS)
-    np.testing.assert_allclose(cache.k[:, :, :n], ref_cache.k[:, :, :n], atol=1e-5)
-    np.testing.assert_allclose(cache.v[:, :, :n], ref_cache.v[:, :, :n], atol=1e-5)
+    np.testing.assert_allclose(np.stack(cache.k)[:, :, :n], np.stack(ref_cache.k)[:, :, :n], atol=1e-5)
+    np.testing.assert_allclose(np.stack(cache.v)[:, :, :n], np.stack(ref_cache.v)[:, :, :n], atol=1e-5)
     # a 2-token step: the decode matmul path with more than one query
     close(fwd.forward(IDS[:2], n, cache.k, cache.v, all_logits=True),
           reference(m, IDS[:2], n, ref_cache, True))
@@ -130,18 +130,20 @@ def test_bad_forward_arguments(tmp_path):
     fwd = make_forward(m, max_batch=4)
     V = m.config.vocab_size
     c = KVCache(m.config, 16)
-    k, v = c.k, c.v
+    k, v = np.stack(c.k), np.stack(c.v)   # one array [n_layers, n_kv_heads, n_ctx, head_dim] each
+    big = KVCache(m.config, 500)
     bad = [
         (([V], 0, k, v), "out of range"), (([-1], 0, k, v), "out of range"), (([], 0, k, v), "non-empty"),
         (([[1, 2]], 0, k, v), "1-D"), (([1.5], 0, k, v), "integers"), (("ab", 0, k, v), "1-D"), ((["a"], 0, k, v), "integers"),
         (([1], -1, k, v), "start"), (([1], 1.0, k, v), "start"), (([1], True, k, v), "start"),
         (([1] * 3, 14, k, v), "do not fit"), (([1], 16, k, v), "do not fit"),
-        (([1], 0, k[:1], v), "shape"), (([1], 0, k, v[:, :, :8]), "shape"),
-        (([1], 0, k[0], v), "4-D"), (([1], 0, list(k), v), "4-D"),
+        (([1], 0, k[:1], v), "list of 2 arrays"), (([1], 0, k, np.ascontiguousarray(v[:, :, :8])), "16 slots, v_cache 8"),
+        (([1], 0, k[0], v), "list of 2 arrays"), (([1], 0, list(k), list(v)[:1]), "list of 2 arrays"),
+        (([1], 0, [k[0], k[1][..., :3]], v), "shape"),
         (([1], 0, k.astype(np.float64), v), "float32"), (([1], 0, k, v.astype(np.float16)), "float32"),
         (([1], 0, np.asfortranarray(k), v), "shape|contiguous"),
         (([1], 0, k, k), "overlap"),
-        (([1], 0, KVCache(m.config, 500).k, KVCache(m.config, 500).v), "rope"),
+        (([1], 499, big.k, big.v), "rope"),
     ]
     ro = k.copy()
     ro.flags.writeable = False
@@ -201,9 +203,10 @@ def test_bad_construction(tmp_path):
         (dict(head_dim=-4), "head_dim"),
         (dict(head_dim=2048), "head_dim 2048 is above"),
         (dict(norm_eps=float("nan")), "norm_eps"),
-        (dict(rope=m.engine.rope[0]), "rope"),
-        (dict(rope=(m.engine.rope[0][:, :-1], m.engine.rope[1])), "rope cos"),
-        (dict(rope=(m.engine.rope[0], m.engine.rope[1][:5])), "rope sin"),
+        (dict(rope=m.engine.rope[0][0]), "rope"),
+        (dict(rope=m.engine.rope[:1]), "one per layer"),
+        (dict(rope=(m.engine.rope[0][0][:, :-1], m.engine.rope[0][1])), "rope cos"),
+        (dict(rope=(m.engine.rope[0][0], m.engine.rope[0][1][:5])), "rope sin"),
         (dict(matmul="int4"), "mode"),
     ]
     for kw, msg in cases:

@@ -22,6 +22,7 @@ from .. import quant
 from ..config import Config
 from ..errors import ConvertError, MinigptError
 from ..format import Writer
+from ..model.llama import layer_weight_names
 from . import kquants
 from .gguf import GGUFFile
 from .names import GGUF_IGNORED, map_gguf_name
@@ -31,10 +32,14 @@ _FROM_GGML = {"F32": "f32", "F16": "f16", "Q8_0": "q8_0", "Q4_0": "q4_0", "Q4_1"
 _FOUR_BIT = ("q4_0", "q4_1")
 
 
+GEMMA3_LOCAL_PATTERN = 6          # llama.cpp: 5 local layers, then a global one
+GEMMA3_ROPE_THETA_LOCAL = 10000.0  # llama.cpp's rope_freq_base_train_swa for gemma3 (not in the GGUF)
+
+
 def config_from_gguf(g: GGUFFile) -> Config:
     arch = g.field("general.architecture", required=True)
-    if arch != "llama":
-        raise ConvertError(f"{g.path}: architecture {arch!r} is not supported yet (supported: llama)")
+    if arch not in ("llama", "gemma3"):
+        raise ConvertError(f"{g.path}: architecture {arch!r} is not supported yet (supported: llama, gemma3)")
     key = lambda k, **kw: g.field(f"{arch}.{k}", **kw)
     n_vocab = key("vocab_size") or len(g.field("tokenizer.ggml.tokens", required=True))
     scaling = {}
@@ -45,10 +50,22 @@ def config_from_gguf(g: GGUFFile) -> Config:
     elif kind not in ("none", "linear"):
         raise ConvertError(f"{g.path}: RoPE scaling {kind!r} is not supported yet")
     dim, n_heads = key("embedding_length", required=True), key("attention.head_count", required=True)
+    n_layers = key("block_count", required=True)
+    extra = {}
+    if arch == "gemma3":
+        if key("final_logit_softcapping", default=0.0) or key("attn_logit_softcapping", default=0.0):
+            raise ConvertError(f"{g.path}: logit soft-capping is not supported")
+        window = key("attention.sliding_window", default=0)
+        if window:   # as llama.cpp reads a gemma3 GGUF: the pattern and local base are not in the file
+            extra = {"sliding_window": window, "rope_theta_local": GEMMA3_ROPE_THETA_LOCAL,
+                     "local_layers": [i for i in range(n_layers)
+                                      if i % GEMMA3_LOCAL_PATTERN < GEMMA3_LOCAL_PATTERN - 1]}
+        key_length = key("attention.key_length", default=0) or dim // n_heads
+        extra["query_scale"] = (key_length if n_layers != 62 else dim // n_heads) ** -0.5   # 62: the 27B
     return Config(
         arch=arch,
         dim=dim,
-        n_layers=key("block_count", required=True),
+        n_layers=n_layers,
         n_heads=n_heads,
         n_kv_heads=key("attention.head_count_kv", default=n_heads),
         hidden_dim=key("feed_forward_length", required=True),
@@ -61,6 +78,8 @@ def config_from_gguf(g: GGUFFile) -> Config:
         rope_scaling=scaling,
         tied_embeddings="output.weight" not in g.tensors,
         name=g.field("general.name", default=""),
+        qkv_bias="blk.0.attn_q.bias" in g.tensors,
+        **extra,
     )
 
 
@@ -130,7 +149,11 @@ def plan(g: GGUFFile, config: Config, target: str):
 def _check_complete(g, config, names):
     need = {"tok_embd", "output_norm"} | ({"output"} if not config.tied_embeddings else set())
     for i in range(config.n_layers):
-        need |= {f"layers.{i}.{w}" for w in ("attn_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w_gate", "w_up", "w_down")}
+        need |= {f"layers.{i}.{w}" for w in layer_weight_names(config)}
+    unexpected = sorted(names - need - {"rope_freqs"})
+    if unexpected:
+        raise ConvertError(f"{g.path}: unexpected tensors for architecture {config.arch}: {unexpected[:4]}"
+                           f"{' ...' if len(unexpected) > 4 else ''}")
     missing = sorted(need - names)
     if missing:
         raise ConvertError(f"{g.path}: missing tensors {missing[:4]}{' ...' if len(missing) > 4 else ''}")

@@ -1,4 +1,4 @@
-# The whole Llama forward pass in one C call (csrc/llama.c); included by _core.pyx.
+# The whole forward pass (Llama, Gemma 3) in one C call (csrc/llama.c); included by _core.pyx.
 #
 # LlamaForward checks every weight against the config once, when it is built, and keeps a reference to
 # each array (the mmap views must outlive the C pointers). forward() checks ids, positions and the
@@ -11,11 +11,12 @@
 import threading
 
 cdef extern from "llama.h" nogil:
-    int MG_LLAMA_MAX_GROUP, MG_MATMUL_EXACT, MG_MATMUL_FAST, MG_MATMUL_BALANCED
+    int MG_LLAMA_MAX_GROUP, MG_MATMUL_EXACT, MG_MATMUL_FAST, MG_MATMUL_BALANCED, MG_ACT_SILU, MG_ACT_GELU_TANH
 
     ctypedef struct mg_llama_config:
         int64_t dim, n_layers, n_heads, n_kv_heads, head_dim, hidden_dim, vocab_size, rope_dim
-        float norm_eps
+        float norm_eps, embed_scale, query_scale
+        int act, rope_neox
 
     ctypedef struct mg_weight:
         const void *data
@@ -23,13 +24,20 @@ cdef extern from "llama.h" nogil:
 
     ctypedef struct mg_llama_layer:
         mg_weight attn_norm, wq, wk, wv, wo, ffn_norm, w_gate, w_up, w_down
+        mg_weight bq, bk, bv, q_norm, k_norm, post_attn_norm, post_ffn_norm
+        int64_t window
+        const float *rope_cos
+        const float *rope_sin
 
     ctypedef struct mg_llama_weights:
         mg_weight tok_embd, output_norm, output
         const mg_llama_layer *layers
-        const float *rope_cos
-        const float *rope_sin
         int64_t n_rope
+
+    ctypedef struct mg_kv_cache:
+        float *const *k
+        float *const *v
+        const int64_t *cap
 
     ctypedef struct mg_llama_ctx:
         pass
@@ -37,8 +45,8 @@ cdef extern from "llama.h" nogil:
     mg_llama_ctx *mg_llama_create(const mg_llama_config *cfg, const mg_llama_weights *w, int64_t max_batch)
     void mg_llama_free(mg_llama_ctx *ctx)
     int mg_llama_set_matmul(mg_llama_ctx *ctx, int mode)
-    int mg_llama_forward(mg_llama_ctx *ctx, const int64_t *ids, int64_t n, int64_t start,
-                         float *k_cache, float *v_cache, int64_t n_ctx, float *logits_out, int all_logits)
+    int mg_llama_forward(mg_llama_ctx *ctx, const int64_t *ids, int64_t n, int64_t start, const mg_kv_cache *kv,
+                         float *logits_out, int all_logits)
 
 cdef extern from "llama_ops.h" nogil:
     int MG_ATTN_MAX_HEAD_DIM
@@ -53,11 +61,11 @@ cdef extern from "llama_ops.h" nogil:
 
     mg_llama_ops mg_lops
     void mg_attention(const mg_attn_params *ap, const float *q, const float *kc, const float *vc, float *out,
-                      int64_t n, int64_t start, int64_t n_ctx)
+                      int64_t n, int64_t start, int64_t cap)
 
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport calloc, free, malloc
 
-_LAYER_WEIGHTS = ("attn_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w_gate", "w_up", "w_down")
+_ACTS = {"silu": MG_ACT_SILU, "gelu_tanh": MG_ACT_GELU_TANH}
 _MATMUL_MODES = {"exact": MG_MATMUL_EXACT, "fast": MG_MATMUL_FAST, "balanced": MG_MATMUL_BALANCED}
 _MATMULS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
 # the weights each mode multiplies with quantized activations (csrc/llama.h: mg_matmul_mode); None: the
@@ -84,6 +92,10 @@ cdef cnp.ndarray _check_f32(object a, str what, tuple shape, int writeable=False
     return arr
 
 
+def _is_rope_pair(r):
+    return isinstance(r, (tuple, list)) and len(r) == 2 and all(isinstance(a, np.ndarray) for a in r)
+
+
 cdef int _positive(object v, str what) except -1:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 < v <= 1 << 24:
         raise ValueError(f"{what} must be an integer in 1..{1 << 24}, got {v!r}")
@@ -91,13 +103,18 @@ cdef int _positive(object v, str what) except -1:
 
 
 cdef class LlamaForward:
-    """The Llama forward pass of minigpt/model/llama.py as one C call over buffers allocated once.
+    """The forward pass of minigpt/model/llama.py and gemma3.py as one C call over buffers allocated once.
 
     weights: {name: (ndarray, qtype name)} with load_weights' names ('tok_embd', 'output_norm',
-    'output' unless tied_embeddings, 'layers.{i}.{attn_norm,wq,...,w_down}'; others are ignored).
-    rope: (cos, sin), float32 [n_rope, rope_dim // 2] (llama.rope_tables). max_batch: tokens per C call
-    (longer inputs run in chunks). matmul: 'exact' (float32 activations), 'fast' (int8 activations) or
-    'balanced' (int8, except int16 for w_down and float32 for the output head; see csrc/llama.h).
+    'output' unless tied_embeddings, 'layers.{i}.{attn_norm,wq,...,w_down}', with qkv_bias
+    'layers.{i}.{bq,bk,bv}', with qk_norm 'layers.{i}.{q_norm,k_norm}', with post_norms
+    'layers.{i}.{post_attn_norm,post_ffn_norm}'; others are ignored).
+    rope: per layer (cos, sin), float32 [n_rope, rope_dim // 2] (llama.rope_tables), or one pair for
+    all. windows: per layer 0 (global) or its sliding window; None: all global. embed_scale,
+    query_scale (default 1 / sqrt(head_dim)), act ('silu' or 'gelu_tanh') and rope_neox: see
+    csrc/llama.h. max_batch: tokens per C call (longer inputs run in chunks). matmul: 'exact'
+    (float32 activations), 'fast' (int8 activations) or 'balanced' (int8, except int16 for w_down and
+    float32 for the output head; see csrc/llama.h).
     Not reentrant: concurrent forward() calls on one instance take turns.
     """
     cdef mg_llama_ctx *ctx
@@ -108,6 +125,7 @@ cdef class LlamaForward:
     cdef dict _packed                       # name -> its x8 copy, made on first use
     cdef str _head                          # the output head's name ('output' or 'tok_embd')
     cdef readonly int64_t max_batch, n_rope
+    cdef readonly tuple windows              # per layer: 0 or the sliding window
     cdef readonly str matmul
     cdef list _keep          # every array C points into
     cdef object _lock
@@ -120,7 +138,9 @@ cdef class LlamaForward:
         self._plain_layers = NULL
 
     def __init__(self, *, dim, n_layers, n_heads, n_kv_heads, head_dim, hidden_dim, vocab_size, norm_eps,
-                 rope_dim, weights, rope, max_batch=512, tied_embeddings=False, matmul="exact"):
+                 rope_dim, weights, rope, max_batch=512, tied_embeddings=False, matmul="exact",
+                 embed_scale=1.0, query_scale=None, act="silu", rope_neox=False, windows=None,
+                 qkv_bias=False, qk_norm=False, post_norms=False):
         for k, v in (("dim", dim), ("n_layers", n_layers), ("n_heads", n_heads), ("n_kv_heads", n_kv_heads),
                      ("head_dim", head_dim), ("hidden_dim", hidden_dim), ("vocab_size", vocab_size),
                      ("rope_dim", rope_dim), ("max_batch", max_batch)):
@@ -135,13 +155,24 @@ cdef class LlamaForward:
         eps = float(norm_eps)
         if not 0.0 <= eps < 1.0:
             raise ValueError(f"norm_eps {norm_eps!r} out of range [0, 1)")
+        qscale = head_dim ** -0.5 if query_scale is None else float(query_scale)
+        if not (0.0 < qscale < 1e6 and 0.0 < float(embed_scale) < 1e6):
+            raise ValueError(f"query_scale {query_scale!r} and embed_scale {embed_scale!r} must be positive")
+        if act not in _ACTS:
+            raise ValueError(f"unknown act {act!r}; expected one of {', '.join(_ACTS)}")
+        windows = (0,) * n_layers if windows is None else tuple(windows)
+        if len(windows) != n_layers or any(isinstance(v, bool) or not isinstance(v, (int, np.integer))
+                                           or not 0 <= v <= 1 << 24 for v in windows):
+            raise ValueError(f"windows must be {n_layers} integers in 0..{1 << 24}")
+        self.windows = tuple(int(v) for v in windows)
         if self.ctx != NULL:
             raise ValueError("LlamaForward is already initialized")
         cdef mg_llama_config *cfg = &self.cfg
         cdef mg_llama_layer *L
         cfg.dim, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads = dim, n_layers, n_heads, n_kv_heads
         cfg.head_dim, cfg.hidden_dim, cfg.vocab_size, cfg.rope_dim = head_dim, hidden_dim, vocab_size, rope_dim
-        cfg.norm_eps = eps
+        cfg.norm_eps, cfg.embed_scale, cfg.query_scale = eps, embed_scale, qscale
+        cfg.act, cfg.rope_neox = _ACTS[act], bool(rope_neox)
         self.max_batch = max_batch
         self._keep = []
         self._arrays, self._packed = {}, {}
@@ -151,11 +182,13 @@ cdef class LlamaForward:
         shapes = {"attn_norm": (dim,), "ffn_norm": (dim,), "wq": (qd, dim), "wk": (kvd, dim), "wv": (kvd, dim),
                   "wo": (dim, qd), "w_gate": (hidden_dim, dim), "w_up": (hidden_dim, dim),
                   "w_down": (dim, hidden_dim), "tok_embd": (vocab_size, dim), "output": (vocab_size, dim),
-                  "output_norm": (dim,)}
+                  "output_norm": (dim,), "bq": (qd,), "bk": (kvd,), "bv": (kvd,), "q_norm": (head_dim,),
+                  "k_norm": (head_dim,), "post_attn_norm": (dim,), "post_ffn_norm": (dim,)}
+
         if not isinstance(weights, dict):
             raise ValueError(f"weights must be a dict name -> (array, qtype), got {type(weights).__name__}")
         cdef mg_llama_weights w
-        cdef mg_llama_layer *layers = <mg_llama_layer *>malloc(n_layers * sizeof(mg_llama_layer))
+        cdef mg_llama_layer *layers = <mg_llama_layer *>calloc(n_layers, sizeof(mg_llama_layer))
         if layers == NULL:
             raise MemoryError()
         try:
@@ -174,16 +207,30 @@ cdef class LlamaForward:
                 L.w_gate = self._weight(weights, f"layers.{i}.w_gate", shapes["w_gate"])
                 L.w_up = self._weight(weights, f"layers.{i}.w_up", shapes["w_up"])
                 L.w_down = self._weight(weights, f"layers.{i}.w_down", shapes["w_down"])
-            if not isinstance(rope, (tuple, list)) or len(rope) != 2:
-                raise ValueError("rope must be a pair (cos, sin) of float32 [n_rope, rope_dim // 2] arrays")
-            n_rope = np.shape(rope[0])[0] if np.ndim(rope[0]) == 2 else 0
+                if qkv_bias:   # the optional weights left out stay {NULL, 0} (calloc)
+                    L.bq = self._weight(weights, f"layers.{i}.bq", shapes["bq"])
+                    L.bk = self._weight(weights, f"layers.{i}.bk", shapes["bk"])
+                    L.bv = self._weight(weights, f"layers.{i}.bv", shapes["bv"])
+                if qk_norm:
+                    L.q_norm = self._weight(weights, f"layers.{i}.q_norm", shapes["q_norm"])
+                    L.k_norm = self._weight(weights, f"layers.{i}.k_norm", shapes["k_norm"])
+                if post_norms:
+                    L.post_attn_norm = self._weight(weights, f"layers.{i}.post_attn_norm", shapes["post_attn_norm"])
+                    L.post_ffn_norm = self._weight(weights, f"layers.{i}.post_ffn_norm", shapes["post_ffn_norm"])
+                L.window = self.windows[i]
+            ropes = [rope] * n_layers if _is_rope_pair(rope) else rope
+            if not isinstance(ropes, (tuple, list)) or len(ropes) != n_layers or not all(map(_is_rope_pair, ropes)):
+                raise ValueError("rope must be a pair (cos, sin) of float32 [n_rope, rope_dim // 2] arrays, "
+                                 "or a list of such pairs, one per layer")
+            n_rope = np.shape(ropes[0][0])[0] if np.ndim(ropes[0][0]) == 2 else 0
             if n_rope < 1:
-                raise ValueError(f"rope cos must be 2-D with at least one row, got shape {np.shape(rope[0])}")
-            cos = _check_f32(rope[0], "rope cos", (n_rope, rope_dim // 2))
-            sin = _check_f32(rope[1], "rope sin", (n_rope, rope_dim // 2))
-            self._keep += [cos, sin]
-            w.rope_cos = <const float *>cnp.PyArray_DATA(cos)
-            w.rope_sin = <const float *>cnp.PyArray_DATA(sin)
+                raise ValueError(f"rope cos must be 2-D with at least one row, got shape {np.shape(ropes[0][0])}")
+            for i in range(n_layers):
+                cos = _check_f32(ropes[i][0], "rope cos", (n_rope, rope_dim // 2))
+                sin = _check_f32(ropes[i][1], "rope sin", (n_rope, rope_dim // 2))
+                self._keep += [cos, sin]
+                layers[i].rope_cos = <const float *>cnp.PyArray_DATA(cos)
+                layers[i].rope_sin = <const float *>cnp.PyArray_DATA(sin)
             w.n_rope = self.n_rope = n_rope
             w.layers = layers
             free(self._ranges)   # a failed earlier __init__ may have left one
@@ -293,9 +340,11 @@ cdef class LlamaForward:
     def forward(self, ids, start, k_cache, v_cache, all_logits=False, out=None):
         """Run `ids` at positions [start, start + n), writing their K/V into the caches.
 
-        k_cache, v_cache: float32 [n_layers, n_kv_heads, n_ctx, head_dim]; n_ctx <= n_rope.
-        Returns logits float32 [n, vocab] if all_logits else [1, vocab] (the last position), in `out`
-        when given. Inputs longer than max_batch run in chunks of max_batch.
+        k_cache, v_cache: per layer, float32 [n_kv_heads, cap, head_dim] (a list, or one array
+        [n_layers, n_kv_heads, cap, head_dim]). Position t lives in slot t % cap: a global layer needs
+        cap >= start + n; a sliding-window layer that or a ring of cap >= window + max_batch - 1.
+        start + n <= n_rope. Returns logits float32 [n, vocab] if all_logits else [1, vocab] (the last
+        position), in `out` when given. Inputs longer than max_batch run in chunks of max_batch.
         """
         cdef mg_llama_config *cfg = &self.cfg
         ids_in = np.asarray(ids)
@@ -305,52 +354,87 @@ cdef class LlamaForward:
             raise ValueError(f"ids must be integers, got dtype {ids_in.dtype}")
         cdef cnp.ndarray idarr = np.ascontiguousarray(ids_in, dtype=np.int64)
         cdef const int64_t *idp = <const int64_t *>cnp.PyArray_DATA(idarr)
-        cdef int64_t n = idarr.shape[0], i, vocab = cfg.vocab_size
+        cdef int64_t n = idarr.shape[0], i, vocab = cfg.vocab_size, L = cfg.n_layers
         for i in range(n):
             if idp[i] < 0 or idp[i] >= vocab:
                 raise ValueError(f"token id {idp[i]} at position {i} is out of range for vocabulary {vocab}")
         if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or start < 0:
             raise ValueError(f"start must be a non-negative integer, got {start!r}")
-        if not isinstance(k_cache, cnp.ndarray) or k_cache.ndim != 4:
-            raise ValueError("k_cache must be a 4-D numpy array [n_layers, n_kv_heads, n_ctx, head_dim]")
-        cdef int64_t n_ctx = k_cache.shape[2]
-        shape = (cfg.n_layers, cfg.n_kv_heads, n_ctx, cfg.head_dim)
-        cdef cnp.ndarray karr = _check_f32(k_cache, "k_cache", shape, writeable=True)
-        cdef cnp.ndarray varr = _check_f32(v_cache, "v_cache", shape, writeable=True)
-        if n_ctx > self.n_rope:
-            raise ValueError(f"cache length {n_ctx} exceeds the rope tables' {self.n_rope} positions")
-        if start + n > n_ctx:
-            raise ValueError(f"positions {start}..{start + n} do not fit the cache length {n_ctx}")
-        if _overlap(karr, varr) or self._overlaps_weights(karr) or self._overlaps_weights(varr):
-            raise ValueError("k_cache and v_cache must not overlap each other or a weight")
+        if start + n > self.n_rope:
+            raise ValueError(f"positions {start}..{start + n} exceed the rope tables' {self.n_rope} positions")
         cdef int64_t rows = n if all_logits else 1
         cdef cnp.ndarray oarr
         if out is None:
             oarr = np.empty((rows, vocab), dtype=np.float32)
         else:
             oarr = _check_f32(out, "out", (rows, vocab), writeable=True)
-            if _overlap(oarr, karr) or _overlap(oarr, varr) or self._overlaps_weights(oarr):
-                raise ValueError("out overlaps the cache or a weight")
 
-        cdef int64_t s = start, c0, cn, B = self.max_batch
-        cdef float *kp = <float *>cnp.PyArray_DATA(karr)
-        cdef float *vp = <float *>cnp.PyArray_DATA(varr)
+        # per layer: check the buffers, then gather their pointers and capacities
+        ks, vs = self._layer_buffers(k_cache, "k_cache"), self._layer_buffers(v_cache, "v_cache")
+        cdef int64_t B = self.max_batch, cap, w
+        bufs = ks + vs + [oarr]
+        cdef int64_t nb = len(bufs), a, b
+        cdef float **kp = <float **>malloc(2 * L * sizeof(float *))
+        cdef int64_t *caps = <int64_t *>malloc(L * sizeof(int64_t))
+        cdef uintptr_t *rng = <uintptr_t *>malloc(2 * nb * sizeof(uintptr_t))
+        cdef mg_kv_cache kv
+        cdef int64_t s = start, c0, cn
         cdef float *op = <float *>cnp.PyArray_DATA(oarr)
         cdef float *lp
         cdef int all_l = bool(all_logits), err = 0
-        with self._lock:
-            for c0 in range(0, n, B):
-                cn = min(B, n - c0)
-                if all_l:
-                    lp = op + c0 * vocab
-                else:
-                    lp = op if c0 + cn == n else NULL
-                with nogil:
-                    err = mg_llama_forward(self.ctx, idp + c0, cn, s + c0, kp, vp, n_ctx, lp, all_l)
-                if err:
-                    break
+        try:
+            if kp == NULL or caps == NULL or rng == NULL:
+                raise MemoryError()
+            for i in range(L):
+                cap, w = ks[i].shape[1], self.windows[i]
+                if cap < start + n and not (w and cap >= w + min(n, B) - 1):
+                    raise ValueError(f"layer {i}: positions {start}..{start + n} do not fit its cache of {cap} slots"
+                                     + (f" (window {w}: a ring needs {w + min(n, B) - 1})" if w else ""))
+                if vs[i].shape[1] != cap:
+                    raise ValueError(f"layer {i}: k_cache has {cap} slots, v_cache {vs[i].shape[1]}")
+                kp[i], kp[L + i], caps[i] = <float *>cnp.PyArray_DATA(ks[i]), <float *>cnp.PyArray_DATA(vs[i]), cap
+            for a in range(nb):
+                rng[2 * a] = <uintptr_t>cnp.PyArray_DATA(<cnp.ndarray>bufs[a])
+                rng[2 * a + 1] = rng[2 * a] + <uintptr_t>cnp.PyArray_NBYTES(<cnp.ndarray>bufs[a])
+                if self._overlaps_weights(bufs[a]):
+                    raise ValueError("the caches and out must not overlap a weight")
+                for b in range(a):
+                    if rng[2 * a] < rng[2 * b + 1] and rng[2 * b] < rng[2 * a + 1]:
+                        raise ValueError("the layers' caches and out must not overlap each other")
+            kv.k, kv.v, kv.cap = kp, kp + L, caps
+            with self._lock:
+                for c0 in range(0, n, B):
+                    cn = min(B, n - c0)
+                    if all_l:
+                        lp = op + c0 * vocab
+                    else:
+                        lp = op if c0 + cn == n else NULL
+                    with nogil:
+                        err = mg_llama_forward(self.ctx, idp + c0, cn, s + c0, &kv, lp, all_l)
+                    if err:
+                        break
+        finally:
+            free(kp)
+            free(caps)
+            free(rng)
         _raise_for(err)
         return oarr
+
+    def _layer_buffers(self, cache, str what):
+        """[n_layers] checked float32 [n_kv_heads, cap, head_dim] buffers of a cache argument."""
+        cdef int64_t L = self.cfg.n_layers
+        if isinstance(cache, np.ndarray) and cache.ndim == 4:
+            cache = list(cache)
+        if not isinstance(cache, (list, tuple)) or len(cache) != L:
+            raise ValueError(f"{what} must be a list of {L} arrays [n_kv_heads, cap, head_dim], "
+                             f"or one array [n_layers, n_kv_heads, cap, head_dim]")
+        out = []
+        for i, a in enumerate(cache):
+            if not isinstance(a, np.ndarray) or a.ndim != 3 or a.shape[1] < 1:
+                raise ValueError(f"{what}[{i}] must be a 3-D array [n_kv_heads, cap, head_dim]")
+            out.append(_check_f32(a, f"{what}[{i}]", (self.cfg.n_kv_heads, a.shape[1], self.cfg.head_dim),
+                                  writeable=True))
+        return out
 
 
 # --- test hooks: the C forward's inner steps alone, for tests/test_forward_c.py
@@ -366,20 +450,22 @@ def _exp(x):
 
 
 def _attention(q, k_cache, v_cache, int64_t start, float scale, int64_t window=0):
-    """mg_attention: q float32 [n, n_heads, hd]; caches float32 [n_kv, n_ctx, hd] -> [n, n_heads * hd]."""
+    """mg_attention: q float32 [n, n_heads, hd]; caches float32 [n_kv, cap, hd], position t in slot t % cap
+    -> [n, n_heads * hd]."""
     cdef cnp.ndarray qa = _check_f32(q, "q", np.shape(q))
     if qa.ndim != 3 or np.ndim(k_cache) != 3:
-        raise ValueError("q must be [n, n_heads, hd] and the caches [n_kv, n_ctx, hd]")
-    cdef int64_t n = qa.shape[0], hd = qa.shape[2], n_ctx = np.shape(k_cache)[1]
+        raise ValueError("q must be [n, n_heads, hd] and the caches [n_kv, cap, hd]")
+    cdef int64_t n = qa.shape[0], hd = qa.shape[2], cap = np.shape(k_cache)[1]
     cdef cnp.ndarray ka = _check_f32(k_cache, "k_cache", np.shape(k_cache))
     cdef cnp.ndarray va = _check_f32(v_cache, "v_cache", np.shape(k_cache))
     cdef mg_attn_params ap
     ap.n_heads, ap.n_kv_heads, ap.head_dim, ap.scale, ap.window = qa.shape[1], ka.shape[0], hd, scale, window
     if (n < 1 or ap.n_heads < 1 or ap.n_kv_heads < 1 or ap.n_heads % ap.n_kv_heads or ka.shape[2] != hd
-            or not 0 < hd <= MG_ATTN_MAX_HEAD_DIM or start < 0 or start + n > n_ctx or window < 0):
+            or not 0 < hd <= MG_ATTN_MAX_HEAD_DIM or start < 0 or window < 0
+            or not (start + n <= cap or window and cap >= window + n - 1)):
         raise ValueError(f"bad attention shapes q {np.shape(q)}, cache {np.shape(k_cache)}, start {start}")
     cdef cnp.ndarray out = np.empty((n, ap.n_heads * hd), np.float32)
     with nogil:
         mg_attention(&ap, <const float *>cnp.PyArray_DATA(qa), <const float *>cnp.PyArray_DATA(ka),
-                     <const float *>cnp.PyArray_DATA(va), <float *>cnp.PyArray_DATA(out), n, start, n_ctx)
+                     <const float *>cnp.PyArray_DATA(va), <float *>cnp.PyArray_DATA(out), n, start, cap)
     return out

@@ -356,18 +356,21 @@ def _launch(serial, parallel, threads, *args):
         parallel(*args, threads)
 
 
-def attention(q, k_cache, v_cache, start):
-    """llama.attention's contract: q float32 [n, n_heads, hd]; k_cache, v_cache float32 [n_kv, n_ctx, hd]
-    holding positions [0, start + n) -> float32 [n, n_heads * hd] (numba_attention)."""
+def attention(q, k_cache, v_cache, start, scale=None, window=0):
+    """llama.attention's contract: q float32 [n, n_heads, hd]; k_cache, v_cache float32 [n_kv, cap, hd]
+    holding every position a query sees in slot t % cap -> float32 [n, n_heads * hd] (numba_attention)."""
     n, n_heads, hd = q.shape
+    cap = k_cache.shape[1]
     if n_heads % k_cache.shape[0] or k_cache.shape != v_cache.shape or k_cache.shape[2] != hd:
         raise ValueError(f"attention: q {q.shape} does not fit the cache {k_cache.shape} / {v_cache.shape}")
-    if start < 0 or start + n > k_cache.shape[1]:
-        raise ValueError(f"attention: positions {start}..{start + n} exceed the cache ({k_cache.shape[1]})")
+    if start < 0 or window < 0 or not (start + n <= cap or window and cap >= window + n - 1):
+        raise ValueError(f"attention: positions {start}..{start + n} (window {window}) exceed the cache ({cap})")
     q, k, v = (np.ascontiguousarray(a, dtype=np.float32) for a in (q, k_cache, v_cache))
     out = np.empty((n, n_heads * hd), np.float32)
     threads = min(_threads, n * k.shape[0])
-    _launch(numba_attention.attention_serial, numba_attention.attention_parallel, threads, q, k, v, start, out)
+    scale = np.float32(hd ** -0.5 if scale is None else scale)
+    _launch(numba_attention.attention_serial, numba_attention.attention_parallel, threads, q, k, v, start,
+            scale, int(window), out)
     return out
 
 

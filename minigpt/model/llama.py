@@ -16,6 +16,8 @@ from ..config import Config
 from ..errors import FormatError
 
 LAYER_WEIGHTS = ("attn_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w_gate", "w_up", "w_down")
+QKV_BIASES = ("bq", "bk", "bv")                                           # Config.qkv_bias
+GEMMA3_NORMS = ("q_norm", "k_norm", "post_attn_norm", "post_ffn_norm")    # arch gemma3
 
 
 @dataclass
@@ -24,18 +26,31 @@ class Weight:
     qtype: str
 
 
+def layer_weight_names(cfg: Config):
+    """The names of one layer's tensors (without the 'layers.{i}.' prefix)."""
+    names = LAYER_WEIGHTS + (QKV_BIASES if cfg.qkv_bias else ())
+    return names + (GEMMA3_NORMS if cfg.arch == "gemma3" else ())
+
+
+def weight_shapes(cfg: Config):
+    """{tensor name or per-layer suffix: logical shape}."""
+    d, hd, qd, kv = cfg.dim, cfg.head_dim, cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+    return {"tok_embd": (cfg.vocab_size, d), "output": (cfg.vocab_size, d), "output_norm": (d,),
+            "rope_freqs": (cfg.rope_dim // 2,), "attn_norm": (d,), "ffn_norm": (d,),
+            "wq": (qd, d), "wk": (kv, d), "wv": (kv, d), "wo": (d, qd), "bq": (qd,), "bk": (kv,), "bv": (kv,),
+            "w_gate": (cfg.hidden_dim, d), "w_up": (cfg.hidden_dim, d), "w_down": (d, cfg.hidden_dim),
+            "q_norm": (hd,), "k_norm": (hd,), "post_attn_norm": (d,), "post_ffn_norm": (d,)}
+
+
 def load_weights(f, cfg: Config, dequantize=None):
     """Weights of a MgptFile as {name: Weight} (zero-copy views, or f32 copies when `dequantize` is given)."""
-    names = ["tok_embd", "output_norm"] + [f"layers.{i}.{w}" for i in range(cfg.n_layers) for w in LAYER_WEIGHTS]
+    names = ["tok_embd", "output_norm"] + [f"layers.{i}.{w}" for i in range(cfg.n_layers)
+                                           for w in layer_weight_names(cfg)]
     if not cfg.tied_embeddings:
         names.append("output")
     if "rope_freqs" in f.tensors:
         names.append("rope_freqs")
-    d, hd, kv = cfg.dim, cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
-    expect = {"tok_embd": (cfg.vocab_size, d), "output": (cfg.vocab_size, d), "output_norm": (d,),
-              "rope_freqs": (cfg.rope_dim // 2,), "attn_norm": (d,), "ffn_norm": (d,),
-              "wq": (cfg.n_heads * hd, d), "wk": (kv, d), "wv": (kv, d), "wo": (d, cfg.n_heads * hd),
-              "w_gate": (cfg.hidden_dim, d), "w_up": (cfg.hidden_dim, d), "w_down": (d, cfg.hidden_dim)}
+    expect = weight_shapes(cfg)
     w = {}
     for name in names:
         if name not in f.tensors:
@@ -62,48 +77,66 @@ def rms_norm(x, weight, eps, out=None):
     return np.multiply(x * (1.0 / np.sqrt(ms + eps)).astype(np.float32), weight, out=out)
 
 
-def rope_tables(cfg: Config, n_ctx, freq_factors=None):
-    """cos, sin: [n_ctx, rope_dim // 2], computed in float64 then rounded once."""
+def rope_tables(cfg: Config, n_ctx, freq_factors=None, local=False):
+    """cos, sin: [n_ctx, rope_dim // 2], computed in float64 then rounded once. local: the tables of
+    the sliding-window layers (rope_theta_local, no scaling)."""
     i = np.arange(0, cfg.rope_dim, 2, dtype=np.float64)
-    inv_freq = cfg.rope_theta ** (-i / cfg.rope_dim)
-    if freq_factors is not None:          # Llama 3 style per-frequency scaling (rope_freqs tensor)
+    inv_freq = (cfg.rope_theta_local if local else cfg.rope_theta) ** (-i / cfg.rope_dim)
+    if freq_factors is not None and not local:   # Llama 3 style per-frequency scaling (rope_freqs tensor)
         inv_freq = inv_freq / freq_factors.astype(np.float64)
     pos = np.arange(n_ctx, dtype=np.float64)
-    if cfg.rope_scaling.get("type") == "linear":
+    if cfg.rope_scaling.get("type") == "linear" and not local:
         pos = pos / cfg.rope_scaling["factor"]
     angles = np.outer(pos, inv_freq)
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
-def apply_rope(x, cos, sin, rope_dim):
-    # x: [n, heads, hd] (rotated in place on the first rope_dim dims); cos, sin: [n, rope_dim // 2]
-    x0 = x[:, :, 0:rope_dim:2].copy()
-    x1 = x[:, :, 1:rope_dim:2]
+def apply_rope(x, cos, sin, rope_dim, neox=False):
+    """Rotate x: [n, heads, hd] in place on its first rope_dim dims; cos, sin: [n, rope_dim // 2].
+    Pair p is (x[2p], x[2p + 1]), or with neox (x[p], x[p + rope_dim // 2])."""
+    half = rope_dim // 2
+    i0, i1 = (slice(0, half), slice(half, rope_dim)) if neox else (slice(0, rope_dim, 2), slice(1, rope_dim, 2))
+    x0 = x[:, :, i0].copy()
+    x1 = x[:, :, i1]
     c, s = cos[:, None, :], sin[:, None, :]
-    x[:, :, 0:rope_dim:2] = x0 * c - x1 * s
-    x[:, :, 1:rope_dim:2] = x0 * s + x1 * c
+    x[:, :, i0] = x0 * c - x1 * s
+    x[:, :, i1] = x0 * s + x1 * c
 
 
-def attention(q, k_cache, v_cache, start):
-    """Causal GQA attention of n new queries over the cache.
+def attention(q, k_cache, v_cache, start, scale=None, window=0):
+    """Causal GQA attention of n new queries at positions [start, start + n) over the cache.
 
-    q: [n, n_heads, hd]; k_cache, v_cache: [n_kv, n_ctx, hd] holding positions [0, start + n)
+    q: [n, n_heads, hd]; k_cache, v_cache: [n_kv, cap, hd], position t in slot t % cap (a ring when
+    cap is less than the context), holding every position a query sees. scale: of q.k (default
+    1 / sqrt(hd)); window: 0, or each query sees only the `window` latest keys, itself included.
     -> [n, n_heads * hd]
     """
     n, n_heads, hd = q.shape
-    n_kv = k_cache.shape[0]
+    n_kv, cap = k_cache.shape[:2]
     T = start + n
+    lo = max(0, start - window + 1) if window else 0   # the first key any query sees
+    assert T - lo <= cap, "the ring is smaller than the keys in view"
+    slots = np.arange(lo, T) % cap
+    k, v = k_cache[:, slots], v_cache[:, slots]                              # [n_kv, T - lo, hd]
     qg = q.reshape(n, n_kv, n_heads // n_kv, hd).transpose(1, 2, 0, 3)       # [n_kv, g, n, hd]
-    scores = qg @ k_cache[:, None, :T, :].swapaxes(-1, -2)                   # [n_kv, g, n, T]
-    scores *= np.float32(1.0 / np.sqrt(hd))
-    if n > 1:   # query i sits at position start + i and sees keys 0 .. start + i
-        mask = np.arange(T)[None, :] > (start + np.arange(n))[:, None]
+    scores = qg @ k[:, None].swapaxes(-1, -2)                                # [n_kv, g, n, T - lo]
+    scores *= np.float32(hd ** -0.5 if scale is None else scale)
+    kpos, qpos = np.arange(lo, T)[None, :], (start + np.arange(n))[:, None]
+    mask = (kpos > qpos) | ((qpos - kpos >= window) if window else False)
+    if mask.any():
         scores[..., mask] = -np.inf
     scores -= scores.max(axis=-1, keepdims=True)
     np.exp(scores, out=scores)
     scores /= scores.sum(axis=-1, keepdims=True)
-    out = scores @ v_cache[:, None, :T, :]                                   # [n_kv, g, n, hd]
+    out = scores @ v[:, None]                                                # [n_kv, g, n, hd]
     return out.transpose(2, 0, 1, 3).reshape(n, n_heads * hd)
+
+
+def store_kv(k_cache, v_cache, k, v, start):
+    """Write k, v: [n, n_kv, hd] of positions [start, start + n) into their slots of one layer's cache."""
+    slots = np.arange(start, start + len(k)) % k_cache.shape[1]
+    k_cache[:, slots] = k.transpose(1, 0, 2)
+    v_cache[:, slots] = v.transpose(1, 0, 2)
 
 
 def silu(x):
@@ -115,10 +148,10 @@ def silu(x):
 def forward(cfg: Config, w, kern, cache, ids, start, rope, all_logits=False, precision="exact"):
     """Run `ids` at positions [start, start + n), appending their K/V to `cache`.
 
-    cache: (k, v), each [n_layers, n_kv_heads, n_ctx, hd]; rope: (cos, sin) tables.
-    precision (engine.Engine): 'exact' kern.matmul; 'fast' kern.matmul_q8 (int8 activations); 'balanced'
-    matmul_q8 except w_down and the head. (matmul_q8 of f32 weights is matmul: the numpy backend's.)
-    Returns logits [n, vocab] if all_logits else [1, vocab] (the last position).
+    cache: (k, v), lists of each layer's [n_kv_heads, cap, hd] (engine.KVCache); rope: each layer's
+    (cos, sin) tables. precision (engine.Engine): 'exact' kern.matmul; 'fast' kern.matmul_q8 (int8
+    activations); 'balanced' matmul_q8 except w_down and the head. (matmul_q8 of f32 weights is
+    matmul: the numpy backend's.) Returns logits [n, vocab] if all_logits else [1, vocab] (the last position).
     """
     n, hd = len(ids), cfg.head_dim
     mm = kern.matmul
@@ -126,19 +159,20 @@ def forward(cfg: Config, w, kern, cache, ids, start, rope, all_logits=False, pre
     mm_fine = mm8 if precision == "fast" else mm   # w_down and the head
     attend = getattr(kern, "attention", None) or attention   # a backend may bring its own
     x = kern.get_rows(w["tok_embd"].data, w["tok_embd"].qtype, np.asarray(ids, dtype=np.int32))   # [n, d]
-    cos, sin = rope[0][start:start + n], rope[1][start:start + n]
-    k_cache, v_cache = cache
     for i in range(cfg.n_layers):
         L = lambda name: w[f"layers.{i}.{name}"]
         h = rms_norm(x, L("attn_norm").data, cfg.norm_eps)
-        q = mm8(h, L("wq").data, L("wq").qtype).reshape(n, cfg.n_heads, hd)
-        k = mm8(h, L("wk").data, L("wk").qtype).reshape(n, cfg.n_kv_heads, hd)
-        v = mm8(h, L("wv").data, L("wv").qtype).reshape(n, cfg.n_kv_heads, hd)
+        q = mm8(h, L("wq").data, L("wq").qtype)
+        k = mm8(h, L("wk").data, L("wk").qtype)
+        v = mm8(h, L("wv").data, L("wv").qtype)
+        if cfg.qkv_bias:
+            q, k, v = q + L("bq").data, k + L("bk").data, v + L("bv").data
+        q, k, v = q.reshape(n, cfg.n_heads, hd), k.reshape(n, cfg.n_kv_heads, hd), v.reshape(n, cfg.n_kv_heads, hd)
+        cos, sin = rope[i][0][start:start + n], rope[i][1][start:start + n]
         apply_rope(q, cos, sin, cfg.rope_dim)
         apply_rope(k, cos, sin, cfg.rope_dim)
-        k_cache[i, :, start:start + n] = k.transpose(1, 0, 2)
-        v_cache[i, :, start:start + n] = v.transpose(1, 0, 2)
-        a = attend(q, k_cache[i], v_cache[i], start)
+        store_kv(cache[0][i], cache[1][i], k, v, start)
+        a = attend(q, cache[0][i], cache[1][i], start, cfg.query_scale, cfg.sliding_window * cfg.is_local(i))
         x += mm8(a, L("wo").data, L("wo").qtype)
 
         h = rms_norm(x, L("ffn_norm").data, cfg.norm_eps)
