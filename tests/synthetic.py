@@ -107,23 +107,29 @@ TINY_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content 
 
 
 def tiny_llama(path, *, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden=96, ctx=128, wtype="F32",
-               tied=True, seed=0, rope_freqs=False, chat_template=TINY_TEMPLATE):
-    """Write a random tiny Llama GGUF; returns its metadata dict. Weights are scaled to keep activations sane."""
+               tied=True, seed=0, rope_freqs=False, chat_template=TINY_TEMPLATE, arch="llama", head_dim=None,
+               window=0, qkv_bias=False):
+    """Write a random tiny Llama (or, with arch="gemma3", Gemma 3) GGUF; returns its metadata dict.
+    Weights are scaled to keep activations sane. window: gemma3's sliding window (llama.cpp's pattern:
+    every 6th layer global); qkv_bias: Qwen2-style biases on a llama."""
     rng = np.random.default_rng(seed)
     tokens, types, merges = tiny_vocab()
     vocab = len(tokens)
-    hd = dim // n_heads
+    hd = head_dim or dim // n_heads
+    a = arch
     meta = {
-        "general.architecture": "llama", "general.name": "tiny-llama",
-        "llama.block_count": n_layers, "llama.context_length": ctx, "llama.embedding_length": dim,
-        "llama.feed_forward_length": hidden, "llama.attention.head_count": n_heads,
-        "llama.attention.head_count_kv": n_kv_heads, "llama.rope.freq_base": 10000.0,
-        "llama.attention.layer_norm_rms_epsilon": 1e-5, "llama.vocab_size": vocab,
-        "llama.rope.dimension_count": hd,
+        "general.architecture": arch, "general.name": f"tiny-{arch}",
+        f"{a}.block_count": n_layers, f"{a}.context_length": ctx, f"{a}.embedding_length": dim,
+        f"{a}.feed_forward_length": hidden, f"{a}.attention.head_count": n_heads,
+        f"{a}.attention.head_count_kv": n_kv_heads, f"{a}.rope.freq_base": 10000.0 if arch == "llama" else 1e6,
+        f"{a}.attention.layer_norm_rms_epsilon": 1e-5, f"{a}.vocab_size": vocab,
+        f"{a}.rope.dimension_count": hd, f"{a}.attention.key_length": hd, f"{a}.attention.value_length": hd,
         "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "smollm",
         "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": types, "tokenizer.ggml.merges": merges,
         "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2, "tokenizer.ggml.add_bos_token": False,
     }
+    if window:
+        meta[f"{a}.attention.sliding_window"] = window
     if chat_template is not None:
         meta["tokenizer.chat_template"] = chat_template
 
@@ -160,6 +166,12 @@ def tiny_llama(path, *, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden=96, 
         t[p + "ffn_gate.weight"] = mat(hidden, dim)
         t[p + "ffn_up.weight"] = mat(hidden, dim)
         t[p + "ffn_down.weight"] = mat(dim, hidden)
+        if qkv_bias:
+            for name, rows in (("attn_q", n_heads * hd), ("attn_k", n_kv_heads * hd), ("attn_v", n_kv_heads * hd)):
+                t[p + name + ".bias"] = ("F32", (0.3 * rng.standard_normal(rows)).astype(np.float32), (rows,))
+        if arch == "gemma3":
+            t[p + "attn_q_norm.weight"], t[p + "attn_k_norm.weight"] = norm(hd), norm(hd)
+            t[p + "post_attention_norm.weight"], t[p + "post_ffw_norm.weight"] = norm(dim), norm(dim)
     write_gguf(path, meta, t)
     return meta
 

@@ -1,4 +1,5 @@
-"""The C forward pass (LlamaForward, csrc/llama.c) against llama.forward over the same C matmul."""
+"""The C forward pass (LlamaForward, csrc/llama.c) against llama.forward and gemma3.forward over the
+same C matmul."""
 
 import os
 
@@ -8,7 +9,7 @@ import pytest
 import minigpt
 from minigpt.convert import convert
 from minigpt.engine import KVCache
-from minigpt.model import llama
+from minigpt.model import FORWARD, llama
 
 from subproc import run_python
 from synthetic import tiny_llama
@@ -21,14 +22,19 @@ IDS = [1, 40, 72, 101, 108, 108, 111, 262, 44, 3, 100, 200, 250, 45, 7, 9, 33]
 def make_forward(m, **kw):
     cfg = m.config
     weights = {name: (w.data, w.qtype) for name, w in m.weights.items()}
+    gemma = cfg.arch == "gemma3"
+    arch = dict(query_scale=cfg.query_scale, windows=[cfg.sliding_window * cfg.is_local(i) for i in range(cfg.n_layers)],
+                qkv_bias=cfg.qkv_bias, qk_norm=gemma, post_norms=gemma, rope_neox=gemma,
+                act="gelu_tanh" if gemma else "silu", embed_scale=cfg.dim ** 0.5 if gemma else 1.0)
     return _core.LlamaForward(dim=cfg.dim, n_layers=cfg.n_layers, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads,
                               head_dim=cfg.head_dim, hidden_dim=cfg.hidden_dim, vocab_size=cfg.vocab_size,
                               norm_eps=cfg.norm_eps, rope_dim=cfg.rope_dim, tied_embeddings=cfg.tied_embeddings,
-                              weights=weights, rope=m.engine.rope, **kw)
+                              weights=weights, rope=m.engine.rope, **(arch | kw))
 
 
 def reference(m, ids, start, cache, all_logits):
-    return llama.forward(m.config, m.weights, _core, (cache.k, cache.v), ids, start, m.engine.rope, all_logits)
+    return FORWARD[m.config.arch](m.config, m.weights, _core, (cache.k, cache.v), ids, start, m.engine.rope,
+                                  all_logits)
 
 
 def close(got, ref, rel=1e-4):
@@ -53,7 +59,9 @@ def tiny_model(tmp_path, wtype="F32", **kw):
 
 MODELS = {"tied": dict(), "untied-freqs": dict(tied=False, rope_freqs=True), "mha": dict(n_kv_heads=4),
           "mqa": dict(n_kv_heads=1), "q4_1": dict(wtype="Q4_1"), "q4_0": dict(wtype="Q4_0", tied=False),
-          "q8_0": dict(wtype="Q8_0"), "f16": dict(wtype="F16")}
+          "q8_0": dict(wtype="Q8_0"), "f16": dict(wtype="F16"), "qkv-bias": dict(qkv_bias=True),
+          "gemma3": dict(arch="gemma3", n_layers=7, head_dim=24, window=4, n_kv_heads=1),
+          "gemma3-q8_0": dict(arch="gemma3", n_layers=3, head_dim=32, window=5, wtype="Q8_0")}
 
 
 @pytest.mark.parametrize("threads", [1, 2], indirect=True)
@@ -265,8 +273,41 @@ def test_attention_odd_sizes(case, threads):
     ref = attention_ref(q, kc, vc, start, scale, window)
     got = _core._attention(q, kc, vc, start, scale, window)
     np.testing.assert_allclose(got, ref, rtol=0, atol=2e-6 * max(1.0, np.sqrt(hd)))
-    if window == 0 and scale == np.float32(1.0 / np.sqrt(hd)):    # the model's own reference agrees
-        np.testing.assert_allclose(got, llama.attention(q, kc, vc, start), rtol=0, atol=2e-5)
+    # the model's own reference agrees
+    np.testing.assert_allclose(got, llama.attention(q, kc, vc, start, scale, window), rtol=0, atol=2e-5)
+
+
+def as_ring(cache, T, cap):
+    """Positions [0, T) of a linear cache [kv, >= T, hd] written in order into a ring of cap slots."""
+    ring = np.full(cache.shape[:1] + (cap,) + cache.shape[2:], np.nan, np.float32)
+    for t in range(T):
+        ring[:, t % cap] = cache[:, t]
+    return ring
+
+
+# (n, start, n_heads, n_kv_heads, head_dim, window, extra slots beyond the least ring)
+RING_CASES = [(1, 40, 4, 1, 32, 8, 0), (6, 37, 6, 2, 24, 5, 0), (6, 37, 6, 2, 24, 5, 3), (70, 130, 4, 1, 33, 16, 7),
+              (1, 1000, 8, 2, 64, 100, 0), (3, 2, 2, 1, 16, 4, 0)]
+
+
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+@pytest.mark.parametrize("case", RING_CASES, ids=lambda c: "n{}-s{}-h{}-kv{}-d{}-w{}-x{}".format(*c))
+def test_attention_over_a_ring(case, threads):
+    # a sliding-window layer's ring of window + n - 1 slots gives the attention of the whole cache
+    n, start, H, kv, hd, window, extra = case
+    rng = np.random.default_rng(n + start)
+    q = rng.standard_normal((n, H, hd), dtype=np.float32)
+    kc = rng.standard_normal((kv, start + n, hd), dtype=np.float32)
+    vc = rng.standard_normal((kv, start + n, hd), dtype=np.float32)
+    ref = attention_ref(q, kc, vc, start, 0.3, window)
+    cap = window + n - 1 + extra
+    kr, vr = as_ring(kc, start + n, cap), as_ring(vc, start + n, cap)
+    np.testing.assert_allclose(_core._attention(q, kr, vr, start, 0.3, window), ref, rtol=0, atol=2e-5)
+    np.testing.assert_allclose(llama.attention(q, kr, vr, start, 0.3, window), ref, rtol=0, atol=2e-5)
+    if start + n > cap - extra - 1:   # one slot short of the ring, and short of the whole: refused
+        with pytest.raises(ValueError, match="bad attention shapes"):
+            short = np.ascontiguousarray(kr[:, :cap - extra - 1])
+            _core._attention(q, short, short.copy(), start, 0.3, window)
 
 
 def test_attention_keeps_large_logits_finite():

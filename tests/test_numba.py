@@ -123,6 +123,23 @@ def test_attention_matches_numpy(nb, threads, n_kv, group, hd):
         np.testing.assert_allclose(got, attention(q, k, v, start), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_windowed_attention_over_a_ring_matches_numpy(nb, threads):
+    # Gemma 3's local layers: a sliding window, a scale of the model's, and a ring cache (slot t % cap)
+    from minigpt.model.llama import attention
+    if threads > numba.config.NUMBA_NUM_THREADS:
+        pytest.skip("numba has one thread")
+    nb.set_threads(threads)
+    rng = np.random.default_rng(5)
+    n_kv, group, hd, window = 2, 2, 24, 6
+    for n, start, cap in ((1, 30, 6), (5, 17, 10), (8, 0, 13), (3, 40, 50)):
+        k = rng.standard_normal((n_kv, cap, hd)).astype(np.float32)
+        v = rng.standard_normal((n_kv, cap, hd)).astype(np.float32)
+        q = rng.standard_normal((n, n_kv * group, hd)).astype(np.float32)
+        np.testing.assert_allclose(nb.attention(q, k, v, start, 0.4, window), attention(q, k, v, start, 0.4, window),
+                                   rtol=1e-5, atol=1e-5)
+
+
 def test_attention_rejects_shapes_that_do_not_fit(nb):
     k = np.zeros((2, 8, 16), np.float32)
     with pytest.raises(ValueError, match="does not fit"):
