@@ -21,6 +21,7 @@ neutral value, so every part of the forward pass moves the logits.
 """
 
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -76,12 +77,15 @@ def spm_tokenizer(out, add_dummy_prefix, bos, eos, user_defined=()):
     """A SentencePiece BPE tokenizer.model with byte fallback trained on CORPUS (Gemma's ids: pad 0,
     eos 1, bos 2, unk 3)."""
     with tempfile.TemporaryDirectory() as tmp:
+        cwd = os.getcwd()
+        os.chdir(tmp)           # the model file records model_prefix: a relative one keeps it reproducible
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(CORPUS.splitlines()), model_prefix=f"{tmp}/m", vocab_size=VOCAB - 16,
+            sentence_iterator=iter(CORPUS.splitlines()), model_prefix="m", vocab_size=VOCAB,
             model_type="bpe", byte_fallback=True, character_coverage=1.0, normalization_rule_name="identity",
             remove_extra_whitespaces=False, add_dummy_prefix=add_dummy_prefix, pad_id=0, eos_id=1, bos_id=2,
             unk_id=3, bos_piece=bos, eos_piece=eos, user_defined_symbols=list(user_defined), hard_vocab_limit=False,
-            minloglevel=2)
+            minloglevel=2, num_threads=1)
+        os.chdir(cwd)
         (out / "tokenizer.model").write_bytes(Path(f"{tmp}/m.model").read_bytes())
     return spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model"))
 

@@ -195,7 +195,21 @@ def _stored(source, qtype):
         if peak > 65504:
             raise ConvertError(f"tensor {source.name}: values up to {peak:g} overflow f16; "
                                "convert with --quant f32 or q8_0")
-    return quant.quantize(x.reshape(-1, x.shape[-1]), qtype)
+    return _quantize_rows(x.reshape(-1, x.shape[-1]), qtype)
+
+
+def _quantize_rows(x, qtype, chunk_bytes=1 << 20):
+    """quant.quantize of x [rows, cols], about a MiB of rows at a time for the block types. Rows are
+    quantized independently, so the result is the same; the quantizer's float64 temporaries and
+    checks then stay a few MiB beside the tensor instead of growing with it (f16 is one cast)."""
+    rows, cols = x.shape
+    step = max(1, chunk_bytes // (4 * cols))
+    if step >= rows or qtype in ("f16", "f32"):
+        return quant.quantize(x, qtype)
+    out = np.empty((rows, quant.row_bytes(qtype, cols)), dtype=np.uint8)
+    for i in range(0, rows, step):
+        out[i:i + step] = quant.quantize(x[i:i + step], qtype)
+    return out
 
 
 def write(out, config, fields, chat_template, sources, quant_type, progress=None, t0=None) -> dict:
