@@ -91,6 +91,34 @@ def test_config_and_special_tokens(converted):
     assert MgptFile(converted("llama")).chat_template.startswith("{% for m in messages %}<|im_start|>")
 
 
+def test_config_variants():
+    """Older config.json keys and the per-architecture sliding-window rules."""
+    from minigpt.convert.hf import config_from_hf
+
+    hp = json.loads((FIXTURES / "gemma3" / "config.json").read_text())
+    for key in ("rope_parameters", "layer_types", "_sliding_window_pattern"):
+        del hp[key]
+    legacy = hp | {"rope_theta": 1e6, "rope_local_base_freq": 1e4, "sliding_window_pattern": 2, "rope_scaling": None}
+    c, _ = config_from_hf(legacy, "g")
+    assert (c.local_layers, c.rope_theta, c.rope_theta_local, c.rope_scaling) == ((0, 2), 1e6, 1e4, {})
+    c, _ = config_from_hf(legacy | {"rope_scaling": {"rope_type": "linear", "factor": 8.0}}, "g")
+    assert c.rope_scaling == {"type": "linear", "factor": 8.0}
+    with pytest.raises(ConvertError, match="yarn"):
+        config_from_hf(legacy | {"rope_scaling": {"rope_type": "yarn", "factor": 8.0}}, "g")
+    with pytest.raises(ConvertError, match="attn_logit_softcapping"):
+        config_from_hf(legacy | {"attn_logit_softcapping": 50.0}, "g")
+    with pytest.raises(ConvertError, match="multimodal"):
+        config_from_hf({"architectures": ["Gemma3ForConditionalGeneration"], "text_config": hp}, "g")
+
+    mistral = json.loads((FIXTURES / "mistral" / "config.json").read_text())
+    assert config_from_hf(mistral | {"sliding_window": None}, "m")[0].local_layers == ()
+    qwen = json.loads((FIXTURES / "qwen2" / "config.json").read_text())
+    qwen.pop("layer_types", None)
+    assert config_from_hf(qwen | {"sliding_window": 8}, "q")[0].local_layers == ()
+    c, _ = config_from_hf(qwen | {"sliding_window": 8, "use_sliding_window": True, "max_window_layers": 1}, "q")
+    assert (c.local_layers, c.sliding_window) == ((1,), 8)
+
+
 def test_qk_rows_is_llamacpp_permute():
     w = np.arange(4 * 8 * 3).reshape(4 * 8, 3)      # 4 heads of 8 rows
     want = w.reshape(4, 2, 4, 3).swapaxes(1, 2).reshape(w.shape)

@@ -90,8 +90,8 @@ def _rope_params(hp, layer_type):
             rp = rp.get("full_attention", {})
         return dict(rp)
     scaling = dict(hp.get("rope_scaling") or {})
-    if layer_type == "sliding_attention" and "rope_local_base_freq" in hp:
-        return {"rope_type": "default", "rope_theta": hp["rope_local_base_freq"]}
+    if layer_type == "sliding_attention":       # Gemma 3's local layers: their own base, never scaled
+        return {"rope_type": "default", "rope_theta": hp.get("rope_local_base_freq", 10000.0)}
     return {**scaling, "rope_theta": hp.get("rope_theta", 10000.0)}
 
 
@@ -142,14 +142,16 @@ def _local_layers(hp, n_layers, arch, folder):
                                f"'full_attention' for each of the {n_layers} layers")
         return [i for i, t in enumerate(types) if t == "sliding_attention"]
     if arch == "Gemma3ForCausalLM":
-        pattern = _get(hp, "sliding_window_pattern", folder, default=6)
+        pattern = _get(hp, "sliding_window_pattern", folder, default=hp.get("_sliding_window_pattern", 6))
         return [i for i in range(n_layers) if (i + 1) % pattern]
     if arch == "Qwen2ForCausalLM":
         if not hp.get("use_sliding_window"):
             return []
         first = _get(hp, "max_window_layers", folder, default=28)
         return list(range(first, n_layers))
-    return list(range(n_layers)) if arch == "MistralForCausalLM" else []
+    if arch == "MistralForCausalLM" and hp.get("sliding_window") is not None:
+        return list(range(n_layers))
+    return []
 
 
 def config_from_hf(hp: dict, folder, name="") -> tuple[Config, np.ndarray | None]:

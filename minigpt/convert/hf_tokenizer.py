@@ -162,12 +162,14 @@ def _special_ids(fields, tj, tc, hp, gen):
         if isinstance(tc.get(key), bool):
             fields[key] = tc[key]
     if "add_bos_token" not in fields:
-        # a TemplateProcessing post-processor that starts every sequence with BOS says add_bos
-        single = ((tj.get("post_processor") or {}).get("single") or [{}])
-        first = single[0].get("SpecialToken", {}).get("id") if isinstance(single[0], dict) else None
+        # a TemplateProcessing post-processor (alone or in a Sequence) whose sequences start with BOS
+        post = tj.get("post_processor") or {}
+        steps = post.get("processors") or [] if post.get("type") == "Sequence" else [post]
+        template = next((p for p in steps if isinstance(p, dict) and p.get("type") == "TemplateProcessing"), None)
         bos = fields.get("bos_token_id")
-        if first is not None and bos is not None:
-            fields["add_bos_token"] = first == fields["tokens"][bos]
+        if template is not None and bos is not None:
+            first = (template.get("single") or [{}])[0]
+            fields["add_bos_token"] = (first.get("SpecialToken") or {}).get("id") == fields["tokens"][bos]
 
 
 # --- tokenizer.model (SentencePiece)
