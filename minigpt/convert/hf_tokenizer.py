@@ -34,9 +34,11 @@ def tokenizer_fields(folder, vocab_size: int, hp: dict) -> dict:
     tj = read_json(folder / "tokenizer.json", required=False)
     tc = read_json(folder / "tokenizer_config.json", required=False)
     model = tj.get("model") or {}
-    if model.get("type") == "BPE" and not model.get("byte_fallback"):
-        fields = _bpe_fields(tj, tc, vocab_size, folder)
-    elif (folder / "tokenizer.model").is_file():
+    bpe = model.get("type") == "BPE" and not model.get("byte_fallback")
+    has_spm = (folder / "tokenizer.model").is_file()
+    if bpe and (_byte_level(tj) or not has_spm):
+        fields = _bpe_fields(tj, tc, vocab_size, folder)    # errors name an unsupported pre-tokenizer
+    elif has_spm:
         fields = _spm_fields(folder / "tokenizer.model", tj, tc, vocab_size)
     elif tj:
         raise ConvertError(f"{folder}/tokenizer.json: a {model.get('type')!r} model"
@@ -66,6 +68,13 @@ def chat_template(folder):
 
 
 # --- tokenizer.json (byte-level BPE)
+
+def _byte_level(tj) -> bool:
+    """Whether a tokenizer.json pre-tokenizes with ByteLevel (alone or as a step of a Sequence)."""
+    node = tj.get("pre_tokenizer") or {}
+    steps = node.get("pretokenizers") or [] if node.get("type") == "Sequence" else [node]
+    return any(isinstance(s, dict) and s.get("type") == "ByteLevel" for s in steps)
+
 
 def _bpe_fields(tj, tc, vocab_size, folder) -> dict:
     model = tj["model"]
