@@ -100,13 +100,13 @@ def cli():
 
 
 @cli.command()
-@click.argument("src", type=click.Path(dir_okay=False))
+@click.argument("src", type=click.Path())
 @click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False), help="The .mgpt file to write.")
 @click.option("--quant", type=click.Choice(QUANTS), default=None,
               help="Weight type (default: the source's dominant type, copied bit for bit; "
                    "q8_0 for Q5 / K-quant sources).")
 def convert(src, out, quant):
-    """Convert a GGUF checkpoint SRC into a minigpt .mgpt file."""
+    """Convert SRC, a GGUF file or a Hugging Face model folder, into a minigpt .mgpt file."""
     s = _convert_with_bar(src, out, quant)
     types = ", ".join(f"{n} {q}" for q, n in sorted(s["types"].items()))
     _log(f"wrote {out}: {s['n_params'] / 1e6:.1f}M parameters, {s['file_size'] / 2**20:.1f} MiB, "

@@ -119,7 +119,7 @@ class Writer:
         if data.nbytes != entry["nbytes"]:
             raise AssertionError(f"{name}: {data.nbytes} bytes, declared {entry['nbytes']}")
         self.f.write(b"\0" * (entry["offset"] - self.f.tell()))
-        self.f.write(data.tobytes())   # buffers via memoryview would also do; tobytes keeps it simple
+        self.f.write(data.reshape(-1).view(np.uint8))   # the array's own buffer: no copy of the tensor
         entry["crc32"] = f"{zlib.crc32(data.view(np.uint8).reshape(-1)):08x}"
         self._next += 1
 

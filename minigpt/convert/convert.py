@@ -1,4 +1,11 @@
-"""GGUF checkpoint -> .mgpt: map names, pick each tensor's quant type, stream tensors to the file.
+"""Checkpoint (GGUF file or Hugging Face folder) -> .mgpt: map names, pick each tensor's quant type,
+stream tensors to the file.
+
+Both sources are read into the same shape: a config, tokenizer fields, a chat template, and a list
+of source tensors (GGUFSource here, hf.HFTensor for folders), each with its minigpt name, shape,
+the minigpt type its stored bits already are (`carry`, or None), the type it counts as when picking
+the default (`counts_as`), `raw()` (the stored bits) and `values()` (float32). `write` applies the
+type policy below to either.
 
 Type policy (docs/format.md, "Conversion"):
 - 1-D tensors (norm weights, RoPE frequency factors) are stored as f32.
@@ -108,110 +115,186 @@ def decode_tensor(t) -> np.ndarray:
 DECODABLE = tuple(sorted(set(_FROM_GGML) | {"BF16"} | set(kquants.TYPES)))   # GGUF types decode_tensor reads
 
 
-def dominant_type(g: GGUFFile) -> str:
-    """The minigpt type holding most of the source's 2-D weights (by element count)."""
-    counts = {}
-    for t in g.tensors.values():
-        if len(t.shape) == 2:
-            qtype = _FROM_GGML.get(t.type_name, "f16" if t.type_name == "BF16" else "q8_0")
-            counts[qtype] = counts.get(qtype, 0) + int(np.prod(t.shape))
-    return max(counts, key=counts.get) if counts else "f16"
+class GGUFSource:
+    """One GGUF tensor to convert, under its minigpt name."""
+
+    def __init__(self, t, name):
+        self.t, self.name, self.shape, self.nbytes = t, name, t.shape, t.nbytes
+        self.source_type = t.type_name.lower()
+        self.carry = _FROM_GGML.get(t.type_name)
+        # a type minigpt does not store counts as q8_0 (BF16: f16) when picking the default target
+        self.counts_as = self.carry or ("f16" if t.type_name == "BF16" else "q8_0")
+
+    def raw(self):
+        return self.t.data
+
+    def values(self):
+        return decode_tensor(self.t)
 
 
-def plan(g: GGUFFile, config: Config, target: str):
-    """[(gguf tensor, minigpt name, minigpt qtype)] in file order; checks every tensor is known."""
-    head = "tok_embd" if config.tied_embeddings else "output"
+def gguf_sources(g: GGUFFile, config: Config):
+    """[GGUFSource] in file order; checks every tensor is known and decodable before anything is written."""
     out = []
     for t in g.tensors.values():
         if t.name in GGUF_IGNORED:
             continue
-        if t.type_name not in DECODABLE:   # checked before anything is written
+        if t.type_name not in DECODABLE:
             raise ConvertError(f"{g.path}: tensor {t.name!r} is {t.type_name}, which cannot be decoded yet "
                                f"(supported: {', '.join(DECODABLE)})")
         name = map_gguf_name(t.name)
         if name is None:
             raise ConvertError(f"{g.path}: unexpected tensor {t.name!r} for architecture {config.arch}")
-        if len(t.shape) == 1:
-            qtype = "f32"
-        elif len(t.shape) != 2:
+        if len(t.shape) not in (1, 2):
             raise ConvertError(f"{g.path}: tensor {t.name!r} has shape {t.shape}; expected 1-D or 2-D")
-        else:
-            qtype = target
-            if name == head and target in _FOUR_BIT and _FROM_GGML.get(t.type_name) not in _FOUR_BIT:
-                qtype = "q8_0"
-            if t.shape[1] % quant.QTYPES[qtype][0]:
-                qtype = "f16"
-        out.append((t, name, qtype))
-    _check_complete(g, config, {name for _, name, _ in out})
+        out.append(GGUFSource(t, name))
     return out
 
 
-def _check_complete(g, config, names):
+# --- the type policy and the writer, shared by both sources
+
+def dominant_type(sources) -> str:
+    """The minigpt type holding most of the source's 2-D weights (by element count)."""
+    counts = {}
+    for s in sources:
+        if len(s.shape) == 2:
+            counts[s.counts_as] = counts.get(s.counts_as, 0) + int(np.prod(s.shape))
+    return max(counts, key=counts.get) if counts else "f16"
+
+
+def plan(sources, config: Config, target: str, where):
+    """[(source, minigpt qtype)] in source order, after checking the set of tensors is complete."""
+    head = "tok_embd" if config.tied_embeddings else "output"
+    out = []
+    for s in sources:
+        if len(s.shape) == 1:
+            qtype = "f32"
+        else:
+            qtype = target
+            if s.name == head and target in _FOUR_BIT and s.carry not in _FOUR_BIT:
+                qtype = "q8_0"
+            if s.shape[1] % quant.QTYPES[qtype][0]:
+                qtype = "f16"
+        out.append((s, qtype))
+    _check_complete(where, config, [s.name for s in sources])
+    return out
+
+
+def required_tensors(config: Config) -> set:
+    """Names every model of `config` needs (the forward pass may read more, e.g. rope_freqs when present)."""
     need = {"tok_embd", "output_norm"} | ({"output"} if not config.tied_embeddings else set())
-    for i in range(config.n_layers):
-        need |= {f"layers.{i}.{w}" for w in layer_weight_names(config)}
-    unexpected = sorted(names - need - {"rope_freqs"})
+    return need | {f"layers.{i}.{w}" for i in range(config.n_layers) for w in layer_weight_names(config)}
+
+
+def _check_complete(where, config, names):
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise ConvertError(f"{where}: tensor {name!r} appears twice")
+        seen.add(name)
+    need = required_tensors(config)
+    unexpected = sorted(seen - need - {"rope_freqs"})
     if unexpected:
-        raise ConvertError(f"{g.path}: unexpected tensors for architecture {config.arch}: {unexpected[:4]}"
+        raise ConvertError(f"{where}: unexpected tensors for architecture {config.arch}: {unexpected[:4]}"
                            f"{' ...' if len(unexpected) > 4 else ''}")
-    missing = sorted(need - names)
+    missing = sorted(need - seen)
     if missing:
-        raise ConvertError(f"{g.path}: missing tensors {missing[:4]}{' ...' if len(missing) > 4 else ''}")
+        raise ConvertError(f"{where}: missing tensors {missing[:4]}{' ...' if len(missing) > 4 else ''}")
 
 
-def convert(src, out, quant_type=None, progress=None) -> dict:
-    """Convert GGUF `src` into the .mgpt file `out`. `progress(n_bytes, total_bytes)` is called per tensor.
+def _stored(source, qtype):
+    """What to write for `source` as `qtype`: its own bits when the block formats match, else its
+    values (float32) requantized with round-to-nearest."""
+    if source.carry == qtype:
+        return source.raw()            # same block format: carried over bit for bit
+    x = source.values()
+    if qtype == "f32":
+        return x
+    if qtype == "f16":
+        peak = max(float(x.max(initial=0)), -float(x.min(initial=0)))
+        if peak > 65504:
+            raise ConvertError(f"tensor {source.name}: values up to {peak:g} overflow f16; "
+                               "convert with --quant f32 or q8_0")
+    return _quantize_rows(x.reshape(-1, x.shape[-1]), qtype)
 
-    Returns a summary: n_params, file_size, bits_per_weight, seconds, quant (the target),
-    requantized (names of the 2-D tensors decoded and requantized), requantized_types
-    ({"q4_k -> q8_0": count}), types ({minigpt qtype: count}).
-    """
-    from ..tokenizer import from_fields   # checked here so a bad vocabulary fails before writing
 
-    t0 = time.perf_counter()
-    src, out = Path(src), Path(out)
-    if not src.is_file():
-        raise ConvertError(f"{src}: no such file")
-    if out.exists() and out.resolve() == src.resolve():
-        raise ConvertError("the output path is the source file")
-    if quant_type is not None and quant_type not in QUANT_TYPES:
-        raise ConvertError(f"unknown quant type {quant_type!r} (choose from {', '.join(QUANT_TYPES)})")
+def _quantize_rows(x, qtype, chunk_bytes=1 << 20):
+    """quant.quantize of x [rows, cols], about a MiB of rows at a time for the block types. Rows are
+    quantized independently, so the result is the same; the quantizer's float64 temporaries and
+    checks then stay a few MiB beside the tensor instead of growing with it (f16 is one cast)."""
+    rows, cols = x.shape
+    step = max(1, chunk_bytes // (4 * cols))
+    if step >= rows or qtype in ("f16", "f32"):
+        return quant.quantize(x, qtype)
+    out = np.empty((rows, quant.row_bytes(qtype, cols)), dtype=np.uint8)
+    for i in range(0, rows, step):
+        out[i:i + step] = quant.quantize(x[i:i + step], qtype)
+    return out
 
-    g = GGUFFile(src)
-    config = config_from_gguf(g)
-    fields = tokenizer_fields(g)
-    from_fields(fields)
-    target = quant_type or dominant_type(g)
-    items = plan(g, config, target)
 
-    specs = [(name, qtype, t.shape) for t, name, qtype in items]
-    total = sum(t.nbytes for t, _, _ in items)
+def write(out, config, fields, chat_template, sources, quant_type, progress=None, t0=None) -> dict:
+    """Write `sources` into the .mgpt file `out` (atomically) and return the summary `convert` documents."""
+    t0 = time.perf_counter() if t0 is None else t0
+    out = Path(out)
+    target = quant_type or dominant_type(sources)
+    items = plan(sources, config, target, out)
+    specs = [(s.name, qtype, s.shape) for s, qtype in items]
+    total = sum(s.nbytes for s, _ in items)
     requantized = []
     try:
-        with Writer(out, config, fields, g.field("tokenizer.chat_template"), specs) as w:
-            for t, name, qtype in items:
-                if _FROM_GGML.get(t.type_name) == qtype:
-                    data = t.data   # same block format: carried over bit for bit
-                else:
-                    x = decode_tensor(t)
-                    data = x if qtype == "f32" else quant.quantize(x.reshape(-1, x.shape[-1]), qtype)
-                    if len(t.shape) == 2:
-                        requantized.append((name, t.type_name.lower(), qtype))
-                w.write(name, data)
+        with Writer(out, config, fields, chat_template, specs) as w:
+            for s, qtype in items:
+                data = _stored(s, qtype)
+                if len(s.shape) == 2 and s.carry != qtype:
+                    requantized.append((s.name, s.source_type, qtype))
+                w.write(s.name, data)
+                del data
                 if progress:
-                    progress(t.nbytes, total)
+                    progress(s.nbytes, total)
     except MinigptError:
         raise
     except OSError as e:
         raise ConvertError(f"cannot write {out}: {e.strerror}") from None
 
-    n_params = sum(int(np.prod(t.shape)) for t, _, _ in items)
+    n_params = sum(int(np.prod(s.shape)) for s, _ in items)
     size = out.stat().st_size
     return {"n_params": n_params, "file_size": size, "bits_per_weight": 8 * size / n_params,
             "seconds": time.perf_counter() - t0, "quant": target,
             "requantized": [name for name, _, _ in requantized],
             "requantized_types": _count_pairs(requantized),
-            "types": {q: sum(1 for *_, qq in items if qq == q) for q in {q for *_, q in items}}}
+            "types": {q: sum(1 for _, qq in items if qq == q) for q in {q for _, q in items}}}
+
+
+def convert(src, out, quant_type=None, progress=None) -> dict:
+    """Convert `src` (a GGUF file, or a Hugging Face folder: see hf.py) into the .mgpt file `out`.
+    `progress(n_bytes, total_bytes)` is called per tensor.
+
+    Returns a summary: n_params, file_size, bits_per_weight, seconds, quant (the target),
+    requantized (names of the 2-D tensors decoded and requantized into another block format),
+    requantized_types ({"q4_k -> q8_0": count}), types ({minigpt qtype: count}).
+    """
+    from ..tokenizer import from_fields   # checked here so a bad vocabulary fails before writing
+
+    t0 = time.perf_counter()
+    src, out = Path(src), Path(out)
+    if not src.exists():
+        raise ConvertError(f"{src}: no such file or folder")
+    if out.exists() and out.resolve() == src.resolve():
+        raise ConvertError("the output path is the source file")
+    if out.is_dir():
+        raise ConvertError(f"{out}: is a folder; give the .mgpt file to write")
+    if quant_type is not None and quant_type not in QUANT_TYPES:
+        raise ConvertError(f"unknown quant type {quant_type!r} (choose from {', '.join(QUANT_TYPES)})")
+
+    if src.is_dir():
+        from . import hf
+        config, sources, fields, template = hf.load(src)
+    else:
+        g = GGUFFile(src)
+        config = config_from_gguf(g)
+        fields, template = tokenizer_fields(g), g.field("tokenizer.chat_template")
+        sources = gguf_sources(g, config)
+    from_fields(fields)
+    return write(out, config, fields, template, sources, quant_type, progress, t0)
 
 
 def _count_pairs(requantized):
