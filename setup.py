@@ -52,7 +52,8 @@ core = Extension(
 
 setup(
     packages=find_namespace_packages(include=["minigpt", "minigpt.*"], exclude=["*.__pycache__"]),
-    package_data={"minigpt.kernels": ["_core.pyx"]},  # so an sdist can be built again
+    package_data={"minigpt.kernels": ["_core.pyx"],  # so an sdist can be built again
+                  "minigpt.data": ["*.txt"]},        # the text `convert --check` reads
     exclude_package_data={"minigpt.kernels": ["*.c"]},  # Cython's generated C: a build product
     ext_modules=cythonize([core], language_level=3),
     cmdclass={"build_ext": BuildExt, "sdist": Sdist},

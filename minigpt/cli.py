@@ -105,14 +105,24 @@ def cli():
 @click.option("--quant", type=click.Choice(QUANTS), default=None,
               help="Weight type (default: the source's dominant type, copied bit for bit; "
                    "q8_0 for Q5 / K-quant sources).")
-def convert(src, out, quant):
+@click.option("--check", is_flag=True,
+              help="Then compare the converted model with the source (f32, NumPy reference) on a built-in "
+                   "multilingual text: top-1 agreement, KL divergence, perplexities.")
+@click.option("--precision", default=None, type=click.Choice(["exact", "balanced", "fast"]),
+              help="With --check: how the converted model rounds activations.  [default: balanced]")
+@click.option("-t", "--threads", default=None, type=click.IntRange(1, 512), help="With --check: threads.")
+def convert(src, out, quant, check, precision, threads):
     """Convert SRC, a GGUF file or a Hugging Face model folder, into a minigpt .mgpt file."""
+    if not check and (precision or threads):
+        raise MinigptError("--precision and --threads apply to --check only")
     s = _convert_with_bar(src, out, quant)
     types = ", ".join(f"{n} {q}" for q, n in sorted(s["types"].items()))
     _log(f"wrote {out}: {s['n_params'] / 1e6:.1f}M parameters, {s['file_size'] / 2**20:.1f} MiB, "
          f"{s['bits_per_weight']:.2f} bits/weight, {s['seconds']:.1f} s")
     pairs = ", ".join(f"{k}: {n}" for k, n in s["requantized_types"].items())
     _log(f"tensors: {types}; requantized: {len(s['requantized'])}" + (f" ({pairs})" if pairs else ""))
+    if check:
+        _check(src, out, precision or "balanced", threads)
 
 
 @cli.command()
@@ -316,6 +326,64 @@ def bench(model, n_prompt, n_gen, threads, reps, backend, precision, as_json):
 
     r = bench_.run(_resolve(model), n_prompt, n_gen, threads, reps, backend, precision)
     click.echo(json.dumps(r, indent=2) if as_json else bench_.format_table(r))
+
+
+# --- measuring: convert --check, perplexity
+
+class _CheckProgress(_Progress):
+    """_Progress whose 'checking' stage counts positions rather than bytes."""
+
+    def _mib(self):
+        return f"{self.done:,}/{self.total:,} positions" if self.label == "checking" else super()._mib()
+
+
+def _check(src, out, precision, threads):
+    from .check import check_conversion
+    from .kernels import get_backend
+
+    _log(f"checking {out} ({get_backend().name} backend, {precision}) against the source in f32 "
+         f"(NumPy reference) on the built-in text")
+    bar = _CheckProgress("dequantizing")
+    try:
+        r = check_conversion(src, out, precision=precision, threads=threads, progress=bar)
+    except BaseException:
+        bar.close(finished=False)
+        raise
+    bar.close()
+    click.echo(r.line())
+
+
+@cli.command()
+@click.option("-m", "--model", default=None, help="A .mgpt file or a known model name (default: smollm2-135m-instruct).")
+@click.option("-f", "--file", "path", required=True, type=click.Path(), help="The text to score (UTF-8).")
+@click.option("--ctx", default=None, type=click.IntRange(3),
+              help="Chunk length in tokens; the second half of each chunk is scored.  [default: 512, or the "
+                   "model's context if shorter]")
+@click.option("--chunks", default=None, type=click.IntRange(1), help="Score at most this many chunks.")
+@click.option("-t", "--threads", default=None, type=click.IntRange(1, 512), help="Default: physical cores.")
+@click.option("--backend", default=None, help="Kernel backend (c, numba, numpy); default $MINIGPT_BACKEND or c.")
+@click.option("--precision", default="balanced", show_default=True, type=click.Choice(["exact", "balanced", "fast"]),
+              help="Activations in f32 (exact), int8 (fast), or int8 but for the sensitive matmuls (balanced).")
+def perplexity(model, path, ctx, chunks, threads, backend, precision):
+    """Measure perplexity on a text file, in chunks of --ctx tokens as llama.cpp's perplexity tool does."""
+    from . import perplexity as ppl
+
+    text = ppl.read_text(path)   # a missing file fails before the model loads
+    m = _load(model, threads, backend, ctx, precision)
+    ctx = ctx or min(ppl.DEFAULT_CTX, m.n_ctx)
+    ids = m.tokenize(text, add_bos=m.tokenizer.add_bos, special=False)
+    n = len(ids) // ctx if chunks is None else min(chunks, len(ids) // ctx)
+    if n:
+        _log(f"perplexity: {len(ids):,} tokens, {n} chunk{'s' * (n > 1)} of {ctx} (the last {ctx - 1 - ctx // 2} "
+             f"tokens of each scored); backend {m.kern.name}, {precision}, {m.threads} threads")
+
+    def on_chunk(i, n_chunks, running, seconds):
+        if i == 1:
+            _log(f"perplexity: {seconds:.2f} s per chunk, ETA {seconds * (n_chunks - 1):.0f} s")
+        click.echo(f"[{i}]{running:.4f},", nl=i == n_chunks, err=True)
+
+    r = ppl.perplexity_of_ids(m, ids, ctx, chunks, on_chunk)
+    click.echo(f"Final estimate: PPL = {r.ppl:.4f} +/- {r.err:.5f}")
 
 
 def main():
