@@ -1,0 +1,27 @@
+"""Scoring a model against a committed fidelity reference (tools/make_reference.py, docs/fidelity.md)."""
+
+import numpy as np
+
+
+def log_softmax(x):
+    x = x.astype(np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def score(model, z):
+    """Top-1 agreement with HF, perplexity, and KL(HF || model) over HF's top-32 plus a tail bucket."""
+    agree, target, kl = [], [], []
+    for name in z["chunk_names"]:
+        ids = z[f"{name}/ids"]
+        lp = log_softmax(model.logits(ids.tolist())[:-1])                  # [n-1, vocab]
+        top_ids, top_lp = z[f"{name}/hf_top_ids"], z[f"{name}/hf_top_logp"].astype(np.float64)
+        agree.append(lp.argmax(-1) == top_ids[:, 0])
+        target.append(lp[np.arange(len(ids) - 1), ids[1:]])
+        p = np.exp(top_lp)
+        q_top = np.take_along_axis(lp, top_ids, axis=1)
+        tail_p = np.clip(1 - p.sum(1), 1e-12, None)
+        tail_q = np.clip(1 - np.exp(q_top).sum(1), 1e-12, None)
+        kl.append((p * (top_lp - q_top)).sum(1) + tail_p * np.log(tail_p / tail_q))
+    agree, target, kl = (np.concatenate(a) for a in (agree, target, kl))
+    return agree.mean(), float(np.exp(-target.mean())), kl.mean(), len(agree)
