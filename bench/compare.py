@@ -3,6 +3,12 @@
     /work/venvs/llama/bin/python bench/make_model.py       # once: the Q4_0 GGUF and its .mgpt (see that file)
     python bench/compare.py                                # 5 rounds at 1 and 2 threads, all rows it can run
     python bench/compare.py --rounds 9 --threads 1 --engines llama.cpp,minigpt
+    python bench/compare.py --gguf ~/.cache/minigpt/gguf/gemma-3-270m-q4_k_m.gguf --quant q8_0   # another model
+
+--gguf is what llama.cpp (and transformers) read; minigpt reads --mgpt, by default the GGUF's conversion
+in the bench cache: <stem>.mgpt for the default SmolLM2 Q4_0 file (bench/make_model.py makes it), and for
+any other GGUF <stem>.<quant>.mgpt (--quant, default: the converter's choice, "default"), converted by
+`minigpt convert` on first use. Rows that are not minigpt's need no .mgpt.
 
 Each round runs every engine once per thread count, in a fixed order (llama.cpp, minigpt, then the optional
 rows), so slow drifts of a shared machine hit all of them alike. Every measurement is a new process: load
@@ -35,6 +41,7 @@ LLAMA_PY = "/work/venvs/llama/bin/python"
 HF_PY = "/work/venvs/hf/bin/python"
 REQUIRED = ("llama.cpp", "minigpt")
 OPTIONAL = ("minigpt-numba", "transformers-f32", "minigpt-numpy")
+MINIGPT_ROWS = ("minigpt", "minigpt-numba", "minigpt-numpy")
 
 
 # --- one measurement per process
@@ -63,7 +70,7 @@ def measure(engine, a, threads):
     cmd = _command(engine, a, threads)
     if not Path(cmd[0]).exists() and os.sep in cmd[0]:
         return f"{cmd[0]} not found"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env = _env()
     env.pop("MINIGPT_BACKEND", None)
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if r.returncode != 0:
@@ -122,12 +129,44 @@ def machine(results):
     return info
 
 
+# --- the model files
+
+def _env():
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+
+
+def model_files(a, engines):
+    """Check --gguf, and settle (and make, if missing) the .mgpt the minigpt rows read; sets a.mgpt."""
+    default = a.gguf == BENCH_DIR / f"{STEM}.gguf"
+    if not a.gguf.is_file():
+        hint = "run: /work/venvs/llama/bin/python bench/make_model.py" if default else "give an existing --gguf"
+        raise SystemExit(f"{a.gguf} not found; {hint}")
+    if not set(engines) & set(MINIGPT_ROWS):
+        return
+    if a.mgpt is None:
+        stem = a.gguf.stem if default and a.quant is None else f"{a.gguf.stem}.{a.quant or 'default'}"
+        a.mgpt = BENCH_DIR / f"{stem}.mgpt"
+    if a.mgpt.is_file():
+        return
+    if default and a.quant is None:
+        raise SystemExit(f"{a.mgpt} not found; run: /work/venvs/llama/bin/python bench/make_model.py")
+    a.mgpt.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [a.python, "-m", "minigpt", "convert", str(a.gguf), "-o", str(a.mgpt)]
+    cmd += ["--quant", a.quant] if a.quant else []
+    print(" ".join(cmd), file=sys.stderr, flush=True)
+    if subprocess.run(cmd, env=_env()).returncode != 0:
+        raise SystemExit(f"could not convert {a.gguf} for the minigpt rows; run with --engines llama.cpp for "
+                         f"llama.cpp alone")
+
+
 # ---
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--gguf", type=Path, default=BENCH_DIR / f"{STEM}.gguf")
-    ap.add_argument("--mgpt", type=Path, default=BENCH_DIR / f"{STEM}.mgpt")
+    ap.add_argument("--gguf", type=Path, default=BENCH_DIR / f"{STEM}.gguf", help="What llama.cpp reads.")
+    ap.add_argument("--mgpt", type=Path, default=None, help="What minigpt reads (default: see above).")
+    ap.add_argument("--quant", choices=("q4_0", "q4_1", "q8_0", "f16", "f32"), default=None,
+                    help="The type of the default --mgpt, converted from --gguf on first use.")
     ap.add_argument("-p", "--n-prompt", type=int, default=128)
     ap.add_argument("-n", "--n-gen", type=int, default=128)
     ap.add_argument("--threads", default="1,2", help="Comma-separated thread counts.")
@@ -143,9 +182,8 @@ def main():
     unknown = set(engines) - set(REQUIRED + OPTIONAL)
     if unknown:
         raise SystemExit(f"unknown engines {sorted(unknown)}; known: {', '.join(REQUIRED + OPTIONAL)}")
-    for f in (a.gguf, a.mgpt):
-        if not f.is_file():
-            raise SystemExit(f"{f} not found; run: /work/venvs/llama/bin/python bench/make_model.py")
+    a.gguf = a.gguf.expanduser()
+    model_files(a, engines)
     thread_counts = [int(t) for t in a.threads.split(",")]
     extra = a.rounds if a.extra_rounds is None else a.extra_rounds
 
@@ -169,7 +207,7 @@ def main():
                       f"rss {r['peak_rss_mib']:.0f} MiB", file=sys.stderr, flush=True)
 
     info = machine(results)
-    print(f"model: {a.gguf} / {a.mgpt}")
+    print(f"model: {a.gguf}" + (f" / {a.mgpt}" if a.mgpt else ""))
     print("machine: " + "; ".join(f"{k} {v}" for k, v in info.items()))
     print(f"{a.rounds} rounds (optional rows: {extra}), {time.time() - t_start:.0f} s")
     for t in thread_counts:

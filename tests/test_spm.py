@@ -191,3 +191,16 @@ def test_fields_survive_the_mgpt_json_header():
     tok = from_fields(json.loads(json.dumps(tiny_spm_fields(add_space_prefix=True))))
     assert tok.add_space_prefix and tok.encode("abc hello") == from_fields(
         tiny_spm_fields(add_space_prefix=True)).encode("abc hello")
+
+
+def test_gemma3_gives_the_fidelity_references_ids(gemma3):
+    """The ids of the Gemma fidelity fixture (tools/make_reference.py --model-name gemma3), BOS included."""
+    import numpy as np
+
+    tok, _ = gemma3
+    z = np.load(FIXTURES / "gemma3_270m_q4_k_m_reference.npz")
+    chunks = [c for name in ("fidelity_corpus.json", "fidelity_corpus_gemma3.json")
+              for c in json.loads((FIXTURES / name).read_text(encoding="utf-8"))["chunks"]]
+    assert [c["name"] for c in chunks] == z["chunk_names"].tolist()
+    for c in chunks:
+        assert tok.encode(c["text"], add_bos=True, special=True) == z[f"{c['name']}/ids"].tolist(), c["name"]

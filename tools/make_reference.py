@@ -1,29 +1,32 @@
-"""Make the committed fidelity references for SmolLM2-135M-Instruct Q4_1.
+"""Make the committed fidelity references: SmolLM2-135M-Instruct Q4_1 and Gemma-3-270M Q4_K_M.
 
-Two independent reference runtimes score the same token ids, teacher-forced, over
-tests/fixtures/fidelity_corpus.json:
+Two independent reference runtimes score the same token ids, teacher-forced, over the preset's
+corpus (tests/fixtures/fidelity_corpus.json, plus fidelity_corpus_gemma3.json for Gemma):
   llama.cpp (llama-cpp-python)        -- the quantized runtime everyone compares with;
   Hugging Face transformers, float32  -- the GGUF dequantized to f32, our "exact" model.
 
 Each stage runs in its own venv (the two stacks do not share one), and none imports minigpt:
 
-    /work/venvs/llama/bin/python tools/make_reference.py llama    # tokenize + llama.cpp logits
-    /work/venvs/hf/bin/python tools/make_reference.py hf          # transformers f32, same ids
-    /work/venvs/hf/bin/python tools/make_reference.py combine     # -> tests/fixtures/*.npz, *.json
+    /work/venvs/llama/bin/python tools/make_reference.py llama [--model-name gemma3]   # tokenize + llama.cpp logits
+    /work/venvs/hf/bin/python tools/make_reference.py hf [--model-name gemma3]         # transformers f32, same ids
+    /work/venvs/hf/bin/python tools/make_reference.py combine [--model-name gemma3]    # -> tests/fixtures/*.npz, *.json
 
-Options (all stages): --model PATH (the GGUF), --work DIR (full-vocab logits between stages,
-~330 MB per reference; default /tmp/minigpt_fidelity). combine needs only NumPy.
+Options (all stages): --model-name smollm2|gemma3 (the preset: GGUF, corpus, fixture names and
+the model's settings; default smollm2), --model PATH (another copy of the preset's GGUF),
+--work DIR (full-vocab logits between stages, ~1 MB per position for Gemma's 262k vocabulary;
+default /tmp/minigpt_fidelity/<model-name>). combine needs only NumPy.
 
 Outputs (see docs/fidelity.md for how a runtime is measured against them):
-  tests/fixtures/smollm2_q4_1_reference.npz   per chunk <name>/...:
+  tests/fixtures/<fixture>.npz   per chunk <name>/...:
       ids                 [n]            int32    llama.cpp token ids (fed to both references)
       {ref}_top_ids       [n-1, 32]      int32    top-32 tokens at position i (predicting
                                                   ids[i+1]), best first
       {ref}_top_logp      [n-1, 32]      float32  their log-probs (log-softmax of the full vocab)
       {ref}_target_logp   [n-1]          float32  log-prob of the actual next token ids[i+1]
     with ref in {hf, llama}, plus chunk_names [n_chunks] and top_k.
-  tests/fixtures/smollm2_q4_1_reference.json  summary: positions, perplexities, top-1 agreement,
+  tests/fixtures/<fixture>.json  summary: positions, perplexities, top-1 agreement,
       KL(HF || llama.cpp) exact and top-32 approximate, versions, GGUF sha256.
+with <fixture> smollm2_q4_1_reference or gemma3_270m_q4_k_m_reference.
 """
 
 import argparse
@@ -31,24 +34,53 @@ import hashlib
 import json
 import os
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CORPUS = os.path.join(ROOT, "tests", "fixtures", "fidelity_corpus.json")
-OUT_NPZ = os.path.join(ROOT, "tests", "fixtures", "smollm2_q4_1_reference.npz")
-OUT_JSON = os.path.join(ROOT, "tests", "fixtures", "smollm2_q4_1_reference.json")
-DEFAULT_MODEL = "/root/.cache/minigpt/src/SmolLM2-135M-Instruct.Q4_1.gguf"
+FIXTURES = os.path.join(ROOT, "tests", "fixtures")
+CACHE = os.environ.get("MINIGPT_CACHE") or os.path.expanduser("~/.cache/minigpt")
 DEFAULT_WORK = "/tmp/minigpt_fidelity"
 TOP_K = 32
-MAX_CHUNK_TOKENS = 512   # llama.cpp's default n_batch: one eval call per chunk, fresh cache
-N_CTX = 1024
 N_THREADS = 2
 
 
-def load_corpus():
-    with open(CORPUS, encoding="utf-8") as f:
-        return json.load(f)["chunks"]
+@dataclass(frozen=True)
+class Preset:
+    gguf: str                  # the GGUF's name in $MINIGPT_CACHE/gguf (where `minigpt pull` puts it)
+    corpora: tuple             # corpus files in tests/fixtures, their chunks scored in this order
+    fixture: str               # tests/fixtures/<fixture>.npz and .json
+    max_chunk_tokens: int      # = n_batch = n_ubatch: one llama.cpp eval call (one ubatch) per chunk
+    n_ctx: int
+    attn_implementation: str | None   # transformers' attention; None: its default
+
+
+PRESETS = {
+    "smollm2": Preset(gguf="SmolLM2-135M-Instruct.Q4_1.gguf", corpora=("fidelity_corpus.json",),
+                      fixture="smollm2_q4_1_reference", max_chunk_tokens=512, n_ctx=1024,
+                      attn_implementation=None),
+    # Gemma's extra chunks include its chat markup and one text longer than the 512-token sliding
+    # window; "eager" attention is transformers' exact path for Gemma 3 (sliding window included).
+    "gemma3": Preset(gguf="gemma-3-270m-q4_k_m.gguf",
+                     corpora=("fidelity_corpus.json", "fidelity_corpus_gemma3.json"),
+                     fixture="gemma3_270m_q4_k_m_reference", max_chunk_tokens=1024, n_ctx=1024,
+                     attn_implementation="eager"),
+}
+
+GREEDY_PROMPT = "The capital of France is"   # a sanity check of the HF model, recorded in the summary
+GREEDY_TOKENS = 16
+
+
+def load_corpus(preset):
+    chunks = []
+    for name in preset.corpora:
+        with open(os.path.join(FIXTURES, name), encoding="utf-8") as f:
+            chunks += json.load(f)["chunks"]
+    names = [c["name"] for c in chunks]
+    if len(set(names)) != len(names):
+        raise ValueError(f"chunk names repeat across {preset.corpora}: {names}")
+    return chunks
 
 
 def write_json(path, obj):
@@ -72,18 +104,19 @@ def sha256_of(path):
 
 # --- stage 1: llama.cpp (tokenizer + logits) ---------------------------------------------------
 
-def stage_llama(model_path, work):
+def stage_llama(preset, model_path, work):
     import llama_cpp
 
-    llm = llama_cpp.Llama(model_path=model_path, logits_all=True, n_ctx=N_CTX,
-                          n_threads=N_THREADS, verbose=False)
+    n_batch = preset.max_chunk_tokens
+    llm = llama_cpp.Llama(model_path=model_path, logits_all=True, n_ctx=preset.n_ctx, n_batch=n_batch,
+                          n_ubatch=n_batch, n_threads=N_THREADS, verbose=False)
     add_bos = bool(llama_cpp.llama_vocab_get_add_bos(llama_cpp.llama_model_get_vocab(llm.model)))
     ids_by_chunk = {}
-    for chunk in load_corpus():
+    for chunk in load_corpus(preset):
         name = chunk["name"]
         ids = llm.tokenize(chunk["text"].encode("utf-8"), add_bos=add_bos, special=True)
-        if not 2 <= len(ids) <= MAX_CHUNK_TOKENS:
-            raise ValueError(f"chunk {name!r} has {len(ids)} tokens; need 2..{MAX_CHUNK_TOKENS}")
+        if not 2 <= len(ids) <= preset.max_chunk_tokens:
+            raise ValueError(f"chunk {name!r} has {len(ids)} tokens; need 2..{preset.max_chunk_tokens}")
         llm.reset()                          # empty KV cache: every chunk starts at position 0
         llm.eval(ids)
         logits = np.array(llm.scores[: len(ids)], dtype=np.float32)    # [n, vocab]
@@ -94,7 +127,8 @@ def stage_llama(model_path, work):
     write_json(os.path.join(work, "llama_meta.json"), {
         "llama_cpp_python": llama_cpp.__version__,
         "add_bos": add_bos,
-        "n_ctx": N_CTX,
+        "n_ctx": preset.n_ctx,
+        "n_batch": n_batch,
         "n_threads": N_THREADS,
         "system_info": llama_cpp.llama_print_system_info().decode().strip(),
     })
@@ -102,17 +136,22 @@ def stage_llama(model_path, work):
 
 # --- stage 2: transformers f32 (same ids) -----------------------------------------------------
 
-def stage_hf(model_path, work):
+def stage_hf(preset, model_path, work):
     import torch
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     ids_by_chunk = read_json(os.path.join(work, "ids.json"))
+    add_bos = read_json(os.path.join(work, "llama_meta.json"))["add_bos"]
     model_dir, gguf_name = os.path.split(model_path)
     torch.set_num_threads(N_THREADS)
     # dtype= is transformers 5's name for torch_dtype=; the GGUF is dequantized to float32.
+    # For gemma3, transformers' GGUF loader maps the metadata to Gemma3TextConfig (sliding window,
+    # both RoPE bases, query scale 1/sqrt(head_dim)), subtracts the 1 that GGUF adds to Gemma's
+    # norm weights, and (rightly) does not un-permute q/k: llama.cpp does not permute them for gemma3.
+    extra = {"attn_implementation": preset.attn_implementation} if preset.attn_implementation else {}
     model = AutoModelForCausalLM.from_pretrained(model_dir, gguf_file=gguf_name,
-                                                 dtype=torch.float32)
+                                                 dtype=torch.float32, **extra)
     model.eval()
     # The GGUF has no output.weight (tied embeddings): lm_head must be the embedding matrix.
     tied = model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
@@ -120,19 +159,27 @@ def stage_hf(model_path, work):
         raise RuntimeError("transformers did not tie lm_head to token_embd; HF logits would be wrong")
     # transformers' own GGUF tokenizer is recorded for information only; it is never used for ids.
     tokenizer = AutoTokenizer.from_pretrained(model_dir, gguf_file=gguf_name)
-    texts = {c["name"]: c["text"] for c in load_corpus()}
+    texts = {c["name"]: c["text"] for c in load_corpus(preset)}
     same_ids = {}
     for name, ids in ids_by_chunk.items():
         with torch.no_grad():
             out = model(input_ids=torch.tensor([ids], dtype=torch.long))
         np.save(os.path.join(work, f"hf_{name}.npy"), out.logits[0].float().numpy())
-        same_ids[name] = tokenizer(texts[name], add_special_tokens=False)["input_ids"] == ids
+        same_ids[name] = tokenizer(texts[name], add_special_tokens=add_bos)["input_ids"] == ids
         print(f"hf     {name:20s} {len(ids):4d} tokens  hf-tokenizer-agrees={same_ids[name]}")
+    # a sanity check a reader can judge: the f32 model's greedy continuation of a plain prompt
+    prompt = tokenizer(GREEDY_PROMPT, add_special_tokens=add_bos, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        greedy = model.generate(prompt, max_new_tokens=GREEDY_TOKENS, do_sample=False)[0, prompt.shape[1]:]
+    greedy_text = tokenizer.decode(greedy, skip_special_tokens=False)
+    print(f"hf     greedy: {GREEDY_PROMPT!r} -> {greedy_text!r}")
     write_json(os.path.join(work, "hf_meta.json"), {
         "torch": torch.__version__,
         "transformers": transformers.__version__,
+        "attn_implementation": model.config._attn_implementation,
         "lm_head_tied_to_embeddings": tied,
         "hf_tokenizer_matches_llama_ids": same_ids,
+        "greedy": {"prompt": GREEDY_PROMPT, "continuation": greedy_text},
     })
 
 
@@ -170,7 +217,7 @@ def kl_top_k(ref_top_ids, ref_top_logp, logp_x):
     return (p * (lp - lq)).sum(axis=-1) + p_rest * (np.log(p_rest) - np.log(q_rest))
 
 
-def stage_combine(model_path, work):
+def stage_combine(preset, model_path, work):
     ids_by_chunk = read_json(os.path.join(work, "ids.json"))
     llama_meta = read_json(os.path.join(work, "llama_meta.json"))
     hf_meta = read_json(os.path.join(work, "hf_meta.json"))
@@ -212,7 +259,7 @@ def stage_combine(model_path, work):
     summary = {
         "model": os.path.basename(model_path),
         "gguf_sha256": sha256_of(model_path),
-        "corpus": "tests/fixtures/fidelity_corpus.json",
+        "corpus": " + ".join(f"tests/fixtures/{name}" for name in preset.corpora),
         "chunks": len(ids_by_chunk),
         "positions": int(cat["agree"].size),
         "top_k": TOP_K,
@@ -233,11 +280,13 @@ def stage_combine(model_path, work):
         "llama_cpp": llama_meta,
         "hf": hf_meta,
     }
-    np.savez_compressed(OUT_NPZ, **arrays)
-    write_json(OUT_JSON, summary)
+    out_npz = os.path.join(FIXTURES, preset.fixture + ".npz")
+    out_json = os.path.join(FIXTURES, preset.fixture + ".json")
+    np.savez_compressed(out_npz, **arrays)
+    write_json(out_json, summary)
     brief = {k: v for k, v in summary.items() if k not in ("per_chunk", "llama_cpp", "hf")}
     print(json.dumps(brief, indent=1))
-    print(f"wrote {OUT_NPZ} ({os.path.getsize(OUT_NPZ) / 1e6:.2f} MB) and {OUT_JSON}")
+    print(f"wrote {out_npz} ({os.path.getsize(out_npz) / 1e6:.2f} MB) and {out_json}")
 
 
 STAGES = {"llama": stage_llama, "hf": stage_hf, "combine": stage_combine}
@@ -246,13 +295,17 @@ STAGES = {"llama": stage_llama, "hf": stage_hf, "combine": stage_combine}
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("stage", choices=list(STAGES))
-    ap.add_argument("--model", default=DEFAULT_MODEL, help="the GGUF file")
-    ap.add_argument("--work", default=DEFAULT_WORK, help="scratch dir for full-vocab logits")
+    ap.add_argument("--model-name", choices=list(PRESETS), default="smollm2", help="which model's references")
+    ap.add_argument("--model", help="the GGUF file (default: the preset's, in $MINIGPT_CACHE/gguf)")
+    ap.add_argument("--work", help=f"scratch dir for full-vocab logits (default {DEFAULT_WORK}/<model-name>)")
     args = ap.parse_args(argv)
-    if not os.path.isfile(args.model):
-        raise SystemExit(f"make_reference: no such model file: {args.model}")
-    os.makedirs(args.work, exist_ok=True)
-    STAGES[args.stage](os.path.abspath(args.model), args.work)
+    preset = PRESETS[args.model_name]
+    model = args.model or os.path.join(CACHE, "gguf", preset.gguf)
+    if not os.path.isfile(model):
+        raise SystemExit(f"make_reference: no such model file: {model} (`minigpt pull` fetches it)")
+    work = args.work or os.path.join(DEFAULT_WORK, args.model_name)
+    os.makedirs(work, exist_ok=True)
+    STAGES[args.stage](preset, os.path.abspath(model), work)
 
 
 if __name__ == "__main__":
