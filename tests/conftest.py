@@ -21,3 +21,9 @@ def smollm2_mgpt():
 def gemma3_gguf():
     """Path of the Gemma 3 270M Q4_K_M GGUF, joined from its four wheels and checked on first use."""
     return hub.fetch_gguf("gemma-3-270m")
+
+
+@pytest.fixture(scope="session")
+def gemma3_mgpt():
+    """Path of Gemma 3 270M converted to .mgpt with the default settings (q8_0)."""
+    return hub.pull("gemma-3-270m")
