@@ -151,35 +151,28 @@ AVX2 static void rope_neox_avx2(float *restrict x, int64_t n, int64_t heads, int
     }
 }
 
-AVX2 static inline __m256 geglu8(__m256 g, __m256 u) { /* g * sigmoid(a (g + b g^3)) * u */
-    const __m256 g2 = _mm256_mul_ps(g, g);
-    const __m256 inner = _mm256_mul_ps(g, _mm256_fmadd_ps(_mm256_set1_ps(0.044715f), g2, _mm256_set1_ps(1.0f)));
-    const __m256 e = exp8(_mm256_mul_ps(_mm256_set1_ps(-1.5957691216057308f), inner));
+/* g * sigmoid(z) * u with z = g (SwiGLU) or z = 2 sqrt(2/pi) (g + 0.044715 g^3) (GELU-tanh) */
+AVX2 static INLINE __m256 gated8(__m256 g, __m256 u, int gelu) {
+    const __m256 z = gelu ? _mm256_mul_ps(_mm256_set1_ps(1.5957691216057308f),
+                                          _mm256_mul_ps(g, _mm256_fmadd_ps(_mm256_set1_ps(0.044715f),
+                                                                           _mm256_mul_ps(g, g), _mm256_set1_ps(1.0f))))
+                          : g;
+    const __m256 e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), z));
     return _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0f), e)), u);
 }
 
-AVX2 static void geglu_avx2(float *restrict g, const float *restrict u, int64_t m) {
+AVX2 static INLINE void gated_avx2(float *restrict g, const float *restrict u, int64_t m, int gelu) {
     int64_t j = 0;
-    for (; j + 8 <= m; j += 8) _mm256_storeu_ps(g + j, geglu8(_mm256_loadu_ps(g + j), _mm256_loadu_ps(u + j)));
+    for (; j + 8 <= m; j += 8) _mm256_storeu_ps(g + j, gated8(_mm256_loadu_ps(g + j), _mm256_loadu_ps(u + j), gelu));
     if (j < m) {
         const __m256i mk = mask_first(m - j);
-        _mm256_maskstore_ps(g + j, mk, geglu8(_mm256_maskload_ps(g + j, mk), _mm256_maskload_ps(u + j, mk)));
+        _mm256_maskstore_ps(g + j, mk, gated8(_mm256_maskload_ps(g + j, mk), _mm256_maskload_ps(u + j, mk), gelu));
     }
 }
 
-AVX2 static inline __m256 swiglu8(__m256 g, __m256 u) {
-    const __m256 e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), g));
-    return _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0f), e)), u);
-}
+AVX2 static void swiglu_avx2(float *restrict g, const float *restrict u, int64_t m) { gated_avx2(g, u, m, 0); }
 
-AVX2 static void swiglu_avx2(float *restrict g, const float *restrict u, int64_t m) {
-    int64_t j = 0;
-    for (; j + 8 <= m; j += 8) _mm256_storeu_ps(g + j, swiglu8(_mm256_loadu_ps(g + j), _mm256_loadu_ps(u + j)));
-    if (j < m) {
-        const __m256i mk = mask_first(m - j);
-        _mm256_maskstore_ps(g + j, mk, swiglu8(_mm256_maskload_ps(g + j, mk), _mm256_maskload_ps(u + j, mk)));
-    }
-}
+AVX2 static void geglu_avx2(float *restrict g, const float *restrict u, int64_t m) { gated_avx2(g, u, m, 1); }
 
 AVX2 static void add_avx2(float *restrict x, const float *restrict y, int64_t m) {
     int64_t j = 0;

@@ -38,15 +38,13 @@ class KVCache:
         # tokens per forward call: at most PREFILL_CHUNK, and what a ring holds beside the window
         self.chunk = min(PREFILL_CHUNK, self.ring - self.window + 1) if self.ring < n_ctx else PREFILL_CHUNK
         self.caps = [self.ring if cfg.is_local(i) else n_ctx for i in range(cfg.n_layers)]
-        self.k, self.v = [], []
-        for cap in sorted(set(self.caps)):   # one mapping per group of layers of equal capacity
+        self.k, self.v = [None] * cfg.n_layers, [None] * cfg.n_layers
+        for cap in set(self.caps):   # one mapping per group of layers of equal capacity
             layers = [i for i, c in enumerate(self.caps) if c == cap]
             shape = (len(layers), cfg.n_kv_heads, cap, cfg.head_dim)
-            k, v = _lazy_zeros(shape), _lazy_zeros(shape)
-            self.k += list(zip(layers, k))
-            self.v += list(zip(layers, v))
-        self.k = [a for _, a in sorted(self.k, key=lambda e: e[0])]
-        self.v = [a for _, a in sorted(self.v, key=lambda e: e[0])]
+            for store in (self.k, self.v):
+                for i, a in zip(layers, _lazy_zeros(shape)):
+                    store[i] = a
         self.tokens = []          # the ids whose K/V are in the cache, in order
 
     @property
