@@ -2,11 +2,7 @@
 
 import numpy as np
 
-
-def log_softmax(x):
-    x = x.astype(np.float64)
-    x = x - x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+from minigpt.perplexity import log_softmax
 
 
 def score(model, z):
