@@ -152,19 +152,27 @@ class Writer:
 
 # --- reading
 
+def map_file(path, min_size, kind):
+    """(read-only mmap of the file at `path`, its size); a one-line FormatError when it cannot be
+    opened or is shorter than min_size bytes ("not a {kind}")."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, 2)
+            if size < min_size:
+                raise FormatError(f"{path}: not a {kind} (only {size} bytes)")
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), size
+    except FileNotFoundError:
+        raise FormatError(f"{path}: no such file") from None
+    except OSError as e:
+        raise FormatError(f"{path}: cannot open: {e.strerror}") from None
+
+
 class MgptFile:
     """A .mgpt file opened for reading: checked header, tensors as zero-copy read-only views."""
 
     def __init__(self, path):
         self.path = Path(path)
-        try:
-            with open(self.path, "rb") as f:
-                size = f.seek(0, 2)
-                if size < _PREFIX.size:
-                    raise FormatError(f"{self.path}: not a minigpt model file (only {size} bytes)")
-                self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        except OSError as e:
-            raise FormatError(f"{self.path}: cannot open: {e.strerror}") from None
+        self._mm, size = map_file(self.path, _PREFIX.size, "minigpt model file")
         self._parse(size)
 
     def _parse(self, size):

@@ -7,7 +7,6 @@ Strings are u64 length + UTF-8 bytes. dims[0] is the fastest-varying one, so a r
 shape is the reverse of dims.
 """
 
-import mmap
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FormatError
+from ..format import map_file
 
 # value types of metadata
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
@@ -50,14 +50,7 @@ class GGUFFile:
 
     def __init__(self, path):
         self.path = Path(path)
-        try:
-            with open(self.path, "rb") as f:
-                size = f.seek(0, 2)
-                if size < 24:
-                    raise FormatError(f"{self.path}: not a GGUF file (only {size} bytes)")
-                self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        except OSError as e:
-            raise FormatError(f"{self.path}: cannot open: {e.strerror}") from None
+        self._mm, size = map_file(self.path, 24, "GGUF file")
         self._buf = memoryview(self._mm)
         self._pos = 0
         self._parse()

@@ -11,7 +11,6 @@ opens either and gives one name -> tensor table over all files.
 """
 
 import json
-import mmap
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FormatError
+from ..format import map_file
 
 # safetensors dtype -> (numpy dtype of the stored bits, bytes per element). BF16 has no NumPy type:
 # its bits are read as uint16 and widened by the converter.
@@ -49,16 +49,7 @@ class SafetensorsFile:
 
     def __init__(self, path):
         self.path = Path(path)
-        try:
-            with open(self.path, "rb") as f:
-                size = f.seek(0, 2)
-                if size < 8:
-                    raise FormatError(f"{self.path}: not a safetensors file (only {size} bytes)")
-                self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        except FileNotFoundError:
-            raise FormatError(f"{self.path}: no such file") from None
-        except OSError as e:
-            raise FormatError(f"{self.path}: cannot open: {e.strerror}") from None
+        self._mm, size = map_file(self.path, 8, "safetensors file")
         self.metadata, self.tensors = self._parse_header(size)
 
     def _fail(self, why):
