@@ -1,4 +1,5 @@
-"""Builds the compiled kernels, minigpt.kernels._core (Cython wrapper + csrc/*.c).
+"""Builds the compiled kernels, minigpt.kernels._core (Cython wrapper + csrc/*.c), and the C decoder
+over them, minigpt.engine._cdecoder (+ csrc/decoder.c; it reaches the kernels through _core's table).
 
 Metadata lives in pyproject.toml. Compiler flags live in one place, BuildExt below, chosen by compiler
 type. No -march=native: what users install must run on any x86-64 / ARM64 CPU, so ISA-specific
@@ -42,19 +43,24 @@ class Sdist(sdist):
         super().make_release_tree(base_dir, sorted({*files, *glob.glob("csrc/*.h")}))
 
 
-core = Extension(
-    "minigpt.kernels._core",
-    sources=["minigpt/kernels/_core.pyx", *sorted(glob.glob("csrc/*.c"))],
-    include_dirs=["csrc", np.get_include()],
-    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-    depends=sorted(glob.glob("csrc/*.h")),
-)
+DECODER_C = "csrc/decoder.c"
+
+
+def extension(name, sources):
+    return Extension(name, sources=sources, include_dirs=["csrc", np.get_include()],
+                     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+                     depends=sorted(glob.glob("csrc/*.h")))
+
+
+kernels = extension("minigpt.kernels._core",
+                    ["minigpt/kernels/_core.pyx", *sorted(set(glob.glob("csrc/*.c")) - {DECODER_C})])
+decoder = extension("minigpt.engine._cdecoder", ["minigpt/engine/_cdecoder.pyx", DECODER_C])
 
 setup(
     packages=find_namespace_packages(include=["minigpt", "minigpt.*"], exclude=["*.__pycache__"]),
-    package_data={"minigpt.kernels": ["_core.pyx"],  # so an sdist can be built again
+    package_data={"minigpt.kernels": ["_core.pyx"], "minigpt.engine": ["_cdecoder.pyx"],  # so an sdist builds
                   "minigpt.data": ["*.txt"]},        # the text `convert --check` reads
-    exclude_package_data={"minigpt.kernels": ["*.c"]},  # Cython's generated C: a build product
-    ext_modules=cythonize([core], language_level=3),
+    exclude_package_data={"minigpt.kernels": ["*.c"], "minigpt.engine": ["*.c"]},  # Cython's generated C
+    ext_modules=cythonize([kernels, decoder], language_level=3),
     cmdclass={"build_ext": BuildExt, "sdist": Sdist},
 )

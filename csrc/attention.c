@@ -1,4 +1,4 @@
-/* Causal grouped-query attention over the KV cache (llama_ops.h), flash-attention style.
+/* Causal grouped-query attention over the KV cache (ops.h), flash-attention style.
  *
  * Work is cut into items (query tile, kv head, part of its head group). An item's rows are the
  * (query, head) pairs of up to ATT_QTILE consecutive queries and the query heads sharing one kv head,
@@ -11,14 +11,14 @@
  * the head groups are cut in parts (K/V are then read once per part).
  * The inner loops (scores, exp, P.V) are the mg_lops slots; this file only tiles, masks and threads.
  *
- * Gemma 3's local layers set mg_attn_params.window, and their cache may be a ring: position t lives in
+ * Sliding-window layers set mg_attn_params.window, and their cache may be a ring: position t lives in
  * slot t % cap, and a key tile ends where the ring wraps (a global layer's cap exceeds every position,
  * so its tiles never do).
  */
 #include <math.h>
 #include <string.h>
 
-#include "llama_ops.h"
+#include "ops.h"
 
 #define ATT_QTILE 8           /* queries per item in prefill */
 #define ATT_KTILE 64          /* keys per tile */

@@ -26,7 +26,7 @@
 
 /* quants_avx2.c: put the AVX2 variants in the slots; 0 if this build has none */
 int mg_install_avx2(void);
-int mg_install_llama_avx2(void); /* llama_avx2.c: the same for the forward's other steps */
+int mg_install_ops_avx2(void); /* ops_avx2.c: the same for the decoder's other steps */
 /* packed_avx2.c: the x8 kernels, with maddubs (AVX2) or vpdpbusd (AVX512-VNNI) */
 int mg_install_x8_avx2(void);
 int mg_install_x8_vnni(void);
@@ -99,10 +99,10 @@ int mg_cpu_best(void) {
 int mg_cpu_init(int isa) {
     if (current >= 0) return isa == current ? MG_OK : MG_EISA;
     if (isa == MG_ISA_AVX2) {
-        if (!cpu_has_avx2() || !mg_install_avx2() || !mg_install_llama_avx2() || !mg_install_x8_avx2())
+        if (!cpu_has_avx2() || !mg_install_avx2() || !mg_install_ops_avx2() || !mg_install_x8_avx2())
             return MG_EISA;
     } else if (isa == MG_ISA_AVX512VNNI) {
-        if (!cpu_has_avx512vnni() || !mg_install_avx2() || !mg_install_llama_avx2() || !mg_install_x8_vnni())
+        if (!cpu_has_avx512vnni() || !mg_install_avx2() || !mg_install_ops_avx2() || !mg_install_x8_vnni())
             return MG_EISA;
     } else if (isa == MG_ISA_NEON) {
         if (!cpu_has_neon() || !mg_install_x8_neon(cpu_has_dotprod())) return MG_EISA;

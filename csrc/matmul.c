@@ -45,8 +45,8 @@ MG_SLP_ONLY static void gemm_tile_c(int64_t kc, const float *restrict w, int64_t
     for (int64_t j = 0; j < kc; j++) {
         const float *restrict xv = xp + j * TILE_MI;
         for (int r = 0; r < TILE_NR; r++) {
-            const float wv = w[r * ldw + j];
-            for (int i = 0; i < TILE_MI; i++) a[r][i] += wv * xv[i];
+            const float wj = w[r * ldw + j];
+            for (int i = 0; i < TILE_MI; i++) a[r][i] += wj * xv[i];
         }
     }
     memcpy(acc, a, sizeof a);

@@ -17,7 +17,7 @@
  * outputs of one input.
  *
  * Groups follow each other: group g starts at g * nb * block_bytes (nb = cols / 32). Weights are
- * packed once, at model load (minigpt/kernels/_forward.pxi), only where an ISA provides kernels
+ * packed once, at model load (the backend's prepare, minigpt/kernels/_core.pyx), only where an ISA provides kernels
  * (mg_gemm_x8[qtype] != NULL) and rows is a multiple of 8; the packed copy is another layout of the
  * same numbers, bit for bit.
  */

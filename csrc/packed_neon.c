@@ -169,8 +169,8 @@ DOTPROD INLINE void gemm_q8x8_dot(int64_t nb, const uint8_t *restrict w, const m
             xq[t][1] = vld1q_s8(x[t * ldx + b].q + 16);
         }
         UNROLL for (int v = 0; v < 8; v++) {
-            const int8_t *wv = (const int8_t *)w + 16 + 32 * v;
-            const int8x16_t w0 = vld1q_s8(wv), w1 = vld1q_s8(wv + 16);
+            const int8_t *wrow = (const int8_t *)w + 16 + 32 * v;
+            const int8x16_t w0 = vld1q_s8(wrow), w1 = vld1q_s8(wrow + 16);
             UNROLL for (int t = 0; t < nt; t++) {
                 int32x4_t *a = acc[t][v % ch];
                 a[0] = sdot_lane(a[0], w0, xq[t][v / 4], v % 4);
@@ -240,8 +240,8 @@ INLINE void gemm_q8x8_neon(int64_t nb, const uint8_t *restrict w, const mg_block
         int32x4_t acc[4][4]; /* per input: rows 0-1, 2-3, 4-5, 6-7, two partial sums per row */
         for (int t = 0; t < nt; t++) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = vdupq_n_s32(0);
         UNROLL for (int v = 0; v < 8; v += 2) { /* two vectors' products per int16: |.| <= 2 * 128 * 127 */
-            const int8_t *wv = (const int8_t *)w + 16 + 32 * v;
-            const int8x16_t a0 = vld1q_s8(wv), a1 = vld1q_s8(wv + 16), b0 = vld1q_s8(wv + 32), b1 = vld1q_s8(wv + 48);
+            const int8_t *wrow = (const int8_t *)w + 16 + 32 * v;
+            const int8x16_t a0 = vld1q_s8(wrow), a1 = vld1q_s8(wrow + 16), b0 = vld1q_s8(wrow + 32), b1 = vld1q_s8(wrow + 48);
             UNROLL for (int t = 0; t < nt; t++) {
                 const int8x16_t xa = bcast4(x[t * ldx + b].q + 4 * v), xb = bcast4(x[t * ldx + b].q + 4 * v + 4);
                 int16x8_t p[4] = {vmull_s8(vget_low_s8(a0), vget_low_s8(xa)), vmull_high_s8(a0, xa),

@@ -132,9 +132,9 @@ AVX2 static void gemm_tile_avx2(int64_t kc, const float *restrict w, int64_t ldw
     for (int64_t j = 0; j < kc; j++) {
         const __m256 x0 = _mm256_loadu_ps(xp + j * TILE_MI), x1 = _mm256_loadu_ps(xp + j * TILE_MI + 8);
         for (int r = 0; r < TILE_NR; r++) {
-            const __m256 wv = _mm256_broadcast_ss(w + r * ldw + j);
-            a[r][0] = _mm256_fmadd_ps(wv, x0, a[r][0]);
-            a[r][1] = _mm256_fmadd_ps(wv, x1, a[r][1]);
+            const __m256 wj = _mm256_broadcast_ss(w + r * ldw + j);
+            a[r][0] = _mm256_fmadd_ps(wj, x0, a[r][0]);
+            a[r][1] = _mm256_fmadd_ps(wj, x1, a[r][1]);
         }
     }
     for (int r = 0; r < TILE_NR; r++) {

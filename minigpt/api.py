@@ -9,7 +9,7 @@ from .chat import ChatSession
 from .engine import Engine, KVCache, Step, TextStream, TokenLoop
 from .errors import MinigptError
 from .format import MgptFile
-from .model import llama
+from .model import ARCH_FILES, weights
 from .sampling import SamplerSettings, make_rng
 from .template import ChatTemplate
 from .tokenizer import from_fields
@@ -35,10 +35,10 @@ def default_threads():
 class Model:
     """A loaded model: weights mapped from a .mgpt file, a tokenizer, and one KV cache.
 
-    backend: 'c' (default, compiled kernels), 'numba', or 'numpy' (the reference: weights dequantized
-    to f32 once at load, every operation in NumPy float32). n_ctx: cache length (default: the model's).
-    precision: 'balanced' (default), 'exact' or 'fast': how the compiled backend rounds activations
-    (minigpt.engine.Engine).
+    backend: 'c' (default, compiled kernels), 'numba', or 'numpy' (the reference, minigpt/model/decoder.py
+    in NumPy: slow, and what the others are checked against). n_ctx: cache length (default: the
+    model's). precision: 'balanced' (default), 'exact' or 'fast': how activations are rounded before
+    each matmul (minigpt.engine.PRECISIONS), the same on every backend.
     """
 
     def __init__(self, path, threads=None, backend=None, n_ctx=None, verify=False, precision="balanced"):
@@ -58,8 +58,7 @@ class Model:
         self.n_ctx = n_ctx or self.config.context_length
         if not 1 <= self.n_ctx <= self.config.context_length:
             raise MinigptError(f"n_ctx {n_ctx} out of range 1..{self.config.context_length}")
-        reference = self.kern.name == "numpy"
-        self.weights = llama.load_weights(self.file, self.config, self.kern.dequantize if reference else None)
+        self.weights = weights.load(self.file, self.config)
         self.engine = Engine(self.config, self.weights, self.kern, self.n_ctx, precision)
 
     # --- text
@@ -92,7 +91,8 @@ class Model:
         if self._template is None:
             tok = self.tokenizer
             name = lambda i: tok.token_text(i) if i is not None else ""
-            t = ChatTemplate.for_model(self.chat_template, self.config.arch, lambda s: tok.token_id(s) is not None,
+            t = ChatTemplate.for_model(self.chat_template, ARCH_FILES[self.config.arch].CHAT_TEMPLATE,
+                                       lambda s: tok.token_id(s) is not None,
                                        bos_token=name(tok.bos_id), eos_token=name(tok.eos_id))
             t.check()
             self._template = t

@@ -213,14 +213,12 @@ class ChatSession:
         todo = ids[n:]
         t0 = time.perf_counter()
         try:
-            for s in range(0, len(todo), PREFILL_STEP):
-                if self._cancel.is_set():
-                    stats.stop = "cancelled"
-                    self._take_back(n, appends)
-                    return
-                logits = m.engine.prefill(todo[s:s + PREFILL_STEP], cache=cache)
-                if progress:
-                    progress(min(s + PREFILL_STEP, len(todo)), len(todo))
+            logits = m.engine.prefill(todo, cache=cache, chunk=PREFILL_STEP, progress=progress,
+                                      cancelled=self._cancel.is_set)
+            if logits is None:
+                stats.stop = "cancelled"
+                self._take_back(n, appends)
+                return
         except BaseException:   # an error, or Ctrl-C in the program embedding us
             self._take_back(n, appends)
             raise

@@ -120,7 +120,7 @@ def check_conversion(src, out, backend=None, precision="balanced", threads=None,
     with tempfile.TemporaryDirectory(prefix=".minigpt-check-", dir=out.parent) as tmp:
         f32 = Path(tmp) / "source-f32.mgpt"
         convert(src, f32, "f32", progress=stage("dequantizing"))
-        source = Model(f32, threads=threads, backend="numpy")
+        source = Model(f32, threads=threads, backend="numpy", precision="exact")
         converted = Model(out, threads=threads, backend=backend, precision=precision)
         try:
             return compare(source, converted, progress=stage("checking"))

@@ -1,20 +1,33 @@
-"""The model config: the one source of hyperparameters, stored as JSON in the .mgpt header.
+"""The model config: the one source of hyperparameters, stored as JSON in the .mgpt header, and the
+feature table that says what each architecture's decoder block does.
 
-Two architectures share one forward pass shape (pre-norm decoder blocks, grouped-query attention):
-- llama: RMSNorm, RoPE on adjacent pairs, SwiGLU FFN; optional q/k/v biases (Qwen2), optional
-  sliding-window layers (Mistral). Also how Mistral and Qwen2 checkpoints are stored.
-- gemma3: the same plus the embedding scaled by sqrt(dim), RMSNorm of every query and key head
-  (q_norm, k_norm) before RoPE, RMSNorm of the attention and FFN outputs before their residual adds
-  (post_attn_norm, post_ffn_norm), a GELU(tanh)-gated FFN, RoPE on halves (x[i], x[i + rope_dim / 2],
-  llama.cpp's NEOX), tied embeddings, and sliding-window local layers with their own RoPE base.
-  Norm weights are stored as the multiplier itself (Hugging Face's 1 + w, as GGUF stores them).
+Every architecture runs the same decoder (minigpt/model/decoder.py, csrc/decoder.c): pre-norm blocks
+of grouped-query attention over RoPE and a gated FFN. Its row in ARCHITECTURES switches the steps
+that differ; the per-model facts (q/k/v biases, sliding-window layers, RoPE bases) are Config fields.
+Norm weights are stored as the multiplier itself (Hugging Face's 1 + w for Gemma, as GGUF stores it).
 """
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 
 from .errors import FormatError
 
-ARCHITECTURES = ("llama", "gemma3")
+
+@dataclass(frozen=True)
+class Features:
+    """What an architecture's decoder block does beyond the plain Llama block."""
+    act: str = "silu"           # FFN gate act(gate) * up: 'silu' (SwiGLU) or 'gelu_tanh' (GeGLU)
+    rope_neox: bool = False     # RoPE rotates halves (x[i], x[i + rope_dim / 2]), not pairs (x[2i], x[2i + 1])
+    qk_norm: bool = False       # RMSNorm of every query and key head before RoPE (q_norm, k_norm)
+    post_norms: bool = False    # RMSNorm of the attention and FFN outputs before their residual adds
+    embed_scale: bool = False   # the token embedding is multiplied by sqrt(dim)
+
+
+# one row per architecture (Config.arch); its name maps and conversion hooks: minigpt/model/<arch>.py
+ARCHITECTURES = {
+    "llama": Features(),    # Llama 2/3, SmolLM2, Mistral, Qwen2 (biases and windows are Config fields)
+    "gemma3": Features(act="gelu_tanh", rope_neox=True, qk_norm=True, post_norms=True, embed_scale=True),
+}
 
 
 @dataclass(frozen=True)
@@ -40,6 +53,9 @@ class Config:
     query_scale: float = 0.0      # q is multiplied by it before q.k; 0: 1 / sqrt(head_dim)
     qkv_bias: bool = False        # the q, k, v projections add biases bq, bk, bv (Qwen2)
 
+    # derived in __post_init__, not stored: features (the architecture's row), embed_scale (1 or
+    # sqrt(dim)), windows (per layer: 0, or sliding_window on a local layer)
+
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
             raise FormatError(f"unsupported architecture {self.arch!r} (supported: {', '.join(ARCHITECTURES)})")
@@ -63,6 +79,12 @@ class Config:
         if self.n_heads % self.n_kv_heads or self.rope_dim > self.head_dim or self.rope_dim % 2:
             raise FormatError(f"bad model config: heads {self.n_heads}/{self.n_kv_heads}, "
                               f"rope_dim {self.rope_dim}, head_dim {self.head_dim}")
+        features = ARCHITECTURES[self.arch]
+        object.__setattr__(self, "features", features)
+        object.__setattr__(self, "embed_scale", math.sqrt(self.dim) if features.embed_scale else 1.0)
+        local = set(self.local_layers)
+        object.__setattr__(self, "windows", tuple(self.sliding_window if i in local else 0
+                                                  for i in range(self.n_layers)))
 
     def to_dict(self):
         d = asdict(self)
@@ -71,7 +93,7 @@ class Config:
 
     def is_local(self, layer):
         """Whether `layer` attends over a sliding window (and uses rope_theta_local)."""
-        return layer in self.local_layers
+        return self.windows[layer] > 0
 
     @classmethod
     def from_dict(cls, d):

@@ -17,25 +17,36 @@ Everything here is vectorized over blocks; the only Python loop walks chunks of 
 of temporaries on large tensors.
 """
 
+from typing import NamedTuple
+
 import numpy as np
 
-# name -> (block_size, block_bytes); float types are "blocks" of one element.
+
+class QType(NamedTuple):
+    block: int          # elements per block; float types are "blocks" of one element
+    block_bytes: int    # bytes per block
+    code: int           # its enum mg_qtype in csrc/kernels.h (kernels._core checks the C table at import)
+    dtype: np.dtype     # dtype of the stored array
+
+
+# The one table of weight types: every module that needs a block size or a byte count reads it here.
 QTYPES = {
-    "f32": (1, 4),
-    "f16": (1, 2),
-    "q8_0": (32, 34),
-    "q4_0": (32, 18),
-    "q4_1": (32, 20),
+    "f32": QType(1, 4, 0, np.dtype(np.float32)),
+    "f16": QType(1, 2, 1, np.dtype(np.float16)),
+    "q8_0": QType(32, 34, 2, np.dtype(np.uint8)),
+    "q4_0": QType(32, 18, 3, np.dtype(np.uint8)),
+    "q4_1": QType(32, 20, 4, np.dtype(np.uint8)),
 }
 
-_FLOAT_DTYPES = {"f32": np.dtype(np.float32), "f16": np.dtype(np.float16)}
+_FLOAT_DTYPES = {name: t.dtype for name, t in QTYPES.items() if t.block == 1}
 _CHUNK_ELEMS = 1 << 20  # elements quantized per step: keeps float64 temporaries ~8 MB
 
 
 def _check_qtype(qtype):
+    """-> (block, block_bytes) of a known qtype name; ValueError otherwise."""
     if not isinstance(qtype, str) or qtype not in QTYPES:
         raise ValueError(f"unknown qtype {qtype!r}; expected one of {', '.join(QTYPES)}")
-    return QTYPES[qtype]
+    return QTYPES[qtype][:2]
 
 
 def row_bytes(qtype, cols):

@@ -5,7 +5,7 @@ branch and format, but not reach Python internals (`''.__class__...`), mutate th
 anything but the few helpers HF templates expect (raise_exception, strftime_now). A template that
 tries is refused with a TemplateError naming what it tried.
 
-    t = ChatTemplate.for_model(source, arch, has_token, bos_token="<s>", eos_token="</s>")
+    t = ChatTemplate.for_model(source, default, has_token, bos_token="<s>", eos_token="</s>")
     text = t.render([{"role": "user", "content": "Hi"}], add_generation_prompt=True)
 """
 
@@ -43,9 +43,8 @@ LLAMA3 = ("{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m.role }}
 PLAIN = ("{% for m in messages %}{{ m.role | capitalize }}: {{ m.content }}\n\n{% endfor %}"
          "{% if add_generation_prompt %}Assistant:{% endif %}")
 
-# (marker token or architecture, name, template, extra stop strings)
+# (marker token, name, template, extra stop strings)
 _BUILTINS = [
-    ("gemma3", "gemma", GEMMA, ()),
     ("<start_of_turn>", "gemma", GEMMA, ()),
     ("<|im_start|>", "chatml", CHATML, ()),
     ("<|start_header_id|>", "llama3", LLAMA3, ()),
@@ -95,13 +94,14 @@ class ChatTemplate:
             raise TemplateError(f"chat template ({name}) cannot be compiled: {e}") from None
 
     @classmethod
-    def for_model(cls, source, arch, has_token, bos_token="", eos_token=""):
-        """The file's template if it has one, else a built-in picked by architecture or by the special
-        tokens the vocabulary has (has_token: text -> bool)."""
+    def for_model(cls, source, default, has_token, bos_token="", eos_token=""):
+        """The file's template if it has one, else the built-in named `default` (the architecture's
+        CHAT_TEMPLATE, or None), else one picked by the special tokens the vocabulary has
+        (has_token: text -> bool)."""
         if source:
             return cls(source, "file", bos_token, eos_token)
         for marker, name, text, stop in _BUILTINS:
-            if marker == arch or has_token(marker):
+            if name == default or has_token(marker):
                 return cls(text, name, bos_token, eos_token, stop)
         return cls(PLAIN, "plain", bos_token, eos_token, stop=("\nUser:",))
 

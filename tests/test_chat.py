@@ -1,6 +1,7 @@
 """Chat sessions on tiny synthetic models: templates, KV reuse, undo/regen, overflow, save/load, cancel, threads."""
 
 import threading
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -71,10 +72,10 @@ def test_builtin_templates():
     msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
             {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "你好"}]
     has = lambda *toks: (lambda t: t in toks)
-    assert ChatTemplate.for_model(None, "llama", has("<|im_start|>")).source == CHATML
-    assert ChatTemplate.for_model(None, "llama", has("<|start_header_id|>")).source == LLAMA3
-    assert ChatTemplate.for_model(None, "gemma3", has()).source == GEMMA
-    plain = ChatTemplate.for_model("", "llama", has())
+    assert ChatTemplate.for_model(None, None, has("<|im_start|>")).source == CHATML
+    assert ChatTemplate.for_model(None, None, has("<|start_header_id|>")).source == LLAMA3
+    assert ChatTemplate.for_model(None, "gemma", has()).source == GEMMA     # gemma3's CHAT_TEMPLATE
+    plain = ChatTemplate.for_model("", None, has())
     assert plain.name == "plain" and plain.stop
     g = ChatTemplate(GEMMA, bos_token="<bos>").render(msgs)
     assert g == ("<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n"
@@ -300,15 +301,15 @@ def test_an_error_in_a_prefill_changes_nothing(model, monkeypatch):
     chat = model.chat(max_tokens=4, seed=1)
     reply(chat, "hello")
     before = (list(chat.cache.tokens), chat.history, chat._text)
-    prefill, calls = model.engine.prefill, []
+    forward, calls = model.engine.decoder.forward, []
 
-    def failing(*args, **kw):   # the second step of the prefill fails (e.g. Ctrl-C in the embedding app)
+    def failing(*args, **kw):   # the second chunk of the prefill fails (e.g. Ctrl-C in the embedding app)
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return prefill(*args, **kw)
+        return forward(*args, **kw)
 
-    monkeypatch.setattr(model.engine, "prefill", failing)
+    monkeypatch.setattr(model.engine, "decoder", SimpleNamespace(forward=failing, bind=model.engine.decoder.bind))
     with pytest.raises(KeyboardInterrupt):
         reply(chat, "word " * 40)
     monkeypatch.undo()

@@ -1,5 +1,4 @@
-"""The C forward pass (LlamaForward, csrc/llama.c) against llama.forward and gemma3.forward over the
-same C matmul."""
+"""The C decoder (CDecoder, csrc/decoder.c) against minigpt/model/decoder.py over the same C kernels."""
 
 import os
 
@@ -8,33 +7,37 @@ import pytest
 
 import minigpt
 from minigpt.convert import convert
-from minigpt.engine import KVCache
-from minigpt.model import FORWARD, llama
+from minigpt.engine import KVCache, PyDecoder
+from minigpt.engine.engine import prepare_weights
+from minigpt.kernels import numpy_ref
 
 from subproc import run_python
 from synthetic import tiny_llama
 
 _core = pytest.importorskip("minigpt.kernels._core")
+_cdecoder = pytest.importorskip("minigpt.engine._cdecoder")
 
 IDS = [1, 40, 72, 101, 108, 108, 111, 262, 44, 3, 100, 200, 250, 45, 7, 9, 33]
 
 
-def make_forward(m, **kw):
-    cfg = m.config
-    weights = {name: (w.data, w.qtype) for name, w in m.weights.items()}
-    gemma = cfg.arch == "gemma3"
-    arch = dict(query_scale=cfg.query_scale, windows=[cfg.sliding_window * cfg.is_local(i) for i in range(cfg.n_layers)],
-                qkv_bias=cfg.qkv_bias, qk_norm=gemma, post_norms=gemma, rope_neox=gemma,
-                act="gelu_tanh" if gemma else "silu", embed_scale=cfg.dim ** 0.5 if gemma else 1.0)
-    return _core.LlamaForward(dim=cfg.dim, n_layers=cfg.n_layers, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads,
-                              head_dim=cfg.head_dim, hidden_dim=cfg.hidden_dim, vocab_size=cfg.vocab_size,
-                              norm_eps=cfg.norm_eps, rope_dim=cfg.rope_dim, tied_embeddings=cfg.tied_embeddings,
-                              weights=weights, rope=m.engine.rope, **(arch | kw))
+def make_decoder(m, precision="exact", max_batch=64, weights=None):
+    w = weights or prepare_weights(m.config, m.weights, _core, precision)
+    return _cdecoder.CDecoder(m.config, {n: (x.data, x.qtype, x.bits) for n, x in w.items()}, m.engine.rope,
+                              max_batch)
 
 
-def reference(m, ids, start, cache, all_logits):
-    return FORWARD[m.config.arch](m.config, m.weights, _core, (cache.k, cache.v), ids, start, m.engine.rope,
-                                  all_logits)
+def reference(m, precision="exact"):
+    """The NumPy decoder over the C kernels, with CDecoder's interface."""
+    return PyDecoder(m.config, prepare_weights(m.config, m.weights, _core, precision), _core, m.engine.rope)
+
+
+def run(dec, ids, start, cache, all_logits=False):
+    """dec.forward over a KVCache, in chunks of the decoder's max_batch (as the engine does)."""
+    bound, outs = cache.bound(dec), []
+    step = getattr(dec, "max_batch", len(ids))
+    for s in range(0, len(ids), step):
+        outs.append(dec.forward(ids[s:s + step], start + s, bound, all_logits))
+    return np.concatenate(outs) if all_logits else outs[-1]
 
 
 def close(got, ref, rel=1e-4):
@@ -66,180 +69,173 @@ MODELS = {"tied": dict(), "untied-freqs": dict(tied=False, rope_freqs=True), "mh
 
 @pytest.mark.parametrize("threads", [1, 2], indirect=True)
 @pytest.mark.parametrize("kind", MODELS)
-def test_prefill_then_decode_matches_numpy_path(tmp_path, kind, threads):
+def test_prefill_then_decode_matches_numpy_decoder(tmp_path, kind, threads):
     m = tiny_model(tmp_path, **MODELS[kind])
-    fwd = make_forward(m)
+    dec, ref = make_decoder(m), reference(m)
     ref_cache, cache = KVCache(m.config, 64), KVCache(m.config, 64)
-    close(fwd.forward(IDS[:9], 0, cache.k, cache.v, all_logits=True),
-          reference(m, IDS[:9], 0, ref_cache, True))
+    close(run(dec, IDS[:9], 0, cache, True), run(ref, IDS[:9], 0, ref_cache, True))
     for pos in range(9, len(IDS)):    # incremental decode, one token at a time
-        close(fwd.forward([IDS[pos]], pos, cache.k, cache.v), reference(m, [IDS[pos]], pos, ref_cache, False))
+        close(run(dec, [IDS[pos]], pos, cache), run(ref, [IDS[pos]], pos, ref_cache))
     n = len(IDS)
     np.testing.assert_allclose(np.stack(cache.k)[:, :, :n], np.stack(ref_cache.k)[:, :, :n], atol=1e-5)
     np.testing.assert_allclose(np.stack(cache.v)[:, :, :n], np.stack(ref_cache.v)[:, :, :n], atol=1e-5)
     # a 2-token step: the decode matmul path with more than one query
-    close(fwd.forward(IDS[:2], n, cache.k, cache.v, all_logits=True),
-          reference(m, IDS[:2], n, ref_cache, True))
+    close(run(dec, IDS[:2], n, cache, True), run(ref, IDS[:2], n, ref_cache, True))
+
+
+@pytest.mark.parametrize("precision", ["balanced", "fast"])
+@pytest.mark.parametrize("kind", ["q4_1", "q8_0", "gemma3-q8_0"])
+def test_every_precision_matches_numpy_decoder(tmp_path, kind, precision):
+    # the same activation rounding in both decoders: int8 (and int16 for balanced's w_down) blocks
+    m = tiny_model(tmp_path, **MODELS[kind])
+    dec, ref = make_decoder(m, precision), reference(m, precision)
+    got, want = run(dec, IDS, 0, KVCache(m.config, 32), True), run(ref, IDS, 0, KVCache(m.config, 32), True)
+    rel = 3e-2   # int8 rounding amplifies float32's last-bit differences (a code flips near a rounding edge)
+    close(got, want, rel=rel)
+    exact = run(make_decoder(m), IDS, 0, KVCache(m.config, 32), True)
+    assert not np.array_equal(got, exact)    # quantized activations really were used
+    # and the oracle on its own kernels computes the same
+    py = PyDecoder(m.config, prepare_weights(m.config, m.weights, numpy_ref, precision), numpy_ref, m.engine.rope)
+    close(run(py, IDS, 0, KVCache(m.config, 32), True), want, rel=rel)
 
 
 @pytest.mark.parametrize("threads", [1, 2], indirect=True)
 @pytest.mark.parametrize("max_batch", [1, 3, 5])
-def test_chunked_prompt_longer_than_max_batch(tmp_path, max_batch, threads):
+def test_chunked_prompt(tmp_path, max_batch, threads):
     m = tiny_model(tmp_path, wtype="Q4_1", tied=False)
-    fwd = make_forward(m, max_batch=max_batch)
-    ref = reference(m, IDS, 0, KVCache(m.config, 32), True)
+    dec = make_decoder(m, max_batch=max_batch)
+    ref = run(reference(m), IDS, 0, KVCache(m.config, 32), True)
+    close(run(dec, IDS, 0, KVCache(m.config, 32), True), ref)
     cache = KVCache(m.config, 32)
-    close(fwd.forward(IDS, 0, cache.k, cache.v, all_logits=True), ref)
-    cache = KVCache(m.config, 32)
-    last = fwd.forward(np.array(IDS, dtype=np.int32), 0, cache.k, cache.v)
-    close(last, ref[-1:])
+    close(run(dec, IDS, 0, cache), ref[-1:])
     out = np.zeros((1, m.config.vocab_size), np.float32)
-    assert fwd.forward([5], len(IDS), cache.k, cache.v, out=out) is out
+    assert dec.forward([5], len(IDS), cache.bound(dec), out=out) is out
 
 
 def test_forward_runs_at_the_end_of_the_cache(tmp_path):
     m = tiny_model(tmp_path)
-    fwd = make_forward(m, max_batch=4)
-    cache, ref_cache = KVCache(m.config, 10), KVCache(m.config, 10)
+    dec = make_decoder(m, max_batch=4)
     ids = IDS[:10]
-    close(fwd.forward(ids, 0, cache.k, cache.v, all_logits=True), reference(m, ids, 0, ref_cache, True))
+    close(run(dec, ids, 0, KVCache(m.config, 10), True), run(reference(m), ids, 0, KVCache(m.config, 10), True))
 
 
 @pytest.mark.parametrize("threads", [2], indirect=True)
 def test_long_context_decode_splits_head_groups(tmp_path, threads):
     # one kv head and enough keys that decode attention is cut into parts of the head group
     m = tiny_model(tmp_path, dim=256, n_heads=4, n_kv_heads=1, ctx=512)
-    fwd = make_forward(m)
+    dec, ref = make_decoder(m, max_batch=512), reference(m)
     ids = (IDS * 20)[:300]
     cache, ref_cache = KVCache(m.config, 512), KVCache(m.config, 512)
-    close(fwd.forward(ids, 0, cache.k, cache.v), reference(m, ids, 0, ref_cache, False))
+    close(run(dec, ids, 0, cache), run(ref, ids, 0, ref_cache))
     for pos in range(300, 304):
-        close(fwd.forward([pos % 200], pos, cache.k, cache.v), reference(m, [pos % 200], pos, ref_cache, False))
-
-
-def test_fast_mode_stays_close(tmp_path):
-    m = tiny_model(tmp_path, wtype="Q8_0")
-    fwd = make_forward(m, matmul="fast")
-    assert fwd.matmul == "fast"
-    ref = reference(m, IDS, 0, KVCache(m.config, 32), True)
-    cache = KVCache(m.config, 32)
-    fast = fwd.forward(IDS, 0, cache.k, cache.v, all_logits=True)
-    close(fast, ref, rel=3e-2)
-    assert not np.array_equal(fast, ref)    # int8 activations really were used
-    fwd.set_matmul("exact")
-    cache = KVCache(m.config, 32)
-    close(fwd.forward(IDS, 0, cache.k, cache.v, all_logits=True), ref)
+        close(run(dec, [pos % 200], pos, cache), run(ref, [pos % 200], pos, ref_cache))
 
 
 # --- bad input: a ValueError naming the problem, never a crash
 
 def test_bad_forward_arguments(tmp_path):
     m = tiny_model(tmp_path)
-    fwd = make_forward(m, max_batch=4)
+    dec = make_decoder(m, max_batch=4)
     V = m.config.vocab_size
     c = KVCache(m.config, 16)
-    k, v = np.stack(c.k), np.stack(c.v)   # one array [n_layers, n_kv_heads, n_ctx, head_dim] each
-    big = KVCache(m.config, 500)
+    bound = dec.bind(c.k, c.v)
     bad = [
-        (([V], 0, k, v), "out of range"), (([-1], 0, k, v), "out of range"), (([], 0, k, v), "non-empty"),
-        (([[1, 2]], 0, k, v), "1-D"), (([1.5], 0, k, v), "integers"), (("ab", 0, k, v), "1-D"), ((["a"], 0, k, v), "integers"),
-        (([1], -1, k, v), "start"), (([1], 1.0, k, v), "start"), (([1], True, k, v), "start"),
-        (([1] * 3, 14, k, v), "do not fit"), (([1], 16, k, v), "do not fit"),
-        (([1], 0, k[:1], v), "list of 2 arrays"), (([1], 0, k, np.ascontiguousarray(v[:, :, :8])), "16 slots, v_cache 8"),
-        (([1], 0, k[0], v), "list of 2 arrays"), (([1], 0, list(k), list(v)[:1]), "list of 2 arrays"),
-        (([1], 0, [k[0], k[1][..., :3]], v), "shape"),
-        (([1], 0, k.astype(np.float64), v), "float32"), (([1], 0, k, v.astype(np.float16)), "float32"),
-        (([1], 0, np.asfortranarray(k), v), "shape|contiguous"),
-        (([1], 0, k, k), "overlap"),
-        (([1], 499, big.k, big.v), "rope"),
+        (([V], 0), "out of range"), (([-1], 0), "out of range"), (([], 0), "1-D"), (([[1, 2]], 0), "1-D"),
+        (([1.5], 0), "integers"), ((["a"], 0), "integers"), (([1] * 5, 0), "1..4 tokens"),
+        (([1], -1), "start"), (([1], 1.0), "start"), (([1], True), "start"), (([1], "0"), "start"),
+        (([1] * 3, 14), "do not fit"), (([1], 16), "do not fit"),
     ]
-    ro = k.copy()
-    ro.flags.writeable = False
-    bad.append((([1], 0, ro, v), "read-only"))
-    swapped = k.astype(k.dtype.newbyteorder())
-    bad.append((([1], 0, swapped, v), "float32"))
-    strided = np.zeros(k.shape[:3] + (2 * k.shape[3],), np.float32)[..., ::2]
-    bad.append((([1], 0, strided, v), "contiguous"))
     for args, msg in bad:
         with pytest.raises(ValueError, match=msg):
-            fwd.forward(*args)
+            dec.forward(*args, bound)
+    with pytest.raises(TypeError):
+        dec.forward([1], 0, (c.k, c.v))   # an unbound cache
+    with pytest.raises(ValueError, match="another decoder"):
+        dec.forward([1], 0, make_decoder(m).bind(c.k, c.v))
+    big = KVCache(m.config, 500)
+    with pytest.raises(ValueError, match="rope"):
+        dec.forward([1], 499, dec.bind(big.k, big.v))
     for out, msg in [(np.zeros((2, V), np.float32), "shape"), (np.zeros((1, V), np.float64), "float32"),
-                     (np.zeros((1, 2 * V), np.float32)[:, ::2], "contiguous"), ([0.0] * V, "numpy array")]:
+                     (np.zeros((1, 2 * V), np.float32)[:, ::2], "contiguous"), ([0.0] * V, "numpy array"),
+                     (c.k[0].reshape(-1)[:V].reshape(1, V), "overlap")]:
         with pytest.raises(ValueError, match=msg):
-            fwd.forward([1], 0, k, v, out=out)
-    with pytest.raises(ValueError, match="overlap"):
-        fwd.forward([1], 0, k, v, out=k.reshape(-1)[:V].reshape(1, V))
-    with pytest.raises(ValueError, match="mode"):
-        fwd.set_matmul("int4")
-    fwd.forward([1, 2, 3], 0, k, v)   # still usable afterwards
+            dec.forward([1], 0, bound, out=out)
+    dec.forward([1, 2, 3], 0, bound)   # still usable afterwards
+
+
+def test_bad_cache_is_refused_when_bound(tmp_path):
+    m = tiny_model(tmp_path)
+    dec = make_decoder(m, max_batch=4)
+    c = KVCache(m.config, 16)
+    k, v = np.stack(c.k), np.stack(c.v)   # one array [n_layers, n_kv_heads, n_ctx, head_dim] each
+    ro = k.copy()
+    ro.flags.writeable = False
+    strided = np.zeros(k.shape[:3] + (2 * k.shape[3],), np.float32)[..., ::2]
+    bad = [((k[:1], v), "list of 2 arrays"), ((k, np.ascontiguousarray(v[:, :, :8])), "16 slots, v_cache 8"),
+           ((k[0], v), "list of 2 arrays"), ((list(k), list(v)[:1]), "list of 2 arrays"),
+           (([k[0], k[1][..., :3]], v), "shape"), ((k.astype(np.float64), v), "float32"),
+           ((k, v.astype(np.float16)), "float32"), ((np.asfortranarray(k), v), "shape|contiguous"),
+           ((k, k), "overlap"), ((ro, v), "read-only"), ((k.astype(k.dtype.newbyteorder()), v), "float32"),
+           ((strided, v), "contiguous"),
+           (([m.weights["layers.0.attn_norm"].data.reshape(1, 1, -1)] * 2, v), "3-D|shape")]
+    for (kc, vc), msg in bad:
+        with pytest.raises(ValueError, match=msg):
+            dec.bind(kc, vc)
 
 
 def test_bad_construction(tmp_path):
     m = tiny_model(tmp_path, wtype="Q4_1", tied=False)
-    cfg = m.config
-    good = {name: (w.data, w.qtype) for name, w in m.weights.items()}
+    good = {n: (w.data, w.qtype, w.bits) for n, w in prepare_weights(m.config, m.weights, _core, "exact").items()}
+    wq = good["layers.0.wq"][0]
 
-    def build(weights=good, **kw):
-        args = dict(dim=cfg.dim, n_layers=cfg.n_layers, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads,
-                    head_dim=cfg.head_dim, hidden_dim=cfg.hidden_dim, vocab_size=cfg.vocab_size,
-                    norm_eps=cfg.norm_eps, rope_dim=cfg.rope_dim, weights=weights, rope=m.engine.rope)
-        args.update(kw)
-        return _core.LlamaForward(**args)
+    def build(weights=good, rope=m.engine.rope, max_batch=8):
+        return _cdecoder.CDecoder(m.config, weights, rope, max_batch)
 
     build()
-    wq = good["layers.0.wq"][0]
     cases = [
         (dict(weights={k: v for k, v in good.items() if k != "layers.1.w_up"}), "missing weight 'layers.1.w_up'"),
         (dict(weights={k: v for k, v in good.items() if k != "output"}), "missing weight 'output'"),
-        (dict(weights={**good, "layers.0.wq": (wq, "q4_0")}), "layers.0.wq"),
-        (dict(weights={**good, "layers.0.wq": (wq[:-1], "q4_1")}), "logical shape"),
-        (dict(weights={**good, "layers.0.wq": (wq, "q9")}), "unknown qtype"),
-        (dict(weights={**good, "layers.0.wq": wq}), "pair"),
+        (dict(weights={**good, "layers.0.wq": (wq, "q4_0", 32)}), "layers.0.wq"),
+        (dict(weights={**good, "layers.0.wq": (wq[:-1], "q4_1", 32)}), "logical shape"),
+        (dict(weights={**good, "layers.0.wq": (wq, "q9", 32)}), "unknown qtype"),
+        (dict(weights={**good, "layers.0.wq": (wq, "q4_1", 12)}), "bits"),
+        (dict(weights={**good, "layers.0.wq": (wq, "q4_1")}), "bits"),
         (dict(weights={**good, "layers.0.wk": good["layers.0.wq"]}), "layers.0.wk has logical shape"),
-        (dict(weights={**good, "layers.1.attn_norm": (good["layers.1.attn_norm"][0], "f16")}), "must be f32"),
-        (dict(weights={**good, "output_norm": (np.zeros(cfg.dim + 1, np.float32), "f32")}), "output_norm has shape"),
-        (dict(weights={**good, "output_norm": (np.zeros(cfg.dim, np.float64), "f32")}), "float32"),
-        (dict(weights=list(good.items())), "dict"),
-        (dict(n_layers=cfg.n_layers + 1), "missing weight 'layers.2"),
-        (dict(dim=cfg.dim * 2), "shape"),
-        (dict(vocab_size=cfg.vocab_size - 1), "shape"),
-        (dict(n_kv_heads=3), "multiple"),
-        (dict(rope_dim=cfg.head_dim + 2), "rope_dim"),
-        (dict(rope_dim=3), "rope_dim"),
+        (dict(weights={**good, "layers.1.attn_norm": (good["layers.1.attn_norm"][0], "f16", 32)}), "must be f32"),
+        (dict(weights={**good, "output_norm": (np.zeros(m.config.dim + 1, np.float32), "f32", 32)}), "shape"),
+        (dict(weights={**good, "output_norm": (np.zeros(m.config.dim, np.float64), "f32", 32)}), "float32"),
         (dict(max_batch=0), "max_batch"),
-        (dict(max_batch=2.0), "max_batch"),
-        (dict(head_dim=-4), "head_dim"),
-        (dict(head_dim=2048), "head_dim 2048 is above"),
-        (dict(norm_eps=float("nan")), "norm_eps"),
-        (dict(rope=m.engine.rope[0][0]), "rope"),
-        (dict(rope=m.engine.rope[:1]), "one per layer"),
-        (dict(rope=(m.engine.rope[0][0][:, :-1], m.engine.rope[0][1])), "rope cos"),
-        (dict(rope=(m.engine.rope[0][0], m.engine.rope[0][1][:5])), "rope sin"),
-        (dict(matmul="int4"), "mode"),
+        (dict(rope=m.engine.rope[:1]), "one .* per layer"),
+        (dict(rope=[(c[:, :-1], s) for c, s in m.engine.rope]), "rope cos"),
     ]
+    if _core.x8_supported("q4_1"):
+        packed = _core.pack_x8(wq, "q4_1")
+        cases.append((dict(weights={**good, "layers.0.wq": (packed, "q4_1x8", 32)}), "quantized activations"))
     for kw, msg in cases:
         with pytest.raises(ValueError, match=msg):
             build(**kw)
+    with pytest.raises(TypeError):
+        build(weights=list(good.items()))
 
 
 # --- the real model
 
 @pytest.mark.parametrize("threads", [1, 2], indirect=True)
-def test_smollm2_matches_numpy_path(smollm2_mgpt, threads):
+def test_smollm2_matches_numpy_decoder(smollm2_mgpt, threads):
     m = minigpt.Model(smollm2_mgpt, backend="c", threads=1, n_ctx=256)
-    fwd = make_forward(m, max_batch=32)
+    dec, ref = make_decoder(m, max_batch=32), reference(m)
     ids = m.tokenize("The quick brown fox jumps over the lazy dog. " * 4)
     assert 32 < len(ids) < 80
     ref_cache, cache = KVCache(m.config, 256), KVCache(m.config, 256)
-    close(fwd.forward(ids, 0, cache.k, cache.v, all_logits=True), reference(m, ids, 0, ref_cache, True))
+    close(run(dec, ids, 0, cache, True), run(ref, ids, 0, ref_cache, True))
     for pos, tok in enumerate([260, 1300, 42, 7], start=len(ids)):
-        close(fwd.forward([tok], pos, cache.k, cache.v), reference(m, [tok], pos, ref_cache, False))
+        close(run(dec, [tok], pos, cache), run(ref, [tok], pos, ref_cache))
 
 
 # --- the inner steps alone: attention at odd sizes, the vectorized exp
 
 def attention_ref(q, kc, vc, start, scale, window=0):
-    """llama.attention with any scale and an optional sliding window, in float64."""
+    """numpy_ref.attention with any scale and an optional sliding window, in float64."""
     n, H, hd = q.shape
     kv = kc.shape[0]
     T = start + n
@@ -271,10 +267,10 @@ def test_attention_odd_sizes(case, threads):
     kc[:, start + n:] = vc[:, start + n:] = np.nan    # slots past the queries must never be read
     scale = 1.0 / np.sqrt(hd) if window == 0 else 0.7
     ref = attention_ref(q, kc, vc, start, scale, window)
-    got = _core._attention(q, kc, vc, start, scale, window)
+    got = _core.attention(q, kc, vc, start, scale, window)
     np.testing.assert_allclose(got, ref, rtol=0, atol=2e-6 * max(1.0, np.sqrt(hd)))
     # the model's own reference agrees
-    np.testing.assert_allclose(got, llama.attention(q, kc, vc, start, scale, window), rtol=0, atol=2e-5)
+    np.testing.assert_allclose(got, numpy_ref.attention(q, kc, vc, start, scale, window), rtol=0, atol=2e-5)
 
 
 def as_ring(cache, T, cap):
@@ -302,12 +298,12 @@ def test_attention_over_a_ring(case, threads):
     ref = attention_ref(q, kc, vc, start, 0.3, window)
     cap = window + n - 1 + extra
     kr, vr = as_ring(kc, start + n, cap), as_ring(vc, start + n, cap)
-    np.testing.assert_allclose(_core._attention(q, kr, vr, start, 0.3, window), ref, rtol=0, atol=2e-5)
-    np.testing.assert_allclose(llama.attention(q, kr, vr, start, 0.3, window), ref, rtol=0, atol=2e-5)
+    np.testing.assert_allclose(_core.attention(q, kr, vr, start, 0.3, window), ref, rtol=0, atol=2e-5)
+    np.testing.assert_allclose(numpy_ref.attention(q, kr, vr, start, 0.3, window), ref, rtol=0, atol=2e-5)
     if start + n > cap - extra - 1:   # one slot short of the ring, and short of the whole: refused
         with pytest.raises(ValueError, match="bad attention shapes"):
             short = np.ascontiguousarray(kr[:, :cap - extra - 1])
-            _core._attention(q, short, short.copy(), start, 0.3, window)
+            _core.attention(q, short, short.copy(), start, 0.3, window)
 
 
 def test_attention_keeps_large_logits_finite():
@@ -316,7 +312,7 @@ def test_attention_keeps_large_logits_finite():
     kc = np.zeros((1, 300, 16), np.float32)
     kc[0, :, 0] = np.linspace(-10, 10, 300, dtype=np.float32)
     vc = np.random.default_rng(1).standard_normal((1, 300, 16), dtype=np.float32)
-    got = _core._attention(q, kc, vc, 297, 0.25)
+    got = _core.attention(q, kc, vc, 297, 0.25)
     np.testing.assert_allclose(got, attention_ref(q, kc, vc, 297, 0.25), rtol=0, atol=1e-5)
 
 

@@ -11,9 +11,9 @@ import pytest
 
 import minigpt
 from fidelity import score
-from minigpt import engine
 from minigpt.convert import convert
-from minigpt.engine import KVCache
+from minigpt.engine import KVCache, PyDecoder
+from minigpt.engine import cache as kvcache
 from subproc import run_minigpt
 from synthetic import tiny_llama
 
@@ -55,8 +55,9 @@ def test_the_window_matters(gemma_path, monkeypatch):
     m = minigpt.load(gemma_path, backend="numpy")
     windowed = m.logits(IDS)
     cfg = m.config
-    monkeypatch.setattr(m.engine, "cfg", type(cfg)(**(cfg.to_dict() | {"sliding_window": 0, "local_layers": []})))
-    full = m.engine.prefill(IDS, all_logits=True, cache=KVCache(m.engine.cfg, len(IDS)))
+    unwindowed = type(cfg)(**(cfg.to_dict() | {"sliding_window": 0, "local_layers": []}))
+    cache = KVCache(unwindowed, len(IDS))   # the same weights and RoPE tables, every layer global
+    full = PyDecoder(unwindowed, m.engine.weights, m.kern, m.engine.rope).forward(IDS, 0, (cache.k, cache.v), True)
     np.testing.assert_allclose(full[:WINDOW], windowed[:WINDOW], rtol=0, atol=1e-5)
     assert np.abs(full[WINDOW + 1:] - windowed[WINDOW + 1:]).max() > 1e-3
 
@@ -64,7 +65,7 @@ def test_the_window_matters(gemma_path, monkeypatch):
 @pytest.mark.parametrize("backend", ["c", "numpy", "numba"])
 def test_a_ring_gives_what_a_full_cache_gives(gemma_path, backend, monkeypatch):
     # local layers keep window + slack slots; a long prompt in chunks, then decoding, wraps them many times
-    monkeypatch.setattr(engine, "RING_SLACK", 7)
+    monkeypatch.setattr(kvcache, "RING_SLACK", 7)
     m = minigpt.load(gemma_path, backend=backend, precision="exact")
     ids = [int(i) for i in np.random.default_rng(0).integers(4, 250, 90)]
     ring = KVCache(m.config, 200)
@@ -81,7 +82,7 @@ def test_a_ring_gives_what_a_full_cache_gives(gemma_path, backend, monkeypatch):
 
 
 def test_truncate_keeps_what_the_ring_still_holds(gemma_path, monkeypatch):
-    monkeypatch.setattr(engine, "RING_SLACK", 7)
+    monkeypatch.setattr(kvcache, "RING_SLACK", 7)
     m = minigpt.load(gemma_path, backend="c", precision="exact")
     ids = [int(i) for i in np.random.default_rng(1).integers(4, 250, 40)]
     cache = KVCache(m.config, 100)                 # ring of 11: positions 29..39 are in it
@@ -96,7 +97,7 @@ def test_truncate_keeps_what_the_ring_still_holds(gemma_path, monkeypatch):
 
 
 def test_chat_with_a_ring_undoes_and_saves(gemma_path, tmp_path, monkeypatch):
-    monkeypatch.setattr(engine, "RING_SLACK", 20)
+    monkeypatch.setattr(kvcache, "RING_SLACK", 20)
     m = minigpt.load(gemma_path, backend="c")
     m.set_chat_template("{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
                         "{% if add_generation_prompt %}assistant:{% endif %}")

@@ -10,7 +10,7 @@ import pytest
 
 from minigpt import quant
 from minigpt.errors import MinigptError
-from minigpt.kernels import available_backends, get_backend, numpy_ref
+from minigpt.kernels import PROTOCOL, available_backends, get_backend, numpy_ref
 from subproc import run_python
 
 QTYPES = list(quant.QTYPES)
@@ -398,12 +398,28 @@ def test_unknown_backend_lists_available(monkeypatch):
         get_backend()
 
 
-def test_every_backend_has_the_same_functions():
+def test_every_backend_implements_the_whole_protocol():
     for name in BACKENDS:
         be = get_backend(name)
         assert be.name == name
-        for fn in ("matmul", "get_rows", "dequantize", "set_threads", "get_threads"):
+        for fn in PROTOCOL[1:]:
             assert callable(getattr(be, fn)), (name, fn)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("qtype", ["q8_0", "q4_0", "q4_1", "f16"])
+@pytest.mark.parametrize("bits", [8, 16, 32])
+def test_prepare_keeps_what_matmul_computes(backend, qtype, bits):
+    # whatever form prepare() gives a weight (the C backend packs it x8), matmul at those bits is unchanged
+    be = get_backend(backend)
+    rng = np.random.default_rng(bits)
+    w = quant.quantize(rng.standard_normal((24, 96)).astype(np.float32), qtype)
+    x = rng.standard_normal((3, 96)).astype(np.float32)
+    fn = {8: "matmul_q8", 16: "matmul_q16", 32: "matmul"}[bits]
+    data, qt = be.prepare(w, qtype, bits)
+    np.testing.assert_allclose(getattr(be, fn)(x, data, qt), getattr(be, fn)(x, w, qtype), rtol=1e-4, atol=2e-3)
+    ref = getattr(numpy_ref, fn)(x, w, qtype)   # and the oracle agrees
+    np.testing.assert_allclose(getattr(be, fn)(x, data, qt), ref, rtol=1e-4, atol=2e-3)
 
 
 def test_numpy_backend_records_threads():

@@ -108,7 +108,7 @@ def test_block_scales_are_cached_for_read_only_weights_only(nb):
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("n_kv, group, hd", [(1, 1, 64), (3, 3, 64), (2, 3, 20), (4, 1, 36)])
 def test_attention_matches_numpy(nb, threads, n_kv, group, hd):
-    from minigpt.model.llama import attention
+    from minigpt.kernels.numpy_ref import attention
     if threads > numba.config.NUMBA_NUM_THREADS:
         pytest.skip("numba has one thread")
     nb.set_threads(threads)
@@ -126,7 +126,7 @@ def test_attention_matches_numpy(nb, threads, n_kv, group, hd):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_windowed_attention_over_a_ring_matches_numpy(nb, threads):
     # Gemma 3's local layers: a sliding window, a scale of the model's, and a ring cache (slot t % cap)
-    from minigpt.model.llama import attention
+    from minigpt.kernels.numpy_ref import attention
     if threads > numba.config.NUMBA_NUM_THREADS:
         pytest.skip("numba has one thread")
     nb.set_threads(threads)
@@ -148,10 +148,10 @@ def test_attention_rejects_shapes_that_do_not_fit(nb):
         nb.attention(np.zeros((2, 4, 16), np.float32), k, k, 7)
 
 
-# --- precision: int8 activations through llama.forward -------------------------------------------------
+# --- precision: quantized activations through the NumPy decoder ----------------------------------------
 
-def test_precision_picks_matmul_q8(tmp_path, monkeypatch):
-    # 'exact' calls matmul only; 'balanced' matmul_q8 except w_down and the head; 'fast' matmul_q8 only
+def test_precision_picks_the_matmul(tmp_path, monkeypatch):
+    # 'exact' calls matmul only; 'balanced' matmul_q8 except w_down (matmul_q16) and the head; 'fast' matmul_q8
     import minigpt
     from minigpt.convert import convert
     from synthetic import tiny_llama
@@ -160,16 +160,17 @@ def test_precision_picks_matmul_q8(tmp_path, monkeypatch):
     convert(tmp_path / "q.gguf", tmp_path / "q.mgpt")
     ids = [1, 40, 72, 101, 108, 3]
     exact = minigpt.Model(tmp_path / "q.mgpt", backend="numba", precision="exact").logits(ids)
-    calls = {"matmul": 0, "matmul_q8": 0}
+    calls = {"matmul": 0, "matmul_q8": 0, "matmul_q16": 0}
     for fn in calls:
         real = getattr(numba_, fn)
         monkeypatch.setattr(numba_, fn, lambda *a, _f=real, _n=fn, **k: calls.__setitem__(_n, calls[_n] + 1) or _f(*a, **k))
     per_layer = 7   # wq wk wv wo w_gate w_up w_down; then the head
-    for precision, layer_q8, head_q8 in (("exact", 0, 0), ("balanced", 6, 0), ("fast", 7, 1)):
-        calls.update(matmul=0, matmul_q8=0)
+    for precision, layer_q8, layer_q16, head_q8 in (("exact", 0, 0, 0), ("balanced", 6, 1, 0), ("fast", 7, 0, 1)):
+        calls.update(matmul=0, matmul_q8=0, matmul_q16=0)
         m = minigpt.Model(tmp_path / "q.mgpt", backend="numba", precision=precision)
         got = m.logits(ids)
         L = m.config.n_layers
-        assert calls == {"matmul_q8": layer_q8 * L + head_q8, "matmul": (per_layer - layer_q8) * L + 1 - head_q8}
+        assert calls == {"matmul_q8": layer_q8 * L + head_q8, "matmul_q16": layer_q16 * L,
+                         "matmul": (per_layer - layer_q8 - layer_q16) * L + 1 - head_q8}
         scale = np.abs(exact).max()
         assert np.abs(got - exact).max() < (1e-5 if precision == "exact" else 0.05) * scale

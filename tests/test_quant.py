@@ -17,8 +17,17 @@ def f16_bytes(v):
 # --- layout ----------------------------------------------------------------------------------------
 
 def test_qtypes_table():
-    assert quant.QTYPES == {
+    assert {name: (t.block, t.block_bytes) for name, t in quant.QTYPES.items()} == {
         "f32": (1, 4), "f16": (1, 2), "q8_0": (32, 34), "q4_0": (32, 18), "q4_1": (32, 20)}
+    assert sorted(t.code for t in quant.QTYPES.values()) == list(range(len(quant.QTYPES)))
+
+
+def test_the_compiled_table_is_checked_against_it(monkeypatch):
+    _core = pytest.importorskip("minigpt.kernels._core")
+    _core._check_qtype_table()   # what import did
+    monkeypatch.setitem(quant.QTYPES, "q4_1", quant.QType(32, 22, 4, np.dtype(np.uint8)))
+    with pytest.raises(ImportError, match="differ"):
+        _core._check_qtype_table()
 
 
 @pytest.mark.parametrize("qtype, shape", [

@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from minigpt.convert.convert import decode_tensor, tokenizer_fields  # noqa: E402
 from minigpt.convert.gguf import GGUFFile  # noqa: E402
 from minigpt.convert.hf import qk_rows  # noqa: E402
-from minigpt.convert.names import HF_LLAMA, map_gguf_name  # noqa: E402
+from minigpt.convert.names import map_gguf_name  # noqa: E402
+from minigpt.model.llama import HF_NAMES as HF_LLAMA  # noqa: E402
 
 _DTYPES = {"f32": ("F32", np.float32), "f16": ("F16", np.float16), "bf16": ("BF16", None)}
 _TO_HF = {v: k for k, v in HF_LLAMA.items()}     # minigpt name pattern -> HF name pattern

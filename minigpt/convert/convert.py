@@ -29,7 +29,7 @@ from .. import quant
 from ..config import Config
 from ..errors import ConvertError, MinigptError
 from ..format import Writer
-from ..model.llama import layer_weight_names
+from ..model import ARCH_FILES, weights
 from . import kquants
 from .gguf import GGUFFile
 from .names import GGUF_IGNORED, map_gguf_name
@@ -39,14 +39,11 @@ _FROM_GGML = {"F32": "f32", "F16": "f16", "Q8_0": "q8_0", "Q4_0": "q4_0", "Q4_1"
 _FOUR_BIT = ("q4_0", "q4_1")
 
 
-GEMMA3_LOCAL_PATTERN = 6          # llama.cpp: 5 local layers, then a global one
-GEMMA3_ROPE_THETA_LOCAL = 10000.0  # llama.cpp's rope_freq_base_train_swa for gemma3 (not in the GGUF)
-
-
 def config_from_gguf(g: GGUFFile) -> Config:
     arch = g.field("general.architecture", required=True)
-    if arch not in ("llama", "gemma3"):
-        raise ConvertError(f"{g.path}: architecture {arch!r} is not supported yet (supported: llama, gemma3)")
+    if arch not in ARCH_FILES:
+        raise ConvertError(f"{g.path}: architecture {arch!r} is not supported yet "
+                           f"(supported: {', '.join(ARCH_FILES)})")
     key = lambda k, **kw: g.field(f"{arch}.{k}", **kw)
     n_vocab = key("vocab_size") or len(g.field("tokenizer.ggml.tokens", required=True))
     scaling = {}
@@ -58,17 +55,10 @@ def config_from_gguf(g: GGUFFile) -> Config:
         raise ConvertError(f"{g.path}: RoPE scaling {kind!r} is not supported yet")
     dim, n_heads = key("embedding_length", required=True), key("attention.head_count", required=True)
     n_layers = key("block_count", required=True)
-    extra = {}
-    if arch == "gemma3":
-        if key("final_logit_softcapping", default=0.0) or key("attn_logit_softcapping", default=0.0):
-            raise ConvertError(f"{g.path}: logit soft-capping is not supported")
-        window = key("attention.sliding_window", default=0)
-        if window:   # as llama.cpp reads a gemma3 GGUF: the pattern and local base are not in the file
-            extra = {"sliding_window": window, "rope_theta_local": GEMMA3_ROPE_THETA_LOCAL,
-                     "local_layers": [i for i in range(n_layers)
-                                      if i % GEMMA3_LOCAL_PATTERN < GEMMA3_LOCAL_PATTERN - 1]}
-        key_length = key("attention.key_length", default=0) or dim // n_heads
-        extra["query_scale"] = (key_length if n_layers != 62 else dim // n_heads) ** -0.5   # 62: the 27B
+    try:   # what the architecture's GGUFs imply beyond the common keys
+        extra = ARCH_FILES[arch].gguf_config(key, n_layers, dim, n_heads)
+    except ConvertError as e:
+        raise ConvertError(f"{g.path}: {e}") from None
     return Config(
         arch=arch,
         dim=dim,
@@ -181,8 +171,7 @@ def plan(sources, config: Config, target: str, where):
 
 def required_tensors(config: Config) -> set:
     """Names every model of `config` needs (the forward pass may read more, e.g. rope_freqs when present)."""
-    need = {"tok_embd", "output_norm"} | ({"output"} if not config.tied_embeddings else set())
-    return need | {f"layers.{i}.{w}" for i in range(config.n_layers) for w in layer_weight_names(config)}
+    return set(weights.tensor_names(config))
 
 
 def _check_complete(where, config, names):

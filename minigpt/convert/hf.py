@@ -23,12 +23,12 @@ import numpy as np
 
 from ..config import Config
 from ..errors import ConvertError, FormatError
+from ..model import ARCH_FILES
 from .names import HF_IGNORED, map_hf_name
 from .safetensors import Checkpoint, SafeTensor
 
-# config.json "architectures" -> minigpt architecture
-ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama", "Qwen2ForCausalLM": "llama",
-                 "Gemma3ForCausalLM": "gemma3"}
+# config.json "architectures" -> minigpt architecture (each architecture file lists its classes)
+ARCHITECTURES = {cls: arch for arch, f in ARCH_FILES.items() for cls in f.HF_CLASSES}
 # safetensors dtype -> (minigpt qtype the bits already are, or None; the type it counts as for the default)
 _WEIGHT_DTYPES = {"F32": ("f32", "f32"), "F16": ("f16", "f16"), "BF16": (None, "f16")}
 _LLAMA_ACT, _GEMMA_ACT = "silu", "gelu_pytorch_tanh"
@@ -281,7 +281,7 @@ def tensors(ckpt: Checkpoint, config: Config, rope_freqs=None) -> list:
     """HFTensor for every checkpoint tensor, in checkpoint order, with names mapped, shapes and dtypes
     checked, and the per-architecture transforms attached (q/k row permutation, Gemma norm + 1)."""
     out = []
-    gemma = config.arch == "gemma3"
+    arch = ARCH_FILES[config.arch]
     for hf_name, t in ckpt.tensors.items():
         if HF_IGNORED.match(hf_name):
             continue
@@ -296,13 +296,13 @@ def tensors(ckpt: Checkpoint, config: Config, rope_freqs=None) -> list:
             raise ConvertError(f"{ckpt.folder}: tensor {hf_name!r} has shape {list(t.shape)}; expected 1-D or 2-D")
         kind = name.rsplit(".", 1)[-1]
         rows = None
-        if not gemma and kind in ("wq", "bq", "wk", "bk"):
+        if arch.PERMUTE_QK and kind in ("wq", "bq", "wk", "bk"):
             heads = config.n_heads if kind in ("wq", "bq") else config.n_kv_heads
             if t.shape[0] != heads * config.head_dim:
                 raise ConvertError(f"{ckpt.folder}: tensor {hf_name!r} has {t.shape[0]} rows, expected "
                                    f"{heads} heads x {config.head_dim}")
             rows = qk_rows(t.shape[0], heads)
-        add_one = gemma and len(t.shape) == 1 and kind.endswith("norm")
+        add_one = arch.NORM_PLUS_ONE and len(t.shape) == 1 and kind.endswith("norm")
         out.append(HFTensor(name, t, rows, add_one))
     if rope_freqs is not None:
         out.append(ExtraTensor("rope_freqs", rope_freqs))

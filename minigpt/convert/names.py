@@ -2,6 +2,8 @@
 
 import re
 
+from ..model import ARCH_FILES
+
 # GGUF (llama.cpp) names. `{i}` is the layer index.
 GGUF = {
     "token_embd.weight": "tok_embd",
@@ -40,52 +42,11 @@ def _compile(table):
     return out
 
 
-# Hugging Face names of Llama, Mistral and Qwen2 (LlamaForCausalLM and its kin).
-HF_LLAMA = {
-    "model.embed_tokens.weight": "tok_embd",
-    "model.norm.weight": "output_norm",
-    "lm_head.weight": "output",
-    "model.layers.{i}.input_layernorm.weight": "layers.{i}.attn_norm",
-    "model.layers.{i}.self_attn.q_proj.weight": "layers.{i}.wq",
-    "model.layers.{i}.self_attn.k_proj.weight": "layers.{i}.wk",
-    "model.layers.{i}.self_attn.v_proj.weight": "layers.{i}.wv",
-    "model.layers.{i}.self_attn.o_proj.weight": "layers.{i}.wo",
-    "model.layers.{i}.post_attention_layernorm.weight": "layers.{i}.ffn_norm",
-    "model.layers.{i}.mlp.gate_proj.weight": "layers.{i}.w_gate",
-    "model.layers.{i}.mlp.up_proj.weight": "layers.{i}.w_up",
-    "model.layers.{i}.mlp.down_proj.weight": "layers.{i}.w_down",
-    # Qwen2's biases
-    "model.layers.{i}.self_attn.q_proj.bias": "layers.{i}.bq",
-    "model.layers.{i}.self_attn.k_proj.bias": "layers.{i}.bk",
-    "model.layers.{i}.self_attn.v_proj.bias": "layers.{i}.bv",
-}
-
-# Hugging Face names of Gemma 3 (Gemma3ForCausalLM). Careful: its post_attention_layernorm is the
-# norm of the attention output (post_attn_norm); the FFN's input norm is pre_feedforward_layernorm.
-HF_GEMMA3 = {
-    "model.embed_tokens.weight": "tok_embd",
-    "model.norm.weight": "output_norm",
-    "lm_head.weight": "output",
-    "model.layers.{i}.input_layernorm.weight": "layers.{i}.attn_norm",
-    "model.layers.{i}.self_attn.q_proj.weight": "layers.{i}.wq",
-    "model.layers.{i}.self_attn.k_proj.weight": "layers.{i}.wk",
-    "model.layers.{i}.self_attn.v_proj.weight": "layers.{i}.wv",
-    "model.layers.{i}.self_attn.o_proj.weight": "layers.{i}.wo",
-    "model.layers.{i}.self_attn.q_norm.weight": "layers.{i}.q_norm",
-    "model.layers.{i}.self_attn.k_norm.weight": "layers.{i}.k_norm",
-    "model.layers.{i}.post_attention_layernorm.weight": "layers.{i}.post_attn_norm",
-    "model.layers.{i}.pre_feedforward_layernorm.weight": "layers.{i}.ffn_norm",
-    "model.layers.{i}.post_feedforward_layernorm.weight": "layers.{i}.post_ffn_norm",
-    "model.layers.{i}.mlp.gate_proj.weight": "layers.{i}.w_gate",
-    "model.layers.{i}.mlp.up_proj.weight": "layers.{i}.w_up",
-    "model.layers.{i}.mlp.down_proj.weight": "layers.{i}.w_down",
-}
-
 # Hugging Face checkpoints may carry buffers the forward pass recomputes.
 HF_IGNORED = re.compile(r"^model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$")
 
 _GGUF = _compile(GGUF)
-_HF = {"llama": _compile(HF_LLAMA), "gemma3": _compile(HF_GEMMA3)}
+_HF = {arch: _compile(f.HF_NAMES) for arch, f in ARCH_FILES.items()}   # each architecture's own table
 
 
 def _lookup(table, name):
@@ -103,5 +64,5 @@ def map_gguf_name(name):
 
 def map_hf_name(name, arch):
     """'model.layers.3.self_attn.q_proj.weight' -> 'layers.3.wq' for minigpt architecture `arch`
-    ('llama' or 'gemma3'); None for a name not in its table."""
+    (its file's HF_NAMES); None for a name not in its table."""
     return _lookup(_HF[arch], name)

@@ -1,9 +1,16 @@
-"""Kernel backends: the same functions on each, over arrays and shapes only.
+"""Kernel backends: the same functions on each, over arrays and shapes only (a leaf: no file, config,
+tensor or architecture is known below this line).
 
     matmul(x, w, qtype, out=None)      x: float32 [n, cols], w: stored [rows, ...] -> float32 [n, rows] = x @ W^T
+    matmul_q8(x, w, qtype, out=None)   the same with x rounded to int8 blocks first (quant.quantize_act)
+    matmul_q16(x, w, qtype, out=None)  ... to int16 blocks
+    prepare(w, qtype, bits)            -> (array, qtype): the form matmul at `bits` reads (x8-packed in C)
+    attention(q, k_cache, v_cache, start, scale=None, window=0)
+                                       causal grouped-query attention over a cache -> float32 [n, heads * hd]
     get_rows(w, qtype, ids, out=None)  -> float32 [len(ids), cols]   (embedding lookup)
     dequantize(w, qtype)               -> float32 [rows, cols]
-    set_threads(n) / get_threads()     threads matmul uses (the numpy backend only records n)
+    set_threads(n) / get_threads()     threads the kernels use (the numpy backend only records n)
+    name, isa()                        the backend's name; the instruction set it runs on (or None)
 
 Backends: 'c' (compiled, minigpt/kernels/_core.pyx over csrc/; the default when it is built),
 'numba' (numba_.py, JIT-compiled; listed when numba is installed, imported on first use since importing
@@ -23,6 +30,8 @@ except ImportError as e:  # not built: python setup.py build_ext --inplace, or p
     _core_error = e
 
 ENV_VAR = "MINIGPT_BACKEND"
+PROTOCOL = ("name", "isa", "matmul", "matmul_q8", "matmul_q16", "prepare", "attention", "get_rows", "dequantize",
+            "set_threads", "get_threads")   # what every backend module has (tests/test_kernels.py checks)
 
 _BACKENDS = {"numpy": numpy_ref}
 if _core is not None:

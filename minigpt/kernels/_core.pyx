@@ -14,14 +14,17 @@ import os
 
 import numpy as np
 
+from minigpt import quant
+
 cimport numpy as cnp
+from cpython.pycapsule cimport PyCapsule_New
 from libc.stdint cimport int64_t, uintptr_t
 
 cnp.import_array()
 
 cdef extern from "kernels.h" nogil:
     int MG_OK, MG_EQTYPE, MG_ENOMEM, MG_MAX_THREADS, MG_QK, MG_Q8_BLOCK_BYTES, MG_Q16_BLOCK_BYTES
-    int MG_F32, MG_F16, MG_Q8_0, MG_Q4_0, MG_Q4_1
+    int MG_NQTYPES
     int MG_ISA_SCALAR, MG_ISA_AVX2, MG_ISA_NEON, MG_ISA_AVX512VNNI, MG_X8
     int mg_matmul(const float *x, const void *w, float *out, int qtype,
                   int64_t n, int64_t rows, int64_t cols)
@@ -44,16 +47,45 @@ cdef extern from "kernels.h" nogil:
     int mg_get_threads()
     void mg_shutdown()
 
+    ctypedef struct mg_type_traits:
+        const char *name
+        int64_t block, block_bytes
+    mg_type_traits mg_traits[]
+
+cdef extern from "ops.h" nogil:
+    int MG_ATTN_MAX_HEAD_DIM
+
+    ctypedef struct mg_attn_params:
+        int64_t n_heads, n_kv_heads, head_dim
+        float scale
+        int64_t window
+
+    ctypedef struct mg_ops:
+        void (*exp)(const float *x, float *y, int64_t n) noexcept nogil
+
+    ctypedef struct mg_kernel_table:
+        pass
+
+    mg_ops mg_lops
+    const mg_kernel_table mg_kernels
+    void mg_attention(const mg_attn_params *ap, const float *q, const float *kc, const float *vc, float *out,
+                      int64_t n, int64_t start, int64_t cap)
+
 name = "c"
 
-# name -> (code in kernels.h, elements per block, bytes per block, numpy dtype of the stored array)
-_QTYPES = {
-    "f32": (MG_F32, 1, 4, np.dtype(np.float32)),
-    "f16": (MG_F16, 1, 2, np.dtype(np.float16)),
-    "q8_0": (MG_Q8_0, 32, 34, np.dtype(np.uint8)),
-    "q4_0": (MG_Q4_0, 32, 18, np.dtype(np.uint8)),
-    "q4_1": (MG_Q4_1, 32, 20, np.dtype(np.uint8)),
-}
+
+def _check_qtype_table():
+    """quant.QTYPES (the one table of weight types) and csrc's mg_traits must describe the same types."""
+    c = {}
+    for code in range(MG_NQTYPES):
+        c[mg_traits[code].name.decode()] = (mg_traits[code].block, mg_traits[code].block_bytes, code)
+    py = {n: (t.block, t.block_bytes, t.code) for n, t in quant.QTYPES.items()}
+    if c != py:
+        raise ImportError(f"csrc/kernels.h's weight types {c} differ from minigpt.quant.QTYPES {py}")
+
+
+_check_qtype_table()
+_QTYPES = {n: (t.code, t.block, t.block_bytes, t.dtype) for n, t in quant.QTYPES.items()}
 
 _X8_QTYPES = ("q8_0x8", "q4_0x8", "q4_1x8")   # pack_x8's layouts, for matmul_q8 only
 
@@ -122,6 +154,13 @@ cdef tuple _check_weight(object w, object qtype, bint packed_ok=False):
     if width % block_bytes:
         raise ValueError(f"a {qtype} weight row of {width} bytes is not a multiple of {block_bytes}")
     return arr, code, rows, width // block_bytes * block
+
+
+def check_weight(w, qtype):
+    """-> (rows, cols) of a stored weight of qtype, or of an x8-packed one (qtype + 'x8'); ValueError
+    naming what is wrong otherwise."""
+    _, _, rows, cols = _check_weight(w, qtype, packed_ok=True)
+    return rows, cols
 
 
 cdef tuple _check_packed(object w, str qtype):
@@ -316,4 +355,71 @@ def _shutdown():
 
 
 atexit.register(_shutdown)
-include "_forward.pxi"
+
+# --- attention and the kernel table ----------------------------------------------------------------
+
+def prepare(w, qtype, bits):
+    """The form of a weight that matmul at `bits` reads: for quantized activations (bits 8 or 16) its
+    x8-packed copy (pack_x8, qtype + 'x8') where this CPU has x8 kernels and rows are a multiple of
+    8, else the weight itself. -> (array, qtype)"""
+    _check_weight(w, qtype)
+    if bits in (8, 16) and x8_supported(qtype) and w.shape[0] % 8 == 0:
+        return pack_x8(w, qtype), qtype + "x8"
+    if bits not in (8, 16, 32):
+        raise ValueError(f"bits must be 8, 16 or 32, got {bits!r}")
+    return w, qtype
+
+
+cdef cnp.ndarray _f32_array(object a, str what, int ndim):
+    """a must be a C-contiguous, aligned, native float32 ndarray of `ndim` dimensions."""
+    if not isinstance(a, cnp.ndarray):
+        raise ValueError(f"{what} must be a numpy array, got {type(a).__name__}")
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    if cnp.PyArray_TYPE(arr) != cnp.NPY_FLOAT32 or not cnp.PyArray_ISNOTSWAPPED(arr):
+        raise ValueError(f"{what} must have dtype float32, got {a.dtype}")
+    if arr.ndim != ndim:
+        raise ValueError(f"{what} must be {ndim}-D, got shape {a.shape}")
+    if not cnp.PyArray_IS_C_CONTIGUOUS(arr) or not cnp.PyArray_ISALIGNED(arr):
+        raise ValueError(f"{what} must be C-contiguous and aligned (use np.ascontiguousarray)")
+    return arr
+
+
+def attention(q, k_cache, v_cache, start, scale=None, window=0):
+    """Causal grouped-query attention of n new queries at positions [start, start + n) over the cache
+    (numpy_ref.attention's contract). q: float32 [n, n_heads, hd]; caches float32 [n_kv, cap, hd],
+    position t in slot t % cap -> [n, n_heads * hd]."""
+    cdef cnp.ndarray qa = _f32_array(q, "q", 3)
+    cdef cnp.ndarray ka = _f32_array(k_cache, "k_cache", 3)
+    cdef cnp.ndarray va = _f32_array(v_cache, "v_cache", 3)
+    cdef int64_t n = qa.shape[0], hd = qa.shape[2], cap = ka.shape[1]
+    cdef mg_attn_params ap
+    if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or \
+            isinstance(window, bool) or not isinstance(window, (int, np.integer)):
+        raise ValueError(f"start and window must be integers, got {start!r}, {window!r}")
+    ap.n_heads, ap.n_kv_heads, ap.head_dim, ap.window = qa.shape[1], ka.shape[0], hd, window
+    ap.scale = (<double>hd) ** -0.5 if scale is None else float(scale)
+    if (n < 1 or ap.n_heads < 1 or ap.n_kv_heads < 1 or ap.n_heads % ap.n_kv_heads or ka.shape[2] != hd
+            or np.shape(v_cache) != np.shape(k_cache) or not 0 < hd <= MG_ATTN_MAX_HEAD_DIM or start < 0 or window < 0
+            or not (start + n <= cap or window and cap >= window + n - 1)):
+        raise ValueError(f"bad attention shapes q {np.shape(q)}, cache {np.shape(k_cache)}, start {start}")
+    cdef cnp.ndarray out = np.empty((n, ap.n_heads * hd), np.float32)
+    cdef int64_t s = start
+    with nogil:
+        mg_attention(&ap, <const float *>cnp.PyArray_DATA(qa), <const float *>cnp.PyArray_DATA(ka),
+                     <const float *>cnp.PyArray_DATA(va), <float *>cnp.PyArray_DATA(out), n, s, cap)
+    return out
+
+
+# The kernels for another extension module (minigpt/engine/_cdecoder.pyx): one set of ISA slots and
+# one thread pool for both. The pointer stays valid while this module is loaded.
+kernel_table = PyCapsule_New(<void *>&mg_kernels, b"minigpt.kernels._core.kernel_table", NULL)
+
+
+def _exp(x):
+    """exp of a float32 array through the ISA's exp slot (the one softmax and the gates use). Tests only."""
+    cdef cnp.ndarray a = np.array(x, dtype=np.float32, order="C", copy=True)
+    cdef cnp.ndarray y = np.empty_like(a)
+    cdef int64_t n = a.size
+    with nogil:
+        mg_lops.exp(<const float *>cnp.PyArray_DATA(a), <float *>cnp.PyArray_DATA(y), n)
+    return y

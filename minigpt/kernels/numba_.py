@@ -1,9 +1,9 @@
 """The numba backend: the compiled kernels' job in JIT-compiled Python, over the stored bytes.
 
-Same functions and contracts as numpy_ref, matmul_q8 included (and the same ValueErrors: the boundary
-checks are numpy_ref's), plus attention (llama.attention's contract; numba_attention.py), which
-llama.forward takes from a backend that has one, so it runs on set_threads' threads rather than BLAS's. Every weight reaches the kernels as its uint8 bytes [rows, row_bytes] plus a
-type code; fp16 fields are decoded bit-exactly (_f16).
+Same functions and contracts as numpy_ref, matmul_q8 and attention included (and the same ValueErrors:
+the boundary checks are numpy_ref's); attention (numba_attention.py) runs on set_threads' threads rather
+than BLAS's. Every weight reaches the kernels as its uint8 bytes [rows, row_bytes] plus a type code;
+fp16 fields are decoded bit-exactly (_f16).
 
     matmul:    weight rows are dequantized NR at a time into a float32 tile, then the tile is dotted
                with the inputs four at a time (NR x 4 sums in one pass over the columns, each weight
@@ -15,6 +15,7 @@ type code; fp16 fields are decoded bit-exactly (_f16).
                int8 block dots of the codes, exact in integers, scaled per block (numba_decode.py).
                Otherwise x turned back into float32 d*q, then matmul's tiles. Either way
                dequant(q8(x)) @ W^T, the contract, to float32 rounding.
+    matmul_q16: x rounded to int16 blocks (quant.quantize_act(x, 16)), then matmul.
 The dots let LLVM reassociate float sums (fastmath 'reassoc') so it can vectorize them over the
 columns: the order is then the compiler's, fixed per compiled kernel, so each output is summed the
 same way whatever the thread count or the call. dequantize and get_rows stay bit-exact (no fastmath).
@@ -34,14 +35,15 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
+from minigpt import quant
 from minigpt.kernels import numba_attention, numba_decode
-from minigpt.kernels.numpy_ref import check_weight, check_get_rows, check_matmul
+from minigpt.kernels.numpy_ref import check_get_rows, check_matmul, check_weight, prepare  # noqa: F401 (prepare)
 
 name = "numba"
 
 # name -> (code the kernels branch on, elements per block, bytes per block)
-_QTYPES = {"f32": (0, 1, 4), "f16": (1, 1, 2), "q8_0": (2, 32, 34), "q4_0": (3, 32, 18), "q4_1": (4, 32, 20)}
-F32, F16, Q8_0, Q4_0, Q4_1 = 0, 1, 2, 3, 4
+_QTYPES = {n: (t.code, t.block, t.block_bytes) for n, t in quant.QTYPES.items()}
+F32, F16, Q8_0, Q4_0, Q4_1 = (_QTYPES[n][0] for n in ("f32", "f16", "q8_0", "q4_0", "q4_1"))
 QK = 32
 NR = 4   # weight rows per tile; thread chunks are whole tiles
 NI = 4   # inputs dotted with a tile in one pass
@@ -332,6 +334,18 @@ def matmul_q8(x, w, qtype, out=None):
     return out
 
 
+def matmul_q16(x, w, qtype, out=None):
+    """matmul with x first rounded to int16 blocks (quant.quantize_act(x, 16)), as numpy_ref.matmul_q16.
+    f32/f16 weights: exactly matmul."""
+    rows, cols, out = check_matmul(x, w, qtype, out)
+    if _QTYPES[qtype][1] == 1 or x.shape[0] == 0 or rows == 0:
+        return matmul(x, w, qtype, out)
+    q, d, _ = quant.quantize_act(x, 16)
+    xd = (q.reshape(len(q), -1, QK) * d[:, :, None]).reshape(x.shape)
+    _run(np.ascontiguousarray(xd, dtype=np.float32), w, qtype, cols, out)
+    return out
+
+
 def _run(x, w, qtype, cols, out):
     code = _QTYPES[qtype][0]
     d, m = _scales(w, code, cols)
@@ -357,7 +371,7 @@ def _launch(serial, parallel, threads, *args):
 
 
 def attention(q, k_cache, v_cache, start, scale=None, window=0):
-    """llama.attention's contract: q float32 [n, n_heads, hd]; k_cache, v_cache float32 [n_kv, cap, hd]
+    """numpy_ref.attention's contract: q float32 [n, n_heads, hd]; k_cache, v_cache float32 [n_kv, cap, hd]
     holding every position a query sees in slot t % cap -> float32 [n, n_heads * hd] (numba_attention)."""
     n, n_heads, hd = q.shape
     cap = k_cache.shape[1]
@@ -392,6 +406,10 @@ def dequantize(w, qtype):
 
 
 # --- threads -------------------------------------------------------------------------------------
+
+def isa():
+    return None
+
 
 _threads = 1
 _parallel_lock = threading.Lock()

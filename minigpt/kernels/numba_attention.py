@@ -1,4 +1,4 @@
-"""The numba backend's attention: causal grouped-query attention over the KV cache, as llama.attention
+"""The numba backend's attention: causal grouped-query attention over the KV cache, as numpy_ref.attention
 (sliding windows and ring caches included).
 
 Work items are (kv head, query) pairs: one item scores its query's g = n_heads / n_kv heads against

@@ -1,7 +1,8 @@
 """The NumPy backend: quant.dequantize + `@`. The oracle every other backend is tested against.
 
 It checks its arguments exactly as the compiled backend does (same ValueErrors for the same bad
-input), so code written against it behaves the same on every backend.
+input), so code written against it behaves the same on every backend. It computes what the others
+compute, activation rounding included (matmul_q8, matmul_q16), in float64 where they sum exactly.
 """
 
 import numpy as np
@@ -36,8 +37,7 @@ def check_weight(w, qtype):
     """-> (rows, cols) of a stored weight of qtype."""
     if not isinstance(qtype, str) or qtype not in quant.QTYPES:
         raise ValueError(f"unknown qtype {qtype!r}; expected one of {', '.join(quant.QTYPES)}")
-    block, block_bytes = quant.QTYPES[qtype]
-    dtype = {"f32": np.float32, "f16": np.float16}.get(qtype, np.uint8)
+    block, block_bytes, _, dtype = quant.QTYPES[qtype]
     _check_array(w, "w", dtype)
     rows, width = w.shape
     if block == 1:
@@ -114,6 +114,42 @@ def _matmul_quantized(x, w, qtype, out, bits):
     return out
 
 
+def prepare(w, qtype, bits):
+    """The form of a weight that matmul at `bits` (32, 16, 8) reads: here the weight itself."""
+    check_weight(w, qtype)
+    return w, qtype
+
+
+def attention(q, k_cache, v_cache, start, scale=None, window=0):
+    """Causal grouped-query attention of n new queries at positions [start, start + n) over the cache.
+
+    q: [n, n_heads, hd]; k_cache, v_cache: [n_kv, cap, hd], position t in slot t % cap (a ring when
+    cap is less than the context), holding every position a query sees. scale: of q.k (default
+    1 / sqrt(hd)); window: 0, or each query sees only the `window` latest keys, itself included.
+    -> [n, n_heads * hd]
+    """
+    n, n_heads, hd = q.shape
+    n_kv, cap = k_cache.shape[:2]
+    T = start + n
+    lo = max(0, start - window + 1) if window else 0   # the first key any query sees
+    if T - lo > cap:
+        raise ValueError(f"a cache of {cap} slots cannot hold the {T - lo} keys positions {start}..{T} see")
+    slots = np.arange(lo, T) % cap
+    k, v = k_cache[:, slots], v_cache[:, slots]                              # [n_kv, T - lo, hd]
+    qg = q.reshape(n, n_kv, n_heads // n_kv, hd).transpose(1, 2, 0, 3)       # [n_kv, g, n, hd]
+    scores = qg @ k[:, None].swapaxes(-1, -2)                                # [n_kv, g, n, T - lo]
+    scores *= np.float32(hd ** -0.5 if scale is None else scale)
+    kpos, qpos = np.arange(lo, T)[None, :], (start + np.arange(n))[:, None]
+    mask = (kpos > qpos) | ((qpos - kpos >= window) if window else False)
+    if mask.any():
+        scores[..., mask] = -np.inf
+    scores -= scores.max(axis=-1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=-1, keepdims=True)
+    out = scores @ v[:, None]                                                # [n_kv, g, n, hd]
+    return out.transpose(2, 0, 1, 3).reshape(n, n_heads * hd)
+
+
 def get_rows(w, qtype, ids, out=None):
     """Embedding lookup: float32 [len(ids), cols], row i = W[ids[i]]."""
     cols, ids, out = check_get_rows(w, qtype, ids, out)
@@ -128,6 +164,10 @@ def dequantize(w, qtype):
 
 
 # --- threads (recorded only: NumPy runs its own) -------------------------------------------------
+
+def isa():
+    return None
+
 
 def set_threads(n):
     global _threads

@@ -1,5 +1,9 @@
-"""One module per architecture: a forward pass over explicit weights."""
+"""The model: one weights table (weights.py), one decoder (decoder.py, the reference the C decoder
+mirrors), and one small file per architecture with what is particular to it (names, conversion hooks,
+template default). The architectures' feature rows are in minigpt/config.py."""
 
+from ..config import ARCHITECTURES
 from . import gemma3, llama
 
-FORWARD = {"llama": llama.forward, "gemma3": gemma3.forward}   # by Config.arch
+ARCH_FILES = {"llama": llama, "gemma3": gemma3}   # by Config.arch
+assert set(ARCH_FILES) == set(ARCHITECTURES), "every feature row needs its architecture file"

@@ -1,60 +1,58 @@
-"""The Gemma 3 forward pass: Llama's shape with more norms, GELU, and sliding-window local layers.
+"""The gemma3 architecture: Gemma 3 text models (config.ARCHITECTURES["gemma3"]: the embedding scaled
+by sqrt(dim), q/k head norms, RoPE on halves, post-attention and post-FFN norms, a GELU-tanh gate,
+tied embeddings), with sliding-window local layers that have their own RoPE base. What is particular
+to it lives here: checkpoint names, the Hugging Face class, and what llama.cpp assumes of its GGUFs.
 
-What differs from minigpt/model/llama.py (whose building blocks this reuses), as llama.cpp runs a
-gemma3 GGUF:
-- the token embedding is scaled by sqrt(dim);
-- every query and key head is RMS-normed (q_norm, k_norm, over head_dim) before RoPE, and RoPE
-  rotates halves (x[i], x[i + rope_dim / 2]), not adjacent pairs;
-- q is scaled by cfg.query_scale (1 / sqrt(head_dim) for the small models);
-- local layers (cfg.local_layers, 5 of every 6) attend over the last cfg.sliding_window keys, with
-  RoPE base cfg.rope_theta_local; the global ones over everything, with cfg.rope_theta;
-- the attention and FFN outputs are RMS-normed (post_attn_norm, post_ffn_norm) before their
-  residual adds, and the FFN is gelu_tanh(gate) * up;
-Norm weights are stored as multipliers (Hugging Face's 1 + w), so rms_norm is llama.py's.
+Hugging Face's Gemma RMSNorm multiplies by (1 + w); minigpt stores the multiplier, so the converter
+adds 1 to every norm weight (NORM_PLUS_ONE). q/k rows stay in halves order (no permutation).
 """
 
-import numpy as np
+from ..errors import ConvertError
 
-from ..config import Config
-from .llama import apply_rope, attention, rms_norm, store_kv
+HF_CLASSES = ("Gemma3ForCausalLM",)
+
+PERMUTE_QK = False
+NORM_PLUS_ONE = True
+
+# Careful: Hugging Face's post_attention_layernorm is the norm of the attention output
+# (post_attn_norm); the FFN's input norm is pre_feedforward_layernorm.
+HF_NAMES = {
+    "model.embed_tokens.weight": "tok_embd",
+    "model.norm.weight": "output_norm",
+    "lm_head.weight": "output",
+    "model.layers.{i}.input_layernorm.weight": "layers.{i}.attn_norm",
+    "model.layers.{i}.self_attn.q_proj.weight": "layers.{i}.wq",
+    "model.layers.{i}.self_attn.k_proj.weight": "layers.{i}.wk",
+    "model.layers.{i}.self_attn.v_proj.weight": "layers.{i}.wv",
+    "model.layers.{i}.self_attn.o_proj.weight": "layers.{i}.wo",
+    "model.layers.{i}.self_attn.q_norm.weight": "layers.{i}.q_norm",
+    "model.layers.{i}.self_attn.k_norm.weight": "layers.{i}.k_norm",
+    "model.layers.{i}.post_attention_layernorm.weight": "layers.{i}.post_attn_norm",
+    "model.layers.{i}.pre_feedforward_layernorm.weight": "layers.{i}.ffn_norm",
+    "model.layers.{i}.post_feedforward_layernorm.weight": "layers.{i}.post_ffn_norm",
+    "model.layers.{i}.mlp.gate_proj.weight": "layers.{i}.w_gate",
+    "model.layers.{i}.mlp.up_proj.weight": "layers.{i}.w_up",
+    "model.layers.{i}.mlp.down_proj.weight": "layers.{i}.w_down",
+}
+
+CHAT_TEMPLATE = "gemma"   # the built-in template (minigpt/template.py) when the file carries none
+
+# What llama.cpp assumes of a gemma3 GGUF (its file does not say): 5 local layers, then a global
+# one; local layers use RoPE base 10000; the 27B model (62 layers) scales queries by dim / n_heads.
+LOCAL_PATTERN = 6
+ROPE_THETA_LOCAL = 10000.0
 
 
-def gelu_tanh(x):
-    return 0.5 * x * (1.0 + np.tanh(np.float32(np.sqrt(2.0 / np.pi)) * (x + np.float32(0.044715) * x * x * x)))
-
-
-def forward(cfg: Config, w, kern, cache, ids, start, rope, all_logits=False, precision="exact"):
-    """llama.forward's contract, for arch gemma3."""
-    n, hd = len(ids), cfg.head_dim
-    mm = kern.matmul
-    mm8 = getattr(kern, "matmul_q8", mm) if precision != "exact" else mm
-    mm_fine = mm8 if precision == "fast" else mm   # w_down and the head
-    attend = getattr(kern, "attention", None) or attention
-    x = kern.get_rows(w["tok_embd"].data, w["tok_embd"].qtype, np.asarray(ids, dtype=np.int32))
-    x *= np.float32(np.sqrt(cfg.dim))
-    for i in range(cfg.n_layers):
-        L = lambda name: w[f"layers.{i}.{name}"]
-        h = rms_norm(x, L("attn_norm").data, cfg.norm_eps)
-        q = mm8(h, L("wq").data, L("wq").qtype).reshape(n, cfg.n_heads, hd)
-        k = mm8(h, L("wk").data, L("wk").qtype).reshape(n, cfg.n_kv_heads, hd)
-        v = mm8(h, L("wv").data, L("wv").qtype).reshape(n, cfg.n_kv_heads, hd)
-        q = rms_norm(q, L("q_norm").data, cfg.norm_eps)
-        k = rms_norm(k, L("k_norm").data, cfg.norm_eps)
-        cos, sin = rope[i][0][start:start + n], rope[i][1][start:start + n]
-        apply_rope(q, cos, sin, cfg.rope_dim, neox=True)
-        apply_rope(k, cos, sin, cfg.rope_dim, neox=True)
-        store_kv(cache[0][i], cache[1][i], k, v, start)
-        a = attend(q, cache[0][i], cache[1][i], start, cfg.query_scale, cfg.sliding_window * cfg.is_local(i))
-        x += rms_norm(mm8(a, L("wo").data, L("wo").qtype), L("post_attn_norm").data, cfg.norm_eps)
-
-        h = rms_norm(x, L("ffn_norm").data, cfg.norm_eps)
-        g = mm8(h, L("w_gate").data, L("w_gate").qtype)
-        u = mm8(h, L("w_up").data, L("w_up").qtype)
-        f = mm_fine(np.ascontiguousarray(gelu_tanh(g) * u), L("w_down").data, L("w_down").qtype)
-        x += rms_norm(f, L("post_ffn_norm").data, cfg.norm_eps)
-
-    if not all_logits:
-        x = x[-1:]
-    x = rms_norm(x, w["output_norm"].data, cfg.norm_eps)
-    head = w["tok_embd"] if cfg.tied_embeddings else w["output"]
-    return mm_fine(np.ascontiguousarray(x), head.data, head.qtype)
+def gguf_config(field, n_layers, dim, n_heads):
+    """Config fields a gemma3 GGUF implies beyond the common keys; field(key, default=...) reads
+    'gemma3.' + key."""
+    if field("final_logit_softcapping", default=0.0) or field("attn_logit_softcapping", default=0.0):
+        raise ConvertError("logit soft-capping is not supported")
+    extra = {}
+    window = field("attention.sliding_window", default=0)
+    if window:
+        extra = {"sliding_window": window, "rope_theta_local": ROPE_THETA_LOCAL,
+                 "local_layers": [i for i in range(n_layers) if i % LOCAL_PATTERN < LOCAL_PATTERN - 1]}
+    key_length = field("attention.key_length", default=0) or dim // n_heads
+    extra["query_scale"] = (key_length if n_layers != 62 else dim // n_heads) ** -0.5
+    return extra

@@ -1,12 +1,12 @@
-/* The forward's non-matmul steps: elementwise ops and attention, with per-ISA slots (like kernels.h).
+/* The non-matmul steps of a decoder: elementwise ops and attention, with per-ISA slots (like kernels.h).
  *
- * mg_llama_ops starts with the portable C versions (llama_ops.c); mg_install_llama_avx2
- * (llama_avx2.c), called by mg_cpu_init (cpu.c) on AVX2 CPUs, replaces them once, at import.
+ * mg_lops starts with the portable C versions (ops.c); mg_install_ops_avx2 (ops_avx2.c), called by
+ * mg_cpu_init (cpu.c) on AVX2 CPUs, replaces them once, at import.
  * The attention driver (attention.c) tiles, masks and threads; the slots do its inner loops.
  * Like kernels.h, everything here trusts the sizes it is given.
  */
-#ifndef MINIGPT_LLAMA_OPS_H
-#define MINIGPT_LLAMA_OPS_H
+#ifndef MINIGPT_OPS_H
+#define MINIGPT_OPS_H
 
 #include <stdint.h>
 
@@ -22,7 +22,7 @@ typedef struct {
      * x: (n, heads, hd); cos, sin: (n, rope_dim / 2), rows of the tokens' positions */
     void (*rope)(float *restrict x, int64_t n, int64_t heads, int64_t hd, int64_t rope_dim,
                  const float *restrict cos_t, const float *restrict sin_t);
-    /* the same on pairs (v[p], v[p + rope_dim / 2]) (llama.cpp's NEOX RoPE, Gemma's) */
+    /* the same on pairs (v[p], v[p + rope_dim / 2]) ("NEOX" RoPE: halves, not adjacent pairs) */
     void (*rope_neox)(float *restrict x, int64_t n, int64_t heads, int64_t hd, int64_t rope_dim,
                       const float *restrict cos_t, const float *restrict sin_t);
     /* g = silu(g) * u over m values */
@@ -44,19 +44,19 @@ typedef struct {
     /* s[t] = exp(s[t] - m) for t < tn; returns the sum of the new s (max: returns max(m0, s[..]))  */
     float (*exp_sum)(float *restrict s, int64_t tn, float m);
     float (*max)(const float *restrict s, int64_t tn, float m0);
-} mg_llama_ops;
+} mg_ops;
 
-extern mg_llama_ops mg_lops;
+extern mg_ops mg_lops;
 
-/* llama_avx2.c: put the AVX2 variants in mg_lops; 0 if this build has none */
-int mg_install_llama_avx2(void);
+/* ops_avx2.c: put the AVX2 variants in mg_lops; 0 if this build has none */
+int mg_install_ops_avx2(void);
 
 /* --- attention (attention.c) ------------------------------------------------------------------- */
 
-/* What one layer's attention looks like; Gemma 3 sets scale and, on its local layers, window. */
+/* What one layer's attention looks like. */
 typedef struct {
     int64_t n_heads, n_kv_heads, head_dim; /* n_kv_heads divides n_heads */
-    float scale;    /* multiplies q . k: 1 / sqrt(head_dim) for Llama */
+    float scale;    /* multiplies q . k: usually 1 / sqrt(head_dim) */
     int64_t window; /* 0: query at position p sees keys [0, p]; else [p - window + 1, p] */
 } mg_attn_params;
 
@@ -71,4 +71,26 @@ void mg_attention(const mg_attn_params *ap, const float *q, const float *kc, con
 
 #define MG_ATTN_MAX_HEAD_DIM 1024
 
-#endif /* MINIGPT_LLAMA_OPS_H */
+/* --- the kernel table ------------------------------------------------------------------------------ */
+
+/* out[n, rows] = x[n, cols] @ W^T (mg_matmul's signature) */
+typedef int (*mg_matmul_fn)(const float *restrict x, const void *restrict w, float *restrict out,
+                            int qtype, int64_t n, int64_t rows, int64_t cols);
+
+/* Every kernel a decoder calls, as one table. The decoder (csrc/decoder.c) is built into another
+ * extension module than the kernels, so it reaches them through this table, which _core hands out
+ * in a capsule: one set of kernels, one ISA choice, one thread pool for both modules. */
+typedef struct {
+    mg_matmul_fn matmul;     /* float32 activations */
+    mg_matmul_fn matmul_q8;  /* int8 activation blocks (weights of type | MG_X8 too) */
+    mg_matmul_fn matmul_q16; /* int16 activation blocks over an x8 weight, else float32 */
+    int (*get_rows)(const void *restrict w, int qtype, const int64_t *restrict ids, int64_t n_ids,
+                    int64_t cols, float *restrict out);
+    void (*attention)(const mg_attn_params *ap, const float *q, const float *kc, const float *vc, float *out,
+                      int64_t n, int64_t start, int64_t cap);
+    const mg_ops *ops;       /* the elementwise slots, as installed for this CPU */
+} mg_kernel_table;
+
+extern const mg_kernel_table mg_kernels;
+
+#endif /* MINIGPT_OPS_H */

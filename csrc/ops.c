@@ -1,8 +1,8 @@
-/* Portable C99 versions of the forward's non-matmul slots (llama_ops.h): what non-AVX2 CPUs run, and
- * the plain statement of what each AVX2 variant (llama_avx2.c) computes. */
+/* Portable C99 versions of the decoder's non-matmul slots (ops.h): what non-AVX2 CPUs run, and
+ * the plain statement of what each AVX2 variant (ops_avx2.c) computes. */
 #include <math.h>
 
-#include "llama_ops.h"
+#include "ops.h"
 
 #define LANES 8 /* independent partial sums, so the compiler can vectorize the reductions */
 
@@ -112,5 +112,7 @@ static float max_c(const float *restrict s, int64_t tn, float m0) {
     return mx;
 }
 
-mg_llama_ops mg_lops = {rms_norm_c, rope_c, rope_neox_c, swiglu_c, geglu_c, add_c, exp_c,
+mg_ops mg_lops = {rms_norm_c, rope_c, rope_neox_c, swiglu_c, geglu_c, add_c, exp_c,
                         attn_scores_c, attn_pv_c, exp_sum_c, max_c};
+
+const mg_kernel_table mg_kernels = {mg_matmul, mg_matmul_q8, mg_matmul_q16, mg_get_rows, mg_attention, &mg_lops};

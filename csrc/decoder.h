@@ -1,27 +1,29 @@
-/* The whole forward pass in C, Llama and Gemma 3: one call per batch of tokens, no Python between
- * operations.
+/* A whole decoder forward pass in C: one call per batch of tokens, no Python between operations.
  *
- * Does exactly what minigpt/model/llama.py's and gemma3.py's forwards do (those files are the
- * reference): embedding lookup (scaled for Gemma), per layer RMSNorm, q/k/v matmuls (+ biases for
- * Qwen2), Gemma's q/k head norms, RoPE on adjacent pairs (x[2i], x[2i+1]) or halves (NEOX, Gemma),
+ * It computes what minigpt/model/decoder.py computes (that file is the reference, step for step):
+ * embedding lookup (optionally scaled), then per layer RMSNorm, q/k/v matmuls (+ optional biases),
+ * optional RMSNorm of every q and k head, RoPE on adjacent pairs (x[2i], x[2i+1]) or halves (NEOX),
  * K/V written into the cache, causal grouped-query attention (over a sliding window on local
- * layers), wo (+ Gemma's post-attention norm) + residual, SwiGLU or GELU-gated FFN (+ Gemma's
- * post-FFN norm) + residual; then the final norm and the output head.
+ * layers), wo (+ optional post-attention norm) + residual, a gated FFN, SiLU or GELU-tanh
+ * (+ optional post-FFN norm) + residual; then the final norm and the output head. Which of the
+ * optional steps run, and what each matmul rounds its activations to, the caller decides
+ * (minigpt/engine/_cdecoder.pyx from the architecture's feature row and the precision table).
  *
- * Every buffer is allocated once by mg_llama_create (sized for max_batch tokens); a forward call
- * allocates nothing itself (mg_matmul's prefill path, n >= 3, still mallocs its packing panel).
- * Like kernels.h, this trusts every size and pointer it is given: the caller
- * (minigpt/kernels/_forward.pxi) checks the weights against the config once, and ids, positions and
- * cache shapes on every call. A context is not reentrant: one forward at a time.
+ * The kernels come from the table it is given (ops.h: mg_kernel_table), because they live in another
+ * extension module. Every buffer is allocated once by mg_decoder_create (sized for max_batch tokens);
+ * a forward call allocates nothing itself (mg_matmul's prefill path, n >= 3, still mallocs its packing
+ * panel). Like kernels.h, this trusts every size and pointer it is given: the caller checks the
+ * weights against the config once, the cache once when it is bound, and ids and positions on every
+ * call. A decoder is not reentrant: one forward at a time.
  */
-#ifndef MINIGPT_LLAMA_H
-#define MINIGPT_LLAMA_H
+#ifndef MINIGPT_DECODER_H
+#define MINIGPT_DECODER_H
 
 #include <stdint.h>
 
-#include "kernels.h"
+#include "ops.h"
 
-#define MG_LLAMA_MAX_GROUP 256 /* query heads per kv head (n_heads / n_kv_heads) */
+#define MG_DECODER_MAX_GROUP 256 /* query heads per kv head (n_heads / n_kv_heads) */
 
 typedef struct {
     int64_t dim;        /* residual stream width */
@@ -33,17 +35,18 @@ typedef struct {
     int64_t vocab_size;
     int64_t rope_dim;   /* rotated dims per head: even, <= head_dim */
     float norm_eps;
-    float embed_scale;  /* the token embedding is multiplied by it: 1, or sqrt(dim) for Gemma */
-    float query_scale;  /* multiplies q . k: 1 / sqrt(head_dim) for Llama */
+    float embed_scale;  /* the token embedding is multiplied by it (1: not at all) */
+    float query_scale;  /* multiplies q . k: usually 1 / sqrt(head_dim) */
     int act;            /* enum mg_act: the FFN's act(gate) * up */
     int rope_neox;      /* 0: RoPE pairs (x[2i], x[2i+1]); 1: (x[i], x[i + rope_dim / 2]) */
-} mg_llama_config;
+} mg_decoder_config;
 
 enum mg_act { MG_ACT_SILU = 0, MG_ACT_GELU_TANH = 1 };
 
 typedef struct {
     const void *data; /* stored rows (kernels.h layouts); norms are MG_F32 vectors */
-    int qtype;        /* enum mg_qtype */
+    int qtype;        /* enum mg_qtype, | MG_X8 for a weight in the x8 layout */
+    int bits;         /* a matrix's activations: 32 (float32: matmul), 16 (matmul_q16) or 8 (matmul_q8) */
 } mg_weight;
 
 typedef struct {
@@ -63,15 +66,15 @@ typedef struct {
     int64_t window;             /* 0: attends to every earlier position; else to the last `window` */
     const float *rope_cos;      /* (n_rope, rope_dim / 2): angle of pair i at position p */
     const float *rope_sin;      /* (n_rope, rope_dim / 2) */
-} mg_llama_layer;
+} mg_decoder_layer;
 
 typedef struct {
     mg_weight tok_embd;          /* (vocab_size, dim) */
     mg_weight output_norm;       /* (dim,) f32 */
     mg_weight output;            /* (vocab_size, dim); tok_embd's pointer when the embeddings are tied */
-    const mg_llama_layer *layers; /* (n_layers,): copied by mg_llama_create */
+    const mg_decoder_layer *layers; /* (n_layers,): copied by mg_decoder_create */
     int64_t n_rope;              /* positions covered by the layers' RoPE tables: start + n <= n_rope */
-} mg_llama_weights;
+} mg_decoder_weights;
 
 /* The KV cache, a buffer per layer. Position t of layer l lives in slot t % cap[l]: a global
  * layer has cap >= every position, a sliding-window layer may keep a ring of cap >= window + n - 1
@@ -82,29 +85,14 @@ typedef struct {
     const int64_t *cap; /* (n_layers,) */
 } mg_kv_cache;
 
-/* out[n, rows] = x[n, cols] @ W^T (mg_matmul's signature) */
-typedef int (*mg_matmul_fn)(const float *restrict x, const void *restrict w, float *restrict out,
-                            int qtype, int64_t n, int64_t rows, int64_t cols);
+typedef struct mg_decoder mg_decoder;
 
-/* Which matmul the forward uses. EXACT: mg_matmul, float32 activations (what llama.py computes).
- * FAST: mg_matmul_q8 everywhere, activations quantized to int8 blocks for the block weight types.
- * BALANCED: int8 activations except for the two matmuls most sensitive to them, w_down (its input,
- * silu(gate) * up, has outliers) and the output head, which go through mg_matmul_q16: int16
- * activations over a packed weight, float32 over a plain one. LlamaForward (_forward.pxi) packs
- * w_down but not the head: on SmolLM2 an int16 head costs 0.6 points of top-1 agreement with the f32
- * reference. Agreement: FAST 95.4 %, BALANCED 97.2 %, llama.cpp 96.4 % (docs/fidelity.md). */
-enum mg_matmul_mode { MG_MATMUL_EXACT = 0, MG_MATMUL_FAST = 1, MG_MATMUL_BALANCED = 2 };
+/* A decoder over kt, cfg and w (pointers borrowed: they must outlive it; the layer table is copied)
+ * with scratch for max_batch tokens. NULL if out of memory. */
+mg_decoder *mg_decoder_create(const mg_kernel_table *kt, const mg_decoder_config *cfg, const mg_decoder_weights *w,
+                              int64_t max_batch);
 
-typedef struct mg_llama_ctx mg_llama_ctx;
-
-/* A context over cfg and w (pointers borrowed: they must outlive it) with scratch for max_batch
- * tokens. NULL if out of memory. Starts in MG_MATMUL_EXACT mode. */
-mg_llama_ctx *mg_llama_create(const mg_llama_config *cfg, const mg_llama_weights *w, int64_t max_batch);
-
-void mg_llama_free(mg_llama_ctx *ctx);
-
-/* Returns MG_OK, or MG_EQTYPE for an unknown mode. */
-int mg_llama_set_matmul(mg_llama_ctx *ctx, int mode);
+void mg_decoder_free(mg_decoder *dec);
 
 /* Run ids[0 .. n) at positions [start, start + n), 1 <= n <= max_batch, start + n <= n_rope.
  * kv: positions before start already filled (those each query sees); [start, start + n) are
@@ -112,7 +100,7 @@ int mg_llama_set_matmul(mg_llama_ctx *ctx, int mode);
  * logits_out: (n, vocab_size) if all_logits else (1, vocab_size) for the last token; NULL skips
  *             the final norm and head (an earlier chunk of a long prompt).                   OUT
  * Returns MG_OK or a kernels.h error code (MG_ENOMEM from a matmul). */
-int mg_llama_forward(mg_llama_ctx *ctx, const int64_t *ids, int64_t n, int64_t start, const mg_kv_cache *kv,
+int mg_decoder_forward(mg_decoder *dec, const int64_t *ids, int64_t n, int64_t start, const mg_kv_cache *kv,
                      float *logits_out, int all_logits);
 
-#endif /* MINIGPT_LLAMA_H */
+#endif /* MINIGPT_DECODER_H */

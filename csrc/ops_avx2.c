@@ -1,4 +1,4 @@
-/* AVX2 + FMA variants of the forward's non-matmul slots (llama_ops.h), installed by mg_cpu_init
+/* AVX2 + FMA variants of the decoder's non-matmul slots (ops.h), installed by mg_cpu_init
  * (cpu.c) only on CPUs that have them. Like quants_avx2.c, each function carries a target attribute
  * instead of the file being built with -mavx2.
  *
@@ -13,7 +13,7 @@
  * of 3 rows x 32 outputs in 12 accumulators while the tile's keys stream by. head_dim need not be a
  * multiple of 8: the last partial vector of a row goes through masked loads and stores.
  */
-#include "llama_ops.h"
+#include "ops.h"
 
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
 
@@ -341,7 +341,7 @@ AVX2 static float max_avx2(const float *restrict s, int64_t tn, float m0) {
     return m;
 }
 
-int mg_install_llama_avx2(void) {
+int mg_install_ops_avx2(void) {
     mg_lops.rms_norm = rms_norm_avx2;
     mg_lops.rope = rope_avx2;
     mg_lops.rope_neox = rope_neox_avx2;
@@ -358,6 +358,6 @@ int mg_install_llama_avx2(void) {
 
 #else
 
-int mg_install_llama_avx2(void) { return 0; }
+int mg_install_ops_avx2(void) { return 0; }
 
 #endif

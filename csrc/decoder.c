@@ -1,0 +1,163 @@
+/* The decoder's forward pass (see decoder.h): minigpt/model/decoder.py in C over preallocated buffers.
+ *
+ * Each matmul goes through the kernel its weight's `bits` names (float32, int16 or int8 activations),
+ * using the thread pool; attention too. The elementwise steps (norms, RoPE, gates, residual adds) are
+ * the ops slots (ops.h: portable C, or AVX2 when the CPU has it), single-threaded: next to the matmuls
+ * they are noise.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "decoder.h"
+
+struct mg_decoder {
+    const mg_kernel_table *kern;
+    mg_decoder_config cfg;
+    mg_decoder_weights w;      /* w.layers points at layers below */
+    mg_decoder_layer *layers;  /* (n_layers,) owned copy */
+    int64_t max_batch;
+    /* scratch, max_batch rows each */
+    float *x;     /* (max_batch, dim) residual stream */
+    float *xb;    /* (max_batch, dim) normed input of a matmul */
+    float *xo;    /* (max_batch, dim) output of wo / w_down, added to x */
+    float *q;     /* (max_batch, n_heads * head_dim) */
+    float *qn;    /* (max_batch, n_heads * head_dim) q or k normed per head */
+    float *k, *v; /* (max_batch, n_kv_heads * head_dim) */
+    float *att;   /* (max_batch, n_heads * head_dim) attention output */
+    float *hg;    /* (max_batch, hidden_dim) gate, then silu(gate) * up */
+    float *hu;    /* (max_batch, hidden_dim) up */
+};
+
+/* --- the decoder ---------------------------------------------------------------------------------- */
+
+mg_decoder *mg_decoder_create(const mg_kernel_table *kt, const mg_decoder_config *cfg, const mg_decoder_weights *w,
+                              int64_t max_batch) {
+    mg_decoder *ctx = (mg_decoder *)calloc(1, sizeof *ctx);
+    if (!ctx) return NULL;
+    ctx->kern = kt;
+    ctx->cfg = *cfg;
+    ctx->w = *w;
+    ctx->max_batch = max_batch;
+    ctx->layers = (mg_decoder_layer *)malloc((size_t)cfg->n_layers * sizeof(mg_decoder_layer));
+    const int64_t B = max_batch, qd = cfg->n_heads * cfg->head_dim, kvd = cfg->n_kv_heads * cfg->head_dim;
+    ctx->x = (float *)malloc((size_t)(B * cfg->dim) * sizeof(float));
+    ctx->xb = (float *)malloc((size_t)(B * cfg->dim) * sizeof(float));
+    ctx->xo = (float *)malloc((size_t)(B * cfg->dim) * sizeof(float));
+    ctx->q = (float *)malloc((size_t)(B * qd) * sizeof(float));
+    ctx->qn = (float *)malloc((size_t)(B * (qd > kvd ? qd : kvd)) * sizeof(float));
+    ctx->k = (float *)malloc((size_t)(B * kvd) * sizeof(float));
+    ctx->v = (float *)malloc((size_t)(B * kvd) * sizeof(float));
+    ctx->att = (float *)malloc((size_t)(B * qd) * sizeof(float));
+    ctx->hg = (float *)malloc((size_t)(B * cfg->hidden_dim) * sizeof(float));
+    ctx->hu = (float *)malloc((size_t)(B * cfg->hidden_dim) * sizeof(float));
+    if (!ctx->layers || !ctx->x || !ctx->xb || !ctx->xo || !ctx->q || !ctx->qn || !ctx->k || !ctx->v || !ctx->att ||
+        !ctx->hg || !ctx->hu) {
+        mg_decoder_free(ctx);
+        return NULL;
+    }
+    memcpy(ctx->layers, w->layers, (size_t)cfg->n_layers * sizeof(mg_decoder_layer));
+    ctx->w.layers = ctx->layers;
+    return ctx;
+}
+
+void mg_decoder_free(mg_decoder *ctx) {
+    if (!ctx) return;
+    free(ctx->layers);
+    free(ctx->x);
+    free(ctx->xb);
+    free(ctx->xo);
+    free(ctx->q);
+    free(ctx->qn);
+    free(ctx->k);
+    free(ctx->v);
+    free(ctx->att);
+    free(ctx->hg);
+    free(ctx->hu);
+    free(ctx);
+}
+
+/* --- forward ------------------------------------------------------------------------------------- */
+
+/* out (n, rows) = x (n, cols) @ W^T through the kernel of W's activation bits */
+static int mm(const mg_decoder *ctx, const float *x, const mg_weight *W, float *out, int64_t n, int64_t rows,
+              int64_t cols) {
+    const mg_matmul_fn f = W->bits == 8 ? ctx->kern->matmul_q8 : W->bits == 16 ? ctx->kern->matmul_q16 : ctx->kern->matmul;
+    return f(x, W->data, out, W->qtype, n, rows, cols);
+}
+
+/* x (n, width) += bias (width,) on every row */
+static void add_bias(const mg_ops *ops, float *x, const mg_weight *bias, int64_t n, int64_t width) {
+    for (int64_t i = 0; i < n; i++) ops->add(x + i * width, (const float *)bias->data, width);
+}
+
+/* RMSNorm of each of the rows (n, width) of x in place, through the scratch tmp */
+static void norm_rows(const mg_ops *ops, float *x, const mg_weight *g, float *tmp, int64_t rows, int64_t width,
+                      float eps) {
+    ops->rms_norm(x, (const float *)g->data, tmp, rows, width, eps);
+    memcpy(x, tmp, (size_t)(rows * width) * sizeof(float));
+}
+
+int mg_decoder_forward(mg_decoder *ctx, const int64_t *ids, int64_t n, int64_t start, const mg_kv_cache *kv,
+                       float *logits_out, int all_logits) {
+    const mg_decoder_config *cfg = &ctx->cfg;
+    const mg_decoder_weights *w = &ctx->w;
+    const mg_ops *ops = ctx->kern->ops;
+    const int64_t d = cfg->dim, hd = cfg->head_dim, H = cfg->n_heads, KV = cfg->n_kv_heads;
+    const int64_t qd = H * hd, kvd = KV * hd, hid = cfg->hidden_dim, half = cfg->rope_dim / 2;
+    void (*const rope)(float *, int64_t, int64_t, int64_t, int64_t, const float *, const float *) =
+        cfg->rope_neox ? ops->rope_neox : ops->rope;
+    void (*const act)(float *, const float *, int64_t) = cfg->act == MG_ACT_GELU_TANH ? ops->geglu : ops->swiglu;
+    int err;
+
+    err = ctx->kern->get_rows(w->tok_embd.data, w->tok_embd.qtype, ids, n, d, ctx->x);
+    if (err) return err;
+    if (cfg->embed_scale != 1.0f)
+        for (int64_t j = 0; j < n * d; j++) ctx->x[j] *= cfg->embed_scale;
+    for (int64_t li = 0; li < cfg->n_layers; li++) {
+        const mg_decoder_layer *L = &w->layers[li];
+        const int64_t cap = kv->cap[li];
+        float *kc = kv->k[li], *vc = kv->v[li];
+        const float *cos_t = L->rope_cos + start * half, *sin_t = L->rope_sin + start * half;
+        const mg_attn_params ap = {H, KV, hd, cfg->query_scale, L->window};
+
+        ops->rms_norm(ctx->x, (const float *)L->attn_norm.data, ctx->xb, n, d, cfg->norm_eps);
+        if ((err = mm(ctx, ctx->xb, &L->wq, ctx->q, n, qd, d))) return err;
+        if ((err = mm(ctx, ctx->xb, &L->wk, ctx->k, n, kvd, d))) return err;
+        if ((err = mm(ctx, ctx->xb, &L->wv, ctx->v, n, kvd, d))) return err;
+        if (L->bq.data) {
+            add_bias(ops, ctx->q, &L->bq, n, qd);
+            add_bias(ops, ctx->k, &L->bk, n, kvd);
+            add_bias(ops, ctx->v, &L->bv, n, kvd);
+        }
+        if (L->q_norm.data) {
+            norm_rows(ops, ctx->q, &L->q_norm, ctx->qn, n * H, hd, cfg->norm_eps);
+            norm_rows(ops, ctx->k, &L->k_norm, ctx->qn, n * KV, hd, cfg->norm_eps);
+        }
+        rope(ctx->q, n, H, hd, cfg->rope_dim, cos_t, sin_t);
+        rope(ctx->k, n, KV, hd, cfg->rope_dim, cos_t, sin_t);
+        for (int64_t i = 0; i < n; i++) /* (n, KV, hd) -> cache (KV, cap, hd) at slot (start + i) % cap */
+            for (int64_t j = 0; j < KV; j++) {
+                const int64_t at = (j * cap + (start + i) % cap) * hd;
+                memcpy(kc + at, ctx->k + (i * KV + j) * hd, (size_t)hd * sizeof(float));
+                memcpy(vc + at, ctx->v + (i * KV + j) * hd, (size_t)hd * sizeof(float));
+            }
+        ctx->kern->attention(&ap, ctx->q, kc, vc, ctx->att, n, start, cap);
+        if ((err = mm(ctx, ctx->att, &L->wo, ctx->xo, n, d, qd))) return err;
+        if (L->post_attn_norm.data) norm_rows(ops, ctx->xo, &L->post_attn_norm, ctx->xb, n, d, cfg->norm_eps);
+        ops->add(ctx->x, ctx->xo, n * d);
+
+        ops->rms_norm(ctx->x, (const float *)L->ffn_norm.data, ctx->xb, n, d, cfg->norm_eps);
+        if ((err = mm(ctx, ctx->xb, &L->w_gate, ctx->hg, n, hid, d))) return err;
+        if ((err = mm(ctx, ctx->xb, &L->w_up, ctx->hu, n, hid, d))) return err;
+        act(ctx->hg, ctx->hu, n * hid);
+        if ((err = mm(ctx, ctx->hg, &L->w_down, ctx->xo, n, d, hid))) return err;
+        if (L->post_ffn_norm.data) norm_rows(ops, ctx->xo, &L->post_ffn_norm, ctx->xb, n, d, cfg->norm_eps);
+        ops->add(ctx->x, ctx->xo, n * d);
+    }
+    if (!logits_out) return MG_OK;
+    const int64_t rows = all_logits ? n : 1;
+    const float *xl = ctx->x + (n - rows) * d;
+    ops->rms_norm(xl, (const float *)w->output_norm.data, ctx->xb, rows, d, cfg->norm_eps);
+    return mm(ctx, ctx->xb, &w->output, logits_out, rows, cfg->vocab_size, d);
+}

@@ -1,0 +1,118 @@
+"""Prefill and decode: one model's decoder bound to its weights, a kernel backend and a KV cache."""
+
+import numpy as np
+
+from ..config import Config
+from ..errors import MinigptError
+from ..model import decoder
+from ..model.weights import MATRICES, Weight, head_name
+from .cache import PREFILL_CHUNK, KVCache
+
+try:
+    from ._cdecoder import CDecoder
+except ImportError:   # not built (the kernels' absence is reported by minigpt.kernels)
+    CDecoder = None
+
+# The activations of each matmul, by precision: 32 float32, 16 or 8 quantized to int blocks first.
+# 'balanced', the default, keeps the two matmuls most sensitive to rounding finer: w_down (its input,
+# act(gate) * up, has outliers) at int16 and the output head at float32 (int16 there costs 0.6 points
+# of top-1 agreement on SmolLM2); faster than exact, more faithful than llama.cpp (docs/fidelity.md).
+PRECISIONS = {
+    "exact": {**dict.fromkeys(MATRICES, 32), "output": 32},
+    "balanced": {**dict.fromkeys(MATRICES, 8), "w_down": 16, "output": 32},
+    "fast": {**dict.fromkeys(MATRICES, 8), "output": 8},
+}
+
+
+class ContextFullError(MinigptError):
+    pass
+
+
+class PyDecoder:
+    """minigpt/model/decoder.py over a Python backend (numpy, numba), with CDecoder's interface."""
+
+    def __init__(self, cfg, weights, kern, rope):
+        self.cfg, self.weights, self.kern, self.rope = cfg, weights, kern, rope
+
+    def bind(self, k, v):
+        return k, v
+
+    def forward(self, ids, start, cache, all_logits=False):
+        return decoder.forward(self.cfg, self.weights, self.kern, cache, ids, start, self.rope, all_logits)
+
+
+def prepare_weights(cfg: Config, weights, kern, precision):
+    """{name: Weight} as the decoder reads them at `precision`: each matrix with its activation bits,
+    in the form kern.prepare gives it for them (x8-packed on the compiled backend), and 'output', the
+    head, in its own form (tied embeddings: tok_embd's data, which get_rows still reads as stored)."""
+    bits = PRECISIONS[precision]
+    out = dict(weights)
+    for name, w in weights.items():
+        role = name.rsplit(".", 1)[-1]
+        if role in MATRICES:
+            out[name] = Weight(*kern.prepare(w.data, w.qtype, bits[role]), bits[role])
+    head = weights[head_name(cfg)]
+    out["output"] = Weight(*kern.prepare(head.data, head.qtype, bits["output"]), bits["output"])
+    return out
+
+
+class Engine:
+    """One model's decoder bound to weights, a kernel backend and a cache.
+
+    With the compiled backend the whole forward runs in one C call per chunk (csrc/decoder.c);
+    otherwise minigpt/model/decoder.py runs over the backend's kernels: the same steps, the same
+    activation rounding. precision: 'exact', 'balanced' (default) or 'fast' (PRECISIONS).
+    """
+
+    def __init__(self, cfg: Config, weights, kern, n_ctx, precision="balanced"):
+        if precision not in PRECISIONS:
+            raise MinigptError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
+        self.cfg, self.kern, self.precision = cfg, kern, precision
+        freq = weights["rope_freqs"].data if "rope_freqs" in weights else None
+        self.rope = decoder.layer_ropes(cfg, n_ctx, freq)   # per layer (cos, sin)
+        self.weights = prepare_weights(cfg, weights, kern, precision)
+        self.cache = KVCache(cfg, n_ctx)
+        if kern.name == "c" and CDecoder is not None:
+            self.decoder = CDecoder(cfg, {n: (w.data, w.qtype, w.bits) for n, w in self.weights.items()},
+                                    self.rope, PREFILL_CHUNK)
+        else:
+            self.decoder = PyDecoder(cfg, self.weights, kern, self.rope)
+
+    def reset(self):
+        self.cache.truncate(0)   # stale K/V beyond pos is never read
+
+    def prefill(self, ids, all_logits=False, cache=None, chunk=None, progress=None, cancelled=None):
+        """Append `ids` to the cache (default: the engine's own), a chunk at a time (at most `chunk`).
+
+        Returns logits [len(ids), vocab] if all_logits else [vocab] of the last position; None when
+        cancelled() turned true before a chunk (the chunks before it stay in the cache).
+        progress(done, total) is called after each chunk.
+        """
+        ids = [int(i) for i in ids]
+        if not ids:
+            raise MinigptError("nothing to evaluate: empty token list")
+        bad = [i for i in ids if not 0 <= i < self.cfg.vocab_size]
+        if bad:
+            raise MinigptError(f"token id {bad[0]} out of range (vocabulary size {self.cfg.vocab_size})")
+        c = cache or self.cache
+        if c.pos + len(ids) > c.n_ctx:
+            raise ContextFullError(f"context full: {c.pos} + {len(ids)} tokens > n_ctx {c.n_ctx}")
+        step = min(c.chunk, chunk or c.chunk)
+        bound, outs = c.bound(self.decoder), []
+        for s in range(0, len(ids), step):
+            if cancelled is not None and cancelled():
+                return None
+            part = ids[s:s + step]
+            outs.append(self.decoder.forward(part, c.pos, bound, all_logits))   # the GIL released in C
+            c.tokens.extend(part)
+            if progress:
+                progress(s + len(part), len(ids))
+        logits = np.concatenate(outs) if all_logits else outs[-1][0]
+        if not np.all(np.isfinite(logits)):
+            raise MinigptError("the model produced non-finite values: the file may be corrupt "
+                               "(check it with `minigpt info --verify`)")
+        return logits
+
+    def decode_step(self, token, cache=None):
+        """Append one token to the cache (default: the engine's own); logits [vocab] for the next."""
+        return self.prefill([token], cache=cache)

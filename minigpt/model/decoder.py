@@ -1,0 +1,123 @@
+"""The decoder in NumPy: the reference that csrc/decoder.c computes step for step.
+
+One forward pass serves every architecture (pre-norm blocks, grouped-query attention over RoPE, a
+gated FFN); the Config's feature row switches the steps that differ, and each matrix's activation
+bits (Weight.bits: the engine's precision) pick the kernel it goes through. Matmuls and attention go
+through a kernel backend (minigpt.kernels); norms, RoPE and the gates are NumPy float32, rounded as C
+rounds them (RMSNorm sums squares in float64). Shapes: n = tokens in this call, d = dim,
+hd = head_dim.
+"""
+
+import numpy as np
+
+from ..config import Config
+
+
+# --- building blocks
+
+def rms_norm(x, weight, eps):
+    # x: [..., d] -> [..., d]; the mean square in float64, the scale rounded once to float32
+    ms = np.einsum("...i,...i->...", x, x, dtype=np.float64)[..., None] / x.shape[-1]
+    return x * (1.0 / np.sqrt(ms + eps)).astype(np.float32) * weight
+
+
+def rope_tables(cfg: Config, n_ctx, freq_factors=None, local=False):
+    """cos, sin: [n_ctx, rope_dim // 2], computed in float64 then rounded once. local: the tables of
+    the sliding-window layers (rope_theta_local, no scaling)."""
+    i = np.arange(0, cfg.rope_dim, 2, dtype=np.float64)
+    inv_freq = (cfg.rope_theta_local if local else cfg.rope_theta) ** (-i / cfg.rope_dim)
+    if freq_factors is not None and not local:   # Llama 3 style per-frequency scaling (rope_freqs tensor)
+        inv_freq = inv_freq / freq_factors.astype(np.float64)
+    pos = np.arange(n_ctx, dtype=np.float64)
+    if cfg.rope_scaling.get("type") == "linear" and not local:
+        pos = pos / cfg.rope_scaling["factor"]
+    angles = np.outer(pos, inv_freq)
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+def layer_ropes(cfg: Config, n_ctx, freq_factors=None):
+    """Each layer's (cos, sin): the local tables on sliding-window layers, the global ones elsewhere."""
+    tables = [rope_tables(cfg, n_ctx, freq_factors)]
+    if cfg.local_layers:
+        tables.append(rope_tables(cfg, n_ctx, local=True))
+    return [tables[-1] if cfg.is_local(i) else tables[0] for i in range(cfg.n_layers)]
+
+
+def apply_rope(x, cos, sin, rope_dim, neox=False):
+    """Rotate x: [n, heads, hd] in place on its first rope_dim dims; cos, sin: [n, rope_dim // 2].
+    Pair p is (x[2p], x[2p + 1]), or with neox (x[p], x[p + rope_dim // 2])."""
+    half = rope_dim // 2
+    i0, i1 = (slice(0, half), slice(half, rope_dim)) if neox else (slice(0, rope_dim, 2), slice(1, rope_dim, 2))
+    x0 = x[:, :, i0].copy()
+    x1 = x[:, :, i1]
+    c, s = cos[:, None, :], sin[:, None, :]
+    x[:, :, i0] = x0 * c - x1 * s
+    x[:, :, i1] = x0 * s + x1 * c
+
+
+def store_kv(k_cache, v_cache, k, v, start):
+    """Write k, v: [n, n_kv, hd] of positions [start, start + n) into their slots of one layer's cache."""
+    slots = np.arange(start, start + len(k)) % k_cache.shape[1]
+    k_cache[:, slots] = k.transpose(1, 0, 2)
+    v_cache[:, slots] = v.transpose(1, 0, 2)
+
+
+def silu(x):
+    return x / (np.float32(1) + np.exp(-x))
+
+
+def gelu_tanh(x):
+    # x * sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3)) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+    return x / (np.float32(1) + np.exp(np.float32(-1.5957691216057308) * (x + np.float32(0.044715) * x * x * x)))
+
+
+ACTS = {"silu": silu, "gelu_tanh": gelu_tanh}
+
+
+def matmul(kern, x, w):
+    """x: [n, cols] @ the weight's rows, through the kernel its activation bits name."""
+    fn = kern.matmul_q8 if w.bits == 8 else kern.matmul_q16 if w.bits == 16 else kern.matmul
+    return fn(np.ascontiguousarray(x), w.data, w.qtype)
+
+
+# --- the model
+
+def forward(cfg: Config, w, kern, cache, ids, start, rope, all_logits=False):
+    """Run `ids` at positions [start, start + n), appending their K/V to `cache`.
+
+    w: {name: Weight} (minigpt.model.weights), matrices as kern.prepare() left them for their bits,
+    and 'output' the head (tok_embd itself when the embeddings are tied; engine.Engine sees to it);
+    cache: (k, v), lists of each layer's [n_kv_heads, cap, hd] (engine.KVCache); rope: each layer's
+    (cos, sin) tables (layer_ropes). Returns logits [n, vocab] if all_logits else [1, vocab] (the
+    last position).
+    """
+    f, n, hd, eps = cfg.features, len(ids), cfg.head_dim, cfg.norm_eps
+    act = ACTS[f.act]
+    x = kern.get_rows(w["tok_embd"].data, w["tok_embd"].qtype, np.asarray(ids, dtype=np.int64))   # [n, d]
+    if f.embed_scale:
+        x *= np.float32(cfg.embed_scale)
+    for i in range(cfg.n_layers):
+        L = lambda name: w[f"layers.{i}.{name}"]
+        h = rms_norm(x, L("attn_norm").data, eps)
+        q, k, v = matmul(kern, h, L("wq")), matmul(kern, h, L("wk")), matmul(kern, h, L("wv"))
+        if cfg.qkv_bias:
+            q, k, v = q + L("bq").data, k + L("bk").data, v + L("bv").data
+        q, k, v = q.reshape(n, cfg.n_heads, hd), k.reshape(n, cfg.n_kv_heads, hd), v.reshape(n, cfg.n_kv_heads, hd)
+        if f.qk_norm:
+            q, k = rms_norm(q, L("q_norm").data, eps), rms_norm(k, L("k_norm").data, eps)
+        cos, sin = rope[i][0][start:start + n], rope[i][1][start:start + n]
+        apply_rope(q, cos, sin, cfg.rope_dim, f.rope_neox)
+        apply_rope(k, cos, sin, cfg.rope_dim, f.rope_neox)
+        store_kv(cache[0][i], cache[1][i], k, v, start)
+        a = kern.attention(np.ascontiguousarray(q), cache[0][i], cache[1][i], start, cfg.query_scale, cfg.windows[i])
+        o = matmul(kern, a, L("wo"))
+        x += rms_norm(o, L("post_attn_norm").data, eps) if f.post_norms else o
+
+        h = rms_norm(x, L("ffn_norm").data, eps)
+        g = act(matmul(kern, h, L("w_gate"))) * matmul(kern, h, L("w_up"))
+        o = matmul(kern, g, L("w_down"))
+        x += rms_norm(o, L("post_ffn_norm").data, eps) if f.post_norms else o
+
+    if not all_logits:
+        x = x[-1:]
+    return matmul(kern, rms_norm(x, w["output_norm"].data, eps), w["output"])
