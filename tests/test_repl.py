@@ -10,7 +10,7 @@ import pytest
 
 from minigpt.chatfile import read_header
 
-from subproc import run_minigpt
+from subproc import NEUTRAL_CWD, python_env, run_minigpt
 from synthetic import tiny_llama
 
 pexpect = pytest.importorskip("pexpect")
@@ -33,11 +33,11 @@ class Tape:
 
 
 def spawn(*args, cache, ready=PROMPT):
-    env = {**os.environ, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "MINIGPT_CACHE": str(cache), "NO_COLOR": "1",
-           "TERM": "xterm"}
-    env.pop("MINIGPT_DEBUG", None)
-    p = pexpect.spawn(sys.executable, ["-m", "minigpt", "chat", *map(str, args)], env=env, encoding="utf-8",
-                      timeout=120, dimensions=(40, 200))
+    """`minigpt chat ARGS` in a terminal, on the tests' minigpt (as subproc.run_minigpt runs it)."""
+    env = python_env({"LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "MINIGPT_CACHE": str(cache), "NO_COLOR": "1",
+                      "TERM": "xterm", "MINIGPT_DEBUG": None})
+    p = pexpect.spawn(sys.executable, ["-m", "minigpt", "chat", *map(str, args)], env=env, cwd=NEUTRAL_CWD,
+                      encoding="utf-8", timeout=120, dimensions=(40, 200))
     p.logfile_read = p.tape = Tape()
     p.expect_exact(ready)
     p.startup = p.before
