@@ -9,6 +9,7 @@ import time
 import pytest
 
 from minigpt.chatfile import read_header
+from minigpt.convert import convert
 
 from subproc import NEUTRAL_CWD, python_env, run_minigpt
 from synthetic import tiny_llama
@@ -203,6 +204,17 @@ def test_resume_refuses_a_file_from_another_model(smollm2_mgpt, tmp_path):
     r = run_minigpt("chat", "-m", smollm2_mgpt, "--resume", saved, input="hi\n", timeout=120)
     assert r.returncode == 1 and "saved with another model" in r.stderr and "Traceback" not in r.stderr
     assert json.loads(saved.read_bytes()[16:16 + int.from_bytes(saved.read_bytes()[12:16], "little")])["n_past"] > 0
+
+
+def test_save_into_a_missing_folder_is_one_error_line(tmp_path):
+    tiny_llama(tmp_path / "tiny.gguf")
+    convert(tmp_path / "tiny.gguf", tmp_path / "tiny.mgpt")
+    missing, saved = tmp_path / "no" / "such" / "x.mgchat", tmp_path / "x.mgchat"
+    r = run_minigpt("chat", "-m", tmp_path / "tiny.mgpt", "--max-tokens", "3", timeout=120,
+                    input=f"hello\n/save {missing}\n/save {saved}\n")
+    assert r.returncode == 0 and "Traceback" not in r.stderr and "internal error" not in r.stdout, r.stderr
+    assert f"error: cannot save to {missing}: folder {missing.parent} does not exist\n" in r.stdout
+    assert saved.exists()                                  # and the chat went on
 
 
 def test_readme_quick_start_chats(smollm2_mgpt):
