@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from minigpt import kernels
 from minigpt.chatfile import read_header
 from minigpt.convert import convert
 
@@ -63,6 +64,8 @@ def cache(tmp_path):
 
 def test_english_and_chinese_stream(smollm2_mgpt, cache):
     p = spawn("-m", smollm2_mgpt, "--temperature", "0", "--max-tokens", "60", cache=cache)
+    banner = re.search(r" · (\w+)(?: \(\w+\))?, \d+ threads?", p.startup)
+    assert banner and banner.group(1) == kernels.get_backend().name, p.startup   # the tests' minigpt, not a copy
     out, arrivals = ask(p, "What is the capital of France?")
     assert "Paris" in out
     assert len(arrivals) >= 3 and arrivals[-1] - arrivals[0] > 0.02   # pieces came one by one, over time
