@@ -313,7 +313,8 @@ class ChatSession:
     # --- saving and loading: minigpt/chatfile.py
 
     def save(self, path):
-        """Write the conversation, the KV cache and the sampler state to `path` (atomically)."""
+        """Write the conversation, the KV cache and the sampler state to `path` (atomically). Raises
+        MinigptError (one line) when it cannot be written, e.g. into a folder that does not exist."""
         from . import chatfile
 
         with self._guard():

@@ -49,7 +49,10 @@ def save(chat, path):
     head = _PREFIX.pack(MAGIC, VERSION, len(raw)) + raw
     head += b"\0" * (-len(head) % _ALIGN)
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=path.name + ".", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    except OSError as e:
+        raise MinigptError(_cannot_save(path, e)) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(head)
@@ -58,9 +61,25 @@ def save(chat, path):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         os.unlink(tmp)
+        if isinstance(e, OSError):   # e.g. a full disk, or `path` is a folder
+            raise MinigptError(_cannot_save(path, e)) from None
         raise
+
+
+def _cannot_save(path, e):
+    """One line for an OSError met while saving to `path` (the error itself names the temporary file)."""
+    folder = path.parent
+    if not folder.exists():
+        why = f"folder {folder} does not exist"
+    elif not folder.is_dir():
+        why = f"{folder} is not a folder"
+    elif path.is_dir():
+        why = "it is a folder"
+    else:
+        why = e.strerror or str(e)
+    return f"cannot save to {path}: {why}"
 
 
 def read_header(path):

@@ -158,7 +158,7 @@ def info(model, verify, as_json):
         "tokenizer": {"model": tok.get("model"), "pre": tok.get("pre"), "n_vocab": len(tok.get("tokens", [])),
                       "bos": tok.get("bos_token_id"), "eos": tok.get("eos_token_id")},
         "chat_template": f.chat_template, "backend": kernels.get_backend().name,
-        "isa": getattr(kernels.get_backend(), "isa", lambda: None)(),
+        "isa": getattr(kernels.get_backend(), "isa", lambda: None)(), "compiled_missing": kernels.core_missing(),
     }
     if as_json:
         click.echo(json.dumps(d, ensure_ascii=False, indent=2))
@@ -173,7 +173,8 @@ def info(model, verify, as_json):
     t = d["tokenizer"]
     click.echo(f"tokenizer   {t['model']} ({t['pre']}), {t['n_vocab']} tokens, bos {t['bos']}, eos {t['eos']}")
     click.echo(f"checksums   {d['checksums']}")
-    click.echo(f"backend     {d['backend']}" + (f" ({d['isa']})" if d["isa"] else ""))
+    note = d["isa"] or (d["compiled_missing"] and f"compiled kernels missing: {d['compiled_missing']}")
+    click.echo(f"backend     {d['backend']}" + (f" ({note})" if note else ""))
     click.echo("template    " + ("(none)" if not f.chat_template else ""))
     if f.chat_template:
         click.echo("\n".join("  " + line for line in f.chat_template.splitlines()))

@@ -250,6 +250,24 @@ def test_load_refuses_other_models_and_damage(model, paths, tmp_path):
         ChatSession.load(damaged, model)
 
 
+def test_save_where_it_cannot_be_written_is_one_clear_error(model, tmp_path):
+    chat = model.chat(max_tokens=4, seed=1)
+    reply(chat, "hello")
+    missing = tmp_path / "no" / "such" / "c.mgchat"
+    with pytest.raises(MinigptError) as e:
+        chat.save(missing)
+    assert str(e.value) == f"cannot save to {missing}: folder {missing.parent} does not exist"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(MinigptError, match=r"file/c.mgchat: .*file is not a folder$"):
+        chat.save(tmp_path / "file" / "c.mgchat")
+    (tmp_path / "dir.mgchat").mkdir()
+    with pytest.raises(MinigptError, match=r"dir.mgchat: it is a folder$"):
+        chat.save(tmp_path / "dir.mgchat")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.mgchat", "file"]   # no temp file left behind
+    chat.save(tmp_path / "c.mgchat")                                   # and the session goes on
+    assert ChatSession.load(tmp_path / "c.mgchat", model).history == chat.history
+
+
 # --- cancel and threads
 
 def test_cancel_stops_a_reply_from_another_thread(model):

@@ -1,6 +1,7 @@
 """The command line on tiny synthetic models: outputs, and one-line errors for every kind of bad input."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ import pytest
 from minigpt.format import MgptFile
 
 from synthetic import tiny_llama
-from subproc import run_minigpt
+from subproc import run_minigpt, run_python
 
 
 def run(*args, input=None):
@@ -53,6 +54,40 @@ def test_info_tokenize_generate(tiny):
     assert p.returncode == 0 and len(lines) >= 9, p.stderr
     assert all("%" in line and "|" in line for line in lines[:8])     # one line per token, then the text
     assert "\n".join(lines[8:]) == g.stdout.rstrip("\n")
+
+
+# `python -c NO_CORE ARGS` is `minigpt ARGS` as if the compiled extension had not been built
+NO_CORE = """
+import sys
+class NoCore:
+    def find_spec(self, name, path=None, target=None):
+        if name == "minigpt.kernels._core":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, NoCore())
+sys.argv[0] = "minigpt"
+from minigpt.cli import main
+main()
+"""
+
+
+def run_without_core(*args):
+    r = run_python("-c", NO_CORE, *args, env={"MINIGPT_BACKEND": None}, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+def test_missing_compiled_kernels_are_said_once(tiny):
+    _, out = tiny
+    info, generate = run_without_core("info", out), run_without_core("generate", "-m", out, "-p", "the", "-n", "4")
+    for r in info, generate:
+        said = [line for line in r.stderr.splitlines() if "compiled kernels" in line]
+        assert len(said) == 1, r.stderr
+        assert said[0].startswith("minigpt: the compiled kernels are not available (not built in ")
+        assert "slow numpy backend" in said[0] and "pip install ." in said[0]
+    assert re.search(r"^backend     numpy \(compiled kernels missing: not built in .+\)$", info.stdout, re.M)
+    assert json.loads(run_without_core("info", out, "--json").stdout)["compiled_missing"].startswith("not built in ")
+    r = run_without_core("generate", "-m", out, "-p", "the", "-n", "4", "--backend", "numpy")
+    assert "compiled kernels" not in r.stderr, r.stderr                 # numpy asked for by name: no surprise
 
 
 def test_bad_inputs_are_one_line_errors(tiny, tmp_path):

@@ -19,7 +19,7 @@ import pytest
 
 from minigpt.convert import convert
 
-from subproc import PACKAGE_PARENT
+from subproc import python_env
 from synthetic import tiny_llama
 
 tk = pytest.importorskip("tkinter", reason="tkinter is not available (on Debian: apt-get install python3-tk)")
@@ -258,9 +258,7 @@ def wait_for(condition, what, timeout=120):
 
 @pytest.mark.skipif(not (shutil.which("xdotool") and shutil.which("xwd")), reason="needs xdotool and xwd")
 def test_the_script_under_xvfb(display, smollm2_mgpt, tmp_path):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (PACKAGE_PARENT, os.environ.get("PYTHONPATH"))
-                                                       if p)}
-    app = subprocess.Popen([sys.executable, str(EXAMPLE), "-m", str(smollm2_mgpt)], env=env, cwd=tmp_path,
+    app = subprocess.Popen([sys.executable, str(EXAMPLE), "-m", str(smollm2_mgpt)], env=python_env(), cwd=tmp_path,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def text_lines():

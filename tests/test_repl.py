@@ -8,9 +8,11 @@ import time
 
 import pytest
 
+from minigpt import kernels
 from minigpt.chatfile import read_header
+from minigpt.convert import convert
 
-from subproc import run_minigpt
+from subproc import NEUTRAL_CWD, python_env, run_minigpt
 from synthetic import tiny_llama
 
 pexpect = pytest.importorskip("pexpect")
@@ -33,11 +35,11 @@ class Tape:
 
 
 def spawn(*args, cache, ready=PROMPT):
-    env = {**os.environ, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "MINIGPT_CACHE": str(cache), "NO_COLOR": "1",
-           "TERM": "xterm"}
-    env.pop("MINIGPT_DEBUG", None)
-    p = pexpect.spawn(sys.executable, ["-m", "minigpt", "chat", *map(str, args)], env=env, encoding="utf-8",
-                      timeout=120, dimensions=(40, 200))
+    """`minigpt chat ARGS` in a terminal, on the tests' minigpt (as subproc.run_minigpt runs it)."""
+    env = python_env({"LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "MINIGPT_CACHE": str(cache), "NO_COLOR": "1",
+                      "TERM": "xterm", "MINIGPT_DEBUG": None})
+    p = pexpect.spawn(sys.executable, ["-m", "minigpt", "chat", *map(str, args)], env=env, cwd=NEUTRAL_CWD,
+                      encoding="utf-8", timeout=120, dimensions=(40, 200))
     p.logfile_read = p.tape = Tape()
     p.expect_exact(ready)
     p.startup = p.before
@@ -62,6 +64,8 @@ def cache(tmp_path):
 
 def test_english_and_chinese_stream(smollm2_mgpt, cache):
     p = spawn("-m", smollm2_mgpt, "--temperature", "0", "--max-tokens", "60", cache=cache)
+    banner = re.search(r" · (\w+)(?: \(\w+\))?, \d+ threads?", p.startup)
+    assert banner and banner.group(1) == kernels.get_backend().name, p.startup   # the tests' minigpt, not a copy
     out, arrivals = ask(p, "What is the capital of France?")
     assert "Paris" in out
     assert len(arrivals) >= 3 and arrivals[-1] - arrivals[0] > 0.02   # pieces came one by one, over time
@@ -203,6 +207,17 @@ def test_resume_refuses_a_file_from_another_model(smollm2_mgpt, tmp_path):
     r = run_minigpt("chat", "-m", smollm2_mgpt, "--resume", saved, input="hi\n", timeout=120)
     assert r.returncode == 1 and "saved with another model" in r.stderr and "Traceback" not in r.stderr
     assert json.loads(saved.read_bytes()[16:16 + int.from_bytes(saved.read_bytes()[12:16], "little")])["n_past"] > 0
+
+
+def test_save_into_a_missing_folder_is_one_error_line(tmp_path):
+    tiny_llama(tmp_path / "tiny.gguf")
+    convert(tmp_path / "tiny.gguf", tmp_path / "tiny.mgpt")
+    missing, saved = tmp_path / "no" / "such" / "x.mgchat", tmp_path / "x.mgchat"
+    r = run_minigpt("chat", "-m", tmp_path / "tiny.mgpt", "--max-tokens", "3", timeout=120,
+                    input=f"hello\n/save {missing}\n/save {saved}\n")
+    assert r.returncode == 0 and "Traceback" not in r.stderr and "internal error" not in r.stdout, r.stderr
+    assert f"error: cannot save to {missing}: folder {missing.parent} does not exist\n" in r.stdout
+    assert saved.exists()                                  # and the chat went on
 
 
 def test_readme_quick_start_chats(smollm2_mgpt):

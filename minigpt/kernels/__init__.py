@@ -15,19 +15,25 @@ tensor or architecture is known below this line).
 Backends: 'c' (compiled, minigpt/kernels/_core.pyx over csrc/; the default when it is built),
 'numba' (numba_.py, JIT-compiled; listed when numba is installed, imported on first use since importing
 numba takes ~0.5 s) and 'numpy' (numpy_ref.py, the oracle). Stored weight layouts: minigpt/quant.py.
+When the compiled backend is missing, choosing the default backend says so once on stderr.
 """
 
+import importlib
 import importlib.util
 import os
+import sys
 
 from minigpt.errors import MinigptError
 from minigpt.kernels import numpy_ref
 
 try:
-    from minigpt.kernels import _core
+    _core = importlib.import_module(__name__ + "._core")
+    _core_missing = None
 except ImportError as e:  # not built: python setup.py build_ext --inplace, or pip install .
     _core = None
-    _core_error = e
+    _core_missing = (f"not built in {os.path.dirname(os.path.abspath(__file__))}"
+                     if isinstance(e, ModuleNotFoundError) and e.name == __name__ + "._core"
+                     else " ".join(str(e).split()))   # e.g. built for another Python: one line
 
 ENV_VAR = "MINIGPT_BACKEND"
 PROTOCOL = ("name", "isa", "matmul", "matmul_q8", "matmul_q16", "prepare", "attention", "get_rows", "dequantize",
@@ -49,10 +55,32 @@ def default_backend():
     return "c" if "c" in _BACKENDS else "numpy"
 
 
+def core_missing():
+    """Why the compiled backend cannot be imported here (one line), or None when it can."""
+    return _core_missing
+
+
+_warned = False
+
+
+def _warn_once():
+    # a missing build makes every token much slower: say so when it starts mattering, never in silence
+    global _warned
+    if _core_missing is not None and not _warned:
+        _warned = True
+        print(f"minigpt: the compiled kernels are not available ({_core_missing}); running on the slow numpy "
+              "backend. Reinstall with `pip install .` (or build in place: python setup.py build_ext --inplace)",
+              file=sys.stderr, flush=True)
+
+
 def get_backend(name=None):
-    """The backend module called `name`; None reads $MINIGPT_BACKEND, else the default."""
+    """The backend module called `name`; None reads $MINIGPT_BACKEND, else the default (with a warning on
+    stderr, once, when the default is numpy because the compiled kernels are missing)."""
     if name is None:
-        name = os.environ.get(ENV_VAR) or default_backend()
+        name = os.environ.get(ENV_VAR)
+        if not name:
+            name = default_backend()
+            _warn_once()
     if name in _BACKENDS and _BACKENDS[name] is None:  # numba: imported on first use
         try:
             from minigpt.kernels import numba_
@@ -62,6 +90,6 @@ def get_backend(name=None):
     if name in _BACKENDS:
         return _BACKENDS[name]
     if name == "c":
-        raise MinigptError(f"the compiled backend 'c' is not built ({_core_error}); "
+        raise MinigptError(f"the compiled backend 'c' is not built ({_core_missing}); "
                            f"available: {', '.join(available_backends())}")
     raise MinigptError(f"unknown kernel backend {name!r}; available: {', '.join(available_backends())}")
