@@ -9,17 +9,17 @@
 The other engines run in venvs of their own (never minigpt dependencies), named by environment variables
 or flags:
 
-    python -m venv LLAMA && LLAMA/bin/pip install llama-cpp-python numpy    # builds llama.cpp: needs cmake, a C++ compiler
-    python -m venv HF && HF/bin/pip install torch transformers gguf         # transformers reads GGUFs through gguf
-    export MINIGPT_LLAMA_PYTHON=$PWD/LLAMA/bin/python MINIGPT_HF_PYTHON=$PWD/HF/bin/python   # or --llama-python, --hf-python
+    python -m venv LLAMA && LLAMA/bin/pip install llama-cpp-python numpy  # builds llama.cpp: cmake, a C++ compiler
+    python -m venv HF && HF/bin/pip install torch transformers gguf       # transformers reads GGUFs through gguf
+    export MINIGPT_LLAMA_PYTHON=$PWD/LLAMA/bin/python MINIGPT_HF_PYTHON=$PWD/HF/bin/python  # or the flags
 
 --gguf is what llama.cpp (and transformers) read; minigpt reads --mgpt, by default the GGUF's conversion
 in the bench cache: <stem>.mgpt for the default SmolLM2 Q4_0 file (bench/make_model.py makes it), and for
 any other GGUF <stem>.<quant>.mgpt (--quant, default: the converter's choice, "default"), converted by
 `minigpt convert` on first use. Rows that are not minigpt's need no .mgpt.
 
-Each round runs every engine once per thread count, in a fixed order (llama.cpp, minigpt, then the optional
-rows), so slow drifts of a shared machine hit all of them alike. Every measurement is a new process: load
+Each round runs every engine once per thread count, in a fixed order (--engines': llama.cpp, minigpt, then the
+optional rows), so slow drifts of a shared machine hit all of them alike. Every measurement is a new process: load
 (timed), an untimed warm-up, prefill of p fixed ids from an empty cache, n greedy single-token decode steps
 (minigpt/bench.py; bench/llama_worker.py and bench/hf_worker.py are its twins). Printed per thread count:
 median [min, max] over rounds of prefill and decode tok/s, load seconds and peak RSS, with the ratio

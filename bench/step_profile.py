@@ -136,7 +136,8 @@ def report(r):
     lines += [f"{t['tottime_us']:14.1f} {t['cumtime_us']:10.1f} {t['calls']:6.1f}  {t['function']}" for t in p["top"]]
     if "perf" in r:
         cpu = r["perf"]["cpu_ms"]
-        lines.append(f"perf        wall {r['perf']['wall_ms']:.3f} ms/step; CPU {sum(cpu.values()):.3f} ms/step, by library:")
+        lines.append(f"perf        wall {r['perf']['wall_ms']:.3f} ms/step; CPU {sum(cpu.values()):.3f} ms/step, "
+                     "by library:")
         lines += [f"{ms:14.3f}  {dso}" for dso, ms in sorted(cpu.items(), key=lambda kv: -kv[1])]
     return "\n".join(lines)
 
