@@ -80,8 +80,11 @@ def perf(m, ids, toks):
         data = os.path.join(d, "perf.data")
         m.reset()
         m.eval(ids)
-        rec = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "10000", "-p", str(os.getpid()),
-                                "-o", data], stdout=subprocess.DEVNULL)
+        try:
+            rec = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "10000", "-p", str(os.getpid()),
+                                    "-o", data], stdout=subprocess.DEVNULL)
+        except FileNotFoundError:
+            raise SystemExit("--perf needs Linux perf on PATH") from None
         time.sleep(1.0)                 # let perf attach; an idle process gives no cpu-clock samples
         t0 = time.perf_counter()
         for tok in toks:
