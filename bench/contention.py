@@ -1,7 +1,7 @@
 """Decode speed at 2 threads while other processes keep cores busy: minigpt (and llama.cpp) with and without competitors.
 
     python bench/contention.py                                # 5 rounds, 0 and 1 competitor, minigpt and llama.cpp
-    python bench/contention.py --competitors 0,1,2 --rounds 9 --baseline /tmp/mg-base
+    python bench/contention.py --competitors 0,1,2 --rounds 9 --baseline DIR
 
 A competitor is a `python -c "while True: pass"` process started just before a measurement and killed right after
 it (--pin N pins competitors to CPU N, else the scheduler places them). Each round runs every engine once per
@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import CACHE, LLAMA_PY, ROOT, _command, _flat, _spread, machine  # noqa: E402
+from compare import CACHE, LLAMA_PY, ROOT, _command, _empty_dir, _flat, _missing, _spread, machine  # noqa: E402
 
 MGPT = CACHE / "models" / "smollm2-135m-instruct.mgpt"
 GGUF = CACHE / "gguf" / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -54,13 +54,14 @@ def measure(engine, a):
     """The flat result dict, or a one-line reason it could not run. engine: 'llama.cpp', 'minigpt' or 'minigpt@DIR'."""
     name, _, tree = engine.partition("@")
     cmd = _command(name, a, a.threads)
-    if not Path(cmd[0]).exists() and os.sep in cmd[0]:
-        return f"{cmd[0]} not found"
+    why = _missing(name, cmd)
+    if why:
+        return why
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [tree or str(ROOT), os.environ.get("PYTHONPATH")])))
     env.pop("MINIGPT_BACKEND", None)
     procs = start_competitors(a.n_busy, a.pin)
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd="/tmp")
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=_empty_dir().name)
     finally:
         stop_competitors(procs)
     if r.returncode != 0:

@@ -1,6 +1,6 @@
 """One Hugging Face transformers + torch float32 measurement ("what a user would pick instead"); prints JSON.
 
-    /work/venvs/hf/bin/python bench/hf_worker.py -m ~/.cache/minigpt/bench/SmolLM2-135M-Instruct.Q4_0.gguf -t 1
+    $MINIGPT_HF_PYTHON bench/hf_worker.py -m ~/.cache/minigpt/bench/SmolLM2-135M-Instruct.Q4_0.gguf -t 1
 
 transformers dequantizes the GGUF to float32 at load (so load time includes that), then runs the same protocol
 as minigpt/bench.py: an untimed warm-up, prefill of p fixed ids from an empty cache in one forward, and n greedy

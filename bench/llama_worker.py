@@ -1,6 +1,6 @@
 """One llama.cpp measurement, the twin of `minigpt bench --json -r 1`; prints one JSON object on stdout.
 
-    /work/venvs/llama/bin/python bench/llama_worker.py -m ~/.cache/minigpt/bench/SmolLM2-135M-Instruct.Q4_0.gguf -t 1
+    $MINIGPT_LLAMA_PYTHON bench/llama_worker.py -m ~/.cache/minigpt/bench/SmolLM2-135M-Instruct.Q4_0.gguf -t 1
 
 Same protocol as minigpt/bench.py: load (timed), an untimed warm-up, then prefill of p fixed ids from an empty
 cache in one call (n_batch >= p) and n greedy single-token decode steps after a 1-token prompt; the KV cache

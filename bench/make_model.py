@@ -3,7 +3,7 @@
 Q4_0 is the type llama.cpp's CPU kernels are best at, so it is the fair ground for a speed comparison.
 Both runtimes then read the same weights: llama.cpp the GGUF, minigpt its lossless .mgpt copy.
 
-    /work/venvs/llama/bin/python bench/make_model.py        # needs llama-cpp-python (never a minigpt dependency)
+    $MINIGPT_LLAMA_PYTHON bench/make_model.py        # a venv with llama-cpp-python (see bench/compare.py), never a minigpt dependency
 
 Input:   ~/.cache/minigpt/gguf/SmolLM2-135M-Instruct.Q4_1.gguf  (`minigpt pull smollm2-135m-instruct` fetches it)
 Outputs: ~/.cache/minigpt/bench/SmolLM2-135M-Instruct.Q4_0.gguf
