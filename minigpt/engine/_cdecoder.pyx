@@ -70,6 +70,8 @@ cdef extern from "decoder.h" nogil:
 _ACTS = {"silu": MG_ACT_SILU, "gelu_tanh": MG_ACT_GELU_TANH}
 _CODES = {name: t.code for name, t in quant.QTYPES.items()}
 
+if _core is None:
+    raise ImportError("the compiled kernels (minigpt.kernels._core) are not available")
 cdef const mg_kernel_table *_kernels = <const mg_kernel_table *>PyCapsule_GetPointer(
     _core.kernel_table, b"minigpt.kernels._core.kernel_table")
 

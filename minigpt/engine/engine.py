@@ -2,16 +2,16 @@
 
 import numpy as np
 
+from .. import kernels
 from ..config import Config
 from ..errors import MinigptError
 from ..model import decoder
 from ..model.weights import MATRICES, Weight, head_name
 from .cache import PREFILL_CHUNK, KVCache
 
-try:
+CDecoder = None
+if kernels.core_missing() is None:   # the C decoder runs on the compiled kernels (their absence is said there)
     from ._cdecoder import CDecoder
-except ImportError:   # not built (the kernels' absence is reported by minigpt.kernels)
-    CDecoder = None
 
 # The activations of each matmul, by precision: 32 float32, 16 or 8 quantized to int blocks first.
 # 'balanced', the default, keeps the two matmuls most sensitive to rounding finer: w_down (its input,
@@ -108,7 +108,7 @@ class Engine:
             if progress:
                 progress(s + len(part), len(ids))
         logits = np.concatenate(outs) if all_logits else outs[-1][0]
-        if not np.all(np.isfinite(logits)):
+        if not np.isfinite(logits).all():
             raise MinigptError("the model produced non-finite values: the file may be corrupt "
                                "(check it with `minigpt info --verify`)")
         return logits

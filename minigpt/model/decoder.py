@@ -63,12 +63,14 @@ def store_kv(k_cache, v_cache, k, v, start):
 
 
 def silu(x):
-    return x / (np.float32(1) + np.exp(-x))
+    with np.errstate(over="ignore"):   # exp(-x) = inf for very negative x: x / inf = -0, as in C
+        return x / (np.float32(1) + np.exp(-x))
 
 
 def gelu_tanh(x):
     # x * sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3)) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
-    return x / (np.float32(1) + np.exp(np.float32(-1.5957691216057308) * (x + np.float32(0.044715) * x * x * x)))
+    with np.errstate(over="ignore"):
+        return x / (np.float32(1) + np.exp(np.float32(-1.5957691216057308) * (x + np.float32(0.044715) * x * x * x)))
 
 
 ACTS = {"silu": silu, "gelu_tanh": gelu_tanh}
