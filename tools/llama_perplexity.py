@@ -1,7 +1,7 @@
 """llama.cpp's chunked perplexity of a text file, computed with llama-cpp-python (which ships no
 llama-perplexity binary), to compare with `minigpt perplexity`. Does not import minigpt.
 
-    /work/venvs/llama/bin/python tools/llama_perplexity.py -m MODEL.gguf -f TEXT [--ctx 512] [--chunks N]
+    $MINIGPT_LLAMA_VENV/bin/python tools/llama_perplexity.py -m MODEL.gguf -f TEXT [--ctx 512] [--chunks N]
 
 The same procedure as llama.cpp's tools/perplexity/perplexity.cpp (`perplexity()`, no --ppl-stride):
 tokenize the whole file (BOS if the vocabulary adds it, control-token texts as plain text); cut it

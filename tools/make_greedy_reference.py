@@ -4,8 +4,8 @@ minigpt's f32 path must reproduce them token for token (tests/test_smollm2.py). 
 come from llama.cpp's tokenizer, stored in tests/fixtures/smollm2_tokens.json's corpus tool run; to
 stay independent of minigpt this script tokenizes with llama-cpp-python in a first stage:
 
-    /work/venvs/llama/bin/python tools/make_greedy_reference.py ids   # prompts -> ids (llama.cpp)
-    /work/venvs/hf/bin/python    tools/make_greedy_reference.py hf    # ids -> greedy ids (transformers)
+    $MINIGPT_LLAMA_VENV/bin/python tools/make_greedy_reference.py ids   # prompts -> ids (llama.cpp)
+    $MINIGPT_HF_VENV/bin/python    tools/make_greedy_reference.py hf    # ids -> greedy ids (transformers)
 
 Output: tests/fixtures/smollm2_greedy_hf.json: [{"prompt", "ids", "greedy"}], at most 40 new tokens,
 stopping at EOS (id 2, <|im_end|>).

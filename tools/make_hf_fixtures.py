@@ -1,7 +1,7 @@
 """Tiny random Hugging Face checkpoints, one per architecture `minigpt convert DIR` reads, with
 transformers' own logits and the tokenizers' own ids as the reference (tests/test_hf.py).
 
-    /work/venvs/hf/bin/python tools/make_hf_fixtures.py [OUT_DIR]     # default: tests/fixtures/hf
+    $MINIGPT_HF_VENV/bin/python tools/make_hf_fixtures.py [OUT_DIR]     # default: tests/fixtures/hf
 
 Runs in a virtual environment with torch, transformers, tokenizers and sentencepiece; it does not
 import minigpt. Writes OUT_DIR/<name>/ for each model below: the folder transformers saves

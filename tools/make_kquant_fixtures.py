@@ -3,9 +3,9 @@
 gguf-py (`gguf.quants.dequantize`) is llama.cpp's own NumPy reference. It is not a minigpt
 dependency: this runs in its own venv and does not import minigpt.
 
-    python -m venv /work/venvs/gguf && /work/venvs/gguf/bin/pip install gguf numpy
-    /work/venvs/gguf/bin/python tools/make_kquant_fixtures.py                 # random blocks
-    /work/venvs/gguf/bin/python tools/make_kquant_fixtures.py --check GGUF    # a real file's digests
+    python -m venv GGUF_VENV && GGUF_VENV/bin/pip install gguf numpy
+    GGUF_VENV/bin/python tools/make_kquant_fixtures.py                 # random blocks
+    GGUF_VENV/bin/python tools/make_kquant_fixtures.py --check GGUF    # a real file's digests
 
 Outputs:
   tests/fixtures/kquants_reference.npz, per type T in TYPES:

@@ -7,9 +7,9 @@ corpus (tests/fixtures/fidelity_corpus.json, plus fidelity_corpus_gemma3.json fo
 
 Each stage runs in its own venv (the two stacks do not share one), and none imports minigpt:
 
-    /work/venvs/llama/bin/python tools/make_reference.py llama [--model-name gemma3]   # tokenize + llama.cpp logits
-    /work/venvs/hf/bin/python tools/make_reference.py hf [--model-name gemma3]         # transformers f32, same ids
-    /work/venvs/hf/bin/python tools/make_reference.py combine [--model-name gemma3]    # -> tests/fixtures/*.npz, *.json
+    $MINIGPT_LLAMA_VENV/bin/python tools/make_reference.py llama [--model-name gemma3]   # tokenize + llama.cpp logits
+    $MINIGPT_HF_VENV/bin/python tools/make_reference.py hf [--model-name gemma3]         # transformers f32, same ids
+    $MINIGPT_HF_VENV/bin/python tools/make_reference.py combine [--model-name gemma3]    # -> tests/fixtures/*.npz, *.json
 
 Options (all stages): --model-name smollm2|gemma3 (the preset: GGUF, corpus, fixture names and
 the model's settings; default smollm2), --model PATH (another copy of the preset's GGUF),

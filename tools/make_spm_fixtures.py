@@ -3,7 +3,7 @@
 Ground truth for tests/test_spm.py. Runs under a Python that has llama-cpp-python (it does not import
 minigpt), from the repo root:
 
-    /work/venvs/llama/bin/python tools/make_spm_fixtures.py [path/to/gemma-3-270m-q4_k_m.gguf]
+    $MINIGPT_LLAMA_VENV/bin/python tools/make_spm_fixtures.py [path/to/gemma-3-270m-q4_k_m.gguf]
 
 The GGUF defaults to the minigpt cache (~/.cache/minigpt/gguf/, or $MINIGPT_CACHE/gguf/). The texts
 are tests/fixtures/tokenizer_corpus.json (shared with the BPE fixtures) plus GEMMA_TEXTS below. For

@@ -3,7 +3,7 @@
 Ground truth for tests/test_tokenizer.py. Runs under a Python that has llama-cpp-python (it does not
 import minigpt), from the repo root:
 
-    /work/venvs/llama/bin/python tools/make_tokenizer_fixtures.py [path/to/SmolLM2-135M-Instruct.Q4_1.gguf]
+    $MINIGPT_LLAMA_VENV/bin/python tools/make_tokenizer_fixtures.py [path/to/SmolLM2-135M-Instruct.Q4_1.gguf]
 
 The GGUF defaults to the minigpt cache (~/.cache/minigpt/src/, or $MINIGPT_CACHE/src/). For every
 corpus text it records llama_tokenize's ids with parse_special off and on (no BOS), and
