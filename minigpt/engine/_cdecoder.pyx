@@ -77,21 +77,8 @@ cdef const mg_kernel_table *_kernels = <const mg_kernel_table *>PyCapsule_GetPoi
 
 
 cdef cnp.ndarray _check_f32(object a, str what, tuple shape, int writeable=False):
-    """a must be a C-contiguous, aligned float32 ndarray of exactly `shape`."""
-    if not isinstance(a, cnp.ndarray):
-        raise ValueError(f"{what} must be a numpy array, got {type(a).__name__}")
-    cdef cnp.ndarray arr = <cnp.ndarray>a
-    if cnp.PyArray_TYPE(arr) != cnp.NPY_FLOAT32 or not cnp.PyArray_ISNOTSWAPPED(arr):
-        raise ValueError(f"{what} must have dtype float32, got {a.dtype}")
-    if a.shape != shape:
-        raise ValueError(f"{what} has shape {a.shape}, expected {shape}")
-    if not cnp.PyArray_IS_C_CONTIGUOUS(arr):
-        raise ValueError(f"{what} must be C-contiguous (use np.ascontiguousarray)")
-    if not cnp.PyArray_ISALIGNED(arr):
-        raise ValueError(f"{what} is not aligned for float32")
-    if writeable and not cnp.PyArray_ISWRITEABLE(arr):
-        raise ValueError(f"{what} is read-only")
-    return arr
+    """a must be a C-contiguous, aligned float32 ndarray of exactly `shape` (the kernels' own check)."""
+    return _core.check_array(a, what, np.float32, shape, writeable)
 
 
 cdef class _Bound
@@ -232,7 +219,7 @@ cdef class CDecoder:
             if rows_cols != shape:
                 raise ValueError(f"{name} has logical shape {rows_cols}, expected {shape}")
             arr = data
-            out.qtype = _CODES[qtype[:-2] if packed else qtype] | (MG_X8 if packed else 0)
+            out.qtype = _CODES[qtype[:len(qtype) - 2] if packed else qtype] | (MG_X8 if packed else 0)
         out.bits = bits
         self._keep.append(arr)
         out.data = cnp.PyArray_DATA(<cnp.ndarray>arr)

@@ -121,21 +121,30 @@ cdef int _overlap(cnp.ndarray a, cnp.ndarray b):
     return a0 < b1 and b0 < a1 and a0 != a1 and b0 != b1
 
 
-cdef cnp.ndarray _check_array(object a, str what, object dtype, int writeable=False):
-    """a must be a 2-D, C-contiguous, aligned ndarray of dtype."""
+cdef cnp.ndarray _check_array(object a, str what, object dtype, int writeable=False, int ndim=2):
+    """a must be an `ndim`-D, C-contiguous, aligned ndarray of dtype."""
     if not isinstance(a, cnp.ndarray):
         raise ValueError(f"{what} must be a numpy array, got {type(a).__name__}")
     cdef cnp.ndarray arr = <cnp.ndarray>a
     if cnp.PyArray_TYPE(arr) != dtype.num or not cnp.PyArray_ISNOTSWAPPED(arr):
         raise ValueError(f"{what} must have dtype {dtype}, got {a.dtype}")
-    if arr.ndim != 2:
-        raise ValueError(f"{what} must be 2-D, got shape {a.shape}")
+    if arr.ndim != ndim:
+        raise ValueError(f"{what} must be {ndim}-D, got shape {a.shape}")
     if not cnp.PyArray_IS_C_CONTIGUOUS(arr):
         raise ValueError(f"{what} must be C-contiguous (use np.ascontiguousarray)")
     if not cnp.PyArray_ISALIGNED(arr):
         raise ValueError(f"{what} is not aligned for {dtype}")
     if writeable and not cnp.PyArray_ISWRITEABLE(arr):
         raise ValueError(f"{what} is read-only")
+    return arr
+
+
+def check_array(a, what, dtype, shape, writeable=False):
+    """a, checked to be a C-contiguous, aligned, native ndarray of dtype and exactly `shape` (and writeable):
+    the boundary check of this module, for the C decoder's wrapper (minigpt/engine/_cdecoder.pyx)."""
+    arr = _check_array(a, what, np.dtype(dtype), writeable, len(shape))
+    if a.shape != tuple(shape):
+        raise ValueError(f"{what} has shape {a.shape}, expected {tuple(shape)}")
     return arr
 
 
@@ -165,7 +174,7 @@ def check_weight(w, qtype):
 
 cdef tuple _check_packed(object w, str qtype):
     """-> (array, code | MG_X8, rows, cols) for a weight packed by pack_x8 as `qtype` ('q4_0x8', ...)."""
-    base = qtype[:-2]
+    base = qtype[:len(qtype) - 2]
     cdef int code = _QTYPES[base][0]
     if not mg_x8_supported(code):
         raise ValueError(f"{qtype} weights need x8 kernels, which the {isa()} instruction set lacks")
@@ -370,27 +379,14 @@ def prepare(w, qtype, bits):
     return w, qtype
 
 
-cdef cnp.ndarray _f32_array(object a, str what, int ndim):
-    """a must be a C-contiguous, aligned, native float32 ndarray of `ndim` dimensions."""
-    if not isinstance(a, cnp.ndarray):
-        raise ValueError(f"{what} must be a numpy array, got {type(a).__name__}")
-    cdef cnp.ndarray arr = <cnp.ndarray>a
-    if cnp.PyArray_TYPE(arr) != cnp.NPY_FLOAT32 or not cnp.PyArray_ISNOTSWAPPED(arr):
-        raise ValueError(f"{what} must have dtype float32, got {a.dtype}")
-    if arr.ndim != ndim:
-        raise ValueError(f"{what} must be {ndim}-D, got shape {a.shape}")
-    if not cnp.PyArray_IS_C_CONTIGUOUS(arr) or not cnp.PyArray_ISALIGNED(arr):
-        raise ValueError(f"{what} must be C-contiguous and aligned (use np.ascontiguousarray)")
-    return arr
-
-
 def attention(q, k_cache, v_cache, start, scale=None, window=0):
     """Causal grouped-query attention of n new queries at positions [start, start + n) over the cache
     (numpy_ref.attention's contract). q: float32 [n, n_heads, hd]; caches float32 [n_kv, cap, hd],
     position t in slot t % cap -> [n, n_heads * hd]."""
-    cdef cnp.ndarray qa = _f32_array(q, "q", 3)
-    cdef cnp.ndarray ka = _f32_array(k_cache, "k_cache", 3)
-    cdef cnp.ndarray va = _f32_array(v_cache, "v_cache", 3)
+    f32 = np.dtype(np.float32)
+    cdef cnp.ndarray qa = _check_array(q, "q", f32, False, 3)
+    cdef cnp.ndarray ka = _check_array(k_cache, "k_cache", f32, False, 3)
+    cdef cnp.ndarray va = _check_array(v_cache, "v_cache", f32, False, 3)
     cdef int64_t n = qa.shape[0], hd = qa.shape[2], cap = ka.shape[1]
     cdef mg_attn_params ap
     if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or \
