@@ -37,7 +37,8 @@ from numba.extending import intrinsic
 
 from minigpt import quant
 from minigpt.kernels import numba_attention, numba_decode
-from minigpt.kernels.numpy_ref import check_get_rows, check_matmul, check_weight, prepare  # noqa: F401 (prepare)
+from minigpt.kernels import numpy_ref
+from minigpt.kernels.numpy_ref import check_get_rows, check_matmul, check_weight
 
 name = "numba"
 
@@ -332,6 +333,11 @@ def matmul_q8(x, w, qtype, out=None):
     threads = min(_threads, (rows + NR - 1) // NR)
     _launch(numba_decode.matmul_serial, numba_decode.matmul_parallel, threads, q, d, s, _bytes(w), code, wd, wm, out)
     return out
+
+
+def prepare(w, qtype, bits):
+    """The form of a weight that matmul at `bits` reads: the weight itself (the dots read stored bytes)."""
+    return numpy_ref.prepare(w, qtype, bits)
 
 
 def matmul_q16(x, w, qtype, out=None):
