@@ -1,5 +1,8 @@
 """Hugging Face folder -> minigpt config and tensors: config.json, safetensors weights, tokenizer files.
 
+What is particular to an architecture (its classes, tensor names, config keys and defaults) is in its
+file, minigpt/model/<arch>.py; this module reads what they have in common.
+
 What a folder must hold (docs/convert.md):
 - config.json naming one of the architectures below;
 - model.safetensors, or shards listed by model.safetensors.index.json (read by .safetensors);
@@ -31,7 +34,6 @@ from .safetensors import Checkpoint, SafeTensor
 ARCHITECTURES = {cls: arch for arch, f in ARCH_FILES.items() for cls in f.HF_CLASSES}
 # safetensors dtype -> (minigpt qtype the bits already are, or None; the type it counts as for the default)
 _WEIGHT_DTYPES = {"F32": ("f32", "f32"), "F16": ("f16", "f16"), "BF16": (None, "f16")}
-_LLAMA_ACT, _GEMMA_ACT = "silu", "gelu_pytorch_tanh"
 
 
 def is_hf_folder(path) -> bool:
@@ -132,7 +134,7 @@ def llama3_rope_factors(p: dict, theta: float, rope_dim: int, context_length: in
     return np.asarray(out, dtype=np.float32)
 
 
-def _local_layers(hp, n_layers, arch, folder):
+def _local_layers(hp, n_layers, cls, folder):
     """Indices of the sliding-window layers, from layer_types or the architecture's older keys."""
     types = hp.get("layer_types")
     if types is not None:
@@ -141,17 +143,8 @@ def _local_layers(hp, n_layers, arch, folder):
             raise ConvertError(f"{folder}/config.json: layer_types must list 'sliding_attention' or "
                                f"'full_attention' for each of the {n_layers} layers")
         return [i for i, t in enumerate(types) if t == "sliding_attention"]
-    if arch == "Gemma3ForCausalLM":
-        pattern = _get(hp, "sliding_window_pattern", folder, default=hp.get("_sliding_window_pattern", 6))
-        return [i for i in range(n_layers) if (i + 1) % pattern]
-    if arch == "Qwen2ForCausalLM":
-        if not hp.get("use_sliding_window"):
-            return []
-        first = _get(hp, "max_window_layers", folder, default=28)
-        return list(range(first, n_layers))
-    if arch == "MistralForCausalLM" and hp.get("sliding_window") is not None:
-        return list(range(n_layers))
-    return []
+    read = lambda key, default=None, kind=(int,): _get(hp, key, folder, default, kind)
+    return ARCH_FILES[ARCHITECTURES[cls]].hf_local_layers(hp, cls, n_layers, read)
 
 
 def config_from_hf(hp: dict, folder, name="") -> tuple[Config, np.ndarray | None]:
@@ -160,54 +153,47 @@ def config_from_hf(hp: dict, folder, name="") -> tuple[Config, np.ndarray | None
     Anything minigpt would compute differently (softcapping, biases it has no place for, another
     activation, RoPE scaling it lacks) is an error naming the key.
     """
-    arch = architecture(hp, folder)
-    gemma = arch == "Gemma3ForCausalLM"
-    act = hp.get("hidden_activation" if gemma else "hidden_act", hp.get("hidden_act"))
-    if act not in (None, _GEMMA_ACT if gemma else _LLAMA_ACT):
-        raise ConvertError(f"{folder}/config.json: activation {act!r} is not supported for {arch}")
+    cls = architecture(hp, folder)
+    f, where = ARCH_FILES[ARCHITECTURES[cls]], f"{folder}/config.json"
+    read = lambda key, default=None, kind=(int,): _get(hp, key, folder, default, kind)
+    act_key, act_name = f.HF_ACTIVATION
+    act = hp.get(act_key, hp.get("hidden_act"))
+    if act not in (None, act_name):
+        raise ConvertError(f"{where}: activation {act!r} is not supported for {cls}")
     for key in ("final_logit_softcapping", "attn_logit_softcapping"):
         if hp.get(key) is not None:
-            raise ConvertError(f"{folder}/config.json: {key} = {hp[key]} is not supported (minigpt does no softcapping)")
+            raise ConvertError(f"{where}: {key} = {hp[key]} is not supported (minigpt does no softcapping)")
     for key in ("attention_bias", "mlp_bias", "use_bidirectional_attention"):
-        if hp.get(key) and not (key == "attention_bias" and arch == "Qwen2ForCausalLM"):
-            raise ConvertError(f"{folder}/config.json: {key} = true is not supported for {arch}")
+        if hp.get(key) and not (key == "attention_bias" and cls in f.HF_QKV_BIAS):
+            raise ConvertError(f"{where}: {key} = true is not supported for {cls}")
     if hp.get("partial_rotary_factor", 1.0) != 1.0:
-        raise ConvertError(f"{folder}/config.json: partial_rotary_factor is not supported")
+        raise ConvertError(f"{where}: partial_rotary_factor is not supported")
 
-    dim, n_heads = _get(hp, "hidden_size", folder), _get(hp, "num_attention_heads", folder)
-    n_layers = _get(hp, "num_hidden_layers", folder)
-    head_dim = hp.get("head_dim") or dim // n_heads
-    local = _local_layers(hp, n_layers, arch, folder)
-    window = _get(hp, "sliding_window", folder) if local else 0
-    theta, scaling, llama3 = _rope(hp, "full_attention", folder, 1_000_000.0 if gemma else 10000.0)
-    theta_local = 0.0
-    if gemma:
-        theta_local, local_scaling, _ = _rope(hp, "sliding_attention", folder)
-        if local_scaling:
-            raise ConvertError(f"{folder}/config.json: RoPE scaling on Gemma 3's local layers is not supported")
-    if gemma and hp.get("tie_word_embeddings", True) is False:
-        raise ConvertError(f"{folder}/config.json: Gemma 3 with untied embeddings is not supported")
-    query_scale = float(_get(hp, "query_pre_attn_scalar", folder, default=256, kind=(int, float))) ** -0.5 if gemma else 0.0
+    dim, n_heads = read("hidden_size"), read("num_attention_heads")
+    n_layers = read("num_hidden_layers")
+    local = _local_layers(hp, n_layers, cls, folder)
+    defaults = f.HF_DEFAULTS
+    rope = lambda layer_type, default=defaults["rope_theta"]: _rope(hp, layer_type, folder, default)
+    theta, scaling, llama3 = rope("full_attention")
     config = Config(
-        arch=ARCHITECTURES[arch],
+        arch=ARCHITECTURES[cls],
         dim=dim,
         n_layers=n_layers,
         n_heads=n_heads,
         n_kv_heads=hp.get("num_key_value_heads") or n_heads,
-        hidden_dim=_get(hp, "intermediate_size", folder),
-        vocab_size=_get(hp, "vocab_size", folder),
-        context_length=_get(hp, "max_position_embeddings", folder),
-        head_dim=head_dim,
-        norm_eps=float(hp.get("rms_norm_eps", 1e-6 if gemma else 1e-5)),
+        hidden_dim=read("intermediate_size"),
+        vocab_size=read("vocab_size"),
+        context_length=read("max_position_embeddings"),
+        head_dim=hp.get("head_dim") or dim // n_heads,
+        norm_eps=float(hp.get("rms_norm_eps", defaults["norm_eps"])),
         rope_theta=theta,
         rope_scaling=scaling,
-        tied_embeddings=bool(hp.get("tie_word_embeddings", gemma)),
+        tied_embeddings=bool(hp.get("tie_word_embeddings", defaults["tied_embeddings"])),
         name=name,
-        sliding_window=window,
+        sliding_window=read("sliding_window") if local else 0,
         local_layers=tuple(local),
-        rope_theta_local=theta_local,
-        query_scale=query_scale,
-        qkv_bias=arch == "Qwen2ForCausalLM",
+        qkv_bias=cls in f.HF_QKV_BIAS,
+        **f.hf_config(hp, rope, read, where),
     )
     freqs = llama3_rope_factors(llama3, theta, config.rope_dim, config.context_length) if llama3 else None
     return config, freqs

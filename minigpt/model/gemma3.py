@@ -37,6 +37,31 @@ HF_NAMES = {
 
 CHAT_TEMPLATE = "gemma"   # the built-in template (minigpt/template.py) when the file carries none
 
+# --- Hugging Face config.json (read by minigpt/convert/hf.py; `where` names the file in errors)
+
+HF_ACTIVATION = ("hidden_activation", "gelu_pytorch_tanh")
+HF_DEFAULTS = {"rope_theta": 1_000_000.0, "norm_eps": 1e-6, "tied_embeddings": True}
+HF_QKV_BIAS = ()
+
+
+def hf_local_layers(hp, cls, n_layers, read):
+    """The sliding-window layers when config.json has no layer_types: all but every pattern-th."""
+    pattern = read("sliding_window_pattern", hp.get("_sliding_window_pattern", 6))
+    return [i for i in range(n_layers) if (i + 1) % pattern]
+
+
+def hf_config(hp, rope, read, where):
+    """The local layers' RoPE base and the query scale; rope(layer_type, default theta) -> (theta,
+    scaling, llama3 parameters)."""
+    theta_local, local_scaling, _ = rope("sliding_attention", ROPE_THETA_LOCAL)
+    if local_scaling:
+        raise ConvertError(f"{where}: RoPE scaling on Gemma 3's local layers is not supported")
+    if hp.get("tie_word_embeddings", True) is False:
+        raise ConvertError(f"{where}: Gemma 3 with untied embeddings is not supported")
+    return {"rope_theta_local": theta_local,
+            "query_scale": float(read("query_pre_attn_scalar", 256, (int, float))) ** -0.5}
+
+
 # What llama.cpp assumes of a gemma3 GGUF (its file does not say): 5 local layers, then a global
 # one; local layers use RoPE base 10000; the 27B model (62 layers) scales queries by dim / n_heads.
 LOCAL_PATTERN = 6

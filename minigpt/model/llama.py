@@ -34,6 +34,27 @@ HF_NAMES = {
 
 CHAT_TEMPLATE = None   # no default: the built-in template is picked by the vocabulary's markers
 
+# --- Hugging Face config.json (read by minigpt/convert/hf.py; `where` names the file in errors)
+
+HF_ACTIVATION = ("hidden_act", "silu")              # the key naming the FFN activation, and the one supported
+HF_DEFAULTS = {"rope_theta": 10000.0, "norm_eps": 1e-5, "tied_embeddings": False}
+HF_QKV_BIAS = ("Qwen2ForCausalLM",)                 # classes whose q/k/v projections have biases
+
+
+def hf_local_layers(hp, cls, n_layers, read):
+    """The sliding-window layers when config.json has no layer_types: Qwen2's from max_window_layers
+    on (when use_sliding_window), Mistral's all of them (when it has a window)."""
+    if cls == "Qwen2ForCausalLM" and hp.get("use_sliding_window"):
+        return list(range(read("max_window_layers", 28), n_layers))
+    if cls == "MistralForCausalLM" and hp.get("sliding_window") is not None:
+        return list(range(n_layers))
+    return []
+
+
+def hf_config(hp, rope, read, where):
+    """Config fields beyond the common keys: none."""
+    return {}
+
 
 def gguf_config(field, n_layers, dim, n_heads):
     """Config fields a llama GGUF implies beyond the common keys: none."""
