@@ -134,6 +134,11 @@ def llama3_rope_factors(p: dict, theta: float, rope_dim: int, context_length: in
     return np.asarray(out, dtype=np.float32)
 
 
+def _reader(hp, folder):
+    """read(key, default=None, kind=(int,)): a checked config.json value (_get), for the architecture hooks."""
+    return lambda key, default=None, kind=(int,): _get(hp, key, folder, default, kind)
+
+
 def _local_layers(hp, n_layers, cls, folder):
     """Indices of the sliding-window layers, from layer_types or the architecture's older keys."""
     types = hp.get("layer_types")
@@ -143,8 +148,7 @@ def _local_layers(hp, n_layers, cls, folder):
             raise ConvertError(f"{folder}/config.json: layer_types must list 'sliding_attention' or "
                                f"'full_attention' for each of the {n_layers} layers")
         return [i for i, t in enumerate(types) if t == "sliding_attention"]
-    read = lambda key, default=None, kind=(int,): _get(hp, key, folder, default, kind)
-    return ARCH_FILES[ARCHITECTURES[cls]].hf_local_layers(hp, cls, n_layers, read)
+    return ARCH_FILES[ARCHITECTURES[cls]].hf_local_layers(hp, cls, n_layers, _reader(hp, folder))
 
 
 def config_from_hf(hp: dict, folder, name="") -> tuple[Config, np.ndarray | None]:
@@ -155,7 +159,7 @@ def config_from_hf(hp: dict, folder, name="") -> tuple[Config, np.ndarray | None
     """
     cls = architecture(hp, folder)
     f, where = ARCH_FILES[ARCHITECTURES[cls]], f"{folder}/config.json"
-    read = lambda key, default=None, kind=(int,): _get(hp, key, folder, default, kind)
+    read = _reader(hp, folder)
     act_key, act_name = f.HF_ACTIVATION
     act = hp.get(act_key, hp.get("hidden_act"))
     if act not in (None, act_name):

@@ -72,7 +72,7 @@ class Engine:
         self.rope = decoder.layer_ropes(cfg, n_ctx, freq)   # per layer (cos, sin)
         self.weights = prepare_weights(cfg, weights, kern, precision)
         self.cache = KVCache(cfg, n_ctx)
-        if kern.name == "c" and CDecoder is not None:
+        if kern.name == "c":   # the compiled kernels loaded, so the C decoder did too
             self.decoder = CDecoder(cfg, {n: (w.data, w.qtype, w.bits) for n, w in self.weights.items()},
                                     self.rope, PREFILL_CHUNK)
         else:
