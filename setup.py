@@ -17,11 +17,12 @@ from setuptools import Extension, find_namespace_packages, setup
 from setuptools.command.build_ext import build_ext
 from setuptools.command.sdist import sdist
 
-# compiler_type -> (compile args, link args)
+# compiler_type -> (compile args, link args). -ffp-contract=off: a * b + c stays two roundings where the
+# C says so (FMAs are written as FMAs), so minigpt/kernels/numpy_ref.py can compute the same floats.
 FLAGS = {
     "msvc": (["/O2", "/fp:precise"], []),
-    "unix": (["-O3", "-fno-math-errno", "-Wall", "-Wno-unused-function", "-pthread"], ["-pthread"]),
-    "mingw32": (["-O3", "-fno-math-errno", "-Wall", "-Wno-unused-function"], []),
+    "unix": (["-O3", "-fno-math-errno", "-ffp-contract=off", "-Wall", "-Wno-unused-function", "-pthread"], ["-pthread"]),
+    "mingw32": (["-O3", "-fno-math-errno", "-ffp-contract=off", "-Wall", "-Wno-unused-function"], []),
 }
 
 

@@ -66,32 +66,45 @@ static void attend(const attn_job *jb, int64_t i0, int64_t nq, int64_t j, int64_
     memset(o, 0, (size_t)(R * hd) * sizeof(float));
     for (int64_t r = 0; r < R; r++) m[r] = -INFINITY, l[r] = 0.0f;
 
-    for (int64_t t0 = first_key(ap, p0), tn; t0 <= p1; t0 += tn) {
+    /* Tiles start and end on multiples of ATT_KTILE positions (and where the ring wraps), whatever
+     * the item: a query's tiles, hence every rounding of its softmax, do not depend on which queries
+     * share its item (prefill or decode, any thread count). Keys of a tile outside a query's range
+     * are masked below. */
+    for (int64_t t0 = first_key(ap, p0) / ATT_KTILE * ATT_KTILE, tn; t0 <= p1; t0 += tn) {
         const int64_t slot = t0 % cap;
-        tn = min64(min64(ATT_KTILE, p1 + 1 - t0), cap - slot);
+        tn = min64(min64(ATT_KTILE - t0 % ATT_KTILE, p1 + 1 - t0), cap - slot);
         mg_lops.attn_scores(qs, R, kc + slot * hd, tn, hd, s, ATT_KTILE);
+        /* keys [a, b) of this tile are in query p0 + qi's range; the rest get probability 0. First
+         * each row's new max and the factor that rescales what it summed so far (nothing, the first
+         * time): all rows' factors in one call of the probabilities' exp (not libm's) */
+        float mx[ATT_ROWS], dm[ATT_ROWS], corr[ATT_ROWS];
+        int64_t ra[ATT_ROWS], rb[ATT_ROWS];
         for (int64_t qi = 0; qi < nq; qi++) {
-            /* keys [a, b) of this tile are in query p0 + qi's range; the rest get probability 0 */
             const int64_t p = p0 + qi;
             const int64_t a = clamp64(first_key(ap, p) - t0, 0, tn), b = clamp64(p + 1 - t0, 0, tn);
             for (int64_t r = qi * gh; r < (qi + 1) * gh; r++) {
                 float *sr = s + r * ATT_KTILE;
+                ra[r] = a, rb[r] = b, mx[r] = m[r], dm[r] = 0.0f;
                 if (a >= b) {
                     memset(sr, 0, (size_t)tn * sizeof(float));
                     continue;
                 }
                 for (int64_t t = 0; t < a; t++) sr[t] = 0.0f;
                 for (int64_t t = b; t < tn; t++) sr[t] = 0.0f;
-                const float mx = mg_lops.max(sr + a, b - a, m[r]);
-                if (mx > m[r]) { /* a new max: rescale what was summed so far (nothing, the first time) */
-                    const float corr = expf(m[r] - mx);
-                    float *orow = o + r * hd;
-                    l[r] *= corr;
-                    for (int64_t d = 0; d < hd; d++) orow[d] *= corr;
-                    m[r] = mx;
-                }
-                l[r] += mg_lops.exp_sum(sr + a, b - a, m[r]);
+                mx[r] = mg_lops.max(sr + a, b - a, m[r]);
+                if (mx[r] > m[r]) dm[r] = m[r] - mx[r];
             }
+        }
+        mg_lops.exp(dm, corr, R);
+        for (int64_t r = 0; r < R; r++) {
+            if (ra[r] >= rb[r]) continue;
+            if (mx[r] > m[r]) {
+                float *orow = o + r * hd;
+                l[r] *= corr[r];
+                for (int64_t d = 0; d < hd; d++) orow[d] *= corr[r];
+                m[r] = mx[r];
+            }
+            l[r] += mg_lops.exp_sum(s + r * ATT_KTILE + ra[r], rb[r] - ra[r], m[r]);
         }
         mg_lops.attn_pv(s, ATT_KTILE, R, vc + slot * hd, tn, hd, o);
     }

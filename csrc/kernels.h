@@ -12,7 +12,7 @@
  * fp16 fields are little-endian and unaligned; they are read byte by byte.
  *
  * Activations for the integer path (mg_matmul_q8) are quantized per row, in blocks of 32, to
- *   q8    per block: float32 d, float32 s, int8 q[32]            x ~ d*q,  s = d * sum(q)
+ *   q8    per block: float32 d, float32 s, int32 sum, int8 q[32]   x ~ d*q,  sum = sum(q), s = d * sum
  * with d = amax/127 and q = x*(1/d) rounded to nearest even (so |q| <= 127, never -128).
  *
  * Per-type work goes through function pointers in mg_traits (and mg_gemm_kernel for the float tile
@@ -43,7 +43,7 @@
 enum mg_qtype { MG_F32 = 0, MG_F16 = 1, MG_Q8_0 = 2, MG_Q4_0 = 3, MG_Q4_1 = 4, MG_NQTYPES = 5 };
 
 #define MG_QK 32 /* elements per block of the block types */
-#define MG_Q8_BLOCK_BYTES 40 /* sizeof(mg_block_q8) */
+#define MG_Q8_BLOCK_BYTES 44 /* sizeof(mg_block_q8) */
 
 /* Error codes returned by the entry points (0 = success). */
 #define MG_OK 0
@@ -51,10 +51,11 @@ enum mg_qtype { MG_F32 = 0, MG_F16 = 1, MG_Q8_0 = 2, MG_Q4_0 = 3, MG_Q4_1 = 4, M
 #define MG_ENOMEM 2 /* scratch allocation failed */
 #define MG_EISA 3   /* instruction set not supported by this CPU or build */
 
-/* one block of quantized activations (see the layout above); 40 bytes, 4-byte aligned */
+/* one block of quantized activations (see the layout above); 44 bytes, 4-byte aligned */
 typedef struct {
     float d;           /* scale */
-    float s;           /* d * sum(q): the q4_1 min term needs sum x */
+    float s;           /* d * (float)sum: the q4 offset terms need sum x */
+    int32_t sum;       /* sum(q), exact: VNNI takes its q8_0 bias off in integers */
     int8_t q[MG_QK];
 } mg_block_q8;
 

@@ -24,7 +24,7 @@
 #define ROW_ALIGN 16   /* thread row ranges start on 64-byte boundaries of an out row */
 #define MIN_WORK (1 << 16) /* multiply-adds per thread below which waking another one does not pay */
 #define Q8_GROUP_N 64  /* inputs per pass over a thread's weight rows: 64 rows of q8 blocks stay in L2 */
-#define Q8_STACK_BLOCKS 512 /* quantized inputs up to this many blocks (20 KB) live on the stack */
+#define Q8_STACK_BLOCKS 512 /* quantized inputs up to this many blocks (22 KB) live on the stack */
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 

@@ -182,10 +182,17 @@ AVX2 static void add_avx2(float *restrict x, const float *restrict y, int64_t m)
 
 /* --- attention ------------------------------------------------------------------------------------ */
 
-/* 4 accumulators -> their 4 sums, in order */
+/* 4 accumulators -> their 4 sums, in order: each ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)) */
 AVX2 static inline __m128 fold4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
     const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
     return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
+/* the sum of one accumulator, added up as fold4 adds each: a score is the same float whether
+ * scores_rx4 or dot_avx2 computed it */
+AVX2 static inline float fold1(__m256 a) {
+    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a, a), a);
+    return _mm_cvtss_f32(_mm_add_ss(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
 }
 
 /* s[i * lds + t] = q_i . k_t for rows i < rb (1 or 2) and 4 keys k_0 .. k_3 (hd apart) */
@@ -230,7 +237,7 @@ AVX2 static float dot_avx2(const float *a, const float *b, int64_t hd) {
         const __m256i mk = mask_first(hd - d);
         acc = _mm256_fmadd_ps(_mm256_maskload_ps(a + d, mk), _mm256_maskload_ps(b + d, mk), acc);
     }
-    return hsum8(acc);
+    return fold1(acc);
 }
 
 AVX2 static void attn_scores_avx2(const float *restrict q, int64_t r, const float *restrict k, int64_t tn,

@@ -9,14 +9,21 @@
  *                       a block's 8 steps stay below 8 * 2 * 15 * 127 < 2^15)
  *   q8_unsigned(w)      signed weight bytes -> the unsigned operand of dot4
  *   q8_signed(x, w)     broadcast input bytes -> the signed operand, given the weight bytes
- *   Q8_BIAS             what q8_unsigned adds to a weight (sum w*x = dot4 result - Q8_BIAS * sum x)
+ *   Q8_BIAS             what q8_unsigned adds to a weight (sum w*x = dot4 result - Q8_BIAS * sum x,
+ *                       taken off in integers: every instruction set gets the same exact lanes)
  *   dot2(acc, a, b)     acc (8 x int32) += per-lane sum of 2 products of int16 a * int16 b
  *
  * Each kernel computes out[t * ldo + r] for r < 8, t < nt (1..4): the dot products of one group's 8
  * rows with inputs x + t * ldx (q8 blocks, nb of them). Per block: int32 lanes from 8 dot4 steps per
  * input, then sum_t += (d_w * d_x) * lanes + bias_w * s_x, where s_x = d_x * sum(q_x) and bias_w is
- * -8 d_w (q4_0), m_w (q4_1) or -Q8_BIAS d_w (q8_0): the codes are dotted as stored (unsigned) and
- * the offset is taken out once per block.
+ * -8 d_w (q4_0) or m_w (q4_1): the codes are dotted as stored (unsigned) and the offset is taken out
+ * once per block; q8_0 has no offset term (its lanes are the exact signed dot products).
+ *
+ * The float steps are the same on both instruction sets here, in the same order, and independent of how
+ * many inputs a call takes (nt) or how rows are split over threads: per row and input, block after
+ * block, sum = fma(float(d_w * d_x), float(lanes), sum) and sumb = fma(bias_w, s_x, sumb), then
+ * sum + sumb. minigpt/kernels/numpy_ref.py computes exactly these roundings (its x8 twin), which is
+ * what makes the NumPy oracle agree with this path bit for bit.
  *
  * Dependency chains: a dot instruction waits for its accumulator, so each input's products go into
  * CH(nt) independent accumulators (4 for one input, 2 for four), added up once per block; the scale
@@ -48,11 +55,15 @@ TARGET static inline __attribute__((always_inline)) __m256i NAME(total32)(const 
     return lanes;
 }
 
-/* sum += (dw * d_x) * lanes; sumb += bias * s_x, for an input block with scale d_x and
- * s_x = d_x * sum(q_x) */
-TARGET static inline __attribute__((always_inline)) void NAME(apply)(
-    __m256 *sum, __m256 *sumb, __m256 dw, __m256 bias, float dx, float sx, __m256i lanes) {
+/* sum += (dw * d_x) * lanes, for an input block with scale d_x */
+TARGET static inline __attribute__((always_inline)) void NAME(apply)(__m256 *sum, __m256 dw, float dx, __m256i lanes) {
     *sum = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(dx)), _mm256_cvtepi32_ps(lanes), *sum);
+}
+
+/* apply, and sumb += bias * s_x for an input block with s_x = d_x * sum(q_x) */
+TARGET static inline __attribute__((always_inline)) void NAME(apply_bias)(
+    __m256 *sum, __m256 *sumb, __m256 dw, __m256 bias, float dx, float sx, __m256i lanes) {
+    NAME(apply)(sum, dw, dx, lanes);
     *sumb = _mm256_fmadd_ps(bias, _mm256_set1_ps(sx), *sumb);
 }
 
@@ -81,7 +92,7 @@ TARGET static inline __attribute__((always_inline)) void NAME(gemm_q4x8)(
         const __m256 dw = NAME(scales8)(w);
         const __m256 bias = is_q4_1 ? NAME(scales8)(w + 16) : _mm256_mul_ps(dw, _mm256_set1_ps(-8.0f));
         for (int t = 0; t < nt; t++)
-            NAME(apply)(&sum[t], &sumb[t], dw, bias, x[t * ldx + b].d, x[t * ldx + b].s, q4_total(acc[t], ch));
+            NAME(apply_bias)(&sum[t], &sumb[t], dw, bias, x[t * ldx + b].d, x[t * ldx + b].s, q4_total(acc[t], ch));
     }
     for (int t = 0; t < nt; t++) _mm256_storeu_ps(out + t * ldo, _mm256_add_ps(sum[t], sumb[t]));
 }
@@ -90,8 +101,8 @@ TARGET static inline __attribute__((always_inline)) void NAME(gemm_q8x8)(
     int64_t nb, const uint8_t *restrict w, const mg_block_q8 *restrict x, int64_t ldx, float *restrict out,
     int64_t ldo, const int nt) {
     const int ch = CH(nt);
-    __m256 sum[4], sumb[4];
-    for (int t = 0; t < nt; t++) sum[t] = sumb[t] = _mm256_setzero_ps();
+    __m256 sum[4];
+    for (int t = 0; t < nt; t++) sum[t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++, w += 272) {
         __m256i acc[4][4];
         for (int t = 0; t < nt; t++)
@@ -103,11 +114,14 @@ TARGET static inline __attribute__((always_inline)) void NAME(gemm_q8x8)(
                 *a = dot4(*a, uw, q8_signed(NAME(bcast4)(x[t * ldx + b].q + 4 * v), qw));
             }
         }
-        const __m256 dw = NAME(scales8)(w), bias = _mm256_mul_ps(dw, _mm256_set1_ps(-(float)Q8_BIAS));
-        for (int t = 0; t < nt; t++)
-            NAME(apply)(&sum[t], &sumb[t], dw, bias, x[t * ldx + b].d, x[t * ldx + b].s, NAME(total32)(acc[t], ch));
+        const __m256 dw = NAME(scales8)(w);
+        for (int t = 0; t < nt; t++) {
+            __m256i lanes = NAME(total32)(acc[t], ch);
+            if (Q8_BIAS) lanes = _mm256_sub_epi32(lanes, _mm256_set1_epi32(Q8_BIAS * x[t * ldx + b].sum));
+            NAME(apply)(&sum[t], dw, x[t * ldx + b].d, lanes);
+        }
     }
-    for (int t = 0; t < nt; t++) _mm256_storeu_ps(out + t * ldo, _mm256_add_ps(sum[t], sumb[t]));
+    for (int t = 0; t < nt; t++) _mm256_storeu_ps(out + t * ldo, sum[t]);
 }
 
 /* q16 inputs. q4: per 16-bit word of codes (2 bytes: elements e0, e1 in the low nibbles, e0', e1' of
@@ -141,7 +155,7 @@ TARGET static inline __attribute__((always_inline)) void NAME(gemm_q4x8_16)(
         const __m256 dw = NAME(scales8)(w);
         const __m256 bias = is_q4_1 ? NAME(scales8)(w + 16) : _mm256_mul_ps(dw, _mm256_set1_ps(-8.0f));
         for (int t = 0; t < nt; t++)
-            NAME(apply)(&sum[t], &sumb[t], dw, bias, x[t * ldx + b].d, x[t * ldx + b].s, NAME(total32)(acc[t], ch));
+            NAME(apply_bias)(&sum[t], &sumb[t], dw, bias, x[t * ldx + b].d, x[t * ldx + b].s, NAME(total32)(acc[t], ch));
     }
     for (int t = 0; t < nt; t++) _mm256_storeu_ps(out + t * ldo, _mm256_add_ps(sum[t], sumb[t]));
 }
@@ -168,11 +182,7 @@ TARGET static inline __attribute__((always_inline)) void NAME(gemm_q8x8_16)(
             }
         }
         const __m256 dw = NAME(scales8)(w);
-        for (int t = 0; t < nt; t++) {
-            __m256i lanes = acc[t][0];
-            for (int c = 1; c < ch; c++) lanes = _mm256_add_epi32(lanes, acc[t][c]);
-            sum[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(x[t * ldx + b].d)), _mm256_cvtepi32_ps(lanes), sum[t]);
-        }
+        for (int t = 0; t < nt; t++) NAME(apply)(&sum[t], dw, x[t * ldx + b].d, NAME(total32)(acc[t], ch));
     }
     for (int t = 0; t < nt; t++) _mm256_storeu_ps(out + t * ldo, sum[t]);
 }

@@ -175,6 +175,7 @@ static void quantize_row_q8_c(const float *restrict x, mg_block_q8 *restrict y, 
         }
         y[b].d = d;
         y[b].s = d * (float)sum;
+        y[b].sum = sum;
     }
 }
 

@@ -176,7 +176,8 @@ AVX2 static void quantize_row_q8_avx2(const float *restrict x, mg_block_q8 *rest
         const __m256i p8 = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(p16a, p16b), perm);
         _mm256_storeu_si256((__m256i *)y[b].q, p8);
         y[b].d = d;
-        y[b].s = d * (float)_mm_cvtsi128_si32(s4);
+        y[b].sum = _mm_cvtsi128_si32(s4);
+        y[b].s = d * (float)y[b].sum;
     }
 }
 

@@ -149,6 +149,21 @@ def _dequantize_q4_1(blk):
     return _f16_field(blk, 0) * q + _f16_field(blk, 2)
 
 
+def split_blocks(w, qtype):
+    """A stored q8_0 / q4_0 / q4_1 weight [rows, row bytes] -> (codes [rows, nb, 32] as stored: int8
+    for q8_0, 0..15 for the q4 types; d float32 [rows, nb]; offset float32 [rows, nb]: what one code
+    step adds besides d * code, that is -8 d (q4_0), m (q4_1), or None (q8_0)). x = d * code + offset."""
+    _, block_bytes = _check_qtype(qtype)
+    rows = w.shape[0]
+    blk = np.ascontiguousarray(w).reshape(-1, block_bytes)
+    d = _f16_field(blk, 0).reshape(rows, -1)
+    if qtype == "q8_0":
+        return blk[:, 2:].view(np.int8).reshape(rows, -1, 32), d, None
+    codes = _unpack_nibbles(blk[:, 4 if qtype == "q4_1" else 2:]).reshape(rows, -1, 32)
+    offset = _f16_field(blk, 2).reshape(rows, -1) if qtype == "q4_1" else d * np.float32(-8)
+    return codes, d, offset
+
+
 _QUANTIZE = {"q8_0": _quantize_q8_0, "q4_0": _quantize_q4_0, "q4_1": _quantize_q4_1}
 _DEQUANTIZE = {"q8_0": _dequantize_q8_0, "q4_0": _dequantize_q4_0, "q4_1": _dequantize_q4_1}
 

@@ -1,4 +1,9 @@
-"""The C decoder (CDecoder, csrc/decoder.c) against minigpt/model/decoder.py over the same C kernels."""
+"""The C decoder (CDecoder, csrc/decoder.c) against minigpt/model/decoder.py over the same C kernels.
+
+On x86 (AVX2, AVX512-VNNI) the NumPy decoder and the NumPy kernels round every float as the compiled
+ones do (kernels/fp32.py), so there the two give the same bits at every precision; the portable C run
+(MINIGPT_ISA=scalar, in a subprocess below) is held to float32 tolerances instead.
+"""
 
 import os
 
@@ -9,7 +14,7 @@ import minigpt
 from minigpt.convert import convert
 from minigpt.engine import KVCache, PyDecoder
 from minigpt.engine.engine import prepare_weights
-from minigpt.kernels import numpy_ref
+from minigpt.kernels import fp32, numpy_ref
 
 from subproc import run_python
 from synthetic import tiny_llama
@@ -18,6 +23,7 @@ _core = pytest.importorskip("minigpt.kernels._core")
 _cdecoder = pytest.importorskip("minigpt.engine._cdecoder")
 
 IDS = [1, 40, 72, 101, 108, 108, 111, 262, 44, 3, 100, 200, 250, 45, 7, 9, 33]
+TWIN = _core.isa() in ("avx2", "avx512vnni")   # the instruction sets the NumPy twins round as
 
 
 def make_decoder(m, precision="exact", max_batch=64, weights=None):
@@ -43,6 +49,16 @@ def run(dec, ids, start, cache, all_logits=False):
 def close(got, ref, rel=1e-4):
     assert got.shape == ref.shape and got.dtype == np.float32
     np.testing.assert_allclose(got, ref, rtol=0, atol=rel * np.abs(ref).max())
+
+
+def same(got, ref, rel=1e-4):
+    """The C decoder's output is the NumPy decoder's: the same bits where the twins apply, if both ran
+    the same chunks (float32 matmuls sum in another order for fewer than 3 inputs than for more)."""
+    if TWIN:
+        assert got.shape == ref.shape and got.dtype == np.float32
+        np.testing.assert_array_equal(got, ref)
+    else:
+        close(got, ref, rel)
 
 
 @pytest.fixture
@@ -73,14 +89,14 @@ def test_prefill_then_decode_matches_numpy_decoder(tmp_path, kind, threads):
     m = tiny_model(tmp_path, **MODELS[kind])
     dec, ref = make_decoder(m), reference(m)
     ref_cache, cache = KVCache(m.config, 64), KVCache(m.config, 64)
-    close(run(dec, IDS[:9], 0, cache, True), run(ref, IDS[:9], 0, ref_cache, True))
+    same(run(dec, IDS[:9], 0, cache, True), run(ref, IDS[:9], 0, ref_cache, True))
     for pos in range(9, len(IDS)):    # incremental decode, one token at a time
-        close(run(dec, [IDS[pos]], pos, cache), run(ref, [IDS[pos]], pos, ref_cache))
+        same(run(dec, [IDS[pos]], pos, cache), run(ref, [IDS[pos]], pos, ref_cache))
     n = len(IDS)
     np.testing.assert_allclose(np.stack(cache.k)[:, :, :n], np.stack(ref_cache.k)[:, :, :n], atol=1e-5)
     np.testing.assert_allclose(np.stack(cache.v)[:, :, :n], np.stack(ref_cache.v)[:, :, :n], atol=1e-5)
     # a 2-token step: the decode matmul path with more than one query
-    close(run(dec, IDS[:2], n, cache, True), run(ref, IDS[:2], n, ref_cache, True))
+    same(run(dec, IDS[:2], n, cache, True), run(ref, IDS[:2], n, ref_cache, True))
 
 
 @pytest.mark.parametrize("precision", ["balanced", "fast"])
@@ -90,13 +106,14 @@ def test_every_precision_matches_numpy_decoder(tmp_path, kind, precision):
     m = tiny_model(tmp_path, **MODELS[kind])
     dec, ref = make_decoder(m, precision), reference(m, precision)
     got, want = run(dec, IDS, 0, KVCache(m.config, 32), True), run(ref, IDS, 0, KVCache(m.config, 32), True)
-    rel = 3e-2   # int8 rounding amplifies float32's last-bit differences (a code flips near a rounding edge)
-    close(got, want, rel=rel)
+    rel = 3e-2   # off x86, int8 rounding amplifies float32's last-bit differences (a code flips near an edge)
+    same(got, want, rel=rel)
     exact = run(make_decoder(m), IDS, 0, KVCache(m.config, 32), True)
     assert not np.array_equal(got, exact)    # quantized activations really were used
-    # and the oracle on its own kernels computes the same
+    # and the oracle on its own kernels computes the same, but for the head's last bits: a float32 head
+    # sums in BLAS's order, and this vocabulary (not a multiple of 8 rows) is not in the x8 layout
     py = PyDecoder(m.config, prepare_weights(m.config, m.weights, numpy_ref, precision), numpy_ref, m.engine.rope)
-    close(run(py, IDS, 0, KVCache(m.config, 32), True), want, rel=rel)
+    close(run(py, IDS, 0, KVCache(m.config, 32), True), want, rel=1e-5 if TWIN else rel)
 
 
 @pytest.mark.parametrize("threads", [1, 2], indirect=True)
@@ -126,9 +143,9 @@ def test_long_context_decode_splits_head_groups(tmp_path, threads):
     dec, ref = make_decoder(m, max_batch=512), reference(m)
     ids = (IDS * 20)[:300]
     cache, ref_cache = KVCache(m.config, 512), KVCache(m.config, 512)
-    close(run(dec, ids, 0, cache), run(ref, ids, 0, ref_cache))
+    same(run(dec, ids, 0, cache), run(ref, ids, 0, ref_cache))
     for pos in range(300, 304):
-        close(run(dec, [pos % 200], pos, cache), run(ref, [pos % 200], pos, ref_cache))
+        same(run(dec, [pos % 200], pos, cache), run(ref, [pos % 200], pos, ref_cache))
 
 
 # --- bad input: a ValueError naming the problem, never a crash
@@ -223,13 +240,13 @@ def test_bad_construction(tmp_path):
 @pytest.mark.parametrize("threads", [1, 2], indirect=True)
 def test_smollm2_matches_numpy_decoder(smollm2_mgpt, threads):
     m = minigpt.Model(smollm2_mgpt, backend="c", threads=1, n_ctx=256)
-    dec, ref = make_decoder(m, max_batch=32), reference(m)
+    dec, ref = make_decoder(m, max_batch=128), reference(m)
     ids = m.tokenize("The quick brown fox jumps over the lazy dog. " * 4)
     assert 32 < len(ids) < 80
     ref_cache, cache = KVCache(m.config, 256), KVCache(m.config, 256)
-    close(run(dec, ids, 0, cache, True), run(ref, ids, 0, ref_cache, True))
+    same(run(dec, ids, 0, cache, True), run(ref, ids, 0, ref_cache, True))
     for pos, tok in enumerate([260, 1300, 42, 7], start=len(ids)):
-        close(run(dec, [tok], pos, cache), run(ref, [tok], pos, ref_cache))
+        same(run(dec, [tok], pos, cache), run(ref, [tok], pos, ref_cache))
 
 
 # --- the inner steps alone: attention at odd sizes, the vectorized exp
@@ -269,8 +286,11 @@ def test_attention_odd_sizes(case, threads):
     ref = attention_ref(q, kc, vc, start, scale, window)
     got = _core.attention(q, kc, vc, start, scale, window)
     np.testing.assert_allclose(got, ref, rtol=0, atol=2e-6 * max(1.0, np.sqrt(hd)))
-    # the model's own reference agrees
-    np.testing.assert_allclose(got, numpy_ref.attention(q, kc, vc, start, scale, window), rtol=0, atol=2e-5)
+    # the NumPy backend's attention agrees: to the bit where it twins the AVX2 slots
+    twin = numpy_ref.attention(q, kc, vc, start, scale, window)
+    if TWIN:
+        np.testing.assert_array_equal(got, twin)
+    np.testing.assert_allclose(twin, ref, rtol=0, atol=2e-5)
 
 
 def as_ring(cache, T, cap):
@@ -298,8 +318,11 @@ def test_attention_over_a_ring(case, threads):
     ref = attention_ref(q, kc, vc, start, 0.3, window)
     cap = window + n - 1 + extra
     kr, vr = as_ring(kc, start + n, cap), as_ring(vc, start + n, cap)
-    np.testing.assert_allclose(_core.attention(q, kr, vr, start, 0.3, window), ref, rtol=0, atol=2e-5)
-    np.testing.assert_allclose(numpy_ref.attention(q, kr, vr, start, 0.3, window), ref, rtol=0, atol=2e-5)
+    got, twin = _core.attention(q, kr, vr, start, 0.3, window), numpy_ref.attention(q, kr, vr, start, 0.3, window)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=2e-5)
+    np.testing.assert_allclose(twin, ref, rtol=0, atol=2e-5)
+    if TWIN:
+        np.testing.assert_array_equal(got, twin)
     if start + n > cap - extra - 1:   # one slot short of the ring, and short of the whole: refused
         with pytest.raises(ValueError, match="bad attention shapes"):
             short = np.ascontiguousarray(kr[:, :cap - extra - 1])
@@ -314,6 +337,8 @@ def test_attention_keeps_large_logits_finite():
     vc = np.random.default_rng(1).standard_normal((1, 300, 16), dtype=np.float32)
     got = _core.attention(q, kc, vc, 297, 0.25)
     np.testing.assert_allclose(got, attention_ref(q, kc, vc, 297, 0.25), rtol=0, atol=1e-5)
+    if TWIN:
+        np.testing.assert_array_equal(got, numpy_ref.attention(q, kc, vc, 297, 0.25))
 
 
 def ulps(got, ref64):
@@ -327,6 +352,8 @@ def test_vectorized_exp_matches_expf():
     x = np.concatenate([np.linspace(-110, 90, 200_001, dtype=np.float32), rng.uniform(-88, 88, 100_000).astype(np.float32),
                         rng.uniform(-1, 1, 100_000).astype(np.float32), np.float32([0, -0.0, 1e-30, -1e-30])])
     got, ref = _core._exp(x), np.exp(x.astype(np.float64))
+    if TWIN:   # the NumPy twin of exp8 (kernels/fp32.py)
+        np.testing.assert_array_equal(got, fp32.exp(x))
     normal = (ref > np.finfo(np.float32).tiny) & (ref < np.finfo(np.float32).max)
     assert ulps(got[normal], ref[normal]).max() <= 2.0
     sub = (ref > 0) & ~normal & (ref < 1)     # results in the subnormal range: absolute error < 2 ulp there

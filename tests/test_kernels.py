@@ -164,11 +164,12 @@ def test_c_quantize_act_matches_quant_bytes():
     x[2, :32] = np.float32(1e-40)                                     # subnormals: zeros
     x[2, 32:64] = np.float32(1.6e-36)                                 # just above that
     x[3, 32:64] = -x[3, 32:64]
-    blocks = core._quantize_act(x).reshape(17, 18, 40)
+    blocks = core._quantize_act(x).reshape(17, 18, 44)
     q, d, s = quant.quantize_act(x)
     np.testing.assert_array_equal(blocks[:, :, 0:4].copy().view(np.float32)[..., 0], d)
     np.testing.assert_array_equal(blocks[:, :, 4:8].copy().view(np.float32)[..., 0], s)
-    np.testing.assert_array_equal(blocks[:, :, 8:].copy().view(np.int8).reshape(17, 576), q)
+    np.testing.assert_array_equal(blocks[:, :, 8:12].copy().view(np.int32)[..., 0], q.reshape(17, 18, 32).sum(-1))
+    np.testing.assert_array_equal(blocks[:, :, 12:].copy().view(np.int8).reshape(17, 576), q)
 
 
 @pytest.mark.parametrize("threads", [1, 2])

@@ -1,10 +1,12 @@
 """The NumPy oracle against the compiled backend on real models, at every precision: the oracle computes
 what users run (model/decoder.py with the same activation rounding as csrc/decoder.c).
 
-At 'exact' the two agree to float32 rounding. With int8 activations they agree on most, not all, top-1
-tokens: an activation within float32 noise of a rounding edge gets another int8 code in one of them, and
-that difference grows through the layers like quantization noise itself (docs/fidelity.md, "The oracle
-at the default precision"). So there the test holds each to the f32 reference, and the two to each other.
+On x86 (AVX2, AVX512-VNNI) the oracle rounds every float as the compiled path does (kernels/fp32.py, the
+x8 and attention twins in numpy_ref), so the int8 codes are the same codes and the logits the same up to
+the float32 head's sums: top-1 agreement must be 99.5 % or more at every precision. Elsewhere an
+activation within float32 noise of a rounding edge may get another int8 code in one of them, and that
+grows through the layers like quantization noise itself (docs/fidelity.md, "The oracle at the default
+precision"); there the test holds each to the f32 reference, and the two to each other.
 """
 
 import json
@@ -35,7 +37,7 @@ class Recorded:
 
 
 @pytest.mark.parametrize("model, precision", [("smollm2", "exact"), ("smollm2", "balanced"), ("smollm2", "fast"),
-                                              ("gemma3", "exact"), ("gemma3", "balanced")])
+                                              ("gemma3", "exact"), ("gemma3", "balanced"), ("gemma3", "fast")])
 def test_numpy_oracle_against_the_compiled_backend(model, precision, request):
     path = request.getfixturevalue("smollm2_mgpt" if model == "smollm2" else "gemma3_mgpt")
     z = np.load(FIX / f"{REFERENCES[model]}.npz")
@@ -47,8 +49,8 @@ def test_numpy_oracle_against_the_compiled_backend(model, precision, request):
     print(f"\n{model} {precision}: numpy vs c over {n} positions: top-1 agreement {agree:.4f}, worst logit gap "
           f"{gap:.2e} of the logit scale; vs the f32 reference: numpy {fid['numpy'][0]:.4f}, c {fid['c'][0]:.4f} "
           f"(llama.cpp {summary['top1_agreement_llama_vs_hf']:.4f})")
-    if precision == "exact":
-        assert agree >= 0.999 and gap < 1e-4
+    if precision == "exact" or kernels.get_backend("c").isa() in ("avx2", "avx512vnni"):
+        assert agree >= (0.999 if precision == "exact" else 0.995) and gap < 1e-4
     else:
         assert agree >= 0.94
         assert abs(fid["numpy"][0] - fid["c"][0]) < 0.01           # equally faithful

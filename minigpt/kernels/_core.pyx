@@ -275,7 +275,7 @@ def pack_x8(w, qtype):
 
 def _quantize_act(x, bits=8):
     """x: float32 [n, cols], cols a multiple of 32 -> uint8 [n, cols/32 * block bytes]: the blocks
-    matmul_q8 (bits 8: float32 d, float32 s, int8 q[32]; 40 bytes) or matmul_q16 (bits 16: int16 q[32],
+    matmul_q8 (bits 8: float32 d, float32 s, int32 sum(q), int8 q[32]; 44 bytes) or matmul_q16 (bits 16: int16 q[32],
     each group of 4 stored as x0, x2, x1, x3; 72 bytes) computes with. For tests against
     quant.quantize_act."""
     cdef cnp.ndarray xarr = _check_array(x, "x", np.dtype(np.float32))

@@ -2,12 +2,16 @@
 
 It checks its arguments exactly as the compiled backend does (same ValueErrors for the same bad
 input), so code written against it behaves the same on every backend. It computes what the others
-compute, activation rounding included (matmul_q8, matmul_q16), in float64 where they sum exactly.
+compute, activation rounding included (matmul_q8, matmul_q16). Where a rounding decides an integer
+code, it is the compiled x86 path's twin: matmul_q8 / matmul_q16 and attention round every float
+as csrc/packed_x86.h and csrc/attention.c with the AVX2 slots do (fp32.py), so on those CPUs the two
+give the same bits. Its float32 matmul sums in BLAS's order.
 """
 
 import numpy as np
 
 from minigpt import quant
+from minigpt.kernels import fp32
 
 name = "numpy"
 
@@ -94,8 +98,8 @@ def matmul(x, w, qtype, out=None):
 
 
 def matmul_q8(x, w, qtype, out=None):
-    """matmul with x first quantized to int8 blocks (quant.quantize_act): out = dequant(q8(x)) @ W^T,
-    here in float64 from exact products, rounded once to float32. f32/f16 weights: exactly matmul."""
+    """matmul with x first quantized to int8 blocks (quant.quantize_act), rounded as the compiled
+    backend's x8 kernels round (see _x8). f32/f16 weights: exactly matmul."""
     return _matmul_quantized(x, w, qtype, out, 8)
 
 
@@ -104,20 +108,52 @@ def matmul_q16(x, w, qtype, out=None):
     return _matmul_quantized(x, w, qtype, out, 16)
 
 
+_X8_ELEMENTS = 1 << 22   # inputs x blocks x rows per pass of _x8: bounds its scratch (~100 MB)
+
+
 def _matmul_quantized(x, w, qtype, out, bits):
     rows, cols, out = check_matmul(x, w, qtype, out)
     if quant.QTYPES[qtype][0] == 1:
         return matmul(x, w, qtype, out)
-    q, d, _ = quant.quantize_act(x, bits)
-    xd = (q.reshape(x.shape[0], cols // 32, 32) * d[:, :, None].astype(np.float64)).reshape(x.shape)
-    out[...] = xd @ quant.dequantize(w, qtype, cols).astype(np.float64).T
+    if rows and x.shape[0]:
+        q, d, s = quant.quantize_act(x, bits)
+        step = max(1, _X8_ELEMENTS // (x.shape[0] * max(1, cols // 32)))
+        for r in range(0, rows, step):
+            out[:, r:r + step] = _x8(q, d, s, *quant.split_blocks(w[r:r + step], qtype))
     return out
+
+
+def _x8(q, d, s, codes, dw, offset):
+    """csrc/packed_x86.h in NumPy: the quantized inputs (q, d, s) dotted with the weight blocks
+    (codes, dw, offset: quant.split_blocks) -> float32 [n, rows], with the compiled kernels' roundings.
+
+    Per input and row, block after block: the integer dot of the codes as stored (exact), then
+    sum = fma(float(dw * d), float(dot), sum) and, for the q4 types, sumb = fma(offset, s, sumb); the
+    result is sum + sumb. Integer dots are exact in float64 (|dot| < 2^31 < 2^53); float(dot) rounds
+    only past 2^24, which int16 inputs reach.
+    """
+    n, nb = d.shape
+    xq = q.reshape(n, nb, 32).transpose(1, 0, 2).astype(np.float64)             # [nb, n, 32]
+    dots = np.matmul(xq, codes.transpose(1, 2, 0).astype(np.float64))            # [nb, n, rows]
+    if q.dtype != np.int8:
+        dots = dots.astype(np.float32)
+    acc = np.zeros(dots.shape[1:], np.float32)
+    accb = np.zeros_like(acc) if offset is not None else None
+    prod = np.empty(acc.shape)
+    for b in range(nb):
+        fp32.fma(d[:, b, None] * dw[None, :, b], dots[b], acc, out=acc, scratch=prod)
+        if offset is not None:
+            fp32.fma(offset[None, :, b], s[:, b, None], accb, out=accb, scratch=prod)
+    return acc + accb if offset is not None else acc
 
 
 def prepare(w, qtype, bits):
     """The form of a weight that matmul at `bits` (32, 16, 8) reads: here the weight itself."""
     check_weight(w, qtype)
     return w, qtype
+
+
+_KTILE = 64   # keys per tile, as csrc/attention.c's ATT_KTILE
 
 
 def attention(q, k_cache, v_cache, start, scale=None, window=0):
@@ -127,27 +163,78 @@ def attention(q, k_cache, v_cache, start, scale=None, window=0):
     cap is less than the context), holding every position a query sees. scale: of q.k (default
     1 / sqrt(hd)); window: 0, or each query sees only the `window` latest keys, itself included.
     -> [n, n_heads * hd]
+
+    Rounded as csrc/attention.c with the AVX2 slots (ops_avx2.c) rounds, step for step: keys in tiles
+    of 64 positions (cut where the ring wraps too), an online softmax per query and head (running
+    max m, sum l, unnormalized output o), scores as 8-lane FMA dots (lanes added as fold4 adds them),
+    probabilities summed in 8 lanes (added as hsum8), exp as exp8.
     """
     n, n_heads, hd = q.shape
     n_kv, cap = k_cache.shape[:2]
-    T = start + n
-    lo = max(0, start - window + 1) if window else 0   # the first key any query sees
-    if T - lo > cap:
-        raise ValueError(f"a cache of {cap} slots cannot hold the {T - lo} keys positions {start}..{T} see")
-    slots = np.arange(lo, T) % cap
-    k, v = k_cache[:, slots], v_cache[:, slots]                              # [n_kv, T - lo, hd]
-    qg = q.reshape(n, n_kv, n_heads // n_kv, hd).transpose(1, 2, 0, 3)       # [n_kv, g, n, hd]
-    scores = qg @ k[:, None].swapaxes(-1, -2)                                # [n_kv, g, n, T - lo]
-    scores *= np.float32(hd ** -0.5 if scale is None else scale)
-    kpos, qpos = np.arange(lo, T)[None, :], (start + np.arange(n))[:, None]
-    mask = (kpos > qpos) | ((qpos - kpos >= window) if window else False)
-    if mask.any():
-        scores[..., mask] = -np.inf
-    scores -= scores.max(axis=-1, keepdims=True)
-    np.exp(scores, out=scores)
-    scores /= scores.sum(axis=-1, keepdims=True)
-    out = scores @ v[:, None]                                                # [n_kv, g, n, hd]
-    return out.transpose(2, 0, 1, 3).reshape(n, n_heads * hd)
+    g = n_heads // n_kv
+    pos = start + np.arange(n)
+    first = np.maximum(0, pos - window + 1) if window else np.zeros(n, np.int64)
+    if pos[-1] + 1 - first[0] > cap:
+        raise ValueError(f"a cache of {cap} slots cannot hold the {pos[-1] + 1 - first[0]} keys positions "
+                         f"{start}..{start + n} see")
+    pad = -hd % 8                                                     # masked lanes: zeros
+    qs = np.pad(q * np.float32(hd ** -0.5 if scale is None else scale), ((0, 0), (0, 0), (0, pad)))
+    qs = qs.reshape(n, n_kv, g, hd + pad)
+    m = np.full((n, n_kv, g), -np.inf, np.float32)          # per query and head: running max,
+    l = np.zeros((n, n_kv, g), np.float32)                  # sum of probabilities,
+    o = np.zeros((n, n_kv, g, hd), np.float32)              # unnormalized output
+    # tile edges: multiples of 64 positions and of cap (ring wraps), from the first key's tile on
+    lo, end = int(first[0]) // _KTILE * _KTILE, int(pos[-1]) + 1
+    edges = np.union1d(np.arange(lo, end, _KTILE), np.arange((lo + cap - 1) // cap * cap, end, cap))
+    for t0, t1 in zip(edges, np.append(edges[1:], end)):
+        # the queries with keys in [t0, t1): a contiguous run, since first and pos only grow
+        i0, i1 = np.searchsorted(pos, t0), np.searchsorted(first, t1)
+        if i0 >= i1:
+            continue
+        slots = np.arange(t0, t1) % cap
+        a = np.clip(first[i0:i1] - t0, 0, None)[:, None]              # keys [a, b) of the tile
+        b = np.minimum(pos[i0:i1] + 1 - t0, t1 - t0)[:, None]         # per query
+        s = _scores(qs[i0:i1], np.pad(k_cache[:, slots], ((0, 0), (0, 0), (0, pad))))  # [nq, n_kv, g, tn]
+        inside = (np.arange(t1 - t0) >= a) & (np.arange(t1 - t0) < b)
+        mx = np.maximum(m[i0:i1], np.where(inside[:, None, None], s, -np.inf).max(axis=-1))
+        new = mx > m[i0:i1]
+        corr = fp32.exp(np.where(new, m[i0:i1] - mx, np.float32(0)))
+        l[i0:i1] = np.where(new, l[i0:i1] * corr, l[i0:i1])
+        o[i0:i1] = np.where(new[..., None], o[i0:i1] * corr[..., None], o[i0:i1])
+        m[i0:i1] = mx
+        p, sums = _exp_sum(s.reshape(i1 - i0, n_heads, -1), a, b, mx.reshape(i1 - i0, n_heads))
+        l[i0:i1] += sums.reshape(i1 - i0, n_kv, g)
+        p = p.reshape(s.shape)
+        v = v_cache[:, slots]                                         # [n_kv, tn, hd]
+        ot = o[i0:i1]
+        for t in range(t1 - t0):                                      # P.V: one FMA per key
+            fp32.fma(p[..., t, None], v[None, :, None, t], ot, out=ot)
+    return (o * (np.float32(1) / l)[..., None]).reshape(n, n_heads * hd)
+
+
+def _scores(q, k):
+    """q [nq, n_kv, g, hd8] . k [n_kv, tn, hd8] -> [nq, n_kv, g, tn]: 8 lanes of FMAs along hd, then
+    fold8."""
+    acc = np.zeros(q.shape[:3] + (k.shape[1], 8), np.float32)
+    for c in range(0, q.shape[-1], 8):
+        acc = fp32.fma(q[:, :, :, None, c:c + 8], k[None, :, None, :, c:c + 8], acc)
+    return fp32.fold8(acc)
+
+
+def _exp_sum(s, a, b, m):
+    """Probabilities exp(s - m) of the keys [a, b) of each query's row (0 elsewhere) and their sums,
+    added as exp_sum_avx2 adds them: 8 lanes from key a on, then hsum8."""
+    nq, g, tn = s.shape
+    width = -(-int((b - a).max()) // 8) * 8
+    j = np.arange(width)
+    take = np.minimum(a + j, tn - 1)                                      # [nq, width]
+    valid = (j < b - a)[:, None, :]
+    e = np.where(valid, fp32.exp(np.take_along_axis(s, np.broadcast_to(take[:, None], (nq, g, width)), -1)
+                                 - m[..., None]), np.float32(0))
+    lanes = np.add.accumulate(e.reshape(nq, g, -1, 8), axis=-2)[..., -1, :]   # in order, 8 keys at a time
+    p = np.zeros((nq, g, tn + width), np.float32)                        # key a + j of each row: e[j]
+    np.put_along_axis(p, np.broadcast_to((a + j)[:, None], (nq, g, width)), e, -1)
+    return p[..., :tn], fp32.hsum8(lanes)
 
 
 def get_rows(w, qtype, ids, out=None):

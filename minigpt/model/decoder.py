@@ -3,22 +3,35 @@
 One forward pass serves every architecture (pre-norm blocks, grouped-query attention over RoPE, a
 gated FFN); the Config's feature row switches the steps that differ, and each matrix's activation
 bits (Weight.bits: the engine's precision) pick the kernel it goes through. Matmuls and attention go
-through a kernel backend (minigpt.kernels); norms, RoPE and the gates are NumPy float32, rounded as C
-rounds them (RMSNorm sums squares in float64). Shapes: n = tokens in this call, d = dim,
-hd = head_dim.
+through a kernel backend (minigpt.kernels); norms, RoPE and the gates are NumPy float32 with every
+rounding of csrc/ops_avx2.c (RMSNorm sums squares in float64 lanes, RoPE and the gates use its FMAs
+and its exp: kernels.fp32). Over the NumPy kernels the whole pass then computes the compiled
+decoder's floats bit for bit, activation rounding included, except the float32 matmuls' sums (BLAS
+adds in its own order), which no integer rounding follows. Shapes: n = tokens in this call,
+d = dim, hd = head_dim.
 """
 
 import numpy as np
 
 from ..config import Config
+from ..kernels import fp32
 
 
 # --- building blocks
 
 def rms_norm(x, weight, eps):
-    # x: [..., d] -> [..., d]; the mean square in float64, the scale rounded once to float32
-    ms = np.einsum("...i,...i->...", x, x, dtype=np.float64)[..., None] / x.shape[-1]
-    return x * (1.0 / np.sqrt(ms + eps)).astype(np.float32) * weight
+    """x: [..., d] -> [..., d]. The squares summed in float64 as rms_norm_avx2 sums them (8 lanes over
+    the vectors of 8, halves, pairs, then the tail), the scale rounded once to float32."""
+    d, v = x.shape[-1], x.shape[-1] // 8 * 8
+    x2 = x.astype(np.float64) ** 2                      # exact: the lanes' FMAs round only the sums
+    lanes = np.add.accumulate(x2[..., :v].reshape(x.shape[:-1] + (-1, 8)), axis=-2)[..., -1, :] if v else \
+        np.zeros(x.shape[:-1] + (8,))                   # (accumulate: in order, vector after vector)
+    h = lanes[..., :4] + lanes[..., 4:]
+    ss = (h[..., 0] + h[..., 2]) + (h[..., 1] + h[..., 3])
+    for j in range(v, d):
+        ss += x2[..., j]
+    inv = (1.0 / np.sqrt(ss / d + np.float64(np.float32(eps)))).astype(np.float32)
+    return x * inv[..., None] * weight
 
 
 def rope_tables(cfg: Config, n_ctx, freq_factors=None, local=False):
@@ -45,14 +58,19 @@ def layer_ropes(cfg: Config, n_ctx, freq_factors=None):
 
 def apply_rope(x, cos, sin, rope_dim, neox=False):
     """Rotate x: [n, heads, hd] in place on its first rope_dim dims; cos, sin: [n, rope_dim // 2].
-    Pair p is (x[2p], x[2p + 1]), or with neox (x[p], x[p + rope_dim // 2])."""
+    Pair p is (x[2p], x[2p + 1]), or with neox (x[p], x[p + rope_dim // 2]). Rounded as the AVX2
+    slots round: x0 c - x1 s and x1 c + x0 s as one FMA over a rounded product (neox: x0 s + x1 c
+    over x1 c), on the pairs the vectors cover (4 per vector, 8 with neox); plainly on the rest."""
     half = rope_dim // 2
     i0, i1 = (slice(0, half), slice(half, rope_dim)) if neox else (slice(0, rope_dim, 2), slice(1, rope_dim, 2))
-    x0 = x[:, :, i0].copy()
-    x1 = x[:, :, i1]
+    x0, x1 = x[:, :, i0].copy(), x[:, :, i1].copy()
     c, s = cos[:, None, :], sin[:, None, :]
-    x[:, :, i0] = x0 * c - x1 * s
-    x[:, :, i1] = x0 * s + x1 * c
+    v = half // 8 * 8 if neox else half // 4 * 4       # pairs the vectors take
+    r0, r1 = x0 * c - x1 * s, x0 * s + x1 * c
+    r0[..., :v] = fp32.fma(x0[..., :v], c[..., :v], -(x1[..., :v] * s[..., :v]))
+    r1[..., :v] = (fp32.fma(x0[..., :v], s[..., :v], x1[..., :v] * c[..., :v]) if neox else
+                   fp32.fma(x1[..., :v], c[..., :v], x0[..., :v] * s[..., :v]))
+    x[:, :, i0], x[:, :, i1] = r0, r1
 
 
 def store_kv(k_cache, v_cache, k, v, start):
@@ -63,14 +81,16 @@ def store_kv(k_cache, v_cache, k, v, start):
 
 
 def silu(x):
-    with np.errstate(over="ignore"):   # exp(-x) = inf for very negative x: x / inf = -0, as in C
-        return x / (np.float32(1) + np.exp(-x))
+    # x * sigmoid(x); exp(-x) = inf for very negative x: x / inf = -0, as in C
+    return x / (np.float32(1) + fp32.exp(np.float32(0) - x))
 
 
 def gelu_tanh(x):
-    # x * sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3)) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
-    with np.errstate(over="ignore"):
-        return x / (np.float32(1) + np.exp(np.float32(-1.5957691216057308) * (x + np.float32(0.044715) * x * x * x)))
+    # x * sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3)) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))),
+    # the cube as x (1 + 0.044715 x^2) with an FMA, as gated8 in ops_avx2.c
+    with np.errstate(over="ignore", invalid="ignore"):
+        z = np.float32(1.5957691216057308) * (x * fp32.fma(np.float32(0.044715), x * x, np.float32(1)))
+    return x / (np.float32(1) + fp32.exp(np.float32(0) - z))
 
 
 ACTS = {"silu": silu, "gelu_tanh": gelu_tanh}
