@@ -9,7 +9,7 @@ import click
 import numpy as np
 
 from . import hub
-from .errors import MinigptError
+from .errors import MinigptError, one_line
 
 QUANTS = ("q4_0", "q4_1", "q8_0", "f16", "f32")
 
@@ -402,10 +402,10 @@ def main():
         sys.stderr.close()   # the reader went away (e.g. `| head`): not an error worth a message
         sys.exit(1)
     except MinigptError as e:
-        _log(f"error: {e}")
+        _log(f"error: {one_line(e)}")
         sys.exit(1)
     except OSError as e:
-        _log(f"error: {e.strerror or e}{': ' + str(e.filename) if e.filename else ''}")
+        _log(f"error: {one_line(f'{e.strerror or e}' + (f': {e.filename}' if e.filename else ''))}")
         sys.exit(1)
     except MemoryError:
         _log("error: out of memory")
@@ -413,7 +413,7 @@ def main():
     except Exception as e:   # a bug: still one line, with a way to see more
         if os.environ.get("MINIGPT_DEBUG"):
             raise
-        _log(f"internal error: {e.__class__.__name__}: {e} (set MINIGPT_DEBUG=1 for a traceback)")
+        _log(f"internal error: {one_line(f'{e.__class__.__name__}: {e}')} (set MINIGPT_DEBUG=1 for a traceback)")
         sys.exit(2)
 
 

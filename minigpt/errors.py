@@ -1,5 +1,20 @@
 """Every error a user can cause is a MinigptError; the CLI prints it as one line and exits non-zero."""
 
+CLIP = 200   # characters of an untrusted value an error message shows
+
+
+def clip(value, n=CLIP):
+    """repr(value) for an error message, cut to n characters (a file may hold a 100 KB name)."""
+    r = repr(value)
+    return r if len(r) <= n else f"{r[:n - 3]}..."
+
+
+def one_line(message, n=4 * CLIP):
+    """An error message as the one line the CLI prints: control characters (newlines, terminal escapes
+    from an untrusted name) shown escaped, and at most n characters."""
+    s = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message))
+    return s if len(s) <= n else f"{s[:n - 3]}..."
+
 
 class MinigptError(Exception):
     """Base class for errors caused by bad input (files, names, options), not by bugs."""
