@@ -134,6 +134,8 @@ def load(cls, path, model):
     with open(path, "rb") as f:
         f.seek(offset)
         for block in _used(cache, n):
+            if not block.size:   # a chat saved before its first message
+                continue
             data = np.empty(block.shape, dtype=np.float32)
             if f.readinto(memoryview(data).cast("B")) != data.nbytes:
                 raise FormatError(f"{path}: truncated")

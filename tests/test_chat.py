@@ -226,6 +226,14 @@ def test_save_load_continues_exactly(model, tmp_path):
     assert loaded.history == chat.history
 
 
+def test_a_chat_saved_before_its_first_message_loads(model, tmp_path):
+    chat = model.chat(system="sys", max_tokens=4, seed=3, **SETTINGS)
+    chat.save(tmp_path / "empty.mgchat")
+    loaded = ChatSession.load(tmp_path / "empty.mgchat", model)
+    assert loaded.n_past == 0 and loaded.history == chat.history
+    assert reply(loaded, "hello") == reply(chat, "hello")
+
+
 def test_load_refuses_other_models_and_damage(model, paths, tmp_path):
     chat = model.chat(max_tokens=4, seed=1)
     reply(chat, "hello")
