@@ -90,20 +90,24 @@ class Model:
         """The chat template: the file's own (sandboxed), else a built-in one for the architecture."""
         if self._template is None:
             tok = self.tokenizer
-            name = lambda i: tok.token_text(i) if i is not None else ""
             t = ChatTemplate.for_model(self.chat_template, ARCH_FILES[self.config.arch].CHAT_TEMPLATE,
-                                       lambda s: tok.token_id(s) is not None,
-                                       bos_token=name(tok.bos_id), eos_token=name(tok.eos_id))
+                                       lambda s: tok.token_id(s) is not None, *self._bos_eos())
             t.check()
             self._template = t
         return self._template
 
     def set_chat_template(self, source, stop=()):
-        """Use `source` (Jinja2 text) instead of the file's chat template; checked now. stop: strings
-        that end a reply, for templates whose turns end in plain text rather than a special token."""
-        t = ChatTemplate(source, "custom", self.template.bos_token, self.template.eos_token, stop)
+        """Use `source` (Jinja2 text) instead of the file's chat template; checked now (the file's own is
+        never run). stop: strings that end a reply, for templates whose turns end in plain text rather
+        than a special token."""
+        t = ChatTemplate(source, "custom", *self._bos_eos(), stop)
         t.check()
         self._template = t
+
+    def _bos_eos(self):
+        """The texts of the BOS and EOS tokens, as templates see them ('' when there is none)."""
+        tok = self.tokenizer
+        return tuple(tok.token_text(i) if i is not None else "" for i in (tok.bos_id, tok.eos_id))
 
     def chat(self, system=None, **kw):
         """A new ChatSession on this model (minigpt.chat.ChatSession: max_tokens, n_ctx, seed and the

@@ -22,7 +22,8 @@ SETTINGS = dict(temperature=0.9, top_k=0, top_p=1.0, min_p=0.0)
 def paths(tmp_path_factory):
     d = tmp_path_factory.mktemp("chat")
     out = {}
-    for name, kw in {"a": {}, "b": {"seed": 1}, "plain": {"chat_template": None}}.items():
+    for name, kw in {"a": {}, "b": {"seed": 1}, "plain": {"chat_template": None},
+                     "hostile": {"chat_template": HOSTILE[0]}}.items():
         tiny_llama(d / f"{name}.gguf", wtype="Q8_0", ctx=256, **kw)
         convert(d / f"{name}.gguf", d / f"{name}.mgpt")
         out[name] = d / f"{name}.mgpt"
@@ -88,6 +89,14 @@ def test_model_template_and_override(model):
     with pytest.raises(TemplateError, match="refused"):
         model.set_chat_template(HOSTILE[0])
     assert model.template.name == "file"   # a refused template changes nothing
+
+
+def test_override_never_runs_the_files_template(paths):
+    m = minigpt.load(str(paths["hostile"]))
+    m.set_chat_template(CHATML)                    # the file's own is not built, let alone rendered
+    assert m.template.name == "custom" and reply(m.chat(max_tokens=2, seed=0), "hi") is not None
+    with pytest.raises(TemplateError, match="refused"):
+        minigpt.load(str(paths["hostile"])).template
 
 
 def test_model_without_template_uses_builtin(paths):
