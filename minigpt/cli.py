@@ -283,9 +283,9 @@ def chat(model, system, temperature, top_k, top_p, min_p, repeat_penalty, seed, 
     _utf8_stdout()
     given = {k: v for k, v in dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                    repeat_penalty=repeat_penalty, seed=seed).items() if v is not None}
-    if resume:   # the saved chat names its model, context and precision
+    if resume:   # the saved chat names its model (a hint, checked), context and precision
         saved, _ = chatfile.read_header(resume)
-        model = model or saved["model"]["path"]
+        model = model or chatfile.model_path(resume, saved)
         ctx = max(ctx or 0, saved["n_ctx"])
         precision = precision or saved["model"]["precision"]
     m = _load(model, threads, backend, ctx, precision or "balanced")

@@ -13,6 +13,7 @@ from minigpt.engine import ContextFullError, KVCache
 from minigpt.errors import FormatError, MinigptError
 from minigpt.template import CHATML, GEMMA, LLAMA3, PLAIN, ChatTemplate, TemplateError
 
+from subproc import run_minigpt
 from synthetic import tiny_llama
 
 SETTINGS = dict(temperature=0.9, top_k=0, top_p=1.0, min_p=0.0)
@@ -265,6 +266,39 @@ def test_load_refuses_other_models_and_damage(model, paths, tmp_path):
     damaged.write_bytes(data.replace(b'"n_past": ', b'"n_past": 9'))
     with pytest.raises(FormatError):
         ChatSession.load(damaged, model)
+
+
+def _with_model_path(src, dest, model_path):
+    """A copy of the saved chat `src` whose header names `model_path` as its model."""
+    import json
+    import struct
+    from minigpt import chatfile
+    h, offset = chatfile.read_header(src)
+    h["model"]["path"] = str(model_path)
+    raw = json.dumps(h, ensure_ascii=False).encode()
+    head = struct.pack("<8sII", chatfile.MAGIC, chatfile.VERSION, len(raw)) + raw
+    dest.write_bytes(head + b"\0" * (-len(head) % 64) + src.read_bytes()[offset:])
+    return dest
+
+
+def test_resume_checks_the_saved_model_path_before_using_it(paths, model, tmp_path):
+    # the path in a saved chat comes from a file: a FIFO, a GGUF, another model or nothing there is
+    # refused at once (never opened, converted or downloaded), and -m overrides it
+    import os
+    chat = model.chat(max_tokens=2, seed=1)
+    reply(chat, "hello")
+    good = tmp_path / "good.mgchat"
+    chat.save(good)
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "t.gguf").write_bytes(b"GGUF" + bytes(60))
+    for name, target in [("fifo", tmp_path / "fifo"), ("gguf", tmp_path / "t.gguf"), ("other", paths["b"]),
+                         ("gone", tmp_path / "gone.mgpt"), ("known-name", "smollm2-135m-instruct")]:
+        bad = _with_model_path(good, tmp_path / f"{name}.mgchat", target)
+        r = run_minigpt("chat", "--resume", bad, input="", timeout=60)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 1 and len(lines) == 1 and "-m MODEL" in lines[0], (name, r.stderr)
+    r = run_minigpt("chat", "--resume", tmp_path / "fifo.mgchat", "-m", paths["a"], input="/quit\n", timeout=120)
+    assert r.returncode == 0, r.stderr
 
 
 def test_save_where_it_cannot_be_written_is_one_clear_error(model, tmp_path):
