@@ -279,7 +279,8 @@ BAD_CONFIG = [("rms_norm_eps", "abc", "norm_eps"), ("rope_parameters", {"rope_th
               ("rope_parameters", {"rope_type": "llama3", "factor": 8, "low_freq_factor": 4, "high_freq_factor": 1},
                "low_freq_factor"),
               ("num_hidden_layers", 1 << 22, "n_layers"), ("vocab_size", 1 << 22, "vocab_size"),
-              ("num_key_value_heads", 3, "heads"), ("tie_word_embeddings", "yes", None)]
+              ("num_key_value_heads", 3, "heads"), ("vocab_size", 640, "tok_embd has shape [320, 64]"),
+              ("intermediate_size", 128, "the config implies"), ("tie_word_embeddings", "yes", None)]
 
 
 @pytest.mark.parametrize("key, value, named", BAD_CONFIG, ids=[f"{k}={str(v)[:10]}" for k, v, _ in BAD_CONFIG])

@@ -152,7 +152,8 @@ def dominant_type(sources) -> str:
 
 
 def plan(sources, config: Config, target: str, where):
-    """[(source, minigpt qtype)] in source order, after checking the set of tensors is complete."""
+    """[(source, minigpt qtype)] in source order, after checking the set of tensors is complete and
+    every shape is the one the config implies (a file that would not load is never written)."""
     head = "tok_embd" if config.tied_embeddings else "output"
     out = []
     for s in sources:
@@ -166,6 +167,12 @@ def plan(sources, config: Config, target: str, where):
                 qtype = "f16"
         out.append((s, qtype))
     _check_complete(where, config, [s.name for s in sources])
+    expect = weights.shapes(config)
+    for s in sources:
+        want = expect[s.name.rsplit(".", 1)[-1]]
+        if tuple(s.shape) != want:
+            raise ConvertError(f"{where}: tensor {s.name} has shape {list(s.shape)}, but the config "
+                               f"implies {list(want)}")
     return out
 
 
