@@ -1,6 +1,7 @@
 """Every error a user can cause is a MinigptError; the CLI prints it as one line and exits non-zero."""
 
-CLIP = 200   # characters of an untrusted value an error message shows
+CLIP = 200       # characters of an untrusted value an error message shows
+CLIP_ARG = 60    # ... of a bad argument (the message names the argument too)
 
 
 def clip(value, n=CLIP):
@@ -18,6 +19,14 @@ def one_line(message, n=4 * CLIP):
 
 class MinigptError(Exception):
     """Base class for errors caused by bad input (files, names, options), not by bugs."""
+
+
+class ArgumentError(MinigptError, ValueError):
+    """A bad argument to the API (minigpt.load, Model, ChatSession): the message names it and shows the value."""
+
+
+class ArgumentTypeError(ArgumentError, TypeError):
+    """An argument of the wrong type (e.g. threads="2"); also a ValueError, like every ArgumentError."""
 
 
 class FormatError(MinigptError):
