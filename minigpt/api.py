@@ -32,13 +32,19 @@ def default_threads():
         return max(1, n)
 
 
+# The default context is the model's, up to this: a file may claim millions of positions, and the RoPE
+# tables (and, as it fills, the cache) grow with the context asked for, not the one claimed.
+DEFAULT_N_CTX = 32768
+
+
 class Model:
     """A loaded model: weights mapped from a .mgpt file, a tokenizer, and one KV cache.
 
     backend: 'c' (default, compiled kernels), 'numba', or 'numpy' (the reference, minigpt/model/decoder.py
     in NumPy: slow, and what the others are checked against). n_ctx: cache length (default: the
-    model's). precision: 'balanced' (default), 'exact' or 'fast': how activations are rounded before
-    each matmul (minigpt.engine.PRECISIONS), the same on every backend.
+    model's context, at most DEFAULT_N_CTX; more on request, up to the model's). precision: 'balanced'
+    (default), 'exact' or 'fast': how activations are rounded before each matmul
+    (minigpt.engine.PRECISIONS), the same on every backend.
     """
 
     def __init__(self, path, threads=None, backend=None, n_ctx=None, verify=False, precision="balanced"):
@@ -58,7 +64,7 @@ class Model:
         except ValueError as e:   # a backend with a lower limit (numba: $NUMBA_NUM_THREADS)
             raise ArgumentError(str(e)) from None
         self.n_ctx = args.optional(args.integer, "n_ctx", n_ctx, 1, self.config.context_length) \
-            or self.config.context_length
+            or min(self.config.context_length, DEFAULT_N_CTX)
         self.weights = weights.load(self.file, self.config)
         self.engine = Engine(self.config, self.weights, self.kern, self.n_ctx, precision)
 

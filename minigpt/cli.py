@@ -209,7 +209,7 @@ def tokenize(model, special, add_bos, text):
 @click.option("--seed", default=None, type=click.IntRange(0), help="Same seed + same settings = same output.")
 @click.option("--stop", multiple=True, help="Stop before this text (repeatable).")
 @click.option("-t", "--threads", default=None, type=click.IntRange(1, MAX_THREADS), help="Default: physical cores.")
-@click.option("--ctx", default=None, type=click.IntRange(1), help="Context length (default: the model's).")
+@click.option("--ctx", default=None, type=click.IntRange(1), help="Context length (default: the model's, at most 32768).")
 @click.option("--backend", default=None, help="Kernel backend (c, numba, numpy); default $MINIGPT_BACKEND or c.")
 @click.option("--precision", default="balanced", show_default=True, type=click.Choice(["exact", "balanced", "fast"]),
               help="Activations in f32 (exact), int8 (fast), or int8 but for the sensitive matmuls (balanced).")
@@ -264,7 +264,7 @@ CHAT_DEFAULTS = {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05, 
 @click.option("--repeat-penalty", default=None, type=click.FloatRange(0, min_open=True), help="[default: 1.1]")
 @click.option("--seed", default=None, type=click.IntRange(0), help="Same seed + same messages = same replies.")
 @click.option("--max-tokens", default=None, type=click.IntRange(0), help="Reply length cap, 0 = none.  [default: 1024]")
-@click.option("--ctx", default=None, type=click.IntRange(1), help="Context length (default: the model's).")
+@click.option("--ctx", default=None, type=click.IntRange(1), help="Context length (default: the model's, at most 32768).")
 @click.option("-t", "--threads", default=None, type=click.IntRange(1, MAX_THREADS), help="Default: physical cores.")
 @click.option("--resume", default=None, type=click.Path(dir_okay=False), help="Continue a chat saved with /save.")
 @click.option("--chat-template", "template_file", default=None, type=click.Path(dir_okay=False),

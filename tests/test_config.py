@@ -2,15 +2,21 @@
 
 import json
 import struct
+import tracemalloc
 import zlib
 
 import numpy as np
 import pytest
 
+import minigpt
+from minigpt.api import DEFAULT_N_CTX
 from minigpt.config import Config
+from minigpt.convert import convert
 from minigpt.errors import FormatError
 from minigpt.format import Writer
+
 from subproc import run_minigpt
+from synthetic import tiny_llama
 
 BASE = dict(arch="llama", dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=96, vocab_size=300,
             context_length=64)
@@ -67,3 +73,16 @@ def test_a_bad_header_field_is_one_line_from_the_cli(tmp_path):
     assert r.returncode == 1, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "norm_eps" in lines[0], r.stderr
+
+
+def test_a_huge_claimed_context_costs_only_the_default(tmp_path):
+    # a file claiming 4 M positions: the default context is DEFAULT_N_CTX, and the RoPE tables and cache
+    # are sized by it, not by the claim (which used to build 3 GB of tables first)
+    tiny_llama(tmp_path / "t.gguf", ctx=1 << 22)
+    convert(tmp_path / "t.gguf", tmp_path / "t.mgpt")
+    tracemalloc.start()
+    m = minigpt.load(str(tmp_path / "t.mgpt"), backend="numpy")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert m.config.context_length == 1 << 22 and m.n_ctx == DEFAULT_N_CTX and peak < 64 << 20
+    assert minigpt.load(str(tmp_path / "t.mgpt"), n_ctx=DEFAULT_N_CTX * 2).n_ctx == DEFAULT_N_CTX * 2
