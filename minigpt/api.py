@@ -4,10 +4,10 @@ import os
 
 import numpy as np
 
-from . import hub, kernels
+from . import args, hub, kernels
 from .chat import ChatSession
-from .engine import Engine, KVCache, Step, TextStream, TokenLoop
-from .errors import MinigptError
+from .engine import PRECISIONS, Engine, KVCache, Step, TextStream, TokenLoop
+from .errors import ArgumentError
 from .format import MgptFile
 from .model import ARCH_FILES, weights
 from .sampling import SamplerSettings, make_rng
@@ -32,17 +32,25 @@ def default_threads():
         return max(1, n)
 
 
+# The default context is the model's, up to this: a file may claim millions of positions, and the RoPE
+# tables (and, as it fills, the cache) grow with the context asked for, not the one claimed.
+DEFAULT_N_CTX = 32768
+
+
 class Model:
     """A loaded model: weights mapped from a .mgpt file, a tokenizer, and one KV cache.
 
     backend: 'c' (default, compiled kernels), 'numba', or 'numpy' (the reference, minigpt/model/decoder.py
     in NumPy: slow, and what the others are checked against). n_ctx: cache length (default: the
-    model's). precision: 'balanced' (default), 'exact' or 'fast': how activations are rounded before
-    each matmul (minigpt.engine.PRECISIONS), the same on every backend.
+    model's context, at most DEFAULT_N_CTX; more on request, up to the model's). precision: 'balanced'
+    (default), 'exact' or 'fast': how activations are rounded before each matmul
+    (minigpt.engine.PRECISIONS), the same on every backend.
     """
 
     def __init__(self, path, threads=None, backend=None, n_ctx=None, verify=False, precision="balanced"):
-        self.path = path
+        threads, backend, verify, precision = _options(threads, backend, verify, precision)
+        self.kern = kernels.get_backend(backend)
+        self.path = args.path("path", path)
         self.file = MgptFile(path)
         if verify:
             self.file.verify()
@@ -50,27 +58,29 @@ class Model:
         self.tokenizer = from_fields(self.file.tokenizer)
         self.chat_template = self.file.chat_template
         self._template = None
-        self.kern = kernels.get_backend(backend)
-        self.threads = threads or default_threads()
-        if threads is not None and not 1 <= threads <= 512:
-            raise MinigptError(f"bad thread count {threads}")
-        self.kern.set_threads(self.threads)
-        self.n_ctx = n_ctx or self.config.context_length
-        if not 1 <= self.n_ctx <= self.config.context_length:
-            raise MinigptError(f"n_ctx {n_ctx} out of range 1..{self.config.context_length}")
+        self.threads = threads or min(default_threads(), kernels.MAX_THREADS)
+        try:
+            self.kern.set_threads(self.threads)
+        except ValueError as e:   # a backend with a lower limit (numba: $NUMBA_NUM_THREADS)
+            raise ArgumentError(str(e)) from None
+        self.n_ctx = args.optional(args.integer, "n_ctx", n_ctx, 1, self.config.context_length) \
+            or min(self.config.context_length, DEFAULT_N_CTX)
         self.weights = weights.load(self.file, self.config)
         self.engine = Engine(self.config, self.weights, self.kern, self.n_ctx, precision)
 
     # --- text
     def tokenize(self, text, add_bos=False, special=False):
-        return self.tokenizer.encode(text, add_bos=add_bos, special=special)
+        return self.tokenizer.encode(args.text("text", text), add_bos=add_bos, special=special)
 
     def detokenize(self, ids):
-        return self.tokenizer.decode(ids)
+        return self.tokenizer.decode(args.token_ids("ids", ids, self.tokenizer.n_vocab))
 
     # --- evaluation
     def logits(self, ids):
         """float32 [len(ids), vocab], teacher-forced from an empty cache (the model's own cache is untouched)."""
+        ids = args.token_ids("ids", ids, self.config.vocab_size)
+        if len(ids) > self.n_ctx:   # the RoPE tables end there
+            raise ArgumentError(f"ids holds {len(ids)} tokens, more than the context's {self.n_ctx} (n_ctx)")
         return self.engine.prefill(ids, all_logits=True, cache=KVCache(self.config, max(1, len(ids))))
 
     def reset(self):
@@ -90,20 +100,24 @@ class Model:
         """The chat template: the file's own (sandboxed), else a built-in one for the architecture."""
         if self._template is None:
             tok = self.tokenizer
-            name = lambda i: tok.token_text(i) if i is not None else ""
             t = ChatTemplate.for_model(self.chat_template, ARCH_FILES[self.config.arch].CHAT_TEMPLATE,
-                                       lambda s: tok.token_id(s) is not None,
-                                       bos_token=name(tok.bos_id), eos_token=name(tok.eos_id))
+                                       lambda s: tok.token_id(s) is not None, *self._bos_eos())
             t.check()
             self._template = t
         return self._template
 
     def set_chat_template(self, source, stop=()):
-        """Use `source` (Jinja2 text) instead of the file's chat template; checked now. stop: strings
-        that end a reply, for templates whose turns end in plain text rather than a special token."""
-        t = ChatTemplate(source, "custom", self.template.bos_token, self.template.eos_token, stop)
+        """Use `source` (Jinja2 text) instead of the file's chat template; checked now (the file's own is
+        never run). stop: strings that end a reply, for templates whose turns end in plain text rather
+        than a special token."""
+        t = ChatTemplate(args.text("source", source), "custom", *self._bos_eos(), args.stop_strings("stop", stop))
         t.check()
         self._template = t
+
+    def _bos_eos(self):
+        """The texts of the BOS and EOS tokens, as templates see them ('' when there is none)."""
+        tok = self.tokenizer
+        return tuple(tok.token_text(i) if i is not None else "" for i in (tok.bos_id, tok.eos_id))
 
     def chat(self, system=None, **kw):
         """A new ChatSession on this model (minigpt.chat.ChatSession: max_tokens, n_ctx, seed and the
@@ -117,24 +131,31 @@ class Model:
 
         Stops at max_tokens, an end-of-generation token, a full context, or a stop string (not included).
         With special=True, control-token texts in the prompt (e.g. <|im_start|>) become those tokens.
+        Bad arguments raise here, before the first piece is asked for.
         """
-        for step in self.steps(prompt, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n,
-                               seed, stop, special):
-            if step.text:
-                yield step.text
+        steps = self.steps(prompt, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed,
+                           stop, special)
+        return (step.text for step in steps if step.text)
 
     def steps(self, prompt, max_tokens=128, temperature=0.8, top_k=40, top_p=0.95, min_p=0.05,
               repeat_penalty=1.0, repeat_last_n=64, seed=None, stop=(), special=True, top_n=0):
         """generate(), as engine.Step objects: each token with its text and, with top_n > 0, the model's
         probabilities for it and its top_n likeliest alternatives. A last Step with token None may carry
         text held back until the end."""
-        settings = SamplerSettings(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n,
-                                   seed if seed is not None else int(np.random.SeedSequence().entropy % 2**63))
-        if max_tokens < 0:
-            raise MinigptError(f"bad max_tokens {max_tokens}")
-        ids = prompt if isinstance(prompt, list) else self.tokenize(prompt, self.tokenizer.add_bos, special)
+        settings = SamplerSettings(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed)
+        if seed is None:
+            settings = settings.with_(seed=int(np.random.SeedSequence().entropy % 2**63))
+        max_tokens, top_n = args.integer("max_tokens", max_tokens, 0), args.integer("top_n", top_n, 0)
+        stop = args.stop_strings("stop", stop)
+        if isinstance(prompt, str):
+            ids = self.tokenize(prompt, self.tokenizer.add_bos, special)
+        else:
+            ids = args.token_ids("prompt", prompt, self.config.vocab_size, "a str or a list of token ids")
         if not ids:
             ids = [self.tokenizer.bos_id if self.tokenizer.bos_id is not None else self.tokenizer.eos_id]
+        return self._steps(ids, settings, max_tokens, stop, top_n)
+
+    def _steps(self, ids, settings, max_tokens, stop, top_n):
         self.reset()
         logits = self.engine.prefill(ids)
         out = TextStream(self.tokenizer, stop)
@@ -155,5 +176,13 @@ def load(model=None, threads=None, backend=None, n_ctx=None, verify=False, preci
     once, into the cache). Default: SmolLM2-135M-Instruct. log(message) and progress(n, total, stage)
     report that first-use work: n more bytes of total are done; stage is 'downloading', 'verifying' or
     'converting'."""
-    return Model(hub.resolve(model, log, progress), threads=threads, backend=backend, n_ctx=n_ctx, verify=verify,
-                 precision=precision)
+    _options(threads, backend, verify, precision)   # before a download, not after it
+    return Model(hub.resolve(args.optional(args.path, "model", model), log, progress), threads=threads, backend=backend,
+                 n_ctx=n_ctx, verify=verify, precision=precision)
+
+
+def _options(threads, backend, verify, precision):
+    """Model's options that need no file, checked."""
+    return (args.optional(args.integer, "threads", threads, 1, kernels.MAX_THREADS),
+            args.optional(args.text, "backend", backend), args.flag("verify", verify),
+            args.choice("precision", precision, PRECISIONS))

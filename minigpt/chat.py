@@ -21,6 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from . import args
 from .engine import ContextFullError, KVCache, Step, TextStream, TokenLoop
 from .errors import MinigptError
 from .sampling import SamplerSettings, make_rng
@@ -63,15 +64,14 @@ class ChatSession:
 
     def __init__(self, model, system=None, max_tokens=None, n_ctx=None, seed=None, **sampling):
         self.model = model
+        self.settings = SamplerSettings().with_(seed=seed, **sampling)
         if seed is None:
-            seed = int.from_bytes(os.urandom(8), "little") >> 1
-        self.settings = SamplerSettings(seed=seed, **sampling)
-        self.max_tokens = _check_max_tokens(max_tokens)
-        n_ctx = n_ctx or model.n_ctx
-        if not 1 <= n_ctx <= model.n_ctx:
-            raise MinigptError(f"session context {n_ctx} out of range 1..{model.n_ctx} (the model's)")
+            self.settings = self.settings.with_(seed=int.from_bytes(os.urandom(8), "little") >> 1)
+        self.max_tokens = args.optional(args.integer, "max_tokens", max_tokens, 1)   # None: no limit
+        n_ctx = args.optional(args.integer, "n_ctx", n_ctx, 1, model.n_ctx) or model.n_ctx
         self.cache = KVCache(model.config, n_ctx)
-        self.rng = make_rng(seed)
+        self.rng = make_rng(self.settings.seed)
+        system = args.optional(args.text, "system", system)
         self.messages = [{"role": "system", "content": system}] if system else []
         self.last = TurnStats()
         self._text = ""          # the template text the cache's tokens spell; None: not known
@@ -109,7 +109,7 @@ class ChatSession:
         with self._guard():
             new = self.settings.with_(**changes)
             if max_tokens is not ...:
-                self.max_tokens = _check_max_tokens(max_tokens)
+                self.max_tokens = args.optional(args.integer, "max_tokens", max_tokens, 1)
             if "seed" in changes:
                 self.rng = make_rng(new.seed)
             self.settings = new
@@ -124,6 +124,7 @@ class ChatSession:
 
     def set_system(self, text):
         """Replace the system prompt (empty or None: none). The next turn re-reads the conversation."""
+        args.optional(args.text, "text", text)
         with self._guard():
             if self.system is not None:
                 self.messages = self.messages[1:]
@@ -184,8 +185,8 @@ class ChatSession:
         The turn runs as the iterator is consumed (on any thread); a cancel() from the moment this is
         called counts. Stop a turn with cancel() rather than by abandoning the iterator: text held back
         at that point (part of a character, a possible stop string) is then not shown, nor kept."""
-        if not isinstance(text, str):
-            raise MinigptError(f"a message must be a str, got {type(text).__name__}")
+        args.text("text", text)
+        top_n = args.integer("top_n", top_n, 0)
         if not self._busy.locked():
             self._cancel.clear()
         return self._locked_turn(text, on_prefill_progress, top_n)
@@ -337,12 +338,6 @@ class _Release:
 
     def __exit__(self, *_):
         self.lock.release()
-
-
-def _check_max_tokens(n):
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise MinigptError(f"bad max_tokens {n!r} (a positive integer, or None for no limit)")
-    return n
 
 
 def _spell(tokenizer, ids):

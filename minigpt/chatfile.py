@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import FormatError, MinigptError
+from .errors import FormatError, MinigptError, clip
+from .format import MgptFile
 from .sampling import SamplerSettings
 
 MAGIC = b"MGPTCHAT"
@@ -109,6 +110,24 @@ def read_header(path):
     return header, offset + (-offset % _ALIGN)
 
 
+def model_path(path, header):
+    """The .mgpt file the saved chat at `path` (its header: read_header) was saved with, if it is still
+    a regular file holding the same weights. The saved path is a hint from an untrusted file: it is never
+    converted, downloaded or opened unless it is a regular file, and checked before any model loads."""
+    p, want = header["model"].get("path"), header["model"]["fingerprint"]
+    hint = "; pass -m MODEL to resume it with a model you choose"
+    if not isinstance(p, str) or not os.path.isfile(p):
+        raise MinigptError(f"{path} was saved with {clip(p, 120)}, which is not a file here{hint}")
+    try:
+        have = MgptFile(p).fingerprint
+    except FormatError as e:
+        raise MinigptError(f"{path} was saved with {clip(p, 120)}, which is not a minigpt model now "
+                           f"({clip(str(e), 120)}){hint}") from None
+    if have != want:
+        raise MinigptError(f"{path} was saved with {clip(p, 120)}, which now holds other weights{hint}")
+    return p
+
+
 def load(cls, path, model):
     """A `cls` (ChatSession) restored from `path` on `model`, which must be the one it was saved with."""
     path = Path(path)
@@ -134,6 +153,8 @@ def load(cls, path, model):
     with open(path, "rb") as f:
         f.seek(offset)
         for block in _used(cache, n):
+            if not block.size:   # a chat saved before its first message
+                continue
             data = np.empty(block.shape, dtype=np.float32)
             if f.readinto(memoryview(data).cast("B")) != data.nbytes:
                 raise FormatError(f"{path}: truncated")

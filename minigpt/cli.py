@@ -9,7 +9,8 @@ import click
 import numpy as np
 
 from . import hub
-from .errors import MinigptError
+from .errors import MinigptError, one_line
+from .kernels import MAX_THREADS
 
 QUANTS = ("q4_0", "q4_1", "q8_0", "f16", "f32")
 
@@ -110,7 +111,7 @@ def cli():
                    "multilingual text: top-1 agreement, KL divergence, perplexities.")
 @click.option("--precision", default=None, type=click.Choice(["exact", "balanced", "fast"]),
               help="With --check: how the converted model rounds activations.  [default: balanced]")
-@click.option("-t", "--threads", default=None, type=click.IntRange(1, 512), help="With --check: threads.")
+@click.option("-t", "--threads", default=None, type=click.IntRange(1, MAX_THREADS), help="With --check: threads.")
 def convert(src, out, quant, check, precision, threads):
     """Convert SRC, a GGUF file or a Hugging Face model folder, into a minigpt .mgpt file."""
     if not check and (precision or threads):
@@ -205,10 +206,10 @@ def tokenize(model, special, add_bos, text):
 @click.option("--top-p", default=0.95, show_default=True, type=click.FloatRange(0, 1, min_open=True))
 @click.option("--min-p", default=0.05, show_default=True, type=click.FloatRange(0, 1))
 @click.option("--repeat-penalty", default=1.0, show_default=True, type=click.FloatRange(0, min_open=True))
-@click.option("--seed", default=None, type=int, help="Same seed + same settings = same output.")
+@click.option("--seed", default=None, type=click.IntRange(0), help="Same seed + same settings = same output.")
 @click.option("--stop", multiple=True, help="Stop before this text (repeatable).")
-@click.option("-t", "--threads", default=None, type=click.IntRange(1, 512), help="Default: physical cores.")
-@click.option("--ctx", default=None, type=click.IntRange(1), help="Context length (default: the model's).")
+@click.option("-t", "--threads", default=None, type=click.IntRange(1, MAX_THREADS), help="Default: physical cores.")
+@click.option("--ctx", default=None, type=click.IntRange(1), help="Context length (default: the model's, at most 32768).")
 @click.option("--backend", default=None, help="Kernel backend (c, numba, numpy); default $MINIGPT_BACKEND or c.")
 @click.option("--precision", default="balanced", show_default=True, type=click.Choice(["exact", "balanced", "fast"]),
               help="Activations in f32 (exact), int8 (fast), or int8 but for the sensitive matmuls (balanced).")
@@ -261,10 +262,10 @@ CHAT_DEFAULTS = {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05, 
 @click.option("--top-p", default=None, type=click.FloatRange(0, 1, min_open=True), help="[default: 0.95]")
 @click.option("--min-p", default=None, type=click.FloatRange(0, 1), help="[default: 0.05]")
 @click.option("--repeat-penalty", default=None, type=click.FloatRange(0, min_open=True), help="[default: 1.1]")
-@click.option("--seed", default=None, type=int, help="Same seed + same messages = same replies.")
+@click.option("--seed", default=None, type=click.IntRange(0), help="Same seed + same messages = same replies.")
 @click.option("--max-tokens", default=None, type=click.IntRange(0), help="Reply length cap, 0 = none.  [default: 1024]")
-@click.option("--ctx", default=None, type=click.IntRange(1), help="Context length (default: the model's).")
-@click.option("-t", "--threads", default=None, type=click.IntRange(1, 512), help="Default: physical cores.")
+@click.option("--ctx", default=None, type=click.IntRange(1), help="Context length (default: the model's, at most 32768).")
+@click.option("-t", "--threads", default=None, type=click.IntRange(1, MAX_THREADS), help="Default: physical cores.")
 @click.option("--resume", default=None, type=click.Path(dir_okay=False), help="Continue a chat saved with /save.")
 @click.option("--chat-template", "template_file", default=None, type=click.Path(dir_okay=False),
               help="A Jinja2 chat template file to use instead of the model's.")
@@ -283,9 +284,9 @@ def chat(model, system, temperature, top_k, top_p, min_p, repeat_penalty, seed, 
     _utf8_stdout()
     given = {k: v for k, v in dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                    repeat_penalty=repeat_penalty, seed=seed).items() if v is not None}
-    if resume:   # the saved chat names its model, context and precision
+    if resume:   # the saved chat names its model (a hint, checked), context and precision
         saved, _ = chatfile.read_header(resume)
-        model = model or saved["model"]["path"]
+        model = model or chatfile.model_path(resume, saved)
         ctx = max(ctx or 0, saved["n_ctx"])
         precision = precision or saved["model"]["precision"]
     m = _load(model, threads, backend, ctx, precision or "balanced")
@@ -315,7 +316,7 @@ def chat(model, system, temperature, top_k, top_p, min_p, repeat_penalty, seed, 
 @click.option("-m", "--model", default=None, help="A .mgpt file or a known model name (default: smollm2-135m-instruct).")
 @click.option("-p", "--n-prompt", default=128, show_default=True, type=click.IntRange(0), help="Prefill test length.")
 @click.option("-n", "--n-gen", default=128, show_default=True, type=click.IntRange(0), help="Decode test length.")
-@click.option("-t", "--threads", default=None, type=click.IntRange(1, 512), help="Default: physical cores.")
+@click.option("-t", "--threads", default=None, type=click.IntRange(1, MAX_THREADS), help="Default: physical cores.")
 @click.option("-r", "--reps", default=3, show_default=True, type=click.IntRange(1), help="Repetitions of each test.")
 @click.option("--backend", default=None, help="Kernel backend; default $MINIGPT_BACKEND or c.")
 @click.option("--precision", default="balanced", show_default=True, type=click.Choice(["exact", "balanced", "fast"]),
@@ -361,7 +362,7 @@ def _check(src, out, precision, threads):
               help="Chunk length in tokens; the second half of each chunk is scored.  [default: 512, or the "
                    "model's context if shorter]")
 @click.option("--chunks", default=None, type=click.IntRange(1), help="Score at most this many chunks.")
-@click.option("-t", "--threads", default=None, type=click.IntRange(1, 512), help="Default: physical cores.")
+@click.option("-t", "--threads", default=None, type=click.IntRange(1, MAX_THREADS), help="Default: physical cores.")
 @click.option("--backend", default=None, help="Kernel backend (c, numba, numpy); default $MINIGPT_BACKEND or c.")
 @click.option("--precision", default="balanced", show_default=True, type=click.Choice(["exact", "balanced", "fast"]),
               help="Activations in f32 (exact), int8 (fast), or int8 but for the sensitive matmuls (balanced).")
@@ -402,10 +403,10 @@ def main():
         sys.stderr.close()   # the reader went away (e.g. `| head`): not an error worth a message
         sys.exit(1)
     except MinigptError as e:
-        _log(f"error: {e}")
+        _log(f"error: {one_line(e)}")
         sys.exit(1)
     except OSError as e:
-        _log(f"error: {e.strerror or e}{': ' + str(e.filename) if e.filename else ''}")
+        _log(f"error: {one_line(f'{e.strerror or e}' + (f': {e.filename}' if e.filename else ''))}")
         sys.exit(1)
     except MemoryError:
         _log("error: out of memory")
@@ -413,7 +414,7 @@ def main():
     except Exception as e:   # a bug: still one line, with a way to see more
         if os.environ.get("MINIGPT_DEBUG"):
             raise
-        _log(f"internal error: {e.__class__.__name__}: {e} (set MINIGPT_DEBUG=1 for a traceback)")
+        _log(f"internal error: {one_line(f'{e.__class__.__name__}: {e}')} (set MINIGPT_DEBUG=1 for a traceback)")
         sys.exit(2)
 
 

@@ -10,7 +10,7 @@ Norm weights are stored as the multiplier itself (Hugging Face's 1 + w for Gemma
 import math
 from dataclasses import asdict, dataclass, field, fields
 
-from .errors import FormatError
+from .errors import FormatError, clip
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,27 @@ ARCHITECTURES = {
     "llama": Features(),    # Llama 2/3, SmolLM2, Mistral, Qwen2 (biases and windows are Config fields)
     "gemma3": Features(act="gelu_tanh", rope_neox=True, qk_norm=True, post_norms=True, embed_scale=True),
 }
+
+
+# What each field may hold, checked once when a Config is made (from a file header, a GGUF or a
+# config.json: all untrusted), so that the code after it can trust it. The upper ends are far beyond
+# any released model (Llama 3.1 405B: dim 16384, 126 layers, 128 heads, ffn 53248; Gemma 3: 262,144
+# tokens) and keep a hostile file from asking for gigabytes of tables before anything is read.
+INT_RANGES = {
+    "dim": (1, 1 << 16), "n_layers": (1, 1024), "n_heads": (1, 1024), "n_kv_heads": (1, 1024),
+    "hidden_dim": (1, 1 << 20), "vocab_size": (1, 1 << 21), "context_length": (1, 1 << 24),
+    "head_dim": (0, 1024), "rope_dim": (0, 1024), "sliding_window": (0, 1 << 24),
+}
+FLOAT_RANGES = {   # (lo, hi), lo excluded where it is 0 and 0 means 'not set' is not allowed
+    "norm_eps": (0.0, 1.0), "rope_theta": (0.0, 1e12), "rope_theta_local": (0.0, 1e12), "query_scale": (0.0, 1e3),
+}
+UNSET_ZERO = {"rope_theta_local", "query_scale"}   # 0: derived from other fields
+BOOLS = ("tied_embeddings", "qkv_bias")
+NAME_CHARS = 200
+
+
+def _bad(key, value, want):
+    raise FormatError(f"bad model config: {key} = {clip(value, 60)} ({want})")
 
 
 @dataclass(frozen=True)
@@ -57,14 +78,11 @@ class Config:
     # sqrt(dim)), windows (per layer: 0, or sliding_window on a local layer)
 
     def __post_init__(self):
-        if self.arch not in ARCHITECTURES:
-            raise FormatError(f"unsupported architecture {self.arch!r} (supported: {', '.join(ARCHITECTURES)})")
-        for k in ("dim", "n_layers", "n_heads", "n_kv_heads", "hidden_dim", "vocab_size", "context_length"):
-            v = getattr(self, k)
-            if not isinstance(v, int) or not 0 < v <= 1 << 24:
-                raise FormatError(f"bad model config: {k} = {v!r}")
+        self._check_fields()
         if not self.head_dim:
             object.__setattr__(self, "head_dim", self.dim // self.n_heads)
+        if not self.head_dim:
+            raise FormatError(f"bad model config: dim {self.dim} has no room for {self.n_heads} heads")
         if not self.rope_dim:
             object.__setattr__(self, "rope_dim", self.head_dim)
         object.__setattr__(self, "local_layers", tuple(sorted(set(self.local_layers))))
@@ -72,8 +90,8 @@ class Config:
             object.__setattr__(self, "rope_theta_local", self.rope_theta)
         if not self.query_scale:
             object.__setattr__(self, "query_scale", self.head_dim ** -0.5)
-        if (self.sliding_window < 0 or bool(self.sliding_window) != bool(self.local_layers)
-                or any(not isinstance(i, int) or not 0 <= i < self.n_layers for i in self.local_layers)):
+        if (bool(self.sliding_window) != bool(self.local_layers)
+                or any(not 0 <= i < self.n_layers for i in self.local_layers)):
             raise FormatError(f"bad model config: sliding_window {self.sliding_window}, "
                               f"local_layers {list(self.local_layers)}")
         if self.n_heads % self.n_kv_heads or self.rope_dim > self.head_dim or self.rope_dim % 2:
@@ -85,6 +103,42 @@ class Config:
         local = set(self.local_layers)
         object.__setattr__(self, "windows", tuple(self.sliding_window if i in local else 0
                                                   for i in range(self.n_layers)))
+
+    def _check_fields(self):
+        """Types and ranges of the stored fields (INT_RANGES, FLOAT_RANGES, ...); numbers become floats
+        where floats are meant, a long name is cut. FormatError names the first bad field."""
+        set_ = lambda k, v: object.__setattr__(self, k, v)
+        if not isinstance(self.arch, str) or self.arch not in ARCHITECTURES:
+            raise FormatError(f"unsupported architecture {clip(self.arch, 60)} (supported: {', '.join(ARCHITECTURES)})")
+        for k, (lo, hi) in INT_RANGES.items():
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                _bad(k, v, f"an integer in {lo}..{hi:,}")
+        for k, (lo, hi) in FLOAT_RANGES.items():
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or \
+                    not (lo < v <= hi or (v == 0 and k in UNSET_ZERO)):
+                _bad(k, v, f"a number in ({lo:g}, {hi:g}]" + (" or 0" if k in UNSET_ZERO else ""))
+            set_(k, float(v))
+        for k in BOOLS:
+            if not isinstance(getattr(self, k), bool):
+                _bad(k, getattr(self, k), "true or false")
+        if not isinstance(self.name, str):
+            _bad("name", self.name, "a string")
+        if len(self.name) > NAME_CHARS:
+            set_("name", self.name[:NAME_CHARS])
+        rs = self.rope_scaling
+        if not isinstance(rs, dict) or rs and (set(rs) != {"type", "factor"} or rs["type"] != "linear" or
+                                               isinstance(rs["factor"], bool) or
+                                               not isinstance(rs["factor"], (int, float)) or
+                                               not 0 < rs["factor"] <= 1e6):
+            _bad("rope_scaling", rs, 'empty, or {"type": "linear", "factor": a number in (0, 1e6]}')
+        if rs:
+            set_("rope_scaling", {"type": "linear", "factor": float(rs["factor"])})
+        layers = self.local_layers
+        if not isinstance(layers, (tuple, list)) or len(layers) > INT_RANGES["n_layers"][1] or \
+                any(isinstance(i, bool) or not isinstance(i, int) for i in layers):
+            _bad("local_layers", self.local_layers, "a list of layer indices")
 
     def to_dict(self):
         d = asdict(self)

@@ -15,6 +15,7 @@ no code reads until a kernel uses them. Per-tensor CRC-32s are checked by `verif
 
 import hashlib
 import json
+import math
 import mmap
 import os
 import struct
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import Config
-from .errors import FormatError
+from .errors import FormatError, clip
 from .quant import QTYPES, storage_shape
 
 MAGIC = b"MGPT"
@@ -72,7 +73,7 @@ def tensor_storage_shape(qtype, shape):
 
 def _nbytes(qtype, shape):
     dtype = np.dtype(_DTYPES.get(qtype, np.uint8))
-    return int(np.prod(tensor_storage_shape(qtype, shape), dtype=np.int64)) * dtype.itemsize
+    return math.prod(int(s) for s in tensor_storage_shape(qtype, shape)) * dtype.itemsize   # Python ints: no overflow
 
 
 # --- writing
@@ -198,8 +199,11 @@ class MgptFile:
             table, data_offset, file_size = meta["tensors"], meta["data_offset"], meta["file_size"]
         except FormatError as e:
             raise err(str(e)) from None
-        except (ValueError, KeyError, TypeError) as e:
-            raise err(f"malformed header ({e.__class__.__name__}: {e})") from None
+        except (ValueError, KeyError, TypeError, RecursionError) as e:   # RecursionError: JSON nested too deep
+            raise err(f"malformed header ({e.__class__.__name__}: {clip(str(e), 100)})") from None
+        if not isinstance(table, list) or not table or not all(isinstance(t, dict) for t in table) or \
+                not all(isinstance(v, int) and not isinstance(v, bool) for v in (data_offset, file_size)):
+            raise err("malformed header (tensor table, data offset or file size)")
         if file_size != size:
             raise err(f"file is {size} bytes, header says {file_size} (truncated or appended to?)")
         if data_offset < _PREFIX.size + hlen or data_offset % ALIGN:
@@ -212,7 +216,9 @@ class MgptFile:
                 info = TensorInfo(t["name"], t["qtype"], tuple(int(s) for s in t["shape"]), int(t["offset"]),
                                   int(t["nbytes"]), int(t["crc32"], 16))
             except (KeyError, TypeError, ValueError) as e:
-                raise err(f"malformed tensor entry {t!r:.80} ({e})") from None
+                raise err(f"malformed tensor entry {clip(t, 80)} ({clip(str(e), 80)})") from None
+            if not isinstance(info.name, str) or len(info.name) > 200 or not isinstance(info.qtype, str):
+                raise err(f"malformed tensor entry {clip(t, 80)} (name or type)")
             if any(s <= 0 for s in info.shape):
                 raise err(f"tensor {info.name}: bad shape {info.shape}")
             try:

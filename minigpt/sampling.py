@@ -4,11 +4,12 @@ The chain follows llama.cpp's default order: repetition penalty -> top-k -> top-
 temperature -> draw. temperature == 0 means greedy (argmax after the penalty).
 """
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
-from .errors import MinigptError
+from . import args
+from .errors import CLIP_ARG, ArgumentTypeError, clip
 
 
 @dataclass(frozen=True)
@@ -21,15 +22,22 @@ class SamplerSettings:
     repeat_last_n: int = 64       # how many recent tokens the penalty looks at
     seed: int | None = None       # None: a fresh random seed
 
-    def __post_init__(self):
-        checks = [("temperature", self.temperature >= 0), ("top_k", self.top_k >= 0),
-                  ("top_p", 0 < self.top_p <= 1), ("min_p", 0 <= self.min_p <= 1),
-                  ("repeat_penalty", self.repeat_penalty > 0), ("repeat_last_n", self.repeat_last_n >= 0)]
-        for name, ok in checks:
-            if not ok:
-                raise MinigptError(f"bad sampling setting {name} = {getattr(self, name)!r}")
+    def __post_init__(self):   # every way in (the API, chat sessions, saved sessions) passes here
+        checked = {"temperature": args.number("temperature", self.temperature, 0),
+                   "top_k": args.integer("top_k", self.top_k, 0),
+                   "top_p": args.number("top_p", self.top_p, 0, 1, above=True),
+                   "min_p": args.number("min_p", self.min_p, 0, 1),
+                   "repeat_penalty": args.number("repeat_penalty", self.repeat_penalty, 0, above=True),
+                   "repeat_last_n": args.integer("repeat_last_n", self.repeat_last_n, 0),
+                   "seed": args.optional(args.integer, "seed", self.seed, 0)}
+        for name, value in checked.items():   # kept as plain int / float: a saved session writes them as JSON
+            object.__setattr__(self, name, value)
 
     def with_(self, **changes):
+        unknown = sorted(set(changes) - {f.name for f in fields(self)})
+        if unknown:
+            raise ArgumentTypeError(f"unknown sampling setting {clip(unknown[0], CLIP_ARG)} "
+                                    f"(known: {', '.join(f.name for f in fields(self))})")
         return replace(self, **changes)
 
 

@@ -13,6 +13,7 @@ from minigpt.engine import ContextFullError, KVCache
 from minigpt.errors import FormatError, MinigptError
 from minigpt.template import CHATML, GEMMA, LLAMA3, PLAIN, ChatTemplate, TemplateError
 
+from subproc import run_minigpt
 from synthetic import tiny_llama
 
 SETTINGS = dict(temperature=0.9, top_k=0, top_p=1.0, min_p=0.0)
@@ -22,7 +23,8 @@ SETTINGS = dict(temperature=0.9, top_k=0, top_p=1.0, min_p=0.0)
 def paths(tmp_path_factory):
     d = tmp_path_factory.mktemp("chat")
     out = {}
-    for name, kw in {"a": {}, "b": {"seed": 1}, "plain": {"chat_template": None}}.items():
+    for name, kw in {"a": {}, "b": {"seed": 1}, "plain": {"chat_template": None},
+                     "hostile": {"chat_template": HOSTILE[0]}}.items():
         tiny_llama(d / f"{name}.gguf", wtype="Q8_0", ctx=256, **kw)
         convert(d / f"{name}.gguf", d / f"{name}.mgpt")
         out[name] = d / f"{name}.mgpt"
@@ -88,6 +90,14 @@ def test_model_template_and_override(model):
     with pytest.raises(TemplateError, match="refused"):
         model.set_chat_template(HOSTILE[0])
     assert model.template.name == "file"   # a refused template changes nothing
+
+
+def test_override_never_runs_the_files_template(paths):
+    m = minigpt.load(str(paths["hostile"]))
+    m.set_chat_template(CHATML)                    # the file's own is not built, let alone rendered
+    assert m.template.name == "custom" and reply(m.chat(max_tokens=2, seed=0), "hi") is not None
+    with pytest.raises(TemplateError, match="refused"):
+        minigpt.load(str(paths["hostile"])).template
 
 
 def test_model_without_template_uses_builtin(paths):
@@ -226,6 +236,14 @@ def test_save_load_continues_exactly(model, tmp_path):
     assert loaded.history == chat.history
 
 
+def test_a_chat_saved_before_its_first_message_loads(model, tmp_path):
+    chat = model.chat(system="sys", max_tokens=4, seed=3, **SETTINGS)
+    chat.save(tmp_path / "empty.mgchat")
+    loaded = ChatSession.load(tmp_path / "empty.mgchat", model)
+    assert loaded.n_past == 0 and loaded.history == chat.history
+    assert reply(loaded, "hello") == reply(chat, "hello")
+
+
 def test_load_refuses_other_models_and_damage(model, paths, tmp_path):
     chat = model.chat(max_tokens=4, seed=1)
     reply(chat, "hello")
@@ -248,6 +266,39 @@ def test_load_refuses_other_models_and_damage(model, paths, tmp_path):
     damaged.write_bytes(data.replace(b'"n_past": ', b'"n_past": 9'))
     with pytest.raises(FormatError):
         ChatSession.load(damaged, model)
+
+
+def _with_model_path(src, dest, model_path):
+    """A copy of the saved chat `src` whose header names `model_path` as its model."""
+    import json
+    import struct
+    from minigpt import chatfile
+    h, offset = chatfile.read_header(src)
+    h["model"]["path"] = str(model_path)
+    raw = json.dumps(h, ensure_ascii=False).encode()
+    head = struct.pack("<8sII", chatfile.MAGIC, chatfile.VERSION, len(raw)) + raw
+    dest.write_bytes(head + b"\0" * (-len(head) % 64) + src.read_bytes()[offset:])
+    return dest
+
+
+def test_resume_checks_the_saved_model_path_before_using_it(paths, model, tmp_path):
+    # the path in a saved chat comes from a file: a FIFO, a GGUF, another model or nothing there is
+    # refused at once (never opened, converted or downloaded), and -m overrides it
+    import os
+    chat = model.chat(max_tokens=2, seed=1)
+    reply(chat, "hello")
+    good = tmp_path / "good.mgchat"
+    chat.save(good)
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "t.gguf").write_bytes(b"GGUF" + bytes(60))
+    for name, target in [("fifo", tmp_path / "fifo"), ("gguf", tmp_path / "t.gguf"), ("other", paths["b"]),
+                         ("gone", tmp_path / "gone.mgpt"), ("known-name", "smollm2-135m-instruct")]:
+        bad = _with_model_path(good, tmp_path / f"{name}.mgchat", target)
+        r = run_minigpt("chat", "--resume", bad, input="", timeout=60)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 1 and len(lines) == 1 and "-m MODEL" in lines[0], (name, r.stderr)
+    r = run_minigpt("chat", "--resume", tmp_path / "fifo.mgchat", "-m", paths["a"], input="/quit\n", timeout=120)
+    assert r.returncode == 0, r.stderr
 
 
 def test_save_where_it_cannot_be_written_is_one_clear_error(model, tmp_path):

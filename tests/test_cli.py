@@ -90,6 +90,14 @@ def test_missing_compiled_kernels_are_said_once(tiny):
     assert "compiled kernels" not in r.stderr, r.stderr                 # numpy asked for by name: no surprise
 
 
+def test_error_lines_show_untrusted_text_escaped_and_cut():
+    # a model name (or a name inside a file) with newlines and terminal escapes, 60 KB long
+    name = "x\x1b[31mred\n" * 5000
+    r = run("info", name)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "\x1b" not in r.stderr, r.stderr[:300]
+    assert r.stderr.startswith("error: ") and len(r.stderr) < 1000 and "\\x1b[31mred\\n" in r.stderr
+
+
 def test_bad_inputs_are_one_line_errors(tiny, tmp_path):
     src, out = tiny
     data, mg = src.read_bytes(), out.read_bytes()

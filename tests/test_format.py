@@ -109,6 +109,42 @@ def test_header_lies_are_caught(sample_file, tmp_path):
             MgptFile(rewrite(mutate, f"lie{i}.mgpt"))
 
 
+def test_malformed_headers_are_format_errors(sample_file, tmp_path):
+    """Headers a hostile file may hold, checksum recomputed (issue #12): each a FormatError, never another
+    exception, and never work proportional to the numbers it claims."""
+    import json, struct, zlib
+    path, _ = sample_file
+    data = path.read_bytes()
+    hlen = struct.unpack_from("<Q", data, 8)[0]
+    meta = json.loads(data[24:24 + hlen])
+
+    def rewrite(h, name):
+        p = tmp_path / name
+        p.write_bytes(data[:8] + struct.pack("<QI", len(h), zlib.crc32(h)) + data[20:24] + h + data[24 + hlen:])
+        return p
+
+    def mutated(mutate):
+        m = json.loads(json.dumps(meta))
+        mutate(m)
+        h = json.dumps(m, separators=(",", ":")).encode()
+        return h + b" " * (hlen - len(h))          # JSON may end in spaces: the data offset stays valid
+
+    headers = [
+        mutated(lambda m: m.update(tensors=[])),                            # no tensors at all
+        mutated(lambda m: m.update(tensors=5)),
+        mutated(lambda m: m.update(data_offset="64")),
+        mutated(lambda m: m["tensors"][0].update(qtype=["f32"])),           # unhashable type name
+        mutated(lambda m: m["tensors"][0].update(name=7)),
+        mutated(lambda m: m["tensors"][1].update(shape=[2 ** 40, 2 ** 40])),  # a size past int64
+        mutated(lambda m: m["config"].update(norm_eps="x")),
+        b'{"a":' * 50_000 + b"1" + b"}" * 50_000,                            # nested past the recursion limit
+    ]
+    for i, h in enumerate(headers):
+        with pytest.raises(FormatError) as e:
+            MgptFile(rewrite(h, f"bad{i}.mgpt"))
+        assert len(str(e.value)) < 400
+
+
 def test_writer_is_atomic(tmp_path):
     out = tmp_path / "m.mgpt"
     with pytest.raises(RuntimeError):

@@ -271,6 +271,30 @@ def test_unsupported_pre_tokenizer_and_settings(tmp_path):
     _assert_fails(folder, tmp_path / "c.mgpt", "final_logit_softcapping")
 
 
+# config.json values of the wrong type or far out of range (issue #12): one error line naming the key
+BAD_CONFIG = [("rms_norm_eps", "abc", "norm_eps"), ("rope_parameters", {"rope_theta": "1e4"}, "rope_theta"),
+              ("rope_parameters", {"rope_theta": [1]}, "rope_theta"),
+              ("rope_parameters", {"rope_type": "linear", "factor": "2"}, "factor"),
+              ("rope_parameters", {"rope_type": "linear", "factor": -2}, "rope_scaling"),
+              ("rope_parameters", {"rope_type": "llama3", "factor": 8, "low_freq_factor": 4, "high_freq_factor": 1},
+               "low_freq_factor"),
+              ("num_hidden_layers", 1 << 22, "n_layers"), ("vocab_size", 1 << 22, "vocab_size"),
+              ("num_key_value_heads", 3, "heads"), ("vocab_size", 640, "tok_embd has shape [320, 64]"),
+              ("intermediate_size", 128, "the config implies"), ("tie_word_embeddings", "yes", None)]
+
+
+@pytest.mark.parametrize("key, value, named", BAD_CONFIG, ids=[f"{k}={str(v)[:10]}" for k, v, _ in BAD_CONFIG])
+def test_bad_config_values_are_one_line(tmp_path, key, value, named):
+    folder = _copy("llama", tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    config[key] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    if named is None:   # a value Python reads as true: converted as such
+        convert(folder, tmp_path / "ok.mgpt")
+        return
+    _assert_fails(folder, tmp_path / "out.mgpt", named)
+
+
 def test_not_a_folder_checkpoint(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConvertError, match="config.json"):

@@ -23,6 +23,13 @@ FIX = Path(__file__).parent / "fixtures"
 REFERENCES = {"smollm2": "smollm2_q4_1_reference", "gemma3": "gemma3_270m_q4_k_m_reference"}
 
 pytestmark = pytest.mark.skipif("c" not in kernels.available_backends(), reason="the compiled backend is not built")
+CHUNKS = 4   # of each fixture: about 1,000 positions a model, enough to tell 99.5 % (the NumPy twin is slow)
+
+
+def first_chunks(z, n):
+    """The fixture z with only its first n chunks (what fidelity.score reads)."""
+    names = list(z["chunk_names"])[:n]
+    return {"chunk_names": names, **{k: z[k] for k in z.files if k.split("/")[0] in names}}
 
 
 class Recorded:
@@ -40,7 +47,7 @@ class Recorded:
                                               ("gemma3", "exact"), ("gemma3", "balanced"), ("gemma3", "fast")])
 def test_numpy_oracle_against_the_compiled_backend(model, precision, request):
     path = request.getfixturevalue("smollm2_mgpt" if model == "smollm2" else "gemma3_mgpt")
-    z = np.load(FIX / f"{REFERENCES[model]}.npz")
+    z = first_chunks(np.load(FIX / f"{REFERENCES[model]}.npz"), CHUNKS)
     summary = json.loads((FIX / f"{REFERENCES[model]}.json").read_text())
     runs = {b: Recorded(minigpt.load(path, backend=b, threads=1, precision=precision), z) for b in ("numpy", "c")}
     a, c = (np.concatenate(list(runs[b].out.values())) for b in ("numpy", "c"))

@@ -27,7 +27,7 @@ import numpy as np
 
 from .. import quant
 from ..config import Config
-from ..errors import ConvertError, MinigptError
+from ..errors import ConvertError, MinigptError, clip
 from ..format import Writer
 from ..model import ARCH_FILES, weights
 from . import kquants
@@ -50,9 +50,9 @@ def config_from_gguf(g: GGUFFile) -> Config:
     kind = key("rope.scaling.type", default="none")
     factor = key("rope.scaling.factor", default=1.0)
     if kind == "linear" and factor != 1.0:
-        scaling = {"type": "linear", "factor": float(factor)}
+        scaling = {"type": "linear", "factor": factor}   # Config checks it is a number
     elif kind not in ("none", "linear"):
-        raise ConvertError(f"{g.path}: RoPE scaling {kind!r} is not supported yet")
+        raise ConvertError(f"{g.path}: RoPE scaling {clip(kind, 60)} is not supported yet")
     dim, n_heads = key("embedding_length", required=True), key("attention.head_count", required=True)
     n_layers = key("block_count", required=True)
     try:   # what the architecture's GGUFs imply beyond the common keys
@@ -69,8 +69,8 @@ def config_from_gguf(g: GGUFFile) -> Config:
         vocab_size=n_vocab,
         context_length=key("context_length", required=True),
         head_dim=key("attention.key_length", default=0),
-        norm_eps=float(key("attention.layer_norm_rms_epsilon", default=1e-5)),
-        rope_theta=float(key("rope.freq_base", default=10000.0)),
+        norm_eps=key("attention.layer_norm_rms_epsilon", default=1e-5),
+        rope_theta=key("rope.freq_base", default=10000.0),
         rope_dim=key("rope.dimension_count", default=0),
         rope_scaling=scaling,
         tied_embeddings="output.weight" not in g.tensors,
@@ -152,7 +152,8 @@ def dominant_type(sources) -> str:
 
 
 def plan(sources, config: Config, target: str, where):
-    """[(source, minigpt qtype)] in source order, after checking the set of tensors is complete."""
+    """[(source, minigpt qtype)] in source order, after checking the set of tensors is complete and
+    every shape is the one the config implies (a file that would not load is never written)."""
     head = "tok_embd" if config.tied_embeddings else "output"
     out = []
     for s in sources:
@@ -166,6 +167,12 @@ def plan(sources, config: Config, target: str, where):
                 qtype = "f16"
         out.append((s, qtype))
     _check_complete(where, config, [s.name for s in sources])
+    expect = weights.shapes(config)
+    for s in sources:
+        want = expect[s.name.rsplit(".", 1)[-1]]
+        if tuple(s.shape) != want:
+            raise ConvertError(f"{where}: tensor {s.name} has shape {list(s.shape)}, but the config "
+                               f"implies {list(want)}")
     return out
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import Config
-from ..errors import ConvertError, FormatError
+from ..errors import ConvertError, FormatError, clip
 from ..model import ARCH_FILES
 from .names import HF_IGNORED, map_hf_name
 from .safetensors import Checkpoint, SafeTensor
@@ -97,19 +97,36 @@ def _rope_params(hp, layer_type):
     return {**scaling, "rope_theta": hp.get("rope_theta", 10000.0)}
 
 
+LLAMA3_ROPE = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+
+
 def _rope(hp, layer_type, folder, default_theta=10000.0):
     """(theta, minigpt rope_scaling dict, Llama 3 parameters or None) of one layer type."""
     p = _rope_params(hp, layer_type)
-    theta = float(p.get("rope_theta") or default_theta)
+    theta = _number(p, "rope_theta", default_theta, folder)
     kind = p.get("rope_type", p.get("type")) or "default"
-    factor = float(p.get("factor") or 1.0)
+    factor = _number(p, "factor", 1.0, folder)
     if kind == "default" or (kind == "linear" and factor == 1.0):
         return theta, {}, None
     if kind == "linear":
         return theta, {"type": "linear", "factor": factor}, None
     if kind == "llama3":
+        p = {k: _number(p, k, default, folder) for k, default in LLAMA3_ROPE.items()}
+        if not 0 < p["low_freq_factor"] < p["high_freq_factor"] or p["factor"] <= 0 or \
+                p["original_max_position_embeddings"] <= 0:
+            raise ConvertError(f"{folder}/config.json: Llama 3 RoPE scaling needs 0 < low_freq_factor < "
+                               f"high_freq_factor, and factor and original_max_position_embeddings above 0")
         return theta, {}, p
-    raise ConvertError(f"{folder}/config.json: RoPE scaling {kind!r} is not supported (supported: linear, llama3)")
+    raise ConvertError(f"{folder}/config.json: RoPE scaling {clip(kind, 60)} is not supported "
+                       f"(supported: linear, llama3)")
+
+
+def _number(p, key, default, folder):
+    """p[key] as a float: a finite number, or `default` when it is missing, null or 0."""
+    v = p.get(key) or default
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ConvertError(f"{folder}/config.json: {key} must be a number, got {clip(v, 60)}")
+    return float(v)
 
 
 def llama3_rope_factors(p: dict, theta: float, rope_dim: int, context_length: int) -> np.ndarray:
@@ -118,9 +135,7 @@ def llama3_rope_factors(p: dict, theta: float, rope_dim: int, context_length: in
     Wavelengths shorter than original_context / high_freq_factor keep their frequency, longer than
     original_context / low_freq_factor are divided by `factor`, and those between are blended.
     """
-    factor = float(p.get("factor", 8.0))
-    low, high = float(p.get("low_freq_factor", 1.0)), float(p.get("high_freq_factor", 4.0))
-    old = float(p.get("original_max_position_embeddings", 8192))
+    factor, low, high, old = (p[k] for k in LLAMA3_ROPE)
     out = []
     for i in range(0, rope_dim, 2):
         wavelen = 2 * math.pi * theta ** (i / rope_dim)
@@ -189,7 +204,7 @@ def config_from_hf(hp: dict, folder, name="") -> tuple[Config, np.ndarray | None
         vocab_size=read("vocab_size"),
         context_length=read("max_position_embeddings"),
         head_dim=hp.get("head_dim") or dim // n_heads,
-        norm_eps=float(hp.get("rms_norm_eps", defaults["norm_eps"])),
+        norm_eps=hp.get("rms_norm_eps", defaults["norm_eps"]),
         rope_theta=theta,
         rope_scaling=scaling,
         tied_embeddings=bool(hp.get("tie_word_embeddings", defaults["tied_embeddings"])),

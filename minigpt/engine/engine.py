@@ -2,9 +2,9 @@
 
 import numpy as np
 
-from .. import kernels
+from .. import args, kernels
 from ..config import Config
-from ..errors import MinigptError
+from ..errors import ArgumentError, MinigptError
 from ..model import decoder
 from ..model.weights import MATRICES, Weight, head_name
 from .cache import PREFILL_CHUNK, KVCache
@@ -65,9 +65,7 @@ class Engine:
     """
 
     def __init__(self, cfg: Config, weights, kern, n_ctx, precision="balanced"):
-        if precision not in PRECISIONS:
-            raise MinigptError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
-        self.cfg, self.kern, self.precision = cfg, kern, precision
+        self.cfg, self.kern, self.precision = cfg, kern, args.choice("precision", precision, PRECISIONS)
         freq = weights["rope_freqs"].data if "rope_freqs" in weights else None
         self.rope = decoder.layer_ropes(cfg, n_ctx, freq)   # per layer (cos, sin)
         self.weights = prepare_weights(cfg, weights, kern, precision)
@@ -88,12 +86,9 @@ class Engine:
         cancelled() turned true before a chunk (the chunks before it stay in the cache).
         progress(done, total) is called after each chunk.
         """
-        ids = [int(i) for i in ids]
+        ids = args.token_ids("ids", ids, self.cfg.vocab_size)
         if not ids:
-            raise MinigptError("nothing to evaluate: empty token list")
-        bad = [i for i in ids if not 0 <= i < self.cfg.vocab_size]
-        if bad:
-            raise MinigptError(f"token id {bad[0]} out of range (vocabulary size {self.cfg.vocab_size})")
+            raise ArgumentError("nothing to evaluate: ids is empty")
         c = cache or self.cache
         if c.pos + len(ids) > c.n_ctx:
             raise ContextFullError(f"context full: {c.pos} + {len(ids)} tokens > n_ctx {c.n_ctx}")

@@ -9,7 +9,7 @@ tensor or architecture is known below this line).
                                        causal grouped-query attention over a cache -> float32 [n, heads * hd]
     get_rows(w, qtype, ids, out=None)  -> float32 [len(ids), cols]   (embedding lookup)
     dequantize(w, qtype)               -> float32 [rows, cols]
-    set_threads(n) / get_threads()     threads the kernels use (the numpy backend only records n)
+    set_threads(n) / get_threads()     threads the kernels use, 1..MAX_THREADS (the numpy backend only records n)
     name, isa()                        the backend's name; the instruction set it runs on (or None)
 
 Backends: 'c' (compiled, minigpt/kernels/_core.pyx over csrc/; the default when it is built),
@@ -23,7 +23,7 @@ import importlib.util
 import os
 import sys
 
-from minigpt.errors import MinigptError
+from minigpt.errors import CLIP_ARG, ArgumentError, MinigptError, clip
 from minigpt.kernels import numpy_ref
 
 try:
@@ -38,6 +38,9 @@ except ImportError as e:  # not built: python setup.py build_ext --inplace, or p
 ENV_VAR = "MINIGPT_BACKEND"
 PROTOCOL = ("name", "isa", "matmul", "matmul_q8", "matmul_q16", "prepare", "attention", "get_rows", "dequantize",
             "set_threads", "get_threads")   # what every backend module has (tests/test_kernels.py checks)
+
+# The most threads a backend takes (numba: fewer when $NUMBA_NUM_THREADS is lower); minigpt.load checks it
+MAX_THREADS = numpy_ref.MAX_THREADS
 
 _BACKENDS = {"numpy": numpy_ref}
 if _core is not None:
@@ -92,4 +95,4 @@ def get_backend(name=None):
     if name == "c":
         raise MinigptError(f"the compiled backend 'c' is not built ({_core_missing}); "
                            f"available: {', '.join(available_backends())}")
-    raise MinigptError(f"unknown kernel backend {name!r}; available: {', '.join(available_backends())}")
+    raise ArgumentError(f"unknown kernel backend {clip(name, CLIP_ARG)}; available: {', '.join(available_backends())}")

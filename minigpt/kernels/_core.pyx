@@ -337,6 +337,9 @@ def dequantize(w, qtype):
 
 # --- threads ---------------------------------------------------------------------------------------
 
+MAX_THREADS = MG_MAX_THREADS
+
+
 def set_threads(n):
     """Worker threads used by matmul, the calling thread included (1..MG_MAX_THREADS)."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)):

@@ -15,7 +15,7 @@ from minigpt.kernels import fp32
 
 name = "numpy"
 
-_MAX_THREADS = 256
+MAX_THREADS = 256   # csrc/kernels.h MG_MAX_THREADS (tests/test_api_args.py checks they agree)
 _threads = 1
 
 
@@ -260,8 +260,8 @@ def set_threads(n):
     global _threads
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
         raise ValueError(f"threads must be an integer, got {n!r}")
-    if n < 1 or n > _MAX_THREADS:
-        raise ValueError(f"threads={n} is out of range 1..{_MAX_THREADS}")
+    if n < 1 or n > MAX_THREADS:
+        raise ValueError(f"threads={n} is out of range 1..{MAX_THREADS}")
     _threads = int(n)
 
 
