@@ -10,7 +10,8 @@ Norm weights are stored as the multiplier itself (Hugging Face's 1 + w for Gemma
 import math
 from dataclasses import asdict, dataclass, field, fields
 
-from .errors import FormatError, clip
+from . import args
+from .errors import CLIP_ARG, ArgumentError, FormatError, clip
 
 
 @dataclass(frozen=True)
@@ -39,16 +40,12 @@ INT_RANGES = {
     "hidden_dim": (1, 1 << 20), "vocab_size": (1, 1 << 21), "context_length": (1, 1 << 24),
     "head_dim": (0, 1024), "rope_dim": (0, 1024), "sliding_window": (0, 1 << 24),
 }
-FLOAT_RANGES = {   # (lo, hi), lo excluded where it is 0 and 0 means 'not set' is not allowed
+FLOAT_RANGES = {   # (lo, hi]: above 0 ...
     "norm_eps": (0.0, 1.0), "rope_theta": (0.0, 1e12), "rope_theta_local": (0.0, 1e12), "query_scale": (0.0, 1e3),
 }
-UNSET_ZERO = {"rope_theta_local", "query_scale"}   # 0: derived from other fields
+UNSET_ZERO = {"rope_theta_local", "query_scale"}   # ... or 0 for these: derived from other fields
 BOOLS = ("tied_embeddings", "qkv_bias")
 NAME_CHARS = 200
-
-
-def _bad(key, value, want):
-    raise FormatError(f"bad model config: {key} = {clip(value, 60)} ({want})")
 
 
 @dataclass(frozen=True)
@@ -105,40 +102,35 @@ class Config:
                                                   for i in range(self.n_layers)))
 
     def _check_fields(self):
-        """Types and ranges of the stored fields (INT_RANGES, FLOAT_RANGES, ...); numbers become floats
-        where floats are meant, a long name is cut. FormatError names the first bad field."""
+        """Types and ranges of the stored fields (INT_RANGES, FLOAT_RANGES, ...), with the API's checks
+        (minigpt.args); numbers become floats where floats are meant, a long name is cut. FormatError
+        names the first bad field."""
         set_ = lambda k, v: object.__setattr__(self, k, v)
         if not isinstance(self.arch, str) or self.arch not in ARCHITECTURES:
-            raise FormatError(f"unsupported architecture {clip(self.arch, 60)} (supported: {', '.join(ARCHITECTURES)})")
-        for k, (lo, hi) in INT_RANGES.items():
-            v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-                _bad(k, v, f"an integer in {lo}..{hi:,}")
-        for k, (lo, hi) in FLOAT_RANGES.items():
-            v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or \
-                    not (lo < v <= hi or (v == 0 and k in UNSET_ZERO)):
-                _bad(k, v, f"a number in ({lo:g}, {hi:g}]" + (" or 0" if k in UNSET_ZERO else ""))
-            set_(k, float(v))
-        for k in BOOLS:
-            if not isinstance(getattr(self, k), bool):
-                _bad(k, getattr(self, k), "true or false")
-        if not isinstance(self.name, str):
-            _bad("name", self.name, "a string")
-        if len(self.name) > NAME_CHARS:
-            set_("name", self.name[:NAME_CHARS])
-        rs = self.rope_scaling
-        if not isinstance(rs, dict) or rs and (set(rs) != {"type", "factor"} or rs["type"] != "linear" or
-                                               isinstance(rs["factor"], bool) or
-                                               not isinstance(rs["factor"], (int, float)) or
-                                               not 0 < rs["factor"] <= 1e6):
-            _bad("rope_scaling", rs, 'empty, or {"type": "linear", "factor": a number in (0, 1e6]}')
-        if rs:
-            set_("rope_scaling", {"type": "linear", "factor": float(rs["factor"])})
-        layers = self.local_layers
-        if not isinstance(layers, (tuple, list)) or len(layers) > INT_RANGES["n_layers"][1] or \
-                any(isinstance(i, bool) or not isinstance(i, int) for i in layers):
-            _bad("local_layers", self.local_layers, "a list of layer indices")
+            raise FormatError(f"unsupported architecture {clip(self.arch, CLIP_ARG)} "
+                              f"(supported: {', '.join(ARCHITECTURES)})")
+        try:
+            for k, (lo, hi) in INT_RANGES.items():
+                args.integer(k, getattr(self, k), lo, hi)
+            for k, (lo, hi) in FLOAT_RANGES.items():
+                set_(k, args.number(k, getattr(self, k), lo, hi, above=k not in UNSET_ZERO))
+            for k in BOOLS:
+                args.flag(k, getattr(self, k))
+            set_("name", args.text("name", self.name)[:NAME_CHARS])
+            rs = self.rope_scaling
+            if not isinstance(rs, dict) or rs and (set(rs) != {"type", "factor"} or rs["type"] != "linear"):
+                raise ArgumentError(f'rope_scaling must be empty or {{"type": "linear", "factor": f}}, '
+                                    f"got {clip(rs, CLIP_ARG)}")
+            if rs:
+                set_("rope_scaling", {"type": "linear",
+                                      "factor": args.number("rope_scaling factor", rs["factor"], 0, 1e6, above=True)})
+            layers = self.local_layers
+            if not isinstance(layers, (tuple, list)) or len(layers) > INT_RANGES["n_layers"][1]:
+                raise ArgumentError(f"local_layers must be a list of layer indices, got {clip(layers, CLIP_ARG)}")
+            for i in layers:
+                args.integer("local_layers", i, 0)
+        except ArgumentError as e:
+            raise FormatError(f"bad model config: {e}") from None
 
     def to_dict(self):
         d = asdict(self)

@@ -27,7 +27,7 @@ import numpy as np
 
 from .. import quant
 from ..config import Config
-from ..errors import ConvertError, MinigptError, clip
+from ..errors import CLIP_ARG, ConvertError, MinigptError, clip
 from ..format import Writer
 from ..model import ARCH_FILES, weights
 from . import kquants
@@ -52,7 +52,7 @@ def config_from_gguf(g: GGUFFile) -> Config:
     if kind == "linear" and factor != 1.0:
         scaling = {"type": "linear", "factor": factor}   # Config checks it is a number
     elif kind not in ("none", "linear"):
-        raise ConvertError(f"{g.path}: RoPE scaling {clip(kind, 60)} is not supported yet")
+        raise ConvertError(f"{g.path}: RoPE scaling {clip(kind, CLIP_ARG)} is not supported yet")
     dim, n_heads = key("embedding_length", required=True), key("attention.head_count", required=True)
     n_layers = key("block_count", required=True)
     try:   # what the architecture's GGUFs imply beyond the common keys

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from ..config import Config
-from ..errors import ConvertError, FormatError, clip
+from .. import args
+from ..errors import CLIP_ARG, ArgumentError, ConvertError, FormatError, clip
 from ..model import ARCH_FILES
 from .names import HF_IGNORED, map_hf_name
 from .safetensors import Checkpoint, SafeTensor
@@ -117,16 +118,16 @@ def _rope(hp, layer_type, folder, default_theta=10000.0):
             raise ConvertError(f"{folder}/config.json: Llama 3 RoPE scaling needs 0 < low_freq_factor < "
                                f"high_freq_factor, and factor and original_max_position_embeddings above 0")
         return theta, {}, p
-    raise ConvertError(f"{folder}/config.json: RoPE scaling {clip(kind, 60)} is not supported "
+    raise ConvertError(f"{folder}/config.json: RoPE scaling {clip(kind, CLIP_ARG)} is not supported "
                        f"(supported: linear, llama3)")
 
 
 def _number(p, key, default, folder):
     """p[key] as a float: a finite number, or `default` when it is missing, null or 0."""
-    v = p.get(key) or default
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise ConvertError(f"{folder}/config.json: {key} must be a number, got {clip(v, 60)}")
-    return float(v)
+    try:
+        return args.number(key, p.get(key) or default, -math.inf)
+    except ArgumentError as e:
+        raise ConvertError(f"{folder}/config.json: {e}") from None
 
 
 def llama3_rope_factors(p: dict, theta: float, rope_dim: int, context_length: int) -> np.ndarray:
