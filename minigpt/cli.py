@@ -89,6 +89,16 @@ def _load(model, threads=None, backend=None, n_ctx=None, precision="balanced"):
     return Model(_resolve(model), threads=threads, backend=backend, n_ctx=n_ctx, precision=precision)
 
 
+def _read_template(path):
+    """A --chat-template file's text; one longer than any template is refused, not read whole."""
+    from .template import MAX_SOURCE_CHARS, TemplateError
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read(MAX_SOURCE_CHARS + 1)
+    except UnicodeDecodeError as e:
+        raise TemplateError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
 def _utf8_stdout():
     if (sys.stdout.encoding or "").lower().replace("-", "") != "utf8":
         sys.stdout.reconfigure(encoding="utf-8")
@@ -291,8 +301,7 @@ def chat(model, system, temperature, top_k, top_p, min_p, repeat_penalty, seed, 
         precision = precision or saved["model"]["precision"]
     m = _load(model, threads, backend, ctx, precision or "balanced")
     if template_file:
-        with open(template_file, encoding="utf-8") as f:
-            m.set_chat_template(f.read())
+        m.set_chat_template(_read_template(template_file))
     m.template   # a broken or hostile template stops here, before any chat
     if resume:
         session = ChatSession.load(resume, m)

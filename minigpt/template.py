@@ -1,23 +1,35 @@
 """Chat templates: the model's own Jinja2 template turns a conversation into the prompt text.
 
-A template in a model file is untrusted input, so it runs in Jinja2's immutable sandbox: it may loop,
+A template in a model file is untrusted input. It runs in Jinja2's immutable sandbox: it may loop,
 branch and format, but not reach Python internals (`''.__class__...`), mutate the messages, or call
 anything but the few helpers HF templates expect (raise_exception, strftime_now). A template that
 tries is refused with a TemplateError naming what it tried.
+
+The sandbox bounds what a template may touch, not how long it runs or how much it builds: two nested
+loops over range(100000), or a string doubled sixty times, are legal Jinja2. So templates render in a
+child process (template_worker.py) with a memory limit, and one that takes longer than TIME_LIMIT
+seconds is stopped. A render costs a round trip of well under a millisecond.
 
     t = ChatTemplate.for_model(source, default, has_token, bos_token="<s>", eos_token="</s>")
     text = t.render([{"role": "user", "content": "Hi"}], add_generation_prompt=True)
 """
 
-import datetime
+import atexit
 import json
+import os
+import subprocess
+import sys
+import threading
 
 import jinja2
-import jinja2.sandbox
+import markupsafe
 
 from .errors import MinigptError
 
-MAX_OUTPUT_CHARS = 4 << 20   # a template that writes more than this is runaway, not a prompt
+TIME_LIMIT = 5.0             # seconds a render may take; real templates take milliseconds
+START_LIMIT = 60.0           # seconds the renderer may take to start (a busy machine)
+MEMORY_LIMIT = 256 << 20     # bytes a render may use
+MAX_SOURCE_CHARS = 1 << 20   # real templates are a few thousand characters; some tool-use ones 20,000
 
 
 class TemplateError(MinigptError):
@@ -51,47 +63,93 @@ _BUILTINS = [
 ]
 
 
-def _raise_exception(message):
-    raise TemplateError(f"the chat template says: {message}")
+class _Renderer:
+    """The child process that renders templates (template_worker.py), shared by every ChatTemplate of
+    this process. Started at the first render, and again after a render had to be stopped; requests take
+    turns (renders take milliseconds)."""
+
+    def __init__(self):
+        self._proc, self._pid, self._lock = None, None, threading.Lock()
+        atexit.register(self.stop)
+
+    def render(self, source, name, variables):
+        request = (json.dumps({"source": source, "name": name, "vars": variables}) + "\n").encode()
+        with self._lock:
+            proc = self._running() or self._start()
+            try:
+                line, late = self._ask(proc, request, TIME_LIMIT)
+            except BaseException:   # Ctrl-C while waiting: its answer would be taken for the next one's
+                self.stop()
+                raise
+            if not line:
+                self.stop()
+                if late:
+                    raise TemplateError(f"chat template ({name}) took longer than {TIME_LIMIT:g} s to render: "
+                                        f"refused as runaway")
+                raise TemplateError(f"chat template ({name}) stopped the renderer (exit code {proc.returncode})")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise TemplateError(reply["error"])
+        return reply["text"]
+
+    def _running(self):
+        ok = self._proc is not None and self._pid == os.getpid() and self._proc.poll() is None
+        return self._proc if ok else None   # a forked copy of this process starts its own
+
+    def _start(self):
+        folders = {os.path.dirname(os.path.dirname(m.__file__)) for m in (jinja2, markupsafe)}
+        proc = subprocess.Popen(
+            [sys.executable, "-I", _WORKER, str(MEMORY_LIMIT), *folders], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+        line, _ = self._ask(proc, b"", START_LIMIT)
+        if line.strip() != b'{"ready": true}':
+            proc.kill()
+            proc.wait()
+            raise TemplateError(f"cannot start the chat template renderer ({sys.executable} {_WORKER})")
+        self._proc, self._pid = proc, os.getpid()
+        return proc
+
+    @staticmethod
+    def _ask(proc, request, seconds):
+        """Send request, read one line; kill the child if it takes longer than seconds. -> (line, late)"""
+        late = []
+        timer = threading.Timer(seconds, lambda: (late.append(True), proc.kill()))
+        timer.start()
+        try:
+            if request:
+                proc.stdin.write(request)
+                proc.stdin.flush()
+            line = proc.stdout.readline()
+        except OSError:   # the child is gone
+            line = b""
+        finally:
+            timer.cancel()
+        return line, bool(late)
+
+    def stop(self):
+        proc, self._proc = self._proc, None
+        if proc is not None and self._pid == os.getpid():
+            proc.kill()
+            proc.wait()
 
 
-def _strftime_now(fmt):
-    return datetime.datetime.now().strftime(fmt)
-
-
-def _tojson(value, indent=None, ensure_ascii=False, sort_keys=False):
-    return json.dumps(value, indent=indent, ensure_ascii=ensure_ascii, sort_keys=sort_keys)
-
-
-class _Sandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
-    """Jinja2's immutable sandbox, where touching an unsafe attribute is an error at once (the stock
-    one returns an undefined value that only fails when used, so a probe could go unnoticed)."""
-
-    def unsafe_undefined(self, obj, attribute):
-        raise jinja2.sandbox.SecurityError(f"access to attribute {attribute!r} of a "
-                                           f"{type(obj).__name__!r} object is unsafe")
+_WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "template_worker.py")
+_renderer = _Renderer()
 
 
 class ChatTemplate:
-    """A compiled, sandboxed chat template. name: 'file' for the model's own, else the built-in's name.
+    """A chat template, rendered in the sandbox of the renderer process. name: 'file' for the model's own,
+    'custom' for one the user gave, else the built-in's name.
 
     stop: extra stop strings a plain-text template needs (the model's end-of-turn tokens cover the rest).
     """
 
     def __init__(self, source, name="file", bos_token="", eos_token="", stop=()):
+        if len(source) > MAX_SOURCE_CHARS:
+            raise TemplateError(f"chat template ({name}) is {len(source)} characters long: refused (the limit is "
+                                f"{MAX_SOURCE_CHARS}; real templates have a few thousand)")
         self.source, self.name, self.stop = source, name, tuple(stop)
         self.bos_token, self.eos_token = bos_token, eos_token
-        env = _Sandbox(
-            trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"],
-            undefined=jinja2.Undefined, autoescape=False)
-        env.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now)
-        env.filters["tojson"] = _tojson
-        try:
-            self._template = env.from_string(source)
-        except jinja2.TemplateSyntaxError as e:
-            raise TemplateError(f"chat template ({name}): syntax error on line {e.lineno}: {e.message}") from None
-        except Exception as e:   # any other failure to compile is the template's, not ours
-            raise TemplateError(f"chat template ({name}) cannot be compiled: {e}") from None
 
     @classmethod
     def for_model(cls, source, default, has_token, bos_token="", eos_token=""):
@@ -108,23 +166,9 @@ class ChatTemplate:
     def render(self, messages, add_generation_prompt=True):
         """messages: [{"role": ..., "content": ...}] -> the prompt text (special tokens as text)."""
         msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
-        try:
-            parts, n = [], 0
-            for piece in self._template.generate(messages=msgs, add_generation_prompt=add_generation_prompt,
-                                                 bos_token=self.bos_token, eos_token=self.eos_token):
-                n += len(piece)
-                if n > MAX_OUTPUT_CHARS:
-                    raise TemplateError(f"chat template ({self.name}) wrote more than {MAX_OUTPUT_CHARS} "
-                                        f"characters: refused as runaway")
-                parts.append(piece)
-            return "".join(parts)
-        except TemplateError:
-            raise
-        except jinja2.sandbox.SecurityError as e:
-            raise TemplateError(f"chat template ({self.name}) refused: it tries to reach something the sandbox "
-                                f"forbids ({e}); templates in model files are untrusted") from None
-        except Exception as e:   # TypeError, UndefinedError, RecursionError...: the template is broken
-            raise TemplateError(f"chat template ({self.name}) failed: {e.__class__.__name__}: {e}") from None
+        return _renderer.render(self.source, self.name, {
+            "messages": msgs, "add_generation_prompt": add_generation_prompt,
+            "bos_token": self.bos_token, "eos_token": self.eos_token})
 
     def check(self):
         """Render a small conversation once, so a broken or hostile template fails before any chat."""

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import minigpt
+from minigpt import template
 from minigpt.chat import ChatSession
 from minigpt.convert import convert
 from minigpt.engine import ContextFullError, KVCache
@@ -68,6 +69,31 @@ def test_hostile_templates_are_refused(source):
 def test_broken_templates_fail_clearly(source, match):
     with pytest.raises(TemplateError, match=match):
         ChatTemplate(source).check()
+
+
+RUNAWAY = [   # legal Jinja2 that the sandbox alone lets run for hours or take gigabytes
+    ("{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}", "longer than 1 s"),
+    ('{{ "a"|center(3000000000) }}', "more than 256 MB"),
+    ('{% set ns = namespace(x="a") %}{% for i in range(64) %}{% set ns.x = ns.x ~ ns.x %}{% endfor %}{{ ns.x }}',
+     "more than 256 MB"),
+    ("{{ [0] * 10**10 }}", "more than 256 MB"),
+    ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "RecursionError"),
+]
+
+
+@pytest.mark.parametrize("source, match", RUNAWAY)
+def test_runaway_templates_are_stopped(source, match, monkeypatch):
+    if "longer" in match:
+        monkeypatch.setattr(template, "TIME_LIMIT", 1.0)
+    with pytest.raises(TemplateError, match=match):
+        ChatTemplate(source).check()
+    msgs = [{"role": "user", "content": "你好 \udcff"}]   # the renderer is back, and any text travels intact
+    assert ChatTemplate(CHATML).render(msgs) == "<|im_start|>user\n你好 \udcff<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_oversized_template_is_refused_unread():
+    with pytest.raises(TemplateError, match="characters long: refused"):
+        ChatTemplate("x" * (template.MAX_SOURCE_CHARS + 1))
 
 
 def test_builtin_templates():
