@@ -14,7 +14,7 @@ from minigpt.errors import FormatError, MinigptError
 from minigpt.template import CHATML, GEMMA, LLAMA3, PLAIN, ChatTemplate, TemplateError
 
 from subproc import run_minigpt
-from synthetic import tiny_llama
+from synthetic import mgchat_with_header, tiny_llama
 
 SETTINGS = dict(temperature=0.9, top_k=0, top_p=1.0, min_p=0.0)
 
@@ -268,19 +268,6 @@ def test_load_refuses_other_models_and_damage(model, paths, tmp_path):
         ChatSession.load(damaged, model)
 
 
-def _with_model_path(src, dest, model_path):
-    """A copy of the saved chat `src` whose header names `model_path` as its model."""
-    import json
-    import struct
-    from minigpt import chatfile
-    h, offset = chatfile.read_header(src)
-    h["model"]["path"] = str(model_path)
-    raw = json.dumps(h, ensure_ascii=False).encode()
-    head = struct.pack("<8sII", chatfile.MAGIC, chatfile.VERSION, len(raw)) + raw
-    dest.write_bytes(head + b"\0" * (-len(head) % 64) + src.read_bytes()[offset:])
-    return dest
-
-
 def test_resume_checks_the_saved_model_path_before_using_it(paths, model, tmp_path):
     # the path in a saved chat comes from a file: a FIFO, a GGUF, another model or nothing there is
     # refused at once (never opened, converted or downloaded), and -m overrides it
@@ -293,7 +280,7 @@ def test_resume_checks_the_saved_model_path_before_using_it(paths, model, tmp_pa
     (tmp_path / "t.gguf").write_bytes(b"GGUF" + bytes(60))
     for name, target in [("fifo", tmp_path / "fifo"), ("gguf", tmp_path / "t.gguf"), ("other", paths["b"]),
                          ("gone", tmp_path / "gone.mgpt"), ("known-name", "smollm2-135m-instruct")]:
-        bad = _with_model_path(good, tmp_path / f"{name}.mgchat", target)
+        bad = mgchat_with_header(good, tmp_path / f"{name}.mgchat", lambda h: h["model"].update(path=str(target)))
         r = run_minigpt("chat", "--resume", bad, input="", timeout=60)
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 1 and len(lines) == 1 and "-m MODEL" in lines[0], (name, r.stderr)
