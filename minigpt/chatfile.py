@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import FormatError, MinigptError, clip
-from .format import MgptFile
+from .format import MgptFile, open_file
 from .sampling import SamplerSettings
 
 MAGIC = b"MGPTCHAT"
@@ -87,7 +87,7 @@ def read_header(path):
     """The header of a saved chat (a dict) and where its K/V data starts. Raises FormatError."""
     path = Path(path)
     try:
-        with open(path, "rb") as f:
+        with open_file(path, "saved minigpt chat") as f:
             prefix = f.read(_PREFIX.size)
             if len(prefix) < _PREFIX.size or prefix[:8] != MAGIC:
                 raise FormatError(f"{path}: not a saved minigpt chat")
@@ -150,7 +150,7 @@ def load(cls, path, model):
     size = path.stat().st_size
     if size != need:
         raise FormatError(f"{path}: {size} bytes, but {n} cached positions need {need} (truncated?)")
-    with open(path, "rb") as f:
+    with open_file(path, "saved minigpt chat") as f:
         f.seek(offset)
         for block in _used(cache, n):
             if not block.size:   # a chat saved before its first message

@@ -1,8 +1,12 @@
+import os
+import threading
+
 import numpy as np
 import pytest
 
-from minigpt import quant
+from minigpt import chatfile, quant
 from minigpt.config import Config
+from minigpt.convert.gguf import GGUFFile
 from minigpt.errors import FormatError
 from minigpt.format import ALIGN, MgptFile, Writer
 
@@ -143,6 +147,23 @@ def test_malformed_headers_are_format_errors(sample_file, tmp_path):
         with pytest.raises(FormatError) as e:
             MgptFile(rewrite(h, f"bad{i}.mgpt"))
         assert len(str(e.value)) < 400
+
+
+def test_a_fifo_or_a_folder_is_refused_without_waiting(tmp_path):
+    """Opening a FIFO waits for a writer, for ever: refused before (issue #12: `-m`, `convert`, `--resume`)."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    # should the check regress, a writer turns the wait into a failure rather than a hung test run
+    unblock = threading.Timer(10, lambda: os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)))
+    unblock.start()
+    try:
+        for read in (MgptFile, GGUFFile, chatfile.read_header):
+            with pytest.raises(FormatError, match="fifo: not a .* [(]not a regular file[)]$"):
+                read(fifo)
+    finally:
+        unblock.cancel()
+    with pytest.raises(FormatError, match=r"not a minigpt model file \(a folder\)$"):
+        MgptFile(tmp_path)
 
 
 def test_writer_is_atomic(tmp_path):
