@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import Config
-from .errors import FormatError, clip
+from .errors import CLIP_ARG, FormatError, clip
 from .quant import QTYPES, storage_shape
 
 MAGIC = b"MGPT"
@@ -59,13 +59,13 @@ class TensorInfo:
 
 def tensor_storage_shape(qtype, shape):
     if qtype not in QTYPES:
-        raise FormatError(f"unknown quant type {qtype!r}")
+        raise FormatError(f"unknown quant type {clip(qtype, CLIP_ARG)}")
     if len(shape) == 1:
         if qtype not in _DTYPES:
             raise FormatError(f"a 1-D tensor cannot be {qtype}")
         return tuple(shape)
     if len(shape) != 2:
-        raise FormatError(f"tensors are 1-D or 2-D, not {shape}")
+        raise FormatError(f"tensors are 1-D or 2-D, not {clip(shape, CLIP_ARG)}")
     try:
         return tuple(storage_shape(qtype, *shape))
     except ValueError as e:

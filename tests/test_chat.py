@@ -252,6 +252,10 @@ def test_load_refuses_other_models_and_damage(model, paths, tmp_path):
     other = minigpt.load(str(paths["b"]))
     with pytest.raises(MinigptError, match="saved with another model"):
         ChatSession.load(path, other)
+    long_name = mgchat_with_header(path, tmp_path / "long.mgchat", lambda h: h["model"].update(name="n" * 100_000))
+    with pytest.raises(MinigptError, match=r"saved with another model \('n+\.\.\., .*b\.mgpt \(fingerprint") as e:
+        ChatSession.load(long_name, other)     # the name from the file is cut, not what follows it
+    assert len(str(e.value)) < 400
     data = bytearray(path.read_bytes())
     damaged = tmp_path / "damaged.mgchat"
     damaged.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
