@@ -279,6 +279,7 @@ def chat(model, system, temperature, top_k, top_p, min_p, repeat_penalty, seed, 
     """Chat with a model in the terminal (the default model is fetched on first use)."""
     from . import chatfile
     from .chat import ChatSession
+    from .perplexity import read_text
     from .repl import PROBS_N, Repl
 
     _utf8_stdout()
@@ -291,8 +292,7 @@ def chat(model, system, temperature, top_k, top_p, min_p, repeat_penalty, seed, 
         precision = precision or saved["model"]["precision"]
     m = _load(model, threads, backend, ctx, precision or "balanced")
     if template_file:
-        with open(template_file, encoding="utf-8") as f:
-            m.set_chat_template(f.read())
+        m.set_chat_template(read_text(template_file))
     m.template   # a broken or hostile template stops here, before any chat
     if resume:
         session = ChatSession.load(resume, m)
@@ -388,14 +388,22 @@ def perplexity(model, path, ctx, chunks, threads, backend, precision):
     click.echo(f"Final estimate: PPL = {r.ppl:.4f} +/- {r.err:.5f}")
 
 
+_NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", ())   # click >= 8.2; 8.1 exits with the help
+
+
 def main():
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
-    except click.ClickException as e:
+    except _NO_ARGS as e:   # `minigpt` alone: the help, as click shows it
         e.show()
         sys.exit(e.exit_code)
+    except click.ClickException as e:   # a bad option or argument: one line too, with where help is
+        ctx = getattr(e, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx else ""
+        _log(f"error: {one_line(e.format_message())}{hint}")
+        sys.exit(1)
     except (click.exceptions.Abort, KeyboardInterrupt):
         _log("interrupted")
         sys.exit(130)
