@@ -278,6 +278,7 @@ def chat(model, system, temperature, top_k, top_p, min_p, repeat_penalty, seed, 
          template_file, stats, show_probs, backend, precision):
     """Chat with a model in the terminal (the default model is fetched on first use)."""
     from . import chatfile
+    from .api import DEFAULT_N_CTX
     from .chat import ChatSession
     from .perplexity import read_text
     from .repl import PROBS_N, Repl
@@ -288,7 +289,8 @@ def chat(model, system, temperature, top_k, top_p, min_p, repeat_penalty, seed, 
     if resume:   # the saved chat names its model (a hint, checked), context and precision
         saved, _ = chatfile.read_header(resume)
         model = model or chatfile.model_path(resume, saved)
-        ctx = max(ctx or 0, saved["n_ctx"])
+        if saved["n_ctx"] <= DEFAULT_N_CTX:   # a longer one costs memory: only if --ctx asks for it
+            ctx = max(ctx or 0, saved["n_ctx"])
         precision = precision or saved["model"]["precision"]
     m = _load(model, threads, backend, ctx, precision or "balanced")
     if template_file:

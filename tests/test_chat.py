@@ -292,6 +292,18 @@ def test_resume_checks_the_saved_model_path_before_using_it(paths, model, tmp_pa
     assert r.returncode == 0, r.stderr
 
 
+def test_resume_takes_a_long_saved_context_only_if_asked(tmp_path):
+    # a saved chat claiming 4 M positions on a model that has them: resuming it builds RoPE tables and a
+    # cache for the default context, not for the claim (861 MB and 7 s), and says to pass --ctx
+    tiny_llama(tmp_path / "long.gguf", ctx=1 << 22)
+    convert(tmp_path / "long.gguf", tmp_path / "long.mgpt")
+    minigpt.load(str(tmp_path / "long.mgpt"), backend="numpy").chat().save(tmp_path / "c.mgchat")
+    claim = mgchat_with_header(tmp_path / "c.mgchat", tmp_path / "claim.mgchat",
+                               lambda h: h.update(n_ctx=1 << 22, ring=1 << 22))
+    r = run_minigpt("chat", "--resume", claim, input="hi\n", timeout=120)
+    assert r.returncode == 1 and r.stderr.endswith("(pass --ctx 4194304 or more)\n"), r.stderr
+
+
 def test_save_where_it_cannot_be_written_is_one_clear_error(model, tmp_path):
     chat = model.chat(max_tokens=4, seed=1)
     reply(chat, "hello")
