@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import FormatError, MinigptError, clip
-from .format import MgptFile
+from .errors import CLIP_ARG, FormatError, MinigptError, clip
+from .format import MgptFile, open_file
 from .sampling import SamplerSettings
 
 MAGIC = b"MGPTCHAT"
@@ -87,7 +87,7 @@ def read_header(path):
     """The header of a saved chat (a dict) and where its K/V data starts. Raises FormatError."""
     path = Path(path)
     try:
-        with open(path, "rb") as f:
+        with open_file(path, "saved minigpt chat") as f:
             prefix = f.read(_PREFIX.size)
             if len(prefix) < _PREFIX.size or prefix[:8] != MAGIC:
                 raise FormatError(f"{path}: not a saved minigpt chat")
@@ -134,8 +134,9 @@ def load(cls, path, model):
     h, offset = read_header(path)
     want, have = h["model"]["fingerprint"], model.file.fingerprint
     if want != have:
-        raise MinigptError(f"{path} was saved with another model ({h['model']['name'] or '?'}, "
-                           f"{h['model']['path']}, fingerprint {want}), not {model.path} (fingerprint {have})")
+        raise MinigptError(f"{path} was saved with another model ({clip(h['model'].get('name'), CLIP_ARG)}, "
+                           f"{clip(h['model'].get('path'), 120)}, fingerprint {want[:32]}), "
+                           f"not {model.path} (fingerprint {have})")
     cfg, n, n_ctx = model.config, h["n_past"], h["n_ctx"]
     if n_ctx > model.n_ctx:
         raise MinigptError(f"{path} needs a context of {n_ctx} tokens; the model was loaded with {model.n_ctx} "
@@ -145,12 +146,12 @@ def load(cls, path, model):
     chat = cls(model, n_ctx=n_ctx, max_tokens=h["max_tokens"], **h["settings"])
     cache = chat.cache
     if h.get("ring", n_ctx) != cache.ring:
-        raise FormatError(f"{path}: its sliding-window cache has {h['ring']} slots, this minigpt's {cache.ring}")
+        raise FormatError(f"{path}: its sliding-window cache has {clip(h['ring'], CLIP_ARG)} slots, this minigpt's {cache.ring}")
     need = offset + sum(block.nbytes for block in _used(cache, n))
     size = path.stat().st_size
     if size != need:
         raise FormatError(f"{path}: {size} bytes, but {n} cached positions need {need} (truncated?)")
-    with open(path, "rb") as f:
+    with open_file(path, "saved minigpt chat") as f:
         f.seek(offset)
         for block in _used(cache, n):
             if not block.size:   # a chat saved before its first message

@@ -89,16 +89,6 @@ def _load(model, threads=None, backend=None, n_ctx=None, precision="balanced"):
     return Model(_resolve(model), threads=threads, backend=backend, n_ctx=n_ctx, precision=precision)
 
 
-def _read_template(path):
-    """A --chat-template file's text; one longer than any template is refused, not read whole."""
-    from .template import MAX_SOURCE_CHARS, TemplateError
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read(MAX_SOURCE_CHARS + 1)
-    except UnicodeDecodeError as e:
-        raise TemplateError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-
-
 def _utf8_stdout():
     if (sys.stdout.encoding or "").lower().replace("-", "") != "utf8":
         sys.stdout.reconfigure(encoding="utf-8")
@@ -288,7 +278,10 @@ def chat(model, system, temperature, top_k, top_p, min_p, repeat_penalty, seed, 
          template_file, stats, show_probs, backend, precision):
     """Chat with a model in the terminal (the default model is fetched on first use)."""
     from . import chatfile
+    from .api import DEFAULT_N_CTX
     from .chat import ChatSession
+    from .perplexity import read_text
+    from .template import MAX_SOURCE_CHARS
     from .repl import PROBS_N, Repl
 
     _utf8_stdout()
@@ -297,11 +290,12 @@ def chat(model, system, temperature, top_k, top_p, min_p, repeat_penalty, seed, 
     if resume:   # the saved chat names its model (a hint, checked), context and precision
         saved, _ = chatfile.read_header(resume)
         model = model or chatfile.model_path(resume, saved)
-        ctx = max(ctx or 0, saved["n_ctx"])
+        if saved["n_ctx"] <= DEFAULT_N_CTX:   # a longer one costs memory: only if --ctx asks for it
+            ctx = max(ctx or 0, saved["n_ctx"])
         precision = precision or saved["model"]["precision"]
     m = _load(model, threads, backend, ctx, precision or "balanced")
     if template_file:
-        m.set_chat_template(_read_template(template_file))
+        m.set_chat_template(read_text(template_file, limit=MAX_SOURCE_CHARS))
     m.template   # a broken or hostile template stops here, before any chat
     if resume:
         session = ChatSession.load(resume, m)
@@ -397,14 +391,22 @@ def perplexity(model, path, ctx, chunks, threads, backend, precision):
     click.echo(f"Final estimate: PPL = {r.ppl:.4f} +/- {r.err:.5f}")
 
 
+_NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", ())   # click >= 8.2; 8.1 exits with the help
+
+
 def main():
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
-    except click.ClickException as e:
+    except _NO_ARGS as e:   # `minigpt` alone: the help, as click shows it
         e.show()
         sys.exit(e.exit_code)
+    except click.ClickException as e:   # a bad option or argument: one line too, with where help is
+        ctx = getattr(e, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx else ""
+        _log(f"error: {one_line(e.format_message())}{hint}")
+        sys.exit(1)
     except (click.exceptions.Abort, KeyboardInterrupt):
         _log("interrupted")
         sys.exit(130)

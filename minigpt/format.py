@@ -18,6 +18,7 @@ import json
 import math
 import mmap
 import os
+import stat
 import struct
 import zlib
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import Config
-from .errors import FormatError, clip
+from .errors import CLIP_ARG, FormatError, clip
 from .quant import QTYPES, storage_shape
 
 MAGIC = b"MGPT"
@@ -58,13 +59,13 @@ class TensorInfo:
 
 def tensor_storage_shape(qtype, shape):
     if qtype not in QTYPES:
-        raise FormatError(f"unknown quant type {qtype!r}")
+        raise FormatError(f"unknown quant type {clip(qtype, CLIP_ARG)}")
     if len(shape) == 1:
         if qtype not in _DTYPES:
             raise FormatError(f"a 1-D tensor cannot be {qtype}")
         return tuple(shape)
     if len(shape) != 2:
-        raise FormatError(f"tensors are 1-D or 2-D, not {shape}")
+        raise FormatError(f"tensors are 1-D or 2-D, not {clip(shape, CLIP_ARG)}")
     try:
         return tuple(storage_shape(qtype, *shape))
     except ValueError as e:
@@ -153,19 +154,34 @@ class Writer:
 
 # --- reading
 
-def map_file(path, min_size, kind):
-    """(read-only mmap of the file at `path`, its size); a one-line FormatError when it cannot be
-    opened or is shorter than min_size bytes ("not a {kind}")."""
+def open_file(path, kind):
+    """The file at `path` opened for binary reading if it is a regular file, else a one-line FormatError
+    ("not a {kind}"). A FIFO is refused at once: a plain open() would wait for a writer, for ever."""
     try:
-        with open(path, "rb") as f:
-            size = f.seek(0, 2)
-            if size < min_size:
-                raise FormatError(f"{path}: not a {kind} (only {size} bytes)")
-            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), size
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         raise FormatError(f"{path}: no such file") from None
     except OSError as e:
         raise FormatError(f"{path}: cannot open: {e.strerror}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise FormatError(f"{path}: not a {kind} ({'a folder' if stat.S_ISDIR(mode) else 'not a regular file'})")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def map_file(path, min_size, kind):
+    """(read-only mmap of the regular file at `path`, its size); a one-line FormatError when it cannot be
+    opened or is shorter than min_size bytes ("not a {kind}")."""
+    with open_file(path, kind) as f:
+        size = f.seek(0, 2)
+        if size < min_size:
+            raise FormatError(f"{path}: not a {kind} (only {size} bytes)")
+        try:
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), size
+        except OSError as e:
+            raise FormatError(f"{path}: cannot map: {e.strerror}") from None
 
 
 class MgptFile:

@@ -130,15 +130,18 @@ def perplexity(model, text, n_ctx=DEFAULT_CTX, max_chunks=None, on_chunk=None) -
                              on_chunk)
 
 
-def read_text(path):
-    """A text file's contents as str; a clear error if it is missing or not UTF-8."""
+def read_text(path, limit=None):
+    """A text file's contents as str; a clear error if it is missing, not UTF-8, or longer than limit bytes
+    (then it is not read whole: /dev/zero is not a template)."""
     try:
         with open(path, "rb") as f:
-            raw = f.read()
+            raw = f.read(-1 if limit is None else limit + 1)
     except FileNotFoundError:
         raise MinigptError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise MinigptError(f"{path}: is a directory") from None
+    if limit is not None and len(raw) > limit:
+        raise MinigptError(f"{path}: longer than {limit} bytes")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:

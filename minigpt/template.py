@@ -26,9 +26,9 @@ import markupsafe
 
 from .errors import MinigptError
 
-TIME_LIMIT = 5.0             # seconds a render may take; real templates take milliseconds
+TIME_LIMIT = 2.0             # seconds a render may take; real templates take a millisecond
 START_LIMIT = 60.0           # seconds the renderer may take to start (a busy machine)
-MEMORY_LIMIT = 256 << 20     # bytes a render may use
+MEMORY_LIMIT = 128 << 20     # bytes a render may use; real templates need a few MB
 MAX_SOURCE_CHARS = 1 << 20   # real templates are a few thousand characters; some tool-use ones 20,000
 
 

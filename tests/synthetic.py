@@ -3,7 +3,10 @@
 The GGUF writer follows the public spec (see minigpt/convert/gguf.py); it is test-only code.
 """
 
+import json
 import struct
+import zlib
+from pathlib import Path
 
 import numpy as np
 
@@ -108,10 +111,11 @@ TINY_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content 
 
 def tiny_llama(path, *, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden=96, ctx=128, wtype="F32",
                tied=True, seed=0, rope_freqs=False, chat_template=TINY_TEMPLATE, arch="llama", head_dim=None,
-               window=0, qkv_bias=False):
+               window=0, qkv_bias=False, metadata=None):
     """Write a random tiny Llama (or, with arch="gemma3", Gemma 3) GGUF; returns its metadata dict.
     Weights are scaled to keep activations sane. window: gemma3's sliding window (llama.cpp's pattern:
-    every 6th layer global); qkv_bias: Qwen2-style biases on a llama."""
+    every 6th layer global); qkv_bias: Qwen2-style biases on a llama; metadata: keys to set last, over
+    what the tensors imply (a hostile file's claims)."""
     rng = np.random.default_rng(seed)
     tokens, types, merges = tiny_vocab()
     vocab = len(tokens)
@@ -132,6 +136,7 @@ def tiny_llama(path, *, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden=96, 
         meta[f"{a}.attention.sliding_window"] = window
     if chat_template is not None:
         meta["tokenizer.chat_template"] = chat_template
+    meta.update(metadata or {})
 
     def mat(rows, cols, scale=None):
         x = (rng.standard_normal((rows, cols)) * (scale or 1 / np.sqrt(cols))).astype(np.float32)
@@ -196,3 +201,42 @@ def tiny_spm_fields(**overrides):
     }
     fields.update(overrides)
     return fields
+
+
+# --- hostile copies of good files: a file that passes its checksum and lies inside
+
+def mgpt_with_header(src, dest, change):
+    """Copy the .mgpt file `src` to `dest` with its JSON header changed by change(header dict), which edits
+    the dict in place (or returns bytes: the raw header to store instead), and the header checksum
+    recomputed. When the header outgrows its room the tensors move, their offsets with them."""
+    data = Path(src).read_bytes()
+    hlen = struct.unpack_from("<Q", data, 8)[0]
+    meta = json.loads(data[24:24 + hlen])
+    start = at = meta["data_offset"]
+    raw = change(meta)
+    if raw is None:
+        dump = lambda: json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode()
+        raw = dump()
+        while 24 + len(raw) > at:   # moving the tensors may lengthen the offsets: until it fits
+            move = -(-(24 + len(raw)) // 64) * 64 - at
+            at += move
+            meta["data_offset"] += move
+            meta["file_size"] += move
+            for t in meta["tensors"]:
+                t["offset"] += move
+            raw = dump()
+    head = data[:8] + struct.pack("<QI", len(raw), zlib.crc32(raw)) + data[20:24] + raw
+    Path(dest).write_bytes(head + bytes(max(0, at - len(head))) + data[start:])
+    return dest
+
+
+def mgchat_with_header(src, dest, change):
+    """Copy the saved chat `src` to `dest` with its JSON header changed by change(header dict)."""
+    from minigpt import chatfile
+
+    h, offset = chatfile.read_header(src)
+    change(h)
+    raw = json.dumps(h, ensure_ascii=False).encode()
+    head = struct.pack("<8sII", chatfile.MAGIC, chatfile.VERSION, len(raw)) + raw
+    Path(dest).write_bytes(head + bytes(-len(head) % 64) + Path(src).read_bytes()[offset:])
+    return dest

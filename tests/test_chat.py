@@ -15,7 +15,7 @@ from minigpt.errors import FormatError, MinigptError
 from minigpt.template import CHATML, GEMMA, LLAMA3, PLAIN, ChatTemplate, TemplateError
 
 from subproc import run_minigpt
-from synthetic import tiny_llama
+from synthetic import mgchat_with_header, tiny_llama
 
 SETTINGS = dict(temperature=0.9, top_k=0, top_p=1.0, min_p=0.0)
 
@@ -73,10 +73,10 @@ def test_broken_templates_fail_clearly(source, match):
 
 RUNAWAY = [   # legal Jinja2 that the sandbox alone lets run for hours or take gigabytes
     ("{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}", "longer than 1 s"),
-    ('{{ "a"|center(3000000000) }}', "more than 256 MB"),
+    ('{{ "a"|center(3000000000) }}', "more than 128 MB"),
     ('{% set ns = namespace(x="a") %}{% for i in range(64) %}{% set ns.x = ns.x ~ ns.x %}{% endfor %}{{ ns.x }}',
-     "more than 256 MB"),
-    ("{{ [0] * 10**10 }}", "more than 256 MB"),
+     "more than 128 MB"),
+    ("{{ [0] * 10**10 }}", "more than 128 MB"),
     ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "RecursionError"),
 ]
 
@@ -278,6 +278,10 @@ def test_load_refuses_other_models_and_damage(model, paths, tmp_path):
     other = minigpt.load(str(paths["b"]))
     with pytest.raises(MinigptError, match="saved with another model"):
         ChatSession.load(path, other)
+    long_name = mgchat_with_header(path, tmp_path / "long.mgchat", lambda h: h["model"].update(name="n" * 100_000))
+    with pytest.raises(MinigptError, match=r"saved with another model \('n+\.\.\., .*b\.mgpt \(fingerprint") as e:
+        ChatSession.load(long_name, other)     # the name from the file is cut, not what follows it
+    assert len(str(e.value)) < 400
     data = bytearray(path.read_bytes())
     damaged = tmp_path / "damaged.mgchat"
     damaged.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
@@ -294,19 +298,6 @@ def test_load_refuses_other_models_and_damage(model, paths, tmp_path):
         ChatSession.load(damaged, model)
 
 
-def _with_model_path(src, dest, model_path):
-    """A copy of the saved chat `src` whose header names `model_path` as its model."""
-    import json
-    import struct
-    from minigpt import chatfile
-    h, offset = chatfile.read_header(src)
-    h["model"]["path"] = str(model_path)
-    raw = json.dumps(h, ensure_ascii=False).encode()
-    head = struct.pack("<8sII", chatfile.MAGIC, chatfile.VERSION, len(raw)) + raw
-    dest.write_bytes(head + b"\0" * (-len(head) % 64) + src.read_bytes()[offset:])
-    return dest
-
-
 def test_resume_checks_the_saved_model_path_before_using_it(paths, model, tmp_path):
     # the path in a saved chat comes from a file: a FIFO, a GGUF, another model or nothing there is
     # refused at once (never opened, converted or downloaded), and -m overrides it
@@ -319,12 +310,24 @@ def test_resume_checks_the_saved_model_path_before_using_it(paths, model, tmp_pa
     (tmp_path / "t.gguf").write_bytes(b"GGUF" + bytes(60))
     for name, target in [("fifo", tmp_path / "fifo"), ("gguf", tmp_path / "t.gguf"), ("other", paths["b"]),
                          ("gone", tmp_path / "gone.mgpt"), ("known-name", "smollm2-135m-instruct")]:
-        bad = _with_model_path(good, tmp_path / f"{name}.mgchat", target)
+        bad = mgchat_with_header(good, tmp_path / f"{name}.mgchat", lambda h: h["model"].update(path=str(target)))
         r = run_minigpt("chat", "--resume", bad, input="", timeout=60)
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 1 and len(lines) == 1 and "-m MODEL" in lines[0], (name, r.stderr)
     r = run_minigpt("chat", "--resume", tmp_path / "fifo.mgchat", "-m", paths["a"], input="/quit\n", timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+def test_resume_takes_a_long_saved_context_only_if_asked(tmp_path):
+    # a saved chat claiming 4 M positions on a model that has them: resuming it builds RoPE tables and a
+    # cache for the default context, not for the claim (861 MB and 7 s), and says to pass --ctx
+    tiny_llama(tmp_path / "long.gguf", ctx=1 << 22)
+    convert(tmp_path / "long.gguf", tmp_path / "long.mgpt")
+    minigpt.load(str(tmp_path / "long.mgpt"), backend="numpy").chat().save(tmp_path / "c.mgchat")
+    claim = mgchat_with_header(tmp_path / "c.mgchat", tmp_path / "claim.mgchat",
+                               lambda h: h.update(n_ctx=1 << 22, ring=1 << 22))
+    r = run_minigpt("chat", "--resume", claim, input="hi\n", timeout=120)
+    assert r.returncode == 1 and r.stderr.endswith("(pass --ctx 4194304 or more)\n"), r.stderr
 
 
 def test_save_where_it_cannot_be_written_is_one_clear_error(model, tmp_path):

@@ -133,3 +133,19 @@ def test_bad_inputs_are_one_line_errors(tiny, tmp_path):
     assert_one_line_error(run("convert", src, "-o", tmp_path / "no-such-dir" / "o.mgpt"))
     assert_one_line_error(run("generate", "-m", tmp_path / "random.gguf", "-p", "x"))   # neither GGUF nor .mgpt
     assert_one_line_error(run("generate", "-m", out, "-p", "x", "--top-p", "7"))
+
+
+def test_bad_options_are_one_error_line(tiny, tmp_path):
+    # click's usage errors were a usage block and exit 2, which is also what a bug exits with (issue #12)
+    _, out = tiny
+    for args, said in [(["generate", "-m", out, "-p", "x", "-t", "300"], "'-t' / '--threads': 300 is not in the range"),
+                       (["generate", "-m", out], "Missing option '-p'"), (["info", "--bogus"], "No such option"),
+                       (["nope"], "No such command 'nope'")]:
+        r = run(*args)
+        assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+        assert r.stderr.startswith("error: ") and said in r.stderr and "--help`)" in r.stderr, r.stderr
+    r = run()
+    assert "Commands:" in r.stdout + r.stderr and "error" not in r.stderr   # no command: the help
+    (tmp_path / "latin1.jinja").write_bytes("{{ 'é' }}".encode("latin-1"))
+    r = run("chat", "-m", out, "--chat-template", tmp_path / "latin1.jinja", input="hi\n")
+    assert r.returncode == 1 and r.stderr == f"error: {tmp_path / 'latin1.jinja'}: not UTF-8 text (bad byte at offset 4)\n"

@@ -104,3 +104,22 @@ def test_unsupported_inputs(tmp_path, tiny_q41):
     with pytest.raises(ConvertError, match="missing"):
         convert(tmp_path / "missing.gguf", tmp_path / "o.mgpt")
     assert issubclass(ConvertError, MinigptError)
+
+
+def test_non_finite_weights_and_long_names_are_one_clear_error(tmp_path):
+    # a NaN that a block type cannot hold names its tensor (it was a ValueError escaping as a bug);
+    # a 100 KB tensor name is cut in the message, not the message after it (issue #12)
+    src = tmp_path / "nan.gguf"
+    tiny_llama(src, wtype="F32")
+    with open(src, "r+b") as f:
+        f.seek(GGUFFile(src).tensors["blk.0.attn_q.weight"].offset + 20)
+        f.write(np.float32("nan").tobytes())
+    for q in ("q4_0", "q4_1", "q8_0"):
+        with pytest.raises(ConvertError, match=f"tensor layers.0.wq: cannot quantize non-finite value nan to {q}"):
+            convert(src, tmp_path / "o.mgpt", q)
+        assert not (tmp_path / "o.mgpt").exists()
+    meta = tiny_llama(tmp_path / "t.gguf")
+    write_gguf(tmp_path / "long.gguf", meta, {"n" * 100_000: ("F32", np.zeros(32, np.float32), (32,))})
+    with pytest.raises(ConvertError, match="for architecture llama$") as e:
+        convert(tmp_path / "long.gguf", tmp_path / "o.mgpt")
+    assert len(str(e.value)) < 400

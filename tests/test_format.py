@@ -1,10 +1,16 @@
+import os
+import threading
+
 import numpy as np
 import pytest
 
-from minigpt import quant
+from minigpt import chatfile, quant
 from minigpt.config import Config
+from minigpt.convert.gguf import GGUFFile
 from minigpt.errors import FormatError
 from minigpt.format import ALIGN, MgptFile, Writer
+
+from synthetic import mgpt_with_header
 
 CFG = Config(arch="llama", dim=64, n_layers=1, n_heads=4, n_kv_heads=2, hidden_dim=96, vocab_size=300, context_length=64)
 
@@ -143,6 +149,32 @@ def test_malformed_headers_are_format_errors(sample_file, tmp_path):
         with pytest.raises(FormatError) as e:
             MgptFile(rewrite(h, f"bad{i}.mgpt"))
         assert len(str(e.value)) < 400
+
+
+def test_long_values_are_cut_in_messages(sample_file, tmp_path):
+    path, _ = sample_file
+    for i, (change, named) in enumerate([(lambda m: m["tensors"][0].update(qtype="q" * 2000), "quant type 'qqq"),
+                                         (lambda m: m["tensors"][0].update(shape=[1] * 2000), "1-D or 2-D")]):
+        with pytest.raises(FormatError, match=named) as e:
+            MgptFile(mgpt_with_header(path, tmp_path / f"long{i}.mgpt", change))
+        assert len(str(e.value)) < 300
+
+
+def test_a_fifo_or_a_folder_is_refused_without_waiting(tmp_path):
+    """Opening a FIFO waits for a writer, for ever: refused before (issue #12: `-m`, `convert`, `--resume`)."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    # should the check regress, a writer turns the wait into a failure rather than a hung test run
+    unblock = threading.Timer(10, lambda: os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)))
+    unblock.start()
+    try:
+        for read in (MgptFile, GGUFFile, chatfile.read_header):
+            with pytest.raises(FormatError, match="fifo: not a .* [(]not a regular file[)]$"):
+                read(fifo)
+    finally:
+        unblock.cancel()
+    with pytest.raises(FormatError, match=r"not a minigpt model file \(a folder\)$"):
+        MgptFile(tmp_path)
 
 
 def test_writer_is_atomic(tmp_path):

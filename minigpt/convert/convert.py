@@ -42,7 +42,7 @@ _FOUR_BIT = ("q4_0", "q4_1")
 def config_from_gguf(g: GGUFFile) -> Config:
     arch = g.field("general.architecture", required=True)
     if arch not in ARCH_FILES:
-        raise ConvertError(f"{g.path}: architecture {arch!r} is not supported yet "
+        raise ConvertError(f"{g.path}: architecture {clip(arch, CLIP_ARG)} is not supported yet "
                            f"(supported: {', '.join(ARCH_FILES)})")
     key = lambda k, **kw: g.field(f"{arch}.{k}", **kw)
     n_vocab = key("vocab_size") or len(g.field("tokenizer.ggml.tokens", required=True))
@@ -98,7 +98,7 @@ def decode_tensor(t) -> np.ndarray:
         return bits.view(np.float32).reshape(t.shape)
     if t.type_name in kquants.TYPES:
         return kquants.dequantize(t.data, t.type_name).reshape(t.shape)
-    raise ConvertError(f"tensor {t.name}: GGUF type {t.type_name} cannot be decoded yet "
+    raise ConvertError(f"tensor {clip(t.name)}: GGUF type {t.type_name} cannot be decoded yet "
                        f"(supported: {', '.join(DECODABLE)})")
 
 
@@ -129,13 +129,13 @@ def gguf_sources(g: GGUFFile, config: Config):
         if t.name in GGUF_IGNORED:
             continue
         if t.type_name not in DECODABLE:
-            raise ConvertError(f"{g.path}: tensor {t.name!r} is {t.type_name}, which cannot be decoded yet "
+            raise ConvertError(f"{g.path}: tensor {clip(t.name)} is {t.type_name}, which cannot be decoded yet "
                                f"(supported: {', '.join(DECODABLE)})")
         name = map_gguf_name(t.name)
         if name is None:
-            raise ConvertError(f"{g.path}: unexpected tensor {t.name!r} for architecture {config.arch}")
+            raise ConvertError(f"{g.path}: unexpected tensor {clip(t.name)} for architecture {config.arch}")
         if len(t.shape) not in (1, 2):
-            raise ConvertError(f"{g.path}: tensor {t.name!r} has shape {t.shape}; expected 1-D or 2-D")
+            raise ConvertError(f"{g.path}: tensor {clip(t.name)} has shape {t.shape}; expected 1-D or 2-D")
         out.append(GGUFSource(t, name))
     return out
 
@@ -210,7 +210,10 @@ def _stored(source, qtype):
         if peak > 65504:
             raise ConvertError(f"tensor {source.name}: values up to {peak:g} overflow f16; "
                                "convert with --quant f32 or q8_0")
-    return _quantize_rows(x.reshape(-1, x.shape[-1]), qtype)
+    try:
+        return _quantize_rows(x.reshape(-1, x.shape[-1]), qtype)
+    except ValueError as e:   # a NaN or an infinity: block scales cannot hold it
+        raise ConvertError(f"tensor {source.name}: {e} (is the source damaged?)") from None
 
 
 def _quantize_rows(x, qtype, chunk_bytes=1 << 20):
