@@ -281,8 +281,8 @@ def chat(model, system, temperature, top_k, top_p, min_p, repeat_penalty, seed, 
     from .api import DEFAULT_N_CTX
     from .chat import ChatSession
     from .perplexity import read_text
-    from .template import MAX_SOURCE_CHARS
     from .repl import PROBS_N, Repl
+    from .template import MAX_SOURCE_CHARS
 
     _utf8_stdout()
     given = {k: v for k, v in dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
