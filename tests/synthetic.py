@@ -1,9 +1,13 @@
-"""Tiny synthetic checkpoints for unit tests: a minimal GGUF writer and a random tiny Llama.
+"""Tiny synthetic checkpoints for unit tests: a minimal GGUF writer, a random tiny Llama, tiny tokenizer
+fields, and a .mgpt header rewriter.
 
 The GGUF writer follows the public spec (see minigpt/convert/gguf.py); it is test-only code.
 """
 
+import json
 import struct
+import zlib
+from pathlib import Path
 
 import numpy as np
 
@@ -108,13 +112,15 @@ TINY_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content 
 
 def tiny_llama(path, *, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden=96, ctx=128, wtype="F32",
                tied=True, seed=0, rope_freqs=False, chat_template=TINY_TEMPLATE, arch="llama", head_dim=None,
-               window=0, qkv_bias=False):
+               window=0, qkv_bias=False, extra_tokens=0):
     """Write a random tiny Llama (or, with arch="gemma3", Gemma 3) GGUF; returns its metadata dict.
     Weights are scaled to keep activations sane. window: gemma3's sliding window (llama.cpp's pattern:
-    every 6th layer global); qkv_bias: Qwen2-style biases on a llama."""
+    every 6th layer global); qkv_bias: Qwen2-style biases on a llama; extra_tokens: tokens past the
+    embedding's rows (a vocabulary that outgrows its model)."""
     rng = np.random.default_rng(seed)
     tokens, types, merges = tiny_vocab()
     vocab = len(tokens)
+    tokens, types = tokens + [f"<extra_{i}>" for i in range(extra_tokens)], types + [1] * extra_tokens
     hd = head_dim or dim // n_heads
     a = arch
     meta = {
@@ -176,6 +182,15 @@ def tiny_llama(path, *, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden=96, 
     return meta
 
 
+def tiny_bpe_fields(**overrides):
+    """tiny_vocab as the tokenizer fields of a byte-level BPE ("gpt2") vocabulary."""
+    tokens, types, merges = tiny_vocab()
+    fields = {"model": "gpt2", "pre": "smollm", "tokens": tokens, "token_type": types, "merges": merges,
+              "bos_token_id": 1, "eos_token_id": 2, "add_bos_token": False}
+    fields.update(overrides)
+    return fields
+
+
 def tiny_spm_fields(**overrides):
     """A SentencePiece ("llama") vocabulary: 5 special tokens, 256 byte tokens, a few scored pieces.
 
@@ -196,3 +211,30 @@ def tiny_spm_fields(**overrides):
     }
     fields.update(overrides)
     return fields
+
+
+def rewrite_header(src, dst, change):
+    """Copy the .mgpt file src to dst with another JSON header and its checksum recomputed: what anyone
+    can write. change: a function that edits the header (a dict) in place, or the new header's bytes.
+
+    An edited header is padded with spaces (JSON allows them) to at least the old length, and may grow
+    into the zeros before the data (at most 63 bytes), so the data offset stays valid; raw bytes are
+    written as they are, in place of the old header.
+    """
+    data = Path(src).read_bytes()
+    hlen = struct.unpack_from("<Q", data, 8)[0]
+    if not callable(change):
+        return _write_header(dst, data, change, hlen)
+    meta = json.loads(data[24:24 + hlen])
+    room = meta["data_offset"] - 24
+    change(meta)
+    h = json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode().ljust(hlen)
+    assert len(h) <= room, f"the edited header is {len(h) - room} bytes too long"
+    return _write_header(dst, data, h, len(h))
+
+
+def _write_header(dst, data, header, replaced):
+    # the prefix: magic and version (8 bytes), header length and CRC, 4 reserved bytes
+    Path(dst).write_bytes(data[:8] + struct.pack("<QI", len(header), zlib.crc32(header)) + data[20:24] + header
+                          + data[24 + replaced:])
+    return dst

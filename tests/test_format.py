@@ -6,6 +6,8 @@ from minigpt.config import Config
 from minigpt.errors import FormatError
 from minigpt.format import ALIGN, MgptFile, Writer
 
+from synthetic import rewrite_header
+
 CFG = Config(arch="llama", dim=64, n_layers=1, n_heads=4, n_kv_heads=2, hidden_dim=96, vocab_size=300, context_length=64)
 
 
@@ -82,21 +84,7 @@ def test_foreign_and_missing_files(tmp_path):
 
 def test_header_lies_are_caught(sample_file, tmp_path):
     """A header with a consistent checksum but impossible tensor entries is still rejected."""
-    import json, struct, zlib
     path, _ = sample_file
-    data = path.read_bytes()
-    hlen = struct.unpack_from("<Q", data, 8)[0]
-    meta = json.loads(data[24:24 + hlen])
-
-    def rewrite(mutate, name):
-        m = json.loads(json.dumps(meta))
-        mutate(m)
-        h = json.dumps(m, ensure_ascii=False, separators=(",", ":")).encode()
-        assert len(h) == hlen                  # same length keeps the data offset valid
-        p = tmp_path / name
-        p.write_bytes(data[:8] + struct.pack("<QI", hlen, zlib.crc32(h)) + data[20:24] + h + data[24 + hlen:])
-        return p
-
     for i, mutate in enumerate([
         lambda m: m["tensors"][1].update(shape=[99, 64]),           # more bytes than stored
         lambda m: m["tensors"][1].update(offset=m["tensors"][1]["offset"] + 1),  # unaligned
@@ -106,7 +94,7 @@ def test_header_lies_are_caught(sample_file, tmp_path):
         lambda m: m.update(file_size=m["file_size"] + 64),
     ]):
         with pytest.raises(FormatError):
-            MgptFile(rewrite(mutate, f"lie{i}.mgpt"))
+            MgptFile(rewrite_header(path, tmp_path / f"lie{i}.mgpt", mutate))
 
 
 def test_malformed_headers_are_format_errors(sample_file, tmp_path):
