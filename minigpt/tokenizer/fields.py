@@ -4,7 +4,8 @@ A tokenizer is built from GGUF's 'tokenizer.ggml.*' keys (prefix stripped), read
 Hugging Face folder (convert/hf_tokenizer.py) or read from a .mgpt header, whose JSON anyone can write.
 check_fields turns them into the values bpe.py and spm.py build from, or raises TokenizerError naming the
 field and showing the bad value; the builders trust what it returns. Its passes over the vocabulary run
-in C (map, set, max), so that checking Gemma 3's 262,144 tokens costs milliseconds, not a second.
+in C (map, set, max, sum), one per property, each about 5 ms on Gemma 3's 262,144 tokens; a Python
+loop runs only to name the first bad entry.
 """
 
 import math
@@ -69,7 +70,7 @@ def check_fields(fields, n_rows: int | None = None) -> dict:
     return out
 
 
-# --- lists: one C-level pass per property; a Python loop only to name the first bad entry
+# --- lists
 
 def _name(key):
     return f"tokenizer.ggml.{key}"
