@@ -55,7 +55,7 @@ class Model:
         if verify:
             self.file.verify()
         self.config = self.file.config
-        self.tokenizer = from_fields(self.file.tokenizer)
+        self.tokenizer = from_fields(self.file.tokenizer, self.config.vocab_size)
         self.chat_template = self.file.chat_template
         self._template = None
         self.threads = threads or min(default_threads(), kernels.MAX_THREADS)

@@ -141,6 +141,7 @@ def info(model, verify, as_json):
     """Describe a model: architecture, sizes, quant types, tokenizer, chat template."""
     from . import kernels
     from .format import MgptFile
+    from .tokenizer import check_fields
 
     path = _resolve(model)
     f = MgptFile(path)
@@ -151,12 +152,12 @@ def info(model, verify, as_json):
     for t in f.tensors.values():
         types[t.qtype] = types.get(t.qtype, 0) + 1
     n_params = sum(int(np.prod(t.shape)) for t in f.tensors.values())
-    tok = f.tokenizer
+    tok = check_fields(f.tokenizer, c.vocab_size)
     d = {
         "path": str(path), "name": c.name, "config": c.to_dict(), "n_params": n_params,
         "file_size": f.file_size, "bits_per_weight": round(8 * f.file_size / n_params, 3),
         "tensor_types": types, "checksums": "ok" if verify else "not checked",
-        "tokenizer": {"model": tok.get("model"), "pre": tok.get("pre"), "n_vocab": len(tok.get("tokens", [])),
+        "tokenizer": {"model": tok.get("model"), "pre": tok.get("pre"), "n_vocab": len(tok["tokens"]),
                       "bos": tok.get("bos_token_id"), "eos": tok.get("eos_token_id")},
         "chat_template": f.chat_template, "backend": kernels.get_backend().name,
         "isa": getattr(kernels.get_backend(), "isa", lambda: None)(), "compiled_missing": kernels.core_missing(),
@@ -193,7 +194,8 @@ def tokenize(model, special, add_bos, text):
 
     if text is None:
         text = sys.stdin.read()
-    tok = from_fields(MgptFile(_resolve(model)).tokenizer)
+    f = MgptFile(_resolve(model))
+    tok = from_fields(f.tokenizer, f.config.vocab_size)
     click.echo(json.dumps(tok.encode(text, add_bos=add_bos, special=special)))
 
 

@@ -1,4 +1,5 @@
-"""Tiny synthetic checkpoints for unit tests: a minimal GGUF writer and a random tiny Llama.
+"""Tiny synthetic checkpoints for unit tests: a minimal GGUF writer, a random tiny Llama, tiny tokenizer
+fields, and a .mgpt header rewriter.
 
 The GGUF writer follows the public spec (see minigpt/convert/gguf.py); it is test-only code.
 """
@@ -111,14 +112,16 @@ TINY_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content 
 
 def tiny_llama(path, *, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden=96, ctx=128, wtype="F32",
                tied=True, seed=0, rope_freqs=False, chat_template=TINY_TEMPLATE, arch="llama", head_dim=None,
-               window=0, qkv_bias=False, metadata=None):
+               window=0, qkv_bias=False, extra_tokens=0, metadata=None):
     """Write a random tiny Llama (or, with arch="gemma3", Gemma 3) GGUF; returns its metadata dict.
     Weights are scaled to keep activations sane. window: gemma3's sliding window (llama.cpp's pattern:
-    every 6th layer global); qkv_bias: Qwen2-style biases on a llama; metadata: keys to set last, over
-    what the tensors imply (a hostile file's claims)."""
+    every 6th layer global); qkv_bias: Qwen2-style biases on a llama; extra_tokens: tokens past the
+    embedding's rows (a vocabulary that outgrows its model); metadata: keys to set last, over what the
+    tensors imply (a hostile file's claims)."""
     rng = np.random.default_rng(seed)
     tokens, types, merges = tiny_vocab()
     vocab = len(tokens)
+    tokens, types = tokens + [f"<extra_{i}>" for i in range(extra_tokens)], types + [1] * extra_tokens
     hd = head_dim or dim // n_heads
     a = arch
     meta = {
@@ -179,6 +182,15 @@ def tiny_llama(path, *, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden=96, 
             t[p + "post_attention_norm.weight"], t[p + "post_ffw_norm.weight"] = norm(dim), norm(dim)
     write_gguf(path, meta, t)
     return meta
+
+
+def tiny_bpe_fields(**overrides):
+    """tiny_vocab as the tokenizer fields of a byte-level BPE ("gpt2") vocabulary."""
+    tokens, types, merges = tiny_vocab()
+    fields = {"model": "gpt2", "pre": "smollm", "tokens": tokens, "token_type": types, "merges": merges,
+              "bos_token_id": 1, "eos_token_id": 2, "add_bos_token": False}
+    fields.update(overrides)
+    return fields
 
 
 def tiny_spm_fields(**overrides):

@@ -88,21 +88,7 @@ def test_foreign_and_missing_files(tmp_path):
 
 def test_header_lies_are_caught(sample_file, tmp_path):
     """A header with a consistent checksum but impossible tensor entries is still rejected."""
-    import json, struct, zlib
     path, _ = sample_file
-    data = path.read_bytes()
-    hlen = struct.unpack_from("<Q", data, 8)[0]
-    meta = json.loads(data[24:24 + hlen])
-
-    def rewrite(mutate, name):
-        m = json.loads(json.dumps(meta))
-        mutate(m)
-        h = json.dumps(m, ensure_ascii=False, separators=(",", ":")).encode()
-        assert len(h) == hlen                  # same length keeps the data offset valid
-        p = tmp_path / name
-        p.write_bytes(data[:8] + struct.pack("<QI", hlen, zlib.crc32(h)) + data[20:24] + h + data[24 + hlen:])
-        return p
-
     for i, mutate in enumerate([
         lambda m: m["tensors"][1].update(shape=[99, 64]),           # more bytes than stored
         lambda m: m["tensors"][1].update(offset=m["tensors"][1]["offset"] + 1),  # unaligned
@@ -112,42 +98,26 @@ def test_header_lies_are_caught(sample_file, tmp_path):
         lambda m: m.update(file_size=m["file_size"] + 64),
     ]):
         with pytest.raises(FormatError):
-            MgptFile(rewrite(mutate, f"lie{i}.mgpt"))
+            MgptFile(mgpt_with_header(path, tmp_path / f"lie{i}.mgpt", mutate))
 
 
 def test_malformed_headers_are_format_errors(sample_file, tmp_path):
     """Headers a hostile file may hold, checksum recomputed (issue #12): each a FormatError, never another
     exception, and never work proportional to the numbers it claims."""
-    import json, struct, zlib
     path, _ = sample_file
-    data = path.read_bytes()
-    hlen = struct.unpack_from("<Q", data, 8)[0]
-    meta = json.loads(data[24:24 + hlen])
-
-    def rewrite(h, name):
-        p = tmp_path / name
-        p.write_bytes(data[:8] + struct.pack("<QI", len(h), zlib.crc32(h)) + data[20:24] + h + data[24 + hlen:])
-        return p
-
-    def mutated(mutate):
-        m = json.loads(json.dumps(meta))
-        mutate(m)
-        h = json.dumps(m, separators=(",", ":")).encode()
-        return h + b" " * (hlen - len(h))          # JSON may end in spaces: the data offset stays valid
-
-    headers = [
-        mutated(lambda m: m.update(tensors=[])),                            # no tensors at all
-        mutated(lambda m: m.update(tensors=5)),
-        mutated(lambda m: m.update(data_offset="64")),
-        mutated(lambda m: m["tensors"][0].update(qtype=["f32"])),           # unhashable type name
-        mutated(lambda m: m["tensors"][0].update(name=7)),
-        mutated(lambda m: m["tensors"][1].update(shape=[2 ** 40, 2 ** 40])),  # a size past int64
-        mutated(lambda m: m["config"].update(norm_eps="x")),
-        b'{"a":' * 50_000 + b"1" + b"}" * 50_000,                            # nested past the recursion limit
+    changes = [
+        lambda m: m.update(tensors=[]),                            # no tensors at all
+        lambda m: m.update(tensors=5),
+        lambda m: m.update(data_offset="64"),
+        lambda m: m["tensors"][0].update(qtype=["f32"]),           # unhashable type name
+        lambda m: m["tensors"][0].update(name=7),
+        lambda m: m["tensors"][1].update(shape=[2 ** 40, 2 ** 40]),  # a size past int64
+        lambda m: m["config"].update(norm_eps="x"),
+        lambda m: b'{"a":' * 50_000 + b"1" + b"}" * 50_000,        # nested past the recursion limit
     ]
-    for i, h in enumerate(headers):
+    for i, change in enumerate(changes):
         with pytest.raises(FormatError) as e:
-            MgptFile(rewrite(h, f"bad{i}.mgpt"))
+            MgptFile(mgpt_with_header(path, tmp_path / f"bad{i}.mgpt", change))
         assert len(str(e.value)) < 400
 
 

@@ -10,18 +10,7 @@ import hostile
 
 pytestmark = pytest.mark.skipif(not hasattr(resource, "prlimit"), reason="needs Linux (prlimit, wait4, FIFOs)")
 
-# Cases that fail until other branches of issue #12 land; strict: once one passes, take it off this list
-WAITING_FOR_OTHER_BRANCHES = {
-    "tokenizer non-string tokens": "needs the tokenizer fields branch",
-    "tokenizer merges 5": "needs the tokenizer fields branch",
-    "tokenizer string token id": "needs the tokenizer fields branch",
-}
 HANG_TIMEOUT = 30   # seconds; a case that passes takes about one
-
-
-def _param(case):
-    why = WAITING_FOR_OTHER_BRANCHES.get(case.name)
-    return pytest.param(case, id=case.name, marks=[pytest.mark.xfail(strict=True, reason=why)] if why else [])
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +18,7 @@ def workspace(tmp_path_factory):
     return hostile.Workspace(tmp_path_factory.mktemp("hostile"))
 
 
-def test_waiting_cases_exist():
-    assert set(WAITING_FOR_OTHER_BRANCHES) <= {c.name for c in hostile.CASES}
-
-
-@pytest.mark.parametrize("case", [_param(c) for c in hostile.CASES])
+@pytest.mark.parametrize("case", hostile.CASES, ids=[c.name for c in hostile.CASES])
 def test_hostile_input(case, workspace):
     r = hostile.run(case, workspace, timeout=HANG_TIMEOUT)
     bad = hostile.problems(case, r, workspace)

@@ -292,7 +292,7 @@ def convert(src, out, quant_type=None, progress=None) -> dict:
         config = config_from_gguf(g)
         fields, template = tokenizer_fields(g), g.field("tokenizer.chat_template")
         sources = gguf_sources(g, config)
-    from_fields(fields)
+    from_fields(fields, config.vocab_size)
     return write(out, config, fields, template, sources, quant_type, progress, t0)
 
 

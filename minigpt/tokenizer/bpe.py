@@ -21,31 +21,22 @@ _CACHE_LIMIT = 100_000      # pieces remembered by encode
 # --- building from GGUF fields
 
 def from_fields(fields: Mapping) -> "Tokenizer":
-    """Tokenizer from the GGUF 'tokenizer.ggml.*' keys with the prefix stripped."""
-    model = fields.get("model")
-    if model != "gpt2":
-        raise TokenizerError(f"unsupported tokenizer model tokenizer.ggml.model={model!r} "
-                             "(minigpt reads 'gpt2', byte-level BPE)")
+    """Tokenizer from the GGUF 'tokenizer.ggml.*' keys with the prefix stripped, as fields.check_fields
+    returns them (model "gpt2")."""
     pre = pre_tokenizer(fields.get("pre"))
-    if "tokens" not in fields or "merges" not in fields:
-        raise TokenizerError("GGUF tokenizer lacks tokenizer.ggml.tokens or tokenizer.ggml.merges")
-
     # an empty token text gets a placeholder so that no two tokens share a text
-    tokens = list(fields["tokens"])
+    tokens = fields["tokens"]
     if not all(tokens):
         tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
     n = len(tokens)
     attrs = attributes(fields.get("token_type"), n)
 
     def special_id(key: str, default: int | None) -> int | None:
-        if default is not None and default >= n:
-            default = None
-        value = fields.get(key)
-        return int(value) if value is not None and 0 <= int(value) < n else default
+        return fields.get(key, default if default is not None and default < n else None)
 
     bos = special_id("bos_token_id", _BPE_DEFAULT_BOS_EOS)
     eos = special_id("eos_token_id", _BPE_DEFAULT_BOS_EOS)
-    add_bos = bool(fields.get("add_bos_token", pre.add_bos))
+    add_bos = fields.get("add_bos_token", pre.add_bos)
     if add_bos and bos is None:
         raise TokenizerError("tokenizer.ggml.add_bos_token is true, but bos_token_id is not set")
     ids = token_ids(tokens)

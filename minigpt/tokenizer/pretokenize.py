@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import regex
 
-from minigpt.errors import TokenizerError
+from minigpt.errors import CLIP_ARG, TokenizerError, clip
 
 # --- the patterns (llama.cpp's strings, with the notes that make them exact here)
 
@@ -85,7 +85,7 @@ def pre_tokenizer(name: str | None) -> PreTokenizer:
     try:
         return PRE_TOKENIZERS[name]
     except KeyError:
-        raise TokenizerError(f"unsupported pre-tokenizer tokenizer.ggml.pre={name!r} "
+        raise TokenizerError(f"unsupported pre-tokenizer tokenizer.ggml.pre={clip(name, CLIP_ARG)} "
                              f"(supported: {', '.join(sorted(PRE_TOKENIZERS))})") from None
 
 

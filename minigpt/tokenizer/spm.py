@@ -21,40 +21,31 @@ _SPM_DEFAULTS = {"bos_token_id": 1, "eos_token_id": 2}   # llama.cpp's defaults 
 # --- building from GGUF fields
 
 def from_fields(fields: Mapping) -> "SpmTokenizer":
-    """SpmTokenizer from the GGUF 'tokenizer.ggml.*' keys with the prefix stripped."""
-    if fields.get("model") != "llama":
-        raise TokenizerError(f"not a SentencePiece vocabulary: tokenizer.ggml.model={fields.get('model')!r}")
-    if "tokens" not in fields:
-        raise TokenizerError("GGUF tokenizer lacks tokenizer.ggml.tokens")
-    tokens = list(fields["tokens"])
+    """SpmTokenizer from the GGUF 'tokenizer.ggml.*' keys with the prefix stripped, as fields.check_fields
+    returns them (model "llama")."""
+    tokens = fields["tokens"]
     if not all(tokens):
         tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
     n = len(tokens)
-    scores = fields.get("scores")
-    if scores is None:
-        scores = [0.0] * n          # llama.cpp scores every token 0 then: merges go leftmost first
-    elif len(scores) < n:
-        raise TokenizerError(f"tokenizer.ggml.scores has {len(scores)} entries for {n} tokens")
+    # without scores llama.cpp scores every token 0: merges go leftmost first
+    scores = fields.get("scores") or [0.0] * n
     attrs = attributes(fields.get("token_type"), n)
 
     def special_id(key: str, default: int | None) -> int | None:
-        if default is not None and default >= n:
-            default = None
-        value = fields.get(key)
-        return int(value) if value is not None and 0 <= int(value) < n else default
+        return fields.get(key, default if default is not None and default < n else None)
 
     bos = special_id("bos_token_id", _SPM_DEFAULTS["bos_token_id"])
     eos = special_id("eos_token_id", _SPM_DEFAULTS["eos_token_id"])
-    add_bos = bool(fields.get("add_bos_token", True))
-    add_eos = bool(fields.get("add_eos_token", False))
+    add_bos = fields.get("add_bos_token", True)
+    add_eos = fields.get("add_eos_token", False)
     if add_bos and bos is None:
         raise TokenizerError("tokenizer.ggml.add_bos_token is true, but bos_token_id is not set")
     if add_eos and eos is None:
         raise TokenizerError("tokenizer.ggml.add_eos_token is true, but eos_token_id is not set")
     ids = token_ids(tokens)
     eog = end_of_generation(tokens, ids, attrs, fields, special_id, eos)
-    return SpmTokenizer(tokens, scores[:n], attrs, bos_id=bos, eos_id=eos, eog_ids=eog, add_bos=add_bos,
-                        add_eos=add_eos, add_space_prefix=bool(fields.get("add_space_prefix", True)), ids=ids)
+    return SpmTokenizer(tokens, scores, attrs, bos_id=bos, eos_id=eos, eog_ids=eog, add_bos=add_bos,
+                        add_eos=add_eos, add_space_prefix=fields.get("add_space_prefix", True), ids=ids)
 
 
 # --- the tokenizer

@@ -10,7 +10,7 @@ import itertools
 import re
 from collections.abc import Sequence
 
-from minigpt.errors import TokenizerError
+from minigpt.errors import TokenizerError, clip
 
 
 class Attr(enum.IntFlag):
@@ -60,20 +60,16 @@ def token_ids(tokens: Sequence[str]) -> dict[str, int]:
         seen: dict[str, int] = {}
         for i, t in enumerate(tokens):
             if seen.setdefault(t, i) != i:
-                raise TokenizerError(f"duplicate token in vocabulary: {t!r} has ids {seen[t]} and {i}")
+                raise TokenizerError(f"duplicate token in vocabulary: {clip(t)} has ids {seen[t]} and {i}")
     return ids
 
 
-def attributes(types, n: int) -> list[Attr]:
-    """Attr of each of the n tokens from tokenizer.ggml.token_type (all NORMAL when it is absent)."""
+def attributes(types: Sequence[int] | None, n: int) -> list[Attr]:
+    """Attr of each of the n tokens from tokenizer.ggml.token_type, one int per token (all NORMAL when
+    it is absent)."""
     if types is None:
         return [Attr.NORMAL] * n
-    if len(types) < n:
-        raise TokenizerError(f"tokenizer.ggml.token_type has {len(types)} entries for {n} tokens")
-    types = types[:n]
-    if set(types) <= TYPE_TO_ATTR.keys():
-        return list(map(TYPE_TO_ATTR.__getitem__, types))     # one C-level pass
-    return [TYPE_TO_ATTR.get(int(t), _NO_ATTR) for t in types]
+    return list(map(TYPE_TO_ATTR.get, types, itertools.repeat(_NO_ATTR)))     # one C-level pass
 
 
 def end_of_generation(tokens, by_text, attrs, fields, special_id, eos) -> frozenset[int]:
