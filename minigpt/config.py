@@ -48,6 +48,16 @@ BOOLS = ("tied_embeddings", "qkv_bias")
 NAME_CHARS = 200
 
 
+def checked(name, value):
+    """value, checked against INT_RANGES[name] as Config checks it, for code that needs a field before
+    the Config exists (an architecture's GGUF hook makes a list of layers)."""
+    lo, hi = INT_RANGES[name]
+    try:
+        return args.integer(name, value, lo, hi)
+    except ArgumentError as e:
+        raise FormatError(f"bad model config: {e}") from None
+
+
 @dataclass(frozen=True)
 class Config:
     arch: str

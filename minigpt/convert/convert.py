@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import quant
-from ..config import Config
+from ..config import Config, checked
 from ..errors import CLIP_ARG, ConvertError, MinigptError, clip
 from ..format import Writer
 from ..model import ARCH_FILES, weights
@@ -53,8 +53,9 @@ def config_from_gguf(g: GGUFFile) -> Config:
         scaling = {"type": "linear", "factor": factor}   # Config checks it is a number
     elif kind not in ("none", "linear"):
         raise ConvertError(f"{g.path}: RoPE scaling {clip(kind, CLIP_ARG)} is not supported yet")
-    dim, n_heads = key("embedding_length", required=True), key("attention.head_count", required=True)
-    n_layers = key("block_count", required=True)
+    dim = checked("dim", key("embedding_length", required=True))   # before the hook builds on them
+    n_heads = checked("n_heads", key("attention.head_count", required=True))
+    n_layers = checked("n_layers", key("block_count", required=True))
     try:   # what the architecture's GGUFs imply beyond the common keys
         extra = ARCH_FILES[arch].gguf_config(key, n_layers, dim, n_heads)
     except ConvertError as e:

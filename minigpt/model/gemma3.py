@@ -7,6 +7,7 @@ Hugging Face's Gemma RMSNorm multiplies by (1 + w); minigpt stores the multiplie
 adds 1 to every norm weight (NORM_PLUS_ONE). q/k rows stay in halves order (no permutation).
 """
 
+from ..config import checked
 from ..errors import ConvertError
 
 HF_CLASSES = ("Gemma3ForCausalLM",)
@@ -78,6 +79,6 @@ def gguf_config(field, n_layers, dim, n_heads):
     if window:
         extra = {"sliding_window": window, "rope_theta_local": ROPE_THETA_LOCAL,
                  "local_layers": [i for i in range(n_layers) if i % LOCAL_PATTERN < LOCAL_PATTERN - 1]}
-    key_length = field("attention.key_length", default=0) or dim // n_heads
+    key_length = checked("head_dim", field("attention.key_length", default=0)) or dim // n_heads
     extra["query_scale"] = (key_length if n_layers != 62 else dim // n_heads) ** -0.5
     return extra
