@@ -271,6 +271,32 @@ def test_unsupported_pre_tokenizer_and_settings(tmp_path):
     _assert_fails(folder, tmp_path / "c.mgpt", "final_logit_softcapping")
 
 
+# tokenizer.json / tokenizer_config.json shapes anyone can write (issue #12): one error naming what is wrong
+BAD_TOKENIZER = [
+    ("tokenizer.json", lambda tj: tj.update(model=5), "model is not an object"),
+    ("tokenizer.json", lambda tj: tj["model"].update(merges=5), "merges is not a list"),
+    ("tokenizer.json", lambda tj: tj["model"]["merges"].append(3), "a merge must be"),
+    ("tokenizer.json", lambda tj: tj["model"]["merges"].append(["a", 1]), "a merge must be"),
+    ("tokenizer.json", lambda tj: tj["model"]["vocab"].update(x="7"), "model.vocab"),
+    ("tokenizer.json", lambda tj: tj.update(added_tokens=[{"id": 1}]), "added_tokens"),
+    ("tokenizer.json", lambda tj: tj.update(added_tokens={"id": 1}), "added_tokens"),
+    ("tokenizer.json", lambda tj: tj.update(pre_tokenizer=[1]), "is not an object"),
+    ("tokenizer.json", lambda tj: tj["pre_tokenizer"].update(pretokenizers=7), "pretokenizers is not a list"),
+    ("tokenizer.json", lambda tj: tj["pre_tokenizer"]["pretokenizers"][0].update(pattern="x"), "pattern"),
+    ("tokenizer.json", lambda tj: tj.update(normalizer="NFC"), "is not an object"),
+    ("tokenizer.json", lambda tj: tj.update(post_processor=[]), "post_processor"),
+]
+
+
+@pytest.mark.parametrize("name, change, named", BAD_TOKENIZER, ids=[n for _, _, n in BAD_TOKENIZER])
+def test_malformed_tokenizer_files_are_one_line(tmp_path, name, change, named):
+    folder = _copy("qwen2", tmp_path)
+    data = json.loads((folder / name).read_text(encoding="utf-8"))
+    change(data)
+    (folder / name).write_text(json.dumps(data))
+    _assert_fails(folder, tmp_path / "out.mgpt", named)
+
+
 # config.json values of the wrong type or far out of range (issue #12): one error line naming the key
 BAD_CONFIG = [("rms_norm_eps", "abc", "norm_eps"), ("rope_parameters", {"rope_theta": "1e4"}, "rope_theta"),
               ("rope_parameters", {"rope_theta": [1]}, "rope_theta"),

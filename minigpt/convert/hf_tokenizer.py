@@ -15,7 +15,7 @@ tokens when marked special, else user-defined (matched by text before pre-tokeni
 import struct
 from pathlib import Path
 
-from ..errors import ConvertError
+from ..errors import CLIP_ARG, ConvertError, clip
 from .hf import read_json
 
 # token types (GGUF tokenizer.ggml.token_type)
@@ -33,7 +33,7 @@ def tokenizer_fields(folder, vocab_size: int, hp: dict) -> dict:
     folder = Path(folder)
     tj = read_json(folder / "tokenizer.json", required=False)
     tc = read_json(folder / "tokenizer_config.json", required=False)
-    model = tj.get("model") or {}
+    model = _node(tj.get("model"), "tokenizer.json: model")
     bpe = model.get("type") == "BPE" and not model.get("byte_fallback")
     has_spm = (folder / "tokenizer.model").is_file()
     if bpe and (_byte_level(tj) or not has_spm):
@@ -71,13 +71,11 @@ def chat_template(folder):
 
 def _byte_level(tj) -> bool:
     """Whether a tokenizer.json pre-tokenizes with ByteLevel (alone or as a step of a Sequence)."""
-    node = tj.get("pre_tokenizer") or {}
-    steps = node.get("pretokenizers") or [] if node.get("type") == "Sequence" else [node]
-    return any(isinstance(s, dict) and s.get("type") == "ByteLevel" for s in steps)
+    return any(s.get("type") == "ByteLevel" for s in _steps(tj.get("pre_tokenizer"), "pretokenizers"))
 
 
 def _bpe_fields(tj, tc, vocab_size, folder) -> dict:
-    model = tj["model"]
+    model = tj["model"]   # a dict: tokenizer_fields checked it
     where = f"{folder}/tokenizer.json"
     for key in ("continuing_subword_prefix", "end_of_word_suffix", "dropout"):
         if model.get(key):
@@ -86,9 +84,9 @@ def _bpe_fields(tj, tc, vocab_size, folder) -> dict:
     pre = pre_name(tj.get("pre_tokenizer"), bool(model.get("ignore_merges")),
                    bool(tc.get("clean_up_tokenization_spaces", False)), where)
     vocab = model.get("vocab")
-    if not isinstance(vocab, dict):
+    if not isinstance(vocab, dict) or not all(map(_is_id, vocab.values())):
         raise ConvertError(f"{where}: model.vocab is not a token -> id object")
-    added = {a["id"]: a for a in tj.get("added_tokens", []) if isinstance(a, dict) and "id" in a}
+    added = _added_tokens(tj, where)
     by_id = {i: t for t, i in vocab.items()}
     by_id.update({i: a["content"] for i, a in added.items()})
     n = max(vocab_size, 0)
@@ -105,7 +103,10 @@ def _bpe_fields(tj, tc, vocab_size, folder) -> dict:
         else:
             tokens.append(by_id[i])
             types.append(NORMAL)
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    merges = model.get("merges", [])
+    if not isinstance(merges, list):
+        raise ConvertError(f"{where}: model.merges is not a list, got {clip(merges, CLIP_ARG)}")
+    merges = [m if isinstance(m, str) else " ".join(m) if _is_pair(m) else _bad_merge(m, where) for m in merges]
     return {"model": "gpt2", "pre": pre, "tokens": tokens, "token_type": types, "merges": merges}
 
 
@@ -113,14 +114,14 @@ def _check_normalizer(node, where):
     """Only no normalizer, or NFC (which llama.cpp does not apply either: Qwen2 has it)."""
     if node is None:
         return
-    kinds = [n.get("type") for n in node.get("normalizers", [])] if node.get("type") == "Sequence" else [node.get("type")]
+    kinds = [n.get("type") for n in _steps(node, "normalizers", where)]
     if any(k != "NFC" for k in kinds):
         raise ConvertError(f"{where}: normalizer {'+'.join(map(str, kinds))} is not supported")
 
 
 def pre_name(node, ignore_merges: bool, clean_spaces: bool, where) -> str:
     """The llama.cpp `pre` name of a tokenizer.json pre_tokenizer config (minigpt.tokenizer.pretokenize)."""
-    steps = (node.get("pretokenizers") or []) if node and node.get("type") == "Sequence" else [node] if node else []
+    steps = _steps(node, "pretokenizers", where)
     desc = "+".join(str(s.get("type")) for s in steps) or "none"
     *first, last = steps or [{}]
     if last.get("type") != "ByteLevel" or last.get("add_prefix_space"):
@@ -134,7 +135,7 @@ def pre_name(node, ignore_merges: bool, clean_spaces: bool, where) -> str:
         return "starcoder" if clean_spaces else "smollm"
     if len(first) == 1 and not regex_in_byte_level and first[0].get("type") == "Split" \
             and first[0].get("behavior") == "Isolated" and not first[0].get("invert"):
-        pattern = (first[0].get("pattern") or {}).get("Regex")
+        pattern = _node(first[0].get("pattern"), f"{where}: the Split's pattern").get("Regex")
         if pattern == LLAMA3_SPLIT:
             return "llama-bpe" if ignore_merges else "smaug-bpe"
         if pattern == QWEN2_SPLIT:
@@ -148,6 +149,51 @@ def _looks_special(text):
     """llama.cpp's does_token_look_special: added tokens spelled like control tokens are control tokens."""
     return (text in ("<pad>", "<mask>", "<2mass>", "[@BOS@]") or (text.startswith("<|") and text.endswith("|>"))
             or (text.startswith("<｜") and text.endswith("｜>")) or (text.startswith("<unused") and text.endswith(">")))
+
+
+# --- the shapes a tokenizer.json may have (anyone can write one)
+
+def _node(value, where) -> dict:
+    """A tokenizer.json node: an object, or absent ({})."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConvertError(f"{where} is not an object, got {clip(value, CLIP_ARG)}")
+    return value
+
+
+def _steps(node, key, where="tokenizer.json") -> list:
+    """The steps of a pre-tokenizer, normalizer or post-processor node: those of a Sequence, else the
+    node itself; none when absent."""
+    node = _node(node, where)
+    if node.get("type") != "Sequence":
+        return [node] if node else []
+    steps = node.get(key) or []
+    if not isinstance(steps, list) or not all(isinstance(s, dict) for s in steps):
+        raise ConvertError(f"{where}: {key} is not a list of objects, got {clip(steps, CLIP_ARG)}")
+    return steps
+
+
+def _is_id(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_pair(m) -> bool:
+    return isinstance(m, list) and len(m) == 2 and all(isinstance(x, str) for x in m)
+
+
+def _bad_merge(m, where):
+    raise ConvertError(f"{where}: a merge must be \"a b\" or [\"a\", \"b\"], got {clip(m, CLIP_ARG)}")
+
+
+def _added_tokens(tj, where) -> dict:
+    """tokenizer.json's added_tokens by id: each an object with an id and its text."""
+    tokens = tj.get("added_tokens") or []
+    if not isinstance(tokens, list) or not all(isinstance(a, dict) and _is_id(a.get("id"))
+                                               and isinstance(a.get("content"), str) for a in tokens):
+        raise ConvertError(f"{where}: added_tokens must be a list of {{\"id\": n, \"content\": text, ...}}, "
+                           f"got {clip(tokens, CLIP_ARG)}")
+    return {a["id"]: a for a in tokens}
 
 
 # --- special ids
@@ -172,13 +218,15 @@ def _special_ids(fields, tj, tc, hp, gen):
             fields[key] = tc[key]
     if "add_bos_token" not in fields:
         # a TemplateProcessing post-processor (alone or in a Sequence) whose sequences start with BOS
-        post = tj.get("post_processor") or {}
-        steps = post.get("processors") or [] if post.get("type") == "Sequence" else [post]
-        template = next((p for p in steps if isinstance(p, dict) and p.get("type") == "TemplateProcessing"), None)
+        post = tj.get("post_processor")
+        steps = _steps(post, "processors", "tokenizer.json: post_processor")
+        template = next((p for p in steps if p.get("type") == "TemplateProcessing"), None)
         bos = fields.get("bos_token_id")
         if template is not None and bos is not None:
-            first = (template.get("single") or [{}])[0]
-            fields["add_bos_token"] = (first.get("SpecialToken") or {}).get("id") == fields["tokens"][bos]
+            single = template.get("single")
+            first = single[0] if isinstance(single, list) and single and isinstance(single[0], dict) else {}
+            special = first.get("SpecialToken")
+            fields["add_bos_token"] = isinstance(special, dict) and special.get("id") == fields["tokens"][bos]
 
 
 # --- tokenizer.model (SentencePiece)
@@ -193,8 +241,13 @@ def _spm_fields(path, tj, tc, vocab_size) -> dict:
     for i, (piece, score, kind) in enumerate(pieces):
         tokens[i], scores[i], types[i] = piece, score, kind
     # added tokens: llama.cpp reads tokenizer_config's added_tokens_decoder; tokenizer.json lists the same
-    added = {int(i): a for i, a in (tc.get("added_tokens_decoder") or {}).items()}
-    added.update({a["id"]: a for a in tj.get("added_tokens", []) if isinstance(a, dict) and "id" in a})
+    decoder = tc.get("added_tokens_decoder") or {}
+    if not isinstance(decoder, dict) or not all(isinstance(i, str) and i.isdigit() and isinstance(a, dict)
+                                                for i, a in decoder.items()):
+        raise ConvertError(f"{path.parent}/tokenizer_config.json: added_tokens_decoder is not an id -> token "
+                           f"object, got {clip(decoder, CLIP_ARG)}")
+    added = {int(i): a for i, a in decoder.items()}
+    added.update(_added_tokens(tj, f"{path.parent}/tokenizer.json"))
     for i, a in sorted(added.items()):
         if not 0 <= i < vocab_size or not isinstance(a.get("content"), str):
             continue
