@@ -4,7 +4,7 @@ import pytest
 from minigpt import quant
 from minigpt.config import Config
 from minigpt.errors import FormatError
-from minigpt.format import ALIGN, MgptFile, Writer
+from minigpt.format import ALIGN, MgptFile, Writer, tensor_storage_shape
 
 CFG = Config(arch="llama", dim=64, n_layers=1, n_heads=4, n_kv_heads=2, hidden_dim=96, vocab_size=300, context_length=64)
 
@@ -138,11 +138,31 @@ def test_malformed_headers_are_format_errors(sample_file, tmp_path):
         mutated(lambda m: m["tensors"][1].update(shape=[2 ** 40, 2 ** 40])),  # a size past int64
         mutated(lambda m: m["config"].update(norm_eps="x")),
         b'{"a":' * 50_000 + b"1" + b"}" * 50_000,                            # nested past the recursion limit
+        # found by tests/test_fuzz.py: `minigpt info` and minigpt.load crashed, int() overflowed or took a str
+        mutated(lambda m: m.update(tokenizer=[])),
+        mutated(lambda m: m.update(tokenizer="gpt2")),
+        mutated(lambda m: m.update(chat_template=5)),
+        mutated(lambda m: m.update(config=[])),
+        mutated(lambda m: m["tensors"][1].update(offset=float("inf"))),       # 1e999 in the JSON
+        mutated(lambda m: m["tensors"][1].update(shape=[float("inf"), 64])),
+        mutated(lambda m: m["tensors"][1].update(shape=["33", 64])),
+        mutated(lambda m: m["tensors"][1].update(nbytes=True)),
+        mutated(lambda m: m["tensors"][1].update(crc32="0x1234")),
+        mutated(lambda m: m["tensors"][1].update(shape=[33, 64, 1])),
     ]
     for i, h in enumerate(headers):
         with pytest.raises(FormatError) as e:
             MgptFile(rewrite(h, f"bad{i}.mgpt"))
         assert len(str(e.value)) < 400
+
+
+def test_long_values_are_clipped_in_errors():
+    with pytest.raises(FormatError) as e:
+        tensor_storage_shape("q" * 100_000, (2, 64))
+    assert len(str(e.value)) < 100
+    with pytest.raises(FormatError) as e:
+        Config.from_dict({**CFG.to_dict(), "x" * 100_000: 1})
+    assert len(str(e.value)) < 300
 
 
 def test_writer_is_atomic(tmp_path):
