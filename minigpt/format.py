@@ -95,6 +95,9 @@ class Writer:
     """
 
     def __init__(self, path, config: Config, tokenizer: dict, chat_template, specs):
+        if not isinstance(tokenizer, dict) or not isinstance(chat_template, (str, type(None))):   # as MgptFile
+            raise FormatError(f"the chat template must be a string or null, got {clip(chat_template, CLIP_ARG)}"
+                              if isinstance(tokenizer, dict) else "the tokenizer fields must be a dict")
         self.path = Path(path)
         self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         self.meta = {"format": "minigpt", "config": config.to_dict(), "tokenizer": tokenizer,

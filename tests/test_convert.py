@@ -124,3 +124,14 @@ def test_hostile_gguf_metadata_is_bounded(tmp_path, monkeypatch):
     monkeypatch.setattr(gguf, "MAX_ARRAY_ITEMS", 500)   # the tiny vocabulary's arrays hold 539 in all
     with pytest.raises(FormatError, match="metadata arrays of more than 500"):
         GGUFFile(tmp_path / "t.gguf")
+
+
+def test_a_template_that_is_not_text_is_refused_before_writing(tmp_path):
+    # found by tests/test_fuzz.py: convert wrote a file whose header load then refused
+    meta = tiny_llama(tmp_path / "t.gguf")
+    g = GGUFFile(tmp_path / "t.gguf")
+    tensors = {t.name: (t.type_name, t.data, t.shape) for t in g.tensors.values()}
+    write_gguf(tmp_path / "bad.gguf", dict(meta, **{"tokenizer.chat_template": 33}), tensors)
+    with pytest.raises(FormatError, match="chat template must be a string"):
+        convert(tmp_path / "bad.gguf", tmp_path / "out.mgpt")
+    assert not [p for p in tmp_path.iterdir() if p.suffix != ".gguf"]
