@@ -1,5 +1,5 @@
 """The fuzz targets: for each reader of untrusted files, its seed inputs, how a case mutates them and
-what a case runs on the result (fuzzlib.py runs them).
+what a case runs on the result (fuzz_runner.py runs them, with fuzz_mutators.py).
 
     mgpt    a .mgpt file: its JSON header mutated by structure (checksum recomputed, the data moved
             to make room), or its bytes; then minigpt.load, `minigpt info --json`, a few generated
@@ -37,7 +37,7 @@ from minigpt.convert.gguf import GGUFFile
 from minigpt.errors import MinigptError
 from minigpt.format import MgptFile
 
-from fuzzlib import INTS, STRINGS, Raw, encode, interesting, mutate_bytes, mutate_json, short, tweak
+from fuzz_mutators import INTS, STRINGS, Raw, encode, interesting, mutate_bytes, mutate_json, short, tweak
 from synthetic import GGML_IDS, tiny_llama, tiny_spm_fields
 
 HF_FIXTURES = Path(__file__).parent / "fixtures" / "hf"
@@ -84,8 +84,8 @@ class Target:
     def warm(self, seed_dir, work):
         return SimpleNamespace(seeds=seed_dir)
 
-    def mutate(self, rng, ctx, case_dir, pristine=False):
-        """Write the case's input into case_dir; a list of what was changed."""
+    def mutate(self, rng, ctx, case_dir, index):
+        """Write case `index`'s input into case_dir (index -1: a seed unchanged); a list of what was changed."""
         raise NotImplementedError
 
     def run(self, rng, ctx, case_dir, made):
@@ -132,7 +132,8 @@ class Mgpt(Target):
     def warm(self, seed_dir, work):
         return SimpleNamespace(seeds={n: (seed_dir / f"{n}.mgpt").read_bytes() for n in MODELS})
 
-    def mutate(self, rng, ctx, case_dir, pristine=False):
+    def mutate(self, rng, ctx, case_dir, index):
+        pristine = index < 0
         name = rng.choice(sorted(ctx.seeds))
         data, notes = ctx.seeds[name], [f"seed {name}"]
         if not pristine and rng.random() < 0.7:
@@ -163,7 +164,7 @@ class Mgpt(Target):
             room = meta["data_offset"] + shift - 24 - len(header)
             if room >= 0:
                 break
-            shift = _align(-room + 256)
+            shift = _align(shift - room + len(header) // 8 + 256)
         return join_mgpt(header, body, meta["data_offset"] + shift), notes
 
     def run(self, rng, ctx, case_dir, made):
@@ -354,7 +355,8 @@ class Gguf(Target):
     def warm(self, seed_dir, work):
         return SimpleNamespace(seeds={n: parse_gguf(seed_dir / f"{n}.gguf") for n in MODELS})
 
-    def mutate(self, rng, ctx, case_dir, pristine=False):
+    def mutate(self, rng, ctx, case_dir, index):
+        pristine = index < 0
         name = rng.choice(sorted(ctx.seeds))
         g, notes = copy.deepcopy(ctx.seeds[name]), [f"seed {name}"]
         if not pristine and rng.random() < 0.8:
@@ -406,7 +408,8 @@ class Hf(Target):
     def warm(self, seed_dir, work):
         return SimpleNamespace(seeds={p.name: p for p in sorted(seed_dir.iterdir()) if p.is_dir()})
 
-    def mutate(self, rng, ctx, case_dir, pristine=False):
+    def mutate(self, rng, ctx, case_dir, index):
+        pristine = index < 0
         name = rng.choice(sorted(ctx.seeds))
         src = case_dir / "src"
         shutil.copytree(ctx.seeds[name], src)
@@ -491,7 +494,8 @@ class Mgchat(Target):
                                fingerprints={n: MgptFile(seed_dir / f"{n}.mgpt").fingerprint for n in MODELS},
                                models={n: seed_dir / f"{n}.mgpt" for n in CHATS})
 
-    def mutate(self, rng, ctx, case_dir, pristine=False):
+    def mutate(self, rng, ctx, case_dir, index):
+        pristine = index < 0
         name = rng.choice(sorted(ctx.seeds))
         data, notes = ctx.seeds[name], [f"seed {name}"]
         op = rng.random()

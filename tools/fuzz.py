@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-import fuzzlib  # noqa: E402
+import fuzz_runner  # noqa: E402
 from fuzz_targets import TARGETS  # noqa: E402
 from subproc import python_env  # noqa: E402
 
@@ -42,7 +42,7 @@ def campaign(targets, seed, minutes, work):
     new = False
     for target in targets:
         print(f"--- {target}: {minutes / len(targets):.1f} minutes from case 0, seed {seed}", flush=True)
-        report = fuzzlib.run(target, seed, minutes=minutes / len(targets), work=work / target, env=python_env())
+        report = fuzz_runner.run(target, seed, minutes=minutes / len(targets), work=work / target, env=python_env())
         print("\n".join(report.summary(repro, note=note)), flush=True)
         new |= any(note(r).endswith("[NEW]") for r in report.failures)
     return new
@@ -51,13 +51,13 @@ def campaign(targets, seed, minutes, work):
 def one_case(target, seed, index, work):
     """Run one case again, print its changes and traceback, keep its input; whether it failed."""
     cases = []
-    fuzzlib.run(target, seed, cases=1, start=index, work=work, keep=True, env=python_env(), log=cases.append)
+    fuzz_runner.run(target, seed, cases=1, start=index, work=work, keep=True, env=python_env(), log=cases.append)
     r = cases[0]
     print(f"{target} seed {seed} case {index}: {r['kind']} {r['error']} {r['where']} ({r['seconds']:.2f} s)")
     print("changes: " + "\n         ".join(r["notes"]))
     print(r["detail"] or "(no error)")
     print(f"input kept in {work / f'{target}-{index}' / 'case'}")
-    return r["kind"] not in fuzzlib.PASSES
+    return r["kind"] not in fuzz_runner.PASSES
 
 
 def main():
