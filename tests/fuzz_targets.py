@@ -125,6 +125,24 @@ def _shifted(meta, shift):
 
 MGPT_FOCUS = [("config",)] * 4 + [("tokenizer",)] * 3 + [("tensors",)] * 3 + [("chat_template",), ()]
 
+TEMPLATE_PIECES = [   # what a broken or hostile chat template may hold (template.py: sandbox, output cap)
+    "{{ messages.__class__.__mro__ }}", "{{ ''.__class__.__subclasses__() }}", "{{ raise_exception('no') }}",
+    "{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}", "{{ range(10 ** 9) | list }}", "{% if %}",
+    "{{ 'x' * 10 ** 9 }}", "{{ (messages * 10 ** 8) | length }}", "{{ messages | tojson(indent=10 ** 6) }}",
+    "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+    "{{ strftime_now('%Y' * 100000) }}", "{% set x = messages.append(1) %}", "{{ undefined_name.attr }}",
+    "{{ bos_token * 1000000 }}", "{% for m in messages %}{{ m.content * 100000 }}{% endfor %}",
+]
+
+
+def mutate_template(rng, text):
+    """A chat template with one of TEMPLATE_PIECES in it, or in its place."""
+    piece = rng.choice(TEMPLATE_PIECES)
+    if not isinstance(text, str) or rng.random() < 0.3:
+        return piece, [f"template = {piece}"]
+    i = rng.randrange(len(text) + 1)
+    return text[:i] + piece + text[i:], [f"template += {piece} at {i}"]
+
 
 class Mgpt(Target):
     name = "mgpt"
@@ -159,7 +177,11 @@ class Mgpt(Target):
         state, shift = rng.getstate(), 0
         for _ in range(4):   # offsets grow digits when shifted: redo the same mutation until it fits
             rng.setstate(state)
-            doc, notes = mutate_json(rng, _shifted(meta, shift), focus)
+            doc = _shifted(meta, shift)
+            if focus == ("chat_template",) and rng.random() < 0.4:
+                doc["chat_template"], notes = mutate_template(rng, doc["chat_template"])
+            else:
+                doc, notes = mutate_json(rng, doc, focus)
             header = encode(doc)
             room = meta["data_offset"] + shift - 24 - len(header)
             if room >= 0:
@@ -439,7 +461,7 @@ class Hf(Target):
                 path.write_bytes(encode(doc))
                 return notes
             if path.suffix == ".jinja" and rng.random() < 0.5:
-                text, notes = mutate_json(rng, data.decode("utf-8"))
+                text, notes = (mutate_template if rng.random() < 0.5 else mutate_json)(rng, data.decode("utf-8"))
                 path.write_bytes(text.encode("utf-8", "surrogatepass") if isinstance(text, str) else encode(text))
                 return notes
         except (ValueError, RecursionError):   # not JSON or UTF-8 any more, or nested too deep to parse

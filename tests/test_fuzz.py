@@ -18,7 +18,7 @@ from minigpt.errors import MinigptError
 from subproc import python_env
 
 SEED = int(os.environ.get("MINIGPT_FUZZ_SEED", "1"))
-CASES = {"mgpt": 1500, "gguf": 1200, "hf": 700, "mgchat": 800}   # 10-15 s each on a shared 2-core VM
+CASES = {"mgpt": 1000, "gguf": 1200, "hf": 700, "mgchat": 800}   # 10-15 s each on a shared 2-core VM
 
 
 @dataclass(frozen=True)
