@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .engine import PRECISIONS
 from .errors import CLIP_ARG, FormatError, MinigptError, clip
 from .format import MgptFile, open_file
 from .sampling import SamplerSettings
@@ -104,8 +105,8 @@ def read_header(path):
     try:
         header = json.loads(raw.decode("utf-8"))
         _check_header(header)
-    except (ValueError, KeyError, TypeError, MinigptError) as e:
-        raise FormatError(f"{path}: corrupt header ({e})") from None
+    except (ValueError, KeyError, TypeError, RecursionError, MinigptError) as e:   # RecursionError: nested too deep
+        raise FormatError(f"{path}: corrupt header ({clip(str(e))})") from None
     offset = _PREFIX.size + hlen
     return header, offset + (-offset % _ALIGN)
 
@@ -134,9 +135,9 @@ def load(cls, path, model):
     h, offset = read_header(path)
     want, have = h["model"]["fingerprint"], model.file.fingerprint
     if want != have:
-        raise MinigptError(f"{path} was saved with another model ({clip(h['model'].get('name'), CLIP_ARG)}, "
-                           f"{clip(h['model'].get('path'), 120)}, fingerprint {want[:32]}), "
-                           f"not {model.path} (fingerprint {have})")
+        raise MinigptError(f"{path} was saved with another model ({clip(h['model']['name'], CLIP_ARG)}, "
+                           f"{clip(h['model'].get('path'), 120)}, fingerprint {clip(want, 40)}), not {model.path} "
+                           f"(fingerprint {have})")
     cfg, n, n_ctx = model.config, h["n_past"], h["n_ctx"]
     if n_ctx > model.n_ctx:
         raise MinigptError(f"{path} needs a context of {n_ctx} tokens; the model was loaded with {model.n_ctx} "
@@ -145,8 +146,8 @@ def load(cls, path, model):
         raise FormatError(f"{path}: token ids outside this model's vocabulary")
     chat = cls(model, n_ctx=n_ctx, max_tokens=h["max_tokens"], **h["settings"])
     cache = chat.cache
-    if h.get("ring", n_ctx) != cache.ring:
-        raise FormatError(f"{path}: its sliding-window cache has {clip(h['ring'], CLIP_ARG)} slots, this minigpt's {cache.ring}")
+    if h.get("ring", n_ctx) != cache.ring:   # _check_header: an int
+        raise FormatError(f"{path}: its sliding-window cache has {h['ring']} slots, this minigpt's {cache.ring}")
     need = offset + sum(block.nbytes for block in _used(cache, n))
     size = path.stat().st_size
     if size != need:
@@ -167,8 +168,8 @@ def load(cls, path, model):
     chat._text, chat._marks = h["text"], [tuple(m) if m is not None else None for m in h["marks"]]
     try:
         chat.rng.bit_generator.state = h["rng"]
-    except (ValueError, TypeError, KeyError) as e:
-        raise FormatError(f"{path}: bad sampler state ({e})") from None
+    except (ValueError, TypeError, KeyError, OverflowError) as e:
+        raise FormatError(f"{path}: bad sampler state ({clip(str(e))})") from None
     return chat
 
 
@@ -189,11 +190,15 @@ def _kv_digest(cache, n):
 def _check_header(h):
     """Types and ranges of everything load() trusts (a corrupt file must fail here, not later)."""
     ints = lambda *xs: all(isinstance(x, int) and not isinstance(x, bool) for x in xs)
-    if not isinstance(h.get("model"), dict) or not isinstance(h["model"].get("fingerprint"), str):
-        raise ValueError("no model fingerprint")
+    if not isinstance(h, dict):
+        raise ValueError("not a JSON object")
+    m = h.get("model")
+    if not isinstance(m, dict) or not all(isinstance(m.get(k), str) for k in ("fingerprint", "name", "precision")) \
+            or m["precision"] not in PRECISIONS:
+        raise ValueError("no model fingerprint, name or precision")
     n, n_ctx, tokens = h["n_past"], h["n_ctx"], h["tokens"]
-    if not ints(n, n_ctx) or not 0 <= n <= n_ctx or not isinstance(tokens, list) or len(tokens) != n \
-            or not ints(*tokens) or any(t < 0 for t in tokens):
+    if not ints(n, n_ctx, h.get("ring", 0)) or not 0 <= n <= n_ctx or not isinstance(tokens, list) \
+            or len(tokens) != n or not ints(*tokens) or any(t < 0 for t in tokens):
         raise ValueError("bad positions or tokens")
     msgs = h["messages"]
     if not isinstance(msgs, list) or not all(isinstance(m, dict) and set(m) == {"role", "content"}

@@ -153,10 +153,12 @@ class Config:
 
     @classmethod
     def from_dict(cls, d):
+        if not isinstance(d, dict):
+            raise FormatError(f"bad model config: {clip(d, CLIP_ARG)} is not an object")
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise FormatError(f"unknown config keys {sorted(unknown)} (file from a newer minigpt?)")
+            raise FormatError(f"unknown config keys {clip(sorted(unknown))} (file from a newer minigpt?)")
         try:
             return cls(**d)
         except TypeError as e:

@@ -19,6 +19,7 @@ import math
 import mmap
 import os
 import stat
+import re
 import struct
 import zlib
 from dataclasses import dataclass
@@ -41,6 +42,13 @@ _DTYPES = {"f32": np.float32, "f16": np.float16}   # block types are stored as u
 
 def _align(n):
     return -(-n // ALIGN) * ALIGN
+
+
+def _ints(*xs):
+    return all(isinstance(x, int) and not isinstance(x, bool) for x in xs)
+
+
+_HEX8 = re.compile("[0-9a-f]{8}")   # a tensor's crc32 in the header
 
 
 @dataclass(frozen=True)
@@ -69,7 +77,7 @@ def tensor_storage_shape(qtype, shape):
     try:
         return tuple(storage_shape(qtype, *shape))
     except ValueError as e:
-        raise FormatError(str(e)) from None
+        raise FormatError(clip(str(e))) from None
 
 
 def _nbytes(qtype, shape):
@@ -88,6 +96,9 @@ class Writer:
     """
 
     def __init__(self, path, config: Config, tokenizer: dict, chat_template, specs):
+        if not isinstance(tokenizer, dict) or not isinstance(chat_template, (str, type(None))):   # as MgptFile
+            raise FormatError(f"the chat template must be a string or null, got {clip(chat_template, CLIP_ARG)}"
+                              if isinstance(tokenizer, dict) else "the tokenizer fields must be a dict")
         self.path = Path(path)
         self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         self.meta = {"format": "minigpt", "config": config.to_dict(), "tokenizer": tokenizer,
@@ -218,33 +229,38 @@ class MgptFile:
         except (ValueError, KeyError, TypeError, RecursionError) as e:   # RecursionError: JSON nested too deep
             raise err(f"malformed header ({e.__class__.__name__}: {clip(str(e), 100)})") from None
         if not isinstance(table, list) or not table or not all(isinstance(t, dict) for t in table) or \
-                not all(isinstance(v, int) and not isinstance(v, bool) for v in (data_offset, file_size)):
+                not _ints(data_offset, file_size):
             raise err("malformed header (tensor table, data offset or file size)")
+        if not isinstance(self.tokenizer, dict) or not isinstance(self.chat_template, (str, type(None))):
+            raise err("malformed header (the tokenizer must be an object, the chat template a string or null)")
         if file_size != size:
-            raise err(f"file is {size} bytes, header says {file_size} (truncated or appended to?)")
+            raise err(f"file is {size} bytes, header says {clip(file_size, CLIP_ARG)} (truncated or appended to?)")
         if data_offset < _PREFIX.size + hlen or data_offset % ALIGN:
-            raise err(f"bad data offset {data_offset}")
+            raise err(f"bad data offset {clip(data_offset, CLIP_ARG)}")
 
         self.tensors = {}
         end = data_offset
         for t in table:
-            try:
-                info = TensorInfo(t["name"], t["qtype"], tuple(int(s) for s in t["shape"]), int(t["offset"]),
-                                  int(t["nbytes"]), int(t["crc32"], 16))
-            except (KeyError, TypeError, ValueError) as e:
-                raise err(f"malformed tensor entry {clip(t, 80)} ({clip(str(e), 80)})") from None
-            if not isinstance(info.name, str) or len(info.name) > 200 or not isinstance(info.qtype, str):
-                raise err(f"malformed tensor entry {clip(t, 80)} (name or type)")
+            name, qtype, shape, offset, nbytes, crc = (t.get(k) for k in ("name", "qtype", "shape", "offset",
+                                                                          "nbytes", "crc32"))
+            # exact types: int() would take 64.5, "64" or True, and fail on a float too large (1e999)
+            if not (isinstance(name, str) and len(name) <= 200 and isinstance(qtype, str)
+                    and isinstance(shape, list) and len(shape) in (1, 2) and _ints(offset, nbytes, *shape)
+                    and isinstance(crc, str) and _HEX8.fullmatch(crc)):
+                raise err(f"malformed tensor entry {clip(t, 80)} (name, qtype, shape, offset, nbytes or crc32)")
+            info = TensorInfo(name, qtype, tuple(shape), offset, nbytes, int(crc, 16))
             if any(s <= 0 for s in info.shape):
-                raise err(f"tensor {info.name}: bad shape {info.shape}")
+                raise err(f"tensor {info.name}: bad shape {clip(info.shape, CLIP_ARG)}")
             try:
                 expected = _nbytes(info.qtype, info.shape)
             except FormatError as e:
                 raise err(f"tensor {info.name}: {e}") from None
             if info.nbytes != expected:
-                raise err(f"tensor {info.name}: {info.nbytes} bytes, but {info.qtype}{list(info.shape)} needs {expected}")
+                raise err(f"tensor {info.name}: {clip(info.nbytes, CLIP_ARG)} bytes, but "
+                          f"{info.qtype}{list(info.shape)} needs {expected}")
             if info.offset % ALIGN or info.offset < end or info.offset + info.nbytes > size:
-                raise err(f"tensor {info.name}: bad offset {info.offset} (overlapping, unaligned or past the end)")
+                raise err(f"tensor {info.name}: bad offset {clip(info.offset, CLIP_ARG)} "
+                          "(overlapping, unaligned or past the end)")
             end = info.offset + info.nbytes
             self.tensors[info.name] = info
 

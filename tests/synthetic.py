@@ -112,16 +112,23 @@ TINY_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content 
 
 def tiny_llama(path, *, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden=96, ctx=128, wtype="F32",
                tied=True, seed=0, rope_freqs=False, chat_template=TINY_TEMPLATE, arch="llama", head_dim=None,
-               window=0, qkv_bias=False, extra_tokens=0, metadata=None):
+               window=0, qkv_bias=False, tokenizer=None, extra_tokens=0, metadata=None):
     """Write a random tiny Llama (or, with arch="gemma3", Gemma 3) GGUF; returns its metadata dict.
     Weights are scaled to keep activations sane. window: gemma3's sliding window (llama.cpp's pattern:
-    every 6th layer global); qkv_bias: Qwen2-style biases on a llama; extra_tokens: tokens past the
-    embedding's rows (a vocabulary that outgrows its model); metadata: keys to set last, over what the
-    tensors imply (a hostile file's claims)."""
+    every 6th layer global); qkv_bias: Qwen2-style biases on a llama. tokenizer: GGUF tokenizer fields
+    (prefix stripped, e.g. tiny_spm_fields()) instead of the byte-level BPE vocabulary; extra_tokens:
+    tokens past the embedding's rows (a vocabulary that outgrows its model); metadata: keys to set last,
+    over what the tensors imply (a hostile file's claims)."""
     rng = np.random.default_rng(seed)
-    tokens, types, merges = tiny_vocab()
-    vocab = len(tokens)
-    tokens, types = tokens + [f"<extra_{i}>" for i in range(extra_tokens)], types + [1] * extra_tokens
+    if tokenizer is None:
+        tokens, types, merges = tiny_vocab()
+        tokenizer = {"model": "gpt2", "pre": "smollm", "tokens": tokens, "token_type": types, "merges": merges,
+                     "bos_token_id": 1, "eos_token_id": 2, "add_bos_token": False}
+    vocab = len(tokenizer["tokens"])
+    if extra_tokens:
+        extra = [f"<extra_{i}>" for i in range(extra_tokens)]
+        tokenizer = {**tokenizer, "tokens": tokenizer["tokens"] + extra,
+                     "token_type": tokenizer["token_type"] + [1] * extra_tokens}
     hd = head_dim or dim // n_heads
     a = arch
     meta = {
@@ -131,9 +138,7 @@ def tiny_llama(path, *, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden=96, 
         f"{a}.attention.head_count_kv": n_kv_heads, f"{a}.rope.freq_base": 10000.0 if arch == "llama" else 1e6,
         f"{a}.attention.layer_norm_rms_epsilon": 1e-5, f"{a}.vocab_size": vocab,
         f"{a}.rope.dimension_count": hd, f"{a}.attention.key_length": hd, f"{a}.attention.value_length": hd,
-        "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "smollm",
-        "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": types, "tokenizer.ggml.merges": merges,
-        "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2, "tokenizer.ggml.add_bos_token": False,
+        **{f"tokenizer.ggml.{k}": v for k, v in tokenizer.items()},
     }
     if window:
         meta[f"{a}.attention.sliding_window"] = window
@@ -243,12 +248,14 @@ def mgpt_with_header(src, dest, change):
 
 
 def mgchat_with_header(src, dest, change):
-    """Copy the saved chat `src` to `dest` with its JSON header changed by change(header dict)."""
+    """Copy the saved chat `src` to `dest` with its JSON header changed by change(header dict), which edits
+    the dict in place or returns what to store instead (any JSON value, or the raw header's bytes)."""
     from minigpt import chatfile
 
     h, offset = chatfile.read_header(src)
-    change(h)
-    raw = json.dumps(h, ensure_ascii=False).encode()
+    raw = change(h)
+    raw = h if raw is None else raw
+    raw = raw if isinstance(raw, bytes) else json.dumps(raw, ensure_ascii=False).encode()
     head = struct.pack("<8sII", chatfile.MAGIC, chatfile.VERSION, len(raw)) + raw
     Path(dest).write_bytes(head + bytes(-len(head) % 64) + Path(src).read_bytes()[offset:])
     return dest

@@ -298,6 +298,33 @@ def test_load_refuses_other_models_and_damage(model, paths, tmp_path):
         ChatSession.load(damaged, model)
 
 
+def test_corrupt_headers_are_clear_errors(model, tmp_path):
+    # found by tests/test_fuzz.py: each raised another exception (AttributeError, RecursionError,
+    # OverflowError, a KeyError in `chat --resume`), or an error message holding a 100 KB value
+    from minigpt import chatfile
+    chat = model.chat(max_tokens=2, seed=1)
+    reply(chat, "hello")
+    chat.save(tmp_path / "good.mgchat")
+    long = "x" * 100_000
+    model_with = lambda h, **kw: {**h, "model": {**h["model"], **kw}}
+    for i, change in enumerate([
+        lambda h: -0.0,
+        lambda h: b'{"a":' * 50_000 + b"1" + b"}" * 50_000,
+        lambda h: model_with(h, precision=None),
+        lambda h: model_with(h, precision="fastest"),
+        lambda h: model_with(h, name=["tiny"]),
+        lambda h: {**h, "ring": {long: 1}},
+        lambda h: {**h, "settings": {long: 1}},
+        lambda h: {**h, "rng": {**h["rng"], "state": {**h["rng"]["state"], "inc": -2 ** 127}}},
+        lambda h: model_with(h, fingerprint=long, name=long, path=long),   # another model's
+    ]):
+        path = mgchat_with_header(tmp_path / "good.mgchat", tmp_path / f"bad{i}.mgchat", change)
+        with pytest.raises(MinigptError) as e:
+            chatfile.read_header(path)
+            ChatSession.load(path, model)
+        assert len(str(e.value)) < 1000, i
+
+
 def test_resume_checks_the_saved_model_path_before_using_it(paths, model, tmp_path):
     # the path in a saved chat comes from a file: a FIFO, a GGUF, another model or nothing there is
     # refused at once (never opened, converted or downloaded), and -m overrides it

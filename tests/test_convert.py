@@ -123,3 +123,32 @@ def test_non_finite_weights_and_long_names_are_one_clear_error(tmp_path):
     with pytest.raises(ConvertError, match="for architecture llama$") as e:
         convert(tmp_path / "long.gguf", tmp_path / "o.mgpt")
     assert len(str(e.value)) < 400
+def test_hostile_gguf_metadata_is_bounded(tmp_path, monkeypatch):
+    # long values are clipped in errors, metadata arrays are bounded in all, a tensor's size does not
+    # wrap around in int64 (found by tests/test_fuzz.py, or next to what it found)
+    from minigpt.convert import gguf
+    meta = tiny_llama(tmp_path / "t.gguf")
+    g = GGUFFile(tmp_path / "t.gguf")
+    tensors = {t.name: (t.type_name, t.data, t.shape) for t in g.tensors.values()}
+    cases = {"align": (dict(meta, **{"general.alignment": "x" * 100_000}), tensors),
+             "name": (meta, {**tensors, "y" * 100_000: ("F32", np.zeros(1, np.float32), (1, 1, 1, 1, 1))}),
+             "wrap": (meta, {**tensors, "z": ("F32", np.zeros(32, np.float32), (2**40, 2**40, 2**40, 32))})}
+    for name, (m, t) in cases.items():
+        write_gguf(tmp_path / f"{name}.gguf", m, t)
+        with pytest.raises(FormatError) as e:
+            GGUFFile(tmp_path / f"{name}.gguf")
+        assert len(str(e.value)) < 400, name
+    monkeypatch.setattr(gguf, "MAX_ARRAY_ITEMS", 500)   # the tiny vocabulary's arrays hold 539 in all
+    with pytest.raises(FormatError, match="metadata arrays of more than 500"):
+        GGUFFile(tmp_path / "t.gguf")
+
+
+def test_a_template_that_is_not_text_is_refused_before_writing(tmp_path):
+    # found by tests/test_fuzz.py: convert wrote a file whose header load then refused
+    meta = tiny_llama(tmp_path / "t.gguf")
+    g = GGUFFile(tmp_path / "t.gguf")
+    tensors = {t.name: (t.type_name, t.data, t.shape) for t in g.tensors.values()}
+    write_gguf(tmp_path / "bad.gguf", dict(meta, **{"tokenizer.chat_template": 33}), tensors)
+    with pytest.raises(FormatError, match="chat template must be a string"):
+        convert(tmp_path / "bad.gguf", tmp_path / "out.mgpt")
+    assert not [p for p in tmp_path.iterdir() if p.suffix != ".gguf"]

@@ -8,7 +8,7 @@ from minigpt import chatfile, quant
 from minigpt.config import Config
 from minigpt.convert.gguf import GGUFFile
 from minigpt.errors import FormatError
-from minigpt.format import ALIGN, MgptFile, Writer
+from minigpt.format import ALIGN, MgptFile, Writer, tensor_storage_shape
 
 from synthetic import mgpt_with_header
 
@@ -114,6 +114,17 @@ def test_malformed_headers_are_format_errors(sample_file, tmp_path):
         lambda m: m["tensors"][1].update(shape=[2 ** 40, 2 ** 40]),  # a size past int64
         lambda m: m["config"].update(norm_eps="x"),
         lambda m: b'{"a":' * 50_000 + b"1" + b"}" * 50_000,        # nested past the recursion limit
+        # found by tests/test_fuzz.py: `minigpt info` and minigpt.load crashed, int() overflowed or took a str
+        lambda m: m.update(tokenizer=[]),
+        lambda m: m.update(tokenizer="gpt2"),
+        lambda m: m.update(chat_template=5),
+        lambda m: m.update(config=[]),
+        lambda m: m["tensors"][1].update(offset=float("inf")),       # Infinity in the JSON
+        lambda m: m["tensors"][1].update(shape=[float("inf"), 64]),
+        lambda m: m["tensors"][1].update(shape=["33", 64]),
+        lambda m: m["tensors"][1].update(nbytes=True),
+        lambda m: m["tensors"][1].update(crc32="0x1234"),
+        lambda m: m["tensors"][1].update(shape=[33, 64, 1]),
     ]
     for i, change in enumerate(changes):
         with pytest.raises(FormatError) as e:
@@ -124,7 +135,7 @@ def test_malformed_headers_are_format_errors(sample_file, tmp_path):
 def test_long_values_are_cut_in_messages(sample_file, tmp_path):
     path, _ = sample_file
     for i, (change, named) in enumerate([(lambda m: m["tensors"][0].update(qtype="q" * 2000), "quant type 'qqq"),
-                                         (lambda m: m["tensors"][0].update(shape=[1] * 2000), "1-D or 2-D")]):
+                                         (lambda m: m["tensors"][0].update(shape=[1] * 2000), "malformed tensor entry")]):
         with pytest.raises(FormatError, match=named) as e:
             MgptFile(mgpt_with_header(path, tmp_path / f"long{i}.mgpt", change))
         assert len(str(e.value)) < 300
@@ -145,6 +156,15 @@ def test_a_fifo_or_a_folder_is_refused_without_waiting(tmp_path):
         unblock.cancel()
     with pytest.raises(FormatError, match=r"not a minigpt model file \(a folder\)$"):
         MgptFile(tmp_path)
+
+
+def test_long_values_are_clipped_in_errors():
+    with pytest.raises(FormatError) as e:
+        tensor_storage_shape("q" * 100_000, (2, 64))
+    assert len(str(e.value)) < 100
+    with pytest.raises(FormatError) as e:
+        Config.from_dict({**CFG.to_dict(), "x" * 100_000: 1})
+    assert len(str(e.value)) < 300
 
 
 def test_writer_is_atomic(tmp_path):

@@ -16,7 +16,7 @@ import minigpt
 from minigpt.convert import convert
 from minigpt.convert.hf import qk_rows
 from minigpt.convert.safetensors import SafetensorsFile
-from minigpt.errors import ConvertError, FormatError
+from minigpt.errors import ConvertError, FormatError, MinigptError
 from minigpt.format import MgptFile
 from minigpt.tokenizer import from_fields
 
@@ -319,6 +319,60 @@ def test_bad_config_values_are_one_line(tmp_path, key, value, named):
         convert(folder, tmp_path / "ok.mgpt")
         return
     _assert_fails(folder, tmp_path / "out.mgpt", named)
+
+
+def _edit_json(path, change):
+    """Rewrite a JSON file as change(its value) says: a new value, or the file's new bytes."""
+    new = change(json.loads(path.read_bytes()))
+    path.write_bytes(new if isinstance(new, bytes) else json.dumps(new).encode())
+
+
+def _edit_safetensors(path, change):
+    data = path.read_bytes()
+    (n,) = struct.unpack_from("<Q", data)
+    header = change(json.loads(data[8:8 + n]))
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n:])
+
+
+DEEP = b'{"a":' * 50_000 + b"1" + b"}" * 50_000     # nested past Python's recursion limit
+LONG = "x" * 100_000
+without = lambda d, *keys: {k: v for k, v in d.items() if k not in keys}
+first = lambda h: next(k for k in h if k != "__metadata__")
+
+# (fixture, file, change): what tests/test_fuzz.py found raising another exception than a MinigptError
+# (TypeError, ValueError, RecursionError, OSError, ZeroDivisionError), or a message holding a 100 KB value
+FUZZ_FOUND = [
+    ("llama", "config.json", lambda c: {**c, "layer_types": [[]] * 2}),
+    ("llama", "config.json", lambda c: json.dumps(c).encode()[:-1] + b', "x": ' + b"9" * 5000 + b"}"),
+    ("llama", "config.json", lambda c: DEEP),
+    ("llama", "config.json", lambda c: {**c, "hidden_act": LONG}),
+    ("llama", "config.json", lambda c: {**c, "num_attention_heads": LONG}),
+    ("llama", "config.json", lambda c: {**c, "architectures": [["LlamaForCausalLM"]]}),
+    ("llama", "config.json", lambda c: {**without(c, "rope_parameters"), "rope_scaling": "linear"}),
+    ("llama", "config.json", lambda c: {**c, "rope_parameters": {"full_attention": [1]}}),
+    ("llama", "config.json", lambda c: {**without(c, "head_dim"), "num_attention_heads": 0}),
+    ("mistral", "config.json", lambda c: {**c, "num_hidden_layers": 1 << 62}),   # list(range(n)) of its layers
+    ("gemma3", "config.json", lambda c: {**without(c, "layer_types"), "sliding_window_pattern": 0}),
+    ("qwen2", "model.safetensors", lambda h: {**h, first(h): {**h[first(h)], "dtype": ["F32"]}}),
+    ("qwen2", "model.safetensors", lambda h: {**h, first(h): {**h[first(h)], "data_offsets": [LONG, 1]}}),
+    ("qwen2", "model.safetensors", lambda h: {**h, LONG: 1}),
+    ("qwen2", "model.safetensors", lambda h: json.dumps(h).encode()[:-1] + b', "x": ' + b"9" * 5000 + b"}"),
+    ("qwen2", "model.safetensors", lambda h: DEEP),
+    ("llama", "model.safetensors.index.json", lambda i: DEEP),
+    ("llama", "model.safetensors.index.json",
+     lambda i: {"weight_map": {k: "a" * 300 + ".safetensors" for k in i["weight_map"]}}),   # name too long
+]
+
+
+@pytest.mark.parametrize("name, file, change", FUZZ_FOUND, ids=[f"{n}-{f}-{i}" for i, (n, f, _) in enumerate(FUZZ_FOUND)])
+def test_fuzz_found_folders_are_clear_errors(tmp_path, name, file, change):
+    folder = _copy(name, tmp_path)
+    (_edit_safetensors if file.endswith(".safetensors") else _edit_json)(folder / file, change)
+    with pytest.raises(MinigptError) as e:
+        convert(folder, tmp_path / "out.mgpt")
+    assert len(str(e.value)) < 1000
+    assert not list(tmp_path.glob("*.mgpt")) and not list(tmp_path.glob(".*tmp*"))
 
 
 def test_not_a_folder_checkpoint(tmp_path):

@@ -7,13 +7,14 @@ Strings are u64 length + UTF-8 bytes. dims[0] is the fastest-varying one, so a r
 shape is the reverse of dims.
 """
 
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import FormatError
+from ..errors import CLIP_ARG, FormatError, clip
 from ..format import map_file
 
 # value types of metadata
@@ -33,6 +34,10 @@ GGML_TYPES = {
 MAX_TENSORS = 1 << 20        # far above any real model; guards against absurd counts
 MAX_KV = 1 << 20
 MAX_DIMS = 4
+# Elements of all metadata arrays together. A large vocabulary (Gemma 3: 262,144 tokens) has three or
+# four arrays that long; a Python list takes about 9 times the file's bytes of a u32 array (a str: ~60
+# bytes each), so a file of long arrays would otherwise cost memory far beyond its size.
+MAX_ARRAY_ITEMS = 1 << 23
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,7 @@ class GGUFFile:
         self._mm, size = map_file(self.path, 24, "GGUF file")
         self._buf = memoryview(self._mm)
         self._pos = 0
+        self._items = 0              # metadata array elements so far (MAX_ARRAY_ITEMS)
         self._parse()
 
     # --- low-level readers, every one bounds-checked
@@ -80,6 +86,9 @@ class GGUFFile:
             return self._string()
         if vtype == _ARRAY:
             etype, n = self._unpack("<I"), self._unpack("<Q")
+            self._items += n
+            if self._items > MAX_ARRAY_ITEMS:
+                raise FormatError(f"{self.path}: metadata arrays of more than {MAX_ARRAY_ITEMS} elements in all")
             if etype in _SCALARS:   # numeric arrays are read in one go
                 fmt = _SCALARS[etype]
                 width = struct.calcsize(fmt)
@@ -113,28 +122,28 @@ class GGUFFile:
             name = self._string()
             n_dims = self._unpack("<I")
             if not 1 <= n_dims <= MAX_DIMS:
-                raise FormatError(f"{self.path}: tensor {name!r} has {n_dims} dimensions")
+                raise FormatError(f"{self.path}: tensor {clip(name, CLIP_ARG)} has {n_dims} dimensions")
             dims = [self._unpack("<Q") for _ in range(n_dims)]
             infos.append((name, dims, self._unpack("<I"), self._unpack("<Q")))
 
         align = self.metadata.get("general.alignment", 32)
         if not isinstance(align, int) or align <= 0 or align & (align - 1):
-            raise FormatError(f"{self.path}: bad general.alignment {align!r}")
+            raise FormatError(f"{self.path}: bad general.alignment {clip(align, CLIP_ARG)}")
         data_start = -(-self._pos // align) * align
 
         self.tensors = {}
         for name, dims, type_id, offset in infos:
             if type_id not in GGML_TYPES:
-                raise FormatError(f"{self.path}: tensor {name!r} has unknown ggml type {type_id}")
+                raise FormatError(f"{self.path}: tensor {clip(name, CLIP_ARG)} has unknown ggml type {type_id}")
             type_name, block, block_bytes = GGML_TYPES[type_id]
             if any(d <= 0 or d > 1 << 40 for d in dims) or dims[0] % block:
-                raise FormatError(f"{self.path}: tensor {name!r} has bad shape {dims} for {type_name}")
-            n_rows = int(np.prod(dims[1:], dtype=np.int64)) if len(dims) > 1 else 1
+                raise FormatError(f"{self.path}: tensor {clip(name, CLIP_ARG)} has bad shape {dims} for {type_name}")
+            n_rows = math.prod(dims[1:])   # Python ints: 2**40 * 2**40 * 2**40 does not wrap to 0
             row_bytes = dims[0] // block * block_bytes
             nbytes = n_rows * row_bytes
             start = data_start + offset
             if offset % align or start + nbytes > len(self._buf):
-                raise FormatError(f"{self.path}: tensor {name!r} lies outside the file (truncated?)")
+                raise FormatError(f"{self.path}: tensor {clip(name, CLIP_ARG)} lies outside the file (truncated?)")
             data = np.frombuffer(self._buf, dtype=np.uint8, count=nbytes, offset=start)
             shape = tuple(reversed(dims))
             self.tensors[name] = GGUFTensor(name, type_name, shape, start, nbytes,

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import Config
+from ..config import INT_RANGES, Config
 from .. import args
 from ..errors import CLIP_ARG, ArgumentError, ConvertError, FormatError, clip
 from ..model import ARCH_FILES
@@ -48,10 +48,10 @@ def read_json(path, required=True):
         if required:
             raise ConvertError(f"{path.parent}: no {path.name} (not a Hugging Face model folder?)")
         return {}
-    try:
+    try:   # ValueError: not UTF-8, not JSON, or a number too long; RecursionError: nested too deep
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConvertError(f"{path}: unreadable JSON ({e.__class__.__name__}: {e})") from None
+    except (OSError, ValueError, RecursionError) as e:
+        raise ConvertError(f"{path}: unreadable JSON ({e.__class__.__name__}: {clip(str(e), CLIP_ARG)})") from None
     if not isinstance(data, dict):
         raise ConvertError(f"{path}: expected a JSON object")
     return data
@@ -64,10 +64,11 @@ def architecture(hp: dict, folder) -> str:
     names = hp.get("architectures") or []
     arch = names[0] if isinstance(names, list) and names else None
     if arch == "Gemma3ForConditionalGeneration" or "text_config" in hp:
-        raise ConvertError(f"{folder}: {arch or 'this model'} is a multimodal Gemma 3 checkpoint; minigpt converts "
+        which = "Gemma3ForConditionalGeneration" if arch == "Gemma3ForConditionalGeneration" else "this model"
+        raise ConvertError(f"{folder}: {which} is a multimodal Gemma 3 checkpoint; minigpt converts "
                            "the text-only Gemma3ForCausalLM (e.g. gemma-3-270m, gemma-3-1b)")
-    if arch not in ARCHITECTURES:
-        raise ConvertError(f"{folder}: architecture {arch!r} is not supported "
+    if not isinstance(arch, str) or arch not in ARCHITECTURES:
+        raise ConvertError(f"{folder}: architecture {clip(arch, CLIP_ARG)} is not supported "
                            f"(supported: {', '.join(ARCHITECTURES)})")
     return arch
 
@@ -75,11 +76,12 @@ def architecture(hp: dict, folder) -> str:
 def _get(hp, key, folder, default=None, kind=(int,)):
     value = hp.get(key, default)
     if value is None or not isinstance(value, kind) or isinstance(value, bool):
-        raise ConvertError(f"{folder}/config.json: {key} = {value!r} is missing or not {kind[0].__name__}")
+        raise ConvertError(f"{folder}/config.json: {key} = {clip(value, CLIP_ARG)} is missing or not "
+                           f"{kind[0].__name__}")
     return value
 
 
-def _rope_params(hp, layer_type):
+def _rope_params(hp, layer_type, folder):
     """{rope_type, rope_theta, factor, ...} for 'full_attention' or 'sliding_attention' layers.
 
     transformers 5 writes rope_parameters (one dict, or one per layer type); older versions wrote
@@ -90,12 +92,15 @@ def _rope_params(hp, layer_type):
         if layer_type in rp and isinstance(rp[layer_type], dict):
             rp = rp[layer_type]
         elif "full_attention" in rp:
-            rp = rp.get("full_attention", {})
-        return dict(rp)
-    scaling = dict(hp.get("rope_scaling") or {})
-    if layer_type == "sliding_attention":       # Gemma 3's local layers: their own base, never scaled
+            rp = rp["full_attention"]
+        key, p = "rope_parameters", rp
+    elif layer_type == "sliding_attention":       # Gemma 3's local layers: their own base, never scaled
         return {"rope_type": "default", "rope_theta": hp.get("rope_local_base_freq", 10000.0)}
-    return {**scaling, "rope_theta": hp.get("rope_theta", 10000.0)}
+    else:
+        key, p = "rope_scaling", hp.get("rope_scaling") or {}
+    if not isinstance(p, dict):
+        raise ConvertError(f"{folder}/config.json: {key} = {clip(p, CLIP_ARG)} is not an object")
+    return p if key == "rope_parameters" else {**p, "rope_theta": hp.get("rope_theta", 10000.0)}
 
 
 LLAMA3_ROPE = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
@@ -103,7 +108,7 @@ LLAMA3_ROPE = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "
 
 def _rope(hp, layer_type, folder, default_theta=10000.0):
     """(theta, minigpt rope_scaling dict, Llama 3 parameters or None) of one layer type."""
-    p = _rope_params(hp, layer_type)
+    p = _rope_params(hp, layer_type, folder)
     theta = _number(p, "rope_theta", default_theta, folder)
     kind = p.get("rope_type", p.get("type")) or "default"
     factor = _number(p, "factor", 1.0, folder)
@@ -160,7 +165,7 @@ def _local_layers(hp, n_layers, cls, folder):
     types = hp.get("layer_types")
     if types is not None:
         if not isinstance(types, list) or len(types) != n_layers or \
-                not set(types) <= {"sliding_attention", "full_attention"}:
+                not all(t in ("sliding_attention", "full_attention") for t in types):
             raise ConvertError(f"{folder}/config.json: layer_types must list 'sliding_attention' or "
                                f"'full_attention' for each of the {n_layers} layers")
         return [i for i, t in enumerate(types) if t == "sliding_attention"]
@@ -179,10 +184,11 @@ def config_from_hf(hp: dict, folder, name="") -> tuple[Config, np.ndarray | None
     act_key, act_name = f.HF_ACTIVATION
     act = hp.get(act_key, hp.get("hidden_act"))
     if act not in (None, act_name):
-        raise ConvertError(f"{where}: activation {act!r} is not supported for {cls}")
+        raise ConvertError(f"{where}: activation {clip(act, CLIP_ARG)} is not supported for {cls}")
     for key in ("final_logit_softcapping", "attn_logit_softcapping"):
         if hp.get(key) is not None:
-            raise ConvertError(f"{where}: {key} = {hp[key]} is not supported (minigpt does no softcapping)")
+            raise ConvertError(f"{where}: {key} = {clip(hp[key], CLIP_ARG)} is not supported "
+                               "(minigpt does no softcapping)")
     for key in ("attention_bias", "mlp_bias", "use_bidirectional_attention"):
         if hp.get(key) and not (key == "attention_bias" and cls in f.HF_QKV_BIAS):
             raise ConvertError(f"{where}: {key} = true is not supported for {cls}")
@@ -191,6 +197,10 @@ def config_from_hf(hp: dict, folder, name="") -> tuple[Config, np.ndarray | None
 
     dim, n_heads = read("hidden_size"), read("num_attention_heads")
     n_layers = read("num_hidden_layers")
+    try:   # ranged now: the lists of layers below are as long (Config checks the other sizes)
+        args.integer("num_hidden_layers", n_layers, *INT_RANGES["n_layers"])
+    except ArgumentError as e:
+        raise ConvertError(f"{where}: {e}") from None
     local = _local_layers(hp, n_layers, cls, folder)
     defaults = f.HF_DEFAULTS
     rope = lambda layer_type, default=defaults["rope_theta"]: _rope(hp, layer_type, folder, default)
@@ -204,7 +214,7 @@ def config_from_hf(hp: dict, folder, name="") -> tuple[Config, np.ndarray | None
         hidden_dim=read("intermediate_size"),
         vocab_size=read("vocab_size"),
         context_length=read("max_position_embeddings"),
-        head_dim=hp.get("head_dim") or dim // n_heads,
+        head_dim=hp.get("head_dim") or (dim // n_heads if n_heads else 0),   # n_heads 0: Config says so
         norm_eps=hp.get("rms_norm_eps", defaults["norm_eps"]),
         rope_theta=theta,
         rope_scaling=scaling,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import FormatError
+from ..errors import CLIP_ARG, FormatError, clip
 from ..format import map_file
 
 # safetensors dtype -> (numpy dtype of the stored bits, bytes per element). BF16 has no NumPy type:
@@ -59,10 +59,10 @@ class SafetensorsFile:
         (n,) = struct.unpack_from("<Q", self._mm, 0)
         if n > MAX_HEADER or 8 + n > size:
             self._fail(f"header length {n} does not fit the file ({size} bytes)")
-        try:
+        try:   # ValueError: not UTF-8, not JSON, or a number too long; RecursionError: nested too deep
             header = json.loads(bytes(self._mm[8:8 + n]).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            self._fail(f"not JSON ({e.__class__.__name__}: {e})")
+        except (ValueError, RecursionError) as e:
+            self._fail(f"not JSON ({e.__class__.__name__}: {clip(str(e), CLIP_ARG)})")
         if not isinstance(header, dict):
             self._fail("not a JSON object")
         metadata = header.pop("__metadata__", None) or {}
@@ -76,27 +76,29 @@ class SafetensorsFile:
     def _entry(self, name, e, start, data_size):
         """One header entry, checked: known dtype, integer shape, offsets in the data section, and a
         byte size that matches the shape."""
+        name = clip(name, CLIP_ARG)   # for the messages below
         if not isinstance(e, dict) or set(e) != {"dtype", "shape", "data_offsets"}:
-            self._fail(f"tensor {name!r}: expected keys dtype, shape, data_offsets, got {e!r:.100}")
+            self._fail(f"tensor {name}: expected keys dtype, shape, data_offsets, got {clip(e, CLIP_ARG)}")
         dtype, shape, offsets = e["dtype"], e["shape"], e["data_offsets"]
-        if dtype not in DTYPES:
-            self._fail(f"tensor {name!r}: unknown dtype {dtype!r}")
+        if not isinstance(dtype, str) or dtype not in DTYPES:
+            self._fail(f"tensor {name}: unknown dtype {clip(dtype, CLIP_ARG)}")
         if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
-            self._fail(f"tensor {name!r}: bad shape {shape!r}")
+            self._fail(f"tensor {name}: bad shape {clip(shape, CLIP_ARG)}")
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
                 and 0 <= offsets[0] <= offsets[1] <= data_size):
-            self._fail(f"tensor {name!r}: data_offsets {offsets!r} outside the data section ({data_size} bytes)")
+            self._fail(f"tensor {name}: data_offsets {clip(offsets, CLIP_ARG)} outside the data section "
+                       f"({data_size} bytes)")
         nbytes = int(np.prod(shape, dtype=object)) * DTYPES[dtype][1]
         if offsets[1] - offsets[0] != nbytes:
-            self._fail(f"tensor {name!r}: {offsets[1] - offsets[0]} bytes for shape {shape} of {dtype} "
-                       f"({nbytes} expected)")
+            self._fail(f"tensor {name}: {offsets[1] - offsets[0]} bytes for shape {clip(shape, CLIP_ARG)} of "
+                       f"{dtype} ({clip(nbytes, CLIP_ARG)} expected)")
         return SafeTensor(name, dtype, tuple(shape), start + offsets[0], nbytes, self)
 
     def _check_overlaps(self, tensors, start):
         prev = None
         for t in sorted(tensors.values(), key=lambda t: (t.offset, t.nbytes)):
             if prev is not None and t.offset < prev.offset + prev.nbytes and t.nbytes:
-                self._fail(f"tensors {prev.name!r} and {t.name!r} overlap")
+                self._fail(f"tensors {clip(prev.name, CLIP_ARG)} and {clip(t.name, CLIP_ARG)} overlap")
             if t.nbytes:
                 prev = t
 
@@ -124,27 +126,36 @@ class Checkpoint:
         else:
             raise FormatError(f"{self.folder}: no {SINGLE} and no {INDEX}")
         for f in files:
-            if not (self.folder / f).is_file():
-                raise FormatError(f"{self.folder}: missing shard {f} (listed in {INDEX})")
+            if not _is_file(self.folder / f):
+                raise FormatError(f"{self.folder}: missing shard {clip(f, CLIP_ARG)} (listed in {INDEX})")
         self.files = [SafetensorsFile(self.folder / f) for f in files]
         self.tensors = {}
         for sf in self.files:
             for name, t in sf.tensors.items():
                 if name in self.tensors:
-                    raise FormatError(f"{self.folder}: tensor {name!r} is in both {self.tensors[name].file.path.name} "
-                                      f"and {sf.path.name}")
+                    raise FormatError(f"{self.folder}: tensor {clip(name, CLIP_ARG)} is in both "
+                                      f"{self.tensors[name].file.path.name} and {sf.path.name}")
                 self.tensors[name] = t
         if names is not None:
             for name, f in names.items():
                 if self.tensors.get(name) is None or self.tensors[name].file.path.name != f:
-                    raise FormatError(f"{index}: tensor {name!r} is not in {f}")
+                    raise FormatError(f"{index}: tensor {clip(name, CLIP_ARG)} is not in {clip(f, CLIP_ARG)}")
 
     def _read_index(self, index):
         try:
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
-            raise FormatError(f"{index}: unreadable index ({e.__class__.__name__}: {e})") from None
+        except (OSError, ValueError, RecursionError, KeyError, TypeError) as e:   # ValueError: not UTF-8 or JSON
+            raise FormatError(f"{index}: unreadable index ({e.__class__.__name__}: {clip(str(e), CLIP_ARG)})") \
+                from None
         if not isinstance(weight_map, dict) or not all(
                 isinstance(f, str) and f and Path(f).name == f for f in weight_map.values()):
             raise FormatError(f"{index}: weight_map must map tensor names to file names in the folder")
         return weight_map
+
+
+def _is_file(path):
+    """Path.is_file, False for a name the system refuses (too long: the index names files)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False

@@ -48,6 +48,8 @@ HF_QKV_BIAS = ()
 def hf_local_layers(hp, cls, n_layers, read):
     """The sliding-window layers when config.json has no layer_types: all but every pattern-th."""
     pattern = read("sliding_window_pattern", hp.get("_sliding_window_pattern", 6))
+    if pattern < 1:
+        raise ConvertError(f"config.json: sliding_window_pattern = {pattern} must be at least 1")
     return [i for i in range(n_layers) if (i + 1) % pattern]
 
 
