@@ -41,7 +41,7 @@ def tokenizer_fields(folder, vocab_size: int, hp: dict) -> dict:
     elif has_spm:
         fields = _spm_fields(folder / "tokenizer.model", tj, tc, vocab_size)
     elif tj:
-        raise ConvertError(f"{folder}/tokenizer.json: a {model.get('type')!r} model"
+        raise ConvertError(f"{folder}/tokenizer.json: a {clip(model.get('type'), CLIP_ARG)} model"
                            f"{' with byte fallback' if model.get('byte_fallback') else ''} is not supported "
                            "without tokenizer.model (minigpt reads byte-level BPE tokenizer.json files)")
     else:
@@ -62,7 +62,7 @@ def chat_template(folder):
             raise ConvertError(f"{path}: unreadable ({e.__class__.__name__}: {e})") from None
     t = read_json(folder / "tokenizer_config.json", required=False).get("chat_template")
     if isinstance(t, list):
-        named = {d.get("name"): d.get("template") for d in t if isinstance(d, dict)}
+        named = {d.get("name"): d.get("template") for d in t if isinstance(d, dict) and isinstance(d.get("name"), str)}
         t = named.get("default")
     return t if isinstance(t, str) else None
 
@@ -79,7 +79,7 @@ def _bpe_fields(tj, tc, vocab_size, folder) -> dict:
     where = f"{folder}/tokenizer.json"
     for key in ("continuing_subword_prefix", "end_of_word_suffix", "dropout"):
         if model.get(key):
-            raise ConvertError(f"{where}: BPE option {key} = {model[key]!r} is not supported")
+            raise ConvertError(f"{where}: BPE option {key} = {clip(model[key], CLIP_ARG)} is not supported")
     _check_normalizer(tj.get("normalizer"), where)
     pre = pre_name(tj.get("pre_tokenizer"), bool(model.get("ignore_merges")),
                    bool(tc.get("clean_up_tokenization_spaces", False)), where)
@@ -116,13 +116,13 @@ def _check_normalizer(node, where):
         return
     kinds = [n.get("type") for n in _steps(node, "normalizers", where)]
     if any(k != "NFC" for k in kinds):
-        raise ConvertError(f"{where}: normalizer {'+'.join(map(str, kinds))} is not supported")
+        raise ConvertError(f"{where}: normalizer {'+'.join(map(str, kinds))[:CLIP_ARG]} is not supported")
 
 
 def pre_name(node, ignore_merges: bool, clean_spaces: bool, where) -> str:
     """The llama.cpp `pre` name of a tokenizer.json pre_tokenizer config (minigpt.tokenizer.pretokenize)."""
     steps = _steps(node, "pretokenizers", where)
-    desc = "+".join(str(s.get("type")) for s in steps) or "none"
+    desc = ("+".join(str(s.get("type")) for s in steps) or "none")[:CLIP_ARG]
     *first, last = steps or [{}]
     if last.get("type") != "ByteLevel" or last.get("add_prefix_space"):
         raise ConvertError(f"{where}: pre-tokenizer {desc} is not supported (minigpt reads byte-level BPE: "
@@ -290,7 +290,7 @@ def _spm_model(path):
         raise ConvertError(f"{path}: only SentencePiece BPE models are supported (model_type {trainer.get(3, [1])[0]})")
     name = norm.get(1, [b"identity"])[0].decode("utf-8", "replace")
     if name not in ("identity", "") or norm.get(4, [1])[0]:
-        raise ConvertError(f"{path}: SentencePiece normalization {name!r} (or removing extra whitespace) "
+        raise ConvertError(f"{path}: SentencePiece normalization {name[:CLIP_ARG]!r} (or removing extra whitespace) "
                            "is not supported")
     if any(kind not in (NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE) for _, _, kind in pieces):
         raise ConvertError(f"{path}: unknown SentencePiece piece type")
