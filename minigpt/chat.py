@@ -269,21 +269,42 @@ class ChatSession:
 
     def _fit(self, messages):
         """Drop the oldest turns until the rendered conversation leaves room for a reply.
-        Returns (messages, prompt text, token ids, turns dropped)."""
+        Returns (messages, prompt text, token ids, turns dropped).
+
+        The fewest turns to drop is found by bisection (a loaded chat may hold thousands of turns;
+        dropping one at a time would render and tokenize it once per turn), starting from as many as
+        must go anyway: every message costs at least one token."""
         n_ctx = self.cache.n_ctx
         room = min(self.max_tokens or n_ctx, n_ctx // 4)
-        dropped = 0
-        while True:
-            prompt = self.template.render(messages, add_generation_prompt=True)
-            ids = self._tokens_for(prompt) if dropped == 0 else self._encode(prompt)
-            first = 1 if messages[0]["role"] == "system" else 0
-            if len(ids) + room <= n_ctx or first >= len(messages) - 1:
-                break
-            end = first + 1   # a turn: the user's message and the replies after it
-            while end < len(messages) - 1 and messages[end]["role"] != "user":
-                end += 1
-            messages = messages[:first] + messages[end:]
-            dropped += 1
+        first = 1 if messages[0]["role"] == "system" else 0
+        # where the kept messages may start: dropping k turns keeps messages[starts[k]:] (a turn is a
+        # user message and the replies after it; the last message always stays)
+        starts = [first] + [i for i in range(first + 1, len(messages) - 1) if messages[i]["role"] == "user"]
+        starts.append(len(messages) - 1)
+
+        def attempt(k):
+            kept = messages[:first] + messages[starts[k]:]
+            prompt = self.template.render(kept, add_generation_prompt=True)
+            ids = self._tokens_for(prompt) if k == 0 else self._encode(prompt)
+            return kept, prompt, ids, k
+
+        def fits(result):
+            return len(result[2]) + room <= n_ctx
+
+        best = attempt(0)
+        if not fits(best):
+            lo = next(k for k, start in enumerate(starts) if first + len(messages) - start + room <= n_ctx
+                      or k == len(starts) - 1)
+            hi = len(starts) - 1   # the fewest messages there can be: fits, or the best there is
+            best = attempt(hi)
+            while lo < hi:
+                mid = (lo + hi) // 2
+                result = attempt(mid)
+                if fits(result):
+                    best, hi = result, mid
+                else:
+                    lo = mid + 1
+        messages, prompt, ids, dropped = best
         if len(ids) >= n_ctx:
             raise ContextFullError(f"the message is too long: {len(ids)} tokens with the system prompt and template, "
                                    f"and the context holds {n_ctx}")

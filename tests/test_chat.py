@@ -183,6 +183,26 @@ def test_system_change_and_reset(model):
     assert chat.history == [{"role": "system", "content": "second"}] and chat.n_past == 0
 
 
+def test_a_long_history_is_cut_in_a_few_renders(model, monkeypatch):
+    """A loaded chat may hold thousands of turns: the fewest to drop is found by bisection, not by
+    rendering and tokenizing the conversation once per dropped turn (found by tests/test_fuzz.py)."""
+    chat = model.chat(system="keep me", n_ctx=256, max_tokens=12, seed=6, **SETTINGS)
+    chat.messages = [{"role": "system", "content": "keep me"}] + [
+        {"role": role, "content": f"{role} {i}"} for i in range(3000) for role in ("user", "assistant")]
+    renders = []
+    render = ChatTemplate.render
+    monkeypatch.setattr(ChatTemplate, "render", lambda self, *a, **kw: renders.append(1) or render(self, *a, **kw))
+    reply(chat, "the newest")
+    assert len(renders) < 20 and 2900 < chat.last.dropped_turns < 3000
+    kept = chat.history[:-1]   # what the prompt held: up to the newest message
+    assert kept[0]["content"] == "keep me" and kept[-1]["content"] == "the newest" and kept[1]["role"] == "user"
+    # the fewest turns were dropped: with the one before, the prompt would leave no room for a reply
+    i = int(kept[1]["content"].split()[1]) - 1
+    more = kept[:1] + [{"role": "user", "content": f"user {i}"}, {"role": "assistant", "content": f"assistant {i}"}]
+    ids = chat._encode(chat.template.render(more + kept[1:], add_generation_prompt=True))
+    assert len(ids) + 12 > 256
+
+
 def test_overflow_drops_oldest_turns(model):
     chat = model.chat(system="keep me", n_ctx=96, max_tokens=12, seed=6, **SETTINGS)
     dropped = 0
