@@ -102,7 +102,7 @@ def _limit_memory(nbytes):
     except (ImportError, OSError, ValueError):
         return   # Windows, macOS: the parent's deadline still stops a runaway template
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    limit = now + nbytes if hard == resource.RLIM_INFINITY else min(now + nbytes, hard)
+    limit = min([now + nbytes] + [n for n in (soft, hard) if n != resource.RLIM_INFINITY])   # never above the parent's
     resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 
 
