@@ -117,7 +117,7 @@ def run_case(target, ctx, seed, index, case_dir, deadline, keep=False, started=N
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
         kind, error, where, detail = "ok", "", "", ""
-    except BaseException as e:   # noqa: B036 -- the point: whatever a case raises is reported, not raised
+    except BaseException as e:   # the point: whatever a case raises is reported, not raised
         kind, error, where = classify(e)
         detail = "".join(traceback.format_exception(e))[-4000:]
         if kind == "error":
