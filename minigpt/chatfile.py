@@ -146,9 +146,9 @@ def load(cls, path, model):
         raise FormatError(f"{path}: token ids outside this model's vocabulary")
     chat = cls(model, n_ctx=n_ctx, max_tokens=h["max_tokens"], **h["settings"])
     cache = chat.cache
-    if h.get("ring", n_ctx) != cache.ring:   # _check_header: an int
-        raise FormatError(f"{path}: its sliding-window cache has {clip(h['ring'], 40)} slots, this minigpt's "
-                          f"{cache.ring}")
+    ring = h.get("ring", n_ctx)   # an int (_check_header); files from before sliding windows have none
+    if ring != cache.ring:
+        raise FormatError(f"{path}: its sliding-window cache has {clip(ring, 40)} slots, this minigpt's {cache.ring}")
     need = offset + sum(block.nbytes for block in _used(cache, n))
     size = path.stat().st_size
     if size != need:

@@ -333,6 +333,20 @@ def test_resume_checks_the_saved_model_path_before_using_it(paths, model, tmp_pa
     assert r.returncode == 0, r.stderr
 
 
+def test_a_sliding_window_chat_without_its_ring_is_refused(tmp_path):
+    # found by the fuzz campaign: the error message itself raised KeyError('ring')
+    tiny_llama(tmp_path / "g.gguf", arch="gemma3", window=8, ctx=4096)
+    convert(tmp_path / "g.gguf", tmp_path / "g.mgpt")
+    m = minigpt.load(str(tmp_path / "g.mgpt"))
+    chat = m.chat(max_tokens=2, seed=1)
+    reply(chat, "hello")
+    chat.save(tmp_path / "c.mgchat")
+    path = _with_header(tmp_path / "c.mgchat", tmp_path / "bad.mgchat",
+                        lambda h: {k: v for k, v in h.items() if k != "ring"})
+    with pytest.raises(FormatError, match="sliding-window cache has 4096 slots"):
+        ChatSession.load(path, m)
+
+
 def test_save_where_it_cannot_be_written_is_one_clear_error(model, tmp_path):
     chat = model.chat(max_tokens=4, seed=1)
     reply(chat, "hello")
