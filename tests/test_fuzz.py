@@ -24,13 +24,14 @@ CASES = {"mgpt": 1000, "gguf": 1200, "hf": 700, "mgchat": 800}   # 10-15 s each 
 @dataclass(frozen=True)
 class Known:
     """Failures of one kind (fuzz_runner: exception, unclipped, timeout, memory, ...) whose deepest minigpt
-    frame starts with `where`, tolerated until `until` is merged."""
+    frame starts with `where` (in `target`'s cases only, if given), tolerated until `until` is merged."""
     kind: str
     where: str
     until: str
+    target: str = ""
 
-    def matches(self, r):
-        return r["kind"] == self.kind and r["where"].startswith(self.where)
+    def matches(self, target, r):
+        return r["kind"] == self.kind and r["where"].startswith(self.where) and self.target in ("", target)
 
 
 TOKENIZER = "the tokenizer-field validation at the boundary (issue #12, the tokenizer engineer's branch)"
@@ -55,6 +56,9 @@ KNOWN = [
     Known("unclipped", "minigpt/convert/convert.py", UNASSIGNED),
     Known("exception", "minigpt/model/gemma3.py:", UNASSIGNED),
     Known("memory", "minigpt/model/gemma3.py:", UNASSIGNED),
+    # chat.py's _fit renders and tokenizes the whole conversation once per dropped turn: a saved chat of
+    # 50,000 short messages makes the next turn quadratic (hours), wherever the deadline finds it
+    Known("timeout", "minigpt/", UNASSIGNED, target="mgchat"),
 ]
 
 
@@ -66,7 +70,7 @@ def repro(target, seed, index):
 def test_fuzz_target(target, tmp_path):
     report = fuzz_runner.run(target, SEED, cases=CASES[target], work=tmp_path, env=python_env())
     print("\n".join(report.summary(repro)))
-    new = [r for r in report.failures if not any(k.matches(r) for k in KNOWN)]
+    new = [r for r in report.failures if not any(k.matches(target, r) for k in KNOWN)]
     lines = [f"{r['kind']} {r['error']} at {r['where']}: case {r['index']} ({'; '.join(r['notes'])[:300]})\n"
              f"  again: {repro(target, SEED, r['index'])}\n{r['detail'][-1500:]}" for r in new[:5]]
     assert not new, f"{len(new)} new failure(s), seed {SEED}:\n" + "\n".join(lines)
