@@ -47,7 +47,10 @@ def save(chat, path):
         "rng": chat.rng.bit_generator.state,
         "kv_sha256": _kv_digest(cache, n),
     }
-    raw = json.dumps(header, ensure_ascii=False).encode("utf-8")
+    try:
+        raw = json.dumps(header, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:   # a lone surrogate (a "\ud800" escape read from a file): as JSON escapes it round-trips
+        raw = json.dumps(header).encode("ascii")
     head = _PREFIX.pack(MAGIC, VERSION, len(raw)) + raw
     head += b"\0" * (-len(head) % _ALIGN)
     path = Path(path)

@@ -333,6 +333,14 @@ def test_resume_checks_the_saved_model_path_before_using_it(paths, model, tmp_pa
     assert r.returncode == 0, r.stderr
 
 
+def test_text_with_a_lone_surrogate_saves_and_loads(model, tmp_path):
+    # found by the fuzz campaign: a role read from a file as "user\ud800" (a JSON escape) made save()
+    # raise UnicodeEncodeError; a system prompt passed to the API did too
+    chat = model.chat(system="be \ud800 brief", max_tokens=2, seed=1)
+    chat.save(tmp_path / "c.mgchat")
+    assert ChatSession.load(tmp_path / "c.mgchat", model).history == chat.history
+
+
 def test_a_sliding_window_chat_without_its_ring_is_refused(tmp_path):
     # found by the fuzz campaign: the error message itself raised KeyError('ring')
     tiny_llama(tmp_path / "g.gguf", arch="gemma3", window=8, ctx=4096)
