@@ -57,7 +57,7 @@ KNOWN = [
     Known("exception", "minigpt/model/gemma3.py:", UNASSIGNED),
     Known("memory", "minigpt/model/gemma3.py:", UNASSIGNED),
     # chat.py's _fit renders and tokenizes the whole conversation once per dropped turn: a saved chat of
-    # 50,000 short messages makes the next turn quadratic (hours), wherever the deadline finds it
+    # 50,000 short messages makes the next turn quadratic, wherever the deadline finds it
     Known("timeout", "minigpt/", UNASSIGNED, target="mgchat"),
 ]
 
