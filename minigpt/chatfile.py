@@ -47,7 +47,10 @@ def save(chat, path):
         "rng": chat.rng.bit_generator.state,
         "kv_sha256": _kv_digest(cache, n),
     }
-    raw = json.dumps(header, ensure_ascii=False).encode("utf-8")
+    try:
+        raw = json.dumps(header, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:   # a lone surrogate (a "\ud800" escape read from a file): as JSON escapes it round-trips
+        raw = json.dumps(header).encode("ascii")
     head = _PREFIX.pack(MAGIC, VERSION, len(raw)) + raw
     head += b"\0" * (-len(head) % _ALIGN)
     path = Path(path)
@@ -146,8 +149,9 @@ def load(cls, path, model):
         raise FormatError(f"{path}: token ids outside this model's vocabulary")
     chat = cls(model, n_ctx=n_ctx, max_tokens=h["max_tokens"], **h["settings"])
     cache = chat.cache
-    if h.get("ring", n_ctx) != cache.ring:   # _check_header: an int
-        raise FormatError(f"{path}: its sliding-window cache has {h['ring']} slots, this minigpt's {cache.ring}")
+    ring = h.get("ring", n_ctx)   # an int (_check_header); files from before sliding windows have none
+    if ring != cache.ring:
+        raise FormatError(f"{path}: its sliding-window cache has {clip(ring, 40)} slots, this minigpt's {cache.ring}")
     need = offset + sum(block.nbytes for block in _used(cache, n))
     size = path.stat().st_size
     if size != need:

@@ -122,7 +122,11 @@ class Writer:
         self.f.write(_PREFIX.pack(MAGIC, VERSION, len(header), 0, 0) + header)
 
     def _header(self):
-        return json.dumps(self.meta, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        try:
+            return json.dumps(self.meta, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        except UnicodeEncodeError as e:   # a lone surrogate, from a JSON "\ud800" escape: no UTF-8 for it
+            raise FormatError(f"the tokenizer or chat template holds text that is not Unicode "
+                              f"({clip(e.object[max(0, e.start - 20):e.end + 20], CLIP_ARG)})") from None
 
     def write(self, name, array):
         entry = self.meta["tensors"][self._next]

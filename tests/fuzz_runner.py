@@ -117,7 +117,7 @@ def run_case(target, ctx, seed, index, case_dir, deadline, keep=False, started=N
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
         kind, error, where, detail = "ok", "", "", ""
-    except BaseException as e:   # noqa: B036 -- the point: whatever a case raises is reported, not raised
+    except BaseException as e:   # the point: whatever a case raises is reported, not raised
         kind, error, where = classify(e)
         detail = "".join(traceback.format_exception(e))[-4000:]
         if kind == "error":
@@ -275,12 +275,13 @@ def run(target, seed, cases=None, minutes=None, start=0, work=None, env=None, lo
     t0 = time.time()
     own = work is None
     work = Path(work or tempfile.mkdtemp(prefix="minigpt-fuzz-"))
+    seeds = work / f"seeds-{target}"
     plan = Plan(target, seed, start, start + cases if cases is not None else Plan.stop,
-                t0 + 60 * minutes if minutes else 0.0, str(work / "seeds"), **options)
-    if not (work / "seeds" / "done").exists():
-        (work / "seeds").mkdir(parents=True, exist_ok=True)
-        importlib.import_module(plan.module).TARGETS[target].make_seeds(work / "seeds")
-        (work / "seeds" / "done").write_text("")
+                t0 + 60 * minutes if minutes else 0.0, str(seeds), **options)
+    if not (seeds / "done").exists():
+        seeds.mkdir(parents=True, exist_ok=True)
+        importlib.import_module(plan.module).TARGETS[target].make_seeds(seeds)
+        (seeds / "done").write_text("")
     report = Report(target, seed)
     try:
         while plan.start < plan.stop and not (plan.until and time.time() > plan.until):

@@ -82,7 +82,8 @@ class Target:
         make_models(d)
 
     def warm(self, seed_dir, work):
-        return SimpleNamespace(seeds=seed_dir)
+        """What every case of a child uses (seeds read once, models): the ctx passed to mutate and run."""
+        raise NotImplementedError
 
     def mutate(self, rng, ctx, case_dir, index):
         """Write case `index`'s input into case_dir (index -1: a seed unchanged); a list of what was changed."""
@@ -106,9 +107,8 @@ def split_mgpt(data):
     return meta, data[meta["data_offset"]:]
 
 
-def join_mgpt(meta_or_header, body, data_offset):
-    """A .mgpt file: prefix with the header's length and CRC, header, zeros up to data_offset, body."""
-    header = meta_or_header if isinstance(meta_or_header, bytes) else encode(meta_or_header)
+def join_mgpt(header, body, data_offset):
+    """A .mgpt file: prefix with the header's length and CRC, header (bytes), zeros up to data_offset, body."""
     head = struct.pack("<4sIQII", b"MGPT", 1, len(header), zlib.crc32(header), 0) + header
     return head + b"\0" * max(0, data_offset - len(head)) + body
 
@@ -232,10 +232,9 @@ def pack_value(vtype, v, etype=None, count=None):
     if vtype in _SCALARS:
         fmt = _SCALARS[vtype]
         if fmt in ("<f", "<d"):
-            x = float(v) if isinstance(v, (int, float)) else 0.0
             try:
-                return struct.pack(fmt, x)
-            except (OverflowError, struct.error):
+                return struct.pack(fmt, float(v) if isinstance(v, (int, float)) else 0.0)
+            except (OverflowError, struct.error):   # past the format's range
                 return struct.pack(fmt, float("inf"))
         if fmt == "<?":
             return struct.pack(fmt, bool(v))

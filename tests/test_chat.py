@@ -375,6 +375,26 @@ def test_resume_takes_a_long_saved_context_only_if_asked(tmp_path):
                                lambda h: h.update(n_ctx=1 << 22, ring=1 << 22))
     r = run_minigpt("chat", "--resume", claim, input="hi\n", timeout=120)
     assert r.returncode == 1 and r.stderr.endswith("(pass --ctx 4194304 or more)\n"), r.stderr
+def test_text_with_a_lone_surrogate_saves_and_loads(model, tmp_path):
+    # found by the fuzz campaign: a role read from a file as "user\ud800" (a JSON escape) made save()
+    # raise UnicodeEncodeError; a system prompt passed to the API did too
+    chat = model.chat(system="be \ud800 brief", max_tokens=2, seed=1)
+    chat.save(tmp_path / "c.mgchat")
+    assert ChatSession.load(tmp_path / "c.mgchat", model).history == chat.history
+
+
+def test_a_sliding_window_chat_without_its_ring_is_refused(tmp_path):
+    # found by the fuzz campaign: the error message itself raised KeyError('ring')
+    tiny_llama(tmp_path / "g.gguf", arch="gemma3", window=8, ctx=4096)
+    convert(tmp_path / "g.gguf", tmp_path / "g.mgpt")
+    m = minigpt.load(str(tmp_path / "g.mgpt"))
+    chat = m.chat(max_tokens=2, seed=1)
+    reply(chat, "hello")
+    chat.save(tmp_path / "c.mgchat")
+    path = mgchat_with_header(tmp_path / "c.mgchat", tmp_path / "bad.mgchat",
+                        lambda h: {k: v for k, v in h.items() if k != "ring"})
+    with pytest.raises(FormatError, match="sliding-window cache has 4096 slots"):
+        ChatSession.load(path, m)
 
 
 def test_save_where_it_cannot_be_written_is_one_clear_error(model, tmp_path):

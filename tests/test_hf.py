@@ -362,6 +362,7 @@ FUZZ_FOUND = [
     ("llama", "model.safetensors.index.json", lambda i: DEEP),
     ("llama", "model.safetensors.index.json",
      lambda i: {"weight_map": {k: "a" * 300 + ".safetensors" for k in i["weight_map"]}}),   # name too long
+    ("llama", "tokenizer_config.json", lambda c: {**c, "chat_template": "{{ 1 }}\ud800"}),   # no UTF-8 for it
 ]
 
 

@@ -32,9 +32,8 @@ except ImportError:
     KNOWN, repro = [], lambda t, s, i: f"python tools/fuzz.py --target {t} --seed {s} --case {i}"
 
 
-def note(r):
-    k = next((k for k in KNOWN if k.matches(r)), None)
-    return f"  [known, until {k.until}]" if k else "  [NEW]"
+def known(target, r):
+    return next((k for k in KNOWN if k.matches(target, r)), None)
 
 
 def campaign(targets, seed, minutes, work):
@@ -43,8 +42,9 @@ def campaign(targets, seed, minutes, work):
     for target in targets:
         print(f"--- {target}: {minutes / len(targets):.1f} minutes from case 0, seed {seed}", flush=True)
         report = fuzz_runner.run(target, seed, minutes=minutes / len(targets), work=work / target, env=python_env())
+        note = lambda r: f"  [known, until {k.until}]" if (k := known(target, r)) else "  [NEW]"
         print("\n".join(report.summary(repro, note=note)), flush=True)
-        new |= any(note(r).endswith("[NEW]") for r in report.failures)
+        new |= any(known(target, r) is None for r in report.failures)
     return new
 
 

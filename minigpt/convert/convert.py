@@ -41,7 +41,7 @@ _FOUR_BIT = ("q4_0", "q4_1")
 
 def config_from_gguf(g: GGUFFile) -> Config:
     arch = g.field("general.architecture", required=True)
-    if arch not in ARCH_FILES:
+    if not isinstance(arch, str) or arch not in ARCH_FILES:
         raise ConvertError(f"{g.path}: architecture {clip(arch, CLIP_ARG)} is not supported yet "
                            f"(supported: {', '.join(ARCH_FILES)})")
     key = lambda k, **kw: g.field(f"{arch}.{k}", **kw)
