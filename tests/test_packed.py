@@ -6,7 +6,6 @@ on the best one here and again, in a subprocess, on plain AVX2 when the best is 
 (AVX2, AVX512-VNNI) the twin computes the kernels' own roundings, so there the floats are the same bits.
 """
 
-import os
 
 import numpy as np
 import pytest
