@@ -315,7 +315,8 @@ def mutate_gguf(rng, g):
             notes.append(f"{kv['key']}: value type {kv['vtype']}")
         elif op < 0.45 and kv and kv["vtype"] == ARRAY:
             kv["etype"] = rng.choice(VTYPES) if rng.random() < 0.5 else kv.get("etype")
-            kv["count"] = rng.choice([0, 1, len(kv["value"]) + 1, len(kv["value"]) - 1, 2**31, 2**62, 2**64 - 1])
+            n = len(kv["value"]) if isinstance(kv["value"], (list, tuple, str, bytes)) else 0   # (retyped)
+            kv["count"] = rng.choice([0, 1, n + 1, max(n - 1, 0), 2**31, 2**62, 2**64 - 1])
             notes.append(f"{kv['key']}: array of type {kv['etype']}, count {kv['count']}")
         elif op < 0.5 and kv:
             g.kvs.remove(kv)
