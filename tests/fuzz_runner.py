@@ -103,7 +103,13 @@ def run_case(target, ctx, seed, index, case_dir, deadline, keep=False, started=N
     rng = random.Random(f"{target.name}:{seed}:{index}")
     shutil.rmtree(case_dir, ignore_errors=True)
     case_dir.mkdir(parents=True)
-    notes = target.mutate(rng, ctx, case_dir, index)
+    try:
+        notes = target.mutate(rng, ctx, case_dir, index)
+    except Exception as e:   # a bug of the fuzzer, not of minigpt: reported as such, and the campaign goes on
+        shutil.rmtree(case_dir, ignore_errors=True)
+        return {"index": index, "kind": "mutator", "error": type(e).__name__, "where": "tests/fuzz_targets.py",
+                "seconds": 0.0, "mutating": round(time.perf_counter() - t0, 4), "notes": [],
+                "detail": "".join(traceback.format_exception(e))[-4000:], "rss": 0, "grew": 0}
     if started:
         started(notes)
     before, made = _files(case_dir), []

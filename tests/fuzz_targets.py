@@ -452,7 +452,8 @@ class Hf(Target):
         try:   # by structure, while the file still has one (an earlier change may have broken it)
             if path.suffix == ".safetensors" and rng.random() < 0.75:
                 header, body = split_safetensors(data)
-                focus = (rng.choice(sorted(header)),) if header and rng.random() < 0.8 else ()
+                keys = sorted(header) if isinstance(header, dict) else []   # (a dict, unless mutated before)
+                focus = (rng.choice(keys),) if keys and rng.random() < 0.8 else ()
                 header, notes = mutate_json(rng, header, focus)
                 path.write_bytes(join_safetensors(header, body))
                 return notes
