@@ -6,7 +6,10 @@ CLIP_ARG = 60    # ... of a bad argument (the message names the argument too)
 
 def clip(value, n=CLIP):
     """repr(value) for an error message, cut to n characters (a file may hold a 100 KB name)."""
-    r = repr(value)
+    try:
+        r = repr(value)
+    except ValueError:   # an integer of more than 4,300 digits, somewhere in value
+        return f"<a {type(value).__name__} holding an integer too long to show>"
     return r if len(r) <= n else f"{r[:n - 3]}..."
 
 

@@ -141,6 +141,11 @@ def test_long_values_are_cut_in_messages(sample_file, tmp_path):
         assert len(str(e.value)) < 300
 
 
+def test_clip_shows_what_repr_cannot():
+    from minigpt.errors import clip
+    assert clip([1, 10 ** 5000]) == "<a list holding an integer too long to show>"   # repr raises ValueError
+
+
 def test_a_fifo_or_a_folder_is_refused_without_waiting(tmp_path):
     """Opening a FIFO waits for a writer, for ever: refused before (issue #12: `-m`, `convert`, `--resume`)."""
     fifo = tmp_path / "fifo"

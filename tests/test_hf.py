@@ -297,6 +297,18 @@ def test_malformed_tokenizer_files_are_one_line(tmp_path, name, change, named):
     _assert_fails(folder, tmp_path / "out.mgpt", named)
 
 
+def test_campaign_finds_are_one_line(tmp_path):
+    # found by a fuzz campaign (tools/fuzz.py --target hf --seed 2026): each escaped as a raw exception
+    folder = _copy("gemma3", tmp_path, "g")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "query_pre_attn_scalar": 0}))
+    _assert_fails(folder, tmp_path / "a.mgpt", "query_pre_attn_scalar = 0 is not a positive number")
+    (folder / "config.json").write_text(json.dumps(config))
+    spm = (folder / "tokenizer.model").read_bytes()
+    (folder / "tokenizer.model").write_bytes(spm[:760] + spm[824:])   # a piece's fields out of step
+    _assert_fails(folder, tmp_path / "b.mgpt", "tokenizer.model: not a SentencePiece model")
+
+
 # config.json values of the wrong type or far out of range (issue #12): one error line naming the key
 BAD_CONFIG = [("rms_norm_eps", "abc", "norm_eps"), ("rope_parameters", {"rope_theta": "1e4"}, "rope_theta"),
               ("rope_parameters", {"rope_theta": [1]}, "rope_theta"),

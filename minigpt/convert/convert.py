@@ -45,7 +45,10 @@ def config_from_gguf(g: GGUFFile) -> Config:
         raise ConvertError(f"{g.path}: architecture {clip(arch, CLIP_ARG)} is not supported yet "
                            f"(supported: {', '.join(ARCH_FILES)})")
     key = lambda k, **kw: g.field(f"{arch}.{k}", **kw)
-    n_vocab = key("vocab_size") or len(g.field("tokenizer.ggml.tokens", required=True))
+    tokens = g.field("tokenizer.ggml.tokens", required=True)
+    if not isinstance(tokens, list):
+        raise ConvertError(f"{g.path}: tokenizer.ggml.tokens is not an array, got {clip(tokens, CLIP_ARG)}")
+    n_vocab = key("vocab_size") or len(tokens)
     scaling = {}
     kind = key("rope.scaling.type", default="none")
     factor = key("rope.scaling.factor", default=1.0)

@@ -282,7 +282,7 @@ def _spm_model(path):
             pieces.append((piece, score, p.get(3, [NORMAL])[0]))
         trainer = _proto_fields(top[2][0]) if 2 in top else {}
         norm = _proto_fields(top[3][0]) if 3 in top else {}
-    except (OSError, KeyError, IndexError, ValueError, UnicodeDecodeError) as e:
+    except (OSError, KeyError, IndexError, ValueError, TypeError, AttributeError) as e:   # a field of another wire type
         raise ConvertError(f"{path}: not a SentencePiece model ({e.__class__.__name__}: {e})") from None
     if not pieces:
         raise ConvertError(f"{path}: not a SentencePiece model (no pieces)")

@@ -7,8 +7,10 @@ Hugging Face's Gemma RMSNorm multiplies by (1 + w); minigpt stores the multiplie
 adds 1 to every norm weight (NORM_PLUS_ONE). q/k rows stay in halves order (no permutation).
 """
 
+import math
+
 from ..config import checked
-from ..errors import ConvertError
+from ..errors import CLIP_ARG, ConvertError, clip
 
 HF_CLASSES = ("Gemma3ForCausalLM",)
 
@@ -61,8 +63,10 @@ def hf_config(hp, rope, read, where):
         raise ConvertError(f"{where}: RoPE scaling on Gemma 3's local layers is not supported")
     if hp.get("tie_word_embeddings", True) is False:
         raise ConvertError(f"{where}: Gemma 3 with untied embeddings is not supported")
-    return {"rope_theta_local": theta_local,
-            "query_scale": float(read("query_pre_attn_scalar", 256, (int, float))) ** -0.5}
+    scalar = read("query_pre_attn_scalar", 256, (int, float))
+    if not 0 < scalar < math.inf:
+        raise ConvertError(f"{where}: query_pre_attn_scalar = {clip(scalar, CLIP_ARG)} is not a positive number")
+    return {"rope_theta_local": theta_local, "query_scale": float(scalar) ** -0.5}
 
 
 # What llama.cpp assumes of a gemma3 GGUF (its file does not say): 5 local layers, then a global
