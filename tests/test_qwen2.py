@@ -1,0 +1,73 @@
+"""Qwen2 GGUFs: on tiny synthetic files, a qwen2 GGUF (q/k in halves order, with biases) converts into the
+very model a llama GGUF of the same weights (pair order) is. Then the real Qwen2.5-Coder-0.5B-Instruct
+against llama.cpp (tests/fixtures/qwen2_tokens.json, qwen2_coder_0.5b_reference.*)."""
+
+import numpy as np
+import pytest
+
+import minigpt
+from minigpt.convert import convert
+from minigpt.convert.gguf import GGUFFile
+from minigpt.errors import ConvertError
+from minigpt.format import MgptFile
+from synthetic import tiny_llama, write_gguf
+
+IDS = [5, 40, 72, 101, 108, 108, 111, 262, 44, 3, 100, 200, 250, 45, 7, 9, 33, 60, 61, 62, 63, 64, 65]
+
+
+def _pair(tmp_path, **kw):
+    """The same tiny model written as a llama GGUF and as a qwen2 GGUF, both converted with defaults."""
+    llama, qwen = tmp_path / "llama.gguf", tmp_path / "qwen2.gguf"
+    tiny_llama(llama, qkv_bias=True, seed=3, metadata={"llama.rope.freq_base": 1e6}, **kw)
+    tiny_llama(qwen, qkv_bias=True, seed=3, arch="qwen2", **kw)
+    convert(llama, tmp_path / "llama.mgpt")
+    summary = convert(qwen, tmp_path / "qwen2.mgpt")
+    return tmp_path / "llama.mgpt", tmp_path / "qwen2.mgpt", summary
+
+
+@pytest.mark.parametrize("wtype", ["F32", "Q8_0", "Q5_0"])
+def test_a_qwen2_gguf_is_the_llama_gguf_of_the_same_weights(tmp_path, wtype):
+    # F32 and Q8_0 rows are carried bit for bit (permuted), Q5_0 is decoded and requantized to q8_0
+    a, b, summary = _pair(tmp_path, wtype=wtype, n_heads=4, n_kv_heads=2, tied=False)
+    fa, fb = MgptFile(a), MgptFile(b)
+    assert fb.config.arch == "llama" and fb.config.qkv_bias and fb.config.rope_theta == 1e6
+    assert fb.config.to_dict() | {"name": ""} == fa.config.to_dict() | {"name": ""}
+    assert fa.tensors.keys() == fb.tensors.keys()
+    for name in fa.tensors:
+        assert fa.tensors[name].qtype == fb.tensors[name].qtype, name
+        assert np.array_equal(fa.tensor(name), fb.tensor(name)), name
+    assert ("layers.0.wq" in summary["requantized"]) == (wtype == "Q5_0")
+    for backend in ("numpy", "c"):
+        la = minigpt.load(a, backend=backend).logits(IDS)
+        lb = minigpt.load(b, backend=backend).logits(IDS)
+        np.testing.assert_array_equal(la, lb, err_msg=backend)
+
+
+def test_the_permutation_matters(tmp_path):
+    # read as if it were a llama GGUF (pair order), a qwen2 file is another model
+    qwen = tmp_path / "q.gguf"
+    meta = tiny_llama(qwen, qkv_bias=True, seed=3, arch="qwen2")
+    g = GGUFFile(qwen)
+    as_llama = {k.replace("qwen2.", "llama.", 1) if k.startswith("qwen2.") else k: v for k, v in meta.items()}
+    write_gguf(tmp_path / "l.gguf", dict(as_llama, **{"general.architecture": "llama"}),
+               {t.name: (t.type_name, t.data, t.shape) for t in g.tensors.values()})
+    convert(qwen, tmp_path / "q.mgpt")
+    convert(tmp_path / "l.gguf", tmp_path / "l.mgpt")
+    right = minigpt.load(tmp_path / "q.mgpt", backend="numpy").logits(IDS)
+    wrong = minigpt.load(tmp_path / "l.mgpt", backend="numpy").logits(IDS)
+    assert np.abs(right - wrong).max() > 1e-2
+
+
+def test_qwen2_keys_llama_cpp_does_not_read_and_what_is_refused(tmp_path):
+    # a window in a qwen2 GGUF is not used by llama.cpp: every layer sees the whole context
+    tiny_llama(tmp_path / "w.gguf", qkv_bias=True, arch="qwen2", metadata={"qwen2.attention.sliding_window": 8})
+    convert(tmp_path / "w.gguf", tmp_path / "w.mgpt")
+    cfg = MgptFile(tmp_path / "w.mgpt").config
+    assert cfg.sliding_window == 0 and cfg.local_layers == ()
+    # YaRN (Qwen2.5's long-context setting) and a partial rotation are clear errors, nothing written
+    for name, meta in {"yarn": {"qwen2.rope.scaling.type": "yarn", "qwen2.rope.scaling.factor": 4.0},
+                       "partial": {"qwen2.rope.dimension_count": 8}}.items():
+        tiny_llama(tmp_path / f"{name}.gguf", qkv_bias=True, arch="qwen2", metadata=meta)
+        with pytest.raises(ConvertError, match="yarn" if name == "yarn" else "rope dims 8"):
+            convert(tmp_path / f"{name}.gguf", tmp_path / f"{name}.mgpt")
+        assert not (tmp_path / f"{name}.mgpt").exists()
