@@ -2,6 +2,10 @@
 very model a llama GGUF of the same weights (pair order) is. Then the real Qwen2.5-Coder-0.5B-Instruct
 against llama.cpp (tests/fixtures/qwen2_tokens.json, qwen2_coder_0.5b_reference.*)."""
 
+import hashlib
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -10,7 +14,11 @@ from minigpt.convert import convert
 from minigpt.convert.gguf import GGUFFile
 from minigpt.errors import ConvertError
 from minigpt.format import MgptFile
+from minigpt.template import ChatTemplate
+from minigpt.tokenizer import from_fields
 from synthetic import tiny_llama, write_gguf
+
+FIX = Path(__file__).parent / "fixtures"
 
 IDS = [5, 40, 72, 101, 108, 108, 111, 262, 44, 3, 100, 200, 250, 45, 7, 9, 33, 60, 61, 62, 63, 64, 65]
 
@@ -71,3 +79,48 @@ def test_qwen2_keys_llama_cpp_does_not_read_and_what_is_refused(tmp_path):
         with pytest.raises(ConvertError, match="yarn" if name == "yarn" else "rope dims 8"):
             convert(tmp_path / f"{name}.gguf", tmp_path / f"{name}.mgpt")
         assert not (tmp_path / f"{name}.mgpt").exists()
+
+
+# --- the real model: Qwen2.5-Coder-0.5B-Instruct (Q5_0 mostly), fetched once into the cache -----------------
+
+@pytest.fixture(scope="module")
+def qwen_tok(qwen2_gguf):
+    from minigpt.convert.convert import tokenizer_fields
+    g = GGUFFile(qwen2_gguf)
+    return from_fields(tokenizer_fields(g)), g
+
+
+def test_real_qwen2_tokenizer_gives_llama_cpp_ids(qwen_tok):
+    """tests/fixtures/qwen2_tokens.json: llama.cpp's ids for English, Chinese, code, whitespace runs, emoji,
+    ChatML and tool markup (tools/make_tokenizer_fixtures.py --model-name qwen2)."""
+    tok, _ = qwen_tok
+    ref = json.loads((FIX / "qwen2_tokens.json").read_text(encoding="utf-8"))
+    assert len(ref["cases"]) >= 160
+    for case in ref["cases"]:
+        text = case["text"]
+        assert tok.encode(text) == case["ids"], text
+        assert tok.encode(text, special=True) == case["ids_special"], text
+        assert tok.decode(case["ids"]) == case["detok"] == text           # every byte has a token
+        assert tok.decode(case["ids_special"]) == case["detok_special"], text
+    assert tok.n_vocab == ref["n_vocab"] == 151936
+    assert (tok.bos_id, tok.eos_id, tok.add_bos) == (ref["bos_id"], ref["eos_id"], ref["add_bos"])
+    assert sorted(tok.eog_ids) == ref["eog_ids"]      # <|im_end|>, <|endoftext|>, FIM pad/repo/sep, '</s>'
+    digest = hashlib.sha256()
+    for t in range(tok.n_vocab):
+        piece = tok.token_bytes(t)
+        digest.update(len(piece).to_bytes(4, "little") + piece)
+    assert digest.hexdigest() == ref["pieces_sha256"]
+
+
+def test_real_qwen2_reads_as_llama_cpp_reads_it(qwen_tok):
+    from minigpt.convert.convert import config_from_gguf
+    tok, g = qwen_tok
+    cfg = config_from_gguf(g)
+    assert (cfg.arch, cfg.n_layers, cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim) == ("llama", 24, 896, 14, 2, 64)
+    assert cfg.qkv_bias and not cfg.tied_embeddings and cfg.rope_theta == 1e6 and cfg.norm_eps == pytest.approx(1e-6)
+    assert cfg.local_layers == () and cfg.vocab_size == 151936
+    # its ChatML template with the tools block renders without tools, with Qwen's default system prompt
+    t = ChatTemplate.for_model(g.field("tokenizer.chat_template"), None, lambda s: True)
+    assert t.render([{"role": "user", "content": "你好"}]) == (
+        "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\n你好<|im_end|>\n<|im_start|>assistant\n")
