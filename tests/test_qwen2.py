@@ -1,6 +1,6 @@
 """Qwen2 GGUFs: on tiny synthetic files, a qwen2 GGUF (q/k in halves order, with biases) converts into the
 very model a llama GGUF of the same weights (pair order) is. Then the real Qwen2.5-Coder-0.5B-Instruct
-against llama.cpp (tests/fixtures/qwen2_tokens.json, qwen2_coder_0.5b_reference.*)."""
+against llama.cpp (tests/fixtures/qwen2_tokens.json, qwen2_5_coder_0_5b_reference.*)."""
 
 import hashlib
 import json
@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import minigpt
+from fidelity import score
 from minigpt.convert import convert
 from minigpt.convert.gguf import GGUFFile
 from minigpt.errors import ConvertError
@@ -124,3 +125,34 @@ def test_real_qwen2_reads_as_llama_cpp_reads_it(qwen_tok):
     assert t.render([{"role": "user", "content": "你好"}]) == (
         "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
         "<|im_start|>user\n你好<|im_end|>\n<|im_start|>assistant\n")
+
+
+@pytest.fixture(scope="module")
+def qwen_ref():
+    z = np.load(FIX / "qwen2_5_coder_0_5b_reference.npz")
+    return z, json.loads((FIX / "qwen2_5_coder_0_5b_reference.json").read_text())
+
+
+def test_real_qwen2_default_conversion_agrees_with_llama_cpp(qwen2_mgpt, qwen_ref):
+    """The default conversion (q8_0 from Q5_0/Q8_0/Q4_K/Q6_K) against llama.cpp on the same GGUF, teacher-forced
+    over English, Chinese and code (tools/make_reference.py --model-name qwen2): measured 98.2 % top-1
+    agreement over 1,988 positions, perplexity within 0.2 % (docs/fidelity.md)."""
+    z, summary = qwen_ref
+    m = minigpt.load(qwen2_mgpt)
+    assert m.config.qkv_bias and m.config.arch == "llama"
+    agree, ppl, kl, n = score(m, z, ref="llama")
+    print(f"{m.kern.name} {m.engine.precision}: {n} positions, top-1 agreement with llama.cpp {agree:.4f}, "
+          f"ppl {ppl:.4f} (llama.cpp {summary['ppl_llama']}), KL(llama.cpp || minigpt) {kl:.2e}")
+    assert n >= 1900
+    assert agree >= 0.97
+    assert abs(ppl / summary["ppl_llama"] - 1) < 0.01
+    assert kl < 0.002
+
+
+def test_real_qwen2_answers_in_chinese(qwen2_mgpt):
+    m = minigpt.load(qwen2_mgpt)
+    prompt = m.template.render([{"role": "user", "content": "北京是哪个国家的首都？"}])
+    pieces = list(m.generate(prompt, max_tokens=24, temperature=0))
+    text = "".join(pieces)
+    assert "中华人民共和国" in text or "中国" in text, text
+    assert all("\ufffd" not in p for p in pieces) and "<|im_end|>" not in text
