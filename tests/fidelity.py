@@ -5,13 +5,14 @@ import numpy as np
 from minigpt.perplexity import log_softmax
 
 
-def score(model, z):
-    """Top-1 agreement with HF, perplexity, and KL(HF || model) over HF's top-32 plus a tail bucket."""
+def score(model, z, ref="hf"):
+    """Top-1 agreement with the reference `ref` (hf: transformers f32, or llama: llama.cpp), perplexity, and
+    KL(ref || model) over the reference's stored top-k plus a tail bucket."""
     agree, target, kl = [], [], []
     for name in z["chunk_names"]:
         ids = z[f"{name}/ids"]
         lp = log_softmax(model.logits(ids.tolist())[:-1])                  # [n-1, vocab]
-        top_ids, top_lp = z[f"{name}/hf_top_ids"], z[f"{name}/hf_top_logp"].astype(np.float64)
+        top_ids, top_lp = z[f"{name}/{ref}_top_ids"], z[f"{name}/{ref}_top_logp"].astype(np.float64)
         agree.append(lp.argmax(-1) == top_ids[:, 0])
         target.append(lp[np.arange(len(ids) - 1), ids[1:]])
         p = np.exp(top_lp)

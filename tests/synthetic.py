@@ -114,7 +114,8 @@ def tiny_llama(path, *, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden=96, 
                tied=True, seed=0, rope_freqs=False, chat_template=TINY_TEMPLATE, arch="llama", head_dim=None,
                window=0, qkv_bias=False, tokenizer=None, extra_tokens=0, metadata=None):
     """Write a random tiny Llama (or, with arch="gemma3", Gemma 3) GGUF; returns its metadata dict.
-    Weights are scaled to keep activations sane. window: gemma3's sliding window (llama.cpp's pattern:
+    Weights are scaled to keep activations sane. arch="qwen2" writes the same model as arch="llama" with
+    the same arguments, laid out as llama.cpp's qwen2 GGUFs are (q/k rows and biases in halves order). window: gemma3's sliding window (llama.cpp's pattern:
     every 6th layer global); qkv_bias: Qwen2-style biases on a llama. tokenizer: GGUF tokenizer fields
     (prefix stripped, e.g. tiny_spm_fields()) instead of the byte-level BPE vocabulary; extra_tokens:
     tokens past the embedding's rows (a vocabulary that outgrows its model); metadata: keys to set last,
@@ -182,11 +183,24 @@ def tiny_llama(path, *, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden=96, 
         if qkv_bias:
             for name, rows in (("attn_q", n_heads * hd), ("attn_k", n_kv_heads * hd), ("attn_v", n_kv_heads * hd)):
                 t[p + name + ".bias"] = ("F32", (0.3 * rng.standard_normal(rows)).astype(np.float32), (rows,))
+        if arch == "qwen2":   # the same model, q/k in Hugging Face's order
+            for name, heads in (("attn_q", n_heads), ("attn_k", n_kv_heads)):
+                for kind in ("weight", "bias") if qkv_bias else ("weight",):
+                    tname, data, shape = t[p + name + "." + kind]
+                    t[p + name + "." + kind] = (tname, pairs_to_halves(data, heads), shape)
         if arch == "gemma3":
             t[p + "attn_q_norm.weight"], t[p + "attn_k_norm.weight"] = norm(hd), norm(hd)
             t[p + "post_attention_norm.weight"], t[p + "post_ffw_norm.weight"] = norm(dim), norm(dim)
     write_gguf(path, meta, t)
     return meta
+
+
+def pairs_to_halves(x, n_heads):
+    """Rows of a q/k weight or bias (stored bits or values: x [rows, ...]) from GGUF's adjacent-pair RoPE
+    order to Hugging Face's halves: per head, the even rows, then the odd ones (transformers' reverse
+    permute of GGUF weights)."""
+    hd = x.shape[0] // n_heads
+    return x.reshape(n_heads, hd // 2, 2, *x.shape[1:]).swapaxes(1, 2).reshape(x.shape)
 
 
 def tiny_bpe_fields(**overrides):

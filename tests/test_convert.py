@@ -3,13 +3,14 @@ import hashlib
 import numpy as np
 import pytest
 
+import minigpt
 from minigpt import quant
 from minigpt.convert import convert
 from minigpt.convert.gguf import GGUFFile
 from minigpt.errors import ConvertError, FormatError, MinigptError, TokenizerError
 from minigpt.format import MgptFile
 
-from synthetic import tiny_llama, write_gguf
+from synthetic import tiny_bpe_fields, tiny_llama, write_gguf
 
 
 @pytest.fixture
@@ -152,3 +153,27 @@ def test_a_template_that_is_not_text_is_refused_before_writing(tmp_path):
     with pytest.raises(FormatError, match="chat template must be a string"):
         convert(tmp_path / "bad.gguf", tmp_path / "out.mgpt")
     assert not [p for p in tmp_path.iterdir() if p.suffix != ".gguf"]
+
+
+def test_a_llama3_style_gguf_converts(tmp_path):
+    # Llama 3.x GGUFs are arch "llama": the llama-bpe pre-tokenizer, a BOS the tokenizer adds, <|eot_id|>
+    # ending a turn, rope_freqs (its RoPE scaling), an untied head; no file carries a template here,
+    # so the built-in Llama 3 one is picked by the vocabulary's <|start_header_id|>
+    fields = tiny_bpe_fields(pre="llama-bpe", add_bos_token=True, bos_token_id=0, eos_token_id=1)
+    specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"]
+    fields["tokens"] = specials + fields["tokens"][3:]
+    fields["token_type"] = [3] * len(specials) + fields["token_type"][3:]
+    src = tmp_path / "llama3.gguf"
+    tiny_llama(src, tokenizer=fields, rope_freqs=True, tied=False, chat_template=None, wtype="Q8_0")
+    assert convert(src, tmp_path / "l3.mgpt")["requantized"] == []
+    m = minigpt.load(tmp_path / "l3.mgpt", backend="numpy")
+    assert m.config.arch == "llama" and not m.config.tied_embeddings
+    assert np.array_equal(MgptFile(tmp_path / "l3.mgpt").tensor("rope_freqs"),
+                          GGUFFile(src).tensors["rope_freqs.weight"].data.view(np.float32).ravel())
+    tok = m.tokenizer
+    assert tok.add_bos and tok.encode("IT'S 1234567", add_bos=True)[0] == 0
+    assert tok.decode(tok.encode("IT'S 1234567 a\n\n  b")) == "IT'S 1234567 a\n\n  b"
+    assert {1, 2} <= tok.eog_ids
+    assert m.template.name == "llama3"
+    assert m.template.render([{"role": "user", "content": "hi"}]).startswith("<|begin_of_text|><|start_header_id|>user")
+    assert np.isfinite(m.logits(tok.encode("the cat", add_bos=True))).all()

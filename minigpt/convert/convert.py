@@ -29,9 +29,10 @@ from .. import quant
 from ..config import Config, checked
 from ..errors import CLIP_ARG, ConvertError, MinigptError, clip
 from ..format import Writer
-from ..model import ARCH_FILES, weights
+from ..model import ARCH_FILES, GGUF_ARCHS, weights
 from . import kquants
 from .gguf import GGUFFile
+from .hf import qk_rows
 from .names import GGUF_IGNORED, map_gguf_name
 
 QUANT_TYPES = ("q4_0", "q4_1", "q8_0", "f16", "f32")   # what `--quant` accepts
@@ -39,11 +40,19 @@ _FROM_GGML = {"F32": "f32", "F16": "f16", "Q8_0": "q8_0", "Q4_0": "q4_0", "Q4_1"
 _FOUR_BIT = ("q4_0", "q4_1")
 
 
-def config_from_gguf(g: GGUFFile) -> Config:
+def gguf_architecture(g: GGUFFile) -> str:
+    """The file's general.architecture, checked to be one minigpt converts (model.GGUF_ARCHS)."""
     arch = g.field("general.architecture", required=True)
-    if not isinstance(arch, str) or arch not in ARCH_FILES:
+    if not isinstance(arch, str) or arch not in GGUF_ARCHS:
         raise ConvertError(f"{g.path}: architecture {clip(arch, CLIP_ARG)} is not supported yet "
-                           f"(supported: {', '.join(ARCH_FILES)})")
+                           f"(supported: {', '.join(GGUF_ARCHS)})")
+    return arch
+
+
+def config_from_gguf(g: GGUFFile) -> Config:
+    """The Config of a GGUF: its keys are under its own architecture's prefix ('qwen2.block_count'),
+    its model is the minigpt architecture that architecture converts into."""
+    arch = gguf_architecture(g)
     key = lambda k, **kw: g.field(f"{arch}.{k}", **kw)
     tokens = g.field("tokenizer.ggml.tokens", required=True)
     if not isinstance(tokens, list):
@@ -60,11 +69,11 @@ def config_from_gguf(g: GGUFFile) -> Config:
     n_heads = checked("n_heads", key("attention.head_count", required=True))
     n_layers = checked("n_layers", key("block_count", required=True))
     try:   # what the architecture's GGUFs imply beyond the common keys
-        extra = ARCH_FILES[arch].gguf_config(key, n_layers, dim, n_heads)
+        extra = ARCH_FILES[GGUF_ARCHS[arch]].gguf_config(key, n_layers, dim, n_heads)
     except ConvertError as e:
         raise ConvertError(f"{g.path}: {e}") from None
     return Config(
-        arch=arch,
+        arch=GGUF_ARCHS[arch],
         dim=dim,
         n_layers=n_layers,
         n_heads=n_heads,
@@ -110,24 +119,32 @@ DECODABLE = tuple(sorted(set(_FROM_GGML) | {"BF16"} | set(kquants.TYPES)))   # G
 
 
 class GGUFSource:
-    """One GGUF tensor to convert, under its minigpt name."""
+    """One GGUF tensor to convert, under its minigpt name; `rows`: the order to read its rows in (a q/k
+    row permutation), or None. Permuted rows are still the stored bits: blocks never span rows."""
 
-    def __init__(self, t, name):
-        self.t, self.name, self.shape, self.nbytes = t, name, t.shape, t.nbytes
+    def __init__(self, t, name, rows=None):
+        self.t, self.name, self.shape, self.nbytes, self.rows = t, name, t.shape, t.nbytes, rows
         self.source_type = t.type_name.lower()
         self.carry = _FROM_GGML.get(t.type_name)
         # a type minigpt does not store counts as q8_0 (BF16: f16) when picking the default target
         self.counts_as = self.carry or ("f16" if t.type_name == "BF16" else "q8_0")
 
     def raw(self):
-        return self.t.data
+        if self.rows is None:
+            return self.t.data
+        if len(self.shape) == 1:     # a bias: f32 values
+            return self.values()
+        return np.take(self.t.data, self.rows, axis=0)
 
     def values(self):
-        return decode_tensor(self.t)
+        x = decode_tensor(self.t)
+        return x if self.rows is None else np.take(x, self.rows, axis=0)
 
 
 def gguf_sources(g: GGUFFile, config: Config):
-    """[GGUFSource] in file order; checks every tensor is known and decodable before anything is written."""
+    """[GGUFSource] in file order; checks every tensor is known and decodable before anything is written.
+    A file whose architecture keeps q/k in halves order (qwen2) gets those rows permuted into pairs."""
+    halves = ARCH_FILES[config.arch].GGUF_ARCHS[gguf_architecture(g)]
     out = []
     for t in g.tensors.values():
         if t.name in GGUF_IGNORED:
@@ -140,8 +157,20 @@ def gguf_sources(g: GGUFFile, config: Config):
             raise ConvertError(f"{g.path}: unexpected tensor {clip(t.name)} for architecture {config.arch}")
         if len(t.shape) not in (1, 2):
             raise ConvertError(f"{g.path}: tensor {clip(t.name)} has shape {t.shape}; expected 1-D or 2-D")
-        out.append(GGUFSource(t, name))
+        out.append(GGUFSource(t, name, _qk_rows(g, config, t, name) if halves else None))
     return out
+
+
+def _qk_rows(g, config, t, name):
+    """The pair-order row permutation of a q/k weight or bias (hf.qk_rows), else None."""
+    kind = name.rsplit(".", 1)[-1]
+    if kind not in ("wq", "bq", "wk", "bk"):
+        return None
+    heads = config.n_heads if kind in ("wq", "bq") else config.n_kv_heads
+    if t.shape[0] != heads * config.head_dim or config.rope_dim != config.head_dim:
+        raise ConvertError(f"{g.path}: tensor {clip(t.name)} has {t.shape[0]} rows, expected {heads} heads x "
+                           f"{config.head_dim}, all rotated (rope dims {config.rope_dim})")
+    return qk_rows(t.shape[0], heads)
 
 
 # --- the type policy and the writer, shared by both sources

@@ -6,4 +6,6 @@ from ..config import ARCHITECTURES
 from . import gemma3, llama
 
 ARCH_FILES = {"llama": llama, "gemma3": gemma3}   # by Config.arch
+# a GGUF's general.architecture -> the minigpt architecture it converts into
+GGUF_ARCHS = {g: arch for arch, f in ARCH_FILES.items() for g in f.GGUF_ARCHS}
 assert set(ARCH_FILES) == set(ARCHITECTURES), "every feature row needs its architecture file"

@@ -15,6 +15,7 @@ from ..errors import CLIP_ARG, ConvertError, clip
 HF_CLASSES = ("Gemma3ForCausalLM",)
 
 PERMUTE_QK = False
+GGUF_ARCHS = {"gemma3": False}   # GGUF general.architecture -> q/k rows to permute: none, halves is this order
 NORM_PLUS_ONE = True
 
 # Careful: Hugging Face's post_attention_layernorm is the norm of the attention output

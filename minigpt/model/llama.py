@@ -3,7 +3,9 @@ decoder block, SwiGLU, RoPE on adjacent pairs). Qwen2's q/k/v biases and Mistral
 Config fields. What is particular to it lives here: checkpoint names and the Hugging Face classes.
 
 Hugging Face keeps each head's q/k rows in "halves" order (RoPE rotates x[i] with x[i + hd/2]); this
-architecture rotates adjacent pairs, GGUF's order, so the converter permutes those rows (PERMUTE_QK).
+architecture rotates adjacent pairs, the order of llama GGUFs, so the converter permutes those rows
+(PERMUTE_QK). A qwen2 GGUF keeps Hugging Face's order (llama.cpp runs it with NEOX RoPE on unpermuted
+weights): its q/k rows and biases are permuted the same way (GGUF_ARCHS).
 """
 
 # Hugging Face config.json "architectures" entries converted as this architecture
@@ -11,6 +13,10 @@ HF_CLASSES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 
 PERMUTE_QK = True      # HF q/k rows (and Qwen2's q/k biases) are permuted into adjacent-pair order
 NORM_PLUS_ONE = False  # HF norm weights are the multiplier itself
+
+# GGUF general.architecture values converted as this architecture -> whether the file keeps q/k rows
+# (and q/k biases) in Hugging Face's halves order, to be permuted into pairs
+GGUF_ARCHS = {"llama": False, "qwen2": True}
 
 # Hugging Face tensor names -> minigpt's (model/weights.py). `{i}` is the layer index.
 HF_NAMES = {
@@ -57,5 +63,8 @@ def hf_config(hp, rope, read, where):
 
 
 def gguf_config(field, n_layers, dim, n_heads):
-    """Config fields a llama GGUF implies beyond the common keys: none."""
+    """Config fields a llama or qwen2 GGUF implies beyond the common keys: none. attention.sliding_window,
+    when a file has it, is not read: llama.cpp runs every layer of these architectures over the whole
+    context (a Qwen2 window is used only with config.json's use_sliding_window, which GGUFs do not record
+    and Qwen2.5 leaves off)."""
     return {}
