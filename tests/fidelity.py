@@ -1,5 +1,7 @@
 """Scoring a model against a committed fidelity reference (tools/make_reference.py, docs/fidelity.md)."""
 
+import hashlib
+
 import numpy as np
 
 from minigpt.perplexity import log_softmax
@@ -22,3 +24,12 @@ def score(model, z, ref="hf"):
         kl.append((p * (top_lp - q_top)).sum(1) + tail_p * np.log(tail_p / tail_q))
     agree, target, kl = (np.concatenate(a) for a in (agree, target, kl))
     return agree.mean(), float(np.exp(-target.mean())), kl.mean(), len(agree)
+
+
+def pieces_sha256(tok):
+    """SHA-256 of every token's bytes (length-prefixed), as the tokenizer fixtures store llama.cpp's."""
+    digest = hashlib.sha256()
+    for t in range(tok.n_vocab):
+        piece = tok.token_bytes(t)
+        digest.update(len(piece).to_bytes(4, "little") + piece)
+    return digest.hexdigest()

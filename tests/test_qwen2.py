@@ -2,7 +2,6 @@
 very model a llama GGUF of the same weights (pair order) is. Then the real Qwen2.5-Coder-0.5B-Instruct
 against llama.cpp (tests/fixtures/qwen2_tokens.json, qwen2_5_coder_0_5b_reference.*)."""
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 
 import minigpt
-from fidelity import score
+from fidelity import pieces_sha256, score
 from minigpt.convert import convert
 from minigpt.convert.gguf import GGUFFile
 from minigpt.errors import ConvertError
@@ -106,11 +105,7 @@ def test_real_qwen2_tokenizer_gives_llama_cpp_ids(qwen_tok):
     assert tok.n_vocab == ref["n_vocab"] == 151936
     assert (tok.bos_id, tok.eos_id, tok.add_bos) == (ref["bos_id"], ref["eos_id"], ref["add_bos"])
     assert sorted(tok.eog_ids) == ref["eog_ids"]      # <|im_end|>, <|endoftext|>, FIM pad/repo/sep, '</s>'
-    digest = hashlib.sha256()
-    for t in range(tok.n_vocab):
-        piece = tok.token_bytes(t)
-        digest.update(len(piece).to_bytes(4, "little") + piece)
-    assert digest.hexdigest() == ref["pieces_sha256"]
+    assert pieces_sha256(tok) == ref["pieces_sha256"]
 
 
 def test_real_qwen2_reads_as_llama_cpp_reads_it(qwen_tok):

@@ -1,12 +1,12 @@
 """SentencePiece tokenizer: unit tests on a tiny vocab, then Gemma 3 against llama.cpp's own output
 (tests/fixtures/gemma3_tokens.json, written by tools/make_spm_fixtures.py)."""
 
-import hashlib
 import json
 from pathlib import Path
 
 import pytest
 
+from fidelity import pieces_sha256
 from minigpt.errors import TokenizerError
 from minigpt.tokenizer import SpmTokenizer, from_fields
 from synthetic import tiny_spm_fields
@@ -154,11 +154,7 @@ def test_gemma3_vocab_facts_match_llama_cpp(gemma3, reference):
     assert (tok.bos_id, tok.eos_id, tok.add_bos, tok.add_eos) == (
         reference["bos_id"], reference["eos_id"], reference["add_bos"], reference["add_eos"])
     assert sorted(tok.eog_ids) == reference["eog_ids"]
-    digest = hashlib.sha256()
-    for t in range(tok.n_vocab):
-        piece = tok.token_bytes(t)
-        digest.update(len(piece).to_bytes(4, "little") + piece)
-    assert digest.hexdigest() == reference["pieces_sha256"]
+    assert pieces_sha256(tok) == reference["pieces_sha256"]
 
 
 def test_gemma3_streams_whole_characters(gemma3):

@@ -1,12 +1,12 @@
 """Byte-level BPE tokenizer: unit tests on a tiny vocab, then SmolLM2 against llama.cpp's own output
 (tests/fixtures/smollm2_tokens.json, written by tools/make_tokenizer_fixtures.py)."""
 
-import hashlib
 import json
 from pathlib import Path
 
 import pytest
 
+from fidelity import pieces_sha256
 from minigpt.errors import TokenizerError
 from minigpt.tokenizer import from_fields
 from minigpt.tokenizer.pretokenize import BYTE_TO_CHAR, byte_encode, pre_tokenizer, split
@@ -193,11 +193,7 @@ def test_smollm2_vocab_facts_match_llama_cpp(smollm2, reference):
     assert (tok.bos_id, tok.eos_id, tok.add_bos) == (reference["bos_id"], reference["eos_id"],
                                                      reference["add_bos"])
     assert sorted(tok.eog_ids) == reference["eog_ids"]
-    digest = hashlib.sha256()
-    for t in range(tok.n_vocab):
-        piece = tok.token_bytes(t)
-        digest.update(len(piece).to_bytes(4, "little") + piece)
-    assert digest.hexdigest() == reference["pieces_sha256"]
+    assert pieces_sha256(tok) == reference["pieces_sha256"]
 
 
 def test_smollm2_encodes_10kb_and_streams_it_back(smollm2, reference):
