@@ -26,6 +26,27 @@ def score(model, z, ref="hf"):
     return agree.mean(), float(np.exp(-target.mean())), kl.mean(), len(agree)
 
 
+def score_groups(model, z, groups):
+    """Per group of chunks ({group: (chunk names)}, plus "all"): top-1 agreement with transformers f32 of the
+    model and of llama.cpp, and the perplexities of the model, of transformers and of llama.cpp."""
+    per_chunk = {}
+    for name in z["chunk_names"]:
+        ids = z[f"{name}/ids"]
+        lp = log_softmax(model.logits(ids.tolist())[:-1])                  # [n-1, vocab]
+        hf_top1 = z[f"{name}/hf_top_ids"][:, 0]
+        per_chunk[str(name)] = (lp.argmax(-1) == hf_top1, z[f"{name}/llama_top_ids"][:, 0] == hf_top1,
+                                lp[np.arange(len(ids) - 1), ids[1:]], z[f"{name}/hf_target_logp"],
+                                z[f"{name}/llama_target_logp"])
+    out = {}
+    for group, names in {**groups, "all": tuple(per_chunk)}.items():
+        agree, llama_agree, nll, nll_hf, nll_llama = (np.concatenate([per_chunk[n][i] for n in names])
+                                                      for i in range(5))
+        out[group] = {"positions": len(agree), "agree": agree.mean(), "llama_agree": llama_agree.mean(),
+                      "ppl": float(np.exp(-nll.mean())), "ppl_hf": float(np.exp(-nll_hf.mean())),
+                      "ppl_llama": float(np.exp(-nll_llama.mean()))}
+    return out
+
+
 def pieces_sha256(tok):
     """SHA-256 of every token's bytes (length-prefixed), as the tokenizer fixtures store llama.cpp's."""
     digest = hashlib.sha256()

@@ -13,7 +13,7 @@ Each stage runs in its own venv (the two stacks do not share one), and none impo
     $MINIGPT_HF_VENV/bin/python tools/make_reference.py combine [--model-name gemma3]    # -> tests/fixtures/*.npz, *.json
 
 combine without the hf stage's output writes a llama.cpp-only reference (no hf_* arrays, no HF numbers
-in the summary): the qwen2 preset is that for now.
+in the summary). The hf stage needs accelerate and gguf beside torch and transformers.
 
 Options (all stages): --model-name smollm2|gemma3|qwen2 (the preset: GGUF, corpus, fixture names and
 the model's settings; default smollm2), --model PATH (another copy of the preset's GGUF),
@@ -146,6 +146,24 @@ def stage_llama(preset, model_path, work):
 
 # --- stage 2: transformers f32 (same ids) -----------------------------------------------------
 
+def check_lm_head(model, model_path):
+    """lm_head must be what llama.cpp multiplies by: the GGUF's output.weight, dequantized, when it has
+    one (Qwen2.5's GGUF stores it apart, at Q8_0, though the HF model ties it), else the embedding
+    matrix itself (tied). -> whether lm_head is tied to the embeddings. RuntimeError otherwise."""
+    import gguf
+
+    tied = model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    output = [t for t in gguf.GGUFReader(model_path).tensors if t.name == "output.weight"]
+    if not output:
+        if not tied:
+            raise RuntimeError("transformers did not tie lm_head to token_embd; HF logits would be wrong")
+        return tied
+    want = gguf.dequantize(output[0].data, output[0].tensor_type).reshape(model.lm_head.weight.shape)
+    if tied or not np.array_equal(model.lm_head.weight.detach().numpy(), want):
+        raise RuntimeError("transformers' lm_head is not the GGUF's output.weight; HF logits would be wrong")
+    return tied
+
+
 def stage_hf(preset, model_path, work):
     import torch
     import transformers
@@ -163,10 +181,7 @@ def stage_hf(preset, model_path, work):
     model = AutoModelForCausalLM.from_pretrained(model_dir, gguf_file=gguf_name,
                                                  dtype=torch.float32, **extra)
     model.eval()
-    # The GGUF has no output.weight (tied embeddings): lm_head must be the embedding matrix.
-    tied = model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
-    if not tied:
-        raise RuntimeError("transformers did not tie lm_head to token_embd; HF logits would be wrong")
+    tied = check_lm_head(model, model_path)
     # transformers' own GGUF tokenizer is recorded for information only; it is never used for ids.
     tokenizer = AutoTokenizer.from_pretrained(model_dir, gguf_file=gguf_name)
     texts = {c["name"]: c["text"] for c in load_corpus(preset)}
