@@ -23,7 +23,7 @@ optional rows), so slow drifts of a shared machine hit all of them alike. Every 
 (timed), an untimed warm-up, prefill of p fixed ids from an empty cache, n greedy single-token decode steps
 (minigpt/bench.py; bench/llama_worker.py and bench/hf_worker.py are its twins). Printed per thread count:
 median [min, max] over rounds of prefill and decode tok/s, load seconds and peak RSS, with the ratio
-row / llama.cpp (RSS: the difference in MiB). Raw results go to ~/.cache/minigpt/bench/compare-<time>.json.
+row / llama.cpp (RSS: the difference in MiB), then the fraction of the memory floor minigpt's decode reaches. Raw results go to ~/.cache/minigpt/bench/compare-<time>.json.
 
 Rows: llama.cpp (llama-cpp-python, $MINIGPT_LLAMA_PYTHON), minigpt (default backend), and the optional
 minigpt-numba and minigpt-numpy (skipped when that backend is not available) and transformers-f32
@@ -144,6 +144,17 @@ def table(results, engines, threads, a):
     return lines
 
 
+def floor_line(runs, threads):
+    """How close minigpt's decode comes to the memory floor (minigpt/bench.py): one line, or None."""
+    runs = [r for r in runs or () if r.get("floor_tok_s")]
+    if not runs:
+        return None
+    decode, floor = (statistics.median(r[k] for r in runs) for k in ("decode_tok_s", "floor_tok_s"))
+    return (f"minigpt t={threads}: decode {decode:.1f} tok/s = {decode / floor:.0%} of the memory floor "
+            f"{floor:.1f} tok/s ({runs[0]['decode_bytes_per_token'] / 1e6:.0f} MB of weights per token at "
+            f"{statistics.median(r['read_gb_s'] for r in runs):.1f} GB/s, one thread's read bandwidth)\n")
+
+
 def machine(results):
     """What the numbers were measured on."""
     info = {"os": platform.platform(), "python": platform.python_version()}
@@ -220,8 +231,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gguf", type=Path, default=BENCH_DIR / f"{STEM}.gguf", help="What llama.cpp reads.")
     ap.add_argument("--mgpt", type=Path, default=None, help="What minigpt reads (default: see above).")
-    ap.add_argument("--quant", choices=("q4_0", "q4_1", "q8_0", "f16", "f32"), default=None,
-                    help="The type of the default --mgpt, converted from --gguf on first use.")
+    ap.add_argument("--quant", default=None, help="The type of the default --mgpt, converted from --gguf on first "
+                    "use: any type `minigpt convert --quant` takes (default: the converter's choice).")
     ap.add_argument("-p", "--n-prompt", type=int, default=128)
     ap.add_argument("-n", "--n-gen", type=int, default=128)
     ap.add_argument("--threads", default="1,2", help="Comma-separated thread counts.")
@@ -283,6 +294,8 @@ def main():
         print("\n".join(table(results, engines, t, a)))
     for e, why in skipped.items():
         print(f"skipped {e}: {why}")
+    for t in thread_counts:
+        print(floor_line(results.get(("minigpt", t)), t) or "", end="")
 
     out = a.out or BENCH_DIR / time.strftime("compare-%Y%m%d-%H%M%S.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,10 @@
     decode   tg<n>: n greedy tokens after a 1-token prompt, one eval call per token
 Each repetition starts from an empty cache; one untimed warm-up (p tokens, then 2 decode steps) comes first.
 The cache holds p + n positions, as in llama-bench. bench/compare.py runs llama.cpp the same way.
+
+Decode reads every weight once per token, so it cannot be faster than the memory floor: read bandwidth /
+weight bytes per token. The report gives that floor (bandwidth measured here, one thread, after the runs)
+and the fraction of it decode reaches.
 """
 
 import platform
@@ -54,6 +58,25 @@ def _time_decode(m, first, n):
     return time.perf_counter() - t0
 
 
+def decode_bytes(m):
+    """Weight bytes one decode step reads: every tensor but the embedding table, of which it reads one row
+    (unless the table is the output matrix too)."""
+    skip = () if m.config.tied_embeddings else ("tok_embd",)
+    return sum(t.nbytes for name, t in m.file.tensors.items() if name not in skip)
+
+
+def read_bandwidth(mib=512, reps=5):
+    """Bytes per second one thread reads from memory (NumPy's float32 sum over a buffer far larger than any
+    cache; the best of reps)."""
+    a = np.ones(mib << 18, dtype=np.float32)
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a.sum()
+        best = min(best, time.perf_counter() - t0)
+    return a.nbytes / best
+
+
 def _summary(samples):
     return {"median": statistics.median(samples), "min": min(samples), "max": max(samples), "samples": samples}
 
@@ -79,6 +102,8 @@ def run(model, n_prompt=128, n_gen=128, threads=None, reps=3, backend=None, prec
     types = {}
     for t in m.file.tensors.values():
         types[t.qtype] = types.get(t.qtype, 0) + 1
+    peak_rss = _peak_rss_mib()   # before read_bandwidth's buffer
+    bw, nbytes = read_bandwidth(), decode_bytes(m)
     return {
         "model": {"path": str(m.path), "name": c.name, "arch": c.arch, "file_size": m.file.file_size,
                   "n_params": sum(int(np.prod(t.shape)) for t in m.file.tensors.values()), "tensor_types": types},
@@ -88,7 +113,8 @@ def run(model, n_prompt=128, n_gen=128, threads=None, reps=3, backend=None, prec
         "precision": "exact" if m.kern.name == "numpy" else m.engine.precision,   # numpy: f32 weights
         "prefill_tok_s": _summary(pp) if pp else None,
         "decode_tok_s": _summary(tg) if tg else None,
-        "peak_rss_mib": _peak_rss_mib(),
+        "peak_rss_mib": peak_rss,
+        "decode_bytes_per_token": nbytes, "read_gb_s": bw / 1e9, "floor_tok_s": bw / nbytes,
         "versions": {"minigpt": __version__, "python": platform.python_version(), "numpy": np.__version__},
     }
 
@@ -108,5 +134,9 @@ def format_table(r):
         if s:
             lines.append(f"{label:<9} {n:<7} {s['median']:8.1f} tok/s  [{s['min']:.1f}, {s['max']:.1f}] "
                          f"over {len(s['samples'])} reps")
+    floor = r["floor_tok_s"]
+    lines.append(f"floor     {floor:8.1f} tok/s  ({r['decode_bytes_per_token'] / 1e6:.0f} MB of weights per token "
+                 f"at {r['read_gb_s']:.1f} GB/s read by one thread)" +
+                 (f"; decode reaches {r['decode_tok_s']['median'] / floor:.0%} of it" if r["decode_tok_s"] else ""))
     lines.append(f"peak RSS  {r['peak_rss_mib']:.1f} MiB")
     return "\n".join(lines)

@@ -7,6 +7,7 @@ import pytest
 
 from minigpt import bench, kernels
 from minigpt.convert import convert
+from minigpt.format import MgptFile
 
 from synthetic import tiny_llama
 from subproc import run_minigpt, run_python
@@ -35,6 +36,11 @@ def test_bench_json(tiny):
         s = d[key]
         assert len(s["samples"]) == 2 and s["min"] <= s["median"] <= s["max"] and s["min"] > 0
     assert d["load_s"] > 0 and d["peak_rss_mib"] > 0
+    # the memory floor: every weight but the (untied) embedding table, once per token
+    f = MgptFile(tiny)
+    want = sum(t.nbytes for n, t in f.tensors.items() if n != "tok_embd" or f.config.tied_embeddings)
+    assert d["decode_bytes_per_token"] == want and d["read_gb_s"] > 0
+    assert d["floor_tok_s"] == pytest.approx(d["read_gb_s"] * 1e9 / want)
     assert set(d["versions"]) >= {"minigpt", "python", "numpy"}
     assert "isa" in d
 
