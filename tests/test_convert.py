@@ -10,7 +10,7 @@ from minigpt.convert.gguf import GGUFFile
 from minigpt.errors import ConvertError, FormatError, MinigptError, TokenizerError
 from minigpt.format import MgptFile
 
-from synthetic import tiny_bpe_fields, tiny_llama, write_gguf
+from synthetic import tiny_bpe_fields, tiny_llama, tiny_spm_fields, write_gguf
 
 
 @pytest.fixture
@@ -177,3 +177,25 @@ def test_a_llama3_style_gguf_converts(tmp_path):
     assert m.template.name == "llama3"
     assert m.template.render([{"role": "user", "content": "hi"}]).startswith("<|begin_of_text|><|start_header_id|>user")
     assert np.isfinite(m.logits(tok.encode("the cat", add_bos=True))).all()
+
+
+MISTRAL_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{% if m.role == 'user' %}[INST] {{ m.content }} [/INST]"
+                    "{% else %}{{ m.content }}{{ eos_token }}{% endif %}{% endfor %}")
+
+
+def test_a_mistral_style_gguf_converts(tmp_path):
+    # Mistral 7B GGUFs are arch "llama" too: a SentencePiece vocabulary with a BOS, grouped-query attention
+    # (4 query heads per KV head), RoPE base 1e6 (v0.2+), an untied head, and an [INST] template of its own
+    src = tmp_path / "mistral.gguf"
+    tiny_llama(src, tokenizer=tiny_spm_fields(), n_heads=8, n_kv_heads=2, tied=False, wtype="Q4_0",
+               chat_template=MISTRAL_TEMPLATE, metadata={"llama.rope.freq_base": 1e6})
+    assert convert(src, tmp_path / "m.mgpt")["requantized"] == []
+    m = minigpt.load(tmp_path / "m.mgpt", backend="numpy")
+    c = m.config
+    assert (c.arch, c.n_heads, c.n_kv_heads, c.rope_theta, c.tied_embeddings) == ("llama", 8, 2, 1e6, False)
+    tok = m.tokenizer
+    assert tok.add_bos and tok.encode("hello", add_bos=True) == [1, tok.encode("hello")[0]]
+    assert m.template.render([{"role": "user", "content": "hello"}]) == "<s>[INST] hello [/INST]"
+    ids = tok.encode("[INST] hello", add_bos=True)
+    assert np.isfinite(m.logits(ids)).all()
+    assert np.allclose(m.logits(ids), minigpt.load(tmp_path / "m.mgpt").logits(ids), atol=2e-2)
