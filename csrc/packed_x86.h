@@ -6,8 +6,9 @@
  *   dot4(acc, u, s)     acc (8 x int32) += per-lane sum of 4 products u (unsigned bytes) * s (signed)
  *   dot4x2(acc, u0, s0, u1, s1)  two dot4 steps, for u < 32 (the q4 and q5 types), into an
  *                       accumulator that q4_total(acc, ch) turns into int32 lanes (AVX2 keeps it in
- *                       int16 pairs: an accumulator takes 4 / CH(nt) <= 2 code vectors of a block,
- *                       4 steps, at most 4 * 2 * 31 * 127 < 2^15)
+ *                       int16 pairs: q4's whole block, 8 steps, stays below 8 * 2 * 15 * 127 < 2^15;
+ *                       q5's codes need int32 sooner, so q5_total widens each accumulator on its own:
+ *                       one takes 4 / CH(nt) <= 2 code vectors, 4 steps, 4 * 2 * 31 * 127 < 2^15)
  *   q8_unsigned(w)      signed weight bytes -> the unsigned operand of dot4
  *   q8_signed(x, w)     broadcast input bytes -> the signed operand, given the weight bytes
  *   Q8_BIAS             what q8_unsigned adds to a weight (sum w*x = dot4 result - Q8_BIAS * sum x,
@@ -59,6 +60,13 @@ TARGET static inline __attribute__((always_inline)) __m256i NAME(total32)(const 
     return lanes;
 }
 
+/* the int32 total of ch q4-style accumulators, each widened before they are added (q5's codes) */
+TARGET static inline __attribute__((always_inline)) __m256i NAME(q5_total)(const __m256i *acc, int ch) {
+    __m256i lanes = q4_total(acc, 1);
+    for (int c = 1; c < ch; c++) lanes = _mm256_add_epi32(lanes, q4_total(acc + c, 1));
+    return lanes;
+}
+
 /* sum += (dw * d_x) * lanes, for an input block with scale d_x */
 TARGET static inline __attribute__((always_inline)) void NAME(apply)(__m256 *sum, __m256 dw, float dx, __m256i lanes) {
     *sum = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(dx)), _mm256_cvtepi32_ps(lanes), *sum);
@@ -106,7 +114,8 @@ TARGET static inline __attribute__((always_inline)) void NAME(gemm_q4x8)(
         const __m256 dw = NAME(scales8)(w);
         const __m256 bias = has_m ? NAME(scales8)(w + 16) : _mm256_mul_ps(dw, _mm256_set1_ps(q5 ? -16.0f : -8.0f));
         for (int t = 0; t < nt; t++)
-            NAME(apply_bias)(&sum[t], &sumb[t], dw, bias, x[t * ldx + b].d, x[t * ldx + b].s, q4_total(acc[t], ch));
+            NAME(apply_bias)(&sum[t], &sumb[t], dw, bias, x[t * ldx + b].d, x[t * ldx + b].s,
+                             q5 ? NAME(q5_total)(acc[t], ch) : q4_total(acc[t], ch));
     }
     for (int t = 0; t < nt; t++) _mm256_storeu_ps(out + t * ldo, _mm256_add_ps(sum[t], sumb[t]));
 }
