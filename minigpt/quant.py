@@ -12,8 +12,9 @@ tensor carries over byte for byte. A 2-D weight W of logical shape [rows, cols] 
     q5_1  per block of 32: fp16 d, fp16 m, u32 qh, 16 bytes       x = d*q + m    24 bytes/block
 
 Nibble order (q4_*, q5_*): byte j of a block holds element j in its low nibble and element j+16 in its
-high nibble. The q5 types keep the fifth bit of element i's code as bit i of the little-endian qh. fp16 fields are little-endian IEEE half. A block-quantized W is uint8 [rows, nb*block_bytes]
-with nb = cols/32.
+high nibble; the q5 types keep the fifth bit of element i's code as bit i of the little-endian u32 qh.
+fp16 fields are little-endian IEEE half. A block-quantized W is uint8 [rows, nb*block_bytes] with
+nb = cols/32.
 
 Everything here is vectorized over blocks; the only Python loop walks chunks of rows to bound the size
 of temporaries on large tensors.
@@ -128,52 +129,49 @@ def _quantize_q8_0(b):
     return np.concatenate([_f16_bytes(d), q.view(np.uint8)], axis=1)
 
 
-def _quantize_q4_0(b):
-    # The signed value of largest magnitude maps to -8 exactly (d = max/-8), so one side gets 8 levels.
+def _symmetric_codes(b, half):
+    """d and codes 0..2*half-1 of q4_0 (half 8) and q5_0 (16): the signed value of largest magnitude maps
+    to -half exactly (d = max/-half), so one side gets `half` levels, the other half - 1."""
     imax = np.abs(b).argmax(axis=1)[:, None]  # first occurrence, like the C strict '<'
     vmax = np.take_along_axis(b, imax, axis=1)
-    d = vmax / np.float32(-8)
+    d = vmax / np.float32(-half)
     with np.errstate(divide="ignore"):
         inv = np.where(d == 0, np.float32(0), np.float32(1) / d)
-    # x*id + 8.5f as FMA builds of ggml compute it (gguf-py does the same): the float64 product is
-    # exact, so the result is rounded once in the add (to float64) and once more to float32.
-    t = (b.astype(np.float64) * inv.astype(np.float64) + 8.5).astype(np.float32)
-    q = np.minimum(np.trunc(t), 15).astype(np.uint8)
+    # x*id + (half + 0.5f) as FMA builds of ggml compute it (gguf-py does the same): the float64 product
+    # is exact, so the result is rounded once in the add (to float64) and once more to float32.
+    t = (b.astype(np.float64) * inv.astype(np.float64) + (half + 0.5)).astype(np.float32)
+    return d, np.minimum(np.trunc(t), 2 * half - 1).astype(np.uint8)
+
+
+def _affine_codes(b, levels):
+    """d, m and codes 0..levels of q4_1 (levels 15) and q5_1 (31): d = (max-min)/levels, m = min."""
+    vmin = b.min(axis=1, keepdims=True)
+    vmax = b.max(axis=1, keepdims=True)
+    d = (vmax - vmin) / np.float32(levels)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d == 0, np.float32(0), np.float32(1) / d)
+    t = (b - vmin) * inv + np.float32(0.5)  # separate float32 roundings, as ggml and gguf-py do
+    return d, vmin, np.minimum(np.trunc(t), levels).astype(np.uint8)
+
+
+def _quantize_q4_0(b):
+    d, q = _symmetric_codes(b, 8)
     return np.concatenate([_f16_bytes(d), _pack_nibbles(q)], axis=1)
 
 
+def _quantize_q4_1(b):
+    d, m, q = _affine_codes(b, 15)
+    return np.concatenate([_f16_bytes(d), _f16_bytes(m), _pack_nibbles(q)], axis=1)
+
+
 def _quantize_q5_0(b):
-    # q4_0's rounding with 16 levels a side: d = max/-16, q = min(31, trunc(x*(1/d) + 16.5)), FMA-fused
-    imax = np.abs(b).argmax(axis=1)[:, None]
-    vmax = np.take_along_axis(b, imax, axis=1)
-    d = vmax / np.float32(-16)
-    with np.errstate(divide="ignore"):
-        inv = np.where(d == 0, np.float32(0), np.float32(1) / d)
-    t = (b.astype(np.float64) * inv.astype(np.float64) + 16.5).astype(np.float32)
-    qh, qs = _pack_q5(np.minimum(np.trunc(t), 31).astype(np.uint8))
-    return np.concatenate([_f16_bytes(d), qh, qs], axis=1)
+    d, q = _symmetric_codes(b, 16)
+    return np.concatenate([_f16_bytes(d), *_pack_q5(q)], axis=1)
 
 
 def _quantize_q5_1(b):
-    vmin = b.min(axis=1, keepdims=True)
-    vmax = b.max(axis=1, keepdims=True)
-    d = (vmax - vmin) / np.float32(31)
-    with np.errstate(divide="ignore"):
-        inv = np.where(d == 0, np.float32(0), np.float32(1) / d)
-    t = (b - vmin) * inv + np.float32(0.5)  # separate float32 roundings, as ggml and gguf-py do
-    qh, qs = _pack_q5(np.minimum(np.trunc(t), 31).astype(np.uint8))
-    return np.concatenate([_f16_bytes(d), _f16_bytes(vmin), qh, qs], axis=1)
-
-
-def _quantize_q4_1(b):
-    vmin = b.min(axis=1, keepdims=True)
-    vmax = b.max(axis=1, keepdims=True)
-    d = (vmax - vmin) / np.float32(15)
-    with np.errstate(divide="ignore"):
-        inv = np.where(d == 0, np.float32(0), np.float32(1) / d)
-    t = (b - vmin) * inv + np.float32(0.5)  # separate float32 roundings, as ggml and gguf-py do
-    q = np.minimum(np.trunc(t), 15).astype(np.uint8)
-    return np.concatenate([_f16_bytes(d), _f16_bytes(vmin), _pack_nibbles(q)], axis=1)
+    d, m, q = _affine_codes(b, 31)
+    return np.concatenate([_f16_bytes(d), _f16_bytes(m), *_pack_q5(q)], axis=1)
 
 
 # --- block dequantizers: uint8 [nb, block_bytes] -> float32 [nb, 32] -----------------------------
@@ -202,8 +200,8 @@ def _dequantize_q5_1(blk):
     return _f16_field(blk, 0) * q + _f16_field(blk, 2)
 
 
-# qtype -> (where the codes start in a block, code offset in units of d, or None for an fp16 m at 2)
-_CODES_AT = {"q8_0": (2, 0), "q4_0": (2, -8), "q4_1": (4, None), "q5_0": (6, -16), "q5_1": (8, None)}
+_CODES_AT = {"q8_0": 2, "q4_0": 2, "q4_1": 4, "q5_0": 6, "q5_1": 8}   # where a block's codes (q5: qs) start
+_D_OFFSET = {"q4_0": -8, "q5_0": -16}   # x = d * (code + this); q4_1, q5_1 add their fp16 m (bytes 2-3)
 
 
 def split_blocks(w, qtype):
@@ -215,14 +213,17 @@ def split_blocks(w, qtype):
     rows = w.shape[0]
     blk = np.ascontiguousarray(w).reshape(-1, block_bytes)
     d = _f16_field(blk, 0).reshape(rows, -1)
-    at, off = _CODES_AT[qtype]
+    at = _CODES_AT[qtype]
     if qtype == "q8_0":
         return blk[:, at:].view(np.int8).reshape(rows, -1, 32), d, None
-    if qtype.startswith("q5"):
+    if qtype in ("q5_0", "q5_1"):
         codes = _unpack_q5(blk[:, at - 4:at], blk[:, at:])
     else:
         codes = _unpack_nibbles(blk[:, at:])
-    offset = _f16_field(blk, 2).reshape(rows, -1) if off is None else d * np.float32(off)
+    if qtype in _D_OFFSET:
+        offset = d * np.float32(_D_OFFSET[qtype])
+    else:
+        offset = _f16_field(blk, 2).reshape(rows, -1)
     return codes.reshape(rows, -1, 32), d, offset
 
 
@@ -253,7 +254,8 @@ def quantize(x, qtype):
       q5_0  as q4_0 with d = max/-16 and q = min(31, trunc(x*(1/d) + 16.5)).
       q5_1  as q4_1 with d = (max-min)/31 and q = min(31, ...).
     d and m are rounded to fp16 only when stored; the codes use the float32 d. An all-zero block stores
-    d = 0 (q4_0, q5_0: -0.0) and codes 0 (q4_0: 8, q5_0: 16). Non-finite input raises ValueError for block types.
+    d = 0 (q4_0, q5_0: -0.0) and codes 0 (q4_0: 8, q5_0: 16). Non-finite input raises ValueError for
+    block types.
     """
     block, block_bytes = _check_qtype(qtype)
     x = np.asarray(x)

@@ -44,7 +44,8 @@ name = "numba"
 
 # name -> (code the kernels branch on, elements per block, bytes per block)
 _QTYPES = {n: (t.code, t.block, t.block_bytes) for n, t in quant.QTYPES.items()}
-F32, F16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 = (_QTYPES[n][0] for n in ("f32", "f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"))
+F32, F16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 = (_QTYPES[n][0]
+                                          for n in ("f32", "f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"))
 _BLOCK_BYTES = {code: block_bytes for code, _, block_bytes in _QTYPES.values()}
 QK = 32
 NR = 4   # weight rows per tile; thread chunks are whole tiles
