@@ -9,6 +9,9 @@
  *   q4_0  per block: fp16 d, uint8 qs[16] (elem j low nibble,    x = d*(q-8)
  *                                          elem j+16 high nibble)
  *   q4_1  per block: fp16 d, fp16 m, uint8 qs[16] (same order)   x = d*q + m
+ *   q5_0  per block: fp16 d, u32 qh, uint8 qs[16] (q4's order)   x = d*(q-16)
+ *   q5_1  per block: fp16 d, fp16 m, u32 qh, uint8 qs[16]        x = d*q + m
+ *         (q5: the low 4 bits of code j are nibbles as in q4; bit j of the little-endian qh is its bit 4)
  * fp16 fields are little-endian and unaligned; they are read byte by byte.
  *
  * Activations for the integer path (mg_matmul_q8) are quantized per row, in blocks of 32, to
@@ -39,8 +42,12 @@
 #define MG_SLP_ONLY
 #endif
 
-/* Weight type codes; _core.pyx maps the names 'f32', 'f16', 'q8_0', 'q4_0', 'q4_1' onto these. */
-enum mg_qtype { MG_F32 = 0, MG_F16 = 1, MG_Q8_0 = 2, MG_Q4_0 = 3, MG_Q4_1 = 4, MG_NQTYPES = 5 };
+/* Weight type codes; _core.pyx maps the names in minigpt.quant.QTYPES onto these (and checks them
+ * against mg_traits at import). Refer to them by name: a merge may renumber them. */
+enum mg_qtype {
+    MG_F32 = 0, MG_F16 = 1, MG_Q8_0 = 2, MG_Q4_0 = 3, MG_Q4_1 = 4, MG_Q5_0 = 5, MG_Q5_1 = 6,
+    MG_NQTYPES = 7
+};
 
 #define MG_QK 32 /* elements per block of the block types */
 #define MG_Q8_BLOCK_BYTES 44 /* sizeof(mg_block_q8) */
@@ -181,7 +188,7 @@ int64_t mg_row_bytes(int qtype, int64_t cols);
 /* A packed weight's qtype code is its base type's | MG_X8; only mg_matmul_q8 takes one. */
 #define MG_X8 16
 
-/* 1 if `qtype` (a base type) can be packed and multiplied on this CPU: q8_0, q4_0, q4_1 once an ISA
+/* 1 if `qtype` (a base type) can be packed and multiplied on this CPU: the block types once an ISA
  * with x8 kernels is installed. */
 int mg_x8_supported(int qtype);
 

@@ -7,9 +7,16 @@
  *   q4_0x8  fp16 d[8]           | qs[4][8][4]   144 bytes   x = d * (q - 8)
  *   q4_1x8  fp16 d[8], m[8]     | qs[4][8][4]   160 bytes   x = d * q + m
  *   q8_0x8  fp16 d[8]           | q[8][8][4]    272 bytes   x = d * q
+ *   q5_0x8  fp16 d[8]           | qh[8][4] | qs[4][8][4]   176 bytes   x = d * (q - 16)
+ *   q5_1x8  fp16 d[8], m[8]     | qh[8][4] | qs[4][8][4]   192 bytes   x = d * q + m
  *
  * qs[L][r][i] is byte 4L + i of row r's qs (so its low nibble is element 4L + i, its high nibble
- * element 16 + 4L + i); q[v][r][i] is element 4v + i of row r. Each 32-byte vector [.][r][i] thus
+ * element 16 + 4L + i); q[v][r][i] is element 4v + i of row r. The q5 types (exactly the GGUF
+ * blocks' 22 and 24 bytes a row) keep the fifth bits in one 32-byte vector, rearranged at pack time
+ * to match qs: bit L of qh[r][i] is the fifth bit of element 4L + i of row r, bit 4 + L that of
+ * element 16 + 4L + i (the two nibbles of qs[L][r][i]). For code vector L a kernel thus takes
+ * (qh << 4 - L) & 0x10 into the low nibbles and (qh >> L) & 0x10 into the high ones, one shift and
+ * one mask each, without leaving the lanes. Each 32-byte vector [.][r][i] thus
  * holds 4 consecutive elements of each of the 8 rows: one "dot 4 bytes per 32-bit lane" instruction
  * (vpdpbusd, or maddubs + madd) against those 4 elements of one input, broadcast, leaves row r's
  * partial sum in lane r. A whole block is 8 such steps, after which the 8 scales, converted in one
@@ -46,6 +53,8 @@ int64_t mg_x8_block_bytes(int qtype) {
     case MG_Q4_0: return 16 + 128;
     case MG_Q4_1: return 32 + 128;
     case MG_Q8_0: return 16 + 256;
+    case MG_Q5_0: return 16 + 32 + 128;
+    case MG_Q5_1: return 32 + 32 + 128;
     default: return -1;
     }
 }
@@ -55,13 +64,25 @@ int mg_x8_supported(int qtype) {
            mg_x8_block_bytes(qtype) > 0;
 }
 
+/* row r's u32 qh (the fifth bits, bit j for element j) -> its 4 bytes of an x8 qh vector (see above) */
+static void x8_qh(const uint8_t *qh, uint8_t *out) {
+    const uint32_t h = (uint32_t)qh[0] | (uint32_t)qh[1] << 8 | (uint32_t)qh[2] << 16 | (uint32_t)qh[3] << 24;
+    for (int i = 0; i < 4; i++) {
+        uint8_t v = 0;
+        for (int l = 0; l < 4; l++) v |= (uint8_t)((h >> (4 * l + i) & 1) << l | (h >> (16 + 4 * l + i) & 1) << (4 + l));
+        out[i] = v;
+    }
+}
+
 int mg_pack_x8(const void *restrict w, int qtype, int64_t rows, int64_t cols, void *restrict out) {
     const int64_t gb = mg_x8_block_bytes(qtype);
     if (gb < 0) return MG_EQTYPE;
     const int64_t nb = cols / MG_QK, bb = mg_traits[qtype].block_bytes, rb = nb * bb;
-    const int hdr = qtype == MG_Q4_1 ? 32 : 16;           /* scale bytes before the codes */
-    const int code_off = qtype == MG_Q4_1 ? 4 : 2;        /* where the codes start in a stored block */
-    const int vecs = qtype == MG_Q8_0 ? 8 : 4;            /* 32-byte vectors of codes per block */
+    const int has_m = qtype == MG_Q4_1 || qtype == MG_Q5_1, q5 = qtype == MG_Q5_0 || qtype == MG_Q5_1;
+    const int hdr = has_m ? 32 : 16;                          /* scale bytes before the codes */
+    const int qh_off = has_m ? 4 : 2;                         /* where q5's qh is in a stored block */
+    const int code_off = qh_off + 4 * q5;                     /* where the codes start in a stored block */
+    const int vecs = qtype == MG_Q8_0 ? 8 : 4;                /* 32-byte vectors of codes per block */
     const uint8_t *src = (const uint8_t *)w;
     uint8_t *dst = (uint8_t *)out;
     for (int64_t g = 0; g < rows / X8_ROWS; g++)
@@ -69,8 +90,10 @@ int mg_pack_x8(const void *restrict w, int qtype, int64_t rows, int64_t cols, vo
             for (int r = 0; r < X8_ROWS; r++) {
                 const uint8_t *blk = src + (g * X8_ROWS + r) * rb + b * bb;
                 memcpy(dst + 2 * r, blk, 2);                           /* d */
-                if (qtype == MG_Q4_1) memcpy(dst + 16 + 2 * r, blk + 2, 2); /* m */
-                for (int v = 0; v < vecs; v++) memcpy(dst + hdr + 32 * v + 4 * r, blk + code_off + 4 * v, 4);
+                if (has_m) memcpy(dst + 16 + 2 * r, blk + 2, 2);       /* m */
+                if (q5) x8_qh(blk + qh_off, dst + hdr + 4 * r);
+                uint8_t *codes = dst + hdr + 32 * q5;
+                for (int v = 0; v < vecs; v++) memcpy(codes + 32 * v + 4 * r, blk + code_off + 4 * v, 4);
             }
     return MG_OK;
 }

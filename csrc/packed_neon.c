@@ -8,16 +8,18 @@
  *                          x signed, so q8_0 needs no bias. ARMv8.2 dotprod (Cortex-A55/A76 on, Apple,
  *                          Neoverse): built with a function-level target, called only if HWCAP says so.
  *   int8 inputs, baseline  ARMv8.0: smull/smlal (8 bytes x 8 bytes -> 8 int16 products) on the input's
- *                          4 bytes broadcast (ld1r), pairwise adds to int32 at the end. q4 sums a block's 8
- *                          products per int16 lane (8 * 15 * 127 < 2^15); q8_0 sums 2 (2 * 128 * 127)
- *                          before sadalp widens them into int32.
+ *                          4 bytes broadcast (ld1r), pairwise adds to int32 at the end. q4 and q5 sum a
+ *                          block's 8 products per int16 lane (8 * 31 * 127 < 2^15); q8_0 sums 2
+ *                          (2 * 128 * 127) before sadalp widens them into int32.
  *   int16 inputs           one variant (NEON has no int16 dot): ld4 de-interleaves 64 bytes of codes into
  *                          "element i of rows 0-7" registers, which widen to int16 and meet the input in
  *                          smlal by element, 4 products per instruction. The q16 input order (x0, x2,
  *                          x1, x3) only changes which lane holds x_i.
  *
- * Unlike packed_x86.h, q4_0 codes are made signed (q - 8) before the dot, so q4_0 has no bias term;
- * q4_1 adds m_w * s_x per block as x86 does (s_x = d_x * sum(q_x)).
+ * Unlike packed_x86.h, q4_0 and q5_0 codes are made signed (q - 8, q - 16) before the dot, so they have
+ * no bias term; q4_1 and q5_1 add m_w * s_x per block as x86 does (s_x = d_x * sum(q_x)). The q5 codes
+ * are the nibbles with the fifth bit put in from the qh vector (packed.c): for code vector l, qh shifted
+ * left by 4 - l (low nibbles) or right by l (high ones), per byte, masked to bit 4.
  *
  * Lane operands must be constants: the helpers below switch on the lane, and the loops around them
  * are unrolled so the switches fold away.
@@ -58,10 +60,23 @@ INLINE void apply(float32x4_t sum[2], const float32x4_t dw[2], float dx, int32x4
     sum[1] = vfmaq_f32(sum[1], vmulq_n_f32(dw[1], dx), vcvtq_f32_s32(hi));
 }
 
-/* 4-bit codes of 16 bytes, low or high nibbles, as signed bytes minus off (8 for q4_0, 0 for q4_1) */
-INLINE int8x16_t nibbles(uint8x16_t v, int high, int8x16_t off) {
+/* the fifth bits of q5 code vector l from qh bytes (packed.c), at bit 4: for its low nibbles or high ones */
+INLINE uint8x16_t fifth(uint8x16_t qh, int l, int high) {
+    return vandq_u8(vshlq_u8(qh, vdupq_n_s8((int8_t)(high ? -l : 4 - l))), vdupq_n_u8(0x10));
+}
+
+/* q5's fifth bits for the ld4 bytes of code vectors l and l + 1 (gemm_q4x8_16): qh_i is qh byte i of
+ * rows 0-7, the same for both vectors */
+INLINE uint8x16_t fifth_pair(uint8x8_t qh_i, int l, int high) {
+    const uint8x16_t q = vcombine_u8(qh_i, qh_i);
+    return vcombine_u8(vget_low_u8(fifth(q, l, high)), vget_high_u8(fifth(q, l + 1, high)));
+}
+
+/* the codes of 16 bytes, low or high nibbles, with q5's fifth bits h put in (if q5), as signed bytes
+ * minus off (8 for q4_0, 16 for q5_0, 0 for q4_1 and q5_1) */
+INLINE int8x16_t codes(uint8x16_t v, uint8x16_t h, int high, int8x16_t off, const int q5) {
     const uint8x16_t u = high ? vshrq_n_u8(v, 4) : vandq_u8(v, vdupq_n_u8(0x0F));
-    return vsubq_s8(vreinterpretq_s8_u8(u), off);
+    return vsubq_s8(vreinterpretq_s8_u8(q5 ? vorrq_u8(u, h) : u), off);
 }
 
 /* the 4 bytes at p, repeated over 16 bytes (one ld1r) */
@@ -113,12 +128,13 @@ INLINE void store8(float *out, const float32x4_t sum[2]) {
 
 /* --- int8 inputs, dotprod ----------------------------------------------------------------------- */
 
+/* q4_0, q4_1, q5_0, q5_1 (has_m: an fp16 m per row; q5: a qh vector before the codes) */
 DOTPROD INLINE void gemm_q4x8_dot(int64_t nb, const uint8_t *restrict w, const mg_block_q8 *restrict x,
                                   int64_t ldx, float *restrict out, int64_t ldo, const int nt,
-                                  const int is_q4_1) {
-    const int64_t gb = is_q4_1 ? 160 : 144, hdr = is_q4_1 ? 32 : 16;
+                                  const int has_m, const int q5) {
+    const int64_t hdr = has_m ? 32 : 16, cod = hdr + 32 * q5, gb = cod + 128;
     const int ch = CH(nt);
-    const int8x16_t off = vdupq_n_s8(is_q4_1 ? 0 : 8);
+    const int8x16_t off = vdupq_n_s8(has_m ? 0 : q5 ? 16 : 8);
     float32x4_t sum[4][2];
     for (int t = 0; t < nt; t++) sum[t][0] = sum[t][1] = vdupq_n_f32(0.0f);
     for (int64_t b = 0; b < nb; b++, w += gb) {
@@ -129,10 +145,11 @@ DOTPROD INLINE void gemm_q4x8_dot(int64_t nb, const uint8_t *restrict w, const m
             xq[t][0] = vld1q_s8(x[t * ldx + b].q);
             xq[t][1] = vld1q_s8(x[t * ldx + b].q + 16);
         }
+        const uint8x16_t qh0 = vld1q_u8(w + hdr), qh1 = vld1q_u8(w + hdr + 16);   /* q5 only */
         UNROLL for (int l = 0; l < 4; l++) {
-            const uint8x16_t v0 = vld1q_u8(w + hdr + 32 * l), v1 = vld1q_u8(w + hdr + 32 * l + 16);
-            const int8x16_t lo0 = nibbles(v0, 0, off), hi0 = nibbles(v0, 1, off);
-            const int8x16_t lo1 = nibbles(v1, 0, off), hi1 = nibbles(v1, 1, off);
+            const uint8x16_t v0 = vld1q_u8(w + cod + 32 * l), v1 = vld1q_u8(w + cod + 32 * l + 16);
+            const int8x16_t lo0 = codes(v0, fifth(qh0, l, 0), 0, off, q5), hi0 = codes(v0, fifth(qh0, l, 1), 1, off, q5);
+            const int8x16_t lo1 = codes(v1, fifth(qh1, l, 0), 0, off, q5), hi1 = codes(v1, fifth(qh1, l, 1), 1, off, q5);
             UNROLL for (int t = 0; t < nt; t++) {
                 int32x4_t *a = acc[t][l % ch];
                 a[0] = sdot_lane(sdot_lane(a[0], lo0, xq[t][0], l), hi0, xq[t][1], l);
@@ -141,12 +158,12 @@ DOTPROD INLINE void gemm_q4x8_dot(int64_t nb, const uint8_t *restrict w, const m
         }
         float32x4_t dw[2], m[2];
         scales8(w, dw);
-        if (is_q4_1) scales8(w + 16, m);
+        if (has_m) scales8(w + 16, m);
         UNROLL for (int t = 0; t < nt; t++) {
             int32x4_t lanes[2];
             total32(acc[t], ch, lanes);
             apply(sum[t], dw, x[t * ldx + b].d, lanes[0], lanes[1]);
-            if (is_q4_1) {
+            if (has_m) {
                 sum[t][0] = vfmaq_n_f32(sum[t][0], m[0], x[t * ldx + b].s);
                 sum[t][1] = vfmaq_n_f32(sum[t][1], m[1], x[t * ldx + b].s);
             }
@@ -199,18 +216,20 @@ INLINE void mlal8(int16x8_t p[4], int8x16_t w0, int8x16_t w1, int8x16_t x) {
 }
 
 INLINE void gemm_q4x8_neon(int64_t nb, const uint8_t *restrict w, const mg_block_q8 *restrict x,
-                           int64_t ldx, float *restrict out, int64_t ldo, const int nt, const int is_q4_1) {
-    const int64_t gb = is_q4_1 ? 160 : 144, hdr = is_q4_1 ? 32 : 16;
-    const int8x16_t off = vdupq_n_s8(is_q4_1 ? 0 : 8);
+                           int64_t ldx, float *restrict out, int64_t ldo, const int nt, const int has_m,
+                           const int q5) {
+    const int64_t hdr = has_m ? 32 : 16, cod = hdr + 32 * q5, gb = cod + 128;
+    const int8x16_t off = vdupq_n_s8(has_m ? 0 : q5 ? 16 : 8);
     float32x4_t sum[4][2];
     for (int t = 0; t < nt; t++) sum[t][0] = sum[t][1] = vdupq_n_f32(0.0f);
     for (int64_t b = 0; b < nb; b++, w += gb) {
-        int16x8_t p[4][4]; /* per input: 8 products of one (row, column) pair at most, |.| <= 8 * 15 * 127 */
+        int16x8_t p[4][4]; /* per input: 8 products of one (row, column) pair at most, |.| <= 8 * 31 * 127 */
         for (int t = 0; t < nt; t++) p[t][0] = p[t][1] = p[t][2] = p[t][3] = vdupq_n_s16(0);
+        const uint8x16_t qh0 = vld1q_u8(w + hdr), qh1 = vld1q_u8(w + hdr + 16);   /* q5 only */
         UNROLL for (int l = 0; l < 4; l++) {
-            const uint8x16_t v0 = vld1q_u8(w + hdr + 32 * l), v1 = vld1q_u8(w + hdr + 32 * l + 16);
-            const int8x16_t lo0 = nibbles(v0, 0, off), hi0 = nibbles(v0, 1, off);
-            const int8x16_t lo1 = nibbles(v1, 0, off), hi1 = nibbles(v1, 1, off);
+            const uint8x16_t v0 = vld1q_u8(w + cod + 32 * l), v1 = vld1q_u8(w + cod + 32 * l + 16);
+            const int8x16_t lo0 = codes(v0, fifth(qh0, l, 0), 0, off, q5), hi0 = codes(v0, fifth(qh0, l, 1), 1, off, q5);
+            const int8x16_t lo1 = codes(v1, fifth(qh1, l, 0), 0, off, q5), hi1 = codes(v1, fifth(qh1, l, 1), 1, off, q5);
             UNROLL for (int t = 0; t < nt; t++) {
                 mlal8(p[t], lo0, lo1, bcast4(x[t * ldx + b].q + 4 * l));
                 mlal8(p[t], hi0, hi1, bcast4(x[t * ldx + b].q + 16 + 4 * l));
@@ -218,12 +237,12 @@ INLINE void gemm_q4x8_neon(int64_t nb, const uint8_t *restrict w, const mg_block
         }
         float32x4_t dw[2], m[2];
         scales8(w, dw);
-        if (is_q4_1) scales8(w + 16, m);
+        if (has_m) scales8(w + 16, m);
         UNROLL for (int t = 0; t < nt; t++) {
             const int32x4_t lo = vpaddq_s32(vpaddlq_s16(p[t][0]), vpaddlq_s16(p[t][1]));
             const int32x4_t hi = vpaddq_s32(vpaddlq_s16(p[t][2]), vpaddlq_s16(p[t][3]));
             apply(sum[t], dw, x[t * ldx + b].d, lo, hi);
-            if (is_q4_1) {
+            if (has_m) {
                 sum[t][0] = vfmaq_n_f32(sum[t][0], m[0], x[t * ldx + b].s);
                 sum[t][1] = vfmaq_n_f32(sum[t][1], m[1], x[t * ldx + b].s);
             }
@@ -279,17 +298,17 @@ INLINE void widen_pair(const int8x16_t d[4], int16x8_t e[2][4]) {
     }
 }
 
-/* the int32 lanes of each input -> sum (plus m_w * s_x for q4_1) */
+/* the int32 lanes of each input -> sum (plus m_w * s_x for q4_1, q5_1) */
 INLINE void q16_apply(float32x4_t sum[4][2], int32x4_t acc[4][4][2], int ch, const uint8_t *w,
-                      const mg_block_q16 *restrict x, int64_t ldx, int64_t b, const int nt, const int is_q4_1) {
+                      const mg_block_q16 *restrict x, int64_t ldx, int64_t b, const int nt, const int has_m) {
     float32x4_t dw[2], m[2];
     scales8(w, dw);
-    if (is_q4_1) scales8(w + 16, m);
+    if (has_m) scales8(w + 16, m);
     UNROLL for (int t = 0; t < nt; t++) {
         int32x4_t lanes[2];
         total32(acc[t], ch, lanes);
         apply(sum[t], dw, x[t * ldx + b].d, lanes[0], lanes[1]);
-        if (is_q4_1) {
+        if (has_m) {
             sum[t][0] = vfmaq_n_f32(sum[t][0], m[0], x[t * ldx + b].s);
             sum[t][1] = vfmaq_n_f32(sum[t][1], m[1], x[t * ldx + b].s);
         }
@@ -297,29 +316,31 @@ INLINE void q16_apply(float32x4_t sum[4][2], int32x4_t acc[4][4][2], int ch, con
 }
 
 /* ld4 on vectors l, l + 1: d[i] = byte i of rows 0-7 of vector l, then of vector l + 1; low nibbles are
- * elements 4l + i (inputs 4l..), high nibbles 16 + 4l + i (inputs 16 + 4l..) */
+ * elements 4l + i (inputs 4l..), high nibbles 16 + 4l + i (inputs 16 + 4l..). q5: ld4 on the qh vector
+ * gives byte i of rows 0-7, whose fifth bits for vectors l and l + 1 are the two halves of h[i]. */
 INLINE void gemm_q4x8_16(int64_t nb, const uint8_t *restrict w, const mg_block_q16 *restrict x, int64_t ldx,
-                         float *restrict out, int64_t ldo, const int nt, const int is_q4_1) {
-    const int64_t gb = is_q4_1 ? 160 : 144, hdr = is_q4_1 ? 32 : 16;
+                         float *restrict out, int64_t ldo, const int nt, const int has_m, const int q5) {
+    const int64_t hdr = has_m ? 32 : 16, cod = hdr + 32 * q5, gb = cod + 128;
     const int ch = CH(nt);
-    const int8x16_t off = vdupq_n_s8(is_q4_1 ? 0 : 8);
+    const int8x16_t off = vdupq_n_s8(has_m ? 0 : q5 ? 16 : 8);
     float32x4_t sum[4][2];
     for (int t = 0; t < nt; t++) sum[t][0] = sum[t][1] = vdupq_n_f32(0.0f);
     for (int64_t b = 0; b < nb; b++, w += gb) {
         int32x4_t acc[4][4][2];
         for (int t = 0; t < nt; t++)
             for (int c = 0; c < ch; c++) acc[t][c][0] = acc[t][c][1] = vdupq_n_s32(0);
+        const uint8x8x4_t qh = vld4_u8(w + hdr);   /* q5 only */
         UNROLL for (int l = 0; l < 4; l += 2) {
-            const uint8x16x4_t d = vld4q_u8(w + hdr + 32 * l);
+            const uint8x16x4_t d = vld4q_u8(w + cod + 32 * l);
             UNROLL for (int high = 0; high < 2; high++) {
                 int8x16_t c[4];
                 int16x8_t e[2][4];
-                for (int i = 0; i < 4; i++) c[i] = nibbles(d.val[i], high, off);
+                for (int i = 0; i < 4; i++) c[i] = codes(d.val[i], fifth_pair(qh.val[i], l, high), high, off, q5);
                 widen_pair(c, e);
                 q16_pair(acc, ch, e, x, ldx, b, 16 * high + 4 * l, nt);
             }
         }
-        q16_apply(sum, acc, ch, w, x, ldx, b, nt, is_q4_1);
+        q16_apply(sum, acc, ch, w, x, ldx, b, nt, has_m);
     }
     for (int t = 0; t < nt; t++) store8(out + t * ldo, sum[t]);
 }
@@ -356,31 +377,47 @@ INLINE void gemm_q8x8_16(int64_t nb, const uint8_t *restrict w, const mg_block_q
         default: body(4); break;                                                                        \
         }                                                                                               \
     }
-#define Q4_0_DOT(n) gemm_q4x8_dot(nb, w, x, ldx, out, ldo, n, 0)
-#define Q4_1_DOT(n) gemm_q4x8_dot(nb, w, x, ldx, out, ldo, n, 1)
+#define Q4_0_DOT(n) gemm_q4x8_dot(nb, w, x, ldx, out, ldo, n, 0, 0)
+#define Q4_1_DOT(n) gemm_q4x8_dot(nb, w, x, ldx, out, ldo, n, 1, 0)
+#define Q5_0_DOT(n) gemm_q4x8_dot(nb, w, x, ldx, out, ldo, n, 0, 1)
+#define Q5_1_DOT(n) gemm_q4x8_dot(nb, w, x, ldx, out, ldo, n, 1, 1)
 #define Q8_0_DOT(n) gemm_q8x8_dot(nb, w, x, ldx, out, ldo, n)
-#define Q4_0_NEON(n) gemm_q4x8_neon(nb, w, x, ldx, out, ldo, n, 0)
-#define Q4_1_NEON(n) gemm_q4x8_neon(nb, w, x, ldx, out, ldo, n, 1)
+#define Q4_0_NEON(n) gemm_q4x8_neon(nb, w, x, ldx, out, ldo, n, 0, 0)
+#define Q4_1_NEON(n) gemm_q4x8_neon(nb, w, x, ldx, out, ldo, n, 1, 0)
+#define Q5_0_NEON(n) gemm_q4x8_neon(nb, w, x, ldx, out, ldo, n, 0, 1)
+#define Q5_1_NEON(n) gemm_q4x8_neon(nb, w, x, ldx, out, ldo, n, 1, 1)
 #define Q8_0_NEON(n) gemm_q8x8_neon(nb, w, x, ldx, out, ldo, n)
-#define Q4_0_16(n) gemm_q4x8_16(nb, w, x, ldx, out, ldo, n, 0)
-#define Q4_1_16(n) gemm_q4x8_16(nb, w, x, ldx, out, ldo, n, 1)
+#define Q4_0_16(n) gemm_q4x8_16(nb, w, x, ldx, out, ldo, n, 0, 0)
+#define Q4_1_16(n) gemm_q4x8_16(nb, w, x, ldx, out, ldo, n, 1, 0)
+#define Q5_0_16(n) gemm_q4x8_16(nb, w, x, ldx, out, ldo, n, 0, 1)
+#define Q5_1_16(n) gemm_q4x8_16(nb, w, x, ldx, out, ldo, n, 1, 1)
 #define Q8_0_16(n) gemm_q8x8_16(nb, w, x, ldx, out, ldo, n)
 X8_ENTRY(DOTPROD, x8_q4_0_dot, mg_block_q8, Q4_0_DOT)
 X8_ENTRY(DOTPROD, x8_q4_1_dot, mg_block_q8, Q4_1_DOT)
+X8_ENTRY(DOTPROD, x8_q5_0_dot, mg_block_q8, Q5_0_DOT)
+X8_ENTRY(DOTPROD, x8_q5_1_dot, mg_block_q8, Q5_1_DOT)
 X8_ENTRY(DOTPROD, x8_q8_0_dot, mg_block_q8, Q8_0_DOT)
 X8_ENTRY(, x8_q4_0_neon, mg_block_q8, Q4_0_NEON)
 X8_ENTRY(, x8_q4_1_neon, mg_block_q8, Q4_1_NEON)
+X8_ENTRY(, x8_q5_0_neon, mg_block_q8, Q5_0_NEON)
+X8_ENTRY(, x8_q5_1_neon, mg_block_q8, Q5_1_NEON)
 X8_ENTRY(, x8_q8_0_neon, mg_block_q8, Q8_0_NEON)
 X8_ENTRY(, x8_16_q4_0, mg_block_q16, Q4_0_16)
 X8_ENTRY(, x8_16_q4_1, mg_block_q16, Q4_1_16)
+X8_ENTRY(, x8_16_q5_0, mg_block_q16, Q5_0_16)
+X8_ENTRY(, x8_16_q5_1, mg_block_q16, Q5_1_16)
 X8_ENTRY(, x8_16_q8_0, mg_block_q16, Q8_0_16)
 
 int mg_install_x8_neon(int dotprod) {
     mg_gemm_x8[MG_Q4_0] = dotprod ? x8_q4_0_dot : x8_q4_0_neon;
     mg_gemm_x8[MG_Q4_1] = dotprod ? x8_q4_1_dot : x8_q4_1_neon;
+    mg_gemm_x8[MG_Q5_0] = dotprod ? x8_q5_0_dot : x8_q5_0_neon;
+    mg_gemm_x8[MG_Q5_1] = dotprod ? x8_q5_1_dot : x8_q5_1_neon;
     mg_gemm_x8[MG_Q8_0] = dotprod ? x8_q8_0_dot : x8_q8_0_neon;
     mg_gemm_x8_16[MG_Q4_0] = x8_16_q4_0;
     mg_gemm_x8_16[MG_Q4_1] = x8_16_q4_1;
+    mg_gemm_x8_16[MG_Q5_0] = x8_16_q5_0;
+    mg_gemm_x8_16[MG_Q5_1] = x8_16_q5_1;
     mg_gemm_x8_16[MG_Q8_0] = x8_16_q8_0;
     return 1;
 }

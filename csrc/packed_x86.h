@@ -4,9 +4,11 @@
  *   TARGET              the function attribute enabling that instruction set
  *   NAME(f)             f with the instruction set's suffix
  *   dot4(acc, u, s)     acc (8 x int32) += per-lane sum of 4 products u (unsigned bytes) * s (signed)
- *   dot4x2(acc, u0, s0, u1, s1)  two dot4 steps, for u < 16 (the q4 types), into an accumulator
- *                       that q4_total(acc, ch) turns into int32 lanes (AVX2 keeps it in int16 pairs:
- *                       a block's 8 steps stay below 8 * 2 * 15 * 127 < 2^15)
+ *   dot4x2(acc, u0, s0, u1, s1)  two dot4 steps, for u < 32 (the q4 and q5 types), into an
+ *                       accumulator that q4_total(acc, ch) turns into int32 lanes (AVX2 keeps it in
+ *                       int16 pairs: q4's whole block, 8 steps, stays below 8 * 2 * 15 * 127 < 2^15;
+ *                       q5's codes need int32 sooner, so q5_total widens each accumulator on its own:
+ *                       one takes 4 / CH(nt) <= 2 code vectors, 4 steps, 4 * 2 * 31 * 127 < 2^15)
  *   q8_unsigned(w)      signed weight bytes -> the unsigned operand of dot4
  *   q8_signed(x, w)     broadcast input bytes -> the signed operand, given the weight bytes
  *   Q8_BIAS             what q8_unsigned adds to a weight (sum w*x = dot4 result - Q8_BIAS * sum x,
@@ -16,8 +18,11 @@
  * Each kernel computes out[t * ldo + r] for r < 8, t < nt (1..4): the dot products of one group's 8
  * rows with inputs x + t * ldx (q8 blocks, nb of them). Per block: int32 lanes from 8 dot4 steps per
  * input, then sum_t += (d_w * d_x) * lanes + bias_w * s_x, where s_x = d_x * sum(q_x) and bias_w is
- * -8 d_w (q4_0) or m_w (q4_1): the codes are dotted as stored (unsigned) and the offset is taken out
- * once per block; q8_0 has no offset term (its lanes are the exact signed dot products).
+ * -8 d_w (q4_0), -16 d_w (q5_0) or m_w (q4_1, q5_1): the codes are dotted as stored (unsigned, 0..15
+ * or 0..31) and the offset is taken out once per block; q8_0 has no offset term (its lanes are the
+ * exact signed dot products). The q5 codes are the q4 nibbles with the fifth bit put in from the qh
+ * vector (packed.c): per code vector l, (qh << 4 - l) & 0x10 into the low nibbles and (qh >> l) & 0x10
+ * into the high ones; 16-bit shifts are enough, the mask drops what crosses a byte.
  *
  * The float steps are the same on both instruction sets here, in the same order, and independent of how
  * many inputs a call takes (nt) or how rows are split over threads: per row and input, block after
@@ -55,6 +60,13 @@ TARGET static inline __attribute__((always_inline)) __m256i NAME(total32)(const 
     return lanes;
 }
 
+/* the int32 total of ch q4-style accumulators, each widened before they are added (q5's codes) */
+TARGET static inline __attribute__((always_inline)) __m256i NAME(q5_total)(const __m256i *acc, int ch) {
+    __m256i lanes = q4_total(acc, 1);
+    for (int c = 1; c < ch; c++) lanes = _mm256_add_epi32(lanes, q4_total(acc + c, 1));
+    return lanes;
+}
+
 /* sum += (dw * d_x) * lanes, for an input block with scale d_x */
 TARGET static inline __attribute__((always_inline)) void NAME(apply)(__m256 *sum, __m256 dw, float dx, __m256i lanes) {
     *sum = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(dx)), _mm256_cvtepi32_ps(lanes), *sum);
@@ -67,11 +79,16 @@ TARGET static inline __attribute__((always_inline)) void NAME(apply_bias)(
     *sumb = _mm256_fmadd_ps(bias, _mm256_set1_ps(sx), *sumb);
 }
 
-/* q4_0x8 and q4_1x8: the code vectors are the same; only the bias differs */
+/* the fifth bits of code vector l (0..3) at bit 4 of each byte, for its low nibbles and its high ones */
+#define Q5_LO(qh, l) _mm256_and_si256(_mm256_slli_epi16(qh, 4 - (l)), _mm256_set1_epi8(0x10))
+#define Q5_HI(qh, l) _mm256_and_si256(_mm256_srli_epi16(qh, l), _mm256_set1_epi8(0x10))
+
+/* q4_0x8, q4_1x8, q5_0x8, q5_1x8: the code vectors are the same (q5: plus the fifth bits); only the
+ * bias differs. has_m: an fp16 m per row (q4_1, q5_1), else the bias is -8 d (q4_0) or -16 d (q5_0). */
 TARGET static inline __attribute__((always_inline)) void NAME(gemm_q4x8)(
     int64_t nb, const uint8_t *restrict w, const mg_block_q8 *restrict x, int64_t ldx, float *restrict out,
-    int64_t ldo, const int nt, const int is_q4_1) {
-    const int64_t gb = is_q4_1 ? 160 : 144, hdr = is_q4_1 ? 32 : 16;
+    int64_t ldo, const int nt, const int has_m, const int q5) {
+    const int64_t hdr = has_m ? 32 : 16, codes = hdr + 32 * q5, gb = codes + 128;
     const int ch = CH(nt);
     const __m256i low = _mm256_set1_epi8(0x0F);
     __m256 sum[4], sumb[4];
@@ -80,9 +97,14 @@ TARGET static inline __attribute__((always_inline)) void NAME(gemm_q4x8)(
         __m256i acc[4][4];
         for (int t = 0; t < nt; t++)
             for (int c = 0; c < ch; c++) acc[t][c] = _mm256_setzero_si256();
+        const __m256i qh = q5 ? _mm256_loadu_si256((const __m256i *)(w + hdr)) : _mm256_setzero_si256();
         for (int l = 0; l < 4; l++) {
-            const __m256i v = _mm256_loadu_si256((const __m256i *)(w + hdr + 32 * l));
-            const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(w + codes + 32 * l));
+            __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+            if (q5) {
+                lo = _mm256_or_si256(lo, Q5_LO(qh, l));
+                hi = _mm256_or_si256(hi, Q5_HI(qh, l));
+            }
             for (int t = 0; t < nt; t++) {
                 const int8_t *q = x[t * ldx + b].q;
                 __m256i *a = &acc[t][l % ch];
@@ -90,9 +112,10 @@ TARGET static inline __attribute__((always_inline)) void NAME(gemm_q4x8)(
             }
         }
         const __m256 dw = NAME(scales8)(w);
-        const __m256 bias = is_q4_1 ? NAME(scales8)(w + 16) : _mm256_mul_ps(dw, _mm256_set1_ps(-8.0f));
+        const __m256 bias = has_m ? NAME(scales8)(w + 16) : _mm256_mul_ps(dw, _mm256_set1_ps(q5 ? -16.0f : -8.0f));
         for (int t = 0; t < nt; t++)
-            NAME(apply_bias)(&sum[t], &sumb[t], dw, bias, x[t * ldx + b].d, x[t * ldx + b].s, q4_total(acc[t], ch));
+            NAME(apply_bias)(&sum[t], &sumb[t], dw, bias, x[t * ldx + b].d, x[t * ldx + b].s,
+                             q5 ? NAME(q5_total)(acc[t], ch) : q4_total(acc[t], ch));
     }
     for (int t = 0; t < nt; t++) _mm256_storeu_ps(out + t * ldo, _mm256_add_ps(sum[t], sumb[t]));
 }
@@ -126,23 +149,31 @@ TARGET static inline __attribute__((always_inline)) void NAME(gemm_q8x8)(
 
 /* q16 inputs. q4: per 16-bit word of codes (2 bytes: elements e0, e1 in the low nibbles, e0', e1' of
  * the hi group in the high ones) the four int16 values are word & 15, word >> 8 & 15, word >> 4 & 15,
- * word >> 12. */
+ * word >> 12. q5: their fifth bits are bits l, 8 + l, 4 + l and 12 + l of the qh word, each shifted to
+ * bit 4. */
 TARGET static inline __attribute__((always_inline)) void NAME(gemm_q4x8_16)(
     int64_t nb, const uint8_t *restrict w, const mg_block_q16 *restrict x, int64_t ldx, float *restrict out,
-    int64_t ldo, const int nt, const int is_q4_1) {
-    const int64_t gb = is_q4_1 ? 160 : 144, hdr = is_q4_1 ? 32 : 16;
+    int64_t ldo, const int nt, const int has_m, const int q5) {
+    const int64_t hdr = has_m ? 32 : 16, codes = hdr + 32 * q5, gb = codes + 128;
     const int ch = CH(nt);
-    const __m256i low = _mm256_set1_epi16(0x0F);
+    const __m256i low = _mm256_set1_epi16(0x0F), bit4 = _mm256_set1_epi16(0x10);
     __m256 sum[4], sumb[4];
     for (int t = 0; t < nt; t++) sum[t] = sumb[t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++, w += gb) {
         __m256i acc[4][4];
         for (int t = 0; t < nt; t++)
             for (int c = 0; c < ch; c++) acc[t][c] = _mm256_setzero_si256();
+        const __m256i qh = q5 ? _mm256_loadu_si256((const __m256i *)(w + hdr)) : _mm256_setzero_si256();
         for (int l = 0; l < 4; l++) {
-            const __m256i v = _mm256_loadu_si256((const __m256i *)(w + hdr + 32 * l));
-            const __m256i e = _mm256_and_si256(v, low), o = _mm256_and_si256(_mm256_srli_epi16(v, 8), low);
-            const __m256i eh = _mm256_and_si256(_mm256_srli_epi16(v, 4), low), oh = _mm256_srli_epi16(v, 12);
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(w + codes + 32 * l));
+            __m256i e = _mm256_and_si256(v, low), o = _mm256_and_si256(_mm256_srli_epi16(v, 8), low);
+            __m256i eh = _mm256_and_si256(_mm256_srli_epi16(v, 4), low), oh = _mm256_srli_epi16(v, 12);
+            if (q5) {
+                e = _mm256_or_si256(e, _mm256_and_si256(_mm256_slli_epi16(qh, 4 - l), bit4));
+                o = _mm256_or_si256(o, _mm256_and_si256(_mm256_srli_epi16(qh, 4 + l), bit4));
+                eh = _mm256_or_si256(eh, _mm256_and_si256(_mm256_srli_epi16(qh, l), bit4));
+                oh = _mm256_or_si256(oh, _mm256_and_si256(_mm256_srli_epi16(qh, 8 + l), bit4));
+            }
             for (int t = 0; t < nt; t++) {
                 const int8_t *q = (const int8_t *)x[t * ldx + b].q;   /* bytes: 8 per group of 4 */
                 __m256i *a = acc[t];
@@ -153,7 +184,7 @@ TARGET static inline __attribute__((always_inline)) void NAME(gemm_q4x8_16)(
             }
         }
         const __m256 dw = NAME(scales8)(w);
-        const __m256 bias = is_q4_1 ? NAME(scales8)(w + 16) : _mm256_mul_ps(dw, _mm256_set1_ps(-8.0f));
+        const __m256 bias = has_m ? NAME(scales8)(w + 16) : _mm256_mul_ps(dw, _mm256_set1_ps(q5 ? -16.0f : -8.0f));
         for (int t = 0; t < nt; t++)
             NAME(apply_bias)(&sum[t], &sumb[t], dw, bias, x[t * ldx + b].d, x[t * ldx + b].s, NAME(total32)(acc[t], ch));
     }
@@ -198,31 +229,49 @@ TARGET static inline __attribute__((always_inline)) void NAME(gemm_q8x8_16)(
         default: body(4); break;                                                                        \
         }                                                                                               \
     }
-#define Q4_0_BODY(n) NAME(gemm_q4x8)(nb, w, x, ldx, out, ldo, n, 0)
-#define Q4_1_BODY(n) NAME(gemm_q4x8)(nb, w, x, ldx, out, ldo, n, 1)
+#define Q4_0_BODY(n) NAME(gemm_q4x8)(nb, w, x, ldx, out, ldo, n, 0, 0)
+#define Q4_1_BODY(n) NAME(gemm_q4x8)(nb, w, x, ldx, out, ldo, n, 1, 0)
+#define Q5_0_BODY(n) NAME(gemm_q4x8)(nb, w, x, ldx, out, ldo, n, 0, 1)
+#define Q5_1_BODY(n) NAME(gemm_q4x8)(nb, w, x, ldx, out, ldo, n, 1, 1)
 #define Q8_0_BODY(n) NAME(gemm_q8x8)(nb, w, x, ldx, out, ldo, n)
 X8_ENTRY(x8_q4_0, mg_block_q8, Q4_0_BODY)
 X8_ENTRY(x8_q4_1, mg_block_q8, Q4_1_BODY)
+X8_ENTRY(x8_q5_0, mg_block_q8, Q5_0_BODY)
+X8_ENTRY(x8_q5_1, mg_block_q8, Q5_1_BODY)
 X8_ENTRY(x8_q8_0, mg_block_q8, Q8_0_BODY)
 #undef Q4_0_BODY
 #undef Q4_1_BODY
+#undef Q5_0_BODY
+#undef Q5_1_BODY
 #undef Q8_0_BODY
-#define Q4_0_BODY(n) NAME(gemm_q4x8_16)(nb, w, x, ldx, out, ldo, n, 0)
-#define Q4_1_BODY(n) NAME(gemm_q4x8_16)(nb, w, x, ldx, out, ldo, n, 1)
+#define Q4_0_BODY(n) NAME(gemm_q4x8_16)(nb, w, x, ldx, out, ldo, n, 0, 0)
+#define Q4_1_BODY(n) NAME(gemm_q4x8_16)(nb, w, x, ldx, out, ldo, n, 1, 0)
+#define Q5_0_BODY(n) NAME(gemm_q4x8_16)(nb, w, x, ldx, out, ldo, n, 0, 1)
+#define Q5_1_BODY(n) NAME(gemm_q4x8_16)(nb, w, x, ldx, out, ldo, n, 1, 1)
 #define Q8_0_BODY(n) NAME(gemm_q8x8_16)(nb, w, x, ldx, out, ldo, n)
 X8_ENTRY(x8_16_q4_0, mg_block_q16, Q4_0_BODY)
 X8_ENTRY(x8_16_q4_1, mg_block_q16, Q4_1_BODY)
+X8_ENTRY(x8_16_q5_0, mg_block_q16, Q5_0_BODY)
+X8_ENTRY(x8_16_q5_1, mg_block_q16, Q5_1_BODY)
 X8_ENTRY(x8_16_q8_0, mg_block_q16, Q8_0_BODY)
 #undef Q4_0_BODY
 #undef Q4_1_BODY
+#undef Q5_0_BODY
+#undef Q5_1_BODY
 #undef Q8_0_BODY
 #undef X8_ENTRY
 
 static void NAME(install_x8)(void) {
     mg_gemm_x8[MG_Q4_0] = NAME(x8_q4_0);
     mg_gemm_x8[MG_Q4_1] = NAME(x8_q4_1);
+    mg_gemm_x8[MG_Q5_0] = NAME(x8_q5_0);
+    mg_gemm_x8[MG_Q5_1] = NAME(x8_q5_1);
     mg_gemm_x8[MG_Q8_0] = NAME(x8_q8_0);
     mg_gemm_x8_16[MG_Q4_0] = NAME(x8_16_q4_0);
     mg_gemm_x8_16[MG_Q4_1] = NAME(x8_16_q4_1);
+    mg_gemm_x8_16[MG_Q5_0] = NAME(x8_16_q5_0);
+    mg_gemm_x8_16[MG_Q5_1] = NAME(x8_16_q5_1);
     mg_gemm_x8_16[MG_Q8_0] = NAME(x8_16_q8_0);
 }
+#undef Q5_LO
+#undef Q5_HI

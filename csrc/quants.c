@@ -152,6 +152,78 @@ static float vec_dot_q4_1(int64_t k, const void *restrict vw, const float *restr
     return sum_lanes(acc) + sum_lanes(accm);
 }
 
+/* --- q5_0: fp16 d, u32 qh, 16 bytes of nibbles; q5_1: fp16 d, fp16 m, u32 qh, 16 bytes ----------- */
+
+/* the 32 codes (0..31) of a q5 block: nibbles as q4's, bit j of the little-endian qh is bit 4 of code j */
+static inline void q5_codes(const uint8_t *restrict qh, const uint8_t *restrict qs, int8_t *restrict c) {
+    const uint32_t h = (uint32_t)qh[0] | (uint32_t)qh[1] << 8 | (uint32_t)qh[2] << 16 | (uint32_t)qh[3] << 24;
+    for (int j = 0; j < 16; j++) {
+        c[j] = (int8_t)((qs[j] & 0x0F) | (h >> j & 1) << 4);
+        c[j + 16] = (int8_t)((qs[j] >> 4) | (h >> (j + 16) & 1) << 4);
+    }
+}
+
+MG_SLP_ONLY static void dequant_q5_0(const void *restrict vw, float *restrict y, int64_t k) {
+    const uint8_t *restrict w = (const uint8_t *)vw;
+    const int64_t nb = k / MG_QK;
+    for (int64_t b = 0; b < nb; b++, w += 22, y += MG_QK) {
+        const float d = mg_fp16_to_fp32(mg_rd16(w));
+        int8_t c[MG_QK];
+        q5_codes(w + 2, w + 6, c);
+        for (int j = 0; j < MG_QK; j++) y[j] = d * (float)(c[j] - 16);
+    }
+}
+
+static float vec_dot_q5_0(int64_t k, const void *restrict vw, const float *restrict x) {
+    const uint8_t *restrict w = (const uint8_t *)vw;
+    float acc[LANES] = {0};
+    const int64_t nb = k / MG_QK;
+    for (int64_t b = 0; b < nb; b++, w += 22, x += MG_QK) {
+        const float d = mg_fp16_to_fp32(mg_rd16(w));
+        int8_t c[MG_QK];
+        q5_codes(w + 2, w + 6, c);
+        float s[LANES];
+        for (int j = 0; j < 16; j++) s[j] = (float)(c[j] - 16) * x[j] + (float)(c[j + 16] - 16) * x[j + 16];
+        for (int j = 0; j < 16; j++) acc[j] += d * s[j];
+    }
+    return sum_lanes(acc);
+}
+
+MG_SLP_ONLY static void dequant_q5_1(const void *restrict vw, float *restrict y, int64_t k) {
+    const uint8_t *restrict w = (const uint8_t *)vw;
+    const int64_t nb = k / MG_QK;
+    for (int64_t b = 0; b < nb; b++, w += 24, y += MG_QK) {
+        const float d = mg_fp16_to_fp32(mg_rd16(w));
+        const float m = mg_fp16_to_fp32(mg_rd16(w + 2));
+        int8_t c[MG_QK];
+        q5_codes(w + 4, w + 8, c);
+        for (int j = 0; j < MG_QK; j++) y[j] = d * (float)c[j] + m;
+    }
+}
+
+static float vec_dot_q5_1(int64_t k, const void *restrict vw, const float *restrict x) {
+    /* sum (d*q + m)*x = d * sum q*x + m * sum x, per block */
+    const uint8_t *restrict w = (const uint8_t *)vw;
+    float acc[LANES] = {0}, accm[LANES] = {0};
+    const int64_t nb = k / MG_QK;
+    for (int64_t b = 0; b < nb; b++, w += 24, x += MG_QK) {
+        const float d = mg_fp16_to_fp32(mg_rd16(w));
+        const float m = mg_fp16_to_fp32(mg_rd16(w + 2));
+        int8_t c[MG_QK];
+        q5_codes(w + 4, w + 8, c);
+        float s[LANES], sx[LANES];
+        for (int j = 0; j < 16; j++) {
+            s[j] = (float)c[j] * x[j] + (float)c[j + 16] * x[j + 16];
+            sx[j] = x[j] + x[j + 16];
+        }
+        for (int j = 0; j < 16; j++) {
+            acc[j] += d * s[j];
+            accm[j] += m * sx[j];
+        }
+    }
+    return sum_lanes(acc) + sum_lanes(accm);
+}
+
 /* --- q8 activations: the integer path ------------------------------------------------------------ */
 
 /* rintf, not roundf: halves to even, as the AVX2 variant (and np.rint) round. rintf also keeps the
@@ -232,6 +304,41 @@ static float vec_dot_q8_q4_1(int64_t k, const void *restrict vw, const mg_block_
     return sum_lanes(acc) + summ;
 }
 
+static float vec_dot_q8_q5_0(int64_t k, const void *restrict vw, const mg_block_q8 *restrict x) {
+    const uint8_t *restrict w = (const uint8_t *)vw;
+    const int64_t nb = k / MG_QK;
+    float acc[LANES] = {0};
+    for (int64_t b = 0; b < nb; b++, w += 22) {
+        const int8_t *restrict qx = x[b].q;
+        const float d = mg_fp16_to_fp32(mg_rd16(w)) * x[b].d;
+        int8_t c[MG_QK];
+        q5_codes(w + 2, w + 6, c);
+        float s[LANES];
+        for (int j = 0; j < 16; j++)
+            s[j] = (float)(c[j] - 16) * (float)qx[j] + (float)(c[j + 16] - 16) * (float)qx[j + 16];
+        for (int j = 0; j < 16; j++) acc[j] += d * s[j];
+    }
+    return sum_lanes(acc);
+}
+
+static float vec_dot_q8_q5_1(int64_t k, const void *restrict vw, const mg_block_q8 *restrict x) {
+    /* sum (dw*q + m) * dx*qx = dw*dx * sum q*qx + m * s */
+    const uint8_t *restrict w = (const uint8_t *)vw;
+    const int64_t nb = k / MG_QK;
+    float acc[LANES] = {0}, summ = 0.0f;
+    for (int64_t b = 0; b < nb; b++, w += 24) {
+        const int8_t *restrict qx = x[b].q;
+        const float d = mg_fp16_to_fp32(mg_rd16(w)) * x[b].d;
+        int8_t c[MG_QK];
+        q5_codes(w + 4, w + 8, c);
+        float s[LANES];
+        for (int j = 0; j < 16; j++) s[j] = (float)c[j] * (float)qx[j] + (float)c[j + 16] * (float)qx[j + 16];
+        for (int j = 0; j < 16; j++) acc[j] += d * s[j];
+        summ += mg_fp16_to_fp32(mg_rd16(w + 2)) * x[b].s;
+    }
+    return sum_lanes(acc) + summ;
+}
+
 /* --- the table -------------------------------------------------------------------------------------- */
 
 mg_type_traits mg_traits[MG_NQTYPES] = {
@@ -240,6 +347,8 @@ mg_type_traits mg_traits[MG_NQTYPES] = {
     [MG_Q8_0] = {"q8_0", MG_QK, 34, dequant_q8_0, vec_dot_q8_0, vec_dot_q8_q8_0, NULL},
     [MG_Q4_0] = {"q4_0", MG_QK, 18, dequant_q4_0, vec_dot_q4_0, vec_dot_q8_q4_0, NULL},
     [MG_Q4_1] = {"q4_1", MG_QK, 20, dequant_q4_1, vec_dot_q4_1, vec_dot_q8_q4_1, NULL},
+    [MG_Q5_0] = {"q5_0", MG_QK, 22, dequant_q5_0, vec_dot_q5_0, vec_dot_q8_q5_0, NULL},
+    [MG_Q5_1] = {"q5_1", MG_QK, 24, dequant_q5_1, vec_dot_q5_1, vec_dot_q8_q5_1, NULL},
 };
 
 int64_t mg_row_bytes(int qtype, int64_t cols) {

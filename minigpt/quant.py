@@ -1,17 +1,20 @@
 """NumPy quantizers: the oracle every kernel is tested against.
 
-Weights are stored in ggml's block layout, unchanged, so a GGUF's Q4_0 / Q4_1 / Q8_0 tensor carries
-over byte for byte. A 2-D weight W of logical shape [rows, cols] is stored row-major:
+Weights are stored in ggml's block layout, unchanged, so a GGUF's Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0
+tensor carries over byte for byte. A 2-D weight W of logical shape [rows, cols] is stored row-major:
 
     f32   float32 [rows, cols]
     f16   float16 [rows, cols]
     q8_0  per block of 32: fp16 d, 32 x int8 q                    x = d*q        34 bytes/block
     q4_0  per block of 32: fp16 d, 16 bytes of nibbles            x = d*(q-8)    18 bytes/block
     q4_1  per block of 32: fp16 d, fp16 m, 16 bytes of nibbles    x = d*q + m    20 bytes/block
+    q5_0  per block of 32: fp16 d, u32 qh, 16 bytes of nibbles    x = d*(q-16)   22 bytes/block
+    q5_1  per block of 32: fp16 d, fp16 m, u32 qh, 16 bytes       x = d*q + m    24 bytes/block
 
-Nibble order (q4_0, q4_1): byte j of a block holds element j in its low nibble and element j+16 in its
-high nibble. fp16 fields are little-endian IEEE half. A block-quantized W is uint8 [rows, nb*block_bytes]
-with nb = cols/32.
+Nibble order (q4_*, q5_*): byte j of a block holds element j in its low nibble and element j+16 in its
+high nibble; the q5 types keep the fifth bit of element i's code as bit i of the little-endian u32 qh.
+fp16 fields are little-endian IEEE half. A block-quantized W is uint8 [rows, nb*block_bytes] with
+nb = cols/32.
 
 Everything here is vectorized over blocks; the only Python loop walks chunks of rows to bound the size
 of temporaries on large tensors.
@@ -36,6 +39,8 @@ QTYPES = {
     "q8_0": QType(32, 34, 2, np.dtype(np.uint8)),
     "q4_0": QType(32, 18, 3, np.dtype(np.uint8)),
     "q4_1": QType(32, 20, 4, np.dtype(np.uint8)),
+    "q5_0": QType(32, 22, 5, np.dtype(np.uint8)),
+    "q5_1": QType(32, 24, 6, np.dtype(np.uint8)),
 }
 
 _FLOAT_DTYPES = {name: t.dtype for name, t in QTYPES.items() if t.block == 1}
@@ -91,6 +96,22 @@ def _unpack_nibbles(qs):
     return np.concatenate([qs & np.uint8(0x0F), qs >> np.uint8(4)], axis=1)
 
 
+_BIT = np.arange(32, dtype=np.uint32)
+
+
+def _pack_q5(q):
+    # q: uint8 [nb, 32] in 0..31 -> (qh uint8 [nb, 4]: bit i = bit 4 of element i, qs [nb, 16])
+    qh = ((q >> np.uint8(4)).astype(np.uint32) << _BIT).sum(axis=1, dtype=np.uint32)
+    return qh.astype("<u4").view(np.uint8).reshape(-1, 4), _pack_nibbles(q & np.uint8(0x0F))
+
+
+def _unpack_q5(qh_bytes, qs):
+    # qh_bytes: uint8 [nb, 4] (u32 little-endian), qs: uint8 [nb, 16] -> codes uint8 [nb, 32] in 0..31
+    qh = np.ascontiguousarray(qh_bytes).view("<u4")                      # [nb, 1]
+    high = ((qh >> _BIT) & np.uint32(1)).astype(np.uint8)
+    return _unpack_nibbles(qs) | (high << np.uint8(4))
+
+
 def _roundf(v):
     # C roundf: halves away from zero. Not floor(|v| + 0.5), which float32 rounding breaks at 0.49999997.
     a = np.abs(v)
@@ -108,29 +129,49 @@ def _quantize_q8_0(b):
     return np.concatenate([_f16_bytes(d), q.view(np.uint8)], axis=1)
 
 
-def _quantize_q4_0(b):
-    # The signed value of largest magnitude maps to -8 exactly (d = max/-8), so one side gets 8 levels.
+def _symmetric_codes(b, half):
+    """d and codes 0..2*half-1 of q4_0 (half 8) and q5_0 (16): the signed value of largest magnitude maps
+    to -half exactly (d = max/-half), so one side gets `half` levels, the other half - 1."""
     imax = np.abs(b).argmax(axis=1)[:, None]  # first occurrence, like the C strict '<'
     vmax = np.take_along_axis(b, imax, axis=1)
-    d = vmax / np.float32(-8)
+    d = vmax / np.float32(-half)
     with np.errstate(divide="ignore"):
         inv = np.where(d == 0, np.float32(0), np.float32(1) / d)
-    # x*id + 8.5f as FMA builds of ggml compute it (gguf-py does the same): the float64 product is
-    # exact, so the result is rounded once in the add (to float64) and once more to float32.
-    t = (b.astype(np.float64) * inv.astype(np.float64) + 8.5).astype(np.float32)
-    q = np.minimum(np.trunc(t), 15).astype(np.uint8)
+    # x*id + (half + 0.5f) as FMA builds of ggml compute it (gguf-py does the same): the float64 product
+    # is exact, so the result is rounded once in the add (to float64) and once more to float32.
+    t = (b.astype(np.float64) * inv.astype(np.float64) + (half + 0.5)).astype(np.float32)
+    return d, np.minimum(np.trunc(t), 2 * half - 1).astype(np.uint8)
+
+
+def _affine_codes(b, levels):
+    """d, m and codes 0..levels of q4_1 (levels 15) and q5_1 (31): d = (max-min)/levels, m = min."""
+    vmin = b.min(axis=1, keepdims=True)
+    vmax = b.max(axis=1, keepdims=True)
+    d = (vmax - vmin) / np.float32(levels)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d == 0, np.float32(0), np.float32(1) / d)
+    t = (b - vmin) * inv + np.float32(0.5)  # separate float32 roundings, as ggml and gguf-py do
+    return d, vmin, np.minimum(np.trunc(t), levels).astype(np.uint8)
+
+
+def _quantize_q4_0(b):
+    d, q = _symmetric_codes(b, 8)
     return np.concatenate([_f16_bytes(d), _pack_nibbles(q)], axis=1)
 
 
 def _quantize_q4_1(b):
-    vmin = b.min(axis=1, keepdims=True)
-    vmax = b.max(axis=1, keepdims=True)
-    d = (vmax - vmin) / np.float32(15)
-    with np.errstate(divide="ignore"):
-        inv = np.where(d == 0, np.float32(0), np.float32(1) / d)
-    t = (b - vmin) * inv + np.float32(0.5)  # separate float32 roundings, as ggml and gguf-py do
-    q = np.minimum(np.trunc(t), 15).astype(np.uint8)
-    return np.concatenate([_f16_bytes(d), _f16_bytes(vmin), _pack_nibbles(q)], axis=1)
+    d, m, q = _affine_codes(b, 15)
+    return np.concatenate([_f16_bytes(d), _f16_bytes(m), _pack_nibbles(q)], axis=1)
+
+
+def _quantize_q5_0(b):
+    d, q = _symmetric_codes(b, 16)
+    return np.concatenate([_f16_bytes(d), *_pack_q5(q)], axis=1)
+
+
+def _quantize_q5_1(b):
+    d, m, q = _affine_codes(b, 31)
+    return np.concatenate([_f16_bytes(d), _f16_bytes(m), *_pack_q5(q)], axis=1)
 
 
 # --- block dequantizers: uint8 [nb, block_bytes] -> float32 [nb, 32] -----------------------------
@@ -149,23 +190,47 @@ def _dequantize_q4_1(blk):
     return _f16_field(blk, 0) * q + _f16_field(blk, 2)
 
 
+def _dequantize_q5_0(blk):
+    q = _unpack_q5(blk[:, 2:6], blk[:, 6:]).astype(np.float32) - np.float32(16)
+    return _f16_field(blk, 0) * q
+
+
+def _dequantize_q5_1(blk):
+    q = _unpack_q5(blk[:, 4:8], blk[:, 8:]).astype(np.float32)
+    return _f16_field(blk, 0) * q + _f16_field(blk, 2)
+
+
+_CODES_AT = {"q8_0": 2, "q4_0": 2, "q4_1": 4, "q5_0": 6, "q5_1": 8}   # where a block's codes (q5: qs) start
+_D_OFFSET = {"q4_0": -8, "q5_0": -16}   # x = d * (code + this); q4_1, q5_1 add their fp16 m (bytes 2-3)
+
+
 def split_blocks(w, qtype):
-    """A stored q8_0 / q4_0 / q4_1 weight [rows, row bytes] -> (codes [rows, nb, 32] as stored: int8
-    for q8_0, 0..15 for the q4 types; d float32 [rows, nb]; offset float32 [rows, nb]: what one code
-    step adds besides d * code, that is -8 d (q4_0), m (q4_1), or None (q8_0)). x = d * code + offset."""
+    """A stored block weight [rows, row bytes] -> (codes [rows, nb, 32] as stored: int8 for q8_0,
+    0..15 for the q4 types, 0..31 for the q5 types; d float32 [rows, nb]; offset float32 [rows, nb]:
+    what each element adds besides d * code, that is -8 d (q4_0), -16 d (q5_0), m (q4_1, q5_1), or
+    None (q8_0)). x = d * code + offset."""
     _, block_bytes = _check_qtype(qtype)
     rows = w.shape[0]
     blk = np.ascontiguousarray(w).reshape(-1, block_bytes)
     d = _f16_field(blk, 0).reshape(rows, -1)
+    at = _CODES_AT[qtype]
     if qtype == "q8_0":
-        return blk[:, 2:].view(np.int8).reshape(rows, -1, 32), d, None
-    codes = _unpack_nibbles(blk[:, 4 if qtype == "q4_1" else 2:]).reshape(rows, -1, 32)
-    offset = _f16_field(blk, 2).reshape(rows, -1) if qtype == "q4_1" else d * np.float32(-8)
-    return codes, d, offset
+        return blk[:, at:].view(np.int8).reshape(rows, -1, 32), d, None
+    if qtype in ("q5_0", "q5_1"):
+        codes = _unpack_q5(blk[:, at - 4:at], blk[:, at:])
+    else:
+        codes = _unpack_nibbles(blk[:, at:])
+    if qtype in _D_OFFSET:
+        offset = d * np.float32(_D_OFFSET[qtype])
+    else:
+        offset = _f16_field(blk, 2).reshape(rows, -1)
+    return codes.reshape(rows, -1, 32), d, offset
 
 
-_QUANTIZE = {"q8_0": _quantize_q8_0, "q4_0": _quantize_q4_0, "q4_1": _quantize_q4_1}
-_DEQUANTIZE = {"q8_0": _dequantize_q8_0, "q4_0": _dequantize_q4_0, "q4_1": _dequantize_q4_1}
+_QUANTIZE = {"q8_0": _quantize_q8_0, "q4_0": _quantize_q4_0, "q4_1": _quantize_q4_1,
+             "q5_0": _quantize_q5_0, "q5_1": _quantize_q5_1}
+_DEQUANTIZE = {"q8_0": _dequantize_q8_0, "q4_0": _dequantize_q4_0, "q4_1": _dequantize_q4_1,
+               "q5_0": _dequantize_q5_0, "q5_1": _dequantize_q5_1}
 
 
 def _positive_cols(cols):
@@ -186,8 +251,11 @@ def quantize(x, qtype):
       q4_0  d = max/-8 where max is the signed value of largest |x| (first one on ties);
             q = min(15, trunc(x*(1/d) + 8.5)), the multiply-add fused as with FMA (float64, then float32).
       q4_1  d = (max-min)/15, m = min; q = min(15, trunc((x-m)*(1/d) + 0.5)), float32 at each step.
+      q5_0  as q4_0 with d = max/-16 and q = min(31, trunc(x*(1/d) + 16.5)).
+      q5_1  as q4_1 with d = (max-min)/31 and q = min(31, ...).
     d and m are rounded to fp16 only when stored; the codes use the float32 d. An all-zero block stores
-    d = 0 (q4_0: -0.0) and codes 0 (q4_0: 8). Non-finite input raises ValueError for block types.
+    d = 0 (q4_0, q5_0: -0.0) and codes 0 (q4_0: 8, q5_0: 16). Non-finite input raises ValueError for
+    block types.
     """
     block, block_bytes = _check_qtype(qtype)
     x = np.asarray(x)

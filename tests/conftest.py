@@ -25,7 +25,7 @@ def gemma3_gguf():
 
 @pytest.fixture(scope="session")
 def gemma3_mgpt():
-    """Path of Gemma 3 270M converted to .mgpt with the default settings (q8_0)."""
+    """Path of Gemma 3 270M converted to .mgpt with the default settings (Q5_0 kept, K-quants at q8_0)."""
     return hub.pull("gemma-3-270m")
 
 
@@ -37,5 +37,6 @@ def qwen2_gguf():
 
 @pytest.fixture(scope="session")
 def qwen2_mgpt():
-    """Path of Qwen2.5-Coder-0.5B-Instruct converted to .mgpt with the default settings (q8_0), once."""
+    """Path of Qwen2.5-Coder-0.5B-Instruct converted to .mgpt with the default settings (its Q5_0 and Q8_0
+    kept, its K-quants at q8_0), once."""
     return hub.pull("qwen2.5-coder-0.5b-instruct")

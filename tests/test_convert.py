@@ -10,7 +10,7 @@ from minigpt.convert.gguf import GGUFFile
 from minigpt.errors import ConvertError, FormatError, MinigptError, TokenizerError
 from minigpt.format import MgptFile
 
-from synthetic import tiny_bpe_fields, tiny_llama, tiny_spm_fields, write_gguf
+from synthetic import random_blocks, tiny_bpe_fields, tiny_llama, tiny_spm_fields, write_gguf
 
 
 @pytest.fixture
@@ -54,7 +54,66 @@ def test_requantize_and_head_policy(tmp_path):
     assert "layers.0.w_up" in s["requantized"]
 
 
-@pytest.mark.parametrize("wtype", ["F16", "BF16", "Q8_0", "Q4_0"])
+@pytest.mark.parametrize("wtype", ["Q5_0", "Q5_1"])
+def test_q5_sources_are_stored_natively(tmp_path, wtype):
+    # no --quant: Q5 weights keep their type, copied byte for byte, and the file runs
+    src, out = tmp_path / "s.gguf", tmp_path / "o.mgpt"
+    tiny_llama(src, wtype=wtype)
+    s = convert(src, out)
+    g, f = GGUFFile(src), MgptFile(out)
+    assert s["quant"] == wtype.lower() and s["requantized"] == []
+    assert np.array_equal(f.tensor("tok_embd"), g.tensors["token_embd.weight"].data)   # the tied head too
+    assert np.array_equal(f.tensor("layers.1.w_down"), g.tensors["blk.1.ffn_down.weight"].data)
+    assert {i.qtype for i in f.tensors.values()} == {"f32", wtype.lower()}
+    f.verify()
+    logits = minigpt.load(out, backend="numpy").logits([1, 5, 9])
+    assert np.isfinite(logits).all()
+
+
+def test_mixed_source_keeps_each_native_type(tmp_path):
+    # Q5_0 with a Q4_K and a Q8_0 tensor, as llama.cpp's Q4_K_M files mix them: with no --quant, Q5_0 and
+    # Q8_0 are copied byte for byte; only Q4_K (not stored) is decoded and requantized, to q8_0
+    base, src, out = tmp_path / "b.gguf", tmp_path / "s.gguf", tmp_path / "o.mgpt"
+    tiny_llama(base, dim=256, n_heads=4, n_kv_heads=2, hidden=256, n_layers=1, wtype="Q5_0")
+    g = GGUFFile(base)
+    rng = np.random.default_rng(3)
+    tensors = {name: (t.type_name, np.array(t.data), t.shape) for name, t in g.tensors.items()}
+    tensors["blk.0.ffn_up.weight"] = ("Q4_K", random_blocks(rng, "Q4_K", 256, scale=0.01).reshape(256, -1), (256, 256))
+    x = rng.standard_normal((256, 256)).astype(np.float32) / 16
+    tensors["blk.0.ffn_gate.weight"] = ("Q8_0", quant.quantize(x, "q8_0"), (256, 256))
+    write_gguf(src, g.metadata, tensors)
+    s = convert(src, out)
+    f = MgptFile(out)
+    assert s["quant"] == "q5_0"
+    assert s["requantized"] == ["layers.0.w_up"] and s["requantized_types"] == {"q4_k -> q8_0": 1}
+    assert f.tensors["layers.0.w_up"].qtype == "q8_0"
+    assert np.array_equal(f.tensor("layers.0.w_gate"), tensors["blk.0.ffn_gate.weight"][1])
+    assert f.tensors["layers.0.wq"].qtype == "q5_0"
+    assert np.array_equal(f.tensor("layers.0.wq"), tensors["blk.0.attn_q.weight"][1])
+    assert np.array_equal(f.tensor("tok_embd"), tensors["token_embd.weight"][1])
+
+
+def test_policy_table():
+    from minigpt.convert.convert import GGUF_TYPES, NATIVE
+    natives = {k: q for k, (q, native) in GGUF_TYPES.items() if native is NATIVE}
+    assert natives == {"F32": "f32", "F16": "f16", "Q8_0": "q8_0", "Q4_0": "q4_0", "Q4_1": "q4_1",
+                       "Q5_0": "q5_0", "Q5_1": "q5_1"}
+    assert all(q in quant.QTYPES for q, _ in GGUF_TYPES.values())
+
+
+@pytest.mark.parametrize("target", ["q5_0", "q5_1"])
+def test_quant_q5(tmp_path, target):
+    src, out = tmp_path / "f32.gguf", tmp_path / "o.mgpt"
+    tiny_llama(src, wtype="F32")
+    s = convert(src, out, target)
+    f, g = MgptFile(out), GGUFFile(src)
+    x = g.tensors["blk.0.ffn_up.weight"].data.view(np.float32).reshape(96, 64)
+    assert np.array_equal(f.tensor("layers.0.w_up"), quant.quantize(x, target))
+    assert f.tensors["tok_embd"].qtype == target      # 5 bits: the head is not lifted to q8_0
+    assert s["quant"] == target and "layers.0.w_up" in s["requantized"]
+
+
+@pytest.mark.parametrize("wtype", ["F16", "BF16", "Q8_0", "Q4_0", "Q5_0", "Q5_1"])
 def test_decodes_source_types(tmp_path, wtype):
     src = tmp_path / "s.gguf"
     tiny_llama(src, wtype=wtype)

@@ -14,6 +14,7 @@ from minigpt.kernels import PROTOCOL, available_backends, get_backend, numpy_ref
 from subproc import run_python
 
 QTYPES = list(quant.QTYPES)
+BLOCK_QTYPES = [q for q in QTYPES if quant.QTYPES[q].block > 1]
 BACKENDS = available_backends()
 RTOL = 1e-5  # of sum |x_j * W_ij|: float32 rounding in a different summation order stays far below
 
@@ -98,6 +99,57 @@ def test_dequantize_and_get_rows_are_exact(be, qtype):
         ids[:2] = [0, rows - 1]
         np.testing.assert_array_equal(be.get_rows(w, qtype, ids), full[ids])
         np.testing.assert_array_equal(be.get_rows(w, qtype, ids.tolist()), full[ids])
+
+
+def hostile_blocks(rng, rows, cols, qtype):
+    """A stored weight whose code bytes are random, all ones or all zeros (any pattern of codes, the
+    extremes included), with finite fp16 fields."""
+    w = weight(rng, rows, cols, qtype)
+    blk = w.reshape(-1, quant.QTYPES[qtype].block_bytes)
+    start = 4 if qtype in ("q4_1", "q5_1") else 2              # the codes (q5: qh, then qs)
+    blk[0::3, start:] = rng.integers(0, 256, blk[0::3, start:].shape, dtype=np.uint8)
+    blk[1::3, start:] = 0xFF
+    blk[2::6, start:] = 0
+    return w
+
+
+@pytest.mark.parametrize("qtype", BLOCK_QTYPES)
+def test_any_code_bytes_agree(be8, qtype):
+    # every bit pattern of the code bytes is a valid block: all backends read the same numbers
+    rng = np.random.default_rng(5)
+    for rows, cols in ((8, 32), (13, 96), (40, 256)):
+        w = hostile_blocks(rng, rows, cols, qtype)
+        np.testing.assert_array_equal(be8.dequantize(w, qtype), quant.dequantize(w, qtype))
+        for n in (1, 5):
+            x = inputs(rng, n, cols)
+            assert_matmul_close(be8.matmul(x, w, qtype), x, w, qtype)
+            assert_matmul_q8_close(be8.matmul_q8(x, w, qtype), x, w, qtype)
+
+
+@pytest.mark.parametrize("qtype", BLOCK_QTYPES)
+def test_non_finite_scales_do_not_crash(be8, qtype):
+    # fp16 inf / nan scales (a damaged file: the reader does not look at scales, the engine refuses
+    # non-finite logits) only make that row's outputs non-finite, as in the twin
+    rng = np.random.default_rng(6)
+    w = hostile_blocks(rng, 16, 96, qtype)
+    bb = quant.QTYPES[qtype].block_bytes
+    blk = w.reshape(16, 3, bb)
+    blk[3, 1, :2] = np.array([np.inf], "<f2").view(np.uint8)
+    blk[9, 0, :2] = np.array([np.nan], "<f2").view(np.uint8)
+    if qtype in ("q4_1", "q5_1"):
+        blk[12, 2, 2:4] = np.array([-np.inf], "<f2").view(np.uint8)
+    np.testing.assert_array_equal(be8.dequantize(w, qtype), quant.dequantize(w, qtype))
+    x = inputs(rng, 3, 96)
+    for fn in ("matmul", "matmul_q8", "matmul_q16"):
+        if not hasattr(be8, fn):
+            continue
+        with np.errstate(invalid="ignore", over="ignore"):
+            got, want = getattr(be8, fn)(x, w, qtype), getattr(numpy_ref, fn)(x, w, qtype)
+        assert np.array_equal(np.isfinite(got), np.isfinite(want))
+        assert not np.isfinite(got[:, 9]).any() and np.isfinite(got[:, :3]).all()
+        pw, pq = be8.prepare(w, qtype, 8)
+        out = be8.matmul_q8(x, pw, pq)
+        assert np.array_equal(np.isfinite(out), np.isfinite(want))
 
 
 def test_every_f16_bit_pattern(be):
@@ -188,7 +240,7 @@ def test_matmul_q8_matches_reference(be8, qtype, threads):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("qtype", ["q8_0", "q4_0", "q4_1"])
+@pytest.mark.parametrize("qtype", BLOCK_QTYPES)
 def test_matmul_q8_large_prefill(be8, qtype, threads):
     # several input groups, the last one not a multiple of 4
     be8.set_threads(threads)
@@ -207,7 +259,7 @@ def test_matmul_q8_of_float_weights_is_matmul(be8, qtype):
         np.testing.assert_array_equal(be8.matmul_q8(x, w, qtype), be8.matmul(x, w, qtype))
 
 
-@pytest.mark.parametrize("qtype", ["q8_0", "q4_0", "q4_1"])
+@pytest.mark.parametrize("qtype", BLOCK_QTYPES)
 def test_matmul_q8_is_near_exact_matmul(be8, qtype):
     # int8 activations cost well under 1% of the output scale
     rng = np.random.default_rng(14)
@@ -264,7 +316,7 @@ def bad_matmul_calls():
     x = np.zeros((2, 64), np.float32)
     w = np.zeros((3, 40), np.uint8)  # q4_1, 64 cols
     return [
-        ("qtype", (x, w, "q5_1"), {}),
+        ("qtype", (x, w, "q5_k"), {}),
         ("qtype", (x, w, None), {}),
         ("dtype", (x.astype(np.float64), w, "q4_1"), {}),
         ("dtype", (x, w.astype(np.int8), "q4_1"), {}),

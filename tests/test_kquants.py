@@ -1,10 +1,11 @@
-"""Q5_0, Q5_1 and K-quant decoding (minigpt/convert/kquants.py), checked three ways:
+"""Q5_0, Q5_1 (minigpt.quant: stored natively) and K-quant decoding (minigpt/convert/kquants.py), checked
+three ways:
 
 - against a second, deliberately simple decoder below: per-block, per-element Python loops written
   straight from the ggml block layouts (slow, but each line is one sentence of the spec);
 - against gguf-py (llama.cpp's NumPy reference), through committed fixtures made by
   tools/make_kquant_fixtures.py in its own venv (gguf is not a minigpt dependency);
-- end to end: a synthetic GGUF in each type converts to requantize(dequantize(source)).
+- end to end: a synthetic GGUF in each K-quant type converts to requantize(dequantize(source)).
 Plus every tensor of the Gemma-3-270M Q4_K_M GGUF (fetched once into the cache) against gguf-py's digests.
 """
 
@@ -162,7 +163,15 @@ def same_bits(a, b):
     return a.shape == b.shape and np.array_equal(a.view(np.uint32), b.view(np.uint32))
 
 
-TYPES = list(kquants.TYPES)
+NATIVE = ["Q5_0", "Q5_1"]          # decoded by minigpt.quant, the types' one dequantizer
+TYPES = NATIVE + list(kquants.TYPES)
+
+
+def decode(raw, type_name):
+    """uint8 [nb, block_bytes] -> float32 [nb, block_size] by minigpt's decoder of that GGUF type."""
+    if type_name in NATIVE:
+        return quant.dequantize(raw, type_name.lower())
+    return kquants.dequantize(raw, type_name)
 
 
 def test_tables_agree():
@@ -170,7 +179,8 @@ def test_tables_agree():
     from minigpt.convert.gguf import GGML_TYPES
     sizes = {name: (block, nbytes) for name, block, nbytes in GGML_TYPES.values()}
     for t in TYPES:
-        assert kquants.TYPES[t] == sizes[t] == RANDOM_BLOCK_TYPES[t][:2]
+        ours = quant.QTYPES[t.lower()][:2] if t in NATIVE else kquants.TYPES[t]
+        assert ours == sizes[t] == RANDOM_BLOCK_TYPES[t][:2]
 
 
 @pytest.mark.parametrize("type_name", TYPES)
@@ -182,8 +192,8 @@ def test_matches_simple_reference(type_name, scale):
     raw[1, :] = 0xFF                                # every bit set; the fp16 fields made finite below
     for off in RANDOM_BLOCK_TYPES[type_name][2]:
         raw[1, off:off + 2] = np.array([0.5], "<f2").view(np.uint8)
-    got = kquants.dequantize(raw, type_name)
-    assert got.dtype == np.float32 and got.shape == (12, kquants.TYPES[type_name][0])
+    got = decode(raw, type_name)
+    assert got.dtype == np.float32 and got.shape == (12, RANDOM_BLOCK_TYPES[type_name][0])
     assert same_bits(got, reference(raw, type_name))
 
 
@@ -191,7 +201,7 @@ def test_matches_simple_reference(type_name, scale):
 def test_matches_gguf_py_fixtures(type_name):
     z = np.load(FIX / "kquants_reference.npz")
     raw, want = z[f"{type_name}/raw"], z[f"{type_name}/values"]
-    assert same_bits(kquants.dequantize(raw, type_name), want)
+    assert same_bits(decode(raw, type_name), want)
     assert same_bits(reference(raw, type_name), want)   # the simple reference is right too
 
 
@@ -214,11 +224,11 @@ def test_bad_input():
 
 # --- through `minigpt convert` ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("type_name", TYPES)
+@pytest.mark.parametrize("type_name", list(kquants.TYPES))
 def test_convert_requantizes(tmp_path, type_name):
     src, out = tmp_path / "s.gguf", tmp_path / "o.mgpt"
     tiny_llama(src, dim=256, n_heads=4, n_kv_heads=2, hidden=256, n_layers=1, wtype=type_name)
-    s = convert(src, out)                            # no --quant: K-quant and Q5 sources go to q8_0
+    s = convert(src, out)                            # no --quant: K-quant sources go to q8_0
     g, f = GGUFFile(src), MgptFile(out)
     assert s["quant"] == "q8_0"
     n2d = sum(1 for t in g.tensors.values() if len(t.shape) == 2)

@@ -36,6 +36,23 @@ def test_block_scales_of_every_fp16_kind_are_exact(nb):
     np.testing.assert_array_equal(nb.dequantize(w, "q4_1"), quant.dequantize(w, "q4_1"))
 
 
+@pytest.mark.parametrize("qtype", ["q5_0", "q5_1"])
+def test_q5_decode_reads_every_fifth_bit(nb, qtype):
+    # one-hot inputs pick single weights out of the row dots: each must be its code's value, for
+    # codes with only bit 4 set, with none, and random ones (float and int8 x, decode and prefill)
+    from test_kernels import hostile_blocks
+    rng = np.random.default_rng(3)
+    w = hostile_blocks(rng, 9, 64, qtype)
+    w.setflags(write=False)
+    full = quant.dequantize(w, qtype)
+    for cols in (range(0, 3), range(17, 20), range(31, 34), range(61, 64)):
+        x = np.eye(64, dtype=np.float32)[list(cols)]
+        np.testing.assert_allclose(nb.matmul(x, w, qtype), full[:, list(cols)].T, rtol=1e-6, atol=0)
+        q8 = nb.matmul_q8(x, w, qtype)    # x = 1: its q8 block is d = 1/127, q = 127
+        np.testing.assert_allclose(q8, full[:, list(cols)].T, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(nb.matmul(np.eye(64, dtype=np.float32), w, qtype), full.T, rtol=1e-6, atol=0)
+
+
 def test_threads_are_bounded_by_numba():
     limit = numba.config.NUMBA_NUM_THREADS
     numba_.set_threads(limit)
@@ -73,7 +90,7 @@ def test_decode_and_prefill_paths_agree(nb, qtype):
     assert (np.abs(tiled - direct) <= 1e-5 * scale).all()
 
 
-@pytest.mark.parametrize("qtype", ["q8_0", "q4_0", "q4_1"])
+@pytest.mark.parametrize("qtype", ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1"])
 def test_decode_rows_of_many_blocks_match_numpy(nb, qtype):
     # the decode row dots (numba_decode: one vector loop per row, summed once at its end) on rows of
     # 18 blocks, as the 135M model's, and of 49 (odd), for 1..NI-1 inputs, float and int8 x

@@ -13,10 +13,11 @@ import pytest
 from minigpt import quant
 from minigpt.kernels import get_backend, numpy_ref
 from subproc import run_python
-from test_kernels import assert_matmul_q8_close, inputs, weight
+from test_kernels import assert_matmul_q8_close, hostile_blocks, inputs, weight
 
 core = get_backend("c")
-X8_QTYPES = [q for q in ("q8_0", "q4_0", "q4_1") if core.x8_supported(q)]
+X8_QTYPES = [q for q in ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1") if core.x8_supported(q)]
+Q5_X8 = [q for q in ("q5_0", "q5_1") if q in X8_QTYPES]
 pytestmark = pytest.mark.skipif(not X8_QTYPES, reason=f"no x8 kernels on {core.isa()}")
 TWIN = core.isa() in ("avx2", "avx512vnni")   # the instruction sets numpy_ref's x8 twin rounds as
 
@@ -32,7 +33,7 @@ def assert_twin(out, x, w, qtype, bits=8):
         assert_matmul_q16_close(out, x, w, qtype)
 
 
-@pytest.mark.parametrize("qtype", X8_QTYPES)
+@pytest.mark.parametrize("qtype", [q for q in X8_QTYPES if q not in Q5_X8])
 def test_packing_permutes_the_stored_bytes(qtype):
     rng = np.random.default_rng(1)
     w = weight(rng, 24, 96, qtype)
@@ -43,6 +44,37 @@ def test_packing_permutes_the_stored_bytes(qtype):
     blk = p[1].reshape(3, -1)[2]
     bb = quant.QTYPES[qtype][1]
     np.testing.assert_array_equal(blk[:16].reshape(8, 2), w[8:16, 2 * bb:2 * bb + 2])
+
+
+def x8_q5_reference(w, qtype):
+    """csrc/packed.c's q5 x8 layout, built in NumPy from the codes: [groups, nb, 176 or 192] bytes."""
+    rows = w.shape[0]
+    codes, _, _ = quant.split_blocks(w, qtype)                  # [rows, nb, 32] in 0..31
+    nb, bb, hdr = codes.shape[1], quant.QTYPES[qtype].block_bytes, 32 if qtype == "q5_1" else 16
+    blk = w.reshape(rows // 8, 8, nb, bb).transpose(0, 2, 1, 3)          # [g, nb, r, bb]
+    c = codes.reshape(rows // 8, 8, nb, 32).transpose(0, 2, 1, 3)        # [g, nb, r, 32]
+    hi = (c >> 4).astype(np.uint8)                                       # the fifth bits
+    qh = np.zeros(hi.shape[:3] + (4,), np.uint8)                         # [g, nb, r, 4]
+    for L in range(4):     # bit L of byte i: element 4L + i; bit 4 + L: element 16 + 4L + i
+        for i in range(4):
+            qh[..., i] |= hi[..., 4 * L + i] << L | hi[..., 16 + 4 * L + i] << (4 + L)
+    qs = blk[..., bb - 16:].reshape(*blk.shape[:3], 4, 4).transpose(0, 1, 3, 2, 4)   # [g, nb, L, r, 4]
+    parts = [blk[..., :2].reshape(*blk.shape[:2], 16)]
+    if qtype == "q5_1":
+        parts.append(blk[..., 2:4].reshape(*blk.shape[:2], 16))
+    parts += [qh.reshape(*blk.shape[:2], 32), qs.reshape(*blk.shape[:2], 128)]
+    out = np.concatenate(parts, axis=-1)
+    assert out.shape[-1] == hdr + 32 + 128 == 8 * bb          # exactly the GGUF blocks' bytes
+    return out.reshape(rows // 8, -1)
+
+
+@pytest.mark.parametrize("qtype", Q5_X8)
+def test_q5_packing_matches_its_layout(qtype):
+    rng = np.random.default_rng(1)
+    w = hostile_blocks(rng, 24, 96, qtype)
+    p = core.pack_x8(w, qtype)
+    assert p.shape == (3, 3 * 8 * quant.QTYPES[qtype].block_bytes) and p.nbytes == w.nbytes
+    np.testing.assert_array_equal(p, x8_q5_reference(w, qtype))
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -83,17 +115,30 @@ def test_extreme_codes_do_not_saturate():
     assert_matmul_q8_close(core.matmul_q8(x, core.pack_x8(w, "q8_0"), "q8_0x8"), x, w, "q8_0")
 
 
-@pytest.mark.parametrize("qtype", ["q4_0", "q4_1"])
+@pytest.mark.parametrize("qtype", [q for q in ("q4_0", "q4_1", "q5_0", "q5_1") if q in X8_QTYPES])
 def test_extreme_q4_codes_do_not_saturate(qtype):
-    # every code 15 and every input +127: the int16 sums of AVX2's maddubs are at their largest
+    # every code 15 (q5: 31) and every input +127: the int16 sums of AVX2's maddubs are at their largest
     rng = np.random.default_rng(44)
     bb = quant.QTYPES[qtype][1]
     w = weight(rng, 16, 256, qtype).reshape(16, 8, bb).copy()
-    w[:, :, bb - 16:] = 0xFF
+    w[:, :, bb - (20 if qtype in Q5_X8 else 16):] = 0xFF
     w = w.reshape(16, 8 * bb)
     x = np.full((5, 256), 127.0, np.float32)
     x[1] = -x[1]
-    assert_matmul_q8_close(core.matmul_q8(x, core.pack_x8(w, qtype), qtype + "x8"), x, w, qtype)
+    for n in (1, 2, 3, 5):    # 4 accumulators a token for up to 2 tokens, 2 for 3 and 4
+        assert_twin(core.matmul_q8(x[:n], core.pack_x8(w, qtype), qtype + "x8"), x[:n], w, qtype)
+        assert_twin(core.matmul_q16(x[:n], core.pack_x8(w, qtype), qtype + "x8"), x[:n], w, qtype, 16)
+
+
+@pytest.mark.parametrize("qtype", X8_QTYPES)
+def test_packed_any_code_bytes_match_the_twin(qtype):
+    rng = np.random.default_rng(45)
+    w = hostile_blocks(rng, 40, 160, qtype)
+    p = core.pack_x8(w, qtype)
+    for n in (1, 2, 3, 4, 7):
+        x = inputs(rng, n, 160)
+        assert_twin(core.matmul_q8(x, p, qtype + "x8"), x, w, qtype)
+        assert_twin(core.matmul_q16(x, p, qtype + "x8"), x, w, qtype, 16)
 
 
 def test_bad_packed_calls_are_value_errors():

@@ -1,13 +1,15 @@
 """minigpt.quant: the NumPy quantizers every kernel is checked against."""
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from minigpt import quant
 
-BLOCK_TYPES = ["q8_0", "q4_0", "q4_1"]
+BLOCK_TYPES = ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1"]
+FIX = Path(__file__).parent / "fixtures"
 
 
 def f16_bytes(v):
@@ -18,7 +20,8 @@ def f16_bytes(v):
 
 def test_qtypes_table():
     assert {name: (t.block, t.block_bytes) for name, t in quant.QTYPES.items()} == {
-        "f32": (1, 4), "f16": (1, 2), "q8_0": (32, 34), "q4_0": (32, 18), "q4_1": (32, 20)}
+        "f32": (1, 4), "f16": (1, 2), "q8_0": (32, 34), "q4_0": (32, 18), "q4_1": (32, 20),
+        "q5_0": (32, 22), "q5_1": (32, 24)}
     assert sorted(t.code for t in quant.QTYPES.values()) == list(range(len(quant.QTYPES)))
 
 
@@ -31,7 +34,8 @@ def test_the_compiled_table_is_checked_against_it(monkeypatch):
 
 
 @pytest.mark.parametrize("qtype, shape", [
-    ("f32", (3, 96)), ("f16", (3, 96)), ("q8_0", (3, 102)), ("q4_0", (3, 54)), ("q4_1", (3, 60))])
+    ("f32", (3, 96)), ("f16", (3, 96)), ("q8_0", (3, 102)), ("q4_0", (3, 54)), ("q4_1", (3, 60)),
+    ("q5_0", (3, 66)), ("q5_1", (3, 72))])
 def test_storage_shape(qtype, shape):
     assert quant.storage_shape(qtype, 3, 96) == shape
     x = np.zeros((3, 96), np.float32)
@@ -101,10 +105,61 @@ def test_q4_1_hand_block():
     assert y[[0, 1, 16, 17]].tolist() == [-1, 0, 14, 1]
 
 
+def test_q5_0_hand_block():
+    # x = 2 (j - 16): the largest |x| is x[0] = -32, so d = -32/-16 = 2 and code j = j
+    x = (2 * (np.arange(32) - 16)).astype(np.float32)
+    w = quant.quantize(x[None], "q5_0")
+    codes = np.arange(16, dtype=np.uint8)
+    assert w[0].tolist() == f16_bytes(2.0) + [0, 0, 0xFF, 0xFF] + (codes | codes << 4).tolist()
+    assert quant.dequantize(w, "q5_0")[0].tolist() == x.tolist()
+
+
+def test_q5_1_hand_block():
+    # x = j/2 + 1: m = 1, d = 15.5/31 = 0.5, code j = j
+    x = (np.arange(32) / 2 + 1).astype(np.float32)
+    w = quant.quantize(x[None], "q5_1")
+    codes = np.arange(16, dtype=np.uint8)
+    assert w[0].tolist() == f16_bytes(0.5) + f16_bytes(1.0) + [0, 0, 0xFF, 0xFF] + (codes | codes << 4).tolist()
+    assert quant.dequantize(w, "q5_1")[0].tolist() == x.tolist()
+
+
+@pytest.mark.parametrize("qtype", ["q5_0", "q5_1"])
+def test_q5_split_blocks_reads_every_bit(qtype):
+    # random bytes in qh and qs: code j is nibble j | bit j of qh << 4, x = d * code + offset
+    rng = np.random.default_rng(8)
+    bb = quant.QTYPES[qtype].block_bytes
+    w = rng.integers(0, 256, (3, 2 * bb), dtype=np.uint8)
+    w.reshape(6, bb)[:, :bb - 20] = np.array([0.25, -1.5] if qtype == "q5_1" else [0.25], "<f2").view(np.uint8)
+    codes, d, offset = quant.split_blocks(w, qtype)
+    blk = w.reshape(6, bb)
+    qh = blk[:, bb - 20:bb - 16].copy().view("<u4")[:, 0]
+    for k in range(6):
+        for j in range(32):
+            nib = blk[k, bb - 16 + j % 16] >> (4 * (j // 16)) & 15
+            assert codes.reshape(6, 32)[k, j] == nib | (qh[k] >> j & 1) << 4
+    want = d[..., None] * codes + offset[..., None]
+    np.testing.assert_array_equal(quant.dequantize(w, qtype), want.reshape(3, 64))
+
+
+@pytest.mark.parametrize("qtype", ["q5_0", "q5_1"])
+def test_q5_dequantize_matches_gguf_py(qtype):
+    # tests/fixtures/kquants_reference.npz: random blocks and gguf-py's values (tools/make_kquant_fixtures.py)
+    z = np.load(FIX / "kquants_reference.npz")
+    raw, want = z[f"{qtype.upper()}/raw"], z[f"{qtype.upper()}/values"]
+    got = quant.dequantize(raw, qtype)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    # and a round trip: requantizing a dequantized block gives it back when its scales survive
+    again = quant.dequantize(quant.quantize(got, qtype), qtype)
+    step = np.abs(quant.split_blocks(raw, qtype)[1])
+    assert (np.abs(again - got) <= step * 1.001 + 1e-6).all()
+
+
 @pytest.mark.parametrize("qtype, block", [
     ("q8_0", [0, 0] + [0] * 32),
     ("q4_0", [0, 0x80] + [0x88] * 16),  # d = 0.0/-8 = -0.0, as in ggml
-    ("q4_1", [0, 0, 0, 0] + [0] * 16)])
+    ("q4_1", [0, 0, 0, 0] + [0] * 16),
+    ("q5_0", [0, 0x80] + [0xFF] * 4 + [0] * 16),   # d = -0.0, every code 16
+    ("q5_1", [0] * 8 + [0] * 16)])
 def test_all_zero_block(qtype, block):
     w = quant.quantize(np.zeros((2, 32), np.float32), qtype)
     assert w.tolist() == [block, block]
@@ -118,9 +173,12 @@ def test_f16_is_round_to_nearest_even():
     assert quant.dequantize(w, "f16").tolist() == [[1.0, 1.0, 1.0 + 2.0**-9, np.inf]]
 
 
-# --- bit-exact known vectors (reference bytes produced by llama.cpp's gguf-py 0.19.0) --------------
+# --- bit-exact known vectors (reference bytes produced by llama.cpp's gguf-py 0.19.0; q5_0 and q5_1 by
+# llama.cpp's own quantize_row_q5_0_ref / _q5_1_ref, libggml-base of llama-cpp-python 0.3.36) -------
 
 GOLDEN_SHA256 = {
+    "q5_0": "743fa339d2a90b5e7df0c42dfad22fecb7e8c1e405196acffd5d43b21763013e",
+    "q5_1": "096da93eb5643e94ff42b240f5c43c90380fce757e66cd42674590ba7468478c",
     "q8_0": "abe11e1493276701977cfe752d7c17ba296f2d0ac854b9ba19d38350a81d710d",
     "q4_0": "6f7e5e3f0e8a7707b97940ac76b8f585ab6806c047e8bdc5be46d705e92d4161",
     "q4_1": "b822e641489e5505f97697064c522807453bee2af08dca1385c988039e20debe",
@@ -186,6 +244,25 @@ def test_q4_1_error_bound(seed):
     assert (err <= (step * (0.5 + 15 * 2.0**-11) + np.abs(lo) * 2.0**-11) * 1.001).all()
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_q5_0_error_bound(seed):
+    x = random_weights(np.random.default_rng(seed))
+    err = np.abs(quant.dequantize(quant.quantize(x, "q5_0"), "q5_0") - x).reshape(-1, 32)
+    amax = per_block(np.abs(x), np.max)
+    # half a step, except the +16 side, which is clipped to 15 steps: up to a whole step there
+    assert (err <= amax * (1 / 16 + 2.0**-10) * 1.001).all()
+    assert np.median(err / amax) < 1 / 32
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_q5_1_error_bound(seed):
+    x = random_weights(np.random.default_rng(seed))
+    err = np.abs(quant.dequantize(quant.quantize(x, "q5_1"), "q5_1") - x).reshape(-1, 32)
+    lo, hi = per_block(x, np.min), per_block(x, np.max)
+    step = (hi - lo) / 31
+    assert (err <= (step * (0.5 + 31 * 2.0**-11) + np.abs(lo) * 2.0**-11) * 1.001).all()
+
+
 def test_relative_rms_error_ordering():
     x = np.random.default_rng(3).standard_normal((128, 512)).astype(np.float32)
     rel = {q: np.sqrt(np.mean((quant.dequantize(quant.quantize(x, q), q) - x) ** 2)) / x.std()
@@ -193,6 +270,7 @@ def test_relative_rms_error_ordering():
     assert rel["f32"] == 0
     assert rel["f16"] < 1e-3 < rel["q8_0"] < 0.01
     assert rel["q4_1"] < rel["q4_0"] < 0.15
+    assert rel["q8_0"] < rel["q5_1"] < rel["q5_0"] < rel["q4_1"]
 
 
 # --- argument handling -----------------------------------------------------------------------------

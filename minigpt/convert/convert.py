@@ -9,14 +9,15 @@ type policy below to either.
 
 Type policy (docs/format.md, "Conversion"):
 - 1-D tensors (norm weights, RoPE frequency factors) are stored as f32.
-- Every 2-D weight gets the target type (`quant`, default: the source's dominant type), except the
-  output head (`output`, or `tok_embd` when embeddings are tied), which is kept at q8_0 when the
-  target is 4-bit, as llama.cpp keeps its output head at higher precision.
+- With no `quant` given, every 2-D weight keeps its source's type: a type minigpt stores (GGUF_TYPES,
+  native) is copied bit for bit; one it does not store (BF16, the K-quants) is decoded (.kquants) and
+  requantized to the type its row names: q8_0 for the K-quants, so a K-quant weight lands at 8 bits
+  rather than taking a second 4-bit rounding; f16 for BF16.
+- With `quant` given, every 2-D weight gets that type, except the output head (`output`, or
+  `tok_embd` when embeddings are tied), which is kept at q8_0 when the target is 4-bit (and its
+  source is not), as llama.cpp keeps its output head at higher precision.
 - A tensor whose source block format equals its target is copied bit for bit. Otherwise it is
-  dequantized to f32 and requantized with round-to-nearest (minigpt.quant). Types minigpt does not
-  store (BF16, Q5_0, Q5_1, the K-quants) are decoded by .kquants; with no `quant` given they count
-  as q8_0 (BF16: f16) when picking the default, so a K-quant model lands at 8 bits rather than
-  taking a second 4-bit rounding.
+  dequantized to f32 and requantized with round-to-nearest (minigpt.quant).
 - A 2-D tensor whose rows are not a multiple of 32 cannot hold blocks: it falls back to f16.
 """
 
@@ -35,9 +36,28 @@ from .gguf import GGUFFile
 from .hf import qk_rows
 from .names import GGUF_IGNORED, map_gguf_name
 
-QUANT_TYPES = ("q4_0", "q4_1", "q8_0", "f16", "f32")   # what `--quant` accepts
-_FROM_GGML = {"F32": "f32", "F16": "f16", "Q8_0": "q8_0", "Q4_0": "q4_0", "Q4_1": "q4_1"}
-_FOUR_BIT = ("q4_0", "q4_1")
+QUANT_TYPES = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "f16", "f32")   # what `--quant` accepts
+_FOUR_BIT = ("q4_0", "q4_1")   # targets below which the output head stays at q8_0 (q5: 5 bits, kept)
+
+NATIVE, DECODED = True, False
+# GGUF type -> (minigpt type, NATIVE: its bits are stored unchanged / DECODED: decoded and requantized
+# to that type when no --quant is given). One row per GGUF type minigpt reads.
+GGUF_TYPES = {
+    "F32": ("f32", NATIVE),
+    "F16": ("f16", NATIVE),
+    "Q8_0": ("q8_0", NATIVE),
+    "Q4_0": ("q4_0", NATIVE),
+    "Q4_1": ("q4_1", NATIVE),
+    "Q5_0": ("q5_0", NATIVE),
+    "Q5_1": ("q5_1", NATIVE),
+    "BF16": ("f16", DECODED),
+    "Q2_K": ("q8_0", DECODED),
+    "Q3_K": ("q8_0", DECODED),
+    "Q4_K": ("q8_0", DECODED),
+    "Q5_K": ("q8_0", DECODED),
+    "Q6_K": ("q8_0", DECODED),
+}
+_FROM_GGML = {name: qtype for name, (qtype, native) in GGUF_TYPES.items() if native}
 
 
 def gguf_architecture(g: GGUFFile) -> str:
@@ -115,7 +135,7 @@ def decode_tensor(t) -> np.ndarray:
                        f"(supported: {', '.join(DECODABLE)})")
 
 
-DECODABLE = tuple(sorted(set(_FROM_GGML) | {"BF16"} | set(kquants.TYPES)))   # GGUF types decode_tensor reads
+DECODABLE = tuple(sorted(GGUF_TYPES))   # GGUF types decode_tensor reads
 
 
 class GGUFSource:
@@ -126,8 +146,8 @@ class GGUFSource:
         self.t, self.name, self.shape, self.nbytes, self.rows = t, name, t.shape, t.nbytes, rows
         self.source_type = t.type_name.lower()
         self.carry = _FROM_GGML.get(t.type_name)
-        # a type minigpt does not store counts as q8_0 (BF16: f16) when picking the default target
-        self.counts_as = self.carry or ("f16" if t.type_name == "BF16" else "q8_0")
+        # the type it is stored in when no --quant is given: its own, or the one its row requantizes to
+        self.counts_as = GGUF_TYPES[t.type_name][0]
 
     def raw(self):
         if self.rows is None:
@@ -176,7 +196,7 @@ def _qk_rows(g, config, t, name):
 # --- the type policy and the writer, shared by both sources
 
 def dominant_type(sources) -> str:
-    """The minigpt type holding most of the source's 2-D weights (by element count)."""
+    """The minigpt type most of the source's 2-D weights keep with no --quant (by element count)."""
     counts = {}
     for s in sources:
         if len(s.shape) == 2:
@@ -184,20 +204,23 @@ def dominant_type(sources) -> str:
     return max(counts, key=counts.get) if counts else "f16"
 
 
-def plan(sources, config: Config, target: str, where):
+def plan(sources, config: Config, target, where):
     """[(source, minigpt qtype)] in source order, after checking the set of tensors is complete and
-    every shape is the one the config implies (a file that would not load is never written)."""
+    every shape is the one the config implies (a file that would not load is never written).
+    target: the --quant type, or None (each weight keeps its source's type: `counts_as`)."""
     head = "tok_embd" if config.tied_embeddings else "output"
     out = []
     for s in sources:
         if len(s.shape) == 1:
             qtype = "f32"
+        elif target is None:
+            qtype = s.counts_as
         else:
             qtype = target
             if s.name == head and target in _FOUR_BIT and s.carry not in _FOUR_BIT:
                 qtype = "q8_0"
-            if s.shape[1] % quant.QTYPES[qtype][0]:
-                qtype = "f16"
+        if s.shape[-1] % quant.QTYPES[qtype][0]:
+            qtype = "f16"
         out.append((s, qtype))
     _check_complete(where, config, [s.name for s in sources])
     expect = weights.shapes(config)
@@ -267,8 +290,7 @@ def write(out, config, fields, chat_template, sources, quant_type, progress=None
     """Write `sources` into the .mgpt file `out` (atomically) and return the summary `convert` documents."""
     t0 = time.perf_counter() if t0 is None else t0
     out = Path(out)
-    target = quant_type or dominant_type(sources)
-    items = plan(sources, config, target, out)
+    items = plan(sources, config, quant_type, out)
     specs = [(s.name, qtype, s.shape) for s, qtype in items]
     total = sum(s.nbytes for s, _ in items)
     requantized = []
@@ -290,7 +312,7 @@ def write(out, config, fields, chat_template, sources, quant_type, progress=None
     n_params = sum(int(np.prod(s.shape)) for s, _ in items)
     size = out.stat().st_size
     return {"n_params": n_params, "file_size": size, "bits_per_weight": 8 * size / n_params,
-            "seconds": time.perf_counter() - t0, "quant": target,
+            "seconds": time.perf_counter() - t0, "quant": quant_type or dominant_type(sources),
             "requantized": [name for name, _, _ in requantized],
             "requantized_types": _count_pairs(requantized),
             "types": {q: sum(1 for _, qq in items if qq == q) for q in {q for _, q in items}}}
@@ -300,7 +322,8 @@ def convert(src, out, quant_type=None, progress=None) -> dict:
     """Convert `src` (a GGUF file, or a Hugging Face folder: see hf.py) into the .mgpt file `out`.
     `progress(n_bytes, total_bytes)` is called per tensor.
 
-    Returns a summary: n_params, file_size, bits_per_weight, seconds, quant (the target),
+    Returns a summary: n_params, file_size, bits_per_weight, seconds, quant (the --quant type, or with
+    none the type most 2-D weights are stored in),
     requantized (names of the 2-D tensors decoded and requantized into another block format),
     requantized_types ({"q4_k -> q8_0": count}), types ({minigpt qtype: count}).
     """

@@ -1,12 +1,11 @@
-"""Decoders for the ggml block types minigpt reads but does not store: Q5_0, Q5_1 and the K-quants.
+"""Decoders for the ggml block types minigpt reads but does not store: the K-quants.
 
 A GGUF tensor in one of these types is decoded to float32 on import and requantized to a minigpt
 type (minigpt.quant). Layouts follow the GGUF / ggml specification; all fields are little-endian,
 fp16 fields are IEEE half. Each decoder maps uint8 blocks [nb, block_bytes] -> float32 [nb, block]
 and is vectorized over blocks. Element i of a block is written x[i].
 
-Q5_0 / Q5_1 (32 weights): 5-bit codes, low 4 bits as nibbles (q4_0's order: byte j holds element j
-low, element j+16 high), the fifth bit of element i is bit i of the u32 qh.
+(Q5_0 and Q5_1 are stored natively: their decoders are minigpt.quant's.)
 
 K-quants (256 weights, "super-blocks"): one fp16 d (and for the asymmetric types an fp16 dmin) for
 the whole block, scaled per sub-block by small integers (16 sub-blocks of 16, or 8 of 32).
@@ -19,7 +18,6 @@ import numpy as np
 
 # name -> (block_size, block_bytes)
 TYPES = {
-    "Q5_0": (32, 22), "Q5_1": (32, 24),
     "Q2_K": (256, 84), "Q3_K": (256, 110), "Q4_K": (256, 144), "Q5_K": (256, 176), "Q6_K": (256, 210),
 }
 
@@ -50,28 +48,6 @@ def _scales_k4(sc):
     scale = np.concatenate([lo & 63, (hi & 0x0F) | ((lo >> 6) << 4)], axis=1)
     mins = np.concatenate([mid & 63, (hi >> 4) | ((mid >> 6) << 4)], axis=1)
     return scale, mins
-
-
-# --- 32-weight blocks ----------------------------------------------------------------------------
-
-def _q5_codes(qh_bytes, qs):
-    # qh_bytes: uint8 [nb, 4] (u32 little-endian), qs: uint8 [nb, 16] -> uint8 [nb, 32] in 0..31
-    qh = np.ascontiguousarray(qh_bytes).view("<u4")                      # [nb, 1]
-    high = ((qh >> np.arange(32, dtype=np.uint32)) & 1).astype(np.uint8)   # bit i -> element i
-    low = np.concatenate([qs & np.uint8(0x0F), qs >> np.uint8(4)], axis=1)
-    return low | (high << np.uint8(4))
-
-
-def dequantize_q5_0(blk):
-    # bytes 0-1 fp16 d | 2-5 u32 qh | 6-21 qs (nibbles)       x[i] = d * (q[i] - 16)
-    q = _q5_codes(blk[:, 2:6], blk[:, 6:22]).astype(np.float32) - np.float32(16)
-    return _f16(blk, 0) * q
-
-
-def dequantize_q5_1(blk):
-    # bytes 0-1 fp16 d | 2-3 fp16 m | 4-7 u32 qh | 8-23 qs     x[i] = d * q[i] + m
-    q = _q5_codes(blk[:, 4:8], blk[:, 8:24]).astype(np.float32)
-    return _f16(blk, 0) * q + _f16(blk, 2)
 
 
 # --- K-quants: 256-weight super-blocks -----------------------------------------------------------
@@ -155,7 +131,7 @@ def dequantize_q6_k(blk):
 
 
 _DEQUANTIZE = {
-    "Q5_0": dequantize_q5_0, "Q5_1": dequantize_q5_1, "Q2_K": dequantize_q2_k, "Q3_K": dequantize_q3_k,
+    "Q2_K": dequantize_q2_k, "Q3_K": dequantize_q3_k,
     "Q4_K": dequantize_q4_k, "Q5_K": dequantize_q5_k, "Q6_K": dequantize_q6_k,
 }
 

@@ -87,7 +87,7 @@ def _check_qtype_table():
 _check_qtype_table()
 _QTYPES = {n: (t.code, t.block, t.block_bytes, t.dtype) for n, t in quant.QTYPES.items()}
 
-_X8_QTYPES = ("q8_0x8", "q4_0x8", "q4_1x8")   # pack_x8's layouts, for matmul_q8 only
+_X8_QTYPES = ("q8_0x8", "q4_0x8", "q4_1x8", "q5_0x8", "q5_1x8")   # pack_x8's layouts, for matmul_q8/q16 only
 
 # --- instruction set: chosen once, here ------------------------------------------------------------
 
@@ -173,7 +173,7 @@ def check_weight(w, qtype):
 
 
 cdef tuple _check_packed(object w, str qtype):
-    """-> (array, code | MG_X8, rows, cols) for a weight packed by pack_x8 as `qtype` ('q4_0x8', ...)."""
+    """-> (array, code | MG_X8, rows, cols) for a weight packed by pack_x8 as `qtype` ('q5_0x8', ...)."""
     base = qtype[:len(qtype) - 2]
     cdef int code = _QTYPES[base][0]
     if not mg_x8_supported(code):
@@ -239,7 +239,7 @@ def matmul(x, w, qtype, out=None):
 def matmul_q8(x, w, qtype, out=None):
     """matmul with x quantized to int8 blocks first (quant.quantize_act) and integer dot products:
     out = dequant(quantize_act(x)) @ W^T up to float32 rounding. f32/f16 weights: exactly matmul.
-    Also takes weights packed by pack_x8, with qtype 'q4_0x8', 'q4_1x8' or 'q8_0x8'."""
+    Also takes weights packed by pack_x8, with qtype 'q4_0x8', 'q4_1x8', 'q5_0x8', 'q5_1x8' or 'q8_0x8'."""
     return _matmul(x, w, qtype, out, 8)
 
 

@@ -44,7 +44,9 @@ name = "numba"
 
 # name -> (code the kernels branch on, elements per block, bytes per block)
 _QTYPES = {n: (t.code, t.block, t.block_bytes) for n, t in quant.QTYPES.items()}
-F32, F16, Q8_0, Q4_0, Q4_1 = (_QTYPES[n][0] for n in ("f32", "f16", "q8_0", "q4_0", "q4_1"))
+F32, F16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 = (_QTYPES[n][0]
+                                          for n in ("f32", "f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"))
+_BLOCK_BYTES = {code: block_bytes for code, _, block_bytes in _QTYPES.values()}
 QK = 32
 NR = 4   # weight rows per tile; thread chunks are whole tiles
 NI = 4   # inputs dotted with a tile in one pass
@@ -83,6 +85,21 @@ def _f16(lo, hi):
     return _bits_to_f32((em << np.uint32(13)) + (bias << np.uint32(23)) | sign)
 
 
+@njit(inline="always", **_JIT)
+def _u32(row, p):
+    """The little-endian u32 at row[p:p + 4] (q5's qh: bit j is bit 4 of code j)."""
+    return (np.uint32(row[p]) | (np.uint32(row[p + 1]) << np.uint32(8)) | (np.uint32(row[p + 2]) << np.uint32(16))
+            | (np.uint32(row[p + 3]) << np.uint32(24)))
+
+
+@njit(inline="always", **_JIT)
+def _q5(v, h, j):
+    """q5 codes j and j + 16 (0..31) from nibble byte v and the block's qh h."""
+    lo = np.int32(v & 15) | np.int32((h >> np.uint32(j)) & np.uint32(1)) << 4
+    hi = np.int32(v >> 4) | np.int32((h >> np.uint32(j + 16)) & np.uint32(1)) << 4
+    return lo, hi
+
+
 # --- one row, exact: dequantize and get_rows -----------------------------------------------------
 
 @njit(**_JIT)
@@ -109,7 +126,7 @@ def _dequant_row(row, code, y):
                 v = np.int32(row[p + 2 + j])
                 y[QK * b + j] = d * np.float32((v & 15) - 8)
                 y[QK * b + j + 16] = d * np.float32((v >> 4) - 8)
-    else:
+    elif code == Q4_1:
         for b in range(cols // QK):
             p = 20 * b
             d = _f16(row[p], row[p + 1])
@@ -118,19 +135,38 @@ def _dequant_row(row, code, y):
                 v = np.int32(row[p + 4 + j])
                 y[QK * b + j] = d * np.float32(v & 15) + m
                 y[QK * b + j + 16] = d * np.float32(v >> 4) + m
+    elif code == Q5_0:
+        for b in range(cols // QK):
+            p = 22 * b
+            d = _f16(row[p], row[p + 1])
+            h = _u32(row, p + 2)
+            for j in range(16):
+                lo, hi = _q5(np.int32(row[p + 6 + j]), h, j)
+                y[QK * b + j] = d * np.float32(lo - 16)
+                y[QK * b + j + 16] = d * np.float32(hi - 16)
+    else:
+        for b in range(cols // QK):
+            p = 24 * b
+            d = _f16(row[p], row[p + 1])
+            m = _f16(row[p + 2], row[p + 3])
+            h = _u32(row, p + 4)
+            for j in range(16):
+                lo, hi = _q5(np.int32(row[p + 8 + j]), h, j)
+                y[QK * b + j] = d * np.float32(lo) + m
+                y[QK * b + j + 16] = d * np.float32(hi) + m
 
 
 # --- matmul: block scales, weight tiles, tile dots -------------------------------------------------
 
 @njit(**_JIT)
-def _block_scales(w, code, d, m):
-    """w: uint8 [rows, row_bytes] of a block type -> d, m float32 [rows, nb] (m: q4_1's minimum)."""
-    bb = 34 if code == Q8_0 else (18 if code == Q4_0 else 20)
+def _block_scales(w, bb, has_m, d, m):
+    """w: uint8 [rows, row_bytes] of a block type, bb bytes a block -> d, m float32 [rows, nb]
+    (m: q4_1's or q5_1's minimum, if has_m)."""
     for r in range(w.shape[0]):
         for b in range(d.shape[1]):
             p = bb * b
             d[r, b] = _f16(w[r, p], w[r, p + 1])
-            if code == Q4_1:
+            if has_m:
                 m[r, b] = _f16(w[r, p + 2], w[r, p + 3])
 
 
@@ -163,7 +199,7 @@ def _load_tile(w, code, d, m, r0, buf):
                     v = np.int32(row[p + j])
                     y[o + j] = s * np.float32((v & 15) - 8)
                     y[o + j + 16] = s * np.float32((v >> 4) - 8)
-        else:
+        elif code == Q4_1:
             row = w[r]
             for b in range(cols // QK):
                 p, o, s, mb = 20 * b + 4, QK * b, d[r, b], m[r, b]
@@ -171,6 +207,24 @@ def _load_tile(w, code, d, m, r0, buf):
                     v = np.int32(row[p + j])
                     y[o + j] = s * np.float32(v & 15) + mb
                     y[o + j + 16] = s * np.float32(v >> 4) + mb
+        elif code == Q5_0:
+            row = w[r]
+            for b in range(cols // QK):
+                p, o, s = 22 * b + 6, QK * b, d[r, b]
+                h = _u32(row, p - 4)
+                for j in range(16):
+                    lo, hi = _q5(np.int32(row[p + j]), h, j)
+                    y[o + j] = s * np.float32(lo - 16)
+                    y[o + j + 16] = s * np.float32(hi - 16)
+        else:
+            row = w[r]
+            for b in range(cols // QK):
+                p, o, s, mb = 24 * b + 8, QK * b, d[r, b], m[r, b]
+                h = _u32(row, p - 4)
+                for j in range(16):
+                    lo, hi = _q5(np.int32(row[p + j]), h, j)
+                    y[o + j] = s * np.float32(lo) + mb
+                    y[o + j + 16] = s * np.float32(hi) + mb
 
 
 @njit(**_JIT_DOT)
@@ -290,15 +344,16 @@ def _bytes(w):
 def _scales(w, code, cols):
     """(d, m) float32 [rows, cols / QK] of a block-type weight (_block_scales). Cached for read-only
     arrays, which are the engine's weights: decoding them per call would cost decode ~1/3 of its time."""
-    if code <= F16:
+    if code in (F32, F16):
         return _NO_SCALES, _NO_SCALES
     key, cache = id(w), not w.flags.writeable
     hit = _scales_cache.get(key) if cache else None
     if hit is not None and hit[0]() is w:
         return hit[1], hit[2]
     d = np.empty((w.shape[0], cols // QK), np.float32)
-    m = np.empty_like(d) if code == Q4_1 else _NO_SCALES
-    _block_scales(_bytes(w), code, d, m)
+    has_m = code in (Q4_1, Q5_1)
+    m = np.empty_like(d) if has_m else _NO_SCALES
+    _block_scales(_bytes(w), _BLOCK_BYTES[code], has_m, d, m)
     if cache:
         _scales_cache[key] = (weakref.ref(w, lambda _, key=key: _scales_cache.pop(key, None)), d, m)
     return d, m
@@ -356,8 +411,8 @@ def _run(x, w, qtype, cols, out):
     code = _QTYPES[qtype][0]
     d, m = _scales(w, code, cols)
     threads = min(_threads, (w.shape[0] + NR - 1) // NR)
-    if x.shape[0] < NI and code >= Q8_0:  # decode: dot the stored rows directly, no tile
-        xs = x.reshape(x.shape[0], cols // QK, QK).sum(axis=2) if code == Q4_1 else x[:, :cols // QK]
+    if x.shape[0] < NI and code not in (F32, F16):  # decode: dot the stored rows directly, no tile
+        xs = x.reshape(x.shape[0], cols // QK, QK).sum(axis=2) if code in (Q4_1, Q5_1) else x[:, :cols // QK]
         _launch(numba_decode.fmatmul_serial, numba_decode.fmatmul_parallel, threads,
                 x, np.ascontiguousarray(xs), _bytes(w), code, d, m, out)
         return

@@ -2,12 +2,13 @@
 
 Float32 x (matmul): each block's codes are widened to float32, multiplied with x's 32 values and added,
 scaled by d_w, into a 32-lane accumulator; the row's lanes are summed once, pairwise, at its end:
-    q8_0, q4_0: sum_b d_w sum_j c_j x_j      q4_1: the same over the nibbles + sum_b m_w sum(x_b)
+    q8_0, q4_0, q5_0: sum_b d_w sum_j c_j x_j      q4_1, q5_1: the same over the codes + sum_b m_w sum(x_b)
 int8 x (matmul_q8): x is quantized per block of 32 exactly as quant.quantize_act (q int8, d, s = d * sum(q)); each block
 of a stored row is dotted with x's codes in integers, exact, and scaled by d_w d_x:
     q8_0: sum_b d_w d_x sum_j q_w q_x   (products summed in pairs, into a 16-lane float accumulator)
-    q4_0: sum_b d_w d_x sum_j nib q_x - sum_b 8 d_w s_x
-    q4_1: sum_b d_w d_x sum_j nib q_x + sum_b m_w s_x
+    q4_0: sum_b d_w d_x sum_j nib q_x - sum_b 8 d_w s_x      (q5_0: 5-bit codes, - 16 d_w s_x)
+    q4_1: sum_b d_w d_x sum_j nib q_x + sum_b m_w s_x        (q5_1: 5-bit codes)
+The q5 codes are the nibbles with bit j of the block's u32 qh put in as bit 4 of code j.
 For nibbles each block's integer dot is summed whole, unsigned by signed bytes: LLVM lowers that add
 reduction to a few instructions (vpdpbusd with VNNI), shorter than any lane-wise form of it found.
 Each row is one LLVM loop written as vector IR (numba widens int32 sums to int64, which LLVM then leaves
@@ -21,7 +22,9 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-Q8_0, Q4_0, Q4_1 = 2, 3, 4
+from minigpt import quant
+
+Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 = (quant.QTYPES[n].code for n in ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1"))
 QK = 32
 PREFETCH = 1024  # bytes ahead in the weight rows
 NR = 4  # rows per thread chunk granule, as numba_.NR
@@ -123,8 +126,14 @@ def _row_intrinsic(code, int8):
     """The row dot of one block type: (w uint8 [rows, row_bytes], r, d, m float32 [rows, nb],
     x [n, cols], xd, xs float32 [n, nb], i) -> float32, stored row r . input i (the module docstring's
     sums). Float x (int8=False): x float32, xd unused; 32 lanes. int8 x: x the int8 codes; q8_0 in 16
-    lanes, nibbles one scalar per block. q4_1's m_w s_x and q4_0's -8 d_w s_x (int8 x) are summed apart."""
-    bb, skip, off = {Q8_0: (34, 2, 0), Q4_0: (18, 2, 0 if int8 else 8), Q4_1: (20, 4, 0)}[code]
+    lanes, 4- and 5-bit codes one scalar per block. m_w s_x (q4_1, q5_1) and -8 d_w s_x, -16 d_w s_x
+    (q4_0, q5_0; int8 x) are summed apart."""
+    # bytes per block, where the nibbles start, what float x subtracts from a code, the bias per d (int8 x)
+    bb, skip, off, bias = {Q8_0: (34, 2, 0, None), Q4_0: (18, 2, 8, -8.0), Q4_1: (20, 4, 0, None),
+                           Q5_0: (22, 6, 16, -16.0), Q5_1: (24, 8, 0, None)}[code]
+    off = 0 if int8 else off   # int8 x dots the codes as stored; the bias takes the offset out
+    q5 = code in (Q5_0, Q5_1)
+    has_m = code in (Q4_1, Q5_1)
     whole = int8 and code != Q8_0  # the block's integer dot summed to a scalar
 
     def codegen(context, builder, sig, args):
@@ -143,11 +152,18 @@ def _row_intrinsic(code, int8):
             _prefetch(builder, builder.gep(ptr("w", r, at), [ir.Constant(_I64, PREFETCH)]))
             if code == Q8_0:
                 codes = builder.load(ptr("w", r, at, _V32I8), align=1)
-            else:  # the 16 bytes' low nibbles, then their high ones, minus off: int8 -8..15
+            else:  # the 16 bytes' low nibbles, then their high ones (q5: | bit j of qh << 4), minus off
                 v16 = builder.load(ptr("w", r, at, _V16I8), align=1)
                 lo = builder.and_(v16, ir.Constant(_V16I8, [15] * 16))
                 hi = builder.lshr(v16, ir.Constant(_V16I8, [4] * 16))
-                codes = builder.sub(builder.shuffle_vector(lo, hi, _lanes(*range(32))), ir.Constant(_V32I8, [off] * 32))
+                codes = builder.shuffle_vector(lo, hi, _lanes(*range(32)))
+                if q5:
+                    qat = builder.sub(at, ir.Constant(_I64, 4))
+                    qh = builder.load(builder.bitcast(ptr("w", r, qat), _I32.as_pointer()), align=1)
+                    bits = builder.lshr(_splat(builder, qh, _V32I32), ir.Constant(_V32I32, list(range(32))))
+                    bits = builder.trunc(builder.and_(bits, ir.Constant(_V32I32, [1] * 32)), _V32I8)
+                    codes = builder.or_(codes, builder.shl(bits, ir.Constant(_V32I8, [4] * 32)))
+                codes = builder.sub(codes, ir.Constant(_V32I8, [off] * 32))
             xat = builder.mul(b, ir.Constant(_I64, QK))
             scale = builder.load(ptr("d", r, b))
             if whole:
@@ -164,11 +180,11 @@ def _row_intrinsic(code, int8):
                 dots = builder.fmul(builder.sitofp(codes, _V32F32), builder.load(ptr("x", i, xat, _V32F32), align=4))
             builder.store(_fmuladd(builder, dots, scale if whole else _splat(builder, scale, dots.type),
                                    builder.load(acc)), acc)
-            if code == Q4_1 or whole:
-                if code == Q4_1:
+            if has_m or whole:
+                if has_m:
                     mw = builder.load(ptr("m", r, b))
                 else:
-                    mw = builder.fmul(ir.Constant(_F32, -8.0), builder.load(ptr("d", r, b)))
+                    mw = builder.fmul(ir.Constant(_F32, bias), builder.load(ptr("d", r, b)))
                 builder.store(_fmuladd(builder, mw, builder.load(ptr("xs", i, b)), builder.load(macc)), macc)
 
         nb = cgutils.unpack_tuple(builder, arrays["d"][1].shape, 2)[1]
@@ -178,7 +194,7 @@ def _row_intrinsic(code, int8):
         with cgutils.for_range(builder, nb) as loop:
             block(loop.index, acc, macc)
         total = builder.load(acc) if whole else _fsum(builder, builder.load(acc))
-        return builder.fadd(total, builder.load(macc)) if code == Q4_1 or whole else total
+        return builder.fadd(total, builder.load(macc)) if has_m or whole else total
 
     def typer(typingctx, w, r, d, m, x, xd, xs, i):
         if any(a.layout != "C" for a in (w, d, m, x, xd, xs)):  # the vector loads need contiguous rows
@@ -187,23 +203,28 @@ def _row_intrinsic(code, int8):
     return intrinsic(typer)
 
 
-_frow_q8_0, _frow_q4_0, _frow_q4_1 = (_row_intrinsic(c, False) for c in (Q8_0, Q4_0, Q4_1))
-_row_q8_0, _row_q4_0, _row_q4_1 = (_row_intrinsic(c, True) for c in (Q8_0, Q4_0, Q4_1))
+_CODES = (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1)
+_frow_q8_0, _frow_q4_0, _frow_q4_1, _frow_q5_0, _frow_q5_1 = (_row_intrinsic(c, False) for c in _CODES)
+_row_q8_0, _row_q4_0, _row_q4_1, _row_q5_0, _row_q5_1 = (_row_intrinsic(c, True) for c in _CODES)
 
 
 # --- float32 x: matmul ---------------------------------------------------------------------------
 
 @njit(**_JIT)
 def _frows(x, xs, w, code, d, m, out, r_lo, r_hi):
-    """out[:, r_lo:r_hi] = x @ W[r_lo:r_hi]^T; w: uint8 [rows, row_bytes]; xs: x's block sums (q4_1)."""
+    """out[:, r_lo:r_hi] = x @ W[r_lo:r_hi]^T; w: uint8 [rows, row_bytes]; xs: x's block sums (q4_1, q5_1)."""
     for r in range(r_lo, r_hi):
         for i in range(x.shape[0]):
             if code == Q8_0:
                 out[i, r] = _frow_q8_0(w, r, d, m, x, xs, xs, i)
             elif code == Q4_0:
                 out[i, r] = _frow_q4_0(w, r, d, m, x, xs, xs, i)
-            else:
+            elif code == Q4_1:
                 out[i, r] = _frow_q4_1(w, r, d, m, x, xs, xs, i)
+            elif code == Q5_0:
+                out[i, r] = _frow_q5_0(w, r, d, m, x, xs, xs, i)
+            else:
+                out[i, r] = _frow_q5_1(w, r, d, m, x, xs, xs, i)
 
 
 @njit(**_JIT)
@@ -230,8 +251,12 @@ def _rows(xq, xd, xs, w, code, d, m, out, r_lo, r_hi):
                 out[i, r] = _row_q8_0(w, r, d, m, xq, xd, xs, i)
             elif code == Q4_0:
                 out[i, r] = _row_q4_0(w, r, d, m, xq, xd, xs, i)
-            else:
+            elif code == Q4_1:
                 out[i, r] = _row_q4_1(w, r, d, m, xq, xd, xs, i)
+            elif code == Q5_0:
+                out[i, r] = _row_q5_0(w, r, d, m, xq, xd, xs, i)
+            else:
+                out[i, r] = _row_q5_1(w, r, d, m, xq, xd, xs, i)
 
 
 @njit(**_JIT)

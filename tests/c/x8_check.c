@@ -3,12 +3,12 @@
  *
  *   x8_check [isa]      isa: best (default), scalar, avx2, avx512vnni, neon
  *
- * For q8_0, q4_0 and q4_1 weights with odd shapes, extreme codes and outlier inputs it packs the weight
+ * For q8_0, q4_0, q4_1, q5_0 and q5_1 weights with odd shapes, extreme codes and outlier inputs it packs the weight
  * (mg_pack_x8) and checks
  *   mg_matmul_q8_x8 (packed) and mg_matmul_q8 (per-row path)   against  dequant(W) . dequant(q8(x))
  *   mg_matmul_q16 (packed)                                      against  dequant(W) . dequant(q16(x))
  * in float64, each error relative to the sum of |w| |x| over the dot product (w's bound counting the
- * code offsets the kernels take out in float: 8 for q4_0, 128 for q8_0, |m| for q4_1).
+ * code offsets the kernels take out in float: 8 for q4_0, 16 for q5_0, 128 for q8_0, |m| for q4_1, q5_1).
  * Prints one line per failure and a summary; exits 1 on any failure, 2 if the isa cannot be installed.
  *
  * Build (any target): cc -O2 -Icsrc tests/c/x8_check.c csrc/[a-z]*.c -lm -pthread
@@ -70,21 +70,27 @@ static void make_weight(int qtype, int64_t rows, int64_t cols, uint8_t *w, doubl
             const uint16_t dh = to_fp16(d);
             memcpy(blk, &dh, 2);
             float m = 0.0f;
-            if (qtype == MG_Q4_1) {
+            const int has_m = qtype == MG_Q4_1 || qtype == MG_Q5_1, q5 = qtype == MG_Q5_0 || qtype == MG_Q5_1;
+            if (has_m) {
                 const uint16_t mh = to_fp16(random_scale() * 8.0f);
                 memcpy(blk + 2, &mh, 2);
                 m = mg_fp16_to_fp32(mh);
             }
-            uint8_t *codes = blk + (qtype == MG_Q4_1 ? 4 : 2);
-            const int ncodes = qtype == MG_Q8_0 ? 32 : 16, mode = (int)(r % 5);
+            /* q5: the 4 bytes of qh (the fifth bits, bit j for element j), then the nibbles */
+            uint8_t *codes = blk + (has_m ? 4 : 2);
+            const int ncodes = qtype == MG_Q8_0 ? 32 : 16 + 4 * q5, mode = (int)(r % 5);
             for (int j = 0; j < ncodes; j++) {
                 const uint8_t hi = qtype == MG_Q8_0 ? 0x7F : 0xFF, lo = qtype == MG_Q8_0 ? 0x80 : 0x00;
                 codes[j] = mode == 1 ? hi : mode == 2 ? lo : (uint8_t)rnd();
             }
+            const uint8_t *qs = codes + 4 * q5;
+            const uint32_t qh = q5 ? (uint32_t)codes[0] | (uint32_t)codes[1] << 8 | (uint32_t)codes[2] << 16 |
+                                         (uint32_t)codes[3] << 24 : 0;
             for (int j = 0; j < MG_QK; j++) {
                 double code;
                 if (qtype == MG_Q8_0) code = fabs((double)(int8_t)codes[j]) + 128;
-                else code = (j < 16 ? codes[j] & 15 : codes[j - 16] >> 4) + (qtype == MG_Q4_0 ? 8 : 0);
+                else code = (j < 16 ? qs[j] & 15 : qs[j - 16] >> 4) + 16 * (qh >> j & 1) +
+                            (qtype == MG_Q4_0 ? 8 : qtype == MG_Q5_0 ? 16 : 0);
                 bound[r * cols + b * MG_QK + j] = fabs(d) * code + fabs(m);
             }
         }
@@ -220,9 +226,9 @@ int main(int argc, char **argv) {
     printf("isa: %s, dotprod: %s\n", mg_isa_name(), dotprod);
 
     static const struct { int qtype; const char *name; } types[] = {
-        {MG_Q4_0, "q4_0"}, {MG_Q4_1, "q4_1"}, {MG_Q8_0, "q8_0"}};
+        {MG_Q4_0, "q4_0"}, {MG_Q4_1, "q4_1"}, {MG_Q5_0, "q5_0"}, {MG_Q5_1, "q5_1"}, {MG_Q8_0, "q8_0"}};
     static const int64_t shapes[][2] = {{8, 32}, {16, 96}, {40, 288}, {24, 544}}; /* rows, cols */
-    for (int k = 0; k < 3; k++) {
+    for (int k = 0; k < (int)(sizeof types / sizeof types[0]); k++) {
         if (!mg_x8_supported(types[k].qtype)) {
             printf("FAIL no x8 kernels for %s on %s\n", types[k].name, mg_isa_name());
             failures++;
