@@ -150,9 +150,6 @@ def list_(as_json):
     if as_json:
         click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
         return
-    if not rows:
-        click.echo(f"no models in {hub.cache_dir()}")
-        return
     table = [("NAME", "SIZE", "QUANT", "PATH")]
     for r in rows:
         size = hub.size_text(r["size"]) if r["size"] else "-"
