@@ -444,6 +444,11 @@ def test_list_and_rm_on_the_command_line(filled):
     rows = {row["name"]: row for row in json.loads(run_minigpt("list", "--json", env=cli_env(filled)).stdout)}
     assert rows["gemma-3-270m"]["quant"] == ["q4_1"] and rows["qwen2.5-coder-0.5b-instruct"]["path"] is None
 
+    r = run_minigpt("pull", "smollm2-135m-instruct", env=cli_env(filled), timeout=120)   # pulled: nothing to do
+    assert r.returncode == 0 and r.stderr == "" and r.stdout.strip() == str(hub.model_path("smollm2-135m-instruct"))
+    assert hub.source_path("smollm2-135m-instruct").is_file()               # a kept source stays kept
+    r = run_minigpt("pull", "gemma-3-270m", "--keep-source", env=cli_env(filled), timeout=120)
+    assert r.returncode == 1 and "could not be downloaded" in r.stderr.splitlines()[-1]   # the source asked for
     r = run_minigpt("rm", "smollm2-135m-instruct", env=cli_env(filled), timeout=120)
     assert r.returncode == 0 and r.stderr.count("deleted ") == 2, r.stderr
     r = run_minigpt("rm", "smollm2-135m-instruct", env=cli_env(filled), timeout=120)
@@ -462,3 +467,13 @@ def test_display_names(filled, tmp_path):
     assert hub.display_name(copy, "Gemma 3 270m") == "Gemma 3 270m"          # elsewhere: the file's own name
     assert hub.display_name(copy, "") == "gemma-3-270m.mgpt"
     assert hub.display_name(copy, "evil\x1b[31m\nname") == "evil [31m name"  # one line, no terminal escapes
+
+
+def test_pull_says_what_it_will_use_before_it_downloads(tmp_path):
+    r = run_minigpt("pull", "gemma-3-270m", env=cli_env(tmp_path / "cache"), timeout=120)
+    lines = r.stderr.splitlines()
+    assert r.returncode == 1 and "Traceback" not in r.stderr and len(lines) == 3, r.stderr
+    assert lines[0] == "pulling gemma-3-270m: 227 MiB to download, about 278 MiB on disk when done " \
+                       "(519 MiB while converting)"
+    assert lines[1].startswith("gemma-3-270m is not in the cache yet: downloading ")
+    assert lines[2].startswith("error: model gemma-3-270m is not in the cache")

@@ -82,3 +82,13 @@ def test_chat_models_get_no_warning(tmp_path):
         convert(tmp_path / f"{name}.gguf", tmp_path / f"{name}.mgpt")
         r = run_minigpt("chat", "-m", tmp_path / f"{name}.mgpt", "--max-tokens", "2", input="hello\n", timeout=120)
         assert r.returncode == 0 and "warning" not in r.stdout, r.stdout + r.stderr
+
+
+def test_the_api_tells_base_models(base, tmp_path):
+    import minigpt
+
+    m = minigpt.load(base)
+    assert m.name == "Gemma 3 270M" and m.is_base
+    tiny_llama(tmp_path / "c.gguf", metadata=QWEN)
+    m = minigpt.load(str(tmp_path / "c.gguf"))
+    assert m.name == "Qwen2.5 Coder 0.5B Instruct" and not m.is_base
