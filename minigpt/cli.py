@@ -369,7 +369,7 @@ def chat(model, system, temperature, top_k, top_p, min_p, repeat_penalty, seed, 
         session = m.chat(system=system, n_ctx=ctx, **settings)
     repl = Repl(m, session, stats=stats, probs=PROBS_N if show_probs else 0)
     repl._banner()
-    if m.is_base and not template_file:   # warn and go on: ollama and llama.cpp chat with a base model too
+    if m.is_base and not template_file:   # warn and go on, as ollama chats with a base model too
         repl.say(f"warning: {m.name} is a base model: it continues text rather than answering; "
                  f"`minigpt generate -m {model or m.path} -p TEXT` continues a text of yours")
     if resume:
