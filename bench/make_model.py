@@ -5,7 +5,7 @@ Both runtimes then read the same weights: llama.cpp the GGUF, minigpt its lossle
 
     $MINIGPT_LLAMA_PYTHON bench/make_model.py        # a venv with llama-cpp-python (see bench/compare.py), never a minigpt dependency
 
-Input:   ~/.cache/minigpt/gguf/SmolLM2-135M-Instruct.Q4_1.gguf  (`minigpt pull smollm2-135m-instruct` fetches it)
+Input:   ~/.cache/minigpt/gguf/SmolLM2-135M-Instruct.Q4_1.gguf  (`minigpt pull smollm2-135m-instruct --keep-source` fetches it)
 Outputs: ~/.cache/minigpt/bench/SmolLM2-135M-Instruct.Q4_0.gguf
          ~/.cache/minigpt/bench/SmolLM2-135M-Instruct.Q4_0.mgpt   (`minigpt convert`, q4_0 carried over bit for bit)
 Options: --src GGUF, --out-dir DIR, --python PY (the interpreter that runs `-m minigpt convert`; default `python3`
@@ -47,7 +47,7 @@ def main():
     ap.add_argument("--force", action="store_true")
     a = ap.parse_args()
     if not a.src.is_file():
-        raise SystemExit(f"no source GGUF at {a.src}; run `minigpt pull smollm2-135m-instruct` first")
+        raise SystemExit(f"no source GGUF at {a.src}; run `minigpt pull smollm2-135m-instruct --keep-source` first")
     a.out_dir.mkdir(parents=True, exist_ok=True)
     gguf, mgpt = a.out_dir / f"{STEM}.gguf", a.out_dir / f"{STEM}.mgpt"
     if a.force or not gguf.exists():

@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 
-from . import args, hub, kernels
+from . import args, hub, kernels, naming
 from .chat import ChatSession
 from .engine import PRECISIONS, Engine, KVCache, Step, TextStream, TokenLoop
 from .errors import ArgumentError
@@ -55,6 +55,7 @@ class Model:
         if verify:
             self.file.verify()
         self.config = self.file.config
+        self.name = hub.display_name(self.path, self.config.name)   # what people read: "Qwen2.5 Coder 0.5B Instruct"
         self.tokenizer = from_fields(self.file.tokenizer, self.config.vocab_size)
         self.chat_template = self.file.chat_template
         self._template = None
@@ -95,6 +96,13 @@ class Model:
         return self.engine.cache.pos
 
     # --- chat
+    @property
+    def is_base(self):
+        """A base model continues text rather than answering: its file has no chat template, and no
+        word of its name says it was tuned to chat (Instruct, Chat, IT, ...)."""
+        return self.chat_template is None and not naming.says_instruct(self.config.name, self.name,
+                                                                         os.path.basename(self.path))
+
     @property
     def template(self) -> ChatTemplate:
         """The chat template: the file's own (sandboxed), else a built-in one for the architecture."""
@@ -173,9 +181,10 @@ class Model:
 def load(model=None, threads=None, backend=None, n_ctx=None, verify=False, precision="balanced", log=None,
          progress=None):
     """Load a .mgpt file, a GGUF file or a known model name (GGUFs are converted, known models fetched,
-    once, into the cache). Default: SmolLM2-135M-Instruct. log(message) and progress(n, total, stage)
-    report that first-use work: n more bytes of total are done; stage is 'downloading', 'verifying' or
-    'converting'."""
+    once, into the cache). Default: Qwen2.5-Coder-0.5B-Instruct (hub.DEFAULT_MODEL), which also answers
+    in Chinese; "smollm2-135m-instruct" is the small, fast English one. log(message) and
+    progress(n, total, stage) report that first-use work: n more bytes of total are done; stage is
+    'downloading', 'verifying' or 'converting'."""
     _options(threads, backend, verify, precision)   # before a download, not after it
     return Model(hub.resolve(args.optional(args.path, "model", model), log, progress), threads=threads, backend=backend,
                  n_ctx=n_ctx, verify=verify, precision=precision)

@@ -9,10 +9,12 @@ import click
 import numpy as np
 
 from . import hub
+from .convert import QUANT_TYPES
 from .errors import MinigptError, one_line
 from .kernels import MAX_THREADS
 
-QUANTS = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "f16", "f32")
+QUANTS = QUANT_TYPES   # what convert --quant takes: the converter's own list
+MODEL_HELP = f"A .mgpt file, a GGUF file or a known model name (default: {hub.DEFAULT_MODEL})."
 
 
 def _log(msg):
@@ -128,9 +130,65 @@ def convert(src, out, quant, check, precision, threads):
 
 @cli.command()
 @click.argument("name", type=click.Choice(sorted(hub.KNOWN)))
-def pull(name):
+@click.option("--keep-source", is_flag=True, help="Keep the downloaded GGUF beside the converted model.")
+def pull(name, keep_source):
     """Download and convert a known model into the cache; print its path."""
-    click.echo(_resolve(name))
+    bar = _Progress("converting")
+    try:
+        path = hub.pull(name, log=bar.log, progress=bar, keep_source=keep_source)
+    except BaseException:
+        bar.close(finished=False)
+        raise
+    bar.close()
+    click.echo(path)
+
+
+@cli.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def list_(as_json):
+    """The models in the cache: name, size on disk, weight types, path; then the known models not pulled."""
+    rows = [_entry(e) for e in hub.entries()]
+    if as_json:
+        click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
+    table = [("NAME", "SIZE", "QUANT", "PATH")]
+    for r in rows:
+        size = hub.size_text(r["size"]) if r["size"] else "-"
+        table.append((r["name"], size, ", ".join(r["quant"]) or "-", _where(r)))
+    widths = [max(len(row[i]) for row in table) for i in range(3)]
+    for row in table:
+        click.echo("   ".join(c.ljust(w) for c, w in zip(row, widths)) + "   " + row[3])
+
+
+def _where(r):
+    if r["path"]:
+        return r["path"] + (f" (+ source {r['source']})" if r["source"] else "")
+    if r["source"]:
+        return f"{r['source']} (source only: `minigpt pull {r['name']}` converts it)"
+    return f"not pulled: {hub.size_text(r['download'])} to download (`minigpt pull {r['name']}`)"
+
+
+def _entry(e):
+    """One `minigpt list` row as a dict: quant holds the 2-D weights' types ('?' for a file that does not open)."""
+    from .format import MgptFile
+
+    quant = []
+    if e.path:
+        try:
+            quant = sorted({t.qtype for t in MgptFile(e.path).tensors.values() if len(t.shape) == 2})
+        except MinigptError:
+            quant = ["?"]
+    return {"name": e.name, "size": e.disk_size, "quant": quant, "path": e.path and str(e.path),
+            "source": e.source and str(e.source), "known": e.known is not None,
+            "download": sum(p.wheel_size for p in e.known.parts) if e.known else 0}
+
+
+@cli.command()
+@click.argument("name")
+def rm(name):
+    """Delete a model from the cache: its converted file and any kept source GGUF."""
+    for path in hub.remove(name):
+        _log(f"deleted {path}")
 
 
 @cli.command()
@@ -154,7 +212,7 @@ def info(model, verify, as_json):
     n_params = sum(int(np.prod(t.shape)) for t in f.tensors.values())
     tok = check_fields(f.tokenizer, c.vocab_size)
     d = {
-        "path": str(path), "name": c.name, "config": c.to_dict(), "n_params": n_params,
+        "path": str(path), "name": hub.display_name(path, c.name), "config": c.to_dict(), "n_params": n_params,
         "file_size": f.file_size, "bits_per_weight": round(8 * f.file_size / n_params, 3),
         "tensor_types": types, "checksums": "ok" if verify else "not checked",
         "tokenizer": {"model": tok.get("model"), "pre": tok.get("pre"), "n_vocab": len(tok["tokens"]),
@@ -165,7 +223,7 @@ def info(model, verify, as_json):
     if as_json:
         click.echo(json.dumps(d, ensure_ascii=False, indent=2))
         return
-    click.echo(f"model       {c.name or path.name}  ({path})")
+    click.echo(f"model       {d['name']}  ({path})")
     click.echo(f"arch        {c.arch}: {c.n_layers} layers, dim {c.dim}, heads {c.n_heads} (kv {c.n_kv_heads}), "
                f"head_dim {c.head_dim}, ffn {c.hidden_dim}, context {c.context_length}")
     click.echo(f"rope        theta {c.rope_theta:g}, dims {c.rope_dim}" + (f", scaling {c.rope_scaling}" if c.rope_scaling else ""))
@@ -200,7 +258,7 @@ def tokenize(model, special, add_bos, text):
 
 
 @cli.command()
-@click.option("-m", "--model", default=None, help="A .mgpt file or a known model name (default: smollm2-135m-instruct).")
+@click.option("-m", "--model", default=None, help=MODEL_HELP)
 @click.option("-p", "--prompt", required=True, help="The text to continue.")
 @click.option("-n", "--max-tokens", default=128, show_default=True, type=click.IntRange(0))
 @click.option("--temperature", default=0.8, show_default=True, type=click.FloatRange(0), help="0 = greedy.")
@@ -257,7 +315,7 @@ CHAT_DEFAULTS = {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05, 
 
 
 @cli.command()
-@click.option("-m", "--model", default=None, help="A .mgpt file or a known model name (default: smollm2-135m-instruct).")
+@click.option("-m", "--model", default=None, help=MODEL_HELP)
 @click.option("--system", default=None, help="The system prompt.")
 @click.option("--temperature", default=None, type=click.FloatRange(0), help="0 = greedy.  [default: 0.8]")
 @click.option("--top-k", default=None, type=click.IntRange(0), help="0 = off.  [default: 40]")
@@ -312,13 +370,16 @@ def chat(model, system, temperature, top_k, top_p, min_p, repeat_penalty, seed, 
         session = m.chat(system=system, n_ctx=ctx, **settings)
     repl = Repl(m, session, stats=stats, probs=PROBS_N if show_probs else 0)
     repl._banner()
+    if m.is_base and not template_file:   # warn and go on, as ollama chats with a base model too
+        repl.say(f"warning: {m.name} is a base model: it continues text rather than answering; "
+                 f"`minigpt generate -m {model or m.path} -p TEXT` continues a text of yours")
     if resume:
         repl.replay()
     repl.run(banner=False)
 
 
 @cli.command()
-@click.option("-m", "--model", default=None, help="A .mgpt file or a known model name (default: smollm2-135m-instruct).")
+@click.option("-m", "--model", default=None, help=MODEL_HELP)
 @click.option("-p", "--n-prompt", default=128, show_default=True, type=click.IntRange(0), help="Prefill test length.")
 @click.option("-n", "--n-gen", default=128, show_default=True, type=click.IntRange(0), help="Decode test length.")
 @click.option("-t", "--threads", default=None, type=click.IntRange(1, MAX_THREADS), help="Default: physical cores.")
@@ -361,7 +422,7 @@ def _check(src, out, precision, threads):
 
 
 @cli.command()
-@click.option("-m", "--model", default=None, help="A .mgpt file or a known model name (default: smollm2-135m-instruct).")
+@click.option("-m", "--model", default=None, help=MODEL_HELP)
 @click.option("-f", "--file", "path", required=True, type=click.Path(), help="The text to score (UTF-8).")
 @click.option("--ctx", default=None, type=click.IntRange(3),
               help="Chunk length in tokens; the second half of each chunk is scored.  [default: 512, or the "

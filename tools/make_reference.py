@@ -52,7 +52,7 @@ N_THREADS = 2
 
 @dataclass(frozen=True)
 class Preset:
-    gguf: str                  # the GGUF's name in $MINIGPT_CACHE/gguf (where `minigpt pull` puts it)
+    gguf: str                  # the GGUF's name in $MINIGPT_CACHE/gguf (where `minigpt pull --keep-source` puts it)
     corpora: tuple             # corpus files in tests/fixtures, their chunks scored in this order
     fixture: str               # tests/fixtures/<fixture>.npz and .json
     max_chunk_tokens: int      # = n_batch = n_ubatch: one llama.cpp eval call (one ubatch) per chunk
@@ -335,7 +335,7 @@ def main(argv=None):
     preset = PRESETS[args.model_name]
     model = args.model or os.path.join(CACHE, "gguf", preset.gguf)
     if not os.path.isfile(model):
-        raise SystemExit(f"make_reference: no such model file: {model} (`minigpt pull` fetches it)")
+        raise SystemExit(f"make_reference: no such model file: {model} (`minigpt pull NAME --keep-source` fetches it)")
     work = args.work or os.path.join(DEFAULT_WORK, args.model_name)
     os.makedirs(work, exist_ok=True)
     STAGES[args.stage](preset, os.path.abspath(model), work)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import quant
+from .. import naming, quant
 from ..config import Config, checked
 from ..errors import CLIP_ARG, ConvertError, MinigptError, clip
 from ..format import Writer
@@ -107,7 +107,7 @@ def config_from_gguf(g: GGUFFile) -> Config:
         rope_dim=key("rope.dimension_count", default=0),
         rope_scaling=scaling,
         tied_embeddings="output.weight" not in g.tensors,
-        name=g.field("general.name", default=""),
+        name=naming.from_gguf(g.metadata),   # basename, size and finetune: "Qwen2.5 Coder 0.5B Instruct"
         qkv_bias="blk.0.attn_q.bias" in g.tensors,
         **extra,
     )

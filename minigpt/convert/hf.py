@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import INT_RANGES, Config
-from .. import args
+from .. import args, naming
 from ..errors import CLIP_ARG, ArgumentError, ConvertError, FormatError, clip
 from ..model import ARCH_FILES
 from .names import HF_IGNORED, map_hf_name
@@ -332,7 +332,7 @@ def load(folder):
 
     folder = Path(folder)
     hp = read_json(folder / "config.json")
-    config, rope_freqs = config_from_hf(hp, folder, name=folder.resolve().name)
+    config, rope_freqs = config_from_hf(hp, folder, name=naming.from_folder(folder.resolve().name))
     try:
         ckpt = Checkpoint(folder)
     except FormatError as e:
