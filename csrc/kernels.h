@@ -9,6 +9,17 @@
  *   q4_0  per block: fp16 d, uint8 qs[16] (elem j low nibble,    x = d*(q-8)
  *                                          elem j+16 high nibble)
  *   q4_1  per block: fp16 d, fp16 m, uint8 qs[16] (same order)   x = d*q + m
+ * and the K-quants, in super-blocks of MG_QK_K = 256 (k a multiple of 256), byte for byte ggml's:
+ *   q4_k  fp16 d, fp16 dmin, uint8 scales[12], uint8 qs[128]      144 bytes
+ *         8 sub-blocks of 32, each a 6-bit scale sc and min m (scales: bytes 0-3 sc 0-3 in bits 0-5,
+ *         bytes 4-7 m 0-3 in bits 0-5, bytes 8-11 the low 4 bits of sc 4-7 (bits 0-3) and m 4-7
+ *         (bits 4-7); bits 6-7 of bytes 0-3 / 4-7 are the high bits of sc 4-7 / m 4-7).
+ *         Element 64c + 32n + l (c < 4, n < 2, l < 32) is nibble n of qs[32c + l], in sub-block 2c + n.
+ *                                                                  x = (d*sc)*q - (dmin*m)
+ *   q6_k  uint8 ql[128], uint8 qh[64], int8 scales[16], fp16 d    210 bytes
+ *         16 sub-blocks of 16, one int8 scale each. Element 128h + 32k + l (h < 2, k < 4, l < 32):
+ *         low 4 bits nibble k/2 of ql[64h + 32(k%2) + l], high 2 bits bits 2k, 2k+1 of qh[32h + l].
+ *                                                                  x = (d*sc)*(q - 32)
  * fp16 fields are little-endian and unaligned; they are read byte by byte.
  *
  * Activations for the integer path (mg_matmul_q8) are quantized per row, in blocks of 32, to
@@ -39,10 +50,15 @@
 #define MG_SLP_ONLY
 #endif
 
-/* Weight type codes; _core.pyx maps the names 'f32', 'f16', 'q8_0', 'q4_0', 'q4_1' onto these. */
-enum mg_qtype { MG_F32 = 0, MG_F16 = 1, MG_Q8_0 = 2, MG_Q4_0 = 3, MG_Q4_1 = 4, MG_NQTYPES = 5 };
+/* Weight type codes; minigpt.quant.QTYPES holds the same (name, block, bytes, code) table and
+ * _core.pyx checks the two agree at import. Refer to a type by its name, never by its number. */
+enum mg_qtype {
+    MG_F32 = 0, MG_F16 = 1, MG_Q8_0 = 2, MG_Q4_0 = 3, MG_Q4_1 = 4, MG_Q4_K = 5, MG_Q6_K = 6,
+    MG_NQTYPES = 7
+};
 
-#define MG_QK 32 /* elements per block of the block types */
+#define MG_QK 32    /* elements per block of the block types, and of a q8 / q16 activation block */
+#define MG_QK_K 256 /* elements per super-block of the K-quants (q4_k, q6_k) */
 #define MG_Q8_BLOCK_BYTES 44 /* sizeof(mg_block_q8) */
 
 /* Error codes returned by the entry points (0 = success). */
@@ -121,7 +137,8 @@ typedef struct {
 extern mg_gemm_kernel mg_gemm;
 
 /* x8 kernel (packed.c): out[t * ldo + r] = row r of one 8-row group . input t, for r < 8, t < nt (1..4);
- * w: the group's nb x8 blocks, x: nb q8 blocks per input, inputs ldx blocks apart. */
+ * w: the group's nb x8 blocks, x: the q8 blocks of each input (nb of them, 8 nb for the K-quants, whose
+ * x8 blocks span 256 columns), inputs ldx blocks apart. */
 typedef void (*mg_gemm_x8_fn)(int64_t nb, const uint8_t *restrict w, const mg_block_q8 *restrict x,
                               int64_t ldx, int nt, float *restrict out, int64_t ldo);
 
@@ -148,6 +165,22 @@ static inline float mg_fp16_to_fp32(uint16_t h) {
 }
 
 static inline uint16_t mg_rd16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+
+/* q4_k's 12 scale bytes -> the 8 six-bit scales sc[j] and mins m[j] of its sub-blocks (layout above) */
+static inline void mg_q4_k_scales(const uint8_t *restrict s, uint8_t *restrict sc, uint8_t *restrict m) {
+    for (int j = 0; j < 4; j++) {
+        sc[j] = s[j] & 63;
+        m[j] = s[4 + j] & 63;
+        sc[4 + j] = (uint8_t)((s[8 + j] & 0x0F) | ((s[j] >> 6) << 4));
+        m[4 + j] = (uint8_t)((s[8 + j] >> 4) | ((s[4 + j] >> 6) << 4));
+    }
+}
+
+/* q6_k: the 6-bit code (0..63) of element i < 256 of a super-block with low bits ql, high bits qh */
+static inline int mg_q6_k_code(const uint8_t *restrict ql, const uint8_t *restrict qh, int i) {
+    const int h = i / 128, k = i % 128 / 32, l = i % 32;
+    return ((ql[64 * h + 32 * (k % 2) + l] >> (4 * (k / 2))) & 0x0F) | (((qh[32 * h + l] >> (2 * k)) & 3) << 4);
+}
 
 /* --- entry points ----------------------------------------------------------------------------- */
 
@@ -181,15 +214,16 @@ int64_t mg_row_bytes(int qtype, int64_t cols);
 /* A packed weight's qtype code is its base type's | MG_X8; only mg_matmul_q8 takes one. */
 #define MG_X8 16
 
-/* 1 if `qtype` (a base type) can be packed and multiplied on this CPU: q8_0, q4_0, q4_1 once an ISA
- * with x8 kernels is installed. */
+/* 1 if `qtype` (a base type) can be packed and multiplied on this CPU: q8_0, q4_0, q4_1, q4_k, q6_k
+ * once an ISA with x8 kernels is installed. */
 int mg_x8_supported(int qtype);
 
-/* bytes of one x8 block (8 rows x 32 columns), or -1 for a type without an x8 layout */
+/* bytes of one x8 block (8 rows x mg_traits[qtype].block columns: 32, or 256 for the K-quants), or -1
+ * for a type without an x8 layout */
 int64_t mg_x8_block_bytes(int qtype);
 
-/* out = W (rows, cols) in the x8 layout: rows / 8 * cols / 32 * mg_x8_block_bytes(qtype) bytes.
- * rows must be a multiple of 8 and cols of 32 (unchecked). MG_EQTYPE if qtype has no x8 layout. */
+/* out = W (rows, cols) in the x8 layout: rows / 8 * cols / block * mg_x8_block_bytes(qtype) bytes.
+ * rows must be a multiple of 8 and cols of the block (unchecked). MG_EQTYPE if qtype has no x8 layout. */
 int mg_pack_x8(const void *restrict w, int qtype, int64_t rows, int64_t cols, void *restrict out);
 
 /* mg_matmul_q8 over a packed weight (qtype: the base type); MG_EQTYPE if !mg_x8_supported(qtype). */

@@ -8,10 +8,15 @@ over byte for byte. A 2-D weight W of logical shape [rows, cols] is stored row-m
     q8_0  per block of 32: fp16 d, 32 x int8 q                    x = d*q        34 bytes/block
     q4_0  per block of 32: fp16 d, 16 bytes of nibbles            x = d*(q-8)    18 bytes/block
     q4_1  per block of 32: fp16 d, fp16 m, 16 bytes of nibbles    x = d*q + m    20 bytes/block
+    q4_k  per super-block of 256: fp16 d, fp16 dmin, 12 bytes of 6-bit scales sc and mins m (8
+          sub-blocks of 32), 128 bytes of nibbles         x = (d*sc)*q - (dmin*m)      144 bytes/block
+    q6_k  per super-block of 256: 128 bytes of low nibbles, 64 bytes of high bit pairs, 16 int8
+          scales sc (sub-blocks of 16), fp16 d            x = (d*sc)*(q - 32)          210 bytes/block
 
 Nibble order (q4_0, q4_1): byte j of a block holds element j in its low nibble and element j+16 in its
-high nibble. fp16 fields are little-endian IEEE half. A block-quantized W is uint8 [rows, nb*block_bytes]
-with nb = cols/32.
+high nibble. The K-quants are ggml's Q4_K and Q6_K byte for byte (their bit layouts: _q4_k_fields,
+_q6_k_fields). fp16 fields are little-endian IEEE half. A block-quantized W is uint8
+[rows, nb*block_bytes] with nb = cols/block.
 
 Everything here is vectorized over blocks; the only Python loop walks chunks of rows to bound the size
 of temporaries on large tensors.
@@ -36,6 +41,8 @@ QTYPES = {
     "q8_0": QType(32, 34, 2, np.dtype(np.uint8)),
     "q4_0": QType(32, 18, 3, np.dtype(np.uint8)),
     "q4_1": QType(32, 20, 4, np.dtype(np.uint8)),
+    "q4_k": QType(256, 144, 5, np.dtype(np.uint8)),
+    "q6_k": QType(256, 210, 6, np.dtype(np.uint8)),
 }
 
 _FLOAT_DTYPES = {name: t.dtype for name, t in QTYPES.items() if t.block == 1}
@@ -149,13 +156,92 @@ def _dequantize_q4_1(blk):
     return _f16_field(blk, 0) * q + _f16_field(blk, 2)
 
 
+# --- K-quants: 256-element super-blocks, ggml's bit layouts ----------------------------------------
+
+def _bits(bytes_, shifts, width):
+    # bytes_: uint8 [nb, n] -> uint8 [nb, len(shifts), n]: (byte >> shift) & mask for each shift
+    s = np.asarray(shifts, dtype=np.uint8)[None, :, None]
+    return (bytes_[:, None, :] >> s) & np.uint8((1 << width) - 1)
+
+
+def k4_scales(sc):
+    """Q4_K / Q5_K sub-block scales and mins: 12 bytes uint8 [nb, 12] -> (scale, min), each uint8 [nb, 8]
+    in 0..63.
+
+    bytes 0-3:  scale j (j < 4) in bits 0-5; bits 6-7 are the high bits of scale j+4
+    bytes 4-7:  min j (j < 4) in bits 0-5;   bits 6-7 are the high bits of min j+4
+    bytes 8-11: low 4 bits of scale j+4 in bits 0-3, low 4 bits of min j+4 in bits 4-7
+    """
+    lo, mid, hi = sc[:, 0:4], sc[:, 4:8], sc[:, 8:12]
+    scale = np.concatenate([lo & 63, (hi & 0x0F) | ((lo >> 6) << 4)], axis=1)
+    mins = np.concatenate([mid & 63, (hi >> 4) | ((mid >> 6) << 4)], axis=1)
+    return scale, mins
+
+
+def _q4_k_fields(blk):
+    """uint8 [nb, 144] -> d, dmin float32 [nb, 1]; sc, m uint8 [nb, 8]; q uint8 [nb, 8, 32] (sub-block, element).
+
+    bytes 0-1 fp16 d | 2-3 fp16 dmin | 4-15 scales (k4_scales) | 16-143 qs: element i = 64c + 32n + l
+    (c < 4, n < 2, l < 32) is nibble n (0 low, 1 high) of qs byte 32c + l; it is in sub-block i/32.
+    """
+    nb = blk.shape[0]
+    sc, m = k4_scales(blk[:, 4:16])
+    q = _bits(blk[:, 16:144].reshape(nb * 4, 32), [0, 4], 4).reshape(nb, 8, 32)
+    return _f16_field(blk, 0), _f16_field(blk, 2), sc, m, q
+
+
+def _q6_k_fields(blk):
+    """uint8 [nb, 210] -> d float32 [nb, 1]; sc int8 [nb, 16]; q int8 [nb, 16, 16] (sub-block, element),
+    the codes minus 32 (-32..31).
+
+    bytes 0-127 ql: low 4 bits; element i = 128h + 32k + l (h < 2, k < 4, l < 32) is nibble k//2 of
+    ql byte 64h + 32(k%2) + l | 128-191 qh: its high 2 bits are bits 2k, 2k+1 of qh byte 128 + 32h + l
+    | 192-207 scales: int8, one per sub-block of 16 | 208-209 fp16 d
+    """
+    nb = blk.shape[0]
+    nib = _bits(blk[:, 0:128].reshape(nb * 4, 32), [0, 4], 4).reshape(nb, 2, 2, 2, 32)  # [h, k%2, k//2, l]
+    low = nib.transpose(0, 1, 3, 2, 4).reshape(nb, 2, 4, 32)                            # [h, k, l]
+    high = _bits(blk[:, 128:192].reshape(nb * 2, 32), [0, 2, 4, 6], 2).reshape(nb, 2, 4, 32)
+    q = (low | (high << np.uint8(4))).astype(np.int8) - np.int8(32)
+    return _f16_field(blk, 208), blk[:, 192:208].view(np.int8), q.reshape(nb, 16, 16)
+
+
+def _dequantize_q4_k(blk):
+    # float32 in ggml's order: d1 = d * sc, m1 = dmin * m, then d1 * q - m1
+    d, dmin, sc, m, q = _q4_k_fields(blk)
+    dl, ml = d * sc.astype(np.float32), dmin * m.astype(np.float32)
+    return (dl[:, :, None] * q.astype(np.float32) - ml[:, :, None]).reshape(-1, 256)
+
+
+def _dequantize_q6_k(blk):
+    # float32 in ggml's order: (d * sc) * (q - 32)
+    d, sc, q = _q6_k_fields(blk)
+    dl = d * sc.astype(np.float32)
+    return (dl[:, :, None] * q.astype(np.float32)).reshape(-1, 256)
+
+
 def split_blocks(w, qtype):
-    """A stored q8_0 / q4_0 / q4_1 weight [rows, row bytes] -> (codes [rows, nb, 32] as stored: int8
-    for q8_0, 0..15 for the q4 types; d float32 [rows, nb]; offset float32 [rows, nb]: what one code
-    step adds besides d * code, that is -8 d (q4_0), m (q4_1), or None (q8_0)). x = d * code + offset."""
+    """A stored block-type weight [rows, row bytes] -> its 32-element blocks as the x8 kernels dot them:
+    (codes [rows, nb, 32]; d float32 [rows, nb]; offset float32 [rows, nb] or None), nb = cols/32,
+    x = d * code + offset. For each type:
+      q8_0  codes int8 as stored, offset None
+      q4_0  codes 0..15, offset -8 d
+      q4_1  codes 0..15, offset m
+      q4_k  codes 0..15 of sub-block j, d = d*sc_j, offset = -dmin * m_j (both products exact in float32)
+      q6_k  codes int16 sc_s * (q - 32), each element's sub-block scale folded in; d = the super-block's
+            d for each of its 8 blocks; offset None
+    """
     _, block_bytes = _check_qtype(qtype)
     rows = w.shape[0]
     blk = np.ascontiguousarray(w).reshape(-1, block_bytes)
+    if qtype == "q4_k":
+        d, dmin, sc, m, q = _q4_k_fields(blk)
+        return (q.reshape(rows, -1, 32), (d * sc.astype(np.float32)).reshape(rows, -1),
+                (-dmin * m.astype(np.float32)).reshape(rows, -1))
+    if qtype == "q6_k":
+        d, sc, q = _q6_k_fields(blk)
+        codes = sc.astype(np.int16)[:, :, None] * q.astype(np.int16)
+        return codes.reshape(rows, -1, 32), np.repeat(d, 8, axis=1).reshape(rows, -1), None
     d = _f16_field(blk, 0).reshape(rows, -1)
     if qtype == "q8_0":
         return blk[:, 2:].view(np.int8).reshape(rows, -1, 32), d, None
@@ -165,7 +251,8 @@ def split_blocks(w, qtype):
 
 
 _QUANTIZE = {"q8_0": _quantize_q8_0, "q4_0": _quantize_q4_0, "q4_1": _quantize_q4_1}
-_DEQUANTIZE = {"q8_0": _dequantize_q8_0, "q4_0": _dequantize_q4_0, "q4_1": _dequantize_q4_1}
+_DEQUANTIZE = {"q8_0": _dequantize_q8_0, "q4_0": _dequantize_q4_0, "q4_1": _dequantize_q4_1,
+               "q4_k": _dequantize_q4_k, "q6_k": _dequantize_q6_k}
 
 
 def _positive_cols(cols):
@@ -200,6 +287,8 @@ def quantize(x, qtype):
         with np.errstate(over="ignore"):  # beyond fp16 range -> inf, as ggml does
             return np.ascontiguousarray(x, dtype=_FLOAT_DTYPES[qtype])
 
+    if qtype not in _QUANTIZE:
+        raise ValueError(f"minigpt stores {qtype} weights as they come (from a GGUF) but has no {qtype} quantizer")
     cols = x.shape[-1]
     nbytes = row_bytes(qtype, cols)
     if not np.isfinite(x).all():
@@ -245,6 +334,15 @@ def quantize_act(x, bits=8):
     q = np.nan_to_num(q, nan=0, posinf=0, neginf=0).astype(qdtype)
     s = d * q.sum(axis=1, dtype=np.int32).astype(np.float32)
     return q.reshape(n, cols), d.reshape(n, cols // 32), s.reshape(n, cols // 32)
+
+
+def dequantize_blocks(blocks, qtype):
+    """Blocks of a block type, uint8 [nb, block_bytes] -> float32 [nb, block] (for convert/kquants.py,
+    which decodes the GGUF types minigpt reads; these are the K-quants it also stores)."""
+    block, block_bytes = _check_qtype(qtype)
+    if qtype in _FLOAT_DTYPES or blocks.ndim != 2 or blocks.shape[1] != block_bytes:
+        raise ValueError(f"{qtype} blocks must be uint8 [nb, {block_bytes}], got {blocks.dtype} {blocks.shape}")
+    return _DEQUANTIZE[qtype](np.ascontiguousarray(blocks))
 
 
 def dequantize(w, qtype, cols=None):
