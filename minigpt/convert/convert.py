@@ -14,9 +14,11 @@ Type policy (docs/format.md, "Conversion"):
   target is 4-bit, as llama.cpp keeps its output head at higher precision.
 - A tensor whose source block format equals its target is copied bit for bit. Otherwise it is
   dequantized to f32 and requantized with round-to-nearest (minigpt.quant). Types minigpt does not
-  store (BF16, Q5_0, Q5_1, the K-quants) are decoded by .kquants; with no `quant` given they count
-  as q8_0 (BF16: f16) when picking the default, so a K-quant model lands at 8 bits rather than
+  store (BF16, Q5_0, Q5_1, the other K-quants) are decoded by .kquants; with no `quant` given they
+  count as q8_0 (BF16: f16) when picking the default, so a K-quant model lands at 8 bits rather than
   taking a second 4-bit rounding.
+- With no `quant` given, Q4_K and Q6_K tensors keep their type (q4_k, q6_k), bit for bit; they count
+  as q8_0 when picking the default for the others.
 - A 2-D tensor whose rows are not a multiple of 32 cannot hold blocks: it falls back to f16.
 """
 
@@ -36,7 +38,9 @@ from .hf import qk_rows
 from .names import GGUF_IGNORED, map_gguf_name
 
 QUANT_TYPES = ("q4_0", "q4_1", "q8_0", "f16", "f32")   # what `--quant` accepts
-_FROM_GGML = {"F32": "f32", "F16": "f16", "Q8_0": "q8_0", "Q4_0": "q4_0", "Q4_1": "q4_1"}
+_FROM_GGML = {"F32": "f32", "F16": "f16", "Q8_0": "q8_0", "Q4_0": "q4_0", "Q4_1": "q4_1",
+              "Q4_K": "q4_k", "Q6_K": "q6_k"}
+_KEPT = ("q4_k", "q6_k")   # with no `quant`, stored as they come; they count as q8_0 for the default
 _FOUR_BIT = ("q4_0", "q4_1")
 
 
@@ -127,7 +131,7 @@ class GGUFSource:
         self.source_type = t.type_name.lower()
         self.carry = _FROM_GGML.get(t.type_name)
         # a type minigpt does not store counts as q8_0 (BF16: f16) when picking the default target
-        self.counts_as = self.carry or ("f16" if t.type_name == "BF16" else "q8_0")
+        self.counts_as = (self.carry if self.carry not in _KEPT else None) or ("f16" if t.type_name == "BF16" else "q8_0")
 
     def raw(self):
         if self.rows is None:
@@ -184,14 +188,17 @@ def dominant_type(sources) -> str:
     return max(counts, key=counts.get) if counts else "f16"
 
 
-def plan(sources, config: Config, target: str, where):
+def plan(sources, config: Config, target: str, where, keep=()):
     """[(source, minigpt qtype)] in source order, after checking the set of tensors is complete and
-    every shape is the one the config implies (a file that would not load is never written)."""
+    every shape is the one the config implies (a file that would not load is never written).
+    A 2-D source whose own type is in `keep` stays that type."""
     head = "tok_embd" if config.tied_embeddings else "output"
     out = []
     for s in sources:
         if len(s.shape) == 1:
             qtype = "f32"
+        elif s.carry in keep:
+            qtype = s.carry
         else:
             qtype = target
             if s.name == head and target in _FOUR_BIT and s.carry not in _FOUR_BIT:
@@ -268,7 +275,7 @@ def write(out, config, fields, chat_template, sources, quant_type, progress=None
     t0 = time.perf_counter() if t0 is None else t0
     out = Path(out)
     target = quant_type or dominant_type(sources)
-    items = plan(sources, config, target, out)
+    items = plan(sources, config, target, out, keep=_KEPT if quant_type is None else ())
     specs = [(s.name, qtype, s.shape) for s, qtype in items]
     total = sum(s.nbytes for s, _ in items)
     requantized = []

@@ -8,11 +8,13 @@ fp16 fields are decoded bit-exactly (_f16).
     matmul:    weight rows are dequantized NR at a time into a float32 tile, then the tile is dotted
                with the inputs four at a time (NR x 4 sums in one pass over the columns, each weight
                and input value loaded once for four products), or one at a time for the last n % 4.
-               Below NI inputs (decode) block types skip the tile: each stored row is dotted with x
-               in vector lanes, summed once per row (numba_decode.py). The block scales are decoded once per weight: cached for read-only weights (the
+               Below NI inputs (decode) the 32-element block types skip the tile: each stored row is
+               dotted with x in vector lanes, summed once per row (numba_decode.py); the K-quants
+               (q4_k, q6_k) always take the tiles. The block scales are decoded once per weight: cached for read-only weights (the
                engine's mmap views, which cannot change), decoded per call otherwise.
-    matmul_q8: x quantized per block of 32 exactly as quant.quantize_act. Below NI inputs (decode):
-               int8 block dots of the codes, exact in integers, scaled per block (numba_decode.py).
+    matmul_q8: x quantized per block of 32 exactly as quant.quantize_act. Below NI inputs (decode), for
+               the 32-element block types: int8 block dots of the codes, exact in integers, scaled per
+               block (numba_decode.py).
                Otherwise x turned back into float32 d*q, then matmul's tiles. Either way
                dequant(q8(x)) @ W^T, the contract, to float32 rounding.
     matmul_q16: x rounded to int16 blocks (quant.quantize_act(x, 16)), then matmul.
@@ -44,7 +46,8 @@ name = "numba"
 
 # name -> (code the kernels branch on, elements per block, bytes per block)
 _QTYPES = {n: (t.code, t.block, t.block_bytes) for n, t in quant.QTYPES.items()}
-F32, F16, Q8_0, Q4_0, Q4_1 = (_QTYPES[n][0] for n in ("f32", "f16", "q8_0", "q4_0", "q4_1"))
+F32, F16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K = (_QTYPES[n][0] for n in ("f32", "f16", "q8_0", "q4_0", "q4_1", "q4_k", "q6_k"))
+_DECODE_CODES = (Q8_0, Q4_0, Q4_1)   # the types numba_decode's row dots read; the K-quants take the tiles
 QK = 32
 NR = 4   # weight rows per tile; thread chunks are whole tiles
 NI = 4   # inputs dotted with a tile in one pass
@@ -109,6 +112,8 @@ def _dequant_row(row, code, y):
                 v = np.int32(row[p + 2 + j])
                 y[QK * b + j] = d * np.float32((v & 15) - 8)
                 y[QK * b + j + 16] = d * np.float32((v >> 4) - 8)
+    elif code == Q4_K or code == Q6_K:
+        _dequant_k_row(row, code, y)
     else:
         for b in range(cols // QK):
             p = 20 * b
@@ -118,6 +123,38 @@ def _dequant_row(row, code, y):
                 v = np.int32(row[p + 4 + j])
                 y[QK * b + j] = d * np.float32(v & 15) + m
                 y[QK * b + j + 16] = d * np.float32(v >> 4) + m
+
+
+@njit(**_JIT)
+def _dequant_k_row(row, code, y):
+    """_dequant_row for the K-quants (layouts: quant._q4_k_fields, quant._q6_k_fields), in ggml's float32
+    order: q4_k (d*sc)*q - (dmin*m), q6_k (d*sc)*(q - 32)."""
+    for b in range(y.shape[0] // 256):
+        o = 256 * b
+        if code == Q4_K:
+            p = 144 * b
+            d, dmin = _f16(row[p], row[p + 1]), _f16(row[p + 2], row[p + 3])
+            for j in range(8):
+                s0, s4 = np.int32(row[p + 4 + j % 4]), np.int32(row[p + 8 + j % 4])
+                if j < 4:
+                    sc, mn = s0 & 63, s4 & 63
+                else:
+                    s8 = np.int32(row[p + 8 + j])
+                    sc, mn = (s8 & 15) | ((s0 >> 6) << 4), (s8 >> 4) | ((s4 >> 6) << 4)
+                d1, m1 = d * np.float32(sc), dmin * np.float32(mn)
+                for l in range(32):
+                    q = (np.int32(row[p + 16 + 32 * (j // 2) + l]) >> (4 * (j % 2))) & 15
+                    y[o + 32 * j + l] = d1 * np.float32(q) - m1
+        else:
+            p = 210 * b
+            d = _f16(row[p + 208], row[p + 209])
+            for i in range(256):
+                h, k, l = i // 128, i % 128 // 32, i % 32
+                lo = (np.int32(row[p + 64 * h + 32 * (k % 2) + l]) >> (4 * (k // 2))) & 15
+                hi = (np.int32(row[p + 128 + 32 * h + l]) >> (2 * k)) & 3
+                sc = np.int32(row[p + 192 + i // 16])
+                ds = d * np.float32(sc - 256 if sc > 127 else sc)
+                y[o + i] = ds * np.float32((lo | (hi << 4)) - 32)
 
 
 # --- matmul: block scales, weight tiles, tile dots -------------------------------------------------
@@ -143,6 +180,8 @@ def _load_tile(w, code, d, m, r0, buf):
         y = buf[t]
         if r >= w.shape[0]:
             y[:] = 0
+        elif code == Q4_K or code == Q6_K:
+            _dequant_k_row(w[r], code, y)
         elif code == F32:
             y[:] = w[r].view(np.float32)
         elif code == F16:
@@ -290,7 +329,7 @@ def _bytes(w):
 def _scales(w, code, cols):
     """(d, m) float32 [rows, cols / QK] of a block-type weight (_block_scales). Cached for read-only
     arrays, which are the engine's weights: decoding them per call would cost decode ~1/3 of its time."""
-    if code <= F16:
+    if code not in _DECODE_CODES:   # f32, f16, the K-quants: their tiles read no cached scales
         return _NO_SCALES, _NO_SCALES
     key, cache = id(w), not w.flags.writeable
     hit = _scales_cache.get(key) if cache else None
@@ -324,7 +363,7 @@ def matmul_q8(x, w, qtype, out=None):
     q = np.empty(x.shape, np.int8)
     d, s = np.empty((2, x.shape[0], cols // QK), np.float32)
     numba_decode.quantize(x, q, d, s)
-    if x.shape[0] >= NI:  # prefill: the float tiles over x rounded to d * q
+    if x.shape[0] >= NI or _QTYPES[qtype][0] not in _DECODE_CODES:  # the float tiles over x rounded to d * q
         xd = (q.reshape(len(q), -1, QK) * d[:, :, None]).reshape(x.shape)
         _run(xd, w, qtype, cols, out)
         return out
@@ -356,7 +395,7 @@ def _run(x, w, qtype, cols, out):
     code = _QTYPES[qtype][0]
     d, m = _scales(w, code, cols)
     threads = min(_threads, (w.shape[0] + NR - 1) // NR)
-    if x.shape[0] < NI and code >= Q8_0:  # decode: dot the stored rows directly, no tile
+    if x.shape[0] < NI and code in _DECODE_CODES:  # decode: dot the stored rows directly, no tile
         xs = x.reshape(x.shape[0], cols // QK, QK).sum(axis=2) if code == Q4_1 else x[:, :cols // QK]
         _launch(numba_decode.fmatmul_serial, numba_decode.fmatmul_parallel, threads,
                 x, np.ascontiguousarray(xs), _bytes(w), code, d, m, out)
