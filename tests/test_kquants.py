@@ -214,7 +214,18 @@ def test_bad_input():
 
 # --- through `minigpt convert` ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("type_name", TYPES)
+@pytest.mark.parametrize("qtype", ["q4_k", "q6_k"])
+def test_every_backend_decodes_the_fixture_as_llama_cpp(qtype):
+    # minigpt stores these two as they are: its dequantize (NumPy, C, numba) must give llama.cpp's values
+    from minigpt.kernels import available_backends, get_backend
+    z = np.load(FIX / "kquants_reference.npz")
+    raw, want = z[f"{qtype.upper()}/raw"], z[f"{qtype.upper()}/values"]
+    assert same_bits(quant.dequantize(raw, qtype), want.reshape(len(raw), -1))
+    for name in available_backends():
+        assert same_bits(get_backend(name).dequantize(raw, qtype), want.reshape(len(raw), -1)), name
+
+
+@pytest.mark.parametrize("type_name", [t for t in TYPES if t not in ("Q4_K", "Q6_K")])
 def test_convert_requantizes(tmp_path, type_name):
     src, out = tmp_path / "s.gguf", tmp_path / "o.mgpt"
     tiny_llama(src, dim=256, n_heads=4, n_kv_heads=2, hidden=256, n_layers=1, wtype=type_name)
@@ -229,6 +240,27 @@ def test_convert_requantizes(tmp_path, type_name):
         assert f.tensors[name].qtype == "q8_0"
         assert np.array_equal(f.tensor(name), quant.quantize(x, "q8_0"))
     f.verify()
+
+
+@pytest.mark.parametrize("type_name", ["Q4_K", "Q6_K"])
+def test_convert_keeps_q4_k_and_q6_k(tmp_path, type_name):
+    # no --quant: the tensors are stored byte for byte, as q4_k / q6_k, and the model runs
+    import minigpt
+    src, out = tmp_path / "s.gguf", tmp_path / "o.mgpt"
+    tiny_llama(src, dim=256, n_heads=4, n_kv_heads=2, hidden=256, n_layers=1, wtype=type_name)
+    s = convert(src, out)
+    g, f = GGUFFile(src), MgptFile(out)
+    qtype = type_name.lower()
+    assert s["requantized"] == [] and s["types"][qtype] == 8
+    for gname, name in [("blk.0.ffn_down.weight", "layers.0.w_down"), ("token_embd.weight", "tok_embd")]:
+        assert f.tensors[name].qtype == qtype
+        assert np.array_equal(f.tensor(name), g.tensors[gname].data)
+    f.verify()
+    ids = [1, 5, 9, 2]
+    want = minigpt.load(out, backend="numpy", precision="exact").logits(ids)
+    for backend in ("c", "numba"):
+        got = minigpt.load(out, backend=backend, precision="exact").logits(ids)
+        assert np.abs(got - want).max() < 1e-4 * np.abs(want).max()
 
 
 def test_convert_to_4_bit_and_summary(tmp_path):
@@ -246,10 +278,10 @@ def test_cli_reports_requantized_types(tmp_path):
     from click.testing import CliRunner
     from minigpt.cli import cli
     src = tmp_path / "s.gguf"
-    tiny_llama(src, dim=256, n_heads=4, n_kv_heads=2, hidden=256, n_layers=1, wtype="Q6_K")
+    tiny_llama(src, dim=256, n_heads=4, n_kv_heads=2, hidden=256, n_layers=1, wtype="Q5_K")
     r = CliRunner().invoke(cli, ["convert", str(src), "-o", str(tmp_path / "o.mgpt")])
     assert r.exit_code == 0, r.output
-    assert "requantized: 8 (q6_k -> q8_0: 8)" in r.output
+    assert "requantized: 8 (q5_k -> q8_0: 8)" in r.output
 
 
 # --- the real file: Gemma-3-270M Q4_K_M ------------------------------------------------------------
