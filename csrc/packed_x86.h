@@ -201,6 +201,11 @@ TARGET static inline __attribute__((always_inline)) void NAME(gemm_q8x8_16)(
 
 /* --- K-quants ------------------------------------------------------------------------------------- */
 
+/* the block loops unrolled, so that each block's shifts and scale offsets are constants */
+#ifndef X8_UNROLL
+#define X8_UNROLL _Pragma("GCC unroll 8")
+#endif
+
 /* 8 unsigned bytes at p (one per row) as floats */
 TARGET static inline __m256 NAME(u8x8_ps)(const uint8_t *p) {
     return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)));
@@ -235,7 +240,7 @@ TARGET static inline __attribute__((always_inline)) void NAME(gemm_q4kx8)(
     for (int64_t b = 0; b < nb; b++, w += 1184) {
         const mg_block_q8 *restrict xs = x + 8 * b;
         const __m256 d = NAME(scales8)(w), ndmin = NAME(neg)(NAME(scales8)(w + 16));
-        for (int j = 0; j < 8; j++) {
+        X8_UNROLL for (int j = 0; j < 8; j++) {
             const uint8_t *qs = w + 160 + 256 * (j / 2);
             __m256i acc[4][4];
             for (int t = 0; t < nt; t++)
@@ -272,7 +277,7 @@ TARGET static inline __attribute__((always_inline)) void NAME(gemm_q6kx8)(
     for (int64_t b = 0; b < nb; b++, w += 1680) {
         const mg_block_q8 *restrict xs = x + 8 * b;
         const __m256 dw = NAME(scales8)(w);
-        for (int j = 0; j < 8; j++) {
+        X8_UNROLL for (int j = 0; j < 8; j++) {
             __m256i acc[4][2]; /* per input: int16 sums of the halves */
             for (int t = 0; t < nt; t++) acc[t][0] = acc[t][1] = _mm256_setzero_si256();
             for (int v = 0; v < 8; v++) {
@@ -307,7 +312,7 @@ TARGET static inline __attribute__((always_inline)) void NAME(gemm_q4kx8_16)(
     for (int64_t b = 0; b < nb; b++, w += 1184) {
         const mg_block_q16 *restrict xs = x + 8 * b;
         const __m256 d = NAME(scales8)(w), ndmin = NAME(neg)(NAME(scales8)(w + 16));
-        for (int j = 0; j < 8; j++) {
+        X8_UNROLL for (int j = 0; j < 8; j++) {
             const uint8_t *qs = w + 160 + 256 * (j / 2);
             __m256i acc[4][4];
             for (int t = 0; t < nt; t++)
@@ -342,7 +347,7 @@ TARGET static inline __attribute__((always_inline)) void NAME(gemm_q6kx8_16)(
     for (int64_t b = 0; b < nb; b++, w += 1680) {
         const mg_block_q16 *restrict xs = x + 8 * b;
         const __m256 dw = NAME(scales8)(w);
-        for (int j = 0; j < 8; j++) {
+        X8_UNROLL for (int j = 0; j < 8; j++) {
             __m256i acc[4][2]; /* per input: int32 dots of the halves */
             for (int t = 0; t < nt; t++) acc[t][0] = acc[t][1] = _mm256_setzero_si256();
             for (int v = 0; v < 8; v++) {
