@@ -12,7 +12,7 @@ from . import hub
 from .errors import MinigptError, one_line
 from .kernels import MAX_THREADS
 
-QUANTS = ("q4_0", "q4_1", "q8_0", "f16", "f32")
+QUANTS = ("q4_0", "q4_1", "q8_0", "q4_k", "q6_k", "f16", "f32")   # convert.QUANT_TYPES (checked in tests)
 
 
 def _log(msg):
@@ -105,7 +105,7 @@ def cli():
 @click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False), help="The .mgpt file to write.")
 @click.option("--quant", type=click.Choice(QUANTS), default=None,
               help="Weight type (default: the source's dominant type, copied bit for bit; "
-                   "q8_0 for Q5 / K-quant sources).")
+                   "q8_0 for Q5 / K-quant sources, whose Q4_K and Q6_K tensors stay as they are).")
 @click.option("--check", is_flag=True,
               help="Then compare the converted model with the source (f32, NumPy reference) on a built-in "
                    "multilingual text: top-1 agreement, KL divergence, perplexities.")

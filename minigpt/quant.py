@@ -220,6 +220,139 @@ def _dequantize_q6_k(blk):
     return (dl[:, :, None] * q.astype(np.float32)).reshape(-1, 256)
 
 
+# --- K-quant quantizers: ggml's quantize_row_q4_K_ref / quantize_row_q6_K_ref, vectorized ----------
+# Every loop of ggml that sums in float32 sums in element order here too (_seqsum), and every float
+# step is a float32 operation in ggml's order, so the bytes are ggml's.
+
+_F = np.float32
+
+
+def _seqsum(a):
+    # a: float32 [n, m] -> float32 [n], summed left to right as a C loop does (not pairwise)
+    return np.add.accumulate(a, axis=1, dtype=np.float32)[:, -1]
+
+
+def _nearest_int(v):
+    # ggml's nearest_int (the 1.5 * 2^23 trick): halves to even, exact for |v| < 2^22
+    return np.rint(v).astype(np.int32)
+
+
+def _make_qkx2_quants(x, w, nmax=15, rmin=-1.0, rdelta=0.1, nstep=20):
+    """ggml's make_qkx2_quants(n, nmax, x, weights, L, &the_min, Laux, rmin, rdelta, nstep, false) on
+    sub-blocks x, w: float32 [n, 32] -> (scale [n], the_min [n] = -min, L uint8 [n, 32])."""
+    mn = np.minimum(x.min(axis=1), _F(0))
+    mx = x.max(axis=1)
+    sum_w, sum_x = _seqsum(w), _seqsum(w * x)
+    flat = mx == mn                                   # every value the same (and >= 0... or all 0)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        iscale = _F(nmax) / (mx - mn)
+        scale = _F(1) / iscale
+        L = np.clip(_nearest_int(iscale[:, None] * (x - mn[:, None])), 0, nmax)
+        diff = (scale[:, None] * L.astype(_F) + mn[:, None]) - x
+        best = _seqsum(w * (diff * diff))
+        for step in range(nstep + 1):   # ggml's loop reads min as it updates it, here too
+            isc = ((_F(rmin) + _F(rdelta) * _F(step)) + _F(nmax)) / (mx - mn)
+            la = np.clip(_nearest_int(isc[:, None] * (x - mn[:, None])), 0, nmax)
+            lf = la.astype(_F)
+            sum_l, sum_l2, sum_xl = _seqsum(w * lf), _seqsum((w * lf) * lf), _seqsum((w * lf) * x)
+            D = sum_w * sum_l2 - sum_l * sum_l
+            this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
+            this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
+            pos = this_min > 0
+            this_min = np.where(pos, _F(0), this_min)
+            this_scale = np.where(pos, sum_xl / sum_l2, this_scale)
+            diff = (this_scale[:, None] * lf + this_min[:, None]) - x
+            mad = _seqsum(w * (diff * diff))
+            take = (D > 0) & (mad < best) & ~flat
+            L = np.where(take[:, None], la, L)
+            best = np.where(take, mad, best)
+            scale = np.where(take, this_scale, scale)
+            mn = np.where(take, this_min, mn)
+    L = np.where(flat[:, None], 0, L)
+    scale = np.where(flat, _F(0), scale)
+    return scale.astype(_F), (-mn).astype(_F), L.astype(np.uint8)
+
+
+def _quantize_q4_k(b):
+    # b: float32 [nb, 256] -> uint8 [nb, 144]
+    nb = b.shape[0]
+    x = b.reshape(nb * 8, 32)
+    av_x = np.sqrt(_seqsum(x * x) / _F(32))
+    scales, mins, L = _make_qkx2_quants(x, av_x[:, None] + np.abs(x))
+    scales, mins = scales.reshape(nb, 8), mins.reshape(nb, 8)
+    max_scale = np.maximum(scales.max(axis=1), _F(0))
+    max_min = np.maximum(mins.max(axis=1), _F(0))
+    with np.errstate(divide="ignore"):
+        inv_scale = np.where(max_scale > 0, _F(63) / max_scale, _F(0))
+        inv_min = np.where(max_min > 0, _F(63) / max_min, _F(0))
+    # uint8_t ls = nearest_int(...) wraps a negative value before MIN(63, ls), as ggml's does
+    ls = np.minimum(_nearest_int(inv_scale[:, None] * scales) & 255, 63).astype(np.uint8)
+    lm = np.minimum(_nearest_int(inv_min[:, None] * mins) & 255, 63).astype(np.uint8)
+    xs = x.reshape(nb, 8, 32)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):   # beyond fp16: inf, as ggml
+        d16, dmin16 = (max_scale / _F(63)).astype("<f2"), (max_min / _F(63)).astype("<f2")
+        d = d16.astype(_F)[:, None] * ls.astype(_F)                              # [nb, 8]
+        dm = dmin16.astype(_F)[:, None] * lm.astype(_F)
+        q = np.clip(_nearest_int((xs + dm[:, :, None]) / d[:, :, None]), 0, 15).astype(np.uint8)
+    q = np.where((d == 0)[:, :, None], L.reshape(nb, 8, 32), q)                    # ggml keeps L there
+    sc = np.empty((nb, 12), np.uint8)
+    sc[:, 0:4] = ls[:, :4] | ((ls[:, 4:] >> 4) << 6)
+    sc[:, 4:8] = lm[:, :4] | ((lm[:, 4:] >> 4) << 6)
+    sc[:, 8:12] = (ls[:, 4:] & 0x0F) | ((lm[:, 4:] & 0x0F) << 4)
+    qs = (q[:, 0::2] | (q[:, 1::2] << np.uint8(4))).reshape(nb, 128)            # sub-blocks 2c, 2c + 1
+    return np.concatenate([d16[:, None].view(np.uint8), dmin16[:, None].view(np.uint8), sc, qs], axis=1)
+
+
+def _make_qx_quants(x, nmax=32):
+    """ggml's make_qx_quants(n, nmax, x, L, rmse_type=1, NULL) on sub-blocks x: float32 [n, 16] ->
+    (scale [n], L uint8 [n, 16] = l + nmax)."""
+    ax = np.abs(x)
+    imax = ax.argmax(axis=1)[:, None]                 # first of the largest, as the C strict '>'
+    mx = np.take_along_axis(x, imax, axis=1)[:, 0]
+    zero = ax.max(axis=1) < _F(1e-15)
+    w = x * x
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        def attempt(iscale):
+            l = np.clip(_nearest_int(iscale[:, None] * x), -nmax, nmax - 1)
+            lf = l.astype(_F)
+            return l, _seqsum((w * x) * lf), _seqsum((w * lf) * lf)
+        L, sumlx, suml2 = attempt(_F(-nmax) / mx)
+        scale = np.where(suml2 != 0, sumlx / suml2, _F(0))
+        best = scale * sumlx
+        for step in [s for s in range(-9, 10) if s]:
+            l, sumlx, suml2 = attempt(-(_F(nmax) + _F(0.1) * _F(step)) / mx)
+            take = (suml2 > 0) & (sumlx * sumlx > best * suml2)
+            L = np.where(take[:, None], l, L)
+            scale = np.where(take, sumlx / suml2, scale)
+            best = np.where(take, scale * sumlx, best)
+    L = np.where(zero[:, None], -nmax, L)            # all zero: L = 0, i.e. l = -nmax
+    return np.where(zero, _F(0), scale).astype(_F), (L + nmax).astype(np.uint8)
+
+
+def _quantize_q6_k(b):
+    # b: float32 [nb, 256] -> uint8 [nb, 210]
+    nb = b.shape[0]
+    x = b.reshape(nb * 16, 16)
+    scales, L = _make_qx_quants(x)
+    scales, L = scales.reshape(nb, 16), L.reshape(nb, 16, 16)
+    imax = np.abs(scales).argmax(axis=1)[:, None]
+    max_scale = np.take_along_axis(scales, imax, axis=1)[:, 0]
+    zero = np.abs(max_scale) < _F(1e-15)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        iscale = _F(-128) / max_scale
+        d16 = np.where(zero, _F(0), _F(1) / iscale).astype("<f2")
+        ls = np.minimum(_nearest_int(iscale[:, None] * scales), 127)
+        ls = np.where(zero[:, None], 0, ls).astype(np.int8)
+        d = d16.astype(_F)[:, None] * ls.astype(_F)                               # [nb, 16]
+        q = np.clip(_nearest_int(x.reshape(nb, 16, 16) / d[:, :, None]), -32, 31) + 32
+    q = np.where((d == 0)[:, :, None], L, q).astype(np.uint8)
+    q = np.where(zero[:, None, None], 0, q).reshape(nb, 2, 4, 32)                  # [h, k, l]
+    ql = np.concatenate([q[:, :, 0] & 0x0F | (q[:, :, 2] & 0x0F) << 4,             # [nb, 2 (h), 2 (k%2), 32]
+                         q[:, :, 1] & 0x0F | (q[:, :, 3] & 0x0F) << 4], axis=2).reshape(nb, 128)
+    qh = (q[:, :, 0] >> 4 | (q[:, :, 1] >> 4) << 2 | (q[:, :, 2] >> 4) << 4 | (q[:, :, 3] >> 4) << 6).reshape(nb, 64)
+    return np.concatenate([ql, qh, ls.view(np.uint8), d16[:, None].view(np.uint8)], axis=1)
+
+
 def split_blocks(w, qtype):
     """A stored block-type weight [rows, row bytes] -> its 32-element blocks as the x8 kernels dot them:
     (codes [rows, nb, 32]; d float32 [rows, nb]; offset float32 [rows, nb] or None), nb = cols/32,
@@ -250,7 +383,8 @@ def split_blocks(w, qtype):
     return codes, d, offset
 
 
-_QUANTIZE = {"q8_0": _quantize_q8_0, "q4_0": _quantize_q4_0, "q4_1": _quantize_q4_1}
+_QUANTIZE = {"q8_0": _quantize_q8_0, "q4_0": _quantize_q4_0, "q4_1": _quantize_q4_1,
+             "q4_k": _quantize_q4_k, "q6_k": _quantize_q6_k}
 _DEQUANTIZE = {"q8_0": _dequantize_q8_0, "q4_0": _dequantize_q4_0, "q4_1": _dequantize_q4_1,
                "q4_k": _dequantize_q4_k, "q6_k": _dequantize_q6_k}
 
@@ -273,8 +407,16 @@ def quantize(x, qtype):
       q4_0  d = max/-8 where max is the signed value of largest |x| (first one on ties);
             q = min(15, trunc(x*(1/d) + 8.5)), the multiply-add fused as with FMA (float64, then float32).
       q4_1  d = (max-min)/15, m = min; q = min(15, trunc((x-m)*(1/d) + 0.5)), float32 at each step.
+      q4_k  ggml's quantize_row_q4_K_ref: per sub-block of 32, make_qkx2_quants (a scale and a min
+            fitted by weighted least squares over 21 candidate scales, weights rms(x) + |x|); the 8
+            scales and mins then rounded to 6 bits against d = max scale/63, dmin = max min/63 (fp16),
+            and the codes recomputed from those.
+      q6_k  ggml's quantize_row_q6_K_ref: per sub-block of 16, make_qx_quants (19 candidate scales,
+            weights x^2); the 16 scales rounded to int8 against d = max |scale|/128 (fp16), the
+            codes recomputed from those.
     d and m are rounded to fp16 only when stored; the codes use the float32 d. An all-zero block stores
     d = 0 (q4_0: -0.0) and codes 0 (q4_0: 8). Non-finite input raises ValueError for block types.
+    tools/kquant_golden.py compares q4_k and q6_k with ggml's C functions byte for byte.
     """
     block, block_bytes = _check_qtype(qtype)
     x = np.asarray(x)
@@ -287,8 +429,6 @@ def quantize(x, qtype):
         with np.errstate(over="ignore"):  # beyond fp16 range -> inf, as ggml does
             return np.ascontiguousarray(x, dtype=_FLOAT_DTYPES[qtype])
 
-    if qtype not in _QUANTIZE:
-        raise ValueError(f"minigpt stores {qtype} weights as they come (from a GGUF) but has no {qtype} quantizer")
     cols = x.shape[-1]
     nbytes = row_bytes(qtype, cols)
     if not np.isfinite(x).all():
@@ -340,7 +480,7 @@ def dequantize_blocks(blocks, qtype):
     """Blocks of a block type, uint8 [nb, block_bytes] -> float32 [nb, block] (for convert/kquants.py,
     which decodes the GGUF types minigpt reads; these are the K-quants it also stores)."""
     block, block_bytes = _check_qtype(qtype)
-    if qtype in _FLOAT_DTYPES or blocks.ndim != 2 or blocks.shape[1] != block_bytes:
+    if qtype in _FLOAT_DTYPES or blocks.dtype != np.uint8 or blocks.ndim != 2 or blocks.shape[1] != block_bytes:
         raise ValueError(f"{qtype} blocks must be uint8 [nb, {block_bytes}], got {blocks.dtype} {blocks.shape}")
     return _DEQUANTIZE[qtype](np.ascontiguousarray(blocks))
 

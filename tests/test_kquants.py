@@ -263,6 +263,24 @@ def test_convert_keeps_q4_k_and_q6_k(tmp_path, type_name):
         assert np.abs(got - want).max() < 1e-4 * np.abs(want).max()
 
 
+@pytest.mark.parametrize("target", ["q4_k", "q6_k"])
+def test_convert_to_k_quants(tmp_path, target):
+    # --quant q4_k / q6_k: ggml's reference quantizers; rows of 96 (not a multiple of 256) go to q8_0
+    from minigpt.cli import QUANTS
+    from minigpt.convert import QUANT_TYPES
+    assert set(QUANTS) == set(QUANT_TYPES)
+    src = tmp_path / "s.gguf"
+    tiny_llama(src, dim=256, n_heads=4, n_kv_heads=2, hidden=96, n_layers=1, wtype="F32")
+    s = convert(src, tmp_path / "o.mgpt", target)
+    f, g = MgptFile(tmp_path / "o.mgpt"), GGUFFile(src)
+    assert f.tensors["layers.0.wq"].qtype == target and f.tensors["layers.0.w_down"].qtype == "q8_0"
+    head = "q8_0" if target == "q4_k" else target                # kept at 8 bits when the target is 4-bit
+    assert f.tensors["tok_embd"].qtype == head
+    x = decode_tensor(g.tensors["blk.0.attn_q.weight"])
+    assert np.array_equal(f.tensor("layers.0.wq"), quant.quantize(x, target))
+    assert s["quant"] == target
+
+
 def test_convert_to_4_bit_and_summary(tmp_path):
     src, out = tmp_path / "s.gguf", tmp_path / "o.mgpt"
     tiny_llama(src, dim=256, n_heads=4, n_kv_heads=2, hidden=256, n_layers=1, wtype="Q4_K")

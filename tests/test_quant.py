@@ -176,18 +176,28 @@ def test_k_split_blocks_is_dequantize(qtype):
 
 
 @pytest.mark.parametrize("qtype", K_TYPES)
-def test_k_quants_have_no_quantizer_yet(qtype):
-    with pytest.raises(ValueError, match=f"no {qtype} quantizer"):
-        quant.quantize(np.zeros((1, 256), np.float32), qtype)
+def test_k_quant_special_blocks(qtype):
+    # all zero: every byte 0 (d = 0); one sub-block zero; a constant super-block
+    z = quant.quantize(np.zeros((1, 256), np.float32), qtype)
+    assert not z.any()
+    x = np.random.default_rng(9).standard_normal((2, 256)).astype(np.float32)
+    x[0, :32] = 0
+    x[1] = 2.5
+    y = quant.dequantize(quant.quantize(x, qtype), qtype)
+    np.testing.assert_array_equal(y[0, :32], 0)
+    assert np.abs(y[1] - 2.5).max() < 0.05
 
 
-# --- bit-exact known vectors (reference bytes produced by llama.cpp's gguf-py 0.19.0) --------------
+# --- bit-exact known vectors (reference bytes produced by llama.cpp's gguf-py 0.19.0, or ggml) ------
 
 GOLDEN_SHA256 = {
     "q8_0": "abe11e1493276701977cfe752d7c17ba296f2d0ac854b9ba19d38350a81d710d",
     "q4_0": "6f7e5e3f0e8a7707b97940ac76b8f585ab6806c047e8bdc5be46d705e92d4161",
     "q4_1": "b822e641489e5505f97697064c522807453bee2af08dca1385c988039e20debe",
     "f16": "7b604fba53bd1aeb0471aac9b63ec18922ac3685f8b25cda19bee749835405a4",
+    # ggml's quantize_row_q4_K_ref / quantize_row_q6_K_ref in llama-cpp-python 0.3.36 (tools/kquant_golden.py)
+    "q4_k": "96bcb7662cae5ea8230283821bcdaa0dea72655b0bced98f65e6b8bd7bb88658",
+    "q6_k": "dcf664c995c568a831d6772fdb2d4dfcb7de7c0d80d57f8e8b534b3298fc237c",
 }
 
 
@@ -252,10 +262,10 @@ def test_q4_1_error_bound(seed):
 def test_relative_rms_error_ordering():
     x = np.random.default_rng(3).standard_normal((128, 512)).astype(np.float32)
     rel = {q: np.sqrt(np.mean((quant.dequantize(quant.quantize(x, q), q) - x) ** 2)) / x.std()
-           for q in ["f32", "f16"] + BLOCK_TYPES}
+           for q in quant.QTYPES}
     assert rel["f32"] == 0
-    assert rel["f16"] < 1e-3 < rel["q8_0"] < 0.01
-    assert rel["q4_1"] < rel["q4_0"] < 0.15
+    assert rel["f16"] < 1e-3 < rel["q8_0"] < rel["q6_k"] < 0.03
+    assert rel["q4_k"] < rel["q4_1"] < rel["q4_0"] < 0.15
 
 
 # --- argument handling -----------------------------------------------------------------------------
@@ -267,11 +277,12 @@ def test_quantize_along_last_axis_of_any_rank():
     np.testing.assert_array_equal(w.reshape(6, 40), quant.quantize(x.reshape(6, 64), "q4_1"))
 
 
-def test_quantize_is_chunk_independent(monkeypatch):
-    x = np.random.default_rng(5).standard_normal((37, 96)).astype(np.float32)
-    whole = quant.quantize(x, "q4_0")
-    monkeypatch.setattr(quant, "_CHUNK_ELEMS", 200)  # a few rows per chunk
-    np.testing.assert_array_equal(quant.quantize(x, "q4_0"), whole)
+@pytest.mark.parametrize("qtype", ["q4_0", "q4_k", "q6_k"])
+def test_quantize_is_chunk_independent(monkeypatch, qtype):
+    x = np.random.default_rng(5).standard_normal((37, 512)).astype(np.float32)
+    whole = quant.quantize(x, qtype)
+    monkeypatch.setattr(quant, "_CHUNK_ELEMS", 1200)  # a few rows per chunk
+    np.testing.assert_array_equal(quant.quantize(x, qtype), whole)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
@@ -297,10 +308,7 @@ def test_quantize_rejects_bad_args():
 def test_dequantize_flat_bytes_with_cols(qtype):
     rng = np.random.default_rng(6)
     cols = quant.QTYPES[qtype].block * 2
-    if qtype in K_TYPES:
-        w = k_blocks(rng, qtype, 6).reshape(3, -1)
-    else:
-        w = quant.quantize(rng.standard_normal((3, cols)).astype(np.float32), qtype)
+    w = quant.quantize(rng.standard_normal((3, cols)).astype(np.float32), qtype)
     np.testing.assert_array_equal(quant.dequantize(w.reshape(-1), qtype, cols=cols), quant.dequantize(w, qtype))
     with pytest.raises(ValueError, match="cols"):
         quant.dequantize(w.reshape(-1), qtype)

@@ -19,7 +19,8 @@ Type policy (docs/format.md, "Conversion"):
   taking a second 4-bit rounding.
 - With no `quant` given, Q4_K and Q6_K tensors keep their type (q4_k, q6_k), bit for bit; they count
   as q8_0 when picking the default for the others.
-- A 2-D tensor whose rows are not a multiple of 32 cannot hold blocks: it falls back to f16.
+- A 2-D tensor whose rows are not a multiple of 32 cannot hold blocks: it falls back to f16. One
+  whose rows are not a multiple of 256 cannot hold K-quant super-blocks: it falls back to q8_0.
 """
 
 import time
@@ -37,11 +38,12 @@ from .gguf import GGUFFile
 from .hf import qk_rows
 from .names import GGUF_IGNORED, map_gguf_name
 
-QUANT_TYPES = ("q4_0", "q4_1", "q8_0", "f16", "f32")   # what `--quant` accepts
+QUANT_TYPES = ("q4_0", "q4_1", "q8_0", "q4_k", "q6_k", "f16", "f32")   # what `--quant` accepts
 _FROM_GGML = {"F32": "f32", "F16": "f16", "Q8_0": "q8_0", "Q4_0": "q4_0", "Q4_1": "q4_1",
               "Q4_K": "q4_k", "Q6_K": "q6_k"}
 _KEPT = ("q4_k", "q6_k")   # with no `quant`, stored as they come; they count as q8_0 for the default
 _FOUR_BIT = ("q4_0", "q4_1")
+_FOUR_BIT_TARGETS = _FOUR_BIT + ("q4_k",)   # targets whose output head is kept at q8_0
 
 
 def gguf_architecture(g: GGUFFile) -> str:
@@ -201,9 +203,11 @@ def plan(sources, config: Config, target: str, where, keep=()):
             qtype = s.carry
         else:
             qtype = target
-            if s.name == head and target in _FOUR_BIT and s.carry not in _FOUR_BIT:
+            if s.name == head and target in _FOUR_BIT_TARGETS and s.carry not in _FOUR_BIT + (target,):
                 qtype = "q8_0"
-            if s.shape[1] % quant.QTYPES[qtype][0]:
+            if s.shape[1] % quant.QTYPES[qtype].block and quant.QTYPES[qtype].block == 256:
+                qtype = "q8_0"   # a K-quant target on rows that do not hold super-blocks
+            if s.shape[1] % quant.QTYPES[qtype].block:
                 qtype = "f16"
         out.append((s, qtype))
     _check_complete(where, config, [s.name for s in sources])
