@@ -10,11 +10,11 @@ fp16 fields are decoded bit-exactly (_f16).
                and input value loaded once for four products), or one at a time for the last n % 4.
                Below NI inputs (decode) the 32-element block types skip the tile: each stored row is
                dotted with x in vector lanes, summed once per row (numba_decode.py); the K-quants
-               (q4_k, q6_k) always take the tiles. The block scales are decoded once per weight: cached for read-only weights (the
+               (q4_k, q6_k) by plain loops per super-block (numba_decode.py too). The block scales are decoded once per weight: cached for read-only weights (the
                engine's mmap views, which cannot change), decoded per call otherwise.
     matmul_q8: x quantized per block of 32 exactly as quant.quantize_act. Below NI inputs (decode), for
                the 32-element block types: int8 block dots of the codes, exact in integers, scaled per
-               block (numba_decode.py).
+               block (numba_decode.py); the K-quants take x rounded to d * q through matmul's dots.
                Otherwise x turned back into float32 d*q, then matmul's tiles. Either way
                dequant(q8(x)) @ W^T, the contract, to float32 rounding.
     matmul_q16: x rounded to int16 blocks (quant.quantize_act(x, 16)), then matmul.
@@ -47,7 +47,8 @@ name = "numba"
 # name -> (code the kernels branch on, elements per block, bytes per block)
 _QTYPES = {n: (t.code, t.block, t.block_bytes) for n, t in quant.QTYPES.items()}
 F32, F16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K = (_QTYPES[n][0] for n in ("f32", "f16", "q8_0", "q4_0", "q4_1", "q4_k", "q6_k"))
-_DECODE_CODES = (Q8_0, Q4_0, Q4_1)   # the types numba_decode's row dots read; the K-quants take the tiles
+_DECODE_CODES = (Q8_0, Q4_0, Q4_1)   # the types numba_decode's vector-IR row dots read
+_K_CODES = (Q4_K, Q6_K)              # numba_decode's K-quant row dots
 QK = 32
 NR = 4   # weight rows per tile; thread chunks are whole tiles
 NI = 4   # inputs dotted with a tile in one pass
@@ -161,13 +162,15 @@ def _dequant_k_row(row, code, y):
 
 @njit(**_JIT)
 def _block_scales(w, code, d, m):
-    """w: uint8 [rows, row_bytes] of a block type -> d, m float32 [rows, nb] (m: q4_1's minimum)."""
-    bb = 34 if code == Q8_0 else (18 if code == Q4_0 else 20)
+    """w: uint8 [rows, row_bytes] of a block type -> d, m float32 [rows, nb] (m: q4_1's minimum, q4_k's
+    dmin; nb: blocks, or super-blocks for the K-quants)."""
+    bb = 34 if code == Q8_0 else 18 if code == Q4_0 else 20 if code == Q4_1 else 144 if code == Q4_K else 210
+    at = 208 if code == Q6_K else 0   # where d is in a block
     for r in range(w.shape[0]):
         for b in range(d.shape[1]):
-            p = bb * b
+            p = bb * b + at
             d[r, b] = _f16(w[r, p], w[r, p + 1])
-            if code == Q4_1:
+            if code == Q4_1 or code == Q4_K:
                 m[r, b] = _f16(w[r, p + 2], w[r, p + 3])
 
 
@@ -329,14 +332,14 @@ def _bytes(w):
 def _scales(w, code, cols):
     """(d, m) float32 [rows, cols / QK] of a block-type weight (_block_scales). Cached for read-only
     arrays, which are the engine's weights: decoding them per call would cost decode ~1/3 of its time."""
-    if code not in _DECODE_CODES:   # f32, f16, the K-quants: their tiles read no cached scales
+    if code <= F16:
         return _NO_SCALES, _NO_SCALES
     key, cache = id(w), not w.flags.writeable
     hit = _scales_cache.get(key) if cache else None
     if hit is not None and hit[0]() is w:
         return hit[1], hit[2]
-    d = np.empty((w.shape[0], cols // QK), np.float32)
-    m = np.empty_like(d) if code == Q4_1 else _NO_SCALES
+    d = np.empty((w.shape[0], cols // (256 if code in _K_CODES else QK)), np.float32)
+    m = np.empty_like(d) if code in (Q4_1, Q4_K) else _NO_SCALES
     _block_scales(_bytes(w), code, d, m)
     if cache:
         _scales_cache[key] = (weakref.ref(w, lambda _, key=key: _scales_cache.pop(key, None)), d, m)
@@ -363,7 +366,7 @@ def matmul_q8(x, w, qtype, out=None):
     q = np.empty(x.shape, np.int8)
     d, s = np.empty((2, x.shape[0], cols // QK), np.float32)
     numba_decode.quantize(x, q, d, s)
-    if x.shape[0] >= NI or _QTYPES[qtype][0] not in _DECODE_CODES:  # the float tiles over x rounded to d * q
+    if x.shape[0] >= NI or _QTYPES[qtype][0] in _K_CODES:  # float x rounded to d * q: tiles or K-quant dots
         xd = (q.reshape(len(q), -1, QK) * d[:, :, None]).reshape(x.shape)
         _run(xd, w, qtype, cols, out)
         return out
@@ -399,6 +402,10 @@ def _run(x, w, qtype, cols, out):
         xs = x.reshape(x.shape[0], cols // QK, QK).sum(axis=2) if code == Q4_1 else x[:, :cols // QK]
         _launch(numba_decode.fmatmul_serial, numba_decode.fmatmul_parallel, threads,
                 x, np.ascontiguousarray(xs), _bytes(w), code, d, m, out)
+        return
+    if x.shape[0] < NI and code in _K_CODES:
+        _launch(numba_decode.kmatmul_serial, numba_decode.kmatmul_parallel, threads, x, _bytes(w), code, d,
+                m if code == Q4_K else d, out)
         return
     _launch(_matmul_serial, _matmul_parallel, threads, x, _bytes(w), code, d, m, out)
 
