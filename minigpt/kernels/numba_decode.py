@@ -10,7 +10,7 @@ of a stored row is dotted with x's codes in integers, exact, and scaled by d_w d
     q4_1: sum_b d_w d_x sum_j nib q_x + sum_b m_w s_x
 The K-quants (q4_k, q6_k) have plain numba loops instead, over float x (matmul_q8 gives them x rounded
 to its int8 blocks, d * q): per sub-block, (d*sc) * sum q x - (dmin*m) * sum x (q4_k) or (d*sc) * sum
-(q - 32) x (q6_k), with d and dmin decoded once per weight (numba_._scales).
+(q - 32) x (q6_k), summed in element order, with d and dmin decoded once per weight (numba_._scales).
 For nibbles each block's integer dot is summed whole, unsigned by signed bytes: LLVM lowers that add
 reduction to a few instructions (vpdpbusd with VNNI), shorter than any lane-wise form of it found.
 Each row is one LLVM loop written as vector IR (numba widens int32 sums to int64, which LLVM then leaves
@@ -254,7 +254,9 @@ def matmul_parallel(xq, xd, xs, w, code, d, m, out, n_chunks):
 
 # --- the K-quants: one row dot per super-block loop, float x ------------------------------------------
 
-_JIT_K = dict(cache=True, fastmath={"contract", "reassoc"}, nogil=True, error_model="numpy", boundscheck=False)
+# No fastmath here: LLVM would vectorize these float sums in an order that depends on where the row dot
+# is inlined (serial or parallel build), and a row's result must not depend on the thread count.
+_JIT_K = dict(cache=True, fastmath=False, nogil=True, error_model="numpy", boundscheck=False)
 
 
 @njit(**_JIT_K)
