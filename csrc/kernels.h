@@ -12,6 +12,17 @@
  *   q5_0  per block: fp16 d, u32 qh, uint8 qs[16] (q4's order)   x = d*(q-16)
  *   q5_1  per block: fp16 d, fp16 m, u32 qh, uint8 qs[16]        x = d*q + m
  *         (q5: the low 4 bits of code j are nibbles as in q4; bit j of the little-endian qh is its bit 4)
+ * and the K-quants, in super-blocks of MG_QK_K = 256 (k a multiple of 256), byte for byte ggml's:
+ *   q4_k  fp16 d, fp16 dmin, uint8 scales[12], uint8 qs[128]      144 bytes
+ *         8 sub-blocks of 32, each a 6-bit scale sc and min m (scales: bytes 0-3 sc 0-3 in bits 0-5,
+ *         bytes 4-7 m 0-3 in bits 0-5, bytes 8-11 the low 4 bits of sc 4-7 (bits 0-3) and m 4-7
+ *         (bits 4-7); bits 6-7 of bytes 0-3 / 4-7 are the high bits of sc 4-7 / m 4-7).
+ *         Element 64c + 32n + l (c < 4, n < 2, l < 32) is nibble n of qs[32c + l], in sub-block 2c + n.
+ *                                                                  x = (d*sc)*q - (dmin*m)
+ *   q6_k  uint8 ql[128], uint8 qh[64], int8 scales[16], fp16 d    210 bytes
+ *         16 sub-blocks of 16, one int8 scale each. Element 128h + 32k + l (h < 2, k < 4, l < 32):
+ *         low 4 bits nibble k/2 of ql[64h + 32(k%2) + l], high 2 bits bits 2k, 2k+1 of qh[32h + l].
+ *                                                                  x = (d*sc)*(q - 32)
  * fp16 fields are little-endian and unaligned; they are read byte by byte.
  *
  * Activations for the integer path (mg_matmul_q8) are quantized per row, in blocks of 32, to
@@ -42,14 +53,17 @@
 #define MG_SLP_ONLY
 #endif
 
-/* Weight type codes; _core.pyx maps the names in minigpt.quant.QTYPES onto these (and checks them
- * against mg_traits at import). Refer to them by name: a merge may renumber them. */
+/* Weight type codes; minigpt.quant.QTYPES holds the same (name, block, bytes, code) table and
+ * _core.pyx checks the two agree at import. Refer to a type by its name, never by its number: a merge
+ * may renumber them. */
 enum mg_qtype {
     MG_F32 = 0, MG_F16 = 1, MG_Q8_0 = 2, MG_Q4_0 = 3, MG_Q4_1 = 4, MG_Q5_0 = 5, MG_Q5_1 = 6,
-    MG_NQTYPES = 7
+    MG_Q4_K = 7, MG_Q6_K = 8,
+    MG_NQTYPES = 9
 };
 
-#define MG_QK 32 /* elements per block of the block types */
+#define MG_QK 32    /* elements per block of the block types, and of a q8 / q16 activation block */
+#define MG_QK_K 256 /* elements per super-block of the K-quants (q4_k, q6_k) */
 #define MG_Q8_BLOCK_BYTES 44 /* sizeof(mg_block_q8) */
 
 /* Error codes returned by the entry points (0 = success). */
@@ -128,7 +142,8 @@ typedef struct {
 extern mg_gemm_kernel mg_gemm;
 
 /* x8 kernel (packed.c): out[t * ldo + r] = row r of one 8-row group . input t, for r < 8, t < nt (1..4);
- * w: the group's nb x8 blocks, x: nb q8 blocks per input, inputs ldx blocks apart. */
+ * w: the group's nb x8 blocks, x: the q8 blocks of each input (nb of them, 8 nb for the K-quants, whose
+ * x8 blocks span 256 columns), inputs ldx blocks apart. */
 typedef void (*mg_gemm_x8_fn)(int64_t nb, const uint8_t *restrict w, const mg_block_q8 *restrict x,
                               int64_t ldx, int nt, float *restrict out, int64_t ldo);
 
@@ -156,6 +171,22 @@ static inline float mg_fp16_to_fp32(uint16_t h) {
 
 static inline uint16_t mg_rd16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
 
+/* q4_k's 12 scale bytes -> the 8 six-bit scales sc[j] and mins m[j] of its sub-blocks (layout above) */
+static inline void mg_q4_k_scales(const uint8_t *restrict s, uint8_t *restrict sc, uint8_t *restrict m) {
+    for (int j = 0; j < 4; j++) {
+        sc[j] = s[j] & 63;
+        m[j] = s[4 + j] & 63;
+        sc[4 + j] = (uint8_t)((s[8 + j] & 0x0F) | ((s[j] >> 6) << 4));
+        m[4 + j] = (uint8_t)((s[8 + j] >> 4) | ((s[4 + j] >> 6) << 4));
+    }
+}
+
+/* q6_k: the 6-bit code (0..63) of element i < 256 of a super-block with low bits ql, high bits qh */
+static inline int mg_q6_k_code(const uint8_t *restrict ql, const uint8_t *restrict qh, int i) {
+    const int h = i / 128, k = i % 128 / 32, l = i % 32;
+    return ((ql[64 * h + 32 * (k % 2) + l] >> (4 * (k / 2))) & 0x0F) | (((qh[32 * h + l] >> (2 * k)) & 3) << 4);
+}
+
 /* --- entry points ----------------------------------------------------------------------------- */
 
 /* out[n, rows] = x[n, cols] @ W^T, W stored as `qtype` rows of cols elements. Uses the thread pool. */
@@ -163,9 +194,9 @@ int mg_matmul(const float *restrict x, const void *restrict w, float *restrict o
               int64_t n, int64_t rows, int64_t cols);
 
 /* Like mg_matmul, but each input row is first quantized to q8 blocks (mg_quantize_act) and the
- * block types (q8_0, q4_0, q4_1) are dotted in integers: out = dequant(q8(x)) @ W^T up to float32
- * rounding of the per-block scale products. f32 and f16 weights take mg_matmul's exact path.
- * cols must be a multiple of MG_QK for the block types (as their storage implies). */
+ * block types (q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q6_k) are dotted in integers: out = dequant(q8(x)) @ W^T
+ * up to float32 rounding of the per-block scale products. f32 and f16 weights take mg_matmul's exact
+ * path. cols must be a multiple of the type's block (as its storage implies). */
 int mg_matmul_q8(const float *restrict x, const void *restrict w, float *restrict out, int qtype,
                  int64_t n, int64_t rows, int64_t cols);
 
@@ -188,15 +219,16 @@ int64_t mg_row_bytes(int qtype, int64_t cols);
 /* A packed weight's qtype code is its base type's | MG_X8; only mg_matmul_q8 takes one. */
 #define MG_X8 16
 
-/* 1 if `qtype` (a base type) can be packed and multiplied on this CPU: the block types once an ISA
- * with x8 kernels is installed. */
+/* 1 if `qtype` (a base type) can be packed and multiplied on this CPU: the block types and the
+ * K-quants (q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q6_k) once an ISA with x8 kernels is installed. */
 int mg_x8_supported(int qtype);
 
-/* bytes of one x8 block (8 rows x 32 columns), or -1 for a type without an x8 layout */
+/* bytes of one x8 block (8 rows x mg_traits[qtype].block columns: 32, or 256 for the K-quants), or -1
+ * for a type without an x8 layout */
 int64_t mg_x8_block_bytes(int qtype);
 
-/* out = W (rows, cols) in the x8 layout: rows / 8 * cols / 32 * mg_x8_block_bytes(qtype) bytes.
- * rows must be a multiple of 8 and cols of 32 (unchecked). MG_EQTYPE if qtype has no x8 layout. */
+/* out = W (rows, cols) in the x8 layout: rows / 8 * cols / block * mg_x8_block_bytes(qtype) bytes.
+ * rows must be a multiple of 8 and cols of the block (unchecked). MG_EQTYPE if qtype has no x8 layout. */
 int mg_pack_x8(const void *restrict w, int qtype, int64_t rows, int64_t cols, void *restrict out);
 
 /* mg_matmul_q8 over a packed weight (qtype: the base type); MG_EQTYPE if !mg_x8_supported(qtype). */

@@ -23,7 +23,27 @@
  * instruction, apply to the 8 lanes at once. No horizontal sums anywhere; one 8-float store writes 8
  * outputs of one input.
  *
- * Groups follow each other: group g starts at g * nb * block_bytes (nb = cols / 32). Weights are
+ * The K-quants take 8 rows x 256 columns (one super-block of each row) per x8 block, in vectors of the
+ * same shape, the scales unpacked to bytes (q4_k: 148 bytes per row where the GGUF has 144):
+ *
+ *   q4_kx8  fp16 d[8], dmin[8] | uint8 sc[8][8], m[8][8] | qs[4][8][8][4]          1184 bytes
+ *           sc[j][r], m[j][r]: sub-block j of row r (0..63). qs[c][v][r][i] is byte 32c + 4v + i of
+ *           row r's qs: its low nibble element 4v + i of sub-block 2c, its high nibble that of 2c + 1.
+ *           x = (d*sc)*q - (dmin*m)
+ *   q6_kx8  fp16 d[8] | int8 sc[16][8] | ql[2][2][8][8][4] | qh[2][8][8][4]        1680 bytes
+ *           ql[h][p][v][r][i] is byte 64h + 32p + 4v + i of row r's ql, qh[h][v][r][i] byte 32h + 4v + i
+ *           of its qh. Element 4v + i of activation block j = 4h + k (k < 4) is then nibble k/2 of
+ *           ql[h][k%2][v] | bits 2k, 2k+1 of qh[h][v] << 4; its sub-block is 2j + v/4.
+ *           x = (d*sc)*(q - 32)
+ *
+ * Each 32-element activation block j of a super-block meets one q4_k sub-block (scale d*sc_j, bias
+ * -(dmin*m_j)): the kernels then do what they do for q4_1, sub-block after sub-block. For q6_k the two
+ * sub-blocks of an activation block are dotted in integers as signed codes q - 32, each dot times its
+ * int8 scale; with int8 inputs the two add up exactly (|.| < 2^24) to the block's lanes, with int16
+ * inputs each half is its own float step (see packed_x86.h).
+ *
+ * Groups follow each other: group g starts at g * nb * block_bytes (nb = cols / block, block = 32, or
+ * 256 for the K-quants). Weights are
  * packed once, at model load (the backend's prepare, minigpt/kernels/_core.pyx), only where an ISA provides kernels
  * (mg_gemm_x8[qtype] != NULL) and rows is a multiple of 8; the packed copy is another layout of the
  * same numbers, bit for bit.
@@ -55,6 +75,8 @@ int64_t mg_x8_block_bytes(int qtype) {
     case MG_Q8_0: return 16 + 256;
     case MG_Q5_0: return 16 + 32 + 128;
     case MG_Q5_1: return 32 + 32 + 128;
+    case MG_Q4_K: return 32 + 128 + 1024;
+    case MG_Q6_K: return 16 + 128 + 1536;
     default: return -1;
     }
 }
@@ -74,10 +96,36 @@ static void x8_qh(const uint8_t *qh, uint8_t *out) {
     }
 }
 
+/* one q4_k super-block of row r (blk: 144 bytes) into its place in the x8 block dst */
+static void pack_q4_k(const uint8_t *blk, int r, uint8_t *dst) {
+    uint8_t sc[8], m[8];
+    mg_q4_k_scales(blk + 4, sc, m);
+    memcpy(dst + 2 * r, blk, 2);           /* d */
+    memcpy(dst + 16 + 2 * r, blk + 2, 2);  /* dmin */
+    for (int j = 0; j < 8; j++) {
+        dst[32 + 8 * j + r] = sc[j];
+        dst[96 + 8 * j + r] = m[j];
+    }
+    for (int c = 0; c < 4; c++)
+        for (int v = 0; v < 8; v++) memcpy(dst + 160 + 256 * c + 32 * v + 4 * r, blk + 16 + 32 * c + 4 * v, 4);
+}
+
+/* one q6_k super-block of row r (blk: 210 bytes) into its place in the x8 block dst */
+static void pack_q6_k(const uint8_t *blk, int r, uint8_t *dst) {
+    memcpy(dst + 2 * r, blk + 208, 2);     /* d */
+    for (int s = 0; s < 16; s++) dst[16 + 8 * s + r] = blk[192 + s];
+    for (int h = 0; h < 2; h++)
+        for (int v = 0; v < 8; v++) {
+            for (int p = 0; p < 2; p++)
+                memcpy(dst + 144 + 512 * h + 256 * p + 32 * v + 4 * r, blk + 64 * h + 32 * p + 4 * v, 4);
+            memcpy(dst + 1168 + 256 * h + 32 * v + 4 * r, blk + 128 + 32 * h + 4 * v, 4);
+        }
+}
+
 int mg_pack_x8(const void *restrict w, int qtype, int64_t rows, int64_t cols, void *restrict out) {
     const int64_t gb = mg_x8_block_bytes(qtype);
     if (gb < 0) return MG_EQTYPE;
-    const int64_t nb = cols / MG_QK, bb = mg_traits[qtype].block_bytes, rb = nb * bb;
+    const int64_t nb = cols / mg_traits[qtype].block, bb = mg_traits[qtype].block_bytes, rb = nb * bb;
     const int has_m = qtype == MG_Q4_1 || qtype == MG_Q5_1, q5 = qtype == MG_Q5_0 || qtype == MG_Q5_1;
     const int hdr = has_m ? 32 : 16;                          /* scale bytes before the codes */
     const int qh_off = has_m ? 4 : 2;                         /* where q5's qh is in a stored block */
@@ -89,6 +137,14 @@ int mg_pack_x8(const void *restrict w, int qtype, int64_t rows, int64_t cols, vo
         for (int64_t b = 0; b < nb; b++, dst += gb)
             for (int r = 0; r < X8_ROWS; r++) {
                 const uint8_t *blk = src + (g * X8_ROWS + r) * rb + b * bb;
+                if (qtype == MG_Q4_K) {
+                    pack_q4_k(blk, r, dst);
+                    continue;
+                }
+                if (qtype == MG_Q6_K) {
+                    pack_q6_k(blk, r, dst);
+                    continue;
+                }
                 memcpy(dst + 2 * r, blk, 2);                           /* d */
                 if (has_m) memcpy(dst + 16 + 2 * r, blk + 2, 2);       /* m */
                 if (q5) x8_qh(blk + qh_off, dst + hdr + 4 * r);
@@ -120,12 +176,12 @@ void mg_quantize_act16(const float *restrict x, int64_t n, int64_t cols, mg_bloc
 }
 
 typedef struct {
-    const uint8_t *xq;      /* (n, nb) quantized inputs, xb bytes per block IN  */
+    const uint8_t *xq;      /* (n, nxb) quantized inputs, xb bytes per block IN */
     const uint8_t *w;       /* (rows / 8, nb, gb) x8 groups                 IN  */
     float *out;             /* (n, rows)                                    OUT */
     mg_gemm_x8_fn k8;       /* one of these two */
     mg_gemm_x8_16_fn k16;
-    int64_t n, rows, nb, gb, xb;
+    int64_t n, rows, nb, gb, nxb, xb; /* nb: x8 blocks per group row; nxb: input blocks per input */
 } x8_job;
 
 /* Thread ith of nth takes a contiguous range of groups; for each group (its weights stay in L1),
@@ -136,13 +192,13 @@ static void x8_task(void *arg, int ith, int nth) {
     for (int64_t g = g0; g < g1; g++) {
         const uint8_t *wg = jb->w + g * jb->nb * jb->gb;
         for (int64_t i = 0; i < jb->n; i += TOKENS) {
-            const void *x = jb->xq + i * jb->nb * jb->xb;
+            const void *x = jb->xq + i * jb->nxb * jb->xb;
             const int nt = (int)min64(TOKENS, jb->n - i);
             float *out = jb->out + i * jb->rows + g * X8_ROWS;
             if (jb->k8)
-                jb->k8(jb->nb, wg, (const mg_block_q8 *)x, jb->nb, nt, out, jb->rows);
+                jb->k8(jb->nb, wg, (const mg_block_q8 *)x, jb->nxb, nt, out, jb->rows);
             else
-                jb->k16(jb->nb, wg, (const mg_block_q16 *)x, jb->nb, nt, out, jb->rows);
+                jb->k16(jb->nb, wg, (const mg_block_q16 *)x, jb->nxb, nt, out, jb->rows);
         }
     }
 }
@@ -152,14 +208,15 @@ static int matmul_x8(const float *restrict x, const void *restrict w, float *res
                      int64_t n, int64_t rows, int64_t cols, int bits) {
     if (!mg_x8_supported(qtype)) return MG_EQTYPE;
     if (n <= 0 || rows <= 0) return MG_OK;
-    const int64_t nb = cols / MG_QK, xb = bits == 8 ? MG_Q8_BLOCK_BYTES : MG_Q16_BLOCK_BYTES;
+    const int64_t nxb = cols / MG_QK, xb = bits == 8 ? MG_Q8_BLOCK_BYTES : MG_Q16_BLOCK_BYTES;
     _Alignas(64) uint8_t stack_xq[STACK_BYTES];
     uint8_t *xq = stack_xq;
-    if (n * nb * xb > STACK_BYTES) {
-        xq = (uint8_t *)malloc((size_t)(n * nb * xb));
+    if (n * nxb * xb > STACK_BYTES) {
+        xq = (uint8_t *)malloc((size_t)(n * nxb * xb));
         if (!xq) return MG_ENOMEM;
     }
-    x8_job jb = {xq, (const uint8_t *)w, out, NULL, NULL, n, rows, nb, mg_x8_block_bytes(qtype), xb};
+    x8_job jb = {xq, (const uint8_t *)w, out, NULL, NULL, n, rows, cols / mg_traits[qtype].block,
+                 mg_x8_block_bytes(qtype), nxb, xb};
     if (bits == 8) {
         mg_quantize_act(x, n, cols, (mg_block_q8 *)xq);
         jb.k8 = mg_gemm_x8[qtype];

@@ -21,6 +21,12 @@
  * are the nibbles with the fifth bit put in from the qh vector (packed.c): for code vector l, qh shifted
  * left by 4 - l (low nibbles) or right by l (high ones), per byte, masked to bit 4.
  *
+ * The K-quants step per super-block and then per activation block j, as on x86: q4_k is q4_1 with
+ * dw = d * sc_j and bias -(dmin * m_j); q6_k dots the signed codes q - 32 of each half block (16
+ * inputs) apart, multiplies each half's int32 lanes by its int8 scale, and adds them (int8 inputs:
+ * exact, |.| < 2^24) or applies them one after the other (int16 inputs). Baseline int16 sums: q4_k
+ * 8 products of <= 15 * 127 per lane, q6_k 4 of <= 32 * 127 per half.
+ *
  * Lane operands must be constants: the helpers below switch on the lane, and the loops around them
  * are unrolled so the switches fold away.
  */
@@ -77,6 +83,11 @@ INLINE uint8x16_t fifth_pair(uint8x8_t qh_i, int l, int high) {
 INLINE int8x16_t codes(uint8x16_t v, uint8x16_t h, int high, int8x16_t off, const int q5) {
     const uint8x16_t u = high ? vshrq_n_u8(v, 4) : vandq_u8(v, vdupq_n_u8(0x0F));
     return vsubq_s8(vreinterpretq_s8_u8(q5 ? vorrq_u8(u, h) : u), off);
+}
+
+/* 4-bit codes of 16 bytes, low or high nibbles, as signed bytes minus off (the K-quants' q4_k: 0) */
+INLINE int8x16_t nibbles(uint8x16_t v, int high, int8x16_t off) {
+    return codes(v, vdupq_n_u8(0), high, off, 0);
 }
 
 /* the 4 bytes at p, repeated over 16 bytes (one ld1r) */
@@ -365,6 +376,278 @@ INLINE void gemm_q8x8_16(int64_t nb, const uint8_t *restrict w, const mg_block_q
     for (int t = 0; t < nt; t++) store8(out + t * ldo, sum[t]);
 }
 
+/* --- K-quants (layouts: packed.c) ---------------------------------------------------------------- */
+
+/* 8 unsigned bytes at p (one per row) as floats: rows 0-3, rows 4-7 */
+INLINE void u8x8_f32(const uint8_t *p, float32x4_t f[2]) {
+    const uint16x8_t h = vmovl_u8(vld1_u8(p));
+    f[0] = vcvtq_f32_u32(vmovl_u16(vget_low_u16(h)));
+    f[1] = vcvtq_f32_u32(vmovl_high_u16(h));
+}
+
+/* 8 int8 scales at p (one per row) as int32: rows 0-3, rows 4-7 */
+INLINE void i8x8_s32(const uint8_t *p, int32x4_t s[2]) {
+    const int16x8_t h = vmovl_s8(vld1_s8((const int8_t *)p));
+    s[0] = vmovl_s16(vget_low_s16(h));
+    s[1] = vmovl_high_s16(h);
+}
+
+/* q4_kx8, sub-block j: dw = d * sc_j and bias = -(dmin * m_j), rows 0-3 and 4-7 */
+INLINE void q4k_scales(const uint8_t *w, int j, float32x4_t dw[2], float32x4_t bias[2]) {
+    float32x4_t d[2], dmin[2], sc[2], m[2];
+    scales8(w, d);
+    scales8(w + 16, dmin);
+    u8x8_f32(w + 32 + 8 * j, sc);
+    u8x8_f32(w + 96 + 8 * j, m);
+    for (int h = 0; h < 2; h++) {
+        dw[h] = vmulq_f32(d[h], sc[h]);
+        bias[h] = vnegq_f32(vmulq_f32(dmin[h], m[h]));
+    }
+}
+
+/* q6_k signed codes q - 32 of activation block j = 4h + k from ql bytes l and qh bytes hb */
+INLINE int8x16_t q6k_signed(uint8x16_t l, uint8x16_t hb, int k) {
+    const uint8x16_t lo = k / 2 ? vshrq_n_u8(l, 4) : vandq_u8(l, vdupq_n_u8(0x0F));
+    const uint8x16_t hi = vshlq_n_u8(vandq_u8(vshlq_u8(hb, vdupq_n_s8((int8_t)(-2 * k))), vdupq_n_u8(3)), 4);
+    return vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(lo, hi)), vdupq_n_s8(32));
+}
+
+/* where block j's ql and qh vectors start in a q6_kx8 block */
+INLINE const uint8_t *q6k_ql(const uint8_t *w, int j) { return w + 144 + 512 * (j / 4) + 256 * (j % 4 % 2); }
+INLINE const uint8_t *q6k_qh(const uint8_t *w, int j) { return w + 1168 + 256 * (j / 4); }
+
+/* vector v of block j's signed codes: rows 0-3, rows 4-7 */
+INLINE void q6k_codes(const uint8_t *w, int j, int v, int8x16_t c[2]) {
+    const uint8_t *ql = q6k_ql(w, j) + 32 * v, *qh = q6k_qh(w, j) + 32 * v;
+    c[0] = q6k_signed(vld1q_u8(ql), vld1q_u8(qh), j % 4);
+    c[1] = q6k_signed(vld1q_u8(ql + 16), vld1q_u8(qh + 16), j % 4);
+}
+
+/* lanes[h] = a[h] * sa[h] + b[h] * sb[h]: a q6_k block's two halves, each times its scales */
+INLINE void q6k_lanes(const int32x4_t a[2], const int32x4_t b[2], const int32x4_t sa[2], const int32x4_t sb[2],
+                      int32x4_t lanes[2]) {
+    for (int h = 0; h < 2; h++) lanes[h] = vmlaq_s32(vmulq_s32(a[h], sa[h]), b[h], sb[h]);
+}
+
+DOTPROD INLINE void gemm_q4kx8_dot(int64_t nb, const uint8_t *restrict w, const mg_block_q8 *restrict x,
+                                   int64_t ldx, float *restrict out, int64_t ldo, const int nt) {
+    const int ch = CH(nt);
+    const int8x16_t zero = vdupq_n_s8(0);
+    float32x4_t sum[4][2];
+    for (int t = 0; t < nt; t++) sum[t][0] = sum[t][1] = vdupq_n_f32(0.0f);
+    for (int64_t b = 0; b < nb; b++, w += 1184) {
+        const mg_block_q8 *restrict xs = x + 8 * b;
+        for (int j = 0; j < 8; j++) {
+            const uint8_t *qs = w + 160 + 256 * (j / 2);
+            int32x4_t acc[4][4][2];
+            int8x16_t xq[4][2];
+            UNROLL for (int t = 0; t < nt; t++) {
+                for (int c = 0; c < ch; c++) acc[t][c][0] = acc[t][c][1] = vdupq_n_s32(0);
+                xq[t][0] = vld1q_s8(xs[t * ldx + j].q);
+                xq[t][1] = vld1q_s8(xs[t * ldx + j].q + 16);
+            }
+            UNROLL for (int v = 0; v < 8; v++) {
+                const int8x16_t c0 = nibbles(vld1q_u8(qs + 32 * v), j % 2, zero);
+                const int8x16_t c1 = nibbles(vld1q_u8(qs + 32 * v + 16), j % 2, zero);
+                UNROLL for (int t = 0; t < nt; t++) {
+                    int32x4_t *a = acc[t][v % ch];
+                    a[0] = sdot_lane(a[0], c0, xq[t][v / 4], v % 4);
+                    a[1] = sdot_lane(a[1], c1, xq[t][v / 4], v % 4);
+                }
+            }
+            float32x4_t dw[2], bias[2];
+            q4k_scales(w, j, dw, bias);
+            UNROLL for (int t = 0; t < nt; t++) {
+                int32x4_t lanes[2];
+                total32(acc[t], ch, lanes);
+                apply(sum[t], dw, xs[t * ldx + j].d, lanes[0], lanes[1]);
+                sum[t][0] = vfmaq_n_f32(sum[t][0], bias[0], xs[t * ldx + j].s);
+                sum[t][1] = vfmaq_n_f32(sum[t][1], bias[1], xs[t * ldx + j].s);
+            }
+        }
+    }
+    for (int t = 0; t < nt; t++) store8(out + t * ldo, sum[t]);
+}
+
+DOTPROD INLINE void gemm_q6kx8_dot(int64_t nb, const uint8_t *restrict w, const mg_block_q8 *restrict x,
+                                   int64_t ldx, float *restrict out, int64_t ldo, const int nt) {
+    float32x4_t sum[4][2];
+    for (int t = 0; t < nt; t++) sum[t][0] = sum[t][1] = vdupq_n_f32(0.0f);
+    for (int64_t b = 0; b < nb; b++, w += 1680) {
+        const mg_block_q8 *restrict xs = x + 8 * b;
+        float32x4_t dw[2];
+        scales8(w, dw);
+        for (int j = 0; j < 8; j++) {
+            int32x4_t acc[4][2][2]; /* [input][half][rows 0-3, 4-7] */
+            int8x16_t xq[4][2];
+            UNROLL for (int t = 0; t < nt; t++) {
+                acc[t][0][0] = acc[t][0][1] = acc[t][1][0] = acc[t][1][1] = vdupq_n_s32(0);
+                xq[t][0] = vld1q_s8(xs[t * ldx + j].q);
+                xq[t][1] = vld1q_s8(xs[t * ldx + j].q + 16);
+            }
+            UNROLL for (int v = 0; v < 8; v++) {
+                int8x16_t c[2];
+                q6k_codes(w, j, v, c);
+                UNROLL for (int t = 0; t < nt; t++) {
+                    int32x4_t *a = acc[t][v / 4];
+                    a[0] = sdot_lane(a[0], c[0], xq[t][v / 4], v % 4);
+                    a[1] = sdot_lane(a[1], c[1], xq[t][v / 4], v % 4);
+                }
+            }
+            int32x4_t sa[2], sb[2];
+            i8x8_s32(w + 16 + 16 * j, sa);
+            i8x8_s32(w + 24 + 16 * j, sb);
+            UNROLL for (int t = 0; t < nt; t++) {
+                int32x4_t lanes[2];
+                q6k_lanes(acc[t][0], acc[t][1], sa, sb, lanes);
+                apply(sum[t], dw, xs[t * ldx + j].d, lanes[0], lanes[1]);
+            }
+        }
+    }
+    for (int t = 0; t < nt; t++) store8(out + t * ldo, sum[t]);
+}
+
+/* baseline: p[q] int16 sums (mlal8) -> int32 lanes of rows 0-3 and 4-7 */
+INLINE void widen_rows(const int16x8_t p[4], int32x4_t lanes[2]) {
+    lanes[0] = vpaddq_s32(vpaddlq_s16(p[0]), vpaddlq_s16(p[1]));
+    lanes[1] = vpaddq_s32(vpaddlq_s16(p[2]), vpaddlq_s16(p[3]));
+}
+
+INLINE void gemm_q4kx8_neon(int64_t nb, const uint8_t *restrict w, const mg_block_q8 *restrict x,
+                            int64_t ldx, float *restrict out, int64_t ldo, const int nt) {
+    const int8x16_t zero = vdupq_n_s8(0);
+    float32x4_t sum[4][2];
+    for (int t = 0; t < nt; t++) sum[t][0] = sum[t][1] = vdupq_n_f32(0.0f);
+    for (int64_t b = 0; b < nb; b++, w += 1184) {
+        const mg_block_q8 *restrict xs = x + 8 * b;
+        for (int j = 0; j < 8; j++) {
+            const uint8_t *qs = w + 160 + 256 * (j / 2);
+            int16x8_t p[4][4];
+            for (int t = 0; t < nt; t++) p[t][0] = p[t][1] = p[t][2] = p[t][3] = vdupq_n_s16(0);
+            UNROLL for (int v = 0; v < 8; v++) {
+                const int8x16_t c0 = nibbles(vld1q_u8(qs + 32 * v), j % 2, zero);
+                const int8x16_t c1 = nibbles(vld1q_u8(qs + 32 * v + 16), j % 2, zero);
+                UNROLL for (int t = 0; t < nt; t++) mlal8(p[t], c0, c1, bcast4(xs[t * ldx + j].q + 4 * v));
+            }
+            float32x4_t dw[2], bias[2];
+            q4k_scales(w, j, dw, bias);
+            UNROLL for (int t = 0; t < nt; t++) {
+                int32x4_t lanes[2];
+                widen_rows(p[t], lanes);
+                apply(sum[t], dw, xs[t * ldx + j].d, lanes[0], lanes[1]);
+                sum[t][0] = vfmaq_n_f32(sum[t][0], bias[0], xs[t * ldx + j].s);
+                sum[t][1] = vfmaq_n_f32(sum[t][1], bias[1], xs[t * ldx + j].s);
+            }
+        }
+    }
+    for (int t = 0; t < nt; t++) store8(out + t * ldo, sum[t]);
+}
+
+INLINE void gemm_q6kx8_neon(int64_t nb, const uint8_t *restrict w, const mg_block_q8 *restrict x,
+                            int64_t ldx, float *restrict out, int64_t ldo, const int nt) {
+    float32x4_t sum[4][2];
+    for (int t = 0; t < nt; t++) sum[t][0] = sum[t][1] = vdupq_n_f32(0.0f);
+    for (int64_t b = 0; b < nb; b++, w += 1680) {
+        const mg_block_q8 *restrict xs = x + 8 * b;
+        float32x4_t dw[2];
+        scales8(w, dw);
+        for (int j = 0; j < 8; j++) {
+            int32x4_t half[4][2][2]; /* [input][half][rows 0-3, 4-7] */
+            UNROLL for (int hv = 0; hv < 2; hv++) {
+                int16x8_t p[4][4];
+                for (int t = 0; t < nt; t++) p[t][0] = p[t][1] = p[t][2] = p[t][3] = vdupq_n_s16(0);
+                UNROLL for (int v = 4 * hv; v < 4 * hv + 4; v++) {
+                    int8x16_t c[2];
+                    q6k_codes(w, j, v, c);
+                    UNROLL for (int t = 0; t < nt; t++) mlal8(p[t], c[0], c[1], bcast4(xs[t * ldx + j].q + 4 * v));
+                }
+                for (int t = 0; t < nt; t++) widen_rows(p[t], half[t][hv]);
+            }
+            int32x4_t sa[2], sb[2];
+            i8x8_s32(w + 16 + 16 * j, sa);
+            i8x8_s32(w + 24 + 16 * j, sb);
+            UNROLL for (int t = 0; t < nt; t++) {
+                int32x4_t lanes[2];
+                q6k_lanes(half[t][0], half[t][1], sa, sb, lanes);
+                apply(sum[t], dw, xs[t * ldx + j].d, lanes[0], lanes[1]);
+            }
+        }
+    }
+    for (int t = 0; t < nt; t++) store8(out + t * ldo, sum[t]);
+}
+
+/* int16 inputs: ld4 on vectors v, v + 1 of a sub-block (q4_k) or half block (q6_k), as gemm_q4x8_16 */
+INLINE void gemm_q4kx8_16(int64_t nb, const uint8_t *restrict w, const mg_block_q16 *restrict x, int64_t ldx,
+                          float *restrict out, int64_t ldo, const int nt) {
+    const int ch = CH(nt);
+    const int8x16_t zero = vdupq_n_s8(0);
+    float32x4_t sum[4][2];
+    for (int t = 0; t < nt; t++) sum[t][0] = sum[t][1] = vdupq_n_f32(0.0f);
+    for (int64_t b = 0; b < nb; b++, w += 1184) {
+        const mg_block_q16 *restrict xs = x + 8 * b;
+        for (int j = 0; j < 8; j++) {
+            const uint8_t *qs = w + 160 + 256 * (j / 2);
+            int32x4_t acc[4][4][2];
+            for (int t = 0; t < nt; t++)
+                for (int c = 0; c < ch; c++) acc[t][c][0] = acc[t][c][1] = vdupq_n_s32(0);
+            UNROLL for (int v = 0; v < 8; v += 2) {
+                const uint8x16x4_t d = vld4q_u8(qs + 32 * v);
+                int8x16_t c[4];
+                int16x8_t e[2][4];
+                for (int i = 0; i < 4; i++) c[i] = nibbles(d.val[i], j % 2, zero);
+                widen_pair(c, e);
+                q16_pair(acc, ch, e, xs, ldx, j, 4 * v, nt);
+            }
+            float32x4_t dw[2], bias[2];
+            q4k_scales(w, j, dw, bias);
+            UNROLL for (int t = 0; t < nt; t++) {
+                int32x4_t lanes[2];
+                total32(acc[t], ch, lanes);
+                apply(sum[t], dw, xs[t * ldx + j].d, lanes[0], lanes[1]);
+                sum[t][0] = vfmaq_n_f32(sum[t][0], bias[0], xs[t * ldx + j].s);
+                sum[t][1] = vfmaq_n_f32(sum[t][1], bias[1], xs[t * ldx + j].s);
+            }
+        }
+    }
+    for (int t = 0; t < nt; t++) store8(out + t * ldo, sum[t]);
+}
+
+INLINE void gemm_q6kx8_16(int64_t nb, const uint8_t *restrict w, const mg_block_q16 *restrict x, int64_t ldx,
+                          float *restrict out, int64_t ldo, const int nt) {
+    const int ch = CH(nt);
+    float32x4_t sum[4][2];
+    for (int t = 0; t < nt; t++) sum[t][0] = sum[t][1] = vdupq_n_f32(0.0f);
+    for (int64_t b = 0; b < nb; b++, w += 1680) {
+        const mg_block_q16 *restrict xs = x + 8 * b;
+        float32x4_t dw[2];
+        scales8(w, dw);
+        for (int j = 0; j < 8; j++) {
+            int32x4_t sc[2][2];
+            i8x8_s32(w + 16 + 16 * j, sc[0]);
+            i8x8_s32(w + 24 + 16 * j, sc[1]);
+            UNROLL for (int hv = 0; hv < 2; hv++) {
+                int32x4_t acc[4][4][2];
+                for (int t = 0; t < nt; t++)
+                    for (int c = 0; c < ch; c++) acc[t][c][0] = acc[t][c][1] = vdupq_n_s32(0);
+                UNROLL for (int v = 4 * hv; v < 4 * hv + 4; v += 2) {
+                    const uint8x16x4_t l = vld4q_u8(q6k_ql(w, j) + 32 * v), h = vld4q_u8(q6k_qh(w, j) + 32 * v);
+                    int8x16_t c[4];
+                    int16x8_t e[2][4];
+                    for (int i = 0; i < 4; i++) c[i] = q6k_signed(l.val[i], h.val[i], j % 4);
+                    widen_pair(c, e);
+                    q16_pair(acc, ch, e, xs, ldx, j, 4 * v, nt);
+                }
+                UNROLL for (int t = 0; t < nt; t++) {
+                    int32x4_t lanes[2];
+                    total32(acc[t], ch, lanes);
+                    apply(sum[t], dw, xs[t * ldx + j].d, vmulq_s32(lanes[0], sc[hv][0]), vmulq_s32(lanes[1], sc[hv][1]));
+                }
+            }
+        }
+    }
+    for (int t = 0; t < nt; t++) store8(out + t * ldo, sum[t]);
+}
+
 /* --- slot functions: nt dispatched to constant-count copies, so the accumulators live in registers - */
 
 #define X8_ENTRY(attr, fn, block, body)                                                                 \
@@ -407,6 +690,18 @@ X8_ENTRY(, x8_16_q4_1, mg_block_q16, Q4_1_16)
 X8_ENTRY(, x8_16_q5_0, mg_block_q16, Q5_0_16)
 X8_ENTRY(, x8_16_q5_1, mg_block_q16, Q5_1_16)
 X8_ENTRY(, x8_16_q8_0, mg_block_q16, Q8_0_16)
+#define Q4_K_DOT(n) gemm_q4kx8_dot(nb, w, x, ldx, out, ldo, n)
+#define Q6_K_DOT(n) gemm_q6kx8_dot(nb, w, x, ldx, out, ldo, n)
+#define Q4_K_NEON(n) gemm_q4kx8_neon(nb, w, x, ldx, out, ldo, n)
+#define Q6_K_NEON(n) gemm_q6kx8_neon(nb, w, x, ldx, out, ldo, n)
+#define Q4_K_16(n) gemm_q4kx8_16(nb, w, x, ldx, out, ldo, n)
+#define Q6_K_16(n) gemm_q6kx8_16(nb, w, x, ldx, out, ldo, n)
+X8_ENTRY(DOTPROD, x8_q4_k_dot, mg_block_q8, Q4_K_DOT)
+X8_ENTRY(DOTPROD, x8_q6_k_dot, mg_block_q8, Q6_K_DOT)
+X8_ENTRY(, x8_q4_k_neon, mg_block_q8, Q4_K_NEON)
+X8_ENTRY(, x8_q6_k_neon, mg_block_q8, Q6_K_NEON)
+X8_ENTRY(, x8_16_q4_k, mg_block_q16, Q4_K_16)
+X8_ENTRY(, x8_16_q6_k, mg_block_q16, Q6_K_16)
 
 int mg_install_x8_neon(int dotprod) {
     mg_gemm_x8[MG_Q4_0] = dotprod ? x8_q4_0_dot : x8_q4_0_neon;
@@ -419,6 +714,10 @@ int mg_install_x8_neon(int dotprod) {
     mg_gemm_x8_16[MG_Q5_0] = x8_16_q5_0;
     mg_gemm_x8_16[MG_Q5_1] = x8_16_q5_1;
     mg_gemm_x8_16[MG_Q8_0] = x8_16_q8_0;
+    mg_gemm_x8[MG_Q4_K] = dotprod ? x8_q4_k_dot : x8_q4_k_neon;
+    mg_gemm_x8[MG_Q6_K] = dotprod ? x8_q6_k_dot : x8_q6_k_neon;
+    mg_gemm_x8_16[MG_Q4_K] = x8_16_q4_k;
+    mg_gemm_x8_16[MG_Q6_K] = x8_16_q6_k;
     return 1;
 }
 

@@ -4,7 +4,7 @@
  *   TARGET              the function attribute enabling that instruction set
  *   NAME(f)             f with the instruction set's suffix
  *   dot4(acc, u, s)     acc (8 x int32) += per-lane sum of 4 products u (unsigned bytes) * s (signed)
- *   dot4x2(acc, u0, s0, u1, s1)  two dot4 steps, for u < 32 (the q4 and q5 types), into an
+ *   dot4x2(acc, u0, s0, u1, s1)  two dot4 steps, for u < 32 (the q4, q5 and q4_k types), into an
  *                       accumulator that q4_total(acc, ch) turns into int32 lanes (AVX2 keeps it in
  *                       int16 pairs: q4's whole block, 8 steps, stays below 8 * 2 * 15 * 127 < 2^15;
  *                       q5's codes need int32 sooner, so q5_total widens each accumulator on its own:
@@ -38,6 +38,18 @@
  * The q16 kernels do the same with int16 inputs (mg_block_q16), for the matmuls whose inputs need
  * more than 8 bits: each 4-byte lane of weight codes is split into two int16 pairs, (e0, e2) and
  * (e1, e3), which is why a q16 block stores each group of 4 inputs in that order.
+ *
+ * The K-quants step per super-block (8 activation blocks) and, inside it, activation block after block,
+ * so their float steps are those above, per 32-element block:
+ *   q4_k  a q4_1 block with dw = d * sc_j and bias_w = -(dmin * m_j) (both products exact in float32).
+ *   q6_k  lanes = sc_a * dot_a + sc_b * dot_b, dot_a and dot_b the integer dots of the signed codes
+ *         q - 32 with the block's two halves of 16 inputs, sc_a and sc_b their sub-blocks' int8 scales;
+ *         sum = fma(float(d_w * d_x), float(lanes), sum), no bias. With int8 inputs the codes go through
+ *         the sign trick (|c| . (x with c's sign): 4 maddubs per half stay below 4 * 2 * 32 * 127 <
+ *         2^15 in int16) and madd multiplies the int16 sums by the scales, exactly. Both instruction
+ *         sets run these same maddubs steps (vpdpbusd would need a 32-bit multiply per half for the
+ *         scales). With int16 inputs sc * dot can reach 2^31 - 2^16, so each half's lanes are
+ *         their own step: sum = fma(float(d_w * d_x), float(sc_a * dot_a), sum), then the same for b.
  */
 
 TARGET static inline __m256i NAME(bcast4)(const int8_t *p) {
@@ -218,6 +230,176 @@ TARGET static inline __attribute__((always_inline)) void NAME(gemm_q8x8_16)(
     for (int t = 0; t < nt; t++) _mm256_storeu_ps(out + t * ldo, sum[t]);
 }
 
+/* --- K-quants ------------------------------------------------------------------------------------- */
+
+/* the block loops unrolled, so that each block's shifts and scale offsets are constants */
+#ifndef X8_UNROLL
+#define X8_UNROLL _Pragma("GCC unroll 8")
+#endif
+
+/* 8 unsigned bytes at p (one per row) as floats */
+TARGET static inline __m256 NAME(u8x8_ps)(const uint8_t *p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+}
+
+/* 8 int8 scales at p (one per row) as int32 lanes */
+TARGET static inline __m256i NAME(i8x8_epi32)(const uint8_t *p) {
+    return _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p));
+}
+
+/* -v, exactly (sign bit flipped) */
+TARGET static inline __m256 NAME(neg)(__m256 v) { return _mm256_xor_ps(v, _mm256_set1_ps(-0.0f)); }
+
+/* q6_kx8: the unsigned codes (0..63) of vector v of activation block j = 4h + k, group block w */
+TARGET static inline __attribute__((always_inline)) __m256i NAME(q6_codes)(const uint8_t *w, int j, int v) {
+    const int h = j / 4, k = j % 4;
+    const __m256i ql = _mm256_loadu_si256((const __m256i *)(w + 144 + 512 * h + 256 * (k % 2) + 32 * v));
+    const __m256i qh = _mm256_loadu_si256((const __m256i *)(w + 1168 + 256 * h + 32 * v));
+    const __m256i lo = _mm256_and_si256(k / 2 ? _mm256_srli_epi16(ql, 4) : ql, _mm256_set1_epi8(0x0F));
+    const __m256i hi = k == 0 ? _mm256_slli_epi16(qh, 4) : k == 1 ? _mm256_slli_epi16(qh, 2)
+                     : k == 2 ? qh : _mm256_srli_epi16(qh, 2);      /* bits 2k, 2k+1 -> bits 4, 5 */
+    return _mm256_or_si256(lo, _mm256_and_si256(hi, _mm256_set1_epi8(0x30)));
+}
+
+TARGET static inline __attribute__((always_inline)) void NAME(gemm_q4kx8)(
+    int64_t nb, const uint8_t *restrict w, const mg_block_q8 *restrict x, int64_t ldx, float *restrict out,
+    int64_t ldo, const int nt) {
+    const int ch = CH(nt);
+    const __m256i low = _mm256_set1_epi8(0x0F);
+    __m256 sum[4], sumb[4];
+    for (int t = 0; t < nt; t++) sum[t] = sumb[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++, w += 1184) {
+        const mg_block_q8 *restrict xs = x + 8 * b;
+        const __m256 d = NAME(scales8)(w), ndmin = NAME(neg)(NAME(scales8)(w + 16));
+        X8_UNROLL for (int j = 0; j < 8; j++) {
+            const uint8_t *qs = w + 160 + 256 * (j / 2);
+            __m256i acc[4][4];
+            for (int t = 0; t < nt; t++)
+                for (int c = 0; c < ch; c++) acc[t][c] = _mm256_setzero_si256();
+            for (int v = 0; v < 8; v += 2) {
+                __m256i u0 = _mm256_loadu_si256((const __m256i *)(qs + 32 * v));
+                __m256i u1 = _mm256_loadu_si256((const __m256i *)(qs + 32 * v + 32));
+                if (j % 2) {
+                    u0 = _mm256_srli_epi16(u0, 4);
+                    u1 = _mm256_srli_epi16(u1, 4);
+                }
+                u0 = _mm256_and_si256(u0, low);
+                u1 = _mm256_and_si256(u1, low);
+                for (int t = 0; t < nt; t++) {
+                    const int8_t *q = xs[t * ldx + j].q;
+                    __m256i *a = &acc[t][(v / 2) % ch];
+                    *a = dot4x2(*a, u0, NAME(bcast4)(q + 4 * v), u1, NAME(bcast4)(q + 4 * v + 4));
+                }
+            }
+            const __m256 dw = _mm256_mul_ps(d, NAME(u8x8_ps)(w + 32 + 8 * j));
+            const __m256 bias = _mm256_mul_ps(ndmin, NAME(u8x8_ps)(w + 96 + 8 * j));
+            for (int t = 0; t < nt; t++)
+                NAME(apply_bias)(&sum[t], &sumb[t], dw, bias, xs[t * ldx + j].d, xs[t * ldx + j].s, q4_total(acc[t], ch));
+        }
+    }
+    for (int t = 0; t < nt; t++) _mm256_storeu_ps(out + t * ldo, _mm256_add_ps(sum[t], sumb[t]));
+}
+
+TARGET static inline __attribute__((always_inline)) void NAME(gemm_q6kx8)(
+    int64_t nb, const uint8_t *restrict w, const mg_block_q8 *restrict x, int64_t ldx, float *restrict out,
+    int64_t ldo, const int nt) {
+    __m256 sum[4];
+    for (int t = 0; t < nt; t++) sum[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++, w += 1680) {
+        const mg_block_q8 *restrict xs = x + 8 * b;
+        const __m256 dw = NAME(scales8)(w);
+        X8_UNROLL for (int j = 0; j < 8; j++) {
+            __m256i acc[4][2]; /* per input: int16 sums of the halves */
+            for (int t = 0; t < nt; t++) acc[t][0] = acc[t][1] = _mm256_setzero_si256();
+            for (int v = 0; v < 8; v++) {
+                const __m256i c = _mm256_sub_epi8(NAME(q6_codes)(w, j, v), _mm256_set1_epi8(32));
+                const __m256i uc = _mm256_abs_epi8(c);
+                for (int t = 0; t < nt; t++) {
+                    const __m256i xv = _mm256_sign_epi8(NAME(bcast4)(xs[t * ldx + j].q + 4 * v), c);
+                    acc[t][v / 4] = _mm256_add_epi16(acc[t][v / 4], _mm256_maddubs_epi16(uc, xv));
+                }
+            }
+            /* each row's int8 scale in both int16 halves of its lane, for madd */
+            const __m256i sa = NAME(i8x8_epi32)(w + 16 + 16 * j), sb = NAME(i8x8_epi32)(w + 24 + 16 * j);
+            const __m256i ka = _mm256_or_si256(_mm256_and_si256(sa, _mm256_set1_epi32(0xFFFF)), _mm256_slli_epi32(sa, 16));
+            const __m256i kb = _mm256_or_si256(_mm256_and_si256(sb, _mm256_set1_epi32(0xFFFF)), _mm256_slli_epi32(sb, 16));
+            for (int t = 0; t < nt; t++) {
+                const __m256i lanes = _mm256_add_epi32(_mm256_madd_epi16(acc[t][0], ka), _mm256_madd_epi16(acc[t][1], kb));
+                NAME(apply)(&sum[t], dw, xs[t * ldx + j].d, lanes);
+            }
+        }
+    }
+    for (int t = 0; t < nt; t++) _mm256_storeu_ps(out + t * ldo, sum[t]);
+}
+
+/* q16 inputs: q4_k as gemm_q4x8_16 per sub-block; q6_k codes minus 32 as int16 pairs, per half */
+TARGET static inline __attribute__((always_inline)) void NAME(gemm_q4kx8_16)(
+    int64_t nb, const uint8_t *restrict w, const mg_block_q16 *restrict x, int64_t ldx, float *restrict out,
+    int64_t ldo, const int nt) {
+    const int ch = CH(nt);
+    const __m256i low = _mm256_set1_epi16(0x0F);
+    __m256 sum[4], sumb[4];
+    for (int t = 0; t < nt; t++) sum[t] = sumb[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++, w += 1184) {
+        const mg_block_q16 *restrict xs = x + 8 * b;
+        const __m256 d = NAME(scales8)(w), ndmin = NAME(neg)(NAME(scales8)(w + 16));
+        X8_UNROLL for (int j = 0; j < 8; j++) {
+            const uint8_t *qs = w + 160 + 256 * (j / 2);
+            __m256i acc[4][4];
+            for (int t = 0; t < nt; t++)
+                for (int c = 0; c < ch; c++) acc[t][c] = _mm256_setzero_si256();
+            for (int v = 0; v < 8; v++) {
+                const __m256i u = _mm256_loadu_si256((const __m256i *)(qs + 32 * v));
+                const __m256i e = j % 2 ? _mm256_and_si256(_mm256_srli_epi16(u, 4), low) : _mm256_and_si256(u, low);
+                const __m256i o = j % 2 ? _mm256_srli_epi16(u, 12) : _mm256_and_si256(_mm256_srli_epi16(u, 8), low);
+                for (int t = 0; t < nt; t++) {
+                    const int8_t *q = (const int8_t *)xs[t * ldx + j].q;
+                    __m256i *a = acc[t];
+                    a[(2 * v) % ch] = dot2(a[(2 * v) % ch], e, NAME(bcast4)(q + 8 * v));
+                    a[(2 * v + 1) % ch] = dot2(a[(2 * v + 1) % ch], o, NAME(bcast4)(q + 8 * v + 4));
+                }
+            }
+            const __m256 dw = _mm256_mul_ps(d, NAME(u8x8_ps)(w + 32 + 8 * j));
+            const __m256 bias = _mm256_mul_ps(ndmin, NAME(u8x8_ps)(w + 96 + 8 * j));
+            for (int t = 0; t < nt; t++)
+                NAME(apply_bias)(&sum[t], &sumb[t], dw, bias, xs[t * ldx + j].d, xs[t * ldx + j].s,
+                                 NAME(total32)(acc[t], ch));
+        }
+    }
+    for (int t = 0; t < nt; t++) _mm256_storeu_ps(out + t * ldo, _mm256_add_ps(sum[t], sumb[t]));
+}
+
+TARGET static inline __attribute__((always_inline)) void NAME(gemm_q6kx8_16)(
+    int64_t nb, const uint8_t *restrict w, const mg_block_q16 *restrict x, int64_t ldx, float *restrict out,
+    int64_t ldo, const int nt) {
+    const __m256i lowbyte = _mm256_set1_epi16(0xFF), off = _mm256_set1_epi16(32);
+    __m256 sum[4];
+    for (int t = 0; t < nt; t++) sum[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++, w += 1680) {
+        const mg_block_q16 *restrict xs = x + 8 * b;
+        const __m256 dw = NAME(scales8)(w);
+        X8_UNROLL for (int j = 0; j < 8; j++) {
+            __m256i acc[4][2]; /* per input: int32 dots of the halves */
+            for (int t = 0; t < nt; t++) acc[t][0] = acc[t][1] = _mm256_setzero_si256();
+            for (int v = 0; v < 8; v++) {
+                const __m256i u = NAME(q6_codes)(w, j, v);
+                const __m256i e = _mm256_sub_epi16(_mm256_and_si256(u, lowbyte), off);
+                const __m256i o = _mm256_sub_epi16(_mm256_srli_epi16(u, 8), off);
+                for (int t = 0; t < nt; t++) {
+                    const int8_t *q = (const int8_t *)xs[t * ldx + j].q;
+                    acc[t][v / 4] = dot2(dot2(acc[t][v / 4], e, NAME(bcast4)(q + 8 * v)), o, NAME(bcast4)(q + 8 * v + 4));
+                }
+            }
+            const __m256i sa = NAME(i8x8_epi32)(w + 16 + 16 * j), sb = NAME(i8x8_epi32)(w + 24 + 16 * j);
+            for (int t = 0; t < nt; t++) {
+                NAME(apply)(&sum[t], dw, xs[t * ldx + j].d, _mm256_mullo_epi32(acc[t][0], sa));
+                NAME(apply)(&sum[t], dw, xs[t * ldx + j].d, _mm256_mullo_epi32(acc[t][1], sb));
+            }
+        }
+    }
+    for (int t = 0; t < nt; t++) _mm256_storeu_ps(out + t * ldo, sum[t]);
+}
+
 /* The slot functions: nt dispatched to constant-count copies, so the accumulators live in registers. */
 #define X8_ENTRY(fn, block, body)                                                                       \
     TARGET static void NAME(fn)(int64_t nb, const uint8_t *restrict w, const block *restrict x,           \
@@ -244,6 +426,18 @@ X8_ENTRY(x8_q8_0, mg_block_q8, Q8_0_BODY)
 #undef Q5_0_BODY
 #undef Q5_1_BODY
 #undef Q8_0_BODY
+#define Q4_K_BODY(n) NAME(gemm_q4kx8)(nb, w, x, ldx, out, ldo, n)
+#define Q6_K_BODY(n) NAME(gemm_q6kx8)(nb, w, x, ldx, out, ldo, n)
+X8_ENTRY(x8_q4_k, mg_block_q8, Q4_K_BODY)
+X8_ENTRY(x8_q6_k, mg_block_q8, Q6_K_BODY)
+#undef Q4_K_BODY
+#undef Q6_K_BODY
+#define Q4_K_BODY(n) NAME(gemm_q4kx8_16)(nb, w, x, ldx, out, ldo, n)
+#define Q6_K_BODY(n) NAME(gemm_q6kx8_16)(nb, w, x, ldx, out, ldo, n)
+X8_ENTRY(x8_16_q4_k, mg_block_q16, Q4_K_BODY)
+X8_ENTRY(x8_16_q6_k, mg_block_q16, Q6_K_BODY)
+#undef Q4_K_BODY
+#undef Q6_K_BODY
 #define Q4_0_BODY(n) NAME(gemm_q4x8_16)(nb, w, x, ldx, out, ldo, n, 0, 0)
 #define Q4_1_BODY(n) NAME(gemm_q4x8_16)(nb, w, x, ldx, out, ldo, n, 1, 0)
 #define Q5_0_BODY(n) NAME(gemm_q4x8_16)(nb, w, x, ldx, out, ldo, n, 0, 1)
@@ -272,6 +466,10 @@ static void NAME(install_x8)(void) {
     mg_gemm_x8_16[MG_Q5_0] = NAME(x8_16_q5_0);
     mg_gemm_x8_16[MG_Q5_1] = NAME(x8_16_q5_1);
     mg_gemm_x8_16[MG_Q8_0] = NAME(x8_16_q8_0);
+    mg_gemm_x8[MG_Q4_K] = NAME(x8_q4_k);
+    mg_gemm_x8[MG_Q6_K] = NAME(x8_q6_k);
+    mg_gemm_x8_16[MG_Q4_K] = NAME(x8_16_q4_k);
+    mg_gemm_x8_16[MG_Q6_K] = NAME(x8_16_q6_k);
 }
 #undef Q5_LO
 #undef Q5_HI

@@ -1,4 +1,4 @@
-/* Per-type kernels, portable C99: dequantize a row, dot a stored row with a float vector.
+/* Per-type kernels, portable C99: dequantize a row, dot a stored row with a float vector (or q8 blocks).
  *
  * Written for the auto-vectorizer: fixed-trip inner loops over the 16 byte pairs of a block, and
  * sums kept in 16 independent lanes (acc[16]) so no reassociation (-ffast-math) is needed to use
@@ -224,6 +224,104 @@ static float vec_dot_q5_1(int64_t k, const void *restrict vw, const float *restr
     return sum_lanes(acc) + sum_lanes(accm);
 }
 
+/* --- q4_k: fp16 d, fp16 dmin, 12 bytes of 6-bit scales and mins, 128 bytes of nibbles ------------------ */
+
+/* y[64c + l] (sub-block 2c) and y[64c + 32 + l] (sub-block 2c + 1): low and high nibbles of qs[32c + l] */
+MG_SLP_ONLY static void dequant_q4_k(const void *restrict vw, float *restrict y, int64_t k) {
+    const uint8_t *restrict w = (const uint8_t *)vw;
+    const int64_t nb = k / MG_QK_K;
+    for (int64_t b = 0; b < nb; b++, w += 144, y += MG_QK_K) {
+        const float d = mg_fp16_to_fp32(mg_rd16(w)), dmin = mg_fp16_to_fp32(mg_rd16(w + 2));
+        uint8_t sc[8], m[8];
+        mg_q4_k_scales(w + 4, sc, m);
+        const uint8_t *restrict qs = w + 16;
+        for (int c = 0; c < 4; c++) {
+            const float d0 = d * (float)sc[2 * c], m0 = dmin * (float)m[2 * c];
+            const float d1 = d * (float)sc[2 * c + 1], m1 = dmin * (float)m[2 * c + 1];
+            for (int l = 0; l < 32; l++) {
+                y[64 * c + l] = d0 * (float)(qs[32 * c + l] & 0x0F) - m0;
+                y[64 * c + 32 + l] = d1 * (float)(qs[32 * c + l] >> 4) - m1;
+            }
+        }
+    }
+}
+
+static float vec_dot_q4_k(int64_t k, const void *restrict vw, const float *restrict x) {
+    /* per sub-block: (d*sc) * sum q*x - (dmin*m) * sum x */
+    const uint8_t *restrict w = (const uint8_t *)vw;
+    const int64_t nb = k / MG_QK_K;
+    float acc[LANES] = {0}, accm[LANES] = {0};
+    for (int64_t b = 0; b < nb; b++, w += 144, x += MG_QK_K) {
+        const float d = mg_fp16_to_fp32(mg_rd16(w)), dmin = mg_fp16_to_fp32(mg_rd16(w + 2));
+        uint8_t sc[8], m[8];
+        mg_q4_k_scales(w + 4, sc, m);
+        const uint8_t *restrict qs = w + 16;
+        for (int j = 0; j < 8; j++) {
+            const uint8_t *restrict q = qs + 32 * (j / 2);
+            const float *restrict xj = x + 32 * j;
+            const int sh = 4 * (j % 2);
+            const float ds = d * (float)sc[j], ms = dmin * (float)m[j];
+            float s[LANES], sx[LANES];
+            for (int l = 0; l < 16; l++) {
+                s[l] = (float)((q[l] >> sh) & 0x0F) * xj[l] + (float)((q[l + 16] >> sh) & 0x0F) * xj[l + 16];
+                sx[l] = xj[l] + xj[l + 16];
+            }
+            for (int l = 0; l < 16; l++) {
+                acc[l] += ds * s[l];
+                accm[l] += ms * sx[l];
+            }
+        }
+    }
+    return sum_lanes(acc) - sum_lanes(accm);
+}
+
+/* --- q6_k: 128 bytes of low nibbles, 64 of high bit pairs, 16 int8 scales, fp16 d ----------------------- */
+
+/* the 6-bit codes of a super-block's 256 elements, in element order */
+static void q6_k_codes(const uint8_t *restrict w, uint8_t *restrict q) {
+    const uint8_t *restrict ql = w, *restrict qh = w + 128;
+    for (int h = 0; h < 2; h++)
+        for (int l = 0; l < 32; l++) {
+            const int lo0 = ql[64 * h + l], lo1 = ql[64 * h + 32 + l], hi = qh[32 * h + l];
+            q[128 * h + l] = (uint8_t)((lo0 & 0x0F) | ((hi & 3) << 4));
+            q[128 * h + 32 + l] = (uint8_t)((lo1 & 0x0F) | (((hi >> 2) & 3) << 4));
+            q[128 * h + 64 + l] = (uint8_t)((lo0 >> 4) | (((hi >> 4) & 3) << 4));
+            q[128 * h + 96 + l] = (uint8_t)((lo1 >> 4) | ((hi >> 6) << 4));
+        }
+}
+
+MG_SLP_ONLY static void dequant_q6_k(const void *restrict vw, float *restrict y, int64_t k) {
+    const uint8_t *restrict w = (const uint8_t *)vw;
+    const int64_t nb = k / MG_QK_K;
+    for (int64_t b = 0; b < nb; b++, w += 210, y += MG_QK_K) {
+        const float d = mg_fp16_to_fp32(mg_rd16(w + 208));
+        const int8_t *restrict sc = (const int8_t *)(w + 192);
+        uint8_t q[MG_QK_K];
+        q6_k_codes(w, q);
+        for (int s = 0; s < 16; s++) {
+            const float ds = d * (float)sc[s];
+            for (int l = 0; l < 16; l++) y[16 * s + l] = ds * (float)((int)q[16 * s + l] - 32);
+        }
+    }
+}
+
+static float vec_dot_q6_k(int64_t k, const void *restrict vw, const float *restrict x) {
+    const uint8_t *restrict w = (const uint8_t *)vw;
+    const int64_t nb = k / MG_QK_K;
+    float acc[LANES] = {0};
+    for (int64_t b = 0; b < nb; b++, w += 210, x += MG_QK_K) {
+        const float d = mg_fp16_to_fp32(mg_rd16(w + 208));
+        const int8_t *restrict sc = (const int8_t *)(w + 192);
+        uint8_t q[MG_QK_K];
+        q6_k_codes(w, q);
+        for (int s = 0; s < 16; s++) {
+            const float ds = d * (float)sc[s];
+            for (int l = 0; l < 16; l++) acc[l] += ds * ((float)((int)q[16 * s + l] - 32) * x[16 * s + l]);
+        }
+    }
+    return sum_lanes(acc);
+}
+
 /* --- q8 activations: the integer path ------------------------------------------------------------ */
 
 /* rintf, not roundf: halves to even, as the AVX2 variant (and np.rint) round. rintf also keeps the
@@ -339,6 +437,53 @@ static float vec_dot_q8_q5_1(int64_t k, const void *restrict vw, const mg_block_
     return sum_lanes(acc) + summ;
 }
 
+/* q4_k: sub-block j of 32 meets activation block j: (d*sc_j * d_x) * sum q*q_x - (dmin*m_j) * s_x */
+static float vec_dot_q8_q4_k(int64_t k, const void *restrict vw, const mg_block_q8 *restrict x) {
+    const uint8_t *restrict w = (const uint8_t *)vw;
+    const int64_t nb = k / MG_QK_K;
+    float acc[LANES] = {0}, summ = 0.0f;
+    for (int64_t b = 0; b < nb; b++, w += 144, x += 8) {
+        const float d = mg_fp16_to_fp32(mg_rd16(w)), dmin = mg_fp16_to_fp32(mg_rd16(w + 2));
+        uint8_t sc[8], m[8];
+        mg_q4_k_scales(w + 4, sc, m);
+        for (int j = 0; j < 8; j++) {
+            const uint8_t *restrict q = w + 16 + 32 * (j / 2);
+            const int8_t *restrict qx = x[j].q;
+            const int sh = 4 * (j % 2);
+            const float ds = d * (float)sc[j] * x[j].d;
+            float s[LANES];
+            for (int l = 0; l < 16; l++)
+                s[l] = (float)((q[l] >> sh) & 0x0F) * (float)qx[l] + (float)((q[l + 16] >> sh) & 0x0F) * (float)qx[l + 16];
+            for (int l = 0; l < 16; l++) acc[l] += ds * s[l];
+            summ += dmin * (float)m[j] * x[j].s;
+        }
+    }
+    return sum_lanes(acc) - summ;
+}
+
+/* q6_k: activation block j holds sub-blocks 2j, 2j + 1; their integer dots of (q - 32) with q_x, each
+ * times its scale, add up exactly (|.| < 2^24) before one float multiply-add by d * d_x */
+static float vec_dot_q8_q6_k(int64_t k, const void *restrict vw, const mg_block_q8 *restrict x) {
+    const uint8_t *restrict w = (const uint8_t *)vw;
+    const int64_t nb = k / MG_QK_K;
+    float acc = 0.0f;
+    for (int64_t b = 0; b < nb; b++, w += 210, x += 8) {
+        const float d = mg_fp16_to_fp32(mg_rd16(w + 208));
+        const int8_t *restrict sc = (const int8_t *)(w + 192);
+        uint8_t q[MG_QK_K];
+        q6_k_codes(w, q);
+        for (int j = 0; j < 8; j++) {
+            int32_t sa = 0, sb = 0;
+            for (int l = 0; l < 16; l++) {
+                sa += ((int32_t)q[32 * j + l] - 32) * x[j].q[l];
+                sb += ((int32_t)q[32 * j + 16 + l] - 32) * x[j].q[16 + l];
+            }
+            acc += d * x[j].d * (float)(sc[2 * j] * sa + sc[2 * j + 1] * sb);
+        }
+    }
+    return acc;
+}
+
 /* --- the table -------------------------------------------------------------------------------------- */
 
 mg_type_traits mg_traits[MG_NQTYPES] = {
@@ -349,6 +494,8 @@ mg_type_traits mg_traits[MG_NQTYPES] = {
     [MG_Q4_1] = {"q4_1", MG_QK, 20, dequant_q4_1, vec_dot_q4_1, vec_dot_q8_q4_1, NULL},
     [MG_Q5_0] = {"q5_0", MG_QK, 22, dequant_q5_0, vec_dot_q5_0, vec_dot_q8_q5_0, NULL},
     [MG_Q5_1] = {"q5_1", MG_QK, 24, dequant_q5_1, vec_dot_q5_1, vec_dot_q8_q5_1, NULL},
+    [MG_Q4_K] = {"q4_k", MG_QK_K, 144, dequant_q4_k, vec_dot_q4_k, vec_dot_q8_q4_k, NULL},
+    [MG_Q6_K] = {"q6_k", MG_QK_K, 210, dequant_q6_k, vec_dot_q6_k, vec_dot_q8_q6_k, NULL},
 };
 
 int64_t mg_row_bytes(int qtype, int64_t cols) {

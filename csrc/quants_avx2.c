@@ -122,6 +122,60 @@ AVX2 static float vec_dot_q4_1_avx2(int64_t k, const void *restrict vw, const fl
     return hsum8(_mm256_add_ps(acc, accm));
 }
 
+/* q4_k: the 32 bytes of qs at 32c hold sub-block 2c (low nibbles) and 2c + 1 (high), in element order */
+AVX2 static float vec_dot_q4_k_avx2(int64_t k, const void *restrict vw, const float *restrict x) {
+    const uint8_t *restrict w = (const uint8_t *)vw;
+    const int64_t nb = k / MG_QK_K;
+    const __m256i low = _mm256_set1_epi8(0x0F);
+    __m256 acc = _mm256_setzero_ps(), accm = acc;
+    for (int64_t b = 0; b < nb; b++, w += 144, x += MG_QK_K) {
+        const float d = fp16(w), dmin = fp16(w + 2);
+        uint8_t sc[8], m[8];
+        mg_q4_k_scales(w + 4, sc, m);
+        for (int j = 0; j < 8; j++) {
+            const __m256i v = load32(w + 16 + 32 * (j / 2));
+            const float *xj = x + 32 * j;
+            const __m256 sx = _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(xj), _mm256_loadu_ps(xj + 8)),
+                                            _mm256_add_ps(_mm256_loadu_ps(xj + 16), _mm256_loadu_ps(xj + 24)));
+            const __m256i q = _mm256_and_si256(j % 2 ? _mm256_srli_epi16(v, 4) : v, low);
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d * (float)sc[j]), dot_i8_f32(q, xj), acc);
+            accm = _mm256_fmadd_ps(_mm256_set1_ps(-(dmin * (float)m[j])), sx, accm);
+        }
+    }
+    return hsum8(_mm256_add_ps(acc, accm));
+}
+
+/* q6_k: block j = 4h + k of a super-block is 32 codes in element order: ql bytes 64h + 32(k%2) (nibble
+ * k/2) | qh bytes 32h (bits 2k, 2k+1) << 4; its two halves have their own scales */
+AVX2 static float vec_dot_q6_k_avx2(int64_t k, const void *restrict vw, const float *restrict x) {
+    const uint8_t *restrict w = (const uint8_t *)vw;
+    const int64_t nb = k / MG_QK_K;
+    const __m256i low = _mm256_set1_epi8(0x0F), two = _mm256_set1_epi8(3);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++, w += 210, x += MG_QK_K) {
+        const float d = fp16(w + 208);
+        const int8_t *restrict sc = (const int8_t *)(w + 192);
+        for (int j = 0; j < 8; j++) {
+            const int h = j / 4, kk = j % 4;
+            const __m256i ql = load32(w + 64 * h + 32 * (kk % 2)), qh = load32(w + 128 + 32 * h);
+            const __m256i lo = _mm256_and_si256(kk / 2 ? _mm256_srli_epi16(ql, 4) : ql, low);
+            const __m256i hi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * kk), two), 4);
+            const __m256i q = _mm256_sub_epi8(_mm256_or_si256(lo, hi), _mm256_set1_epi8(32));
+            const __m128i q0 = _mm256_castsi256_si128(q), q1 = _mm256_extracti128_si256(q, 1);
+            const float *xj = x + 32 * j;
+            const __m256 sa = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q0, 8))),
+                                              _mm256_loadu_ps(xj + 8),
+                                              _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q0)), _mm256_loadu_ps(xj)));
+            const __m256 sb = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q1, 8))),
+                                              _mm256_loadu_ps(xj + 24),
+                                              _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q1)), _mm256_loadu_ps(xj + 16)));
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d * (float)sc[2 * j]), sa, acc);
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d * (float)sc[2 * j + 1]), sb, acc);
+        }
+    }
+    return hsum8(acc);
+}
+
 /* Float tile product for prefill: 6 weight rows x 16 inputs in 12 accumulators (+2 x, 1 broadcast). */
 enum { TILE_NR = 6, TILE_MI = 16 };
 
@@ -283,6 +337,8 @@ int mg_install_avx2(void) {
     mg_traits[MG_Q8_0].vec_dot = vec_dot_q8_0_avx2;
     mg_traits[MG_Q4_0].vec_dot = vec_dot_q4_0_avx2;
     mg_traits[MG_Q4_1].vec_dot = vec_dot_q4_1_avx2;
+    mg_traits[MG_Q4_K].vec_dot = vec_dot_q4_k_avx2;
+    mg_traits[MG_Q6_K].vec_dot = vec_dot_q6_k_avx2;
     mg_traits[MG_Q8_0].vec_dot_q8 = vec_dot_q8_q8_0_avx2;
     mg_traits[MG_Q4_0].vec_dot_q8 = vec_dot_q8_q4_0_avx2;
     mg_traits[MG_Q4_1].vec_dot_q8 = vec_dot_q8_q4_1_avx2;

@@ -107,7 +107,7 @@ def cli():
 @click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False), help="The .mgpt file to write.")
 @click.option("--quant", type=click.Choice(QUANTS), default=None,
               help="Weight type (default: each weight keeps its source's type, copied bit for bit; "
-                   "K-quant weights become q8_0, BF16 f16).")
+                   "Q2_K / Q3_K weights become q4_k, Q5_K q6_k, BF16 f16).")
 @click.option("--check", is_flag=True,
               help="Then compare the converted model with the source (f32, NumPy reference) on a built-in "
                    "multilingual text: top-1 agreement, KL divergence, perplexities.")

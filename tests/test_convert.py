@@ -71,23 +71,34 @@ def test_q5_sources_are_stored_natively(tmp_path, wtype):
 
 
 def test_mixed_source_keeps_each_native_type(tmp_path):
-    # Q5_0 with a Q4_K and a Q8_0 tensor, as llama.cpp's Q4_K_M files mix them: with no --quant, Q5_0 and
-    # Q8_0 are copied byte for byte; only Q4_K (not stored) is decoded and requantized, to q8_0
+    # Q5_0 with Q4_K, Q6_K and Q8_0 tensors, as llama.cpp's Q4_K_M files mix them, and a Q5_K one: with no
+    # --quant, Q5_0, Q4_K, Q6_K and Q8_0 are copied byte for byte; only Q5_K (not stored) is decoded and
+    # requantized, to q6_k (its GGUF_TYPES row)
     base, src, out = tmp_path / "b.gguf", tmp_path / "s.gguf", tmp_path / "o.mgpt"
     tiny_llama(base, dim=256, n_heads=4, n_kv_heads=2, hidden=256, n_layers=1, wtype="Q5_0")
     g = GGUFFile(base)
     rng = np.random.default_rng(3)
     tensors = {name: (t.type_name, np.array(t.data), t.shape) for name, t in g.tensors.items()}
-    tensors["blk.0.ffn_up.weight"] = ("Q4_K", random_blocks(rng, "Q4_K", 256, scale=0.01).reshape(256, -1), (256, 256))
+    tensors["blk.0.ffn_up.weight"] = ("Q5_K", random_blocks(rng, "Q5_K", 256, scale=0.01).reshape(256, -1), (256, 256))
     x = rng.standard_normal((256, 256)).astype(np.float32) / 16
     tensors["blk.0.ffn_gate.weight"] = ("Q8_0", quant.quantize(x, "q8_0"), (256, 256))
+    tensors["blk.0.ffn_down.weight"] = ("Q4_K", random_blocks(rng, "Q4_K", 256, scale=0.01).reshape(256, -1), (256, 256))
+    tensors["blk.0.attn_v.weight"] = ("Q6_K", random_blocks(rng, "Q6_K", 128, scale=0.01).reshape(128, -1),
+                                      g.tensors["blk.0.attn_v.weight"].shape)
     write_gguf(src, g.metadata, tensors)
     s = convert(src, out)
     f = MgptFile(out)
     assert s["quant"] == "q5_0"
-    assert s["requantized"] == ["layers.0.w_up"] and s["requantized_types"] == {"q4_k -> q8_0": 1}
-    assert f.tensors["layers.0.w_up"].qtype == "q8_0"
-    assert np.array_equal(f.tensor("layers.0.w_gate"), tensors["blk.0.ffn_gate.weight"][1])
+    assert s["requantized"] == ["layers.0.w_up"] and s["requantized_types"] == {"q5_k -> q6_k": 1}
+    assert f.tensors["layers.0.w_up"].qtype == "q6_k"
+    from minigpt.convert.convert import decode_tensor
+    want = quant.quantize(decode_tensor(GGUFFile(src).tensors["blk.0.ffn_up.weight"]), "q6_k")
+    assert np.array_equal(f.tensor("layers.0.w_up"), want)
+    for gname, name, qtype in [("blk.0.ffn_gate.weight", "layers.0.w_gate", "q8_0"),
+                               ("blk.0.ffn_down.weight", "layers.0.w_down", "q4_k"),
+                               ("blk.0.attn_v.weight", "layers.0.wv", "q6_k")]:
+        assert f.tensors[name].qtype == qtype
+        assert np.array_equal(f.tensor(name), tensors[gname][1])
     assert f.tensors["layers.0.wq"].qtype == "q5_0"
     assert np.array_equal(f.tensor("layers.0.wq"), tensors["blk.0.attn_q.weight"][1])
     assert np.array_equal(f.tensor("tok_embd"), tensors["token_embd.weight"][1])
@@ -97,8 +108,10 @@ def test_policy_table():
     from minigpt.convert.convert import GGUF_TYPES, NATIVE
     natives = {k: q for k, (q, native) in GGUF_TYPES.items() if native is NATIVE}
     assert natives == {"F32": "f32", "F16": "f16", "Q8_0": "q8_0", "Q4_0": "q4_0", "Q4_1": "q4_1",
-                       "Q5_0": "q5_0", "Q5_1": "q5_1"}
+                       "Q5_0": "q5_0", "Q5_1": "q5_1", "Q4_K": "q4_k", "Q6_K": "q6_k"}
     assert all(q in quant.QTYPES for q, _ in GGUF_TYPES.values())
+    # the K-quants minigpt does not store go to the smallest stored K-quant with at least their bits
+    assert {k: GGUF_TYPES[k][0] for k in ("Q2_K", "Q3_K", "Q5_K")} == {"Q2_K": "q4_k", "Q3_K": "q4_k", "Q5_K": "q6_k"}
 
 
 @pytest.mark.parametrize("target", ["q5_0", "q5_1"])

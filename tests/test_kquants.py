@@ -5,7 +5,8 @@ three ways:
   straight from the ggml block layouts (slow, but each line is one sentence of the spec);
 - against gguf-py (llama.cpp's NumPy reference), through committed fixtures made by
   tools/make_kquant_fixtures.py in its own venv (gguf is not a minigpt dependency);
-- end to end: a synthetic GGUF in each K-quant type converts to requantize(dequantize(source)).
+- end to end: a synthetic GGUF in each K-quant type minigpt does not store converts to
+  requantize(dequantize(source)); Q4_K and Q6_K are copied byte for byte and run on every backend.
 Plus every tensor of the Gemma-3-270M Q4_K_M GGUF (fetched once into the cache) against gguf-py's digests.
 """
 
@@ -19,7 +20,7 @@ import pytest
 
 from minigpt import quant
 from minigpt.convert import convert, kquants
-from minigpt.convert.convert import decode_tensor
+from minigpt.convert.convert import GGUF_TYPES, decode_tensor
 from minigpt.convert.gguf import GGUFFile
 from minigpt.format import MgptFile
 
@@ -224,21 +225,72 @@ def test_bad_input():
 
 # --- through `minigpt convert` ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("type_name", list(kquants.TYPES))
+@pytest.mark.parametrize("qtype", ["q4_k", "q6_k"])
+def test_every_backend_decodes_the_fixture_as_llama_cpp(qtype):
+    # minigpt stores these two as they are: its dequantize (NumPy, C, numba) must give llama.cpp's values
+    from minigpt.kernels import available_backends, get_backend
+    z = np.load(FIX / "kquants_reference.npz")
+    raw, want = z[f"{qtype.upper()}/raw"], z[f"{qtype.upper()}/values"]
+    assert same_bits(quant.dequantize(raw, qtype), want.reshape(len(raw), -1))
+    for name in available_backends():
+        assert same_bits(get_backend(name).dequantize(raw, qtype), want.reshape(len(raw), -1)), name
+
+
+@pytest.mark.parametrize("type_name", [t for t in kquants.TYPES if not GGUF_TYPES[t][1]])   # the decoded ones
 def test_convert_requantizes(tmp_path, type_name):
     src, out = tmp_path / "s.gguf", tmp_path / "o.mgpt"
     tiny_llama(src, dim=256, n_heads=4, n_kv_heads=2, hidden=256, n_layers=1, wtype=type_name)
-    s = convert(src, out)                            # no --quant: K-quant sources go to q8_0
+    s = convert(src, out)            # no --quant: to the type of its GGUF_TYPES row (Q5_K -> q6_k, Q2_K -> q4_k)
     g, f = GGUFFile(src), MgptFile(out)
-    assert s["quant"] == "q8_0"
+    target = GGUF_TYPES[type_name][0]
+    assert s["quant"] == target and target in ("q4_k", "q6_k")
     n2d = sum(1 for t in g.tensors.values() if len(t.shape) == 2)
-    assert s["requantized_types"] == {f"{type_name.lower()} -> q8_0": n2d} and len(s["requantized"]) == n2d
+    assert s["requantized_types"] == {f"{type_name.lower()} -> {target}": n2d} and len(s["requantized"]) == n2d
     for gname, name in [("blk.0.ffn_down.weight", "layers.0.w_down"), ("token_embd.weight", "tok_embd")]:
         x = decode_tensor(g.tensors[gname])
         assert same_bits(x, kquants.dequantize(g.tensors[gname].data, type_name))
-        assert f.tensors[name].qtype == "q8_0"
-        assert np.array_equal(f.tensor(name), quant.quantize(x, "q8_0"))
+        assert f.tensors[name].qtype == target
+        assert np.array_equal(f.tensor(name), quant.quantize(x, target))
     f.verify()
+
+
+@pytest.mark.parametrize("type_name", ["Q4_K", "Q6_K"])
+def test_convert_keeps_q4_k_and_q6_k(tmp_path, type_name):
+    # no --quant: the tensors are stored byte for byte, as q4_k / q6_k, and the model runs
+    import minigpt
+    src, out = tmp_path / "s.gguf", tmp_path / "o.mgpt"
+    tiny_llama(src, dim=256, n_heads=4, n_kv_heads=2, hidden=256, n_layers=1, wtype=type_name)
+    s = convert(src, out)
+    g, f = GGUFFile(src), MgptFile(out)
+    qtype = type_name.lower()
+    assert s["requantized"] == [] and s["types"][qtype] == 8
+    for gname, name in [("blk.0.ffn_down.weight", "layers.0.w_down"), ("token_embd.weight", "tok_embd")]:
+        assert f.tensors[name].qtype == qtype
+        assert np.array_equal(f.tensor(name), g.tensors[gname].data)
+    f.verify()
+    ids = [1, 5, 9, 2]
+    want = minigpt.load(out, backend="numpy", precision="exact").logits(ids)
+    for backend in ("c", "numba"):
+        got = minigpt.load(out, backend=backend, precision="exact").logits(ids)
+        assert np.abs(got - want).max() < 1e-4 * np.abs(want).max()
+
+
+@pytest.mark.parametrize("target", ["q4_k", "q6_k"])
+def test_convert_to_k_quants(tmp_path, target):
+    # --quant q4_k / q6_k: ggml's reference quantizers; rows of 96 (not a multiple of 256) go to q8_0
+    from minigpt.cli import QUANTS
+    from minigpt.convert import QUANT_TYPES
+    assert set(QUANTS) == set(QUANT_TYPES)
+    src = tmp_path / "s.gguf"
+    tiny_llama(src, dim=256, n_heads=4, n_kv_heads=2, hidden=96, n_layers=1, wtype="F32")
+    s = convert(src, tmp_path / "o.mgpt", target)
+    f, g = MgptFile(tmp_path / "o.mgpt"), GGUFFile(src)
+    assert f.tensors["layers.0.wq"].qtype == target and f.tensors["layers.0.w_down"].qtype == "q8_0"
+    head = "q8_0" if target == "q4_k" else target                # kept at 8 bits when the target is 4-bit
+    assert f.tensors["tok_embd"].qtype == head
+    x = decode_tensor(g.tensors["blk.0.attn_q.weight"])
+    assert np.array_equal(f.tensor("layers.0.wq"), quant.quantize(x, target))
+    assert s["quant"] == target
 
 
 def test_convert_to_4_bit_and_summary(tmp_path):
@@ -256,10 +308,10 @@ def test_cli_reports_requantized_types(tmp_path):
     from click.testing import CliRunner
     from minigpt.cli import cli
     src = tmp_path / "s.gguf"
-    tiny_llama(src, dim=256, n_heads=4, n_kv_heads=2, hidden=256, n_layers=1, wtype="Q6_K")
+    tiny_llama(src, dim=256, n_heads=4, n_kv_heads=2, hidden=256, n_layers=1, wtype="Q5_K")
     r = CliRunner().invoke(cli, ["convert", str(src), "-o", str(tmp_path / "o.mgpt")])
     assert r.exit_code == 0, r.output
-    assert "requantized: 8 (q6_k -> q8_0: 8)" in r.output
+    assert "requantized: 8 (q5_k -> q6_k: 8)" in r.output
 
 
 # --- the real file: Gemma-3-270M Q4_K_M ------------------------------------------------------------

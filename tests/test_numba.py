@@ -67,10 +67,12 @@ def test_result_does_not_depend_on_threads(nb, qtype):
     # each output is summed by the same code whichever thread owns its row: bit-identical
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("numba has one thread")
+    from test_kernels import weight, width
     rng = np.random.default_rng(1)
-    w = quant.quantize(rng.standard_normal((67, 160)).astype(np.float32), qtype)
+    cols = width(160, qtype)
+    w = weight(rng, 67, cols, qtype)
     for n in (1, 9):
-        x = rng.standard_normal((n, 160)).astype(np.float32)
+        x = rng.standard_normal((n, cols)).astype(np.float32)
         one = nb.matmul(x, w, qtype)
         nb.set_threads(2)
         np.testing.assert_array_equal(nb.matmul(x, w, qtype), one)
@@ -81,9 +83,11 @@ def test_result_does_not_depend_on_threads(nb, qtype):
 def test_decode_and_prefill_paths_agree(nb, qtype):
     # n < NI dots the stored rows directly; larger n dequantizes tiles, dotted with NI inputs at a
     # time and then one at a time for the rest
+    from test_kernels import weight, width
     rng = np.random.default_rng(2)
-    w = quant.quantize(rng.standard_normal((2 * numba_.NR + 3, 96)).astype(np.float32), qtype)
-    x = rng.standard_normal((numba_.NI + 3, 96)).astype(np.float32)
+    cols = width(96, qtype)
+    w = weight(rng, 2 * numba_.NR + 3, cols, qtype)
+    x = rng.standard_normal((numba_.NI + 3, cols)).astype(np.float32)
     tiled = nb.matmul(x, w, qtype)
     direct = np.concatenate([nb.matmul(x[i:i + 1], w, qtype) for i in range(len(x))])
     scale = np.abs(x) @ np.abs(quant.dequantize(w, qtype)).T
@@ -103,6 +107,20 @@ def test_decode_rows_of_many_blocks_match_numpy(nb, qtype):
             x = (rng.standard_normal((n, cols)) * 3).astype(np.float32)
             assert_matmul_close(nb.matmul(x, w, qtype), x, w, qtype)
             assert_matmul_q8_close(nb.matmul_q8(x, w, qtype), x, w, qtype)
+
+
+@pytest.mark.parametrize("qtype", ["q4_k", "q6_k"])
+def test_k_quant_rows_of_many_super_blocks_match_numpy(nb, qtype):
+    # the K-quants take the tiles at every n; rows of 19 super-blocks (Qwen2.5-0.5B's ffn_down), read-only
+    from test_kernels import assert_matmul_close, assert_matmul_q8_close, weight
+    rng = np.random.default_rng(6)
+    w = weight(rng, 13, 19 * 256, qtype)
+    w.setflags(write=False)
+    for n in (1, 2, numba_.NI + 1):
+        x = (rng.standard_normal((n, 19 * 256)) * 3).astype(np.float32)
+        assert_matmul_close(nb.matmul(x, w, qtype), x, w, qtype)
+        assert_matmul_q8_close(nb.matmul_q8(x, w, qtype), x, w, qtype)
+    np.testing.assert_array_equal(nb.get_rows(w, qtype, [12, 0]), quant.dequantize(w, qtype)[[12, 0]])
 
 
 def test_block_scales_are_cached_for_read_only_weights_only(nb):

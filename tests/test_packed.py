@@ -13,11 +13,12 @@ import pytest
 from minigpt import quant
 from minigpt.kernels import get_backend, numpy_ref
 from subproc import run_python
-from test_kernels import assert_matmul_q8_close, hostile_blocks, inputs, weight
+from test_kernels import assert_matmul_q8_close, hostile_blocks, inputs, weight, width
 
 core = get_backend("c")
-X8_QTYPES = [q for q in ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1") if core.x8_supported(q)]
+X8_QTYPES = [q for q in ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q6_k") if core.x8_supported(q)]
 Q5_X8 = [q for q in ("q5_0", "q5_1") if q in X8_QTYPES]
+K_QTYPES = [q for q in X8_QTYPES if quant.QTYPES[q].block == 256]
 pytestmark = pytest.mark.skipif(not X8_QTYPES, reason=f"no x8 kernels on {core.isa()}")
 TWIN = core.isa() in ("avx2", "avx512vnni")   # the instruction sets numpy_ref's x8 twin rounds as
 
@@ -33,7 +34,7 @@ def assert_twin(out, x, w, qtype, bits=8):
         assert_matmul_q16_close(out, x, w, qtype)
 
 
-@pytest.mark.parametrize("qtype", [q for q in X8_QTYPES if q not in Q5_X8])
+@pytest.mark.parametrize("qtype", [q for q in X8_QTYPES if q not in Q5_X8 + K_QTYPES])
 def test_packing_permutes_the_stored_bytes(qtype):
     rng = np.random.default_rng(1)
     w = weight(rng, 24, 96, qtype)
@@ -75,6 +76,32 @@ def test_q5_packing_matches_its_layout(qtype):
     p = core.pack_x8(w, qtype)
     assert p.shape == (3, 3 * 8 * quant.QTYPES[qtype].block_bytes) and p.nbytes == w.nbytes
     np.testing.assert_array_equal(p, x8_q5_reference(w, qtype))
+def test_k_quant_packing_places_each_field():
+    # q4_kx8: d, dmin, then the 6-bit scales and mins unpacked to bytes, then the qs vectors;
+    # q6_kx8: d, the int8 scales, the ql vectors, the qh vectors (csrc/packed.c)
+    rng = np.random.default_rng(2)
+    for qtype, gb in (("q4_k", 1184), ("q6_k", 1680)):
+        if qtype not in K_QTYPES:
+            continue
+        w = weight(rng, 16, 768, qtype)
+        p = core.pack_x8(w, qtype)
+        assert p.shape == (2, 3 * gb)
+        blk = p[1].reshape(3, gb)[2]                     # group 1, super-block 2: rows 8-15
+        src = w[8:16].reshape(8, 3, -1)[:, 2]            # [8 rows, block bytes]
+        if qtype == "q4_k":
+            np.testing.assert_array_equal(blk[:32].reshape(2, 8, 2), src[:, :4].reshape(8, 2, 2).transpose(1, 0, 2))
+            sc, m = quant.k4_scales(src[:, 4:16])
+            np.testing.assert_array_equal(blk[32:96].reshape(8, 8), sc.T)
+            np.testing.assert_array_equal(blk[96:160].reshape(8, 8), m.T)
+            qs = blk[160:].reshape(4, 8, 8, 4)           # [c][v][r][i] = qs byte 32c + 4v + i of row r
+            np.testing.assert_array_equal(qs.transpose(2, 0, 1, 3).reshape(8, 128), src[:, 16:])
+        else:
+            np.testing.assert_array_equal(blk[:16].reshape(8, 2), src[:, 208:])
+            np.testing.assert_array_equal(blk[16:144].reshape(16, 8), src[:, 192:208].T)
+            ql = blk[144:1168].reshape(2, 2, 8, 8, 4)    # [h][p][v][r][i] = ql byte 64h + 32p + 4v + i
+            np.testing.assert_array_equal(ql.transpose(3, 0, 1, 2, 4).reshape(8, 128), src[:, :128])
+            qh = blk[1168:].reshape(2, 8, 8, 4)          # [h][v][r][i] = qh byte 32h + 4v + i
+            np.testing.assert_array_equal(qh.transpose(2, 0, 1, 3).reshape(8, 64), src[:, 128:192])
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -82,7 +109,7 @@ def test_q5_packing_matches_its_layout(qtype):
 def test_packed_matmul_matches_reference(qtype, threads):
     core.set_threads(threads)
     rng = np.random.default_rng(40 + threads)
-    for cols in (32, 96, 576):
+    for cols in sorted({width(c, qtype) for c in (32, 96, 576)}):
         for rows in (8, 16, 40, 264):
             w = weight(rng, rows, cols, qtype)
             p = core.pack_x8(w, qtype)
@@ -97,7 +124,7 @@ def test_packed_matmul_matches_reference(qtype, threads):
 def test_packed_large_prefill_with_outliers(qtype):
     core.set_threads(2)
     rng = np.random.default_rng(41)
-    w = weight(rng, 96, 1536, qtype)
+    w = weight(rng, 96, 1536, qtype)                     # 1536: 6 super-blocks of the K-quants
     x = inputs(rng, 130, 1536)
     x[:, 7] *= 300.0       # an outlier channel, as silu(gate) * up has
     x[5] = 0.0             # an all-zero input: d = 0 blocks
@@ -130,7 +157,7 @@ def test_extreme_q4_codes_do_not_saturate(qtype):
         assert_twin(core.matmul_q16(x[:n], core.pack_x8(w, qtype), qtype + "x8"), x[:n], w, qtype, 16)
 
 
-@pytest.mark.parametrize("qtype", X8_QTYPES)
+@pytest.mark.parametrize("qtype", [q for q in X8_QTYPES if q not in K_QTYPES])   # K: random_blocks
 def test_packed_any_code_bytes_match_the_twin(qtype):
     rng = np.random.default_rng(45)
     w = hostile_blocks(rng, 40, 160, qtype)
@@ -139,6 +166,30 @@ def test_packed_any_code_bytes_match_the_twin(qtype):
         x = inputs(rng, n, 160)
         assert_twin(core.matmul_q8(x, p, qtype + "x8"), x, w, qtype)
         assert_twin(core.matmul_q16(x, p, qtype + "x8"), x, w, qtype, 16)
+
+
+@pytest.mark.parametrize("qtype", K_QTYPES)
+def test_extreme_k_quant_codes_and_scales_do_not_saturate(qtype):
+    # the largest integer sums the K-quant kernels meet: q4_k codes 15 (AVX2's int16 sums of 8 maddubs);
+    # q6_k codes 0 (q - 32 = -32) and sub-block scales -128, the int16 sums of 4 maddubs and, with int16
+    # inputs, sc * dot up to 2^31 - 2^16; inputs +-127 (int8) and +-32767 (int16) of one sign per row
+    rng = np.random.default_rng(45)
+    w = weight(rng, 16, 512, qtype).reshape(16, 2, -1).copy()
+    if qtype == "q4_k":
+        w[:, :, 4:] = 0xFF                               # every scale, min and code at its maximum
+        w[:8, :, 4:16] = rng.integers(0, 256, size=(8, 2, 12), dtype=np.uint8)
+    else:
+        w[:, :, :192] = 0                                # every code 0: q - 32 = -32
+        w[:, :, 192:208] = 0x80                          # every scale -128
+        w[8:, :, :192] = 0xFF                            # every code 63: q - 32 = 31
+    w = w.reshape(16, -1)
+    x = np.full((5, 512), 127.0, np.float32)
+    x[1] = -x[1]
+    x[2, ::2] = -127.0
+    p = core.pack_x8(w, qtype)
+    assert_twin(core.matmul_q8(x, p, qtype + "x8"), x, w, qtype)
+    assert_twin(core.matmul_q16(x, p, qtype + "x8"), x, w, qtype, 16)
+    assert_matmul_q8_close(core.matmul_q8(x, w, qtype), x, w, qtype)   # the per-row path too
 
 
 def test_bad_packed_calls_are_value_errors():
@@ -155,6 +206,13 @@ def test_bad_packed_calls_are_value_errors():
         core.matmul_q8(inputs(rng, 1, 96), p, "q4_0x8")
     with pytest.raises(ValueError, match="not a multiple"):
         core.matmul_q8(inputs(rng, 1, 64), p[:, :100], "q4_0x8")
+    if "q6_k" in K_QTYPES:
+        p = core.pack_x8(weight(rng, 8, 512, "q6_k"), "q6_k")
+        assert core.check_weight(p, "q6_kx8") == (8, 512)
+        with pytest.raises(ValueError, match="columns"):
+            core.matmul_q8(inputs(rng, 1, 256), p, "q6_kx8")
+        with pytest.raises(ValueError, match="not a multiple of 1680"):
+            core.matmul_q8(inputs(rng, 1, 512), p[:, :1700], "q6_kx8")
 
 
 @pytest.mark.skipif(core.isa() != "avx512vnni", reason="plain AVX2 is already the best here")
@@ -195,6 +253,7 @@ def test_packed_matmul_q16_matches_reference(qtype, threads):
     core.set_threads(threads)
     rng = np.random.default_rng(60 + threads)
     for cols, rows in ((32, 8), (96, 40), (1536, 264)):
+        cols = width(cols, qtype)
         w = weight(rng, rows, cols, qtype)
         p = core.pack_x8(w, qtype)
         for n in (1, 2, 3, 4, 5, 9, 17):

@@ -9,6 +9,7 @@ import pytest
 from minigpt import quant
 
 BLOCK_TYPES = ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1"]
+K_TYPES = ["q4_k", "q6_k"]   # 256-element super-blocks, ggml's Q4_K and Q6_K
 FIX = Path(__file__).parent / "fixtures"
 
 
@@ -21,7 +22,7 @@ def f16_bytes(v):
 def test_qtypes_table():
     assert {name: (t.block, t.block_bytes) for name, t in quant.QTYPES.items()} == {
         "f32": (1, 4), "f16": (1, 2), "q8_0": (32, 34), "q4_0": (32, 18), "q4_1": (32, 20),
-        "q5_0": (32, 22), "q5_1": (32, 24)}
+        "q5_0": (32, 22), "q5_1": (32, 24), "q4_k": (256, 144), "q6_k": (256, 210)}
     assert sorted(t.code for t in quant.QTYPES.values()) == list(range(len(quant.QTYPES)))
 
 
@@ -40,6 +41,14 @@ def test_storage_shape(qtype, shape):
     assert quant.storage_shape(qtype, 3, 96) == shape
     x = np.zeros((3, 96), np.float32)
     assert quant.quantize(x, qtype).shape == shape
+
+
+@pytest.mark.parametrize("qtype, shape", [("q4_k", (3, 288)), ("q6_k", (3, 420))])
+def test_storage_shape_of_k_quants(qtype, shape):
+    assert quant.storage_shape(qtype, 3, 512) == shape
+    for cols in (32, 96, 800, -256):      # Gemma's 640 and Qwen's 896 rows are fine, not as columns
+        with pytest.raises(ValueError, match=str(cols)):
+            quant.storage_shape(qtype, 3, cols)
 
 
 @pytest.mark.parametrize("qtype", BLOCK_TYPES)
@@ -173,8 +182,68 @@ def test_f16_is_round_to_nearest_even():
     assert quant.dequantize(w, "f16").tolist() == [[1.0, 1.0, 1.0 + 2.0**-9, np.inf]]
 
 
-# --- bit-exact known vectors (reference bytes produced by llama.cpp's gguf-py 0.19.0; q5_0 and q5_1 by
-# llama.cpp's own quantize_row_q5_0_ref / _q5_1_ref, libggml-base of llama-cpp-python 0.3.36) -------
+def k_blocks(rng, qtype, n):
+    from synthetic import random_blocks   # random codes and scales, finite fp16 fields
+    return random_blocks(rng, qtype.upper(), n, 0.05)
+
+
+def test_q4_k_hand_block():
+    # sub-block 5: scale and min from the high bits of bytes 1 and 5 and the two nibbles of byte 13;
+    # its elements (160..191) are the high nibbles of qs 64..95
+    b = np.zeros(144, np.uint8)
+    b[0:2], b[2:4] = f16_bytes(0.5), f16_bytes(0.25)
+    b[4 + 1] = 0b10_000011       # scale 1 = 3; bits 6-7: high bits of scale 5 = 2
+    b[4 + 5] = 0b01_000000       # min 1 = 0; high bits of min 5 = 1
+    b[4 + 9] = 0x97              # scale 5 low bits 7, min 5 low bits 9
+    b[16 + 64:16 + 96] = np.arange(32) % 16 << 4 | 1          # low nibble 1 (sub-block 4), high nibble l % 16
+    y = quant.dequantize(b[None], "q4_k")[0]
+    sc5, m5 = (2 << 4) | 7, (1 << 4) | 9
+    np.testing.assert_array_equal(y[160:192], np.float32(0.5 * sc5) * (np.arange(32) % 16) - np.float32(0.25 * m5))
+    np.testing.assert_array_equal(y[32:64], np.float32(0.5 * 3) * np.zeros(32))  # sub-block 1: codes 0
+    np.testing.assert_array_equal(y[128:160], np.full(32, 0.0, np.float32))      # sub-block 4: scale 0, min 0
+
+
+def test_q6_k_hand_block():
+    # element 128 + 64 + 7 (h 1, k 2, l 7): nibble 1 of ql[64 + 7], bits 4-5 of qh[32 + 7], sub-block 12
+    b = np.zeros(210, np.uint8)
+    b[208:210] = f16_bytes(0.125)
+    b[64 + 7] = 0xA0             # high nibble 10
+    b[128 + 32 + 7] = 0b11 << 4  # high bits 3: code 0x3A = 58
+    b[192:208] = np.arange(16, dtype=np.int8).view(np.uint8) - 8   # scale s = s - 8
+    y = quant.dequantize(b[None], "q6_k")[0]
+    assert y[199] == np.float32(0.125 * (12 - 8)) * np.float32(58 - 32)
+    assert y[7] == np.float32(0.125 * -8) * np.float32(-32)        # code 0 -> -32, scale -8
+    assert y[8 * 16] == 0.0                                         # sub-block 8: scale 0
+
+
+@pytest.mark.parametrize("qtype", K_TYPES)
+def test_k_split_blocks_is_dequantize(qtype):
+    # the x8 twin's view of the blocks (per 32 elements: d * code + offset) is the same numbers
+    rng = np.random.default_rng(8)
+    w = k_blocks(rng, qtype, 6).reshape(3, -1)
+    codes, d, offset = quant.split_blocks(w, qtype)
+    assert codes.shape == (3, 16, 32) and d.shape == offset.shape if offset is not None else True
+    y = d[:, :, None] * codes.astype(np.float32)
+    if offset is not None:
+        y = y + offset[:, :, None]
+    np.testing.assert_array_equal(y.reshape(3, 512), quant.dequantize(w, qtype))
+
+
+@pytest.mark.parametrize("qtype", K_TYPES)
+def test_k_quant_special_blocks(qtype):
+    # all zero: every byte 0 (d = 0); one sub-block zero; a constant super-block
+    z = quant.quantize(np.zeros((1, 256), np.float32), qtype)
+    assert not z.any()
+    x = np.random.default_rng(9).standard_normal((2, 256)).astype(np.float32)
+    x[0, :32] = 0
+    x[1] = 2.5
+    y = quant.dequantize(quant.quantize(x, qtype), qtype)
+    np.testing.assert_array_equal(y[0, :32], 0)
+    assert np.abs(y[1] - 2.5).max() < 0.05
+
+
+# --- bit-exact known vectors (reference bytes produced by llama.cpp's gguf-py 0.19.0, or ggml; q5_0 and
+# q5_1 by llama.cpp's own quantize_row_q5_0_ref / _q5_1_ref, libggml-base of llama-cpp-python 0.3.36) --
 
 GOLDEN_SHA256 = {
     "q5_0": "743fa339d2a90b5e7df0c42dfad22fecb7e8c1e405196acffd5d43b21763013e",
@@ -183,6 +252,9 @@ GOLDEN_SHA256 = {
     "q4_0": "6f7e5e3f0e8a7707b97940ac76b8f585ab6806c047e8bdc5be46d705e92d4161",
     "q4_1": "b822e641489e5505f97697064c522807453bee2af08dca1385c988039e20debe",
     "f16": "7b604fba53bd1aeb0471aac9b63ec18922ac3685f8b25cda19bee749835405a4",
+    # ggml's quantize_row_q4_K_ref / quantize_row_q6_K_ref in llama-cpp-python 0.3.36 (tools/kquant_golden.py)
+    "q4_k": "96bcb7662cae5ea8230283821bcdaa0dea72655b0bced98f65e6b8bd7bb88658",
+    "q6_k": "dcf664c995c568a831d6772fdb2d4dfcb7de7c0d80d57f8e8b534b3298fc237c",
 }
 
 
@@ -268,8 +340,8 @@ def test_relative_rms_error_ordering():
     rel = {q: np.sqrt(np.mean((quant.dequantize(quant.quantize(x, q), q) - x) ** 2)) / x.std()
            for q in quant.QTYPES}
     assert rel["f32"] == 0
-    assert rel["f16"] < 1e-3 < rel["q8_0"] < 0.01
-    assert rel["q4_1"] < rel["q4_0"] < 0.15
+    assert rel["f16"] < 1e-3 < rel["q8_0"] < rel["q6_k"] < 0.03
+    assert rel["q4_k"] < rel["q4_1"] < rel["q4_0"] < 0.15
     assert rel["q8_0"] < rel["q5_1"] < rel["q5_0"] < rel["q4_1"]
 
 
@@ -282,11 +354,12 @@ def test_quantize_along_last_axis_of_any_rank():
     np.testing.assert_array_equal(w.reshape(6, 40), quant.quantize(x.reshape(6, 64), "q4_1"))
 
 
-def test_quantize_is_chunk_independent(monkeypatch):
-    x = np.random.default_rng(5).standard_normal((37, 96)).astype(np.float32)
-    whole = quant.quantize(x, "q4_0")
-    monkeypatch.setattr(quant, "_CHUNK_ELEMS", 200)  # a few rows per chunk
-    np.testing.assert_array_equal(quant.quantize(x, "q4_0"), whole)
+@pytest.mark.parametrize("qtype", ["q4_0", "q4_k", "q6_k"])
+def test_quantize_is_chunk_independent(monkeypatch, qtype):
+    x = np.random.default_rng(5).standard_normal((37, 512)).astype(np.float32)
+    whole = quant.quantize(x, qtype)
+    monkeypatch.setattr(quant, "_CHUNK_ELEMS", 1200)  # a few rows per chunk
+    np.testing.assert_array_equal(quant.quantize(x, qtype), whole)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
@@ -308,15 +381,16 @@ def test_quantize_rejects_bad_args():
         quant.quantize(np.array([["a"] * 32]), "q8_0")
 
 
-@pytest.mark.parametrize("qtype", BLOCK_TYPES)
+@pytest.mark.parametrize("qtype", BLOCK_TYPES + K_TYPES)
 def test_dequantize_flat_bytes_with_cols(qtype):
-    x = np.random.default_rng(6).standard_normal((3, 64)).astype(np.float32)
-    w = quant.quantize(x, qtype)
-    np.testing.assert_array_equal(quant.dequantize(w.reshape(-1), qtype, cols=64), quant.dequantize(w, qtype))
+    rng = np.random.default_rng(6)
+    cols = quant.QTYPES[qtype].block * 2
+    w = quant.quantize(rng.standard_normal((3, cols)).astype(np.float32), qtype)
+    np.testing.assert_array_equal(quant.dequantize(w.reshape(-1), qtype, cols=cols), quant.dequantize(w, qtype))
     with pytest.raises(ValueError, match="cols"):
         quant.dequantize(w.reshape(-1), qtype)
-    with pytest.raises(ValueError, match="96"):
-        quant.dequantize(w, qtype, cols=96)
+    with pytest.raises(ValueError, match=str(cols * 3 // 2)):
+        quant.dequantize(w, qtype, cols=cols * 3 // 2)
     with pytest.raises(ValueError, match="multiple"):
         quant.dequantize(w[:, :-1], qtype)
     with pytest.raises(ValueError, match="uint8"):

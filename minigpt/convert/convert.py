@@ -10,15 +10,18 @@ type policy below to either.
 Type policy (docs/format.md, "Conversion"):
 - 1-D tensors (norm weights, RoPE frequency factors) are stored as f32.
 - With no `quant` given, every 2-D weight keeps its source's type: a type minigpt stores (GGUF_TYPES,
-  native) is copied bit for bit; one it does not store (BF16, the K-quants) is decoded (.kquants) and
-  requantized to the type its row names: q8_0 for the K-quants, so a K-quant weight lands at 8 bits
-  rather than taking a second 4-bit rounding; f16 for BF16.
+  native: Q5_0, Q4_K, Q6_K, ...) is copied bit for bit; one it does not store is decoded (.kquants)
+  and requantized to the type its row names: Q5_K to q6_k, Q2_K and Q3_K to q4_k (the smallest
+  native K-quant with at least as many bits, not q8_0 at twice the size), BF16 to f16.
 - With `quant` given, every 2-D weight gets that type, except the output head (`output`, or
-  `tok_embd` when embeddings are tied), which is kept at q8_0 when the target is 4-bit (and its
-  source is not), as llama.cpp keeps its output head at higher precision.
+  `tok_embd` when embeddings are tied), which is kept at q8_0 when the target is 4-bit (q4_0, q4_1,
+  q4_k) and its source is neither q4_0 / q4_1 nor the target type, as llama.cpp keeps its output
+  head at higher precision.
 - A tensor whose source block format equals its target is copied bit for bit. Otherwise it is
-  dequantized to f32 and requantized with round-to-nearest (minigpt.quant).
-- A 2-D tensor whose rows are not a multiple of 32 cannot hold blocks: it falls back to f16.
+  dequantized to f32 and requantized with round-to-nearest (minigpt.quant; q4_k and q6_k with
+  ggml's reference quantizers).
+- A 2-D tensor whose rows are not a multiple of 32 cannot hold blocks: it falls back to f16. One
+  whose rows are not a multiple of 256 cannot hold K-quant super-blocks: it falls back to q8_0.
 """
 
 import time
@@ -36,12 +39,16 @@ from .gguf import GGUFFile
 from .hf import qk_rows
 from .names import GGUF_IGNORED, map_gguf_name
 
-QUANT_TYPES = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "f16", "f32")   # what `--quant` accepts
-_FOUR_BIT = ("q4_0", "q4_1")   # targets below which the output head stays at q8_0 (q5: 5 bits, kept)
+QUANT_TYPES = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_k", "q6_k", "f16", "f32")   # what `--quant` accepts
+# --quant targets whose output head stays at q8_0 unless its source is q4_0 / q4_1 or the target itself
+# (q5: 5 bits, kept)
+_FOUR_BIT = ("q4_0", "q4_1", "q4_k")
 
 NATIVE, DECODED = True, False
 # GGUF type -> (minigpt type, NATIVE: its bits are stored unchanged / DECODED: decoded and requantized
-# to that type when no --quant is given). One row per GGUF type minigpt reads.
+# to that type when no --quant is given). One row per GGUF type minigpt reads. A K-quant minigpt does
+# not store goes to the smallest native K-quant with at least as many bits (its 256-element rows fit):
+# the second rounding is typically finer than the first, and the file stays near the GGUF's size (docs/convert.md).
 GGUF_TYPES = {
     "F32": ("f32", NATIVE),
     "F16": ("f16", NATIVE),
@@ -50,12 +57,12 @@ GGUF_TYPES = {
     "Q4_1": ("q4_1", NATIVE),
     "Q5_0": ("q5_0", NATIVE),
     "Q5_1": ("q5_1", NATIVE),
+    "Q4_K": ("q4_k", NATIVE),
+    "Q6_K": ("q6_k", NATIVE),
     "BF16": ("f16", DECODED),
-    "Q2_K": ("q8_0", DECODED),
-    "Q3_K": ("q8_0", DECODED),
-    "Q4_K": ("q8_0", DECODED),
-    "Q5_K": ("q8_0", DECODED),
-    "Q6_K": ("q8_0", DECODED),
+    "Q2_K": ("q4_k", DECODED),
+    "Q3_K": ("q4_k", DECODED),
+    "Q5_K": ("q6_k", DECODED),
 }
 _FROM_GGML = {name: qtype for name, (qtype, native) in GGUF_TYPES.items() if native}
 
@@ -217,9 +224,11 @@ def plan(sources, config: Config, target, where):
             qtype = s.counts_as
         else:
             qtype = target
-            if s.name == head and target in _FOUR_BIT and s.carry not in _FOUR_BIT:
+            if s.name == head and target in _FOUR_BIT and s.carry not in ("q4_0", "q4_1", target):
                 qtype = "q8_0"
-        if s.shape[-1] % quant.QTYPES[qtype][0]:
+        if s.shape[-1] % quant.QTYPES[qtype].block and quant.QTYPES[qtype].block == 256:
+            qtype = "q8_0"   # a K-quant type on rows that do not hold super-blocks
+        if s.shape[-1] % quant.QTYPES[qtype].block:
             qtype = "f16"
         out.append((s, qtype))
     _check_complete(where, config, [s.name for s in sources])
@@ -325,7 +334,7 @@ def convert(src, out, quant_type=None, progress=None) -> dict:
     Returns a summary: n_params, file_size, bits_per_weight, seconds, quant (the --quant type, or with
     none the type most 2-D weights are stored in),
     requantized (names of the 2-D tensors decoded and requantized into another block format),
-    requantized_types ({"q4_k -> q8_0": count}), types ({minigpt qtype: count}).
+    requantized_types ({"q5_k -> q6_k": count}), types ({minigpt qtype: count}).
     """
     from ..tokenizer import from_fields   # checked here so a bad vocabulary fails before writing
 

@@ -1,11 +1,11 @@
-"""Decoders for the ggml block types minigpt reads but does not store: the K-quants.
+"""Decoders for the ggml K-quants minigpt reads: Q2_K, Q3_K, Q4_K, Q5_K, Q6_K.
 
-A GGUF tensor in one of these types is decoded to float32 on import and requantized to a minigpt
-type (minigpt.quant). Layouts follow the GGUF / ggml specification; all fields are little-endian,
-fp16 fields are IEEE half. Each decoder maps uint8 blocks [nb, block_bytes] -> float32 [nb, block]
-and is vectorized over blocks. Element i of a block is written x[i].
-
-(Q5_0 and Q5_1 are stored natively: their decoders are minigpt.quant's.)
+A GGUF tensor in Q2_K, Q3_K or Q5_K is decoded to float32 on import and requantized to a minigpt type
+(minigpt.quant). Q4_K and Q6_K are minigpt's q4_k and q6_k, stored as they are; their decoders (like
+those of Q5_0 and Q5_1, also stored natively) are minigpt.quant's, which serve here too. Layouts follow
+the GGUF / ggml specification; all fields are little-endian, fp16 fields are IEEE half. Each decoder
+maps uint8 blocks [nb, block_bytes] -> float32 [nb, block] and is vectorized over blocks. Element i
+of a block is written x[i].
 
 K-quants (256 weights, "super-blocks"): one fp16 d (and for the asymmetric types an fp16 dmin) for
 the whole block, scaled per sub-block by small integers (16 sub-blocks of 16, or 8 of 32).
@@ -15,6 +15,8 @@ Arithmetic is float32 in the order the spec writes it (scale = d * sub_scale, th
 """
 
 import numpy as np
+
+from ..quant import dequantize_blocks, k4_scales
 
 # name -> (block_size, block_bytes)
 TYPES = {
@@ -35,19 +37,6 @@ def _bits(bytes_, shifts, width):
     # bytes_: uint8 [nb, n] -> uint8 [nb, len(shifts), n]: (byte >> shift) & mask for each shift
     s = np.asarray(shifts, dtype=np.uint8)[None, :, None]
     return (bytes_[:, None, :] >> s) & np.uint8((1 << width) - 1)
-
-
-def _scales_k4(sc):
-    """Q4_K / Q5_K sub-block scales and mins: 12 bytes -> (scale, min), each uint8 [nb, 8] in 0..63.
-
-    bytes 0-3:  scale j (j < 4) in bits 0-5; bits 6-7 are the high bits of scale j+4
-    bytes 4-7:  min j (j < 4) in bits 0-5;   bits 6-7 are the high bits of min j+4
-    bytes 8-11: low 4 bits of scale j+4 in bits 0-3, low 4 bits of min j+4 in bits 4-7
-    """
-    lo, mid, hi = sc[:, 0:4], sc[:, 4:8], sc[:, 8:12]
-    scale = np.concatenate([lo & 63, (hi & 0x0F) | ((lo >> 6) << 4)], axis=1)
-    mins = np.concatenate([mid & 63, (hi >> 4) | ((mid >> 6) << 4)], axis=1)
-    return scale, mins
 
 
 # --- K-quants: 256-weight super-blocks -----------------------------------------------------------
@@ -88,25 +77,17 @@ def dequantize_q3_k(blk):
 
 
 def dequantize_q4_k(blk):
-    # bytes 0-1 fp16 d | 2-3 fp16 dmin | 4-15 scales (see _scales_k4: 8 six-bit scales and mins)
-    #       16-143 qs: element i = 64c + 32n + l (c < 4, n < 2, l < 32) is nibble n (0 low, 1 high)
-    #             of qs byte 32c + l
-    # x[i] = (d * scale[i/32]) * q[i] - (dmin * min[i/32])
-    nb = blk.shape[0]
-    scale, mins = _scales_k4(blk[:, 4:16])
-    q = _bits(blk[:, 16:144].reshape(nb * 4, 32), [0, 4], 4).reshape(nb, 8, 32)
-    dl = _f16(blk, 0) * scale.astype(np.float32)
-    ml = _f16(blk, 2) * mins.astype(np.float32)
-    return (dl[:, :, None] * q.astype(np.float32) - ml[:, :, None]).reshape(nb, 256)
+    # minigpt's q4_k, byte for byte (layout: minigpt.quant._q4_k_fields)
+    return dequantize_blocks(blk, "q4_k")
 
 
 def dequantize_q5_k(blk):
-    # bytes 0-1 fp16 d | 2-3 fp16 dmin | 4-15 scales (as Q4_K)
+    # bytes 0-1 fp16 d | 2-3 fp16 dmin | 4-15 scales (as Q4_K: quant.k4_scales)
     #       16-47 qh: the fifth bit of element i = 32k + l (k < 8, l < 32) is bit k of qh byte l
     #       48-175 qs: the low 4 bits, laid out as Q4_K's
     # x[i] = (d * scale[i/32]) * q[i] - (dmin * min[i/32])
     nb = blk.shape[0]
-    scale, mins = _scales_k4(blk[:, 4:16])
+    scale, mins = k4_scales(blk[:, 4:16])
     low = _bits(blk[:, 48:176].reshape(nb * 4, 32), [0, 4], 4).reshape(nb, 8, 32)
     high = _bits(blk[:, 16:48], range(8), 1)                                # [nb, 8, 32]
     q = low | (high << np.uint8(4))
@@ -116,18 +97,8 @@ def dequantize_q5_k(blk):
 
 
 def dequantize_q6_k(blk):
-    # bytes 0-127 ql: low 4 bits; element i = 128h + 32k + l (h < 2, k < 4, l < 32) is nibble k//2
-    #             of ql byte 64h + 32(k%2) + l
-    #       128-191 qh: high 2 bits of that element are bits 2k..2k+1 of qh byte 128 + 32h + l
-    #       192-207 scales: 16 int8, one per sub-block of 16 | 208-209 fp16 d
-    # x[i] = (d * scale[i/16]) * (q[i] - 32)
-    nb = blk.shape[0]
-    nib = _bits(blk[:, 0:128].reshape(nb * 4, 32), [0, 4], 4).reshape(nb, 2, 2, 2, 32)  # [h, k%2, k//2, l]
-    low = nib.transpose(0, 1, 3, 2, 4).reshape(nb, 2, 4, 32)                            # [h, k, l], k = 2*(k//2) + k%2
-    high = _bits(blk[:, 128:192].reshape(nb * 2, 32), [0, 2, 4, 6], 2).reshape(nb, 2, 4, 32)
-    q = (low | (high << np.uint8(4))).astype(np.int8) - np.int8(32)
-    dl = _f16(blk, 208) * blk[:, 192:208].view(np.int8).astype(np.float32)          # [nb, 16]
-    return (dl[:, :, None] * q.reshape(nb, 16, 16).astype(np.float32)).reshape(nb, 256)
+    # minigpt's q6_k, byte for byte (layout: minigpt.quant._q6_k_fields)
+    return dequantize_blocks(blk, "q6_k")
 
 
 _DEQUANTIZE = {

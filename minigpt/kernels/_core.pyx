@@ -87,7 +87,7 @@ def _check_qtype_table():
 _check_qtype_table()
 _QTYPES = {n: (t.code, t.block, t.block_bytes, t.dtype) for n, t in quant.QTYPES.items()}
 
-_X8_QTYPES = ("q8_0x8", "q4_0x8", "q4_1x8", "q5_0x8", "q5_1x8")   # pack_x8's layouts, for matmul_q8/q16 only
+_X8_QTYPES = ("q8_0x8", "q4_0x8", "q4_1x8", "q5_0x8", "q5_1x8", "q4_kx8", "q6_kx8")   # pack_x8's layouts, for matmul_q8/q16 only
 
 # --- instruction set: chosen once, here ------------------------------------------------------------
 
@@ -182,7 +182,7 @@ cdef tuple _check_packed(object w, str qtype):
     cdef int64_t gb = mg_x8_block_bytes(code), groups = arr.shape[0], width = arr.shape[1]
     if width % gb:
         raise ValueError(f"a {qtype} group of {width} bytes is not a multiple of {gb}")
-    return arr, code | MG_X8, groups * 8, width // gb * MG_QK
+    return arr, code | MG_X8, groups * 8, width // gb * _QTYPES[base][1]
 
 
 cdef cnp.ndarray _check_out(object out, int64_t n, int64_t cols, tuple inputs):
@@ -239,7 +239,8 @@ def matmul(x, w, qtype, out=None):
 def matmul_q8(x, w, qtype, out=None):
     """matmul with x quantized to int8 blocks first (quant.quantize_act) and integer dot products:
     out = dequant(quantize_act(x)) @ W^T up to float32 rounding. f32/f16 weights: exactly matmul.
-    Also takes weights packed by pack_x8, with qtype 'q4_0x8', 'q4_1x8', 'q5_0x8', 'q5_1x8' or 'q8_0x8'."""
+    Also takes weights packed by pack_x8, with qtype 'q4_0x8', 'q4_1x8', 'q5_0x8', 'q5_1x8', 'q8_0x8',
+    'q4_kx8' or 'q6_kx8'."""
     return _matmul(x, w, qtype, out, 8)
 
 
@@ -256,7 +257,8 @@ def x8_supported(qtype):
 
 def pack_x8(w, qtype):
     """A stored weight [rows, ...] -> the same numbers in the x8 layout (csrc/packed.c), uint8
-    [rows / 8, cols / 32 * block_bytes], for matmul_q8 with qtype + 'x8'. rows must be a multiple of 8."""
+    [rows / 8, cols / block * x8 block bytes] (block: 32, or 256 for the K-quants), for matmul_q8 with
+    qtype + 'x8'. rows must be a multiple of 8."""
     warr, code, rows, cols = _check_weight(w, qtype)
     if not x8_supported(qtype):
         raise ValueError(f"{qtype} weights have no x8 kernels on the {isa()} instruction set")
@@ -264,7 +266,7 @@ def pack_x8(w, qtype):
         raise ValueError(f"pack_x8 needs a multiple of 8 rows, got {rows}")
     cdef int c = code
     cdef int64_t r = rows, k = cols
-    cdef cnp.ndarray oarr = np.empty((rows // 8, cols // MG_QK * mg_x8_block_bytes(c)), dtype=np.uint8)
+    cdef cnp.ndarray oarr = np.empty((rows // 8, cols // _QTYPES[qtype][1] * mg_x8_block_bytes(c)), dtype=np.uint8)
     cdef const void *wp = cnp.PyArray_DATA(<cnp.ndarray>warr)
     cdef void *op = cnp.PyArray_DATA(oarr)
     with nogil:

@@ -8,11 +8,14 @@ fp16 fields are decoded bit-exactly (_f16).
     matmul:    weight rows are dequantized NR at a time into a float32 tile, then the tile is dotted
                with the inputs four at a time (NR x 4 sums in one pass over the columns, each weight
                and input value loaded once for four products), or one at a time for the last n % 4.
-               Below NI inputs (decode) block types skip the tile: each stored row is dotted with x
-               in vector lanes, summed once per row (numba_decode.py). The block scales are decoded once per weight: cached for read-only weights (the
-               engine's mmap views, which cannot change), decoded per call otherwise.
-    matmul_q8: x quantized per block of 32 exactly as quant.quantize_act. Below NI inputs (decode):
-               int8 block dots of the codes, exact in integers, scaled per block (numba_decode.py).
+               Below NI inputs (decode) the 32-element block types skip the tile: each stored row is
+               dotted with x in vector lanes, summed once per row (numba_decode.py); the K-quants
+               (q4_k, q6_k) by plain loops per super-block (numba_decode.py too). The block scales
+               are decoded once per weight: cached for read-only weights (the engine's mmap views,
+               which cannot change), decoded per call otherwise.
+    matmul_q8: x quantized per block of 32 exactly as quant.quantize_act. Below NI inputs (decode), for
+               the 32-element block types: int8 block dots of the codes, exact in integers, scaled per
+               block (numba_decode.py); the K-quants take x rounded to d * q through matmul's dots.
                Otherwise x turned back into float32 d*q, then matmul's tiles. Either way
                dequant(q8(x)) @ W^T, the contract, to float32 rounding.
     matmul_q16: x rounded to int16 blocks (quant.quantize_act(x, 16)), then matmul.
@@ -44,9 +47,13 @@ name = "numba"
 
 # name -> (code the kernels branch on, elements per block, bytes per block)
 _QTYPES = {n: (t.code, t.block, t.block_bytes) for n, t in quant.QTYPES.items()}
-F32, F16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 = (_QTYPES[n][0]
-                                          for n in ("f32", "f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"))
+F32, F16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q6_K = (
+    _QTYPES[n][0] for n in ("f32", "f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q6_k"))
+_BLOCK = {code: block for code, block, _ in _QTYPES.values()}
 _BLOCK_BYTES = {code: block_bytes for code, _, block_bytes in _QTYPES.values()}
+_DECODE_CODES = (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1)   # the types numba_decode's vector-IR row dots read
+_K_CODES = (Q4_K, Q6_K)                          # numba_decode's K-quant row dots
+_HAS_M = (Q4_1, Q5_1, Q4_K)   # a second fp16 after d: q4_1's and q5_1's minimum, q4_k's dmin
 QK = 32
 NR = 4   # weight rows per tile; thread chunks are whole tiles
 NI = 4   # inputs dotted with a tile in one pass
@@ -126,6 +133,8 @@ def _dequant_row(row, code, y):
                 v = np.int32(row[p + 2 + j])
                 y[QK * b + j] = d * np.float32((v & 15) - 8)
                 y[QK * b + j + 16] = d * np.float32((v >> 4) - 8)
+    elif code == Q4_K or code == Q6_K:
+        _dequant_k_row(row, code, y)
     elif code == Q4_1:
         for b in range(cols // QK):
             p = 20 * b
@@ -156,15 +165,48 @@ def _dequant_row(row, code, y):
                 y[QK * b + j + 16] = d * np.float32(hi) + m
 
 
+@njit(**_JIT)
+def _dequant_k_row(row, code, y):
+    """_dequant_row for the K-quants (layouts: quant._q4_k_fields, quant._q6_k_fields), in ggml's float32
+    order: q4_k (d*sc)*q - (dmin*m), q6_k (d*sc)*(q - 32)."""
+    for b in range(y.shape[0] // 256):
+        o = 256 * b
+        if code == Q4_K:
+            p = 144 * b
+            d, dmin = _f16(row[p], row[p + 1]), _f16(row[p + 2], row[p + 3])
+            for j in range(8):
+                s0, s4 = np.int32(row[p + 4 + j % 4]), np.int32(row[p + 8 + j % 4])
+                if j < 4:
+                    sc, mn = s0 & 63, s4 & 63
+                else:
+                    s8 = np.int32(row[p + 8 + j])
+                    sc, mn = (s8 & 15) | ((s0 >> 6) << 4), (s8 >> 4) | ((s4 >> 6) << 4)
+                d1, m1 = d * np.float32(sc), dmin * np.float32(mn)
+                for l in range(32):
+                    q = (np.int32(row[p + 16 + 32 * (j // 2) + l]) >> (4 * (j % 2))) & 15
+                    y[o + 32 * j + l] = d1 * np.float32(q) - m1
+        else:
+            p = 210 * b
+            d = _f16(row[p + 208], row[p + 209])
+            for i in range(256):
+                h, k, l = i // 128, i % 128 // 32, i % 32
+                lo = (np.int32(row[p + 64 * h + 32 * (k % 2) + l]) >> (4 * (k // 2))) & 15
+                hi = (np.int32(row[p + 128 + 32 * h + l]) >> (2 * k)) & 3
+                sc = np.int32(row[p + 192 + i // 16])
+                ds = d * np.float32(sc - 256 if sc > 127 else sc)
+                y[o + i] = ds * np.float32((lo | (hi << 4)) - 32)
+
+
 # --- matmul: block scales, weight tiles, tile dots -------------------------------------------------
 
 @njit(**_JIT)
-def _block_scales(w, bb, has_m, d, m):
-    """w: uint8 [rows, row_bytes] of a block type, bb bytes a block -> d, m float32 [rows, nb]
-    (m: q4_1's or q5_1's minimum, if has_m)."""
+def _block_scales(w, bb, at, has_m, d, m):
+    """w: uint8 [rows, row_bytes] of a block type, bb bytes a block, d at byte `at` of it -> d, m float32
+    [rows, nb] (m, if has_m: the fp16 after d, q4_1's or q5_1's minimum, q4_k's dmin; nb: blocks, or
+    super-blocks for the K-quants)."""
     for r in range(w.shape[0]):
         for b in range(d.shape[1]):
-            p = bb * b
+            p = bb * b + at
             d[r, b] = _f16(w[r, p], w[r, p + 1])
             if has_m:
                 m[r, b] = _f16(w[r, p + 2], w[r, p + 3])
@@ -179,6 +221,8 @@ def _load_tile(w, code, d, m, r0, buf):
         y = buf[t]
         if r >= w.shape[0]:
             y[:] = 0
+        elif code == Q4_K or code == Q6_K:
+            _dequant_k_row(w[r], code, y)
         elif code == F32:
             y[:] = w[r].view(np.float32)
         elif code == F16:
@@ -342,7 +386,7 @@ def _bytes(w):
 
 
 def _scales(w, code, cols):
-    """(d, m) float32 [rows, cols / QK] of a block-type weight (_block_scales). Cached for read-only
+    """(d, m) float32 [rows, cols / block] of a block-type weight (_block_scales). Cached for read-only
     arrays, which are the engine's weights: decoding them per call would cost decode ~1/3 of its time."""
     if code in (F32, F16):
         return _NO_SCALES, _NO_SCALES
@@ -350,10 +394,10 @@ def _scales(w, code, cols):
     hit = _scales_cache.get(key) if cache else None
     if hit is not None and hit[0]() is w:
         return hit[1], hit[2]
-    d = np.empty((w.shape[0], cols // QK), np.float32)
-    has_m = code in (Q4_1, Q5_1)
+    d = np.empty((w.shape[0], cols // _BLOCK[code]), np.float32)
+    has_m = code in _HAS_M
     m = np.empty_like(d) if has_m else _NO_SCALES
-    _block_scales(_bytes(w), _BLOCK_BYTES[code], has_m, d, m)
+    _block_scales(_bytes(w), _BLOCK_BYTES[code], 208 if code == Q6_K else 0, has_m, d, m)
     if cache:
         _scales_cache[key] = (weakref.ref(w, lambda _, key=key: _scales_cache.pop(key, None)), d, m)
     return d, m
@@ -379,7 +423,7 @@ def matmul_q8(x, w, qtype, out=None):
     q = np.empty(x.shape, np.int8)
     d, s = np.empty((2, x.shape[0], cols // QK), np.float32)
     numba_decode.quantize(x, q, d, s)
-    if x.shape[0] >= NI:  # prefill: the float tiles over x rounded to d * q
+    if x.shape[0] >= NI or _QTYPES[qtype][0] in _K_CODES:  # float x rounded to d * q: tiles or K-quant dots
         xd = (q.reshape(len(q), -1, QK) * d[:, :, None]).reshape(x.shape)
         _run(xd, w, qtype, cols, out)
         return out
@@ -411,10 +455,14 @@ def _run(x, w, qtype, cols, out):
     code = _QTYPES[qtype][0]
     d, m = _scales(w, code, cols)
     threads = min(_threads, (w.shape[0] + NR - 1) // NR)
-    if x.shape[0] < NI and code not in (F32, F16):  # decode: dot the stored rows directly, no tile
+    if x.shape[0] < NI and code in _DECODE_CODES:  # decode: dot the stored rows directly, no tile
         xs = x.reshape(x.shape[0], cols // QK, QK).sum(axis=2) if code in (Q4_1, Q5_1) else x[:, :cols // QK]
         _launch(numba_decode.fmatmul_serial, numba_decode.fmatmul_parallel, threads,
                 x, np.ascontiguousarray(xs), _bytes(w), code, d, m, out)
+        return
+    if x.shape[0] < NI and code in _K_CODES:
+        _launch(numba_decode.kmatmul_serial, numba_decode.kmatmul_parallel, threads, x, _bytes(w), code, d,
+                m if code == Q4_K else d, out)
         return
     _launch(_matmul_serial, _matmul_parallel, threads, x, _bytes(w), code, d, m, out)
 

@@ -9,6 +9,9 @@ of a stored row is dotted with x's codes in integers, exact, and scaled by d_w d
     q4_0: sum_b d_w d_x sum_j nib q_x - sum_b 8 d_w s_x      (q5_0: 5-bit codes, - 16 d_w s_x)
     q4_1: sum_b d_w d_x sum_j nib q_x + sum_b m_w s_x        (q5_1: 5-bit codes)
 The q5 codes are the nibbles with bit j of the block's u32 qh put in as bit 4 of code j.
+The K-quants (q4_k, q6_k) have plain numba loops instead, over float x (matmul_q8 gives them x rounded
+to its int8 blocks, d * q): per sub-block, (d*sc) * sum q x - (dmin*m) * sum x (q4_k) or (d*sc) * sum
+(q - 32) x (q6_k), summed in element order, with d and dmin decoded once per weight (numba_._scales).
 For nibbles each block's integer dot is summed whole, unsigned by signed bytes: LLVM lowers that add
 reduction to a few instructions (vpdpbusd with VNNI), shorter than any lane-wise form of it found.
 Each row is one LLVM loop written as vector IR (numba widens int32 sums to int64, which LLVM then leaves
@@ -24,7 +27,8 @@ from numba.extending import intrinsic
 
 from minigpt import quant
 
-Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 = (quant.QTYPES[n].code for n in ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1"))
+Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q6_K = (
+    quant.QTYPES[n].code for n in ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q6_k"))
 QK = 32
 PREFETCH = 1024  # bytes ahead in the weight rows
 NR = 4  # rows per thread chunk granule, as numba_.NR
@@ -270,3 +274,97 @@ def matmul_parallel(xq, xd, xs, w, code, d, m, out, n_chunks):
     step = ((rows + n_chunks - 1) // n_chunks + NR - 1) // NR * NR
     for c in prange(n_chunks):
         _rows(xq, xd, xs, w, code, d, m, out, min(rows, c * step), min(rows, (c + 1) * step))
+
+
+# --- the K-quants: one row dot per super-block loop, float x ------------------------------------------
+
+# No fastmath here: LLVM would vectorize these float sums in an order that depends on where the row dot
+# is inlined (serial or parallel build), and a row's result must not depend on the thread count.
+_JIT_K = dict(cache=True, fastmath=False, nogil=True, error_model="numpy", boundscheck=False)
+
+
+@njit(**_JIT_K)
+def _krow_q4_k(w, r, d, m, x, i):
+    """stored q4_k row r . x[i]; d, m: the super-blocks' d and dmin [rows, nb] (layout: quant._q4_k_fields)"""
+    acc = np.float32(0)
+    for b in range(d.shape[1]):
+        p, o = 144 * b, 256 * b
+        for c in range(4):      # qs bytes 32c..32c+31: sub-blocks 2c (low nibbles) and 2c + 1 (high)
+            j0, j1 = 2 * c, 2 * c + 1
+            if c < 2:
+                sc0, mn0 = np.int32(w[r, p + 4 + j0]) & 63, np.int32(w[r, p + 8 + j0]) & 63
+                sc1, mn1 = np.int32(w[r, p + 4 + j1]) & 63, np.int32(w[r, p + 8 + j1]) & 63
+            else:
+                a0, a1 = np.int32(w[r, p + 8 + j0]), np.int32(w[r, p + 8 + j1])
+                sc0 = (a0 & 15) | ((np.int32(w[r, p + j0]) >> 6) << 4)
+                mn0 = (a0 >> 4) | ((np.int32(w[r, p + 4 + j0]) >> 6) << 4)
+                sc1 = (a1 & 15) | ((np.int32(w[r, p + j1]) >> 6) << 4)
+                mn1 = (a1 >> 4) | ((np.int32(w[r, p + 4 + j1]) >> 6) << 4)
+            base, e0, e1 = p + 16 + 32 * c, o + 32 * j0, o + 32 * j1
+            s0 = np.float32(0)
+            s1 = np.float32(0)
+            x0 = np.float32(0)
+            x1 = np.float32(0)
+            for l in range(32):
+                v = np.int32(w[r, base + l])
+                a, bx = x[i, e0 + l], x[i, e1 + l]
+                s0 += np.float32(v & 15) * a
+                s1 += np.float32(v >> 4) * bx
+                x0 += a
+                x1 += bx
+            acc += (d[r, b] * np.float32(sc0) * s0 - m[r, b] * np.float32(mn0) * x0
+                    + d[r, b] * np.float32(sc1) * s1 - m[r, b] * np.float32(mn1) * x1)
+    return acc
+
+
+@njit(**_JIT_K)
+def _q6_scale(w, r, at):
+    v = np.int32(w[r, at])
+    return np.float32(v - 256 if v > 127 else v)
+
+
+@njit(**_JIT_K)
+def _krow_q6_k(w, r, d, x, i):
+    """stored q6_k row r . x[i]; d: the super-blocks' d [rows, nb] (layout: quant._q6_k_fields)"""
+    acc = np.float32(0)
+    for b in range(d.shape[1]):
+        p, o = 210 * b, 256 * b
+        for h in range(2):
+            for half in range(2):   # elements 128h + 32k + l, l in [16 half, 16 half + 16), for k < 4
+                s0 = np.float32(0)
+                s1 = np.float32(0)
+                s2 = np.float32(0)
+                s3 = np.float32(0)
+                e = o + 128 * h + 16 * half
+                for l in range(16 * half, 16 * half + 16):
+                    lo0, lo1 = np.int32(w[r, p + 64 * h + l]), np.int32(w[r, p + 64 * h + 32 + l])
+                    hb = np.int32(w[r, p + 128 + 32 * h + l])
+                    t = l - 16 * half
+                    s0 += np.float32(((lo0 & 15) | ((hb & 3) << 4)) - 32) * x[i, e + t]
+                    s1 += np.float32(((lo1 & 15) | (((hb >> 2) & 3) << 4)) - 32) * x[i, e + 32 + t]
+                    s2 += np.float32(((lo0 >> 4) | (((hb >> 4) & 3) << 4)) - 32) * x[i, e + 64 + t]
+                    s3 += np.float32(((lo1 >> 4) | ((hb >> 6) << 4)) - 32) * x[i, e + 96 + t]
+                sub = p + 192 + 8 * h + half    # sub-block 8h + 2k + half has scale byte 192 + that
+                acc += d[r, b] * (_q6_scale(w, r, sub) * s0 + _q6_scale(w, r, sub + 2) * s1
+                                  + _q6_scale(w, r, sub + 4) * s2 + _q6_scale(w, r, sub + 6) * s3)
+    return acc
+
+
+@njit(**_JIT)
+def _krows(x, w, code, d, m, out, r_lo, r_hi):
+    for r in range(r_lo, r_hi):
+        for i in range(x.shape[0]):
+            out[i, r] = _krow_q4_k(w, r, d, m, x, i) if code == Q4_K else _krow_q6_k(w, r, d, x, i)
+
+
+@njit(**_JIT)
+def kmatmul_serial(x, w, code, d, m, out, n_chunks):
+    _krows(x, w, code, d, m, out, 0, w.shape[0])
+
+
+@njit(parallel=True, **_JIT)
+def kmatmul_parallel(x, w, code, d, m, out, n_chunks):
+    rows = w.shape[0]
+    step = ((rows + n_chunks - 1) // n_chunks + NR - 1) // NR * NR
+    for c in prange(n_chunks):
+        _krows(x, w, code, d, m, out, min(rows, c * step), min(rows, (c + 1) * step))

@@ -119,7 +119,10 @@ def _matmul_quantized(x, w, qtype, out, bits):
         q, d, s = quant.quantize_act(x, bits)
         step = max(1, _X8_ELEMENTS // (x.shape[0] * max(1, cols // 32)))
         for r in range(0, rows, step):
-            out[:, r:r + step] = _x8(q, d, s, *quant.split_blocks(w[r:r + step], qtype))
+            codes, dw, offset = quant.split_blocks(w[r:r + step], qtype)
+            if qtype == "q6_k" and bits == 16:   # each half block its own float step (csrc/packed_x86.h)
+                codes, dw = codes.reshape(len(codes), -1, 16), np.repeat(dw, 2, axis=1)
+            out[:, r:r + step] = _x8(q, d, s, codes, dw, offset)
     return out
 
 
@@ -128,12 +131,16 @@ def _x8(q, d, s, codes, dw, offset):
     (codes, dw, offset: quant.split_blocks) -> float32 [n, rows], with the compiled kernels' roundings.
 
     Per input and row, block after block: the integer dot of the codes as stored (exact), then
-    sum = fma(float(dw * d), float(dot), sum) and, for the q4 types, sumb = fma(offset, s, sumb); the
-    result is sum + sumb. Integer dots are exact in float64 (|dot| < 2^31 < 2^53); float(dot) rounds
-    only past 2^24, which int16 inputs reach.
+    sum = fma(float(dw * d), float(dot), sum) and, for the types with an offset (q4_0, q4_1, the q5
+    types, q4_k), sumb = fma(offset, s, sumb); the result is sum + sumb. Integer dots are exact in
+    float64 (|dot| < 2^31 < 2^53); float(dot) rounds only past 2^24, which int16 inputs reach. codes may come in units of 16 (q6_k with int16 inputs,
+    dw per unit): each input block's d then serves its two units.
     """
-    n, nb = d.shape
-    xq = q.reshape(n, nb, 32).transpose(1, 0, 2).astype(np.float64)             # [nb, n, 32]
+    n = d.shape[0]
+    nb, unit = codes.shape[1:]
+    if unit != 32:
+        d = np.repeat(d, 32 // unit, axis=1)
+    xq = q.reshape(n, nb, unit).transpose(1, 0, 2).astype(np.float64)           # [nb, n, unit]
     dots = np.matmul(xq, codes.transpose(1, 2, 0).astype(np.float64))            # [nb, n, rows]
     if q.dtype != np.int8:
         dots = dots.astype(np.float32)

@@ -3,12 +3,13 @@
  *
  *   x8_check [isa]      isa: best (default), scalar, avx2, avx512vnni, neon
  *
- * For q8_0, q4_0, q4_1, q5_0 and q5_1 weights with odd shapes, extreme codes and outlier inputs it packs the weight
- * (mg_pack_x8) and checks
+ * For q8_0, q4_0, q4_1, q5_0, q5_1, q4_k and q6_k weights with odd shapes, extreme codes and scales and
+ * outlier inputs it packs the weight (mg_pack_x8) and checks
  *   mg_matmul_q8_x8 (packed) and mg_matmul_q8 (per-row path)   against  dequant(W) . dequant(q8(x))
  *   mg_matmul_q16 (packed)                                      against  dequant(W) . dequant(q16(x))
  * in float64, each error relative to the sum of |w| |x| over the dot product (w's bound counting the
- * code offsets the kernels take out in float: 8 for q4_0, 16 for q5_0, 128 for q8_0, |m| for q4_1, q5_1).
+ * code offsets the kernels take out in float: 8 for q4_0, 16 for q5_0, 128 for q8_0, |m| for q4_1, q5_1,
+ * |dmin m| for q4_k).
  * Prints one line per failure and a summary; exits 1 on any failure, 2 if the isa cannot be installed.
  *
  * Build (any target): cc -O2 -Icsrc tests/c/x8_check.c csrc/[a-z]*.c -lm -pthread
@@ -59,9 +60,40 @@ static float random_scale(void) { /* +-2^-12 .. +-2^-4, random mantissa */
 
 /* --- weights ------------------------------------------------------------------------------------------ */
 
+/* one K-quant super-block at blk and the bounds of its 256 elements: random fields, or in mode 1 every
+ * code and scale at its maximum, in mode 2 every code at its minimum (q6_k: 0, i.e. -32, with scales -128) */
+static void make_k_block(int qtype, int mode, uint8_t *blk, double *bound) {
+    const uint16_t dh = to_fp16(random_scale()), dminh = to_fp16(random_scale());
+    const float d = mg_fp16_to_fp32(dh), dmin = mg_fp16_to_fp32(dminh);
+    if (qtype == MG_Q4_K) {
+        memcpy(blk, &dh, 2);
+        memcpy(blk + 2, &dminh, 2);
+        for (int j = 4; j < 144; j++) blk[j] = mode == 1 ? 0xFF : mode == 2 && j >= 16 ? 0 : (uint8_t)rnd();
+        uint8_t sc[8], m[8];
+        mg_q4_k_scales(blk + 4, sc, m);
+        for (int i = 0; i < 256; i++) {
+            const int c = i / 64, n = i % 64 / 32, l = i % 32, q = (blk[16 + 32 * c + l] >> (4 * n)) & 15;
+            bound[i] = fabs((double)d * sc[i / 32]) * q + fabs((double)dmin * m[i / 32]);
+        }
+    } else {
+        memcpy(blk + 208, &dh, 2);
+        for (int j = 0; j < 192; j++) blk[j] = mode == 1 ? 0xFF : mode == 2 ? 0 : (uint8_t)rnd();
+        for (int j = 192; j < 208; j++) blk[j] = mode == 1 ? 0x7F : mode == 2 ? 0x80 : (uint8_t)rnd();
+        for (int i = 0; i < 256; i++)
+            bound[i] = fabs((double)d * (int8_t)blk[192 + i / 16]) * abs(mg_q6_k_code(blk, blk + 128, i) - 32);
+    }
+}
+
 /* w: rows stored as qtype; bound[r * cols + j] = |d| (|code| + offset) + |m| of element j of row r.
  * Rows 1, 2 (mod 5) have every code at its maximum, its minimum. */
 static void make_weight(int qtype, int64_t rows, int64_t cols, uint8_t *w, double *bound) {
+    if (qtype == MG_Q4_K || qtype == MG_Q6_K) {
+        const int64_t nb = cols / MG_QK_K, bb = mg_traits[qtype].block_bytes;
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t b = 0; b < nb; b++)
+                make_k_block(qtype, (int)(r % 5), w + (r * nb + b) * bb, bound + r * cols + b * MG_QK_K);
+        return;
+    }
     const int64_t nb = cols / MG_QK, bb = mg_traits[qtype].block_bytes;
     for (int64_t r = 0; r < rows; r++)
         for (int64_t b = 0; b < nb; b++) {
@@ -165,7 +197,8 @@ static void reference(const float *wd, const double *bound, const double *xd, in
 
 static void check_case(int qtype, const char *qname, int64_t rows, int64_t cols, int64_t n) {
     const int64_t nb = cols / MG_QK, wbytes = rows * mg_row_bytes(qtype, cols);
-    uint8_t *w = malloc((size_t)wbytes), *p = malloc((size_t)(rows / 8 * nb * mg_x8_block_bytes(qtype)));
+    const int64_t pbytes = rows / 8 * (cols / mg_traits[qtype].block) * mg_x8_block_bytes(qtype);
+    uint8_t *w = malloc((size_t)wbytes), *p = malloc((size_t)pbytes);
     double *bound = malloc(sizeof(double) * (size_t)(rows * cols));
     float *wd = malloc(sizeof(float) * (size_t)(rows * cols)), *x = malloc(sizeof(float) * (size_t)(n * cols));
     float *out = malloc(sizeof(float) * (size_t)(n * rows));
@@ -226,16 +259,21 @@ int main(int argc, char **argv) {
     printf("isa: %s, dotprod: %s\n", mg_isa_name(), dotprod);
 
     static const struct { int qtype; const char *name; } types[] = {
-        {MG_Q4_0, "q4_0"}, {MG_Q4_1, "q4_1"}, {MG_Q5_0, "q5_0"}, {MG_Q5_1, "q5_1"}, {MG_Q8_0, "q8_0"}};
+        {MG_Q4_0, "q4_0"}, {MG_Q4_1, "q4_1"}, {MG_Q5_0, "q5_0"}, {MG_Q5_1, "q5_1"}, {MG_Q8_0, "q8_0"},
+        {MG_Q4_K, "q4_k"}, {MG_Q6_K, "q6_k"}};
     static const int64_t shapes[][2] = {{8, 32}, {16, 96}, {40, 288}, {24, 544}}; /* rows, cols */
+    static const int64_t k_shapes[][2] = {{8, 256}, {16, 512}, {40, 768}, {24, 1280}};
     for (int k = 0; k < (int)(sizeof types / sizeof types[0]); k++) {
         if (!mg_x8_supported(types[k].qtype)) {
             printf("FAIL no x8 kernels for %s on %s\n", types[k].name, mg_isa_name());
             failures++;
             continue;
         }
+        const int is_k = mg_traits[types[k].qtype].block == MG_QK_K;
         for (int s = 0; s < 4; s++)
-            for (int64_t n = 1; n <= 9; n++) check_case(types[k].qtype, types[k].name, shapes[s][0], shapes[s][1], n);
+            for (int64_t n = 1; n <= 9; n++)
+                check_case(types[k].qtype, types[k].name, is_k ? k_shapes[s][0] : shapes[s][0],
+                           is_k ? k_shapes[s][1] : shapes[s][1], n);
         mg_set_threads(2); /* one case big enough for several shares */
         check_case(types[k].qtype, types[k].name, 64, 1024, 9);
         mg_set_threads(1);
