@@ -2,7 +2,7 @@
 
 A GGUF tensor in one of these types is decoded to float32 on import and requantized to a minigpt
 type (minigpt.quant), unless minigpt stores it as it is: Q4_K and Q6_K are minigpt's q4_k and q6_k,
-whose decoders (minigpt.quant) serve here too. Layouts follow the GGUF / ggml specification; all fields are little-endian,
+whose decoders (minigpt.quant_k) serve here too. Layouts follow the GGUF / ggml specification; all fields are little-endian,
 fp16 fields are IEEE half. Each decoder maps uint8 blocks [nb, block_bytes] -> float32 [nb, block]
 and is vectorized over blocks. Element i of a block is written x[i].
 
@@ -18,7 +18,8 @@ Arithmetic is float32 in the order the spec writes it (scale = d * sub_scale, th
 
 import numpy as np
 
-from ..quant import dequantize_blocks, k4_scales
+from ..quant import dequantize_blocks
+from ..quant_k import k4_scales
 
 # name -> (block_size, block_bytes)
 TYPES = {
@@ -102,12 +103,12 @@ def dequantize_q3_k(blk):
 
 
 def dequantize_q4_k(blk):
-    # minigpt's q4_k, byte for byte (layout: minigpt.quant._q4_k_fields)
+    # minigpt's q4_k, byte for byte (layout: minigpt.quant_k.q4_k_fields)
     return dequantize_blocks(blk, "q4_k")
 
 
 def dequantize_q5_k(blk):
-    # bytes 0-1 fp16 d | 2-3 fp16 dmin | 4-15 scales (as Q4_K: quant.k4_scales)
+    # bytes 0-1 fp16 d | 2-3 fp16 dmin | 4-15 scales (as Q4_K: quant_k.k4_scales)
     #       16-47 qh: the fifth bit of element i = 32k + l (k < 8, l < 32) is bit k of qh byte l
     #       48-175 qs: the low 4 bits, laid out as Q4_K's
     # x[i] = (d * scale[i/32]) * q[i] - (dmin * min[i/32])
@@ -122,7 +123,7 @@ def dequantize_q5_k(blk):
 
 
 def dequantize_q6_k(blk):
-    # minigpt's q6_k, byte for byte (layout: minigpt.quant._q6_k_fields)
+    # minigpt's q6_k, byte for byte (layout: minigpt.quant_k.q6_k_fields)
     return dequantize_blocks(blk, "q6_k")
 
 
