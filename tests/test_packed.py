@@ -10,7 +10,7 @@ on the best one here and again, in a subprocess, on plain AVX2 when the best is 
 import numpy as np
 import pytest
 
-from minigpt import quant
+from minigpt import quant, quant_k
 from minigpt.kernels import get_backend, numpy_ref
 from subproc import run_python
 from test_kernels import assert_matmul_q8_close, hostile_blocks, inputs, weight, width
@@ -90,7 +90,7 @@ def test_k_quant_packing_places_each_field():
         src = w[8:16].reshape(8, 3, -1)[:, 2]            # [8 rows, block bytes]
         if qtype == "q4_k":
             np.testing.assert_array_equal(blk[:32].reshape(2, 8, 2), src[:, :4].reshape(8, 2, 2).transpose(1, 0, 2))
-            sc, m = quant.k4_scales(src[:, 4:16])
+            sc, m = quant_k.k4_scales(src[:, 4:16])
             np.testing.assert_array_equal(blk[32:96].reshape(8, 8), sc.T)
             np.testing.assert_array_equal(blk[96:160].reshape(8, 8), m.T)
             qs = blk[160:].reshape(4, 8, 8, 4)           # [c][v][r][i] = qs byte 32c + 4v + i of row r

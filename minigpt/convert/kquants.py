@@ -1,11 +1,11 @@
 """Decoders for the ggml K-quants minigpt reads: Q2_K, Q3_K, Q4_K, Q5_K, Q6_K.
 
 A GGUF tensor in Q2_K, Q3_K or Q5_K is decoded to float32 on import and requantized to a minigpt type
-(minigpt.quant). Q4_K and Q6_K are minigpt's q4_k and q6_k, stored as they are; their decoders (like
-those of Q5_0 and Q5_1, also stored natively) are minigpt.quant's, which serve here too. Layouts follow
-the GGUF / ggml specification; all fields are little-endian, fp16 fields are IEEE half. Each decoder
-maps uint8 blocks [nb, block_bytes] -> float32 [nb, block] and is vectorized over blocks. Element i
-of a block is written x[i].
+(minigpt.quant). Q4_K and Q6_K are minigpt's q4_k and q6_k, stored as they are; their decoders
+(minigpt.quant_k, through minigpt.quant) serve here too, as minigpt.quant's do for Q5_0 and Q5_1, also
+stored natively. Layouts follow the GGUF / ggml specification; all fields are little-endian, fp16
+fields are IEEE half. Each decoder maps uint8 blocks [nb, block_bytes] -> float32 [nb, block] and is
+vectorized over blocks. Element i of a block is written x[i].
 
 K-quants (256 weights, "super-blocks"): one fp16 d (and for the asymmetric types an fp16 dmin) for
 the whole block, scaled per sub-block by small integers (16 sub-blocks of 16, or 8 of 32).
@@ -16,7 +16,8 @@ Arithmetic is float32 in the order the spec writes it (scale = d * sub_scale, th
 
 import numpy as np
 
-from ..quant import dequantize_blocks, k4_scales
+from ..quant import dequantize_blocks
+from ..quant_k import k4_scales
 
 # name -> (block_size, block_bytes)
 TYPES = {
@@ -77,12 +78,12 @@ def dequantize_q3_k(blk):
 
 
 def dequantize_q4_k(blk):
-    # minigpt's q4_k, byte for byte (layout: minigpt.quant._q4_k_fields)
+    # minigpt's q4_k, byte for byte (layout: minigpt.quant_k.q4_k_fields)
     return dequantize_blocks(blk, "q4_k")
 
 
 def dequantize_q5_k(blk):
-    # bytes 0-1 fp16 d | 2-3 fp16 dmin | 4-15 scales (as Q4_K: quant.k4_scales)
+    # bytes 0-1 fp16 d | 2-3 fp16 dmin | 4-15 scales (as Q4_K: quant_k.k4_scales)
     #       16-47 qh: the fifth bit of element i = 32k + l (k < 8, l < 32) is bit k of qh byte l
     #       48-175 qs: the low 4 bits, laid out as Q4_K's
     # x[i] = (d * scale[i/32]) * q[i] - (dmin * min[i/32])
@@ -97,7 +98,7 @@ def dequantize_q5_k(blk):
 
 
 def dequantize_q6_k(blk):
-    # minigpt's q6_k, byte for byte (layout: minigpt.quant._q6_k_fields)
+    # minigpt's q6_k, byte for byte (layout: minigpt.quant_k.q6_k_fields)
     return dequantize_blocks(blk, "q6_k")
 
 

@@ -167,7 +167,7 @@ def _dequant_row(row, code, y):
 
 @njit(**_JIT)
 def _dequant_k_row(row, code, y):
-    """_dequant_row for the K-quants (layouts: quant._q4_k_fields, quant._q6_k_fields), in ggml's float32
+    """_dequant_row for the K-quants (layouts: quant_k.q4_k_fields, quant_k.q6_k_fields), in ggml's float32
     order: q4_k (d*sc)*q - (dmin*m), q6_k (d*sc)*(q - 32)."""
     for b in range(y.shape[0] // 256):
         o = 256 * b

@@ -285,7 +285,7 @@ _JIT_K = dict(cache=True, fastmath=False, nogil=True, error_model="numpy", bound
 
 @njit(**_JIT_K)
 def _krow_q4_k(w, r, d, m, x, i):
-    """stored q4_k row r . x[i]; d, m: the super-blocks' d and dmin [rows, nb] (layout: quant._q4_k_fields)"""
+    """stored q4_k row r . x[i]; d, m: the super-blocks' d and dmin [rows, nb] (layout: quant_k.q4_k_fields)"""
     acc = np.float32(0)
     for b in range(d.shape[1]):
         p, o = 144 * b, 256 * b
@@ -325,7 +325,7 @@ def _q6_scale(w, r, at):
 
 @njit(**_JIT_K)
 def _krow_q6_k(w, r, d, x, i):
-    """stored q6_k row r . x[i]; d: the super-blocks' d [rows, nb] (layout: quant._q6_k_fields)"""
+    """stored q6_k row r . x[i]; d: the super-blocks' d [rows, nb] (layout: quant_k.q6_k_fields)"""
     acc = np.float32(0)
     for b in range(d.shape[1]):
         p, o = 210 * b, 256 * b
