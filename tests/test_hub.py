@@ -473,7 +473,7 @@ def test_pull_says_what_it_will_use_before_it_downloads(tmp_path):
     r = run_minigpt("pull", "gemma-3-270m", env=cli_env(tmp_path / "cache"), timeout=120)
     lines = r.stderr.splitlines()
     assert r.returncode == 1 and "Traceback" not in r.stderr and len(lines) == 3, r.stderr
-    assert lines[0] == "pulling gemma-3-270m: 227 MiB to download, about 278 MiB on disk when done " \
-                       "(519 MiB while converting)"
+    assert lines[0] == "pulling gemma-3-270m: 227 MiB to download, about 241 MiB on disk when done " \
+                       "(482 MiB while converting)"
     assert lines[1].startswith("gemma-3-270m is not in the cache yet: downloading ")
     assert lines[2].startswith("error: model gemma-3-270m is not in the cache")

@@ -134,7 +134,7 @@ def qwen_ref():
 
 
 def test_real_qwen2_default_conversion_agrees_with_llama_cpp(qwen2_mgpt, qwen_ref):
-    """The default conversion (Q5_0 and Q8_0 kept, Q4_K/Q6_K to q8_0) against llama.cpp on the same GGUF, teacher-forced
+    """The default conversion (every tensor at its own type) against llama.cpp on the same GGUF, teacher-forced
     over English, Chinese and code (tools/make_reference.py --model-name qwen2): measured 98.2 % top-1
     agreement over 1,988 positions, perplexity within 0.2 % (docs/fidelity.md)."""
     z, summary = qwen_ref
