@@ -17,6 +17,7 @@ Arithmetic is float32 in the order the spec writes it (scale = d * sub_scale, th
 import numpy as np
 
 from ..quant import dequantize_blocks
+from .. import quant_k
 from ..quant_k import k4_scales
 
 # name -> (block_size, block_bytes)
@@ -29,15 +30,8 @@ _CHUNK_BLOCKS = 1 << 14   # blocks decoded per step: bounds temporaries to a few
 
 # --- field helpers -------------------------------------------------------------------------------
 
-def _f16(blk, start):
-    # blk: uint8 [nb, block_bytes] -> float32 [nb, 1], the fp16 at bytes start, start+1
-    return np.ascontiguousarray(blk[:, start:start + 2]).view("<f2").astype(np.float32)
-
-
-def _bits(bytes_, shifts, width):
-    # bytes_: uint8 [nb, n] -> uint8 [nb, len(shifts), n]: (byte >> shift) & mask for each shift
-    s = np.asarray(shifts, dtype=np.uint8)[None, :, None]
-    return (bytes_[:, None, :] >> s) & np.uint8((1 << width) - 1)
+# the fp16 and bit-field readers of the stored K-quants (minigpt/quant_k.py), shared, not copied
+_f16, _bits = quant_k._f16_field, quant_k._bits
 
 
 # --- K-quants: 256-weight super-blocks -----------------------------------------------------------
