@@ -151,9 +151,9 @@ def test_real_qwen2_default_conversion_agrees_with_llama_cpp(qwen2_mgpt, qwen_re
 
 def test_real_qwen2_default_conversion_is_as_faithful_to_transformers_as_llama_cpp(qwen2_mgpt, qwen_ref):
     """Against transformers f32 on the dequantized GGUF, per kind of text: the default conversion agrees on
-    top-1 at least as often as llama.cpp does over all 1,988 positions, within two positions of it on each
-    kind (~500-800 positions each, where one near-tie is 0.15 points), and its perplexity is within 1.5 %
-    of transformers' (docs/fidelity.md has the table)."""
+    top-1 at least as often as llama.cpp does on each kind and over all 1,988 positions (measured 0.9925,
+    0.9899, 0.9971 against 0.9799, 0.9818, 0.9943), and its perplexity is within 1.5 % of transformers'
+    (docs/fidelity.md has the table)."""
     z, summary = qwen_ref
     groups = score_groups(minigpt.load(qwen2_mgpt), z, GROUPS)
     for name, g in groups.items():
@@ -161,9 +161,8 @@ def test_real_qwen2_default_conversion_is_as_faithful_to_transformers_as_llama_c
               f"(llama.cpp {g['llama_agree']:.4f}), ppl {g['ppl']:.3f} (transformers {g['ppl_hf']:.3f}, "
               f"llama.cpp {g['ppl_llama']:.3f})")
     assert groups["all"]["positions"] >= 1900
-    assert groups["all"]["agree"] >= groups["all"]["llama_agree"]
     for g in groups.values():
-        assert g["agree"] >= g["llama_agree"] - 2 / g["positions"]
+        assert g["agree"] >= g["llama_agree"]
         assert abs(g["ppl"] / g["ppl_hf"] - 1) < 0.015
 
 

@@ -4,14 +4,58 @@ import mmap
 
 import numpy as np
 
+from .. import args
 from ..config import Config
+from ..quant import quantize_act
 
 PREFILL_CHUNK = 512                 # tokens per forward call: bounds the attention scratch of long prompts
 RING_SLACK = PREFILL_CHUNK + 1024   # a prefill chunk's own keys, then 1024 tokens of going back
 
+# How the cache stores a key or value row of head_dim floats:
+#   f32   float32 [head_dim]
+#   f16   float16 [head_dim] (IEEE half, rounded to nearest even)
+#   q8_0  uint8 [head_dim + head_dim // 8]: int8 q[head_dim], then float32 d[head_dim // 32] (little-endian),
+#         x ~ d * q per block of 32, rounded as the int8 activations are (quant.quantize_act)
+KV_TYPES = ("f32", "f16", "q8_0")
+DEFAULT_KV_TYPE = "f32"
+
+
+def kv_row(kv_type, head_dim):
+    """(dtype, values per stored row) of a cache row of head_dim floats."""
+    if kv_type == "q8_0":
+        if head_dim % 32:
+            raise ValueError(f"a q8_0 cache needs head_dim a multiple of 32, got {head_dim}")
+        return np.dtype(np.uint8), head_dim + head_dim // 8
+    return np.dtype(np.float16 if kv_type == "f16" else np.float32), head_dim
+
+
+def kv_encode(x, kv_type):
+    """float32 x [..., head_dim] -> the rows a cache of kv_type stores (the NumPy twin of the decoder's store)."""
+    x = np.asarray(x, dtype=np.float32)
+    if kv_type == "f32":
+        return x.copy()
+    if kv_type == "f16":
+        return x.astype(np.float16)
+    hd = x.shape[-1]
+    kv_row(kv_type, hd)
+    q, d, _ = quantize_act(np.ascontiguousarray(x.reshape(-1, hd)), 8)
+    rows = np.concatenate([q.view(np.uint8), d.astype("<f4").view(np.uint8)], axis=1)
+    return rows.reshape(x.shape[:-1] + (hd + hd // 8,))
+
+
+def kv_decode(a, kv_type, head_dim):
+    """Stored rows [..., row] of a cache of kv_type -> float32 [..., head_dim], exactly what attention reads."""
+    if kv_type != "q8_0":
+        return np.asarray(a).astype(np.float32)
+    a = np.ascontiguousarray(a)
+    q = a[..., :head_dim].view(np.int8).astype(np.float32)
+    d = a[..., head_dim:].view("<f4").astype(np.float32)
+    return (q.reshape(q.shape[:-1] + (-1, 32)) * d[..., None]).reshape(q.shape)
+
 
 class KVCache:
-    """Keys and values of every position so far, per layer: k[i], v[i]: [n_kv_heads, cap, head_dim] float32.
+    """Keys and values of every position so far, per layer: k[i], v[i]: [n_kv_heads, cap, row], each row a
+    position's head_dim values stored as kv_type says (KV_TYPES; row = head_dim but for q8_0).
 
     A global layer has a slot per position (cap = n_ctx). A sliding-window layer needs only the last
     `sliding_window` keys: it keeps a ring of cap = window + slack slots (default RING_SLACK), position
@@ -24,8 +68,10 @@ class KVCache:
     first token would then zero a 2 MiB page per layer and head: ~2 s at n_ctx 8192.)
     """
 
-    def __init__(self, cfg: Config, n_ctx, slack=None):
-        self.n_ctx = n_ctx
+    def __init__(self, cfg: Config, n_ctx, slack=None, kv_type=DEFAULT_KV_TYPE):
+        self.kv_type = args.choice("kv_type", kv_type, KV_TYPES)
+        dtype, row = kv_row(self.kv_type, cfg.head_dim)
+        self.n_ctx, self.head_dim = n_ctx, cfg.head_dim
         self.window = cfg.sliding_window
         self.ring = min(n_ctx, cfg.sliding_window + (slack or RING_SLACK)) if cfg.sliding_window else n_ctx
         # tokens per forward call: at most PREFILL_CHUNK, and what a ring holds beside the window
@@ -34,9 +80,9 @@ class KVCache:
         self.k, self.v = [None] * cfg.n_layers, [None] * cfg.n_layers
         for cap in set(self.caps):   # one mapping per group of layers of equal capacity
             layers = [i for i, c in enumerate(self.caps) if c == cap]
-            shape = (len(layers), cfg.n_kv_heads, cap, cfg.head_dim)
+            shape = (len(layers), cfg.n_kv_heads, cap, row)
             for store in (self.k, self.v):
-                for i, a in zip(layers, _lazy_zeros(shape)):
+                for i, a in zip(layers, _lazy_zeros(shape, dtype)):
                     store[i] = a
         self.tokens = []          # the ids whose K/V are in the cache, in order
         self._decoder = self._bound = None
@@ -63,6 +109,6 @@ class KVCache:
         return n
 
 
-def _lazy_zeros(shape):
-    nbytes = int(np.prod(shape)) * 4
-    return np.frombuffer(mmap.mmap(-1, max(nbytes, 1)), dtype=np.float32, count=nbytes // 4).reshape(shape)
+def _lazy_zeros(shape, dtype):
+    count = int(np.prod(shape))
+    return np.frombuffer(mmap.mmap(-1, max(count * dtype.itemsize, 1)), dtype=dtype, count=count).reshape(shape)
