@@ -6,7 +6,7 @@ import numpy as np
 
 from . import args, hub, kernels, naming
 from .chat import ChatSession
-from .engine import PRECISIONS, Engine, KVCache, Step, TextStream, TokenLoop
+from .engine import DEFAULT_KV_TYPE, KV_TYPES, PRECISIONS, Engine, KVCache, Step, TextStream, TokenLoop
 from .errors import ArgumentError
 from .format import MgptFile
 from .model import ARCH_FILES, weights
@@ -44,11 +44,13 @@ class Model:
     in NumPy: slow, and what the others are checked against). n_ctx: cache length (default: the
     model's context, at most DEFAULT_N_CTX; more on request, up to the model's). precision: 'balanced'
     (default), 'exact' or 'fast': how activations are rounded before each matmul
-    (minigpt.engine.PRECISIONS), the same on every backend.
+    (minigpt.engine.PRECISIONS), the same on every backend. kv_type: how the KV cache stores keys and
+    values, 'f16' (default), 'f32' or 'q8_0' (minigpt.engine.KV_TYPES).
     """
 
-    def __init__(self, path, threads=None, backend=None, n_ctx=None, verify=False, precision="balanced"):
-        threads, backend, verify, precision = _options(threads, backend, verify, precision)
+    def __init__(self, path, threads=None, backend=None, n_ctx=None, verify=False, precision="balanced",
+                 kv_type=DEFAULT_KV_TYPE):
+        threads, backend, verify, precision, kv_type = _options(threads, backend, verify, precision, kv_type)
         self.kern = kernels.get_backend(backend)
         self.path = args.path("path", path)
         self.file = MgptFile(path)
@@ -67,7 +69,8 @@ class Model:
         self.n_ctx = args.optional(args.integer, "n_ctx", n_ctx, 1, self.config.context_length) \
             or min(self.config.context_length, DEFAULT_N_CTX)
         self.weights = weights.load(self.file, self.config)
-        self.engine = Engine(self.config, self.weights, self.kern, self.n_ctx, precision)
+        self.engine = Engine(self.config, self.weights, self.kern, self.n_ctx, precision, kv_type)
+        self.kv_type = kv_type
 
     # --- text
     def tokenize(self, text, add_bos=False, special=False):
@@ -82,7 +85,11 @@ class Model:
         ids = args.token_ids("ids", ids, self.config.vocab_size)
         if len(ids) > self.n_ctx:   # the RoPE tables end there
             raise ArgumentError(f"ids holds {len(ids)} tokens, more than the context's {self.n_ctx} (n_ctx)")
-        return self.engine.prefill(ids, all_logits=True, cache=KVCache(self.config, max(1, len(ids))))
+        return self.engine.prefill(ids, all_logits=True, cache=self.new_cache(max(1, len(ids))))
+
+    def new_cache(self, n_ctx, slack=None):
+        """An empty KV cache of the model's kv_type for n_ctx positions (ChatSession keeps its own)."""
+        return KVCache(self.config, n_ctx, slack, self.kv_type)
 
     def reset(self):
         self.engine.reset()
@@ -179,19 +186,19 @@ class Model:
 
 
 def load(model=None, threads=None, backend=None, n_ctx=None, verify=False, precision="balanced", log=None,
-         progress=None):
+         progress=None, kv_type=DEFAULT_KV_TYPE):
     """Load a .mgpt file, a GGUF file or a known model name (GGUFs are converted, known models fetched,
     once, into the cache). Default: Qwen2.5-Coder-0.5B-Instruct (hub.DEFAULT_MODEL), which also answers
     in Chinese; "smollm2-135m-instruct" is the small, fast English one. log(message) and
     progress(n, total, stage) report that first-use work: n more bytes of total are done; stage is
     'downloading', 'verifying' or 'converting'."""
-    _options(threads, backend, verify, precision)   # before a download, not after it
+    _options(threads, backend, verify, precision, kv_type)   # before a download, not after it
     return Model(hub.resolve(args.optional(args.path, "model", model), log, progress), threads=threads, backend=backend,
-                 n_ctx=n_ctx, verify=verify, precision=precision)
+                 n_ctx=n_ctx, verify=verify, precision=precision, kv_type=kv_type)
 
 
-def _options(threads, backend, verify, precision):
+def _options(threads, backend, verify, precision, kv_type=DEFAULT_KV_TYPE):
     """Model's options that need no file, checked."""
     return (args.optional(args.integer, "threads", threads, 1, kernels.MAX_THREADS),
             args.optional(args.text, "backend", backend), args.flag("verify", verify),
-            args.choice("precision", precision, PRECISIONS))
+            args.choice("precision", precision, PRECISIONS), args.choice("kv_type", kv_type, KV_TYPES))

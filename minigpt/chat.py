@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 
 from . import args
-from .engine import ContextFullError, KVCache, Step, TextStream, TokenLoop
+from .engine import ContextFullError, Step, TextStream, TokenLoop
 from .errors import MinigptError
 from .sampling import SamplerSettings, make_rng
 from .template import ChatTemplate
@@ -69,7 +69,7 @@ class ChatSession:
             self.settings = self.settings.with_(seed=int.from_bytes(os.urandom(8), "little") >> 1)
         self.max_tokens = args.optional(args.integer, "max_tokens", max_tokens, 1)   # None: no limit
         n_ctx = args.optional(args.integer, "n_ctx", n_ctx, 1, model.n_ctx) or model.n_ctx
-        self.cache = KVCache(model.config, n_ctx)
+        self.cache = model.new_cache(n_ctx)
         self.rng = make_rng(self.settings.seed)
         system = args.optional(args.text, "system", system)
         self.messages = [{"role": "system", "content": system}] if system else []

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .engine import KVCache
 from .errors import MinigptError
 
 DEFAULT_CTX = 512      # llama.cpp's default for the perplexity tool
@@ -33,7 +32,7 @@ def logit_blocks(model, ids, start=0):
     is untouched), a block of positions at a time: yields float32 [k, vocab]. Positions before start
     are evaluated without their logits."""
     engine, n = model.engine, len(ids)
-    cache = KVCache(model.config, max(1, n))
+    cache = model.new_cache(max(1, n))
     if start:
         engine.prefill(ids[:start], cache=cache)
     block = max(8, min(256, BLOCK_FLOATS // model.config.vocab_size))
