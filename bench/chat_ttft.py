@@ -184,7 +184,7 @@ def interleaved(m, msgs, a):
 def run(a):
     """The whole benchmark as a JSON-ready dict."""
     t0 = time.perf_counter()
-    m = minigpt.load(a.model, threads=a.threads)
+    m = minigpt.load(a.model, threads=a.threads, kv_type=a.kv_type)
     load_s = time.perf_counter() - t0
     msgs = [cut(m.tokenizer, MESSAGES[a.lang][i % len(MESSAGES[a.lang])], a.msg_tokens) for i in range(a.turns)]
 
@@ -204,7 +204,7 @@ def run(a):
     return {
         "model": {"path": str(m.path), "name": m.config.name, "arch": m.config.arch},
         "backend": m.kern.name, "isa": isa() if callable(isa) else None, "threads": m.threads,
-        "precision": m.engine.precision, "load_s": load_s,
+        "precision": m.engine.precision, "kv_type": m.kv_type, "load_s": load_s,
         "settings": {"turns": a.turns, "reps": a.reps, "max_tokens": a.max_tokens, "lang": a.lang,
                      "msg_tokens": a.msg_tokens, "system": a.system, "contrast": a.contrast, "temperature": 0,
                      "pairs": a.pairs,
@@ -270,6 +270,7 @@ def format_table(d):
     lines = [
         f"model: {d['model']['name'] or d['model']['path']} ({d['model']['path']})",
         f"backend {d['backend']}" + (f" ({d['isa']})" if d["isa"] else "") + f", {d['precision']} precision, "
+        f"{d.get('kv_type', 'f32')} KV cache, "
         f"{d['threads']} thread{'s' if d['threads'] > 1 else ''}; machine: {d['machine'].get('cpu', '?')}",
         f"{s['turns']} turns x {s['reps']} repetitions; messages: {s['lang']}, {_cell(d['message_tokens'], '{:.0f}')} "
         f"tokens; replies greedy, at most {s['max_tokens']} tokens; median [min, max] over repetitions",
@@ -324,6 +325,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-m", "--model", default=None, help="A .mgpt file or a known model name (default: minigpt's).")
     ap.add_argument("-t", "--threads", type=int, default=1)
+    ap.add_argument("--kv-type", default=minigpt.engine.DEFAULT_KV_TYPE, choices=minigpt.engine.KV_TYPES,
+                    help="How the session's KV cache stores keys and values.")
     ap.add_argument("-n", "--turns", type=int, default=10)
     ap.add_argument("-r", "--reps", type=int, default=5)
     ap.add_argument("--max-tokens", type=int, default=64, help="Reply length cap (replies may end sooner).")
