@@ -87,9 +87,9 @@ class Model:
             raise ArgumentError(f"ids holds {len(ids)} tokens, more than the context's {self.n_ctx} (n_ctx)")
         return self.engine.prefill(ids, all_logits=True, cache=self.new_cache(max(1, len(ids))))
 
-    def new_cache(self, n_ctx, slack=None):
-        """An empty KV cache of the model's kv_type for n_ctx positions (ChatSession keeps its own)."""
-        return KVCache(self.config, n_ctx, slack, self.kv_type)
+    def new_cache(self, n_ctx, slack=None, kv_type=None):
+        """An empty KV cache for n_ctx positions, of kv_type (None: the model's); ChatSession keeps its own."""
+        return KVCache(self.config, n_ctx, slack, kv_type or self.kv_type)
 
     def reset(self):
         self.engine.reset()

@@ -77,6 +77,8 @@ BAD = {
     "chat n_ctx too big": (lambda p, m: m.chat(n_ctx=N_CTX + 1), "n_ctx"),
     "chat system int": (lambda p, m: m.chat(system=5), "system"),
     "chat seed -1": (lambda p, m: m.chat(seed=-1), "seed"),
+    "chat kv_type": (lambda p, m: m.chat(kv_type="f8"), "kv_type"),
+    "chat kv_type int": (lambda p, m: m.chat(kv_type=16), "kv_type"),
     "chat top_k float": (lambda p, m: m.chat(top_k=2.5), "top_k"),
     "chat unknown setting": (lambda p, m: m.chat(temprature=1), "temprature"),
     "chat send int": (lambda p, m: m.chat().send(5), "text"),
