@@ -70,6 +70,8 @@ class Model:
             or min(self.config.context_length, DEFAULT_N_CTX)
         self.weights = weights.load(self.file, self.config)
         self.engine = Engine(self.config, self.weights, self.kern, self.n_ctx, precision, kv_type)
+        # packing read the matrices once, and their pages would stay resident beside the packed copies
+        self.file.release(weights.unused(self.weights, self.engine.weights))
         self.kv_type = kv_type
 
     # --- text
