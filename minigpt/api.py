@@ -69,8 +69,9 @@ class Model:
         self.n_ctx = args.optional(args.integer, "n_ctx", n_ctx, 1, self.config.context_length) \
             or min(self.config.context_length, DEFAULT_N_CTX)
         self.weights = weights.load(self.file, self.config)
-        self.engine = Engine(self.config, self.weights, self.kern, self.n_ctx, precision, kv_type)
-        # packing read the matrices once, and their pages would stay resident beside the packed copies
+        # packing reads each matrix once, and its pages would stay resident beside the packed copy: they go
+        # as it is packed (the load's peak: the copies and one original), then the rest no one reads
+        self.engine = Engine(self.config, self.weights, self.kern, self.n_ctx, precision, kv_type, self.file.release)
         self.file.release(weights.unused(self.weights, self.engine.weights))
         self.kv_type = kv_type
 
