@@ -7,8 +7,8 @@ import numpy as np
 from . import args, hub, kernels, naming
 from .chat import ChatSession
 from .engine import DEFAULT_KV_TYPE, KV_TYPES, PRECISIONS, Engine, KVCache, Step, TextStream, TokenLoop
-from .errors import ArgumentError
 from .engine.cache import kv_row
+from .errors import ArgumentError
 from .format import MgptFile
 from .model import ARCH_FILES, weights
 from .sampling import SamplerSettings, make_rng

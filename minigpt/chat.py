@@ -56,8 +56,8 @@ class ChatSession:
     max_tokens: reply length cap (None: until end of turn or a full context). n_ctx: this session's
     context (default and maximum: the model's). kv_type: how this session's KV cache stores keys and
     values (minigpt.engine.KV_TYPES; None: the model's kv_type). seed: None picks a random one (see
-    .settings.seed). The other keywords are SamplerSettings fields (temperature, top_k, top_p, min_p, repeat_penalty,
-    repeat_last_n).
+    .settings.seed). The other keywords are SamplerSettings fields (temperature, top_k, top_p, min_p,
+    repeat_penalty, repeat_last_n).
 
     One turn at a time per session. cancel() may be called from any thread; n_past, last and history
     may be read from any thread at any time (during a turn they show it in progress).

@@ -113,8 +113,8 @@ def check_conversion(src, out, backend=None, precision="balanced", threads=None,
     """Compare the converted file `out` with its source checkpoint `src` (anything minigpt.convert
     reads). The source is converted to f32 into a temporary file beside `out` (deleted afterwards) and
     run on the NumPy reference with an f32 KV cache; `out` runs on `backend` at `precision` with a
-    kv_type cache. progress(n, total, stage) is
-    called with stage 'dequantizing' (bytes of the f32 copy) and then 'checking' (positions)."""
+    kv_type cache. progress(n, total, stage) is called with stage 'dequantizing' (bytes of the f32
+    copy) and then 'checking' (positions)."""
     from .api import Model
     from .convert import convert
 
