@@ -7,6 +7,7 @@ import numpy as np
 from . import args, hub, kernels, naming
 from .chat import ChatSession
 from .engine import DEFAULT_KV_TYPE, KV_TYPES, PRECISIONS, Engine, KVCache, Step, TextStream, TokenLoop
+from .engine.cache import kv_row
 from .errors import ArgumentError
 from .format import MgptFile
 from .model import ARCH_FILES, weights
@@ -69,7 +70,11 @@ class Model:
         self.n_ctx = args.optional(args.integer, "n_ctx", n_ctx, 1, self.config.context_length) \
             or min(self.config.context_length, DEFAULT_N_CTX)
         self.weights = weights.load(self.file, self.config)
-        self.engine = Engine(self.config, self.weights, self.kern, self.n_ctx, precision, kv_type)
+        _check_kv_type(self.config, kv_type)
+        # packing reads each matrix once, and its pages would stay resident beside the packed copy: they go
+        # as it is packed (the load's peak: the copies and one original), then the rest no one reads
+        self.engine = Engine(self.config, self.weights, self.kern, self.n_ctx, precision, kv_type, self.file.release)
+        self.file.release(weights.unused(self.weights, self.engine.weights))
         self.kv_type = kv_type
 
     # --- text
@@ -87,9 +92,9 @@ class Model:
             raise ArgumentError(f"ids holds {len(ids)} tokens, more than the context's {self.n_ctx} (n_ctx)")
         return self.engine.prefill(ids, all_logits=True, cache=self.new_cache(max(1, len(ids))))
 
-    def new_cache(self, n_ctx, slack=None):
-        """An empty KV cache of the model's kv_type for n_ctx positions (ChatSession keeps its own)."""
-        return KVCache(self.config, n_ctx, slack, self.kv_type)
+    def new_cache(self, n_ctx, slack=None, kv_type=None):
+        """An empty KV cache for n_ctx positions, of kv_type (None: the model's); ChatSession keeps its own."""
+        return KVCache(self.config, n_ctx, slack, _check_kv_type(self.config, kv_type or self.kv_type))
 
     def reset(self):
         self.engine.reset()
@@ -195,6 +200,15 @@ def load(model=None, threads=None, backend=None, n_ctx=None, verify=False, preci
     _options(threads, backend, verify, precision, kv_type)   # before a download, not after it
     return Model(hub.resolve(args.optional(args.path, "model", model), log, progress), threads=threads, backend=backend,
                  n_ctx=n_ctx, verify=verify, precision=precision, kv_type=kv_type)
+
+
+def _check_kv_type(cfg, kv_type):
+    """kv_type, if a cache of it can hold this model's heads (q8_0 needs head_dim a multiple of 32)."""
+    try:
+        kv_row(kv_type, cfg.head_dim)
+    except ValueError as e:
+        raise ArgumentError(f"kv_type {kv_type} does not fit this model: {e}") from None
+    return kv_type
 
 
 def _options(threads, backend, verify, precision, kv_type=DEFAULT_KV_TYPE):

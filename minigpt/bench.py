@@ -1,4 +1,4 @@
-"""`minigpt bench`: load time, prefill and decode speed, peak memory, in the spirit of llama-bench.
+"""`minigpt bench`: load time, prefill and decode speed, memory, in the spirit of llama-bench.
 
     prefill  pp<p>: p fixed token ids evaluated in one call from an empty KV cache
     decode   tg<n>: n greedy tokens after a 1-token prompt, one eval call per token
@@ -8,6 +8,9 @@ The cache holds p + n positions, as in llama-bench. bench/compare.py runs llama.
 Decode reads every weight once per token, so it cannot be faster than the memory floor: read bandwidth /
 weight bytes per token. The report gives that floor (bandwidth measured here, one thread, after the runs)
 and the fraction of it decode reaches.
+
+Memory: the resident set right after load (weights as packed, the mapped pages still resident, the caches'
+first pages) and its peak over the whole run.
 """
 
 import platform
@@ -20,6 +23,7 @@ import numpy as np
 
 from . import __version__
 from .api import load
+from .engine import DEFAULT_KV_TYPE
 from .errors import MinigptError
 
 # ---
@@ -34,6 +38,18 @@ def _peak_rss_mib():
     # ru_maxrss is KiB on Linux, bytes on macOS
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def rss_mib():
+    """This process's resident set now, in MiB (VmRSS in /proc/self/status); None where there is no /proc."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 2**10   # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _isa(kern):
@@ -81,7 +97,8 @@ def _summary(samples):
     return {"median": statistics.median(samples), "min": min(samples), "max": max(samples), "samples": samples}
 
 
-def run(model, n_prompt=128, n_gen=128, threads=None, reps=3, backend=None, precision="balanced"):
+def run(model, n_prompt=128, n_gen=128, threads=None, reps=3, backend=None, precision="balanced",
+        kv_type=DEFAULT_KV_TYPE):
     """Benchmark one model; a JSON-ready dict. model: a .mgpt path or a known model name.
 
     Timings are tok/s (higher is better) summarized over `reps` repetitions; n_prompt or n_gen 0 skips that test.
@@ -89,8 +106,9 @@ def run(model, n_prompt=128, n_gen=128, threads=None, reps=3, backend=None, prec
     if n_prompt < 0 or n_gen < 0 or reps < 1 or n_prompt + n_gen < 1:
         raise MinigptError(f"bad bench sizes: n_prompt {n_prompt}, n_gen {n_gen}, reps {reps}")
     t0 = time.perf_counter()
-    m = load(model, threads=threads, backend=backend, n_ctx=n_prompt + n_gen + 1, precision=precision)
+    m = load(model, threads=threads, backend=backend, n_ctx=n_prompt + n_gen + 1, precision=precision, kv_type=kv_type)
     load_s = time.perf_counter() - t0
+    load_rss = rss_mib()
 
     c = m.config
     ids = prompt_ids(max(1, n_prompt), c.vocab_size)
@@ -111,9 +129,10 @@ def run(model, n_prompt=128, n_gen=128, threads=None, reps=3, backend=None, prec
         "n_prompt": n_prompt, "n_gen": n_gen, "reps": reps,
         "load_s": load_s,
         "precision": "exact" if m.kern.name == "numpy" else m.engine.precision,   # numpy: f32 weights
+        "kv_type": m.kv_type,
         "prefill_tok_s": _summary(pp) if pp else None,
         "decode_tok_s": _summary(tg) if tg else None,
-        "peak_rss_mib": peak_rss,
+        "load_rss_mib": load_rss, "peak_rss_mib": peak_rss,
         "decode_bytes_per_token": nbytes, "read_gb_s": bw / 1e9, "floor_tok_s": bw / nbytes,
         "versions": {"minigpt": __version__, "python": platform.python_version(), "numpy": np.__version__},
     }
@@ -126,7 +145,8 @@ def format_table(r):
     lines = [
         f"model     {mo['name'] or mo['path']}  ({mo['arch']}, {mo['n_params'] / 1e6:.1f}M params, "
         f"{mo['file_size'] / 2**20:.1f} MiB; {types})",
-        f"backend   {r['backend']}" + (f" ({r['isa']})" if r["isa"] else "") + f", {r['precision']} precision, {r['threads']} threads",
+        f"backend   {r['backend']}" + (f" ({r['isa']})" if r["isa"] else "") +
+        f", {r['precision']} precision, {r['kv_type']} KV cache, {r['threads']} threads",
         f"load      {r['load_s']:.3f} s",
     ]
     for label, key, n in (("prefill", "prefill_tok_s", f"pp{r['n_prompt']}"), ("decode", "decode_tok_s", f"tg{r['n_gen']}")):
@@ -138,5 +158,7 @@ def format_table(r):
     lines.append(f"floor     {floor:8.1f} tok/s  ({r['decode_bytes_per_token'] / 1e6:.0f} MB of weights per token "
                  f"at {r['read_gb_s']:.1f} GB/s read by one thread)" +
                  (f"; decode reaches {r['decode_tok_s']['median'] / floor:.0%} of it" if r["decode_tok_s"] else ""))
+    if r["load_rss_mib"] is not None:
+        lines.append(f"load RSS  {r['load_rss_mib']:.1f} MiB  (resident right after load)")
     lines.append(f"peak RSS  {r['peak_rss_mib']:.1f} MiB")
     return "\n".join(lines)

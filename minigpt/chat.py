@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 
 from . import args
-from .engine import ContextFullError, Step, TextStream, TokenLoop
+from .engine import KV_TYPES, ContextFullError, Step, TextStream, TokenLoop
 from .errors import MinigptError
 from .sampling import SamplerSettings, make_rng
 from .template import ChatTemplate
@@ -54,22 +54,23 @@ class TurnStats:
 class ChatSession:
     """One conversation. system: the system prompt (None: the template's default, if any).
     max_tokens: reply length cap (None: until end of turn or a full context). n_ctx: this session's
-    context (default and maximum: the model's). seed: None picks a random one (see .settings.seed).
-    The other keywords are SamplerSettings fields (temperature, top_k, top_p, min_p, repeat_penalty,
-    repeat_last_n).
+    context (default and maximum: the model's). kv_type: how this session's KV cache stores keys and
+    values (minigpt.engine.KV_TYPES; None: the model's kv_type). seed: None picks a random one (see
+    .settings.seed). The other keywords are SamplerSettings fields (temperature, top_k, top_p, min_p,
+    repeat_penalty, repeat_last_n).
 
     One turn at a time per session. cancel() may be called from any thread; n_past, last and history
     may be read from any thread at any time (during a turn they show it in progress).
     """
 
-    def __init__(self, model, system=None, max_tokens=None, n_ctx=None, seed=None, **sampling):
+    def __init__(self, model, system=None, max_tokens=None, n_ctx=None, seed=None, kv_type=None, **sampling):
         self.model = model
         self.settings = SamplerSettings().with_(seed=seed, **sampling)
         if seed is None:
             self.settings = self.settings.with_(seed=int.from_bytes(os.urandom(8), "little") >> 1)
         self.max_tokens = args.optional(args.integer, "max_tokens", max_tokens, 1)   # None: no limit
         n_ctx = args.optional(args.integer, "n_ctx", n_ctx, 1, model.n_ctx) or model.n_ctx
-        self.cache = model.new_cache(n_ctx)
+        self.cache = model.new_cache(n_ctx, kv_type=args.optional(args.choice, "kv_type", kv_type, KV_TYPES))
         self.rng = make_rng(self.settings.seed)
         system = args.optional(args.text, "system", system)
         self.messages = [{"role": "system", "content": system}] if system else []
@@ -93,6 +94,10 @@ class ChatSession:
     @property
     def n_ctx(self):
         return self.cache.n_ctx
+
+    @property
+    def kv_type(self):
+        return self.cache.kv_type
 
     @property
     def n_past(self):
@@ -343,11 +348,12 @@ class ChatSession:
             chatfile.save(self, path)
 
     @classmethod
-    def load(cls, path, model):
-        """A session saved by save(), on the same model: it continues without re-reading anything."""
+    def load(cls, path, model, kv_type=None):
+        """A session saved by save(), on the same model: it continues without re-reading anything.
+        kv_type: the session's cache type (None: the model's); a cache saved in another type is converted."""
         from . import chatfile
 
-        return chatfile.load(cls, path, model)
+        return chatfile.load(cls, path, model, kv_type)
 
 
 class _Release:

@@ -4,12 +4,16 @@ A loaded chat continues without re-reading its past, and with the saved random s
 exactly the reply the unsaved session would have written. Layout (little-endian):
 
     magic  b"MGPTCHAT"   u32 version   u32 header bytes   header (UTF-8 JSON)   zero padding to 64
-    K      float32 [n_layers, n_kv_heads, n_past, head_dim]      the cache's first n_past positions
-    V      float32 [n_layers, n_kv_heads, n_past, head_dim]
+    K      per layer [n_kv_heads, m, row]   the cache's first m = min(n_past, cap) slots, as it stores them
+    V      per layer [n_kv_heads, m, row]
+
+Rows are in the cache's kv_type, named by the header (engine.cache: f32 float32 [head_dim], f16 float16
+[head_dim], q8_0 head_dim + head_dim // 8 bytes). Version 1 files have no kv_type: their rows are f32.
+A cache of another type than the loading session's is converted (kv_decode, then kv_encode).
 
 The header names the model by its fingerprint (a hash of the .mgpt header, which holds every
-tensor's checksum), so a chat cannot be loaded into other weights, and holds the SHA-256 of K and V,
-so a damaged file is refused before any of it reaches the cache. Files are written to a temporary
+tensor's checksum), so a chat cannot be loaded into other weights, and holds the SHA-256 of K and V
+as stored, so a damaged file is refused before the session is used. Files are written to a temporary
 name and renamed: a crash leaves the old file whole.
 """
 
@@ -22,13 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .engine import PRECISIONS
+from .engine import KV_TYPES, PRECISIONS, kv_decode, kv_encode
+from .engine.cache import kv_row
 from .errors import CLIP_ARG, FormatError, MinigptError, clip
 from .format import MgptFile, open_file
 from .sampling import SamplerSettings
 
 MAGIC = b"MGPTCHAT"
-VERSION = 1
+VERSION = 2        # 2: K/V in the cache's kv_type (1: float32, no kv_type in the header)
 _PREFIX = struct.Struct("<8sII")
 _ALIGN = 64
 _MAX_HEADER = 64 << 20
@@ -41,7 +46,7 @@ def save(chat, path):
     header = {
         "model": {"fingerprint": m.file.fingerprint, "name": m.config.name, "path": str(Path(m.path).resolve()),
                   "precision": m.engine.precision, "backend": m.kern.name},
-        "n_ctx": cache.n_ctx, "ring": cache.ring, "n_past": n, "tokens": list(cache.tokens),
+        "n_ctx": cache.n_ctx, "ring": cache.ring, "kv_type": cache.kv_type, "n_past": n, "tokens": list(cache.tokens),
         "messages": chat.messages, "text": chat._text, "marks": chat._marks,
         "settings": vars(chat.settings), "max_tokens": chat.max_tokens,
         "rng": chat.rng.bit_generator.state,
@@ -96,8 +101,9 @@ def read_header(path):
             if len(prefix) < _PREFIX.size or prefix[:8] != MAGIC:
                 raise FormatError(f"{path}: not a saved minigpt chat")
             _, version, hlen = _PREFIX.unpack(prefix)
-            if version != VERSION:
-                raise FormatError(f"{path}: saved-chat version {version} is not supported (this minigpt reads {VERSION})")
+            if version not in (1, VERSION):
+                raise FormatError(f"{path}: saved-chat version {version} is not supported "
+                                  f"(this minigpt reads 1 to {VERSION})")
             if hlen > _MAX_HEADER:
                 raise FormatError(f"{path}: corrupt header")
             raw = f.read(hlen)
@@ -107,6 +113,8 @@ def read_header(path):
         raise FormatError(f"{path}: truncated")
     try:
         header = json.loads(raw.decode("utf-8"))
+        if version == 1 and isinstance(header, dict):
+            header["kv_type"] = "f32"   # what version 1 stored, whatever the header says
         _check_header(header)
     except (ValueError, KeyError, TypeError, RecursionError, MinigptError) as e:   # RecursionError: nested too deep
         raise FormatError(f"{path}: corrupt header ({clip(str(e))})") from None
@@ -132,8 +140,9 @@ def model_path(path, header):
     return p
 
 
-def load(cls, path, model):
-    """A `cls` (ChatSession) restored from `path` on `model`, which must be the one it was saved with."""
+def load(cls, path, model, kv_type=None):
+    """A `cls` (ChatSession) restored from `path` on `model`, which must be the one it was saved with.
+    kv_type: the session's (None: the model's); K/V saved in another type are converted to it."""
     path = Path(path)
     h, offset = read_header(path)
     want, have = h["model"]["fingerprint"], model.file.fingerprint
@@ -141,31 +150,43 @@ def load(cls, path, model):
         raise MinigptError(f"{path} was saved with another model ({clip(h['model']['name'], CLIP_ARG)}, "
                            f"{clip(h['model'].get('path'), 120)}, fingerprint {clip(want, 40)}), not {model.path} "
                            f"(fingerprint {have})")
-    cfg, n, n_ctx = model.config, h["n_past"], h["n_ctx"]
+    cfg, n, n_ctx, saved = model.config, h["n_past"], h["n_ctx"], h["kv_type"]
     if n_ctx > model.n_ctx:
         raise MinigptError(f"{path} needs a context of {n_ctx} tokens; the model was loaded with {model.n_ctx} "
                            f"(pass --ctx {n_ctx} or more)")
     if any(t >= cfg.vocab_size for t in h["tokens"]):
         raise FormatError(f"{path}: token ids outside this model's vocabulary")
-    chat = cls(model, n_ctx=n_ctx, max_tokens=h["max_tokens"], **h["settings"])
+    try:
+        dtype, row = kv_row(saved, cfg.head_dim)
+    except ValueError as e:   # q8_0 on a head_dim that is not a multiple of 32
+        raise FormatError(f"{path}: {e}") from None
+    chat = cls(model, n_ctx=n_ctx, max_tokens=h["max_tokens"], kv_type=kv_type, **h["settings"])
     cache = chat.cache
     ring = h.get("ring", n_ctx)   # an int (_check_header); files from before sliding windows have none
     if ring != cache.ring:
         raise FormatError(f"{path}: its sliding-window cache has {clip(ring, 40)} slots, this minigpt's {cache.ring}")
-    need = offset + sum(block.nbytes for block in _used(cache, n))
+    # each block as the file stores it: the cache's slots, rows of the saved kv_type
+    shapes = [block.shape[:2] + (row,) for block in _used(cache, n)]
+    need = offset + sum(int(np.prod(s)) for s in shapes) * dtype.itemsize
     size = path.stat().st_size
     if size != need:
         raise FormatError(f"{path}: {size} bytes, but {n} cached positions need {need} (truncated?)")
+    digest = hashlib.sha256()
     with open_file(path, "saved minigpt chat") as f:
         f.seek(offset)
-        for block in _used(cache, n):
+        for block, shape in zip(_used(cache, n), shapes):
             if not block.size:   # a chat saved before its first message
                 continue
-            data = np.empty(block.shape, dtype=np.float32)
+            data = np.empty(shape, dtype=dtype)
             if f.readinto(memoryview(data).cast("B")) != data.nbytes:
                 raise FormatError(f"{path}: truncated")
-            block[...] = data
-    if _kv_digest(cache, n) != h["kv_sha256"]:
+            digest.update(data.data)
+            if saved == cache.kv_type:
+                block[...] = data
+            else:   # through float32, as attention would read the saved rows
+                with np.errstate(all="ignore"):   # a file's NaN or 3e38 stays what it says
+                    block[...] = kv_encode(kv_decode(data, saved, cfg.head_dim), cache.kv_type)
+    if digest.hexdigest() != h["kv_sha256"]:
         raise FormatError(f"{path}: the saved cache is damaged (checksum mismatch)")
     cache.tokens[:] = h["tokens"]
     chat.messages = h["messages"]
@@ -201,6 +222,8 @@ def _check_header(h):
             or m["precision"] not in PRECISIONS:
         raise ValueError("no model fingerprint, name or precision")
     n, n_ctx, tokens = h["n_past"], h["n_ctx"], h["tokens"]
+    if h["kv_type"] not in KV_TYPES:
+        raise ValueError("bad kv_type")
     if not ints(n, n_ctx, h.get("ring", 0)) or not 0 <= n <= n_ctx or not isinstance(tokens, list) \
             or len(tokens) != n or not ints(*tokens) or any(t < 0 for t in tokens):
         raise ValueError("bad positions or tokens")

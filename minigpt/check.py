@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .engine import DEFAULT_KV_TYPE
 from .errors import MinigptError
 from .perplexity import log_softmax, logit_blocks
 
@@ -107,11 +108,13 @@ def compare(source, converted, pieces=None, progress=None) -> Comparison:
     return pooled.result(per_piece)
 
 
-def check_conversion(src, out, backend=None, precision="balanced", threads=None, progress=None) -> Comparison:
+def check_conversion(src, out, backend=None, precision="balanced", threads=None, progress=None,
+                     kv_type=DEFAULT_KV_TYPE) -> Comparison:
     """Compare the converted file `out` with its source checkpoint `src` (anything minigpt.convert
     reads). The source is converted to f32 into a temporary file beside `out` (deleted afterwards) and
-    run on the NumPy reference; `out` runs on `backend` at `precision`. progress(n, total, stage) is
-    called with stage 'dequantizing' (bytes of the f32 copy) and then 'checking' (positions)."""
+    run on the NumPy reference with an f32 KV cache; `out` runs on `backend` at `precision` with a
+    kv_type cache. progress(n, total, stage) is called with stage 'dequantizing' (bytes of the f32
+    copy) and then 'checking' (positions)."""
     from .api import Model
     from .convert import convert
 
@@ -120,8 +123,8 @@ def check_conversion(src, out, backend=None, precision="balanced", threads=None,
     with tempfile.TemporaryDirectory(prefix=".minigpt-check-", dir=out.parent) as tmp:
         f32 = Path(tmp) / "source-f32.mgpt"
         convert(src, f32, "f32", progress=stage("dequantizing"))
-        source = Model(f32, threads=threads, backend="numpy", precision="exact")
-        converted = Model(out, threads=threads, backend=backend, precision=precision)
+        source = Model(f32, threads=threads, backend="numpy", precision="exact", kv_type="f32")
+        converted = Model(out, threads=threads, backend=backend, precision=precision, kv_type=kv_type)
         try:
             return compare(source, converted, progress=stage("checking"))
         finally:

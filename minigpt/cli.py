@@ -10,11 +10,13 @@ import numpy as np
 
 from . import hub
 from .convert import QUANT_TYPES
+from .engine import DEFAULT_KV_TYPE, KV_TYPES
 from .errors import MinigptError, one_line
 from .kernels import MAX_THREADS
 
 QUANTS = QUANT_TYPES   # what convert --quant takes: the converter's own list
 MODEL_HELP = f"A .mgpt file, a GGUF file or a known model name (default: {hub.DEFAULT_MODEL})."
+KV_HELP = "How the KV cache stores keys and values: f32, f16 (half the memory) or q8_0 (int8, about a quarter)."
 
 
 def _log(msg):
@@ -85,10 +87,10 @@ def _resolve(model):
     return path
 
 
-def _load(model, threads=None, backend=None, n_ctx=None, precision="balanced"):
+def _load(model, threads=None, backend=None, n_ctx=None, precision="balanced", kv_type=DEFAULT_KV_TYPE):
     from .api import Model
 
-    return Model(_resolve(model), threads=threads, backend=backend, n_ctx=n_ctx, precision=precision)
+    return Model(_resolve(model), threads=threads, backend=backend, n_ctx=n_ctx, precision=precision, kv_type=kv_type)
 
 
 def _utf8_stdout():
@@ -113,11 +115,13 @@ def cli():
                    "multilingual text: top-1 agreement, KL divergence, perplexities.")
 @click.option("--precision", default=None, type=click.Choice(["exact", "balanced", "fast"]),
               help="With --check: how the converted model rounds activations.  [default: balanced]")
+@click.option("--kv-type", default=None, type=click.Choice(KV_TYPES),
+              help=f"With --check: the converted model's KV cache type.  [default: {DEFAULT_KV_TYPE}]")
 @click.option("-t", "--threads", default=None, type=click.IntRange(1, MAX_THREADS), help="With --check: threads.")
-def convert(src, out, quant, check, precision, threads):
+def convert(src, out, quant, check, precision, kv_type, threads):
     """Convert SRC, a GGUF file or a Hugging Face model folder, into a minigpt .mgpt file."""
-    if not check and (precision or threads):
-        raise MinigptError("--precision and --threads apply to --check only")
+    if not check and (precision or kv_type or threads):
+        raise MinigptError("--precision, --kv-type and --threads apply to --check only")
     s = _convert_with_bar(src, out, quant)
     types = ", ".join(f"{n} {q}" for q, n in sorted(s["types"].items()))
     _log(f"wrote {out}: {s['n_params'] / 1e6:.1f}M parameters, {s['file_size'] / 2**20:.1f} MiB, "
@@ -125,7 +129,7 @@ def convert(src, out, quant, check, precision, threads):
     pairs = ", ".join(f"{k}: {n}" for k, n in s["requantized_types"].items())
     _log(f"tensors: {types}; requantized: {len(s['requantized'])}" + (f" ({pairs})" if pairs else ""))
     if check:
-        _check(src, out, precision or "balanced", threads)
+        _check(src, out, precision or "balanced", kv_type or DEFAULT_KV_TYPE, threads)
 
 
 @cli.command()
@@ -273,17 +277,18 @@ def tokenize(model, special, add_bos, text):
 @click.option("--backend", default=None, help="Kernel backend (c, numba, numpy); default $MINIGPT_BACKEND or c.")
 @click.option("--precision", default="balanced", show_default=True, type=click.Choice(["exact", "balanced", "fast"]),
               help="Activations in f32 (exact), int8 (fast), or int8 but for the sensitive matmuls (balanced).")
+@click.option("--kv-type", default=DEFAULT_KV_TYPE, show_default=True, type=click.Choice(KV_TYPES), help=KV_HELP)
 @click.option("--echo", is_flag=True, help="Print the prompt before the continuation.")
 @click.option("--stats", is_flag=True, help="Print token counts and speed to stderr at the end.")
 @click.option("--show-probs", is_flag=True,
               help="One line per generated token: its probability and the likeliest alternatives; then the text.")
 def generate(model, prompt, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, stop,
-             threads, ctx, backend, precision, echo, stats, show_probs):
+             threads, ctx, backend, precision, kv_type, echo, stats, show_probs):
     """Continue PROMPT, streaming the text to standard output."""
     from .repl import PROBS_N, probs_line
 
     _utf8_stdout()
-    m = _load(model, threads, backend, ctx, precision)
+    m = _load(model, threads, backend, ctx, precision, kv_type)
     if echo and not show_probs:
         click.echo(prompt, nl=False)
     t0 = time.perf_counter()
@@ -307,7 +312,7 @@ def generate(model, prompt, max_tokens, temperature, top_k, top_p, min_p, repeat
         dt = time.perf_counter() - t0 - t_prefill
         n_gen = m.n_past - n_prompt
         _log(f"[prompt {n_prompt} tokens in {t_prefill:.2f} s; generated {n_gen} tokens in {dt:.2f} s "
-             f"({n_gen / max(dt, 1e-9):.1f} tok/s); backend {m.kern.name}, {m.threads} threads]")
+             f"({n_gen / max(dt, 1e-9):.1f} tok/s); backend {m.kern.name}, {m.kv_type} KV cache, {m.threads} threads]")
 
 
 CHAT_DEFAULTS = {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05, "repeat_penalty": 1.1,
@@ -334,8 +339,10 @@ CHAT_DEFAULTS = {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05, 
 @click.option("--backend", default=None, help="Kernel backend (c, numba, numpy); default $MINIGPT_BACKEND or c.")
 @click.option("--precision", default=None, type=click.Choice(["exact", "balanced", "fast"]),
               help="How activations are rounded (see `minigpt generate --help`).  [default: balanced]")
+@click.option("--kv-type", default=None, type=click.Choice(KV_TYPES),
+              help=f"{KV_HELP}  [default: {DEFAULT_KV_TYPE}; with --resume, the saved chat's]")
 def chat(model, system, temperature, top_k, top_p, min_p, repeat_penalty, seed, max_tokens, ctx, threads, resume,
-         template_file, stats, show_probs, backend, precision):
+         template_file, stats, show_probs, backend, precision, kv_type):
     """Chat with a model in the terminal (the default model is fetched on first use)."""
     from . import chatfile
     from .api import DEFAULT_N_CTX
@@ -347,13 +354,14 @@ def chat(model, system, temperature, top_k, top_p, min_p, repeat_penalty, seed, 
     _utf8_stdout()
     given = {k: v for k, v in dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                    repeat_penalty=repeat_penalty, seed=seed).items() if v is not None}
-    if resume:   # the saved chat names its model (a hint, checked), context and precision
+    if resume:   # the saved chat names its model (a hint, checked), context, precision and cache type
         saved, _ = chatfile.read_header(resume)
         model = model or chatfile.model_path(resume, saved)
         if saved["n_ctx"] <= DEFAULT_N_CTX:   # a longer one costs memory: only if --ctx asks for it
             ctx = max(ctx or 0, saved["n_ctx"])
         precision = precision or saved["model"]["precision"]
-    m = _load(model, threads, backend, ctx, precision or "balanced")
+        kv_type = kv_type or saved["kv_type"]   # its own: the cache as it was; another: converted
+    m = _load(model, threads, backend, ctx, precision or "balanced", kv_type or DEFAULT_KV_TYPE)
     if template_file:
         m.set_chat_template(read_text(template_file, limit=MAX_SOURCE_CHARS))
     m.template   # a broken or hostile template stops here, before any chat
@@ -387,12 +395,13 @@ def chat(model, system, temperature, top_k, top_p, min_p, repeat_penalty, seed, 
 @click.option("--backend", default=None, help="Kernel backend; default $MINIGPT_BACKEND or c.")
 @click.option("--precision", default="balanced", show_default=True, type=click.Choice(["exact", "balanced", "fast"]),
               help="Activations in f32 (exact), int8 (fast), or int8 but for the sensitive matmuls (balanced).")
+@click.option("--kv-type", default=DEFAULT_KV_TYPE, show_default=True, type=click.Choice(KV_TYPES), help=KV_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def bench(model, n_prompt, n_gen, threads, reps, backend, precision, as_json):
-    """Measure load time, prefill and decode speed, and peak memory."""
+def bench(model, n_prompt, n_gen, threads, reps, backend, precision, kv_type, as_json):
+    """Measure load time, prefill and decode speed, and memory."""
     from . import bench as bench_
 
-    r = bench_.run(_resolve(model), n_prompt, n_gen, threads, reps, backend, precision)
+    r = bench_.run(_resolve(model), n_prompt, n_gen, threads, reps, backend, precision, kv_type)
     click.echo(json.dumps(r, indent=2) if as_json else bench_.format_table(r))
 
 
@@ -405,15 +414,15 @@ class _CheckProgress(_Progress):
         return f"{self.done:,}/{self.total:,} positions" if self.label == "checking" else super()._mib()
 
 
-def _check(src, out, precision, threads):
+def _check(src, out, precision, kv_type, threads):
     from .check import check_conversion
     from .kernels import get_backend
 
-    _log(f"checking {out} ({get_backend().name} backend, {precision}) against the source in f32 "
-         f"(NumPy reference) on the built-in text")
+    _log(f"checking {out} ({get_backend().name} backend, {precision}, {kv_type} KV cache) against the source in "
+         f"f32 (NumPy reference) on the built-in text")
     bar = _CheckProgress("dequantizing")
     try:
-        r = check_conversion(src, out, precision=precision, threads=threads, progress=bar)
+        r = check_conversion(src, out, precision=precision, threads=threads, progress=bar, kv_type=kv_type)
     except BaseException:
         bar.close(finished=False)
         raise
@@ -432,18 +441,19 @@ def _check(src, out, precision, threads):
 @click.option("--backend", default=None, help="Kernel backend (c, numba, numpy); default $MINIGPT_BACKEND or c.")
 @click.option("--precision", default="balanced", show_default=True, type=click.Choice(["exact", "balanced", "fast"]),
               help="Activations in f32 (exact), int8 (fast), or int8 but for the sensitive matmuls (balanced).")
-def perplexity(model, path, ctx, chunks, threads, backend, precision):
+@click.option("--kv-type", default=DEFAULT_KV_TYPE, show_default=True, type=click.Choice(KV_TYPES), help=KV_HELP)
+def perplexity(model, path, ctx, chunks, threads, backend, precision, kv_type):
     """Measure perplexity on a text file, in chunks of --ctx tokens as llama.cpp's perplexity tool does."""
     from . import perplexity as ppl
 
     text = ppl.read_text(path)   # a missing file fails before the model loads
-    m = _load(model, threads, backend, ctx, precision)
+    m = _load(model, threads, backend, ctx, precision, kv_type)
     ctx = ctx or min(ppl.DEFAULT_CTX, m.n_ctx)
     ids = m.tokenize(text, add_bos=m.tokenizer.add_bos, special=False)
     n = len(ids) // ctx if chunks is None else min(chunks, len(ids) // ctx)
     if n:
         _log(f"perplexity: {len(ids):,} tokens, {n} chunk{'s' * (n > 1)} of {ctx} (the last {ctx - 1 - ctx // 2} "
-             f"tokens of each scored); backend {m.kern.name}, {precision}, {m.threads} threads")
+             f"tokens of each scored); backend {m.kern.name}, {precision}, {kv_type} KV cache, {m.threads} threads")
 
     def on_chunk(i, n_chunks, running, seconds):
         if i == 1:

@@ -277,6 +277,33 @@ class MgptFile:
         count = info.nbytes // np.dtype(dtype).itemsize
         return np.frombuffer(self._mm, dtype=dtype, count=count, offset=info.offset).reshape(info.stored_shape)
 
+    def release(self, names):
+        """Give back the resident pages of the tensors `names` and of the header (parsed at open), which no
+        code reads any more: e.g. weights the compiled backend repacked into copies at load, whose pages
+        stay resident after being read once. madvise(MADV_DONTNEED), on whole pages only: a run of such
+        tensors in file order, its ends rounded inward, so a page that holds a byte of any other tensor is
+        never given back. The mapping is read-only and file-backed: a later read still sees the same bytes
+        (from the page cache or the disk), only slower. Returns the (start, end) byte ranges given back
+        (none where there is no madvise, e.g. Windows)."""
+        if not hasattr(self._mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+            return []
+        names, order = set(names), sorted(self.tensors.values(), key=lambda t: t.offset)
+        runs = [[0, order[0].offset]]   # [start, end): the header, then each run of given-back tensors
+        for t in order:
+            if t.name not in names:
+                runs.append(None)
+            elif runs[-1] is None:
+                runs[-1] = [t.offset, t.offset + t.nbytes]
+            else:   # the run goes on, over the zero padding between the two
+                runs[-1][1] = t.offset + t.nbytes
+        page, out = mmap.PAGESIZE, []
+        for a, b in filter(None, runs):
+            a, b = -(-a // page) * page, b // page * page   # whole pages inside the run
+            if b > a:
+                self._mm.madvise(mmap.MADV_DONTNEED, a, b - a)
+                out.append((a, b))
+        return out
+
     def verify(self, progress=None):
         """Check every tensor's CRC-32 (reads the whole file). Raises FormatError naming the first bad one."""
         for info in self.tensors.values():

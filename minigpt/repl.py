@@ -248,7 +248,7 @@ class Repl:
         self.say(f"model      {m.name} ({m.path})")
         self.say(f"arch       {cfg.arch}: {cfg.n_layers} layers, dim {cfg.dim}, heads {cfg.n_heads}/{cfg.n_kv_heads}, "
                  f"vocab {cfg.vocab_size}, trained context {cfg.context_length}")
-        self.say(f"engine     {m.kern.name} backend, {m.engine.precision} precision, {m.threads} threads")
+        self.say(f"engine     {m.kern.name} backend, {m.engine.precision} precision, {c.kv_type} KV cache, {m.threads} threads")
         self.say(f"context    {c.n_past}/{c.n_ctx} tokens, {len(c.history)} messages")
         self.say("settings   " + ", ".join(f"{k} {getattr(c.settings, k)}" for k in SAMPLING) +
                  f", max_tokens {c.max_tokens or 'no limit'}")

@@ -488,11 +488,11 @@ def split_chat(data):
 
 def join_chat(header, body):
     raw = header if isinstance(header, bytes) else encode(header)
-    head = struct.pack("<8sII", b"MGPTCHAT", 1, len(raw)) + raw
+    head = struct.pack("<8sII", chatfile.MAGIC, chatfile.VERSION, len(raw)) + raw
     return head + b"\0" * (-len(head) % 64) + body
 
 
-CHAT_FOCUS = ["model", "n_ctx", "ring", "n_past", "tokens", "messages", "text", "marks", "settings", "max_tokens",
+CHAT_FOCUS = ["model", "n_ctx", "ring", "kv_type", "n_past", "tokens", "messages", "text", "marks", "settings", "max_tokens",
               "rng", "kv_sha256"]
 CHATS = {"llama": ["Hello!", "Tell me more."], "gemma3": ["word " * 350]}   # gemma3: past its window
 
@@ -538,10 +538,14 @@ class Mgchat(Target):
             data = join_chat(header, body)
         elif op < 0.8:   # K/V values a file could hold, with a SHA-256 that matches them
             header, body = split_chat(data)
-            kv = np.frombuffer(body, dtype=np.float32).copy()
+            # rows as the header's kv_type stores them; q8_0's float32 scales are among its bytes: any byte value
+            dtype = {"f32": np.float32, "f16": np.float16}.get(header.get("kv_type"), np.uint8)
+            kv = np.frombuffer(body, dtype=dtype).copy()
             if kv.size:
                 idx = [rng.randrange(kv.size) for _ in range(rng.choice([1, 10, kv.size]))]
-                kv[idx] = rng.choice([np.nan, np.inf, -np.inf, 3.4e38, 1e-45, 0.0])
+                with np.errstate(over="ignore"):   # 3.4e38 in an f16 cache: inf
+                    kv[idx] = (rng.choice([np.nan, np.inf, -np.inf, 3.4e38, 1e-45, 0.0]) if dtype != np.uint8
+                               else rng.randrange(256))
                 notes.append(f"{len(idx)} cached values = {kv[idx[0]]}")
             body = kv.tobytes()
             header["kv_sha256"] = hashlib.sha256(body).hexdigest()
@@ -563,7 +567,8 @@ class Mgchat(Target):
         except MinigptError:
             pass   # the user then names the model with -m
         model = ctx.models["gemma3" if saved["model"]["fingerprint"] == ctx.fingerprints["gemma3"] else "llama"]
-        m = minigpt.load(str(model), threads=1, n_ctx=max(0, saved["n_ctx"]), precision=saved["model"]["precision"])
+        m = minigpt.load(str(model), threads=1, n_ctx=max(0, saved["n_ctx"]), precision=saved["model"]["precision"],
+                         kv_type=saved["kv_type"])
         m.template
         chat = ChatSession.load(path, m)
         chat.history

@@ -7,6 +7,7 @@ import pytest
 
 from minigpt import bench, kernels
 from minigpt.convert import convert
+from minigpt.engine import DEFAULT_KV_TYPE
 from minigpt.format import MgptFile
 
 from synthetic import tiny_llama
@@ -35,7 +36,8 @@ def test_bench_json(tiny):
     for key in ("prefill_tok_s", "decode_tok_s"):
         s = d[key]
         assert len(s["samples"]) == 2 and s["min"] <= s["median"] <= s["max"] and s["min"] > 0
-    assert d["load_s"] > 0 and d["peak_rss_mib"] > 0
+    assert d["load_s"] > 0 and d["peak_rss_mib"] > 0 and d["kv_type"] == DEFAULT_KV_TYPE
+    assert 0 < d["load_rss_mib"] <= d["peak_rss_mib"]   # Linux: /proc/self/status
     # the memory floor: every weight but the (untied) embedding table, once per token
     f = MgptFile(tiny)
     want = sum(t.nbytes for n, t in f.tensors.items() if n != "tok_embd" or f.config.tied_embeddings)
@@ -51,6 +53,12 @@ def test_bench_every_backend_and_table(tiny, backend):
     assert d["backend"] == backend and d["decode_tok_s"] is None and d["prefill_tok_s"]["median"] > 0
     text = bench.format_table(d)
     assert "tiny-llama" in text and "pp5" in text and "tg0" not in text and "peak RSS" in text
+    assert f"{d['kv_type']} KV cache" in text and "load RSS" in text
+
+
+def test_bench_kv_type(tiny):
+    r = run_minigpt("bench", "-m", tiny, "-p", "4", "-n", "0", "-r", "1", "--kv-type", "f32", "--json", timeout=300)
+    assert r.returncode == 0 and json.loads(r.stdout)["kv_type"] == "f32", r.stderr
 
 
 def test_bench_bad_sizes_are_one_line_errors(tiny):

@@ -149,3 +149,28 @@ def test_bad_options_are_one_error_line(tiny, tmp_path):
     (tmp_path / "latin1.jinja").write_bytes("{{ 'é' }}".encode("latin-1"))
     r = run("chat", "-m", out, "--chat-template", tmp_path / "latin1.jinja", input="hi\n")
     assert r.returncode == 1 and r.stderr == f"error: {tmp_path / 'latin1.jinja'}: not UTF-8 text (bad byte at offset 4)\n"
+
+
+def test_kv_type_on_every_command_that_runs_a_model(tiny, tmp_path):
+    import minigpt
+    from minigpt.engine import DEFAULT_KV_TYPE, KV_TYPES
+
+    src, out = tiny
+    for cmd in ("generate", "chat", "bench", "perplexity", "convert"):
+        r = run(cmd, "--help")
+        assert r.returncode == 0 and "--kv-type [f32|f16|q8_0]" in r.stdout, (cmd, r.stdout)
+        assert f"default: {DEFAULT_KV_TYPE}" in " ".join(r.stdout.split()), cmd
+    msg = assert_one_line_error(run("generate", "-m", out, "-p", "x", "--kv-type", "f8"))
+    assert "'--kv-type': 'f8' is not one of 'f32', 'f16', 'q8_0'" in msg
+    assert "apply to --check only" in assert_one_line_error(run("convert", src, "-o", tmp_path / "o.mgpt",
+                                                                 "--kv-type", "f16"))
+    g = run("generate", "-m", out, "-p", "the", "-n", "4", "--temperature", "0", "--kv-type", "f32", "--stats")
+    assert g.returncode == 0 and "f32 KV cache" in g.stderr, g.stderr
+    # a resumed chat keeps its saved cache type unless --kv-type says otherwise (no forward pass: /show, /quit)
+    m = minigpt.load(str(out), kv_type="f32")
+    for t in KV_TYPES[:2]:   # q8_0 needs a head_dim multiple of 32; this model's is 16
+        m.chat(kv_type=t).save(tmp_path / f"{t}.mgchat")
+        r = run("chat", "-m", out, "--resume", tmp_path / f"{t}.mgchat", input="/show\n/quit\n")
+        assert r.returncode == 0 and f"precision, {t} KV cache" in r.stdout, r.stdout + r.stderr
+    r = run("chat", "-m", out, "--resume", tmp_path / "f16.mgchat", "--kv-type", "f32", input="/show\n/quit\n")
+    assert r.returncode == 0 and "precision, f32 KV cache" in r.stdout, r.stdout + r.stderr

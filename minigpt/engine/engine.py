@@ -43,16 +43,20 @@ class PyDecoder:
         return decoder.forward(self.cfg, self.weights, self.kern, cache, ids, start, self.rope, all_logits)
 
 
-def prepare_weights(cfg: Config, weights, kern, precision):
+def prepare_weights(cfg: Config, weights, kern, precision, release=None):
     """{name: Weight} as the decoder reads them at `precision`: each matrix with its activation bits,
     in the form kern.prepare gives it for them (x8-packed on the compiled backend), and 'output', the
-    head, in its own form (tied embeddings: tok_embd's data, which get_rows still reads as stored)."""
+    head, in its own form (tied embeddings: tok_embd's data, which get_rows still reads as stored).
+    release([name]), if given, is called for each matrix as soon as a copy replaces it (MgptFile.release:
+    its pages need not stay resident while the others are packed)."""
     bits = PRECISIONS[precision]
     out = dict(weights)
     for name, w in weights.items():
         role = name.rsplit(".", 1)[-1]
         if role in MATRICES:
             out[name] = Weight(*kern.prepare(w.data, w.qtype, bits[role]), bits[role])
+            if release is not None and out[name].data is not w.data:
+                release([name])
     head = weights[head_name(cfg)]
     out["output"] = Weight(*kern.prepare(head.data, head.qtype, bits["output"]), bits["output"])
     return out
@@ -67,11 +71,11 @@ class Engine:
     its cache stores keys and values (cache.KV_TYPES).
     """
 
-    def __init__(self, cfg: Config, weights, kern, n_ctx, precision="balanced", kv_type=DEFAULT_KV_TYPE):
+    def __init__(self, cfg: Config, weights, kern, n_ctx, precision="balanced", kv_type=DEFAULT_KV_TYPE, release=None):
         self.cfg, self.kern, self.precision = cfg, kern, args.choice("precision", precision, PRECISIONS)
         freq = weights["rope_freqs"].data if "rope_freqs" in weights else None
         self.rope = decoder.layer_ropes(cfg, n_ctx, freq)   # per layer (cos, sin)
-        self.weights = prepare_weights(cfg, weights, kern, precision)
+        self.weights = prepare_weights(cfg, weights, kern, precision, release)
         self.cache = KVCache(cfg, n_ctx, kv_type=kv_type)
         self.kv_type = self.cache.kv_type
         if kern.name == "c":   # the compiled kernels loaded, so the C decoder did too

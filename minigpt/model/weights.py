@@ -71,3 +71,12 @@ def load(f, cfg: Config):
             raise FormatError(f"{f.path}: tensor {name} must be f32, not {info.qtype}")
         w[name] = Weight(f.tensor(name), info.qtype)
     return w
+
+
+
+def unused(stored, prepared):
+    """Names of the stored weights (load()'s views into the file) that no prepared weight reads: those a
+    backend's prepare() copied into another form (x8-packed) and that nothing else still points into,
+    as a tied head or get_rows' embedding table does. The file's pages of these may be given back."""
+    held = [w.data for w in prepared.values()]
+    return [name for name, w in stored.items() if not any(np.may_share_memory(w.data, h) for h in held)]
