@@ -6,7 +6,7 @@ import numpy as np
 
 from .. import args
 from ..config import Config
-from ..quant import KV_TYPES, kv_decode, kv_encode, kv_row  # noqa: F401 (the cache's row types)
+from ..quant import KV_TYPES, kv_row
 
 PREFILL_CHUNK = 512                 # tokens per forward call: bounds the attention scratch of long prompts
 RING_SLACK = PREFILL_CHUNK + 1024   # a prefill chunk's own keys, then 1024 tokens of going back
