@@ -59,6 +59,8 @@ extern mg_ops mg_lops;
 
 /* ops_avx2.c: put the AVX2 variants in mg_lops; 0 if this build has none */
 int mg_install_ops_avx2(void);
+/* ops_neon.c: the same for aarch64 NEON (the KV row slots only) */
+int mg_install_ops_neon(void);
 
 /* --- the KV cache's rows ---------------------------------------------------------------------------- */
 

@@ -190,11 +190,13 @@ def test_bad_cache_is_refused_when_bound(tmp_path):
     strided = np.zeros(k.shape[:3] + (2 * k.shape[3],), np.float32)[..., ::2]
     bad = [((k[:1], v), "list of 2 arrays"), ((k, np.ascontiguousarray(v[:, :, :8])), "16 slots, v_cache 8"),
            ((k[0], v), "list of 2 arrays"), ((list(k), list(v)[:1]), "list of 2 arrays"),
-           (([k[0], k[1][..., :3]], v), "shape|contiguous"), ((k.astype(np.float64), v), "float32"),
-           ((k, v.astype(np.float16)), "float32"), ((np.asfortranarray(k), v), "shape|contiguous"),
-           ((k, k), "overlap"), ((ro, v), "read-only"), ((k.astype(k.dtype.newbyteorder()), v), "float32"),
+           (([k[0], k[1][..., :3]], v), "shape|contiguous|not one of head_dim"),
+           ((k.astype(np.float64), v), "not one of head_dim"),   # the row types: tests/test_kv_cache.py
+           ((k, v.astype(np.float16 if k.dtype != np.float16 else np.float32)), "mix row types"),
+           ((np.asfortranarray(k), v), "shape|contiguous"),
+           ((k, k), "overlap"), ((ro, v), "read-only"), ((k.astype(k.dtype.newbyteorder()), v), "not one of head_dim"),
            ((strided, v), "contiguous"),
-           (([m.weights["layers.0.attn_norm"].data.reshape(1, 1, -1)] * 2, v), "3-D|shape|read-only")]
+           (([m.weights["layers.0.attn_norm"].data.reshape(1, 1, -1)] * 2, v), "3-D|shape|read-only|not one of")]
     for (kc, vc), msg in bad:
         with pytest.raises(ValueError, match=msg):
             dec.bind(kc, vc)
