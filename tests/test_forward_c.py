@@ -93,8 +93,11 @@ def test_prefill_then_decode_matches_numpy_decoder(tmp_path, kind, threads):
     for pos in range(9, len(IDS)):    # incremental decode, one token at a time
         same(run(dec, [IDS[pos]], pos, cache), run(ref, [IDS[pos]], pos, ref_cache))
     n = len(IDS)
-    np.testing.assert_allclose(np.stack(cache.k)[:, :, :n], np.stack(ref_cache.k)[:, :, :n], atol=1e-5)
-    np.testing.assert_allclose(np.stack(cache.v)[:, :, :n], np.stack(ref_cache.v)[:, :, :n], atol=1e-5)
+    for a, b in ((cache.k, ref_cache.k), (cache.v, ref_cache.v)):   # the default f16 rows (all types: test_kv_cache)
+        a, b = np.stack(a)[:, :, :n].astype(np.float32), np.stack(b)[:, :, :n].astype(np.float32)
+        if TWIN:
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)   # off x86 a half's last bit may differ
     # a 2-token step: the decode matmul path with more than one query
     same(run(dec, IDS[:2], n, cache, True), run(ref, IDS[:2], n, ref_cache, True))
 
@@ -154,7 +157,7 @@ def test_bad_forward_arguments(tmp_path):
     m = tiny_model(tmp_path)
     dec = make_decoder(m, max_batch=4)
     V = m.config.vocab_size
-    c = KVCache(m.config, 16)
+    c = KVCache(m.config, 16, kv_type="f32")   # float32, so that a slice of it can be passed as `out`
     bound = dec.bind(c.k, c.v)
     bad = [
         (([V], 0), "out of range"), (([-1], 0), "out of range"), (([], 0), "1-D"), (([[1, 2]], 0), "1-D"),

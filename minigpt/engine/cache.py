@@ -12,7 +12,7 @@ PREFILL_CHUNK = 512                 # tokens per forward call: bounds the attent
 RING_SLACK = PREFILL_CHUNK + 1024   # a prefill chunk's own keys, then 1024 tokens of going back
 
 # How the cache stores a row of head_dim floats (f32, f16 or q8_0): minigpt/quant.py, "KV cache rows"
-DEFAULT_KV_TYPE = "f32"
+DEFAULT_KV_TYPE = "f16"
 
 
 class KVCache:
