@@ -97,7 +97,8 @@ def test_prefill_then_decode_matches_numpy_decoder(tmp_path, kind, threads):
         a, b = np.stack(a)[:, :, :n].astype(np.float32), np.stack(b)[:, :, :n].astype(np.float32)
         if TWIN:
             np.testing.assert_array_equal(a, b)
-        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)   # off x86 a half's last bit may differ
+        # off x86 a half may round the other way (2^-11 of it), which moves the next layers' keys a little
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
     # a 2-token step: the decode matmul path with more than one query
     same(run(dec, IDS[:2], n, cache, True), run(ref, IDS[:2], n, ref_cache, True))
 
@@ -249,9 +250,12 @@ def test_smollm2_matches_numpy_decoder(smollm2_mgpt, threads):
     ids = m.tokenize("The quick brown fox jumps over the lazy dog. " * 4)
     assert 32 < len(ids) < 80
     ref_cache, cache = KVCache(m.config, 256), KVCache(m.config, 256)
-    same(run(dec, ids, 0, cache, True), run(ref, ids, 0, ref_cache, True))
+    # off x86, an f16 cache (the default) may round a key the other way (2^-11 of it) in one decoder and
+    # not the other: seen 4.5e-4 of the logit range, where float32 caches stay within 1e-4
+    rel = 1e-4 if cache.kv_type == "f32" else 2e-3
+    same(run(dec, ids, 0, cache, True), run(ref, ids, 0, ref_cache, True), rel)
     for pos, tok in enumerate([260, 1300, 42, 7], start=len(ids)):
-        same(run(dec, [tok], pos, cache), run(ref, [tok], pos, ref_cache))
+        same(run(dec, [tok], pos, cache), run(ref, [tok], pos, ref_cache), rel)
 
 
 # --- the inner steps alone: attention at odd sizes, the vectorized exp

@@ -224,7 +224,7 @@ def test_f16_and_q8_0_stay_close_to_f32(tmp_path, kind):
     m = tiny_model(tmp_path, **MODELS[kind])
     ids = [int(i) for i in np.random.default_rng(2).integers(4, 250, 40)]
     dec = make_decoder(m)
-    want = run(dec, ids, 0, KVCache(m.config, 64), True)
+    want = run(dec, ids, 0, KVCache(m.config, 64, kv_type="f32"), True)
     scale = np.abs(want).max()
     for kv_type, rel in (("f16", 5e-4), ("q8_0", 1e-2)):
         got = run(dec, ids, 0, KVCache(m.config, 64, kv_type=kv_type), True)
