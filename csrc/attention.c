@@ -14,6 +14,11 @@
  * Sliding-window layers set mg_attn_params.window, and their cache may be a ring: position t lives in
  * slot t % cap, and a key tile ends where the ring wraps (a global layer's cap exceeds every position,
  * so its tiles never do).
+ *
+ * An f16 or q8_0 cache is read a tile at a time: its K rows converted to float32 into a scratch tile,
+ * scored by the same slots, then its V rows into the same scratch. A score depends on its key alone,
+ * and P.V adds its keys in order, so a tile converted in parts (hd too wide for the scratch) gives the
+ * same floats: this is exactly the float32 attention of the decoded cache.
  */
 #include <math.h>
 #include <string.h>
@@ -24,13 +29,17 @@
 #define ATT_KTILE 64          /* keys per tile */
 #define ATT_ROWS 32           /* (query, head) rows per item */
 #define ATT_QO_FLOATS 4096    /* rows * head_dim of an item's q and o scratch (16 KB each, on the stack) */
+#define ATT_KV_FLOATS 16384   /* keys * head_dim of a converted f16 / q8_0 tile (64 KB, on the stack) */
 #define ATT_MIN_WORK (1 << 15) /* multiply-adds per thread below which attention stays on one thread */
 
 typedef char att_scratch_fits[ATT_QO_FLOATS / MG_ATTN_MAX_HEAD_DIM >= 1 ? 1 : -1];
+typedef char att_kv_scratch_fits[ATT_KV_FLOATS / MG_ATTN_MAX_HEAD_DIM >= 1 ? 1 : -1];
 
 typedef struct {
     const mg_attn_params *ap;
-    const float *q, *kc, *vc; /* see mg_attention */
+    const float *q;           /* see mg_attention */
+    const uint8_t *kc, *vc;   /* rows of ap->kv_type, row_bytes each */
+    int64_t row_bytes;
     float *out;
     int64_t n, start, cap;
     int64_t tq;    /* queries per item */
@@ -47,6 +56,17 @@ static int64_t first_key(const mg_attn_params *ap, int64_t p) {
     return ap->window > 0 ? max64(0, p - ap->window + 1) : 0;
 }
 
+/* float32 rows [slot, slot + tn) of one kv head's cache c: in place for f32, else converted into buf */
+static const float *kv_rows(const mg_attn_params *ap, const uint8_t *c, int64_t row_bytes, int64_t slot,
+                            int64_t tn, float *buf) {
+    const uint8_t *r = c + slot * row_bytes;
+    switch (ap->kv_type) {
+    case MG_KV_F16: mg_lops.f16_to_f32((const uint16_t *)r, buf, tn * ap->head_dim); return buf;
+    case MG_KV_Q8_0: mg_lops.q8_0_to_f32(r, buf, tn, ap->head_dim); return buf;
+    default: return (const float *)r;
+    }
+}
+
 /* Queries i0 .. i0 + nq of heads [h0, h0 + gh), all sharing kv head j. Row qi * gh + h of the
  * scratch is query i0 + qi, head h0 + h. */
 static void attend(const attn_job *jb, int64_t i0, int64_t nq, int64_t j, int64_t h0, int64_t gh) {
@@ -54,8 +74,11 @@ static void attend(const attn_job *jb, int64_t i0, int64_t nq, int64_t j, int64_
     const int64_t hd = ap->head_dim, H = ap->n_heads, R = nq * gh;
     const int64_t p0 = jb->start + i0, p1 = p0 + nq - 1; /* positions of the first and last query */
     const int64_t cap = jb->cap;
-    const float *kc = jb->kc + j * cap * hd, *vc = jb->vc + j * cap * hd;
+    const uint8_t *kc = jb->kc + j * cap * jb->row_bytes, *vc = jb->vc + j * cap * jb->row_bytes;
+    /* keys converted at a time: a whole tile unless hd is too wide for the scratch (f32: no scratch) */
+    const int64_t kn = ap->kv_type == MG_KV_F32 ? ATT_KTILE : min64(ATT_KTILE, ATT_KV_FLOATS / hd);
     float qs[ATT_QO_FLOATS], o[ATT_QO_FLOATS]; /* (R, hd): scaled queries, unnormalized outputs */
+    float kvt[ATT_KV_FLOATS];                  /* (kn, hd): f16 / q8_0 rows as float32 */
     float s[ATT_ROWS * ATT_KTILE];              /* (R, ATT_KTILE): scores, then probabilities */
     float m[ATT_ROWS], l[ATT_ROWS];             /* running max and sum per row */
 
@@ -73,7 +96,9 @@ static void attend(const attn_job *jb, int64_t i0, int64_t nq, int64_t j, int64_
     for (int64_t t0 = first_key(ap, p0) / ATT_KTILE * ATT_KTILE, tn; t0 <= p1; t0 += tn) {
         const int64_t slot = t0 % cap;
         tn = min64(min64(ATT_KTILE - t0 % ATT_KTILE, p1 + 1 - t0), cap - slot);
-        mg_lops.attn_scores(qs, R, kc + slot * hd, tn, hd, s, ATT_KTILE);
+        for (int64_t u = 0; u < tn; u += kn)
+            mg_lops.attn_scores(qs, R, kv_rows(ap, kc, jb->row_bytes, slot + u, min64(kn, tn - u), kvt),
+                                min64(kn, tn - u), hd, s + u, ATT_KTILE);
         /* keys [a, b) of this tile are in query p0 + qi's range; the rest get probability 0. First
          * each row's new max and the factor that rescales what it summed so far (nothing, the first
          * time): all rows' factors in one call of the probabilities' exp (not libm's) */
@@ -106,7 +131,9 @@ static void attend(const attn_job *jb, int64_t i0, int64_t nq, int64_t j, int64_
             }
             l[r] += mg_lops.exp_sum(s + r * ATT_KTILE + ra[r], rb[r] - ra[r], m[r]);
         }
-        mg_lops.attn_pv(s, ATT_KTILE, R, vc + slot * hd, tn, hd, o);
+        for (int64_t u = 0; u < tn; u += kn)
+            mg_lops.attn_pv(s + u, ATT_KTILE, R, kv_rows(ap, vc, jb->row_bytes, slot + u, min64(kn, tn - u), kvt),
+                            min64(kn, tn - u), hd, o);
     }
     for (int64_t qi = 0; qi < nq; qi++)
         for (int64_t h = 0; h < gh; h++) {
@@ -128,11 +155,12 @@ static void attn_task(void *arg, int ith, int nth) {
     }
 }
 
-void mg_attention(const mg_attn_params *ap, const float *q, const float *kc, const float *vc, float *out,
+void mg_attention(const mg_attn_params *ap, const float *q, const void *kc, const void *vc, float *out,
                   int64_t n, int64_t start, int64_t cap) {
     const int64_t hd = ap->head_dim, kv = ap->n_kv_heads, g = ap->n_heads / kv;
     const int64_t rows = min64(ATT_ROWS, ATT_QO_FLOATS / hd); /* per item */
-    attn_job jb = {ap, q, kc, vc, out, n, start, cap, 1, n, (g + rows - 1) / rows};
+    attn_job jb = {ap, q, (const uint8_t *)kc, (const uint8_t *)vc, mg_kv_row_bytes(ap->kv_type, hd),
+                   out, n, start, cap, 1, n, (g + rows - 1) / rows};
     const int64_t gh = (g + jb.parts - 1) / jb.parts; /* heads per part, at most */
     jb.tq = clamp64(rows / gh, 1, min64(ATT_QTILE, n));
     jb.n_qt = (n + jb.tq - 1) / jb.tq;

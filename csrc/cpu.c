@@ -4,7 +4,7 @@
  * context switch?) rather than trusting compiler flags, so one build runs on every x86-64: AVX2 code
  * lives in quants_avx2.c behind function-level target attributes and is only called after this says
  * yes. NEON is baseline on ARM64, where MG_ISA_NEON is the best ISA: it installs the x8 kernels of
- * packed_neon.c (the other slots stay portable C), with SDOT when the CPU has the dotprod extension.
+ * packed_neon.c and the KV row slots of ops_neon.c (the other slots stay portable C), with SDOT when the CPU has the dotprod extension.
  * Linux reports that in the auxiliary vector (HWCAP_ASIMDDP); elsewhere the baseline NEON kernels run.
  */
 #include "kernels.h"
@@ -27,6 +27,7 @@
 /* quants_avx2.c: put the AVX2 variants in the slots; 0 if this build has none */
 int mg_install_avx2(void);
 int mg_install_ops_avx2(void); /* ops_avx2.c: the same for the decoder's other steps */
+int mg_install_ops_neon(void); /* ops_neon.c: the KV cache's row slots on ARM64 */
 /* packed_avx2.c: the x8 kernels, with maddubs (AVX2) or vpdpbusd (AVX512-VNNI) */
 int mg_install_x8_avx2(void);
 int mg_install_x8_vnni(void);
@@ -105,7 +106,7 @@ int mg_cpu_init(int isa) {
         if (!cpu_has_avx512vnni() || !mg_install_avx2() || !mg_install_ops_avx2() || !mg_install_x8_vnni())
             return MG_EISA;
     } else if (isa == MG_ISA_NEON) {
-        if (!cpu_has_neon() || !mg_install_x8_neon(cpu_has_dotprod())) return MG_EISA;
+        if (!cpu_has_neon() || !mg_install_x8_neon(cpu_has_dotprod()) || !mg_install_ops_neon()) return MG_EISA;
     } else if (isa != MG_ISA_SCALAR) {
         return MG_EISA;
     }

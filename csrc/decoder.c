@@ -91,6 +91,15 @@ static void add_bias(const mg_ops *ops, float *x, const mg_weight *bias, int64_t
     for (int64_t i = 0; i < n; i++) ops->add(x + i * width, (const float *)bias->data, width);
 }
 
+/* one position's head_dim values x into its cache row (mg_kv_type `type`) */
+static void store_row(const mg_ops *ops, int type, const float *x, uint8_t *row, int64_t hd) {
+    switch (type) {
+    case MG_KV_F16: ops->f32_to_f16(x, (uint16_t *)row, hd); break;
+    case MG_KV_Q8_0: ops->f32_to_q8_0(x, row, 1, hd); break;
+    default: memcpy(row, x, (size_t)hd * sizeof(float));
+    }
+}
+
 /* RMSNorm of each of the rows (n, width) of x in place, through the scratch tmp */
 static void norm_rows(const mg_ops *ops, float *x, const mg_weight *g, float *tmp, int64_t rows, int64_t width,
                       float eps) {
@@ -117,9 +126,10 @@ int mg_decoder_forward(mg_decoder *ctx, const int64_t *ids, int64_t n, int64_t s
     for (int64_t li = 0; li < cfg->n_layers; li++) {
         const mg_decoder_layer *L = &w->layers[li];
         const int64_t cap = kv->cap[li];
-        float *kc = kv->k[li], *vc = kv->v[li];
+        uint8_t *kc = (uint8_t *)kv->k[li], *vc = (uint8_t *)kv->v[li];
+        const int64_t rb = mg_kv_row_bytes(kv->type, hd);
         const float *cos_t = L->rope_cos + start * half, *sin_t = L->rope_sin + start * half;
-        const mg_attn_params ap = {H, KV, hd, cfg->query_scale, L->window};
+        const mg_attn_params ap = {H, KV, hd, cfg->query_scale, L->window, kv->type};
 
         ops->rms_norm(ctx->x, (const float *)L->attn_norm.data, ctx->xb, n, d, cfg->norm_eps);
         if ((err = mm(ctx, ctx->xb, &L->wq, ctx->q, n, qd, d))) return err;
@@ -136,11 +146,11 @@ int mg_decoder_forward(mg_decoder *ctx, const int64_t *ids, int64_t n, int64_t s
         }
         rope(ctx->q, n, H, hd, cfg->rope_dim, cos_t, sin_t);
         rope(ctx->k, n, KV, hd, cfg->rope_dim, cos_t, sin_t);
-        for (int64_t i = 0; i < n; i++) /* (n, KV, hd) -> cache (KV, cap, hd) at slot (start + i) % cap */
+        for (int64_t i = 0; i < n; i++) /* (n, KV, hd) -> cache (KV, cap, row) at slot (start + i) % cap */
             for (int64_t j = 0; j < KV; j++) {
-                const int64_t at = (j * cap + (start + i) % cap) * hd;
-                memcpy(kc + at, ctx->k + (i * KV + j) * hd, (size_t)hd * sizeof(float));
-                memcpy(vc + at, ctx->v + (i * KV + j) * hd, (size_t)hd * sizeof(float));
+                const int64_t at = (j * cap + (start + i) % cap) * rb;
+                store_row(ops, kv->type, ctx->k + (i * KV + j) * hd, kc + at, hd);
+                store_row(ops, kv->type, ctx->v + (i * KV + j) * hd, vc + at, hd);
             }
         ctx->kern->attention(&ap, ctx->q, kc, vc, ctx->att, n, start, cap);
         if ((err = mm(ctx, ctx->att, &L->wo, ctx->xo, n, d, qd))) return err;

@@ -78,11 +78,13 @@ typedef struct {
 
 /* The KV cache, a buffer per layer. Position t of layer l lives in slot t % cap[l]: a global
  * layer has cap >= every position, a sliding-window layer may keep a ring of cap >= window + n - 1
- * slots (the keys its n queries see, their own included). */
+ * slots (the keys its n queries see, their own included). Each slot is a row of head_dim values
+ * stored as `type` says (ops.h: float32, IEEE half or q8_0; mg_kv_row_bytes(type, head_dim) bytes). */
 typedef struct {
-    float *const *k;    /* (n_layers,): layer l's keys (n_kv_heads, cap[l], head_dim) */
-    float *const *v;    /* (n_layers,): values, the same shape */
+    void *const *k;     /* (n_layers,): layer l's keys (n_kv_heads, cap[l], row) */
+    void *const *v;     /* (n_layers,): values, the same shape */
     const int64_t *cap; /* (n_layers,) */
+    int type;           /* enum mg_kv_type, of every buffer */
 } mg_kv_cache;
 
 typedef struct mg_decoder mg_decoder;

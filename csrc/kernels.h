@@ -169,6 +169,24 @@ static inline float mg_fp16_to_fp32(uint16_t h) {
     return n.f;
 }
 
+/* f -> IEEE half, rounded to nearest even (as F16C's vcvtps2ph and NumPy's astype): subnormal halves
+ * included, overflow to inf, a NaN to a quiet NaN with f's top payload bits. */
+static inline uint16_t mg_fp32_to_fp16(float f) {
+    union { uint32_t u; float f; } a, t;
+    a.f = f;
+    const uint16_t sign = (uint16_t)(a.u >> 16 & 0x8000u);
+    a.u &= 0x7fffffffu;
+    if (a.u >= 0x47800000u) /* |f| >= 65536, inf or NaN */
+        return sign | (uint16_t)(a.u > 0x7f800000u ? 0x7e00u | (a.u >> 13 & 0x3ffu) : 0x7c00u);
+    if (a.u < 0x38800000u) { /* below 2^-14: + 0.5 rounds |f| to a multiple of 2^-24, the subnormal's unit */
+        t.f = a.f + 0.5f;
+        return sign | (uint16_t)(t.u - 0x3f000000u);
+    }
+    /* rebias the exponent and round the 13 dropped bits to nearest even (a carry may reach inf) */
+    a.u += ((uint32_t)(15 - 127) << 23) + 0xfffu + (a.u >> 13 & 1u);
+    return sign | (uint16_t)(a.u >> 13);
+}
+
 static inline uint16_t mg_rd16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
 
 /* q4_k's 12 scale bytes -> the 8 six-bit scales sc[j] and mins m[j] of its sub-blocks (layout above) */

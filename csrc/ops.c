@@ -1,6 +1,7 @@
 /* Portable C99 versions of the decoder's non-matmul slots (ops.h): what non-AVX2 CPUs run, and
  * the plain statement of what each AVX2 variant (ops_avx2.c) computes. */
 #include <math.h>
+#include <string.h>
 
 #include "ops.h"
 
@@ -112,7 +113,41 @@ static float max_c(const float *restrict s, int64_t tn, float m0) {
     return mx;
 }
 
+/* --- KV cache rows ----------------------------------------------------------------------------------- */
+
+static void f32_to_f16_c(const float *restrict x, uint16_t *restrict y, int64_t n) {
+    for (int64_t j = 0; j < n; j++) y[j] = mg_fp32_to_fp16(x[j]);
+}
+
+static void f16_to_f32_c(const uint16_t *restrict x, float *restrict y, int64_t n) {
+    for (int64_t j = 0; j < n; j++) y[j] = mg_fp16_to_fp32(x[j]);
+}
+
+/* Through the activations' quantizer slot (mg_quantize_row_q8, AVX2 where installed): the same codes
+ * and scales as the int8 matmuls', then only q and d are kept. */
+static void f32_to_q8_0_c(const float *restrict x, uint8_t *restrict y, int64_t rows, int64_t hd) {
+    mg_block_q8 b[MG_ATTN_MAX_HEAD_DIM / MG_QK];
+    const int64_t nb = hd / MG_QK;
+    for (int64_t i = 0; i < rows; i++, x += hd, y += hd + 4 * nb) {
+        mg_quantize_row_q8(x, b, hd);
+        for (int64_t k = 0; k < nb; k++) {
+            memcpy(y + k * MG_QK, b[k].q, MG_QK);
+            memcpy(y + hd + 4 * k, &b[k].d, sizeof(float)); /* native order: little-endian on x86, ARM64 */
+        }
+    }
+}
+
+static void q8_0_to_f32_c(const uint8_t *restrict x, float *restrict y, int64_t rows, int64_t hd) {
+    for (int64_t i = 0; i < rows; i++, x += hd + hd / 8, y += hd)
+        for (int64_t k = 0; k < hd / MG_QK; k++) {
+            float d;
+            memcpy(&d, x + hd + 4 * k, sizeof d);
+            for (int j = 0; j < MG_QK; j++) y[k * MG_QK + j] = (float)(int8_t)x[k * MG_QK + j] * d;
+        }
+}
+
 mg_ops mg_lops = {rms_norm_c, rope_c, rope_neox_c, swiglu_c, geglu_c, add_c, exp_c,
-                        attn_scores_c, attn_pv_c, exp_sum_c, max_c};
+                        attn_scores_c, attn_pv_c, exp_sum_c, max_c,
+                        f32_to_f16_c, f16_to_f32_c, f32_to_q8_0_c, q8_0_to_f32_c};
 
 const mg_kernel_table mg_kernels = {mg_matmul, mg_matmul_q8, mg_matmul_q16, mg_get_rows, mg_attention, &mg_lops};

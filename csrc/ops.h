@@ -2,7 +2,8 @@
  *
  * mg_lops starts with the portable C versions (ops.c); mg_install_ops_avx2 (ops_avx2.c), called by
  * mg_cpu_init (cpu.c) on AVX2 CPUs, replaces them once, at import.
- * The attention driver (attention.c) tiles, masks and threads; the slots do its inner loops.
+ * The attention driver (attention.c) tiles, masks and threads; the slots do its inner loops, and
+ * convert the KV cache's rows (f16, q8_0) to and from float32.
  * Like kernels.h, everything here trusts the sizes it is given.
  */
 #ifndef MINIGPT_OPS_H
@@ -44,12 +45,36 @@ typedef struct {
     /* s[t] = exp(s[t] - m) for t < tn; returns the sum of the new s (max: returns max(m0, s[..]))  */
     float (*exp_sum)(float *restrict s, int64_t tn, float m);
     float (*max)(const float *restrict s, int64_t tn, float m0);
+
+    /* KV cache rows (enum mg_kv_type below), written by the decoder and read back by attention:
+     * y = x as IEEE halves (mg_fp32_to_fp16: to nearest even), and back, over n values          */
+    void (*f32_to_f16)(const float *restrict x, uint16_t *restrict y, int64_t n);
+    void (*f16_to_f32)(const uint16_t *restrict x, float *restrict y, int64_t n);
+    /* rows x (rows, hd) -> q8_0 rows y (rows, hd + hd / 8 bytes), and back; hd a multiple of 32  */
+    void (*f32_to_q8_0)(const float *restrict x, uint8_t *restrict y, int64_t rows, int64_t hd);
+    void (*q8_0_to_f32)(const uint8_t *restrict x, float *restrict y, int64_t rows, int64_t hd);
 } mg_ops;
 
 extern mg_ops mg_lops;
 
 /* ops_avx2.c: put the AVX2 variants in mg_lops; 0 if this build has none */
 int mg_install_ops_avx2(void);
+/* ops_neon.c: the same for aarch64 NEON (the KV row slots only) */
+int mg_install_ops_neon(void);
+
+/* --- the KV cache's rows ---------------------------------------------------------------------------- */
+
+/* How a cache stores a position's head_dim keys (or values): minigpt/quant.py, "KV cache rows".
+ *   MG_KV_F32   float[head_dim]
+ *   MG_KV_F16   uint16_t[head_dim], IEEE halves
+ *   MG_KV_Q8_0  int8_t q[head_dim], then float d[head_dim / 32] (little-endian): x = q * d per block
+ *               of 32, quantized as the int8 activations (mg_quantize_row_q8); head_dim % 32 == 0 */
+enum mg_kv_type { MG_KV_F32 = 0, MG_KV_F16 = 1, MG_KV_Q8_0 = 2 };
+
+/* bytes of one stored row of head_dim values */
+static inline int64_t mg_kv_row_bytes(int kv_type, int64_t head_dim) {
+    return kv_type == MG_KV_Q8_0 ? head_dim + head_dim / 8 : kv_type == MG_KV_F16 ? 2 * head_dim : 4 * head_dim;
+}
 
 /* --- attention (attention.c) ------------------------------------------------------------------- */
 
@@ -58,15 +83,17 @@ typedef struct {
     int64_t n_heads, n_kv_heads, head_dim; /* n_kv_heads divides n_heads */
     float scale;    /* multiplies q . k: usually 1 / sqrt(head_dim) */
     int64_t window; /* 0: query at position p sees keys [0, p]; else [p - window + 1, p] */
+    int kv_type;    /* enum mg_kv_type: how kc and vc store their rows */
 } mg_attn_params;
 
 /* Causal grouped-query attention of n queries at positions [start, start + n) over the cache.
  * q:  (n, n_heads, head_dim)                                                      IN
- * kc, vc: (n_kv_heads, cap, head_dim), position t in slot t % cap, every position the queries see
- *         filled: cap > start + n - 1 (no wrap) or, with a window, cap >= window + n - 1  IN
+ * kc, vc: (n_kv_heads, cap, row) rows of ap->kv_type, position t in slot t % cap, every position the
+ *         queries see filled: cap > start + n - 1 (no wrap) or, with a window, cap >= window + n - 1  IN
  * out: (n, n_heads * head_dim)                                                    OUT
+ * An f16 or q8_0 cache gives exactly the attention of the float32 cache of its decoded rows.
  * Uses the thread pool. head_dim <= MG_ATTN_MAX_HEAD_DIM. */
-void mg_attention(const mg_attn_params *ap, const float *q, const float *kc, const float *vc, float *out,
+void mg_attention(const mg_attn_params *ap, const float *q, const void *kc, const void *vc, float *out,
                   int64_t n, int64_t start, int64_t cap);
 
 #define MG_ATTN_MAX_HEAD_DIM 1024
@@ -86,7 +113,7 @@ typedef struct {
     mg_matmul_fn matmul_q16; /* int16 activation blocks over an x8 weight, else float32 */
     int (*get_rows)(const void *restrict w, int qtype, const int64_t *restrict ids, int64_t n_ids,
                     int64_t cols, float *restrict out);
-    void (*attention)(const mg_attn_params *ap, const float *q, const float *kc, const float *vc, float *out,
+    void (*attention)(const mg_attn_params *ap, const float *q, const void *kc, const void *vc, float *out,
                       int64_t n, int64_t start, int64_t cap);
     const mg_ops *ops;       /* the elementwise slots, as installed for this CPU */
 } mg_kernel_table;

@@ -19,6 +19,7 @@
 
 #include <immintrin.h>
 #include <math.h>
+#include <string.h>
 
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
 #define INLINE __attribute__((always_inline)) inline /* so that a block's row count is a constant */
@@ -348,6 +349,36 @@ AVX2 static float max_avx2(const float *restrict s, int64_t tn, float m0) {
     return m;
 }
 
+/* --- KV cache rows ------------------------------------------------------------------------------------- */
+
+/* F16C rounds to nearest even as mg_fp32_to_fp16 does (NaNs too): the tail's bits are the vectors' */
+AVX2 static void f32_to_f16_avx2(const float *restrict x, uint16_t *restrict y, int64_t n) {
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        _mm_storeu_si128((__m128i *)(y + j), _mm256_cvtps_ph(_mm256_loadu_ps(x + j), _MM_FROUND_TO_NEAREST_INT));
+    for (; j < n; j++) y[j] = mg_fp32_to_fp16(x[j]);
+}
+
+AVX2 static void f16_to_f32_avx2(const uint16_t *restrict x, float *restrict y, int64_t n) {
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) _mm256_storeu_ps(y + j, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + j))));
+    for (; j < n; j++) y[j] = mg_fp16_to_fp32(x[j]);
+}
+
+/* (float)q * d: the int8 -> float conversions are exact, the product rounds once, as in ops.c */
+AVX2 static void q8_0_to_f32_avx2(const uint8_t *restrict x, float *restrict y, int64_t rows, int64_t hd) {
+    for (int64_t i = 0; i < rows; i++, x += hd + hd / 8, y += hd)
+        for (int64_t k = 0; k < hd / MG_QK; k++) {
+            float dk;
+            memcpy(&dk, x + hd + 4 * k, sizeof dk);
+            const __m256 d = _mm256_set1_ps(dk);
+            for (int u = 0; u < MG_QK; u += 8) {
+                const __m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(x + k * MG_QK + u)));
+                _mm256_storeu_ps(y + k * MG_QK + u, _mm256_mul_ps(_mm256_cvtepi32_ps(q), d));
+            }
+        }
+}
+
 int mg_install_ops_avx2(void) {
     mg_lops.rms_norm = rms_norm_avx2;
     mg_lops.rope = rope_avx2;
@@ -360,6 +391,9 @@ int mg_install_ops_avx2(void) {
     mg_lops.attn_pv = attn_pv_avx2;
     mg_lops.exp_sum = exp_sum_avx2;
     mg_lops.max = max_avx2;
+    mg_lops.f32_to_f16 = f32_to_f16_avx2;
+    mg_lops.f16_to_f32 = f16_to_f32_avx2;
+    mg_lops.q8_0_to_f32 = q8_0_to_f32_avx2; /* f32_to_q8_0 is ops.c's over the AVX2 quantizer */
     return 1;
 }
 

@@ -399,3 +399,61 @@ def dequantize(w, qtype, cols=None):
         raise ValueError(f"cols={cols} does not match the weight's {n_cols} columns")
     blocks = np.ascontiguousarray(w).reshape(-1, block_bytes)
     return _DEQUANTIZE[qtype](blocks).reshape(w.shape[0], n_cols)
+
+
+# --- KV cache rows -------------------------------------------------------------------------------
+# How a KV cache (minigpt/engine/cache.py) stores a key or value row of head_dim floats; the compiled
+# decoder and attention (csrc/ops.h enum mg_kv_type) read and write the same bytes:
+#   f32   float32 [head_dim]
+#   f16   float16 [head_dim] (IEEE half, rounded to nearest even)
+#   q8_0  uint8 [head_dim + head_dim // 8]: int8 q[head_dim], then float32 d[head_dim // 32] (little-endian),
+#         x ~ d * q per block of 32, rounded as the int8 activations are (quantize_act)
+
+KV_TYPES = ("f32", "f16", "q8_0")
+
+
+def kv_row(kv_type, head_dim):
+    """(dtype, values per stored row) of a cache row of head_dim floats."""
+    if kv_type == "q8_0":
+        if head_dim % 32:
+            raise ValueError(f"a q8_0 cache needs head_dim a multiple of 32, got {head_dim}")
+        return np.dtype(np.uint8), head_dim + head_dim // 8
+    return np.dtype(np.float16 if kv_type == "f16" else np.float32), head_dim
+
+
+def kv_type_of(a, head_dim):
+    """The kv_type of stored rows a [..., row] of head_dim floats, from its dtype and row width;
+    ValueError if they are none of KV_TYPES'."""
+    row = a.shape[-1] if a.ndim else -1
+    if a.dtype == np.float32 and row == head_dim:
+        return "f32"
+    if a.dtype == np.float16 and row == head_dim:
+        return "f16"
+    if a.dtype == np.uint8 and head_dim % 32 == 0 and row == head_dim + head_dim // 8:
+        return "q8_0"
+    raise ValueError(f"a cache of {a.dtype} rows of {row} is not one of head_dim {head_dim}: float32 or "
+                     f"float16 [..., {head_dim}], or q8_0 uint8 [..., {head_dim + head_dim // 8}]")
+
+
+def kv_encode(x, kv_type):
+    """float32 x [..., head_dim] -> the rows a cache of kv_type stores (the NumPy twin of the decoder's store)."""
+    x = np.asarray(x, dtype=np.float32)
+    if kv_type == "f32":
+        return x.copy()
+    if kv_type == "f16":
+        return x.astype(np.float16)
+    hd = x.shape[-1]
+    kv_row(kv_type, hd)
+    q, d, _ = quantize_act(np.ascontiguousarray(x.reshape(-1, hd)), 8)
+    rows = np.concatenate([q.view(np.uint8), d.astype("<f4").view(np.uint8)], axis=1)
+    return rows.reshape(x.shape[:-1] + (hd + hd // 8,))
+
+
+def kv_decode(a, kv_type, head_dim):
+    """Stored rows [..., row] of a cache of kv_type -> float32 [..., head_dim], exactly what attention reads."""
+    if kv_type != "q8_0":
+        return np.asarray(a).astype(np.float32)
+    a = np.ascontiguousarray(a)
+    q = a[..., :head_dim].view(np.int8).astype(np.float32)
+    d = a[..., head_dim:].view("<f4").astype(np.float32)
+    return (q.reshape(q.shape[:-1] + (-1, 32)) * d[..., None]).reshape(q.shape)

@@ -93,8 +93,12 @@ def test_prefill_then_decode_matches_numpy_decoder(tmp_path, kind, threads):
     for pos in range(9, len(IDS)):    # incremental decode, one token at a time
         same(run(dec, [IDS[pos]], pos, cache), run(ref, [IDS[pos]], pos, ref_cache))
     n = len(IDS)
-    np.testing.assert_allclose(np.stack(cache.k)[:, :, :n], np.stack(ref_cache.k)[:, :, :n], atol=1e-5)
-    np.testing.assert_allclose(np.stack(cache.v)[:, :, :n], np.stack(ref_cache.v)[:, :, :n], atol=1e-5)
+    for a, b in ((cache.k, ref_cache.k), (cache.v, ref_cache.v)):   # the default f16 rows (all types: test_kv_cache)
+        a, b = np.stack(a)[:, :, :n].astype(np.float32), np.stack(b)[:, :, :n].astype(np.float32)
+        if TWIN:
+            np.testing.assert_array_equal(a, b)
+        # off x86 a half may round the other way (2^-11 of it), which moves the next layers' keys a little
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
     # a 2-token step: the decode matmul path with more than one query
     same(run(dec, IDS[:2], n, cache, True), run(ref, IDS[:2], n, ref_cache, True))
 
@@ -154,7 +158,7 @@ def test_bad_forward_arguments(tmp_path):
     m = tiny_model(tmp_path)
     dec = make_decoder(m, max_batch=4)
     V = m.config.vocab_size
-    c = KVCache(m.config, 16)
+    c = KVCache(m.config, 16, kv_type="f32")   # float32, so that a slice of it can be passed as `out`
     bound = dec.bind(c.k, c.v)
     bad = [
         (([V], 0), "out of range"), (([-1], 0), "out of range"), (([], 0), "1-D"), (([[1, 2]], 0), "1-D"),
@@ -190,11 +194,13 @@ def test_bad_cache_is_refused_when_bound(tmp_path):
     strided = np.zeros(k.shape[:3] + (2 * k.shape[3],), np.float32)[..., ::2]
     bad = [((k[:1], v), "list of 2 arrays"), ((k, np.ascontiguousarray(v[:, :, :8])), "16 slots, v_cache 8"),
            ((k[0], v), "list of 2 arrays"), ((list(k), list(v)[:1]), "list of 2 arrays"),
-           (([k[0], k[1][..., :3]], v), "shape|contiguous"), ((k.astype(np.float64), v), "float32"),
-           ((k, v.astype(np.float16)), "float32"), ((np.asfortranarray(k), v), "shape|contiguous"),
-           ((k, k), "overlap"), ((ro, v), "read-only"), ((k.astype(k.dtype.newbyteorder()), v), "float32"),
+           (([k[0], k[1][..., :3]], v), "shape|contiguous|not one of head_dim"),
+           ((k.astype(np.float64), v), "not one of head_dim"),   # the row types: tests/test_kv_cache.py
+           ((k, v.astype(np.float16 if k.dtype != np.float16 else np.float32)), "mix row types"),
+           ((np.asfortranarray(k), v), "shape|contiguous"),
+           ((k, k), "overlap"), ((ro, v), "read-only"), ((k.astype(k.dtype.newbyteorder()), v), "not one of head_dim"),
            ((strided, v), "contiguous"),
-           (([m.weights["layers.0.attn_norm"].data.reshape(1, 1, -1)] * 2, v), "3-D|shape|read-only")]
+           (([m.weights["layers.0.attn_norm"].data.reshape(1, 1, -1)] * 2, v), "3-D|shape|read-only|not one of")]
     for (kc, vc), msg in bad:
         with pytest.raises(ValueError, match=msg):
             dec.bind(kc, vc)
@@ -244,9 +250,12 @@ def test_smollm2_matches_numpy_decoder(smollm2_mgpt, threads):
     ids = m.tokenize("The quick brown fox jumps over the lazy dog. " * 4)
     assert 32 < len(ids) < 80
     ref_cache, cache = KVCache(m.config, 256), KVCache(m.config, 256)
-    same(run(dec, ids, 0, cache, True), run(ref, ids, 0, ref_cache, True))
+    # off x86, an f16 cache (the default) may round a key the other way (2^-11 of it) in one decoder and
+    # not the other: seen 4.5e-4 of the logit range, where float32 caches stay within 1e-4
+    rel = 1e-4 if cache.kv_type == "f32" else 2e-3
+    same(run(dec, ids, 0, cache, True), run(ref, ids, 0, ref_cache, True), rel)
     for pos, tok in enumerate([260, 1300, 42, 7], start=len(ids)):
-        same(run(dec, [tok], pos, cache), run(ref, [tok], pos, ref_cache))
+        same(run(dec, [tok], pos, cache), run(ref, [tok], pos, ref_cache), rel)
 
 
 # --- the inner steps alone: attention at odd sizes, the vectorized exp

@@ -18,6 +18,7 @@ import pytest
 import minigpt
 from fidelity import score
 from minigpt import kernels
+from minigpt.engine import DEFAULT_KV_TYPE
 
 FIX = Path(__file__).parent / "fixtures"
 REFERENCES = {"smollm2": "smollm2_q4_1_reference", "gemma3": "gemma3_270m_q4_k_m_reference"}
@@ -56,8 +57,11 @@ def test_numpy_oracle_against_the_compiled_backend(model, precision, request):
     print(f"\n{model} {precision}: numpy vs c over {n} positions: top-1 agreement {agree:.4f}, worst logit gap "
           f"{gap:.2e} of the logit scale; vs the f32 reference: numpy {fid['numpy'][0]:.4f}, c {fid['c'][0]:.4f} "
           f"(llama.cpp {summary['top1_agreement_llama_vs_hf']:.4f})")
+    # exact: the float32 matmuls sum in another order (BLAS, C), and the default f16 cache can turn such a
+    # last-bit difference of a key or value into a half's rounding step, 2^-11 of it (seen: 4.7e-4 on Gemma)
+    exact_gap = 1e-4 if DEFAULT_KV_TYPE == "f32" else 2e-3
     if precision == "exact" or kernels.get_backend("c").isa() in ("avx2", "avx512vnni"):
-        assert agree >= (0.999 if precision == "exact" else 0.995) and gap < 1e-4
+        assert agree >= (0.999 if precision == "exact" else 0.995) and gap < (exact_gap if precision == "exact" else 1e-4)
     else:
         assert agree >= 0.94
         assert abs(fid["numpy"][0] - fid["c"][0]) < 0.01           # equally faithful

@@ -27,6 +27,7 @@ cnp.import_array()
 
 cdef extern from "decoder.h" nogil:
     int MG_OK, MG_ENOMEM, MG_DECODER_MAX_GROUP, MG_ATTN_MAX_HEAD_DIM, MG_ACT_SILU, MG_ACT_GELU_TANH
+    int MG_KV_F32, MG_KV_F16, MG_KV_Q8_0
     int MG_F32, MG_X8
 
     ctypedef struct mg_kernel_table:
@@ -54,9 +55,10 @@ cdef extern from "decoder.h" nogil:
         int64_t n_rope
 
     ctypedef struct mg_kv_cache:
-        float *const *k
-        float *const *v
+        void *const *k
+        void *const *v
         const int64_t *cap
+        int type
 
     ctypedef struct mg_decoder:
         pass
@@ -68,6 +70,7 @@ cdef extern from "decoder.h" nogil:
                            float *logits_out, int all_logits)
 
 _ACTS = {"silu": MG_ACT_SILU, "gelu_tanh": MG_ACT_GELU_TANH}
+_KV_CODES = {"f32": MG_KV_F32, "f16": MG_KV_F16, "q8_0": MG_KV_Q8_0}   # quant.KV_TYPES -> enum mg_kv_type
 _CODES = {name: t.code for name, t in quant.QTYPES.items()}
 
 if _core is None:
@@ -231,8 +234,10 @@ cdef class CDecoder:
         free(self._windows)
 
     def bind(self, k_cache, v_cache):
-        """A KV cache for forward(): per layer float32 [n_kv_heads, cap, head_dim] keys and values (lists,
-        or arrays [n_layers, ...]), checked once: shapes, writable, no overlap with each other or a weight."""
+        """A KV cache for forward(): per layer [n_kv_heads, cap, row] keys and values (lists, or arrays
+        [n_layers, ...]), all of one of the cache's row types (quant.kv_type_of: float32 or float16
+        rows of head_dim, q8_0 uint8 rows of head_dim + head_dim // 8), checked once: type, shapes,
+        writable, no overlap with each other or a weight."""
         return _Bound(self, k_cache, v_cache)
 
     def forward(self, ids, start, _Bound cache not None, bint all_logits=False, out=None):
@@ -297,7 +302,8 @@ cdef class _Bound:
     """A KV cache checked once for one CDecoder: the C view of its buffers (CDecoder.bind)."""
     cdef readonly CDecoder owner
     cdef list _arrays
-    cdef float **ptrs        # (2 * n_layers,): keys, then values
+    cdef readonly str kv_type
+    cdef void **ptrs         # (2 * n_layers,): keys, then values
     cdef int64_t *caps       # (n_layers,)
     cdef mg_kv_cache kv
 
@@ -307,6 +313,11 @@ cdef class _Bound:
     def __init__(self, CDecoder owner, k_cache, v_cache):
         cdef int64_t L = owner.c.n_layers, i, j
         ks, vs = self._buffers(owner, k_cache, "k_cache"), self._buffers(owner, v_cache, "v_cache")
+        types = {quant.kv_type_of(a, owner.cfg.head_dim) for a in ks + vs}
+        if len(types) != 1:
+            raise ValueError(f"the caches mix row types {sorted(types)}: keys and values of every layer "
+                             f"must be of one type")
+        self.kv_type = types.pop()
         for i in range(L):
             if vs[i].shape[1] != ks[i].shape[1]:
                 raise ValueError(f"layer {i}: k_cache has {ks[i].shape[1]} slots, v_cache {vs[i].shape[1]}")
@@ -317,20 +328,22 @@ cdef class _Bound:
             for j in range(i):
                 if _begin(arrays[i]) < _end(arrays[j]) and _begin(arrays[j]) < _end(arrays[i]):
                     raise ValueError("the layers' caches must not overlap each other")
-        self.ptrs = <float **>malloc(2 * L * sizeof(float *))
+        self.ptrs = <void **>malloc(2 * L * sizeof(void *))
         self.caps = <int64_t *>malloc(L * sizeof(int64_t))
         if self.ptrs == NULL or self.caps == NULL:
             raise MemoryError()
         for i in range(2 * L):
-            self.ptrs[i] = <float *>cnp.PyArray_DATA(<cnp.ndarray>arrays[i])
+            self.ptrs[i] = cnp.PyArray_DATA(<cnp.ndarray>arrays[i])
         for i in range(L):
             self.caps[i] = ks[i].shape[1]
         self.kv.k, self.kv.v, self.kv.cap = self.ptrs, self.ptrs + L, self.caps
+        self.kv.type = _KV_CODES[self.kv_type]
         self.owner, self._arrays = owner, arrays
 
     @staticmethod
     def _buffers(CDecoder owner, cache, str what):
-        """[n_layers] checked float32 [n_kv_heads, cap, head_dim] buffers of a cache argument."""
+        """[n_layers] checked [n_kv_heads, cap, row] buffers of a cache argument, each of one of the row
+        types (quant.kv_type_of; whether they agree is the caller's check)."""
         cfg = owner.cfg
         if isinstance(cache, np.ndarray) and cache.ndim == 4:
             cache = list(cache)
@@ -341,7 +354,11 @@ cdef class _Bound:
         for i, a in enumerate(cache):
             if not isinstance(a, np.ndarray) or a.ndim != 3 or a.shape[1] < 1:
                 raise ValueError(f"{what}[{i}] must be a 3-D array [n_kv_heads, cap, head_dim]")
-            out.append(_check_f32(a, f"{what}[{i}]", (cfg.n_kv_heads, a.shape[1], cfg.head_dim), writeable=True))
+            try:
+                dtype, row = quant.kv_row(quant.kv_type_of(a, cfg.head_dim), cfg.head_dim)
+            except ValueError as e:
+                raise ValueError(f"{what}[{i}]: {e}") from None
+            out.append(_core.check_array(a, f"{what}[{i}]", dtype, (cfg.n_kv_heads, a.shape[1], row), True))
         return out
 
     def __dealloc__(self):

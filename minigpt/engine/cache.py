@@ -6,51 +6,13 @@ import numpy as np
 
 from .. import args
 from ..config import Config
-from ..quant import quantize_act
+from ..quant import KV_TYPES, kv_row
 
 PREFILL_CHUNK = 512                 # tokens per forward call: bounds the attention scratch of long prompts
 RING_SLACK = PREFILL_CHUNK + 1024   # a prefill chunk's own keys, then 1024 tokens of going back
 
-# How the cache stores a key or value row of head_dim floats:
-#   f32   float32 [head_dim]
-#   f16   float16 [head_dim] (IEEE half, rounded to nearest even)
-#   q8_0  uint8 [head_dim + head_dim // 8]: int8 q[head_dim], then float32 d[head_dim // 32] (little-endian),
-#         x ~ d * q per block of 32, rounded as the int8 activations are (quant.quantize_act)
-KV_TYPES = ("f32", "f16", "q8_0")
-DEFAULT_KV_TYPE = "f32"
-
-
-def kv_row(kv_type, head_dim):
-    """(dtype, values per stored row) of a cache row of head_dim floats."""
-    if kv_type == "q8_0":
-        if head_dim % 32:
-            raise ValueError(f"a q8_0 cache needs head_dim a multiple of 32, got {head_dim}")
-        return np.dtype(np.uint8), head_dim + head_dim // 8
-    return np.dtype(np.float16 if kv_type == "f16" else np.float32), head_dim
-
-
-def kv_encode(x, kv_type):
-    """float32 x [..., head_dim] -> the rows a cache of kv_type stores (the NumPy twin of the decoder's store)."""
-    x = np.asarray(x, dtype=np.float32)
-    if kv_type == "f32":
-        return x.copy()
-    if kv_type == "f16":
-        return x.astype(np.float16)
-    hd = x.shape[-1]
-    kv_row(kv_type, hd)
-    q, d, _ = quantize_act(np.ascontiguousarray(x.reshape(-1, hd)), 8)
-    rows = np.concatenate([q.view(np.uint8), d.astype("<f4").view(np.uint8)], axis=1)
-    return rows.reshape(x.shape[:-1] + (hd + hd // 8,))
-
-
-def kv_decode(a, kv_type, head_dim):
-    """Stored rows [..., row] of a cache of kv_type -> float32 [..., head_dim], exactly what attention reads."""
-    if kv_type != "q8_0":
-        return np.asarray(a).astype(np.float32)
-    a = np.ascontiguousarray(a)
-    q = a[..., :head_dim].view(np.int8).astype(np.float32)
-    d = a[..., head_dim:].view("<f4").astype(np.float32)
-    return (q.reshape(q.shape[:-1] + (-1, 32)) * d[..., None]).reshape(q.shape)
+# How the cache stores a row of head_dim floats (f32, f16 or q8_0): minigpt/quant.py, "KV cache rows"
+DEFAULT_KV_TYPE = "f16"
 
 
 class KVCache:

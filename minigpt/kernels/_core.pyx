@@ -18,7 +18,7 @@ from minigpt import quant
 
 cimport numpy as cnp
 from cpython.pycapsule cimport PyCapsule_New
-from libc.stdint cimport int64_t, uintptr_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uintptr_t
 
 cnp.import_array()
 
@@ -53,22 +53,27 @@ cdef extern from "kernels.h" nogil:
     mg_type_traits mg_traits[]
 
 cdef extern from "ops.h" nogil:
-    int MG_ATTN_MAX_HEAD_DIM
+    int MG_ATTN_MAX_HEAD_DIM, MG_KV_F32, MG_KV_F16, MG_KV_Q8_0
 
     ctypedef struct mg_attn_params:
         int64_t n_heads, n_kv_heads, head_dim
         float scale
         int64_t window
+        int kv_type
 
     ctypedef struct mg_ops:
         void (*exp)(const float *x, float *y, int64_t n) noexcept nogil
+        void (*f32_to_f16)(const float *x, uint16_t *y, int64_t n) noexcept nogil
+        void (*f16_to_f32)(const uint16_t *x, float *y, int64_t n) noexcept nogil
+        void (*f32_to_q8_0)(const float *x, uint8_t *y, int64_t rows, int64_t hd) noexcept nogil
+        void (*q8_0_to_f32)(const uint8_t *x, float *y, int64_t rows, int64_t hd) noexcept nogil
 
     ctypedef struct mg_kernel_table:
         pass
 
     mg_ops mg_lops
     const mg_kernel_table mg_kernels
-    void mg_attention(const mg_attn_params *ap, const float *q, const float *kc, const float *vc, float *out,
+    void mg_attention(const mg_attn_params *ap, const float *q, const void *kc, const void *vc, float *out,
                       int64_t n, int64_t start, int64_t cap)
 
 name = "c"
@@ -384,30 +389,45 @@ def prepare(w, qtype, bits):
     return w, qtype
 
 
+_KV_CODES = {"f32": MG_KV_F32, "f16": MG_KV_F16, "q8_0": MG_KV_Q8_0}   # quant.KV_TYPES -> enum mg_kv_type
+
+
+def kv_code(kv_type):
+    """The enum mg_kv_type (csrc/ops.h) of one of quant.KV_TYPES."""
+    return _KV_CODES[kv_type]
+
+
 def attention(q, k_cache, v_cache, start, scale=None, window=0):
     """Causal grouped-query attention of n new queries at positions [start, start + n) over the cache
-    (numpy_ref.attention's contract). q: float32 [n, n_heads, hd]; caches float32 [n_kv, cap, hd],
-    position t in slot t % cap -> [n, n_heads * hd]."""
-    f32 = np.dtype(np.float32)
-    cdef cnp.ndarray qa = _check_array(q, "q", f32, False, 3)
-    cdef cnp.ndarray ka = _check_array(k_cache, "k_cache", f32, False, 3)
-    cdef cnp.ndarray va = _check_array(v_cache, "v_cache", f32, False, 3)
-    cdef int64_t n = qa.shape[0], hd = qa.shape[2], cap = ka.shape[1]
+    (numpy_ref.attention's contract). q: float32 [n, n_heads, hd]; caches [n_kv, cap, row], both of one
+    of the KV cache's row types (quant.kv_type_of: float32 or float16 [..., hd], q8_0 uint8
+    [..., hd + hd // 8]), position t in slot t % cap -> [n, n_heads * hd]."""
+    cdef cnp.ndarray qa = _check_array(q, "q", np.dtype(np.float32), False, 3)
+    cdef int64_t n = qa.shape[0], hd = qa.shape[2]
+    if not isinstance(k_cache, np.ndarray) or k_cache.ndim != 3:
+        raise ValueError(f"k_cache must be a 3-D numpy array [n_kv, cap, row], got {type(k_cache).__name__} "
+                         f"of shape {np.shape(k_cache)}")
+    kv_type = quant.kv_type_of(k_cache, hd)
+    dtype = quant.kv_row(kv_type, hd)[0]
+    cdef cnp.ndarray ka = _check_array(k_cache, "k_cache", dtype, False, 3)
+    cdef cnp.ndarray va = _check_array(v_cache, "v_cache", dtype, False, 3)
+    cdef int64_t cap = ka.shape[1]
     cdef mg_attn_params ap
+    ap.kv_type = _KV_CODES[kv_type]
     if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or \
             isinstance(window, bool) or not isinstance(window, (int, np.integer)):
         raise ValueError(f"start and window must be integers, got {start!r}, {window!r}")
     ap.n_heads, ap.n_kv_heads, ap.head_dim, ap.window = qa.shape[1], ka.shape[0], hd, window
     ap.scale = (<double>hd) ** -0.5 if scale is None else float(scale)
-    if (n < 1 or ap.n_heads < 1 or ap.n_kv_heads < 1 or ap.n_heads % ap.n_kv_heads or ka.shape[2] != hd
+    if (n < 1 or ap.n_heads < 1 or ap.n_kv_heads < 1 or ap.n_heads % ap.n_kv_heads
             or np.shape(v_cache) != np.shape(k_cache) or not 0 < hd <= MG_ATTN_MAX_HEAD_DIM or start < 0 or window < 0
             or not (start + n <= cap or window and cap >= window + n - 1)):
         raise ValueError(f"bad attention shapes q {np.shape(q)}, cache {np.shape(k_cache)}, start {start}")
     cdef cnp.ndarray out = np.empty((n, ap.n_heads * hd), np.float32)
     cdef int64_t s = start
     with nogil:
-        mg_attention(&ap, <const float *>cnp.PyArray_DATA(qa), <const float *>cnp.PyArray_DATA(ka),
-                     <const float *>cnp.PyArray_DATA(va), <float *>cnp.PyArray_DATA(out), n, s, cap)
+        mg_attention(&ap, <const float *>cnp.PyArray_DATA(qa), cnp.PyArray_DATA(ka),
+                     cnp.PyArray_DATA(va), <float *>cnp.PyArray_DATA(out), n, s, cap)
     return out
 
 
@@ -423,4 +443,44 @@ def _exp(x):
     cdef int64_t n = a.size
     with nogil:
         mg_lops.exp(<const float *>cnp.PyArray_DATA(a), <float *>cnp.PyArray_DATA(y), n)
+    return y
+
+
+def _kv_store(x, kv_type):
+    """float32 x [rows, hd] -> the cache rows of kv_type the decoder stores (the ops slots: f32_to_f16,
+    f32_to_q8_0; f32 is a copy). Tests only."""
+    cdef cnp.ndarray a = np.array(x, dtype=np.float32, order="C", copy=True, ndmin=2)
+    cdef int64_t rows = a.shape[0], hd = a.shape[1]
+    dtype, width = quant.kv_row(kv_type, hd)
+    if a.ndim != 2 or not 0 < hd <= MG_ATTN_MAX_HEAD_DIM:
+        raise ValueError(f"x must be [rows, 1..{MG_ATTN_MAX_HEAD_DIM}], got {np.shape(x)}")
+    cdef cnp.ndarray y = np.empty((rows, width), dtype)
+    if kv_type == "f32":
+        y[...] = a
+    elif kv_type == "f16":
+        with nogil:
+            mg_lops.f32_to_f16(<const float *>cnp.PyArray_DATA(a), <uint16_t *>cnp.PyArray_DATA(y), rows * hd)
+    else:
+        with nogil:
+            mg_lops.f32_to_q8_0(<const float *>cnp.PyArray_DATA(a), <uint8_t *>cnp.PyArray_DATA(y), rows, hd)
+    return y
+
+
+def _kv_load(rows, kv_type, hd):
+    """Cache rows [n, row] of kv_type -> float32 [n, hd] as attention reads them (f16_to_f32,
+    q8_0_to_f32). Tests only."""
+    dtype, width = quant.kv_row(kv_type, hd)
+    cdef cnp.ndarray a = np.array(rows, dtype=dtype, order="C", copy=True, ndmin=2)
+    if a.ndim != 2 or a.shape[1] != width:
+        raise ValueError(f"rows must be [n, {width}], got {np.shape(rows)}")
+    cdef int64_t n = a.shape[0], h = hd
+    cdef cnp.ndarray y = np.empty((n, hd), np.float32)
+    if kv_type == "f32":
+        y[...] = a
+    elif kv_type == "f16":
+        with nogil:
+            mg_lops.f16_to_f32(<const uint16_t *>cnp.PyArray_DATA(a), <float *>cnp.PyArray_DATA(y), n * h)
+    else:
+        with nogil:
+            mg_lops.q8_0_to_f32(<const uint8_t *>cnp.PyArray_DATA(a), <float *>cnp.PyArray_DATA(y), n, h)
     return y

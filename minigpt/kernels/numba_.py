@@ -480,12 +480,15 @@ def _launch(serial, parallel, threads, *args):
 
 
 def attention(q, k_cache, v_cache, start, scale=None, window=0):
-    """numpy_ref.attention's contract: q float32 [n, n_heads, hd]; k_cache, v_cache float32 [n_kv, cap, hd]
-    holding every position a query sees in slot t % cap -> float32 [n, n_heads * hd] (numba_attention)."""
+    """numpy_ref.attention's contract: q float32 [n, n_heads, hd]; k_cache, v_cache [n_kv, cap, row] of one
+    of the KV row types (float32, float16, q8_0 uint8) holding every position a query sees in slot t % cap
+    -> float32 [n, n_heads * hd] (numba_attention). f16 / q8_0 rows are decoded first (numpy_ref.decode_cache:
+    the slots the queries can see), then attended in float32."""
     n, n_heads, hd = q.shape
-    cap = k_cache.shape[1]
-    if n_heads % k_cache.shape[0] or k_cache.shape != v_cache.shape or k_cache.shape[2] != hd:
+    if n_heads % k_cache.shape[0] or k_cache.shape != v_cache.shape:
         raise ValueError(f"attention: q {q.shape} does not fit the cache {k_cache.shape} / {v_cache.shape}")
+    cap = k_cache.shape[1]
+    k_cache, v_cache = numpy_ref.decode_cache(k_cache, v_cache, hd, start + n)
     if start < 0 or window < 0 or not (start + n <= cap or window and cap >= window + n - 1):
         raise ValueError(f"attention: positions {start}..{start + n} (window {window}) exceed the cache ({cap})")
     q, k, v = (np.ascontiguousarray(a, dtype=np.float32) for a in (q, k_cache, v_cache))

@@ -163,13 +163,31 @@ def prepare(w, qtype, bits):
 _KTILE = 64   # keys per tile, as csrc/attention.c's ATT_KTILE
 
 
+def decode_cache(k_cache, v_cache, hd, end):
+    """The float32 [n_kv, cap', hd] keys and values attention reads from a cache of one of the KV row types
+    (quant.kv_type_of: f32 as is, f16 and q8_0 decoded by quant.kv_decode). Only slots [0, end) when
+    end <= cap: a linear cache's later slots hold no position the queries see (position t stays in slot t)."""
+    kv_type = quant.kv_type_of(k_cache, hd)
+    if quant.kv_type_of(v_cache, hd) != kv_type or v_cache.shape != k_cache.shape:
+        raise ValueError(f"k_cache {k_cache.dtype} {k_cache.shape} and v_cache {v_cache.dtype} {v_cache.shape} "
+                         f"differ")
+    if kv_type == "f32":
+        return k_cache, v_cache
+    if end <= k_cache.shape[1]:
+        k_cache, v_cache = k_cache[:, :end], v_cache[:, :end]
+    return quant.kv_decode(k_cache, kv_type, hd), quant.kv_decode(v_cache, kv_type, hd)
+
+
 def attention(q, k_cache, v_cache, start, scale=None, window=0):
     """Causal grouped-query attention of n new queries at positions [start, start + n) over the cache.
 
-    q: [n, n_heads, hd]; k_cache, v_cache: [n_kv, cap, hd], position t in slot t % cap (a ring when
-    cap is less than the context), holding every position a query sees. scale: of q.k (default
-    1 / sqrt(hd)); window: 0, or each query sees only the `window` latest keys, itself included.
-    -> [n, n_heads * hd]
+    q: [n, n_heads, hd]; k_cache, v_cache: [n_kv, cap, row], position t in slot t % cap (a ring when
+    cap is less than the context), holding every position a query sees, rows of one of the KV cache's
+    types told by dtype (quant.kv_type_of: float32 or float16 [..., hd], q8_0 uint8 [..., hd + hd // 8]).
+    scale: of q.k (default 1 / sqrt(hd)); window: 0, or each query sees only the `window` latest keys,
+    itself included. -> [n, n_heads * hd]
+
+    An f16 or q8_0 cache gives exactly the attention of its decoded float32 rows (quant.kv_decode), as in C.
 
     Rounded as csrc/attention.c with the AVX2 slots (ops_avx2.c) rounds, step for step: keys in tiles
     of 64 positions (cut where the ring wraps too), an online softmax per query and head (running
@@ -177,6 +195,7 @@ def attention(q, k_cache, v_cache, start, scale=None, window=0):
     probabilities summed in 8 lanes (added as hsum8), exp as exp8.
     """
     n, n_heads, hd = q.shape
+    k_cache, v_cache = decode_cache(k_cache, v_cache, hd, start + n)
     n_kv, cap = k_cache.shape[:2]
     g = n_heads // n_kv
     pos = start + np.arange(n)

@@ -13,6 +13,7 @@ d = dim, hd = head_dim.
 
 import numpy as np
 
+from .. import quant
 from ..config import Config
 from ..kernels import fp32
 
@@ -74,10 +75,12 @@ def apply_rope(x, cos, sin, rope_dim, neox=False):
 
 
 def store_kv(k_cache, v_cache, k, v, start):
-    """Write k, v: [n, n_kv, hd] of positions [start, start + n) into their slots of one layer's cache."""
+    """Write k, v: [n, n_kv, hd] of positions [start, start + n) into their slots of one layer's cache,
+    as rows of its type (quant.kv_encode: f32, f16 or q8_0, the bytes csrc/decoder.c stores)."""
+    kv_type = quant.kv_type_of(k_cache, k.shape[-1])
     slots = np.arange(start, start + len(k)) % k_cache.shape[1]
-    k_cache[:, slots] = k.transpose(1, 0, 2)
-    v_cache[:, slots] = v.transpose(1, 0, 2)
+    k_cache[:, slots] = quant.kv_encode(k.transpose(1, 0, 2), kv_type)
+    v_cache[:, slots] = quant.kv_encode(v.transpose(1, 0, 2), kv_type)
 
 
 def silu(x):
@@ -109,7 +112,8 @@ def forward(cfg: Config, w, kern, cache, ids, start, rope, all_logits=False):
 
     w: {name: Weight} (minigpt.model.weights), matrices as kern.prepare() left them for their bits,
     and 'output' the head (tok_embd itself when the embeddings are tied; engine.Engine sees to it);
-    cache: (k, v), lists of each layer's [n_kv_heads, cap, hd] (engine.KVCache); rope: each layer's
+    cache: (k, v), lists of each layer's [n_kv_heads, cap, row] (engine.KVCache, rows of any of
+    quant.KV_TYPES); rope: each layer's
     (cos, sin) tables (layer_ropes). Returns logits [n, vocab] if all_logits else [1, vocab] (the
     last position).
     """
