@@ -36,7 +36,7 @@ def test_f32_conversion_costs_nothing(tiny_f32, tmp_path, backend, precision):
     out = tmp_path / "o.mgpt"
     convert(tiny_f32, out, "f32")
     seen = []
-    r = check.check_conversion(tiny_f32, out, backend=backend, precision=precision,
+    r = check.check_conversion(tiny_f32, out, backend=backend, precision=precision, kv_type="f32",
                                progress=lambda n, total, stage: seen.append((stage, n, total)))
     assert r.agreement == 1.0 and abs(r.kl) < 1e-9
     assert r.ppl_converted == pytest.approx(r.ppl_source, rel=1e-6)
