@@ -147,7 +147,7 @@ static void q8_0_to_f32_c(const uint8_t *restrict x, float *restrict y, int64_t 
 }
 
 mg_ops mg_lops = {rms_norm_c, rope_c, rope_neox_c, swiglu_c, geglu_c, add_c, exp_c,
-                        attn_scores_c, attn_pv_c, exp_sum_c, max_c,
+                        attn_scores_c, attn_pv_c, NULL, NULL, exp_sum_c, max_c,
                         f32_to_f16_c, f16_to_f32_c, f32_to_q8_0_c, q8_0_to_f32_c};
 
 const mg_kernel_table mg_kernels = {mg_matmul, mg_matmul_q8, mg_matmul_q16, mg_get_rows, mg_attention, &mg_lops};

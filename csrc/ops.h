@@ -42,6 +42,12 @@ typedef struct {
     /* o[i, :] += sum over t of p[i, t] * v[t, :]   p: (r, ldp), v: (tn, hd), o: (r, hd)   */
     void (*attn_pv)(const float *restrict p, int64_t ldp, int64_t r, const float *restrict v, int64_t tn,
                     int64_t hd, float *restrict o);
+    /* the same two over an f16 cache's rows k, v (hd a multiple of 8), converted as they load: the
+     * floats the float32 slots give on the converted rows. NULL where attention converts a tile first */
+    void (*attn_scores_f16)(const float *restrict q, int64_t r, const uint16_t *restrict k, int64_t tn,
+                            int64_t hd, float *restrict s, int64_t lds);
+    void (*attn_pv_f16)(const float *restrict p, int64_t ldp, int64_t r, const uint16_t *restrict v, int64_t tn,
+                        int64_t hd, float *restrict o);
     /* s[t] = exp(s[t] - m) for t < tn; returns the sum of the new s (max: returns max(m0, s[..]))  */
     float (*exp_sum)(float *restrict s, int64_t tn, float m);
     float (*max)(const float *restrict s, int64_t tn, float m0);

@@ -8,10 +8,11 @@
  * value over the normal range (the tests allow 2); exp(-inf) and anything below -104 give 0, above
  * 88.73 inf; NaN stays NaN.
  *
- * Attention tiles: scores are dots of 2 query rows with 4 keys at once (8 accumulators; each 8-wide
- * step loads 6 vectors for 8 FMAs), folded into 4 sums per row by horizontal adds. P.V keeps a block
+ * Attention tiles: scores are dots of 3 query rows with 4 keys at once (12 accumulators; each 8-wide
+ * step loads 7 vectors for 12 FMAs), folded into 4 sums per row by horizontal adds. P.V keeps a block
  * of 3 rows x 32 outputs in 12 accumulators while the tile's keys stream by. head_dim need not be a
- * multiple of 8: the last partial vector of a row goes through masked loads and stores.
+ * multiple of 8: the last partial vector of a row goes through masked loads and stores. The f16
+ * variants load K and V rows as halves and convert them in registers (head_dim a multiple of 8).
  */
 #include "ops.h"
 
@@ -196,14 +197,23 @@ AVX2 static inline float fold1(__m256 a) {
     return _mm_cvtss_f32(_mm_add_ss(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
 }
 
-/* s[i * lds + t] = q_i . k_t for rows i < rb (1 or 2) and 4 keys k_0 .. k_3 (hd apart) */
-AVX2 static INLINE void scores_rx4(const int rb, const float *q, const float *k, int64_t hd, float *s, int64_t lds) {
+/* 8 values of row x from column d: float32, or f16 converted as it loads (exactly) */
+AVX2 static INLINE __m256 load8(const int f16, const void *x, int64_t d) {
+    return f16 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)x + d)))
+               : _mm256_loadu_ps((const float *)x + d);
+}
+
+/* s[i * lds + t] = q_i . k_t for rows i < rb (1 to 3) and 4 keys k_0 .. k_3 (hd apart; float32, or f16
+ * with hd a multiple of 8) */
+AVX2 static INLINE void scores_rx4(const int rb, const int f16, const float *q, const void *k, int64_t hd, float *s,
+                                   int64_t lds) {
     __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a03 = a00, a10 = a00, a11 = a00, a12 = a00, a13 = a00;
-    const float *k1 = k + hd, *k2 = k + 2 * hd, *k3 = k + 3 * hd;
+    __m256 a20 = a00, a21 = a00, a22 = a00, a23 = a00;
+    const int64_t es = f16 ? 2 : 4; /* bytes per element */
+    const char *k0 = (const char *)k, *k1 = k0 + hd * es, *k2 = k0 + 2 * hd * es, *k3 = k0 + 3 * hd * es;
     int64_t d = 0;
     for (; d + 8 <= hd; d += 8) {
-        const __m256 v0 = _mm256_loadu_ps(k + d), v1 = _mm256_loadu_ps(k1 + d);
-        const __m256 v2 = _mm256_loadu_ps(k2 + d), v3 = _mm256_loadu_ps(k3 + d);
+        const __m256 v0 = load8(f16, k0, d), v1 = load8(f16, k1, d), v2 = load8(f16, k2, d), v3 = load8(f16, k3, d);
         const __m256 x0 = _mm256_loadu_ps(q + d);
         a00 = _mm256_fmadd_ps(x0, v0, a00), a01 = _mm256_fmadd_ps(x0, v1, a01);
         a02 = _mm256_fmadd_ps(x0, v2, a02), a03 = _mm256_fmadd_ps(x0, v3, a03);
@@ -212,11 +222,17 @@ AVX2 static INLINE void scores_rx4(const int rb, const float *q, const float *k,
             a10 = _mm256_fmadd_ps(x1, v0, a10), a11 = _mm256_fmadd_ps(x1, v1, a11);
             a12 = _mm256_fmadd_ps(x1, v2, a12), a13 = _mm256_fmadd_ps(x1, v3, a13);
         }
+        if (rb > 2) {
+            const __m256 x2 = _mm256_loadu_ps(q + 2 * hd + d);
+            a20 = _mm256_fmadd_ps(x2, v0, a20), a21 = _mm256_fmadd_ps(x2, v1, a21);
+            a22 = _mm256_fmadd_ps(x2, v2, a22), a23 = _mm256_fmadd_ps(x2, v3, a23);
+        }
     }
-    if (d < hd) {
+    if (!f16 && d < hd) {
         const __m256i mk = mask_first(hd - d);
-        const __m256 v0 = _mm256_maskload_ps(k + d, mk), v1 = _mm256_maskload_ps(k1 + d, mk);
-        const __m256 v2 = _mm256_maskload_ps(k2 + d, mk), v3 = _mm256_maskload_ps(k3 + d, mk);
+        const float *f0 = (const float *)k0, *f1 = (const float *)k1, *f2 = (const float *)k2, *f3 = (const float *)k3;
+        const __m256 v0 = _mm256_maskload_ps(f0 + d, mk), v1 = _mm256_maskload_ps(f1 + d, mk);
+        const __m256 v2 = _mm256_maskload_ps(f2 + d, mk), v3 = _mm256_maskload_ps(f3 + d, mk);
         const __m256 x0 = _mm256_maskload_ps(q + d, mk);
         a00 = _mm256_fmadd_ps(x0, v0, a00), a01 = _mm256_fmadd_ps(x0, v1, a01);
         a02 = _mm256_fmadd_ps(x0, v2, a02), a03 = _mm256_fmadd_ps(x0, v3, a03);
@@ -225,47 +241,67 @@ AVX2 static INLINE void scores_rx4(const int rb, const float *q, const float *k,
             a10 = _mm256_fmadd_ps(x1, v0, a10), a11 = _mm256_fmadd_ps(x1, v1, a11);
             a12 = _mm256_fmadd_ps(x1, v2, a12), a13 = _mm256_fmadd_ps(x1, v3, a13);
         }
+        if (rb > 2) {
+            const __m256 x2 = _mm256_maskload_ps(q + 2 * hd + d, mk);
+            a20 = _mm256_fmadd_ps(x2, v0, a20), a21 = _mm256_fmadd_ps(x2, v1, a21);
+            a22 = _mm256_fmadd_ps(x2, v2, a22), a23 = _mm256_fmadd_ps(x2, v3, a23);
+        }
     }
     _mm_storeu_ps(s, fold4(a00, a01, a02, a03));
     if (rb > 1) _mm_storeu_ps(s + lds, fold4(a10, a11, a12, a13));
+    if (rb > 2) _mm_storeu_ps(s + 2 * lds, fold4(a20, a21, a22, a23));
 }
 
-AVX2 static float dot_avx2(const float *a, const float *b, int64_t hd) {
+AVX2 static INLINE float dot_avx2(const int f16, const float *a, const void *b, int64_t hd) {
     __m256 acc = _mm256_setzero_ps();
     int64_t d = 0;
-    for (; d + 8 <= hd; d += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + d), _mm256_loadu_ps(b + d), acc);
-    if (d < hd) {
+    for (; d + 8 <= hd; d += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + d), load8(f16, b, d), acc);
+    if (!f16 && d < hd) {
         const __m256i mk = mask_first(hd - d);
-        acc = _mm256_fmadd_ps(_mm256_maskload_ps(a + d, mk), _mm256_maskload_ps(b + d, mk), acc);
+        acc = _mm256_fmadd_ps(_mm256_maskload_ps(a + d, mk), _mm256_maskload_ps((const float *)b + d, mk), acc);
     }
     return fold1(acc);
 }
 
-AVX2 static void attn_scores_avx2(const float *restrict q, int64_t r, const float *restrict k, int64_t tn,
-                                  int64_t hd, float *restrict s, int64_t lds) {
+/* rows 3 at a time: a key block's rows are loaded (or converted) once per 3 rows */
+AVX2 static INLINE void scores_avx2(const int f16, const float *restrict q, int64_t r, const void *restrict k,
+                                    int64_t tn, int64_t hd, float *restrict s, int64_t lds) {
+    const int64_t es = f16 ? 2 : 4;
     int64_t t = 0;
     for (; t + 4 <= tn; t += 4) { /* key blocks outer: 4 key rows stay in L1 while the rows go by */
+        const char *kt = (const char *)k + t * hd * es;
         int64_t i = 0;
-        for (; i + 2 <= r; i += 2) scores_rx4(2, q + i * hd, k + t * hd, hd, s + i * lds + t, lds);
-        if (i < r) scores_rx4(1, q + i * hd, k + t * hd, hd, s + i * lds + t, lds);
+        for (; i + 3 <= r; i += 3) scores_rx4(3, f16, q + i * hd, kt, hd, s + i * lds + t, lds);
+        if (r - i == 2) scores_rx4(2, f16, q + i * hd, kt, hd, s + i * lds + t, lds);
+        if (r - i == 1) scores_rx4(1, f16, q + i * hd, kt, hd, s + i * lds + t, lds);
     }
     for (; t < tn; t++)
-        for (int64_t i = 0; i < r; i++) s[i * lds + t] = dot_avx2(q + i * hd, k + t * hd, hd);
+        for (int64_t i = 0; i < r; i++) s[i * lds + t] = dot_avx2(f16, q + i * hd, (const char *)k + t * hd * es, hd);
+}
+
+AVX2 static void attn_scores_avx2(const float *restrict q, int64_t r, const float *restrict k, int64_t tn,
+                                  int64_t hd, float *restrict s, int64_t lds) {
+    scores_avx2(0, q, r, k, tn, hd, s, lds);
+}
+
+AVX2 static void attn_scores_f16_avx2(const float *restrict q, int64_t r, const uint16_t *restrict k, int64_t tn,
+                                      int64_t hd, float *restrict s, int64_t lds) {
+    scores_avx2(1, q, r, k, tn, hd, s, lds);
 }
 
 /* o[i, d0 .. d0 + 32) += sum_t p[i, t] v[t, d0 ..] for rows i < rb (1..3, a constant once inlined),
  * in named accumulators: GCC keeps an array of them in memory, storing it on every key */
 #define LD(i, u) (rb > i ? _mm256_loadu_ps(o + i * hd + 8 * u) : _mm256_setzero_ps())
 #define ST(i, u, a) if (rb > i) _mm256_storeu_ps(o + i * hd + 8 * u, a)
-AVX2 static INLINE void pv_rx32(const int rb, const float *p, int64_t ldp, const float *v, int64_t tn, int64_t hd,
-                                float *o) {
+AVX2 static INLINE void pv_rx32(const int rb, const int f16, const float *p, int64_t ldp, const void *v, int64_t tn,
+                                int64_t hd, float *o) {
+    const int64_t es = f16 ? 2 : 4;
     __m256 a00 = LD(0, 0), a01 = LD(0, 1), a02 = LD(0, 2), a03 = LD(0, 3);
     __m256 a10 = LD(1, 0), a11 = LD(1, 1), a12 = LD(1, 2), a13 = LD(1, 3);
     __m256 a20 = LD(2, 0), a21 = LD(2, 1), a22 = LD(2, 2), a23 = LD(2, 3);
     for (int64_t t = 0; t < tn; t++) {
-        const float *vt = v + t * hd;
-        const __m256 v0 = _mm256_loadu_ps(vt), v1 = _mm256_loadu_ps(vt + 8);
-        const __m256 v2 = _mm256_loadu_ps(vt + 16), v3 = _mm256_loadu_ps(vt + 24);
+        const char *vt = (const char *)v + t * hd * es;
+        const __m256 v0 = load8(f16, vt, 0), v1 = load8(f16, vt, 8), v2 = load8(f16, vt, 16), v3 = load8(f16, vt, 24);
         __m256 pi = _mm256_broadcast_ss(p + t);
         a00 = _mm256_fmadd_ps(pi, v0, a00), a01 = _mm256_fmadd_ps(pi, v1, a01);
         a02 = _mm256_fmadd_ps(pi, v2, a02), a03 = _mm256_fmadd_ps(pi, v3, a03);
@@ -288,13 +324,13 @@ AVX2 static INLINE void pv_rx32(const int rb, const float *p, int64_t ldp, const
 #undef ST
 
 /* the same for 8 columns (or fewer: the lanes of mk) */
-AVX2 static INLINE void pv_rx8(const int rb, const float *p, int64_t ldp, const float *v, int64_t tn, int64_t hd,
-                               float *o, __m256i mk) {
+AVX2 static INLINE void pv_rx8(const int rb, const int f16, const float *p, int64_t ldp, const void *v, int64_t tn,
+                               int64_t hd, float *o, __m256i mk) {
     __m256 a0 = _mm256_maskload_ps(o, mk), a1 = _mm256_setzero_ps(), a2 = a1;
     if (rb > 1) a1 = _mm256_maskload_ps(o + hd, mk);
     if (rb > 2) a2 = _mm256_maskload_ps(o + 2 * hd, mk);
     for (int64_t t = 0; t < tn; t++) {
-        const __m256 vt = _mm256_maskload_ps(v + t * hd, mk);
+        const __m256 vt = f16 ? load8(1, v, t * hd) : _mm256_maskload_ps((const float *)v + t * hd, mk);
         a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(p + t), vt, a0);
         if (rb > 1) a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(p + ldp + t), vt, a1);
         if (rb > 2) a2 = _mm256_fmadd_ps(_mm256_broadcast_ss(p + 2 * ldp + t), vt, a2);
@@ -304,22 +340,36 @@ AVX2 static INLINE void pv_rx8(const int rb, const float *p, int64_t ldp, const 
     if (rb > 2) _mm256_maskstore_ps(o + 2 * hd, mk, a2);
 }
 
-AVX2 static void attn_pv_avx2(const float *restrict p, int64_t ldp, int64_t r, const float *restrict v,
-                              int64_t tn, int64_t hd, float *restrict o) {
+/* an f16 v (hd a multiple of 8) is converted as it loads; its 8-column blocks are whole, never masked */
+AVX2 static INLINE void pv_avx2(const int f16, const float *restrict p, int64_t ldp, int64_t r, const void *restrict v,
+                                int64_t tn, int64_t hd, float *restrict o) {
+    const int64_t es = f16 ? 2 : 4;
     int64_t d = 0;
     for (; d + 32 <= hd; d += 32) { /* column blocks outer: the tile's slice of V stays in L1 */
+        const char *vd = (const char *)v + d * es;
         int64_t i = 0;
-        for (; i + 3 <= r; i += 3) pv_rx32(3, p + i * ldp, ldp, v + d, tn, hd, o + i * hd + d);
-        if (r - i == 2) pv_rx32(2, p + i * ldp, ldp, v + d, tn, hd, o + i * hd + d);
-        if (r - i == 1) pv_rx32(1, p + i * ldp, ldp, v + d, tn, hd, o + i * hd + d);
+        for (; i + 3 <= r; i += 3) pv_rx32(3, f16, p + i * ldp, ldp, vd, tn, hd, o + i * hd + d);
+        if (r - i == 2) pv_rx32(2, f16, p + i * ldp, ldp, vd, tn, hd, o + i * hd + d);
+        if (r - i == 1) pv_rx32(1, f16, p + i * ldp, ldp, vd, tn, hd, o + i * hd + d);
     }
     for (; d < hd; d += 8) {
+        const char *vd = (const char *)v + d * es;
         const __m256i mk = mask_first(hd - d < 8 ? hd - d : 8);
         int64_t i = 0;
-        for (; i + 3 <= r; i += 3) pv_rx8(3, p + i * ldp, ldp, v + d, tn, hd, o + i * hd + d, mk);
-        if (r - i == 2) pv_rx8(2, p + i * ldp, ldp, v + d, tn, hd, o + i * hd + d, mk);
-        if (r - i == 1) pv_rx8(1, p + i * ldp, ldp, v + d, tn, hd, o + i * hd + d, mk);
+        for (; i + 3 <= r; i += 3) pv_rx8(3, f16, p + i * ldp, ldp, vd, tn, hd, o + i * hd + d, mk);
+        if (r - i == 2) pv_rx8(2, f16, p + i * ldp, ldp, vd, tn, hd, o + i * hd + d, mk);
+        if (r - i == 1) pv_rx8(1, f16, p + i * ldp, ldp, vd, tn, hd, o + i * hd + d, mk);
     }
+}
+
+AVX2 static void attn_pv_avx2(const float *restrict p, int64_t ldp, int64_t r, const float *restrict v,
+                              int64_t tn, int64_t hd, float *restrict o) {
+    pv_avx2(0, p, ldp, r, v, tn, hd, o);
+}
+
+AVX2 static void attn_pv_f16_avx2(const float *restrict p, int64_t ldp, int64_t r, const uint16_t *restrict v,
+                                  int64_t tn, int64_t hd, float *restrict o) {
+    pv_avx2(1, p, ldp, r, v, tn, hd, o);
 }
 
 AVX2 static float exp_sum_avx2(float *restrict s, int64_t tn, float m) {
@@ -389,6 +439,8 @@ int mg_install_ops_avx2(void) {
     mg_lops.exp = exp_avx2;
     mg_lops.attn_scores = attn_scores_avx2;
     mg_lops.attn_pv = attn_pv_avx2;
+    mg_lops.attn_scores_f16 = attn_scores_f16_avx2;
+    mg_lops.attn_pv_f16 = attn_pv_f16_avx2;
     mg_lops.exp_sum = exp_sum_avx2;
     mg_lops.max = max_avx2;
     mg_lops.f32_to_f16 = f32_to_f16_avx2;
