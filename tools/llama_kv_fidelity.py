@@ -3,13 +3,13 @@ arrays: top-1 agreement, approximate KL(transformers || llama.cpp) over the stor
 and perplexity, pooled over every position of the fixture. Does not import minigpt; changes no fixture.
 
     $MINIGPT_LLAMA_VENV/bin/python tools/llama_kv_fidelity.py [--model-name smollm2|gemma3|qwen2]
-        [--kv-type f16|q8_0] [--flash-attn] [--model PATH]
+        [--kv-type f16|q8_0] [--v-type f16|q8_0] [--flash-attn] [--model PATH]
 
 Each chunk's stored `ids` are fed as tools/make_reference.py's llama stage feeds them (same n_ctx, one
-ubatch per chunk, empty cache at position 0, 2 threads); only the cache type and flash attention change.
---kv-type q8_0 stores both K and V as q8_0, which needs flash attention (llama.cpp quantizes V only on
-that path), so it implies --flash-attn. The committed fixtures' llama arrays are `--kv-type f16` without
-flash attention; that run reproduces them, and the tool prints its top-1 agreement with them to show it.
+ubatch per chunk, empty cache at position 0, 2 threads); only the cache types and flash attention change.
+--kv-type q8_0 stores both K and V as q8_0 (--v-type sets V's apart). A quantized V cache needs flash
+attention, so any q8_0 implies --flash-attn. The committed fixtures' llama arrays are `--kv-type f16`
+without flash attention; that run reproduces them, and the tool prints its top-1 agreement with them.
 """
 
 import argparse
@@ -37,13 +37,15 @@ def main(argv=None):
     ap.add_argument("--model-name", choices=list(PRESETS), default="smollm2")
     ap.add_argument("--model", help="the GGUF file (default: the preset's, in $MINIGPT_CACHE/gguf)")
     ap.add_argument("--kv-type", choices=list(KV_TYPES), default="f16", help="type of both K and V caches")
+    ap.add_argument("--v-type", choices=list(KV_TYPES), help="type of the V cache (default: --kv-type)")
     ap.add_argument("--flash-attn", action="store_true", help="llama.cpp's flash attention (implied by q8_0)")
     args = ap.parse_args(argv)
     preset = PRESETS[args.model_name]
     model = args.model or os.path.join(CACHE, "gguf", preset.gguf)
     if not os.path.isfile(model):
         raise SystemExit(f"llama_kv_fidelity: no such model file: {model}")
-    flash = args.flash_attn or args.kv_type != "f16"
+    v_type = args.v_type or args.kv_type
+    flash = args.flash_attn or args.kv_type != "f16" or v_type != "f16"
 
     import llama_cpp
 
@@ -51,7 +53,7 @@ def main(argv=None):
     n = preset.max_chunk_tokens
     llm = llama_cpp.Llama(model_path=model, logits_all=True, n_ctx=preset.n_ctx, n_batch=n, n_ubatch=n,
                           n_threads=N_THREADS, flash_attn=flash, type_k=KV_TYPES[args.kv_type],
-                          type_v=KV_TYPES[args.kv_type], verbose=False)
+                          type_v=KV_TYPES[v_type], verbose=False)
     per_chunk = {}
     for name in z["chunk_names"]:
         ids = z[f"{name}/ids"]
@@ -63,8 +65,8 @@ def main(argv=None):
                                 top1 == z[f"{name}/llama_top_ids"][:, 0],
                                 lp[np.arange(len(ids) - 1), ids[1:]],
                                 kl_top_k(z[f"{name}/hf_top_ids"], z[f"{name}/hf_top_logp"], lp))
-    print(f"{os.path.basename(model)}: llama-cpp-python {llama_cpp.__version__}, KV cache {args.kv_type}, "
-          f"flash attention {'on' if flash else 'off'}")
+    print(f"{os.path.basename(model)}: llama-cpp-python {llama_cpp.__version__}, K cache {args.kv_type}, "
+          f"V cache {v_type}, flash attention {'on' if flash else 'off'}")
     for group, names in {**groups_of(preset), "all": tuple(per_chunk)}.items():
         agree, same, target, kl = (np.concatenate([per_chunk[c][i] for c in names]) for i in range(4))
         print(f"{group:8s} {len(agree):5d} positions: top-1 vs transformers {agree.mean():.4f}, "
