@@ -3,31 +3,112 @@
 
 Work items are (kv head, query) pairs: one item scores its query's g = n_heads / n_kv heads against
 each cached key of that kv head (each key row loaded once for the g heads), takes the softmax and sums
-the value rows. Causal items differ in length (query i sees start + i + 1 keys), so threads take items
-strided (thread c: items c, c + threads, ...) rather than in contiguous runs, which keeps them even.
+the value rows (each value row loaded once for the g heads). Causal items differ in length (query i
+sees start + i + 1 keys), so threads take items strided (thread c: items c, c + threads, ...) rather than
+in contiguous runs, which keeps them even.
+
+The kernels read the cache's stored rows (quant.py, "KV cache rows"), never a decoded copy of it: f32
+rows as they are; f16 rows as their uint16 bits, each converted exactly as NumPy's float16 -> float32
+(half_to_f32); q8_0 rows as an int8 view of the codes [n_kv, cap, hd] plus a float32 view of the scales
+[n_kv, cap, hd // 32], d * q. An f16 or q8_0 row is decoded once per key into a float32 scratch row of
+hd, so a call costs no allocation or conversion beyond the rows its queries see, and every value read is
+exactly quant.kv_decode's.
 Dots and sums are float32 with LLVM free to reassociate (vectorized over head_dim), so results agree
 with the NumPy twin within float rounding, not bit for bit; each output is summed by the same code
-whatever the thread count.
+whatever the thread count or the cache's row type (an f16 or q8_0 cache gives exactly what the f32 cache
+of its decoded rows gives).
 """
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic, overload
 
 _JIT = dict(cache=True, fastmath={"contract", "reassoc"}, nogil=True, error_model="numpy", boundscheck=False)
+_JIT_EXACT = dict(cache=True, fastmath=False, nogil=True, error_model="numpy", boundscheck=False)
 
+
+# --- stored rows -> float32 ----------------------------------------------------------------------
+
+@intrinsic
+def _bits_to_f32(typingctx, bits):
+    """Reinterpret the low 32 bits of an integer as a float32 (no conversion)."""
+    if not isinstance(bits, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v = args[0]
+        if bits.bitwidth > 32:
+            v = builder.trunc(v, ir.IntType(32))
+        elif bits.bitwidth < 32:
+            v = builder.zext(v, ir.IntType(32))
+        return builder.bitcast(v, ir.FloatType())
+    return types.float32(bits), codegen
+
+
+@njit(inline="always", **_JIT_EXACT)
+def half_to_f32(h):
+    """The IEEE half with bits h (an integer, low 16 bits) -> float32, exactly as NumPy's float16 ->
+    float32 (inf, NaN payloads, subnormals, -0). Selects rather than branches, so loops over it vectorize."""
+    h = np.uint32(h) & np.uint32(0xFFFF)
+    sign = (h & np.uint32(0x8000)) << np.uint32(16)
+    em = h & np.uint32(0x7FFF)
+    # zero and subnormals: em * 2^-24 is exact in float32; normal numbers: rebias the exponent by +112,
+    # inf/nan by +224 so that they land on exponent 255
+    tiny = np.float32(em) * np.float32(1.0 / 16777216.0)
+    bias = np.uint32(224) if em >= np.uint32(0x7C00) else np.uint32(112)
+    normal = _bits_to_f32(((em << np.uint32(13)) + (bias << np.uint32(23))) | sign)
+    small = -tiny if sign else tiny
+    return small if em < np.uint32(0x0400) else normal
+
+
+def _row(rows, scales, kv, slot, buf):
+    """Cache row [kv, slot] as float32 [hd]: an f32 cache's row itself, an f16 (uint16 bits) or q8_0 (int8
+    codes and float32 scales) row decoded into buf. rows: [n_kv, cap, hd]; scales: q8_0's [n_kv, cap,
+    hd // 32], else None. Chosen by the rows' dtype when compiled (overload below)."""
+
+
+@overload(_row, jit_options=_JIT_EXACT)
+def _row_typed(rows, scales, kv, slot, buf):
+    if rows.dtype == types.float32:
+        def f32(rows, scales, kv, slot, buf):
+            return rows[kv, slot]
+        return f32
+    if rows.dtype == types.uint16:
+        def f16(rows, scales, kv, slot, buf):
+            r = rows[kv, slot]
+            for j in range(buf.shape[0]):
+                buf[j] = half_to_f32(r[j])
+            return buf
+        return f16
+    if rows.dtype == types.int8:
+        def q8_0(rows, scales, kv, slot, buf):
+            r, d = rows[kv, slot], scales[kv, slot]
+            for b in range(d.shape[0]):
+                db = d[b]
+                for j in range(32 * b, 32 * b + 32):
+                    buf[j] = np.float32(r[j]) * db
+            return buf
+        return q8_0
+    return None
+
+
+# --- attention -----------------------------------------------------------------------------------
 
 @njit(**_JIT)
-def _item(q, k, v, start, scale, window, kv, i, scores, out):
+def _item(q, k, ks, v, vs, start, scale, window, kv, i, scores, buf, out):
     """out[i, heads of kv's group] for query i over its keys: positions [lo, start + i], lo = 0 or, with
     a window, start + i - window + 1; position t in slot t % cap.
-    q: [n, n_heads, hd]; k, v: [n_kv, cap, hd]; scores: float32 [g, >= its key count] scratch."""
+    q: [n, n_heads, hd]; k, v: stored rows [n_kv, cap, hd] (float32, uint16 f16 bits or int8 q8_0 codes);
+    ks, vs: q8_0's float32 scales [n_kv, cap, hd // 32], else None; scores: float32 [g, >= its key count]
+    and buf: float32 [hd], scratch."""
     hd, cap = q.shape[2], k.shape[1]
     g = q.shape[1] // k.shape[0]
     p = start + i
     lo = max(0, p - window + 1) if window > 0 else 0
     T = p + 1 - lo
     for t in range(T):
-        kt = k[kv, (lo + t) % cap]
+        kt = _row(k, ks, kv, (lo + t) % cap, buf)
         for h in range(g):
             qh = q[i, kv * g + h]
             s = np.float32(0)
@@ -46,27 +127,30 @@ def _item(q, k, v, start, scale, window, kv, i, scores, out):
         inv = np.float32(1) / total
         for t in range(T):
             scores[h, t] *= inv
-        o = out[i, (kv * g + h) * hd:(kv * g + h + 1) * hd]
-        o[:] = 0
-        for t in range(T):
+    o = out[i, kv * g * hd:(kv + 1) * g * hd]   # the group's g outputs, each summed over t in key order
+    o[:] = 0
+    for t in range(T):
+        vt = _row(v, vs, kv, (lo + t) % cap, buf)
+        for h in range(g):
             pt = scores[h, t]
-            vt = v[kv, (lo + t) % cap]
             for j in range(hd):
-                o[j] += pt * vt[j]
+                o[h * hd + j] += pt * vt[j]
 
 
 @njit(**_JIT)
-def attention_serial(q, k, v, start, scale, window, out, n_chunks):
+def attention_serial(q, k, ks, v, vs, start, scale, window, out, n_chunks):
     n, n_kv = q.shape[0], k.shape[0]
     scores = np.empty((q.shape[1] // n_kv, start + n), np.float32)
+    buf = np.empty(q.shape[2], np.float32)
     for it in range(n_kv * n):
-        _item(q, k, v, start, scale, window, it % n_kv, it // n_kv, scores, out)
+        _item(q, k, ks, v, vs, start, scale, window, it % n_kv, it // n_kv, scores, buf, out)
 
 
 @njit(parallel=True, **_JIT)
-def attention_parallel(q, k, v, start, scale, window, out, n_chunks):
+def attention_parallel(q, k, ks, v, vs, start, scale, window, out, n_chunks):
     n, n_kv = q.shape[0], k.shape[0]
     for c in prange(n_chunks):
         scores = np.empty((q.shape[1] // n_kv, start + n), np.float32)
+        buf = np.empty(q.shape[2], np.float32)
         for it in range(c, n_kv * n, n_chunks):
-            _item(q, k, v, start, scale, window, it % n_kv, it // n_kv, scores, out)
+            _item(q, k, ks, v, vs, start, scale, window, it % n_kv, it // n_kv, scores, buf, out)
