@@ -462,10 +462,10 @@ def attention(q, k_cache, v_cache, start, scale=None, window=0):
     -> float32 [n, n_heads * hd] (numba_attention). The kernels read the stored rows through views, no
     copy of the cache: each f16 / q8_0 row is decoded as a key or value is needed."""
     n, n_heads, hd = q.shape
-    if n_heads % k_cache.shape[0] or k_cache.shape != v_cache.shape:
+    kv_type = numpy_ref.cache_type(k_cache, v_cache, hd)
+    if n_heads % k_cache.shape[0]:
         raise ValueError(f"attention: q {q.shape} does not fit the cache {k_cache.shape} / {v_cache.shape}")
     cap = k_cache.shape[1]
-    kv_type = numpy_ref.cache_type(k_cache, v_cache, hd)
     if start < 0 or window < 0 or not (start + n <= cap or window and cap >= window + n - 1):
         raise ValueError(f"attention: positions {start}..{start + n} (window {window}) exceed the cache ({cap})")
     q = np.ascontiguousarray(q, dtype=np.float32)
