@@ -480,14 +480,15 @@ def attention(q, k_cache, v_cache, start, scale=None, window=0):
 
 def _kv_rows(cache, kv_type, hd):
     """A cache [n_kv, cap, row] as numba_attention reads it, views of its bytes: (rows, scales) = float32
-    rows [n_kv, cap, hd] and None (f32), their uint16 bits and None (f16), or int8 codes [n_kv, cap, hd]
-    and float32 scales [n_kv, cap, hd // 32] (q8_0)."""
+    rows [n_kv, cap, hd] and None (f32), their uint16 bits and None (f16), or the int8 rows [n_kv, cap,
+    hd + hd // 8] (codes first: a contiguous view the kernels' loops vectorize over) and float32 scales
+    [n_kv, cap, hd // 32] (q8_0)."""
     if cache.strides[-1] != cache.itemsize:   # rows must be contiguous to be viewed as other types
         cache = np.ascontiguousarray(cache)
     if kv_type == "f16":
         return cache.view(np.uint16), None
     if kv_type == "q8_0":
-        return cache[..., :hd].view(np.int8), cache[..., hd:].view(np.float32)
+        return cache.view(np.int8), cache[..., hd:].view(np.float32)
     return cache, None
 
 

@@ -9,10 +9,10 @@ in contiguous runs, which keeps them even.
 
 The kernels read the cache's stored rows (quant.py, "KV cache rows"), never a decoded copy of it: f32
 rows as they are; f16 rows as their uint16 bits, each converted exactly as NumPy's float16 -> float32
-(half_to_f32); q8_0 rows as an int8 view of the codes [n_kv, cap, hd] plus a float32 view of the scales
-[n_kv, cap, hd // 32], d * q. An f16 or q8_0 row is decoded once per key into a float32 scratch row of
-hd, so a call costs no allocation or conversion beyond the rows its queries see, and every value read is
-exactly quant.kv_decode's.
+(half_to_f32); q8_0 rows as their int8 view [n_kv, cap, hd + hd // 8] (the codes are the first hd) plus
+a float32 view of the scales [n_kv, cap, hd // 32], d * q. An f16 or q8_0 row is decoded once per key
+into a float32 scratch row of hd, so a call costs no allocation or conversion beyond the rows its
+queries see, and every value read is exactly quant.kv_decode's.
 Dots and sums are float32 with LLVM free to reassociate (vectorized over head_dim), so results agree
 with the NumPy twin within float rounding, not bit for bit; each output is summed by the same code
 whatever the thread count or the cache's row type (an f16 or q8_0 cache gives exactly what the f32 cache
@@ -64,8 +64,9 @@ def half_to_f32(h):
 
 def _row(rows, scales, kv, slot, buf):
     """Cache row [kv, slot] as float32 [hd]: an f32 cache's row itself, an f16 (uint16 bits) or q8_0 (int8
-    codes and float32 scales) row decoded into buf. rows: [n_kv, cap, hd]; scales: q8_0's [n_kv, cap,
-    hd // 32], else None. Chosen by the rows' dtype when compiled (overload below)."""
+    rows, codes first, and float32 scales) row decoded into buf. rows: [n_kv, cap, hd], or q8_0's
+    [n_kv, cap, hd + hd // 8]; scales: q8_0's [n_kv, cap, hd // 32], else None. Chosen by the rows' dtype
+    when compiled (overload below)."""
 
 
 @overload(_row, jit_options=_JIT_EXACT)
@@ -83,11 +84,13 @@ def _row_typed(rows, scales, kv, slot, buf):
         return f16
     if rows.dtype == types.int8:
         def q8_0(rows, scales, kv, slot, buf):
-            r, d = rows[kv, slot], scales[kv, slot]
-            for b in range(d.shape[0]):
-                db = d[b]
+            r = rows[kv, slot]
+            for j in range(buf.shape[0]):   # the codes widened first: this loop vectorizes
+                buf[j] = r[j]
+            for b in range(scales.shape[2]):
+                db = scales[kv, slot, b]
                 for j in range(32 * b, 32 * b + 32):
-                    buf[j] = np.float32(r[j]) * db
+                    buf[j] *= db
             return buf
         return q8_0
     return None
@@ -99,7 +102,7 @@ def _row_typed(rows, scales, kv, slot, buf):
 def _item(q, k, ks, v, vs, start, scale, window, kv, i, scores, buf, out):
     """out[i, heads of kv's group] for query i over its keys: positions [lo, start + i], lo = 0 or, with
     a window, start + i - window + 1; position t in slot t % cap.
-    q: [n, n_heads, hd]; k, v: stored rows [n_kv, cap, hd] (float32, uint16 f16 bits or int8 q8_0 codes);
+    q: [n, n_heads, hd]; k, v: stored rows [n_kv, cap, row] (float32, uint16 f16 bits or int8 q8_0 bytes);
     ks, vs: q8_0's float32 scales [n_kv, cap, hd // 32], else None; scores: float32 [g, >= its key count]
     and buf: float32 [hd], scratch."""
     hd, cap = q.shape[2], k.shape[1]
