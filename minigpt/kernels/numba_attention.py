@@ -31,35 +31,30 @@ _JIT_EXACT = dict(cache=True, fastmath=False, nogil=True, error_model="numpy", b
 # --- stored rows -> float32 ----------------------------------------------------------------------
 
 @intrinsic
-def _bits_to_f32(typingctx, bits):
-    """Reinterpret the low 32 bits of an integer as a float32 (no conversion)."""
-    if not isinstance(bits, types.Integer):
+def half_to_f32(typingctx, h):
+    """The IEEE half with bits h (an integer, low 16 bits) -> float32, exactly as NumPy's float16 ->
+    float32 (inf, NaN payloads, subnormals, -0). Written as LLVM IR on 32-bit integers with selects, no
+    branches (numba would widen the integer ops to 64 bits), so loops over it vectorize 8 lanes wide."""
+    if not isinstance(h, types.Integer):
         return None
 
     def codegen(context, builder, sig, args):
+        i32, f32 = ir.IntType(32), ir.FloatType()
         v = args[0]
-        if bits.bitwidth > 32:
-            v = builder.trunc(v, ir.IntType(32))
-        elif bits.bitwidth < 32:
-            v = builder.zext(v, ir.IntType(32))
-        return builder.bitcast(v, ir.FloatType())
-    return types.float32(bits), codegen
-
-
-@njit(inline="always", **_JIT_EXACT)
-def half_to_f32(h):
-    """The IEEE half with bits h (an integer, low 16 bits) -> float32, exactly as NumPy's float16 ->
-    float32 (inf, NaN payloads, subnormals, -0). Selects rather than branches, so loops over it vectorize."""
-    h = np.uint32(h) & np.uint32(0xFFFF)
-    sign = (h & np.uint32(0x8000)) << np.uint32(16)
-    em = h & np.uint32(0x7FFF)
-    # zero and subnormals: em * 2^-24 is exact in float32; normal numbers: rebias the exponent by +112,
-    # inf/nan by +224 so that they land on exponent 255
-    tiny = np.float32(em) * np.float32(1.0 / 16777216.0)
-    bias = np.uint32(224) if em >= np.uint32(0x7C00) else np.uint32(112)
-    normal = _bits_to_f32(((em << np.uint32(13)) + (bias << np.uint32(23))) | sign)
-    small = -tiny if sign else tiny
-    return small if em < np.uint32(0x0400) else normal
+        v = builder.trunc(v, i32) if h.bitwidth > 32 else builder.zext(v, i32) if h.bitwidth < 32 else v
+        v = builder.and_(v, ir.Constant(i32, 0xFFFF))
+        sign = builder.shl(builder.and_(v, ir.Constant(i32, 0x8000)), ir.Constant(i32, 16))
+        em = builder.and_(v, ir.Constant(i32, 0x7FFF))
+        # zero and subnormals: em * 2^-24 is exact in float32
+        tiny = builder.fmul(builder.sitofp(em, f32), ir.Constant(f32, 2.0 ** -24))
+        tiny = builder.or_(builder.bitcast(tiny, i32), sign)
+        # normal numbers: rebias the exponent by +112; inf/nan by +224, so that they land on exponent 255
+        infnan = builder.icmp_unsigned(">=", em, ir.Constant(i32, 0x7C00))
+        bias = builder.select(infnan, ir.Constant(i32, 224 << 23), ir.Constant(i32, 112 << 23))
+        normal = builder.or_(builder.add(builder.shl(em, ir.Constant(i32, 13)), bias), sign)
+        bits = builder.select(builder.icmp_unsigned("<", em, ir.Constant(i32, 0x0400)), tiny, normal)
+        return builder.bitcast(bits, f32)
+    return types.float32(h), codegen
 
 
 def _row(rows, scales, kv, slot, buf):
