@@ -8,6 +8,7 @@ float32 tolerances. Tiny synthetic models (tests/synthetic.py) as in test_forwar
 """
 
 import os
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -140,7 +141,13 @@ def test_attention_refuses_mixed_or_odd_caches():
     q = np.zeros((1, 2, 32), np.float32)
     f32, f16 = np.zeros((1, 8, 32), np.float32), np.zeros((1, 8, 32), np.float16)
     q8 = np.zeros((1, 8, 36), np.uint8)
-    for kern in (_core, numpy_ref):
+    kerns = [_core, numpy_ref]
+    try:
+        from minigpt.kernels import numba_
+        kerns.append(numba_)
+    except ImportError:
+        pass
+    for kern in kerns:
         for k, v, msg in [(f16, f32, "float16|differ"), (f32, q8, "float32|differ"), (q8[..., :35], q8[..., :35], "not one"),
                           (f32.astype(np.float64), f32, "not one"), (f16[..., :30], f16[..., :30], "not one")]:
             with pytest.raises(ValueError, match=msg):
@@ -157,6 +164,71 @@ def test_numba_attention_reads_every_row_type():
             vc = quant.kv_encode(rng.standard_normal((2, cap, 32), dtype=np.float32), kv_type)
             np.testing.assert_allclose(nb.attention(q, kc, vc, start, 0.4, window),
                                        numpy_ref.attention(q, kc, vc, start, 0.4, window), rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture
+def nb_threads(request):
+    nb = pytest.importorskip("minigpt.kernels.numba_")
+    import numba
+    if request.param > numba.config.NUMBA_NUM_THREADS:
+        pytest.skip("numba has one thread")
+    nb.set_threads(request.param)
+    yield nb
+    nb.set_threads(1)
+
+
+def _no_full_decode(monkeypatch):
+    # numba's attention reads the stored rows in place: decoding the whole cache is a bug
+    def refuse(*args):
+        raise AssertionError("the cache was decoded whole")
+    monkeypatch.setattr(numpy_ref, "decode_cache", refuse)
+    monkeypatch.setattr(quant, "kv_decode", refuse)
+
+
+@pytest.mark.parametrize("nb_threads", [1, 2], indirect=True)
+@pytest.mark.parametrize("kv_type", ["f16", "q8_0"])
+@pytest.mark.parametrize("case", ATTN_CASES, ids=lambda c: "n{}-s{}-c{}-h{}-kv{}-d{}-w{}".format(*c))
+def test_numba_attention_reads_the_stored_rows(case, kv_type, nb_threads, monkeypatch):
+    # f16 / q8_0 rows decoded one key at a time give exactly the f32 cache of the decoded rows, read in place
+    nb = nb_threads
+    n, start, cap, H, kv, hd, window = case
+    rng = np.random.default_rng(n * 1000 + start)
+    q = rng.standard_normal((n, H, hd), dtype=np.float32)
+    kc = quant.kv_encode(rng.standard_normal((kv, cap, hd), dtype=np.float32), kv_type)
+    vc = quant.kv_encode(rng.standard_normal((kv, cap, hd), dtype=np.float32), kv_type)
+    if kv_type == "f16":   # every 7th key value a subnormal or zero, every 5th value any half below 16, both signs
+        for rows, step, top in ((kc, 7, 0x0400), (vc, 5, 0x4C00)):
+            bits = rows.view(np.uint16)[..., ::step]
+            bits[...] = rng.integers(0, top, bits.shape) | rng.integers(0, 2, bits.shape) << 15
+    kf, vf = quant.kv_decode(kc, kv_type, hd), quant.kv_decode(vc, kv_type, hd)
+    want = nb.attention(q, kf, vf, start, 0.3, window)
+    twin = numpy_ref.attention(q, kc, vc, start, 0.3, window)
+    _no_full_decode(monkeypatch)
+    got = nb.attention(q, kc, vc, start, 0.3, window)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(got, twin, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kv_type", ["f16", "q8_0"])
+def test_numba_attention_copies_no_cache(kv_type, monkeypatch):
+    # a decode step deep into a large cache makes no float32 copy of it (32 MiB per K or V here): what
+    # it allocates is the output and the kernels' scratch, scores [g, context] (768 KiB) and a row of hd
+    nb = pytest.importorskip("minigpt.kernels.numba_")
+    cap, hd = 1 << 16, 64
+    rng = np.random.default_rng(3)
+    kc = quant.kv_encode(rng.standard_normal((2, cap, hd), dtype=np.float32), kv_type)
+    vc = quant.kv_encode(rng.standard_normal((2, cap, hd), dtype=np.float32), kv_type)
+    q = rng.standard_normal((1, 6, hd), dtype=np.float32)
+    _no_full_decode(monkeypatch)
+    nb.attention(q, kc, vc, cap - 1)   # compiled before measuring
+    tracemalloc.start()
+    try:
+        got = nb.attention(q, kc, vc, cap - 1)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * cap * 4 + (64 << 10), peak
+    assert np.isfinite(got).all()
 
 
 # --- the C decoder against the NumPy decoder, per row type

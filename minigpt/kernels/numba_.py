@@ -34,13 +34,12 @@ import weakref
 
 import numba
 import numpy as np
-from llvmlite import ir
-from numba import njit, prange, types
-from numba.extending import intrinsic
+from numba import njit, prange
 
 from minigpt import quant
 from minigpt.kernels import numba_attention, numba_decode
 from minigpt.kernels import numpy_ref
+from minigpt.kernels.numba_attention import half_to_f32
 from minigpt.kernels.numpy_ref import check_get_rows, check_matmul, check_weight
 
 name = "numba"
@@ -64,32 +63,10 @@ _JIT_DOT = dict(cache=True, fastmath={"contract", "reassoc"}, nogil=True)  # vec
 
 # --- scalar helpers ------------------------------------------------------------------------------
 
-@intrinsic
-def _bits_to_f32(typingctx, bits):
-    """Reinterpret the low 32 bits of an integer as a float32 (no conversion)."""
-    if not isinstance(bits, types.Integer):
-        return None
-
-    def codegen(context, builder, sig, args):
-        v = args[0]
-        if bits.bitwidth > 32:
-            v = builder.trunc(v, ir.IntType(32))
-        return builder.bitcast(v, ir.FloatType())
-    return types.float32(bits), codegen
-
-
 @njit(inline="always", **_JIT)
 def _f16(lo, hi):
     """fp16 from its two little-endian bytes -> float32, exact (inf, nan payloads, subnormals, -0)."""
-    h = np.uint32(lo) | (np.uint32(hi) << np.uint32(8))
-    sign = (h & np.uint32(0x8000)) << np.uint32(16)
-    em = h & np.uint32(0x7FFF)
-    if em < np.uint32(0x0400):  # zero and subnormals: em * 2^-24 is exact in float32
-        v = np.float32(em) * np.float32(1.0 / 16777216.0)
-        return -v if sign else v
-    # rebias the exponent: +112 for normal numbers, +224 so that inf/nan land on exponent 255
-    bias = np.uint32(224) if em >= np.uint32(0x7C00) else np.uint32(112)
-    return _bits_to_f32((em << np.uint32(13)) + (bias << np.uint32(23)) | sign)
+    return half_to_f32(np.uint32(lo) | (np.uint32(hi) << np.uint32(8)))
 
 
 @njit(inline="always", **_JIT)
@@ -482,22 +459,37 @@ def _launch(serial, parallel, threads, *args):
 def attention(q, k_cache, v_cache, start, scale=None, window=0):
     """numpy_ref.attention's contract: q float32 [n, n_heads, hd]; k_cache, v_cache [n_kv, cap, row] of one
     of the KV row types (float32, float16, q8_0 uint8) holding every position a query sees in slot t % cap
-    -> float32 [n, n_heads * hd] (numba_attention). f16 / q8_0 rows are decoded first (numpy_ref.decode_cache:
-    the slots the queries can see), then attended in float32."""
+    -> float32 [n, n_heads * hd] (numba_attention). The kernels read the stored rows through views, no
+    copy of the cache: each f16 / q8_0 row is decoded as a key or value is needed."""
     n, n_heads, hd = q.shape
-    if n_heads % k_cache.shape[0] or k_cache.shape != v_cache.shape:
+    kv_type = numpy_ref.cache_type(k_cache, v_cache, hd)
+    if n_heads % k_cache.shape[0]:
         raise ValueError(f"attention: q {q.shape} does not fit the cache {k_cache.shape} / {v_cache.shape}")
     cap = k_cache.shape[1]
-    k_cache, v_cache = numpy_ref.decode_cache(k_cache, v_cache, hd, start + n)
     if start < 0 or window < 0 or not (start + n <= cap or window and cap >= window + n - 1):
         raise ValueError(f"attention: positions {start}..{start + n} (window {window}) exceed the cache ({cap})")
-    q, k, v = (np.ascontiguousarray(a, dtype=np.float32) for a in (q, k_cache, v_cache))
+    q = np.ascontiguousarray(q, dtype=np.float32)
+    (k, ks), (v, vs) = _kv_rows(k_cache, kv_type, hd), _kv_rows(v_cache, kv_type, hd)
     out = np.empty((n, n_heads * hd), np.float32)
     threads = min(_threads, n * k.shape[0])
     scale = np.float32(hd ** -0.5 if scale is None else scale)
-    _launch(numba_attention.attention_serial, numba_attention.attention_parallel, threads, q, k, v, start,
-            scale, int(window), out)
+    _launch(numba_attention.attention_serial, numba_attention.attention_parallel, threads, q, k, ks, v, vs,
+            start, scale, int(window), out)
     return out
+
+
+def _kv_rows(cache, kv_type, hd):
+    """A cache [n_kv, cap, row] as numba_attention reads it, views of its bytes: (rows, scales) = float32
+    rows [n_kv, cap, hd] and None (f32), their uint16 bits and None (f16), or the int8 rows [n_kv, cap,
+    hd + hd // 8] (codes first: a contiguous view the kernels' loops vectorize over) and float32 scales
+    [n_kv, cap, hd // 32] (q8_0)."""
+    if cache.strides[-1] != cache.itemsize:   # rows must be contiguous to be viewed as other types
+        cache = np.ascontiguousarray(cache)
+    if kv_type == "f16":
+        return cache.view(np.uint16), None
+    if kv_type == "q8_0":
+        return cache.view(np.int8), cache[..., hd:].view(np.float32)
+    return cache, None
 
 
 def get_rows(w, qtype, ids, out=None):

@@ -163,14 +163,21 @@ def prepare(w, qtype, bits):
 _KTILE = 64   # keys per tile, as csrc/attention.c's ATT_KTILE
 
 
-def decode_cache(k_cache, v_cache, hd, end):
-    """The float32 [n_kv, cap', hd] keys and values attention reads from a cache of one of the KV row types
-    (quant.kv_type_of: f32 as is, f16 and q8_0 decoded by quant.kv_decode). Only slots [0, end) when
-    end <= cap: a linear cache's later slots hold no position the queries see (position t stays in slot t)."""
+def cache_type(k_cache, v_cache, hd):
+    """The KV row type (quant.KV_TYPES) of a cache's keys and values; ValueError if either is none of
+    them or they differ."""
     kv_type = quant.kv_type_of(k_cache, hd)
     if quant.kv_type_of(v_cache, hd) != kv_type or v_cache.shape != k_cache.shape:
         raise ValueError(f"k_cache {k_cache.dtype} {k_cache.shape} and v_cache {v_cache.dtype} {v_cache.shape} "
                          f"differ")
+    return kv_type
+
+
+def decode_cache(k_cache, v_cache, hd, end):
+    """The float32 [n_kv, cap', hd] keys and values attention reads from a cache of one of the KV row types
+    (quant.kv_type_of: f32 as is, f16 and q8_0 decoded by quant.kv_decode). Only slots [0, end) when
+    end <= cap: a linear cache's later slots hold no position the queries see (position t stays in slot t)."""
+    kv_type = cache_type(k_cache, v_cache, hd)
     if kv_type == "f32":
         return k_cache, v_cache
     if end <= k_cache.shape[1]:
