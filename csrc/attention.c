@@ -18,22 +18,24 @@
  * An f16 or q8_0 cache is read ATT_KCHUNK keys at a time: K rows converted to float32 into a scratch,
  * scored by the same slots, then V rows into the same scratch. A score depends on its key alone, and
  * P.V adds its keys in order, so a tile converted in parts gives the same floats: this is exactly the
- * float32 attention of the decoded cache. A decode step over an f16 cache skips the scratch: its slots
- * (attn_scores_f16, attn_pv_f16) convert each row as they load it, into the same floats. Chunks, and
- * direct reads, keep the CPU busy while the next rows come from memory: at depth, a decode step reads
- * megabytes of K/V per layer that are in no cache, and converting a whole 16 KB tile before using it
- * left the core waiting on each tile's misses in turn (decode at 2,048 positions: +22 %).
+ * float32 attention of the decoded cache. An f16 cache skips the scratch where the CPU has the f16
+ * slots (attn_scores_f16, attn_pv_f16): they convert each row as they load it, into the same floats
+ * (scores of many rows go through a transposed copy of 16 keys, converted once for all the rows; a
+ * prefill's values are still converted in chunks).
+ * Chunks, and direct reads, keep the CPU busy while the next rows come from memory: at depth, a decode
+ * step reads megabytes of K/V per layer that are in no cache, and converting a whole 16 KB tile before
+ * using it left the core waiting on each tile's misses in turn (decode at 2,048 positions: +22 %).
  */
 #include <math.h>
 #include <string.h>
 
 #include "ops.h"
 
-#define ATT_QTILE 8           /* queries per item in prefill */
+#define ATT_QTILE 16          /* queries per item in prefill */
 #define ATT_KTILE 64          /* keys per tile */
-#define ATT_ROWS 32           /* (query, head) rows per item */
+#define ATT_ROWS 64           /* (query, head) rows per item */
 #define ATT_QO_FLOATS 4096    /* rows * head_dim of an item's q and o scratch (16 KB each, on the stack) */
-#define ATT_KCHUNK 16         /* keys converted at a time (f16 / q8_0 not read directly, f32 in place) */
+#define ATT_KCHUNK 16         /* keys converted at a time (q8_0, and f16 without its slots; f32 in place) */
 #define ATT_KV_FLOATS 16384   /* keys * head_dim of a converted f16 / q8_0 tile (64 KB, on the stack) */
 #define ATT_MIN_WORK (1 << 15) /* multiply-adds per thread below which attention stays on one thread */
 
@@ -80,12 +82,14 @@ static void attend(const attn_job *jb, int64_t i0, int64_t nq, int64_t j, int64_
     const int64_t p0 = jb->start + i0, p1 = p0 + nq - 1; /* positions of the first and last query */
     const int64_t cap = jb->cap;
     const uint8_t *kc = jb->kc + j * cap * jb->row_bytes, *vc = jb->vc + j * cap * jb->row_bytes;
-    /* A decode step (one query) reads f16 rows straight into its few rows' dots; more queries share a
-     * converted tile. Converted keys go ATT_KCHUNK at a time, so that reading the next rows from memory
+    /* f16 keys are read straight from the cache, and so are the values of a decode step (a prefill's
+     * many rows would convert each value row once per 3 rows: converting it once is faster); the
+     * rest is converted ATT_KCHUNK keys at a time, so that reading the next rows from memory
      * alternates with the work on the last ones */
-    const int fused = nq == 1 && ap->kv_type == MG_KV_F16 && hd % 8 == 0 && mg_lops.attn_scores_f16 &&
-                      mg_lops.attn_pv_f16;
+    const int fused = ap->kv_type == MG_KV_F16 && hd % 8 == 0 && mg_lops.attn_scores_f16 && mg_lops.attn_pv_f16;
+    const int fused_v = fused && nq == 1;
     const int64_t kn = fused ? ATT_KTILE : min64(ATT_KCHUNK, ATT_KV_FLOATS / hd);
+    const int64_t vn = fused_v ? ATT_KTILE : min64(ATT_KCHUNK, ATT_KV_FLOATS / hd);
     float qs[ATT_QO_FLOATS], o[ATT_QO_FLOATS]; /* (R, hd): scaled queries, unnormalized outputs */
     float kvt[ATT_KV_FLOATS];                  /* (kn, hd): f16 / q8_0 rows as float32 */
     float s[ATT_ROWS * ATT_KTILE];              /* (R, ATT_KTILE): scores, then probabilities */
@@ -145,13 +149,13 @@ static void attend(const attn_job *jb, int64_t i0, int64_t nq, int64_t j, int64_
             }
             l[r] += mg_lops.exp_sum(s + r * ATT_KTILE + ra[r], rb[r] - ra[r], m[r]);
         }
-        for (int64_t u = 0; u < tn; u += kn) {
-            if (fused)
+        for (int64_t u = 0; u < tn; u += vn) {
+            if (fused_v)
                 mg_lops.attn_pv_f16(s + u, ATT_KTILE, R, (const uint16_t *)(vc + (slot + u) * jb->row_bytes),
-                                    min64(kn, tn - u), hd, o);
+                                    min64(vn, tn - u), hd, o);
             else
-                mg_lops.attn_pv(s + u, ATT_KTILE, R, kv_rows(ap, vc, jb->row_bytes, slot + u, min64(kn, tn - u), kvt),
-                                min64(kn, tn - u), hd, o);
+                mg_lops.attn_pv(s + u, ATT_KTILE, R, kv_rows(ap, vc, jb->row_bytes, slot + u, min64(vn, tn - u), kvt),
+                                min64(vn, tn - u), hd, o);
         }
     }
     for (int64_t qi = 0; qi < nq; qi++)

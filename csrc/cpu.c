@@ -27,6 +27,7 @@
 /* quants_avx2.c: put the AVX2 variants in the slots; 0 if this build has none */
 int mg_install_avx2(void);
 int mg_install_ops_avx2(void); /* ops_avx2.c: the same for the decoder's other steps */
+int mg_install_ops_avx512(void); /* ops_avx512.c: attention's inner loops over those, on AVX-512 CPUs */
 int mg_install_ops_neon(void); /* ops_neon.c: the KV cache's row slots on ARM64 */
 /* packed_avx2.c: the x8 kernels, with maddubs (AVX2) or vpdpbusd (AVX512-VNNI) */
 int mg_install_x8_avx2(void);
@@ -103,7 +104,8 @@ int mg_cpu_init(int isa) {
         if (!cpu_has_avx2() || !mg_install_avx2() || !mg_install_ops_avx2() || !mg_install_x8_avx2())
             return MG_EISA;
     } else if (isa == MG_ISA_AVX512VNNI) {
-        if (!cpu_has_avx512vnni() || !mg_install_avx2() || !mg_install_ops_avx2() || !mg_install_x8_vnni())
+        if (!cpu_has_avx512vnni() || !mg_install_avx2() || !mg_install_ops_avx2() || !mg_install_ops_avx512() ||
+            !mg_install_x8_vnni())
             return MG_EISA;
     } else if (isa == MG_ISA_NEON) {
         if (!cpu_has_neon() || !mg_install_x8_neon(cpu_has_dotprod()) || !mg_install_ops_neon()) return MG_EISA;

@@ -9,7 +9,8 @@
  * 88.73 inf; NaN stays NaN.
  *
  * Attention tiles: scores are dots of 3 query rows with 4 keys at once (12 accumulators; each 8-wide
- * step loads 7 vectors for 12 FMAs), folded into 4 sums per row by horizontal adds. P.V keeps a block
+ * step loads 7 vectors for 12 FMAs), folded into 4 sums per row by horizontal adds; a dozen rows or
+ * more go through transposed keys instead (ops_x86.h), into the same floats. P.V keeps a block
  * of 3 rows x 32 outputs in 12 accumulators while the tile's keys stream by. head_dim need not be a
  * multiple of 8: the last partial vector of a row goes through masked loads and stores. The f16
  * variants load K and V rows as halves and convert them in registers (head_dim a multiple of 8).
@@ -18,12 +19,10 @@
 
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
 
-#include <immintrin.h>
 #include <math.h>
 #include <string.h>
 
-#define AVX2 __attribute__((target("avx2,fma,f16c")))
-#define INLINE __attribute__((always_inline)) inline /* so that a block's row count is a constant */
+#include "ops_x86.h"
 
 /* --- helpers ------------------------------------------------------------------------------------- */
 
@@ -32,13 +31,6 @@ static const int32_t mask_tab[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0,
 /* lanes [0, k) set, 0 <= k <= 8 */
 AVX2 static inline __m256i mask_first(int64_t k) {
     return _mm256_loadu_si256((const __m256i *)(mask_tab + 8 - k));
-}
-
-AVX2 static inline float hsum8(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
 }
 
 AVX2 static inline float hmax8(__m256 v) {
@@ -50,17 +42,17 @@ AVX2 static inline float hmax8(__m256 v) {
 
 AVX2 static inline __m256 exp8(__m256 x) {
     /* max(lo, x) and min(hi, x) return x when it is NaN */
-    x = _mm256_min_ps(_mm256_set1_ps(89.0f), _mm256_max_ps(_mm256_set1_ps(-104.0f), x));
-    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+    x = _mm256_min_ps(_mm256_set1_ps(EXP_HI), _mm256_max_ps(_mm256_set1_ps(EXP_LO), x));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(EXP_LOG2E)),
                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693147182464599609375f), x); /* float(ln2) */
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-1.904654299957768e-09f), r);         /* ln2 - float(ln2) */
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_HI), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_LO), r);
+    __m256 p = _mm256_set1_ps(EXP_P0);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P1));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P2));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P3));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P4));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P5));
     const __m256 y = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
     const __m256i ni = _mm256_cvtps_epi32(n), n1 = _mm256_srai_epi32(ni, 1), n2 = _mm256_sub_epi32(ni, n1);
     const __m256i bias = _mm256_set1_epi32(127);
@@ -197,12 +189,6 @@ AVX2 static inline float fold1(__m256 a) {
     return _mm_cvtss_f32(_mm_add_ss(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
 }
 
-/* 8 values of row x from column d: float32, or f16 converted as it loads (exactly) */
-AVX2 static INLINE __m256 load8(const int f16, const void *x, int64_t d) {
-    return f16 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)x + d)))
-               : _mm256_loadu_ps((const float *)x + d);
-}
-
 /* s[i * lds + t] = q_i . k_t for rows i < rb (1 to 3) and 4 keys k_0 .. k_3 (hd apart; float32, or f16
  * with hd a multiple of 8) */
 AVX2 static INLINE void scores_rx4(const int rb, const int f16, const float *q, const void *k, int64_t hd, float *s,
@@ -263,11 +249,47 @@ AVX2 static INLINE float dot_avx2(const int f16, const float *a, const void *b, 
     return fold1(acc);
 }
 
+/* s[i * lds + t] = q_i . k_t for rows i < rb (1 to 4) and the 16 keys of kt: per lane j, 8 chains
+ * (rows x 2 key vectors) over the columns j, j + 8, ...; the lanes' sums wait in `lanes` */
+AVX2 static INLINE void scores_t4(const int rb, const float *q, int64_t hd, const float *restrict kt, float *s,
+                                  int64_t lds) {
+    __m256 lanes[8][8]; /* [lane][row * 2 + key vector] */
+    for (int j = 0; j < 8; j++) {
+        __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
+        for (int64_t d = j; d < hd; d += 8) {
+            const __m256 k0 = _mm256_loadu_ps(kt + d * T_KEYS), k1 = _mm256_loadu_ps(kt + d * T_KEYS + 8);
+            __m256 x = _mm256_broadcast_ss(q + d);
+            a00 = _mm256_fmadd_ps(x, k0, a00), a01 = _mm256_fmadd_ps(x, k1, a01);
+            if (rb > 1) x = _mm256_broadcast_ss(q + hd + d), a10 = _mm256_fmadd_ps(x, k0, a10), a11 = _mm256_fmadd_ps(x, k1, a11);
+            if (rb > 2) x = _mm256_broadcast_ss(q + 2 * hd + d), a20 = _mm256_fmadd_ps(x, k0, a20), a21 = _mm256_fmadd_ps(x, k1, a21);
+            if (rb > 3) x = _mm256_broadcast_ss(q + 3 * hd + d), a30 = _mm256_fmadd_ps(x, k0, a30), a31 = _mm256_fmadd_ps(x, k1, a31);
+        }
+        lanes[j][0] = a00, lanes[j][1] = a01, lanes[j][2] = a10, lanes[j][3] = a11;
+        lanes[j][4] = a20, lanes[j][5] = a21, lanes[j][6] = a30, lanes[j][7] = a31;
+    }
+    for (int u = 0; u < 2 * rb; u++) {
+        const __m256 lo = _mm256_add_ps(_mm256_add_ps(lanes[0][u], lanes[1][u]), _mm256_add_ps(lanes[2][u], lanes[3][u]));
+        const __m256 hi = _mm256_add_ps(_mm256_add_ps(lanes[4][u], lanes[5][u]), _mm256_add_ps(lanes[6][u], lanes[7][u]));
+        _mm256_storeu_ps(s + (u / 2) * lds + 8 * (u % 2), _mm256_add_ps(lo, hi));
+    }
+}
+
 /* rows 3 at a time: a key block's rows are loaded (or converted) once per 3 rows */
 AVX2 static INLINE void scores_avx2(const int f16, const float *restrict q, int64_t r, const void *restrict k,
                                     int64_t tn, int64_t hd, float *restrict s, int64_t lds) {
     const int64_t es = f16 ? 2 : 4;
     int64_t t = 0;
+    if (r >= T_MIN_ROWS && hd % 8 == 0 && hd <= T_MAX_HEAD_DIM) {
+        float kt[T_MAX_HEAD_DIM * T_KEYS];
+        for (; t + T_KEYS <= tn; t += T_KEYS) {
+            transpose_keys(f16, (const char *)k + t * hd * es, hd, kt);
+            int64_t i = 0;
+            for (; i + 4 <= r; i += 4) scores_t4(4, q + i * hd, hd, kt, s + i * lds + t, lds);
+            if (r - i == 3) scores_t4(3, q + i * hd, hd, kt, s + i * lds + t, lds);
+            if (r - i == 2) scores_t4(2, q + i * hd, hd, kt, s + i * lds + t, lds);
+            if (r - i == 1) scores_t4(1, q + i * hd, hd, kt, s + i * lds + t, lds);
+        }
+    }
     for (; t + 4 <= tn; t += 4) { /* key blocks outer: 4 key rows stay in L1 while the rows go by */
         const char *kt = (const char *)k + t * hd * es;
         int64_t i = 0;

@@ -384,3 +384,12 @@ def test_scalar_isa_in_subprocess():
     r = run_python("-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", "not subprocess",
                    env={"MINIGPT_ISA": "scalar"})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+
+
+@pytest.mark.skipif(_core.isa() != "avx512vnni", reason="the AVX2 slots already ran")
+def test_avx2_attention_in_subprocess():
+    # AVX-512 CPUs run attention's inner loops in ops_avx512.c: the AVX2 slots, which the NumPy twin
+    # holds to the bit as well, run this file's attention tests here
+    r = run_python("-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", "attention and not subprocess",
+                   env={"MINIGPT_ISA": "avx2"})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
