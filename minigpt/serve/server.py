@@ -1,7 +1,8 @@
 """Run the server: listen, start uvicorn over the app, say where once ready, shut down gracefully.
 
 SIGTERM or Ctrl-C: uvicorn stops accepting connections and waits for the requests in flight (streams
-included) to end; then the app's lifespan stops the engine thread, and the process exits 0.
+included) to end; then the app's lifespan stops the engine thread, and the process exits 0. A second
+Ctrl-C stops it without waiting.
 """
 
 import os
@@ -50,9 +51,10 @@ def run(model, host="127.0.0.1", port=8080, parallel=1, queue=16, api_key=None):
     ready = (f"minigpt serve: http://{url_host}:{bound_port} (model {model_id}, {parallel} slot"
              f"{'s' * (parallel > 1)}, context {model.n_ctx})")
     server = _Server(config, ready)
-    # SIGTERM is how service managers stop a server: once uvicorn has shut down gracefully it raises the
-    # signal again for the handler it found, this one, so that a clean stop exits 0
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # SIGTERM (a service manager) and Ctrl-C are how a server is asked to stop: once uvicorn has shut
+    # down gracefully it raises the signal again for the handler it found, this one, so a stop exits 0
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: sys.exit(0))
     server.run(sockets=[sock])
     if not server.started:   # uvicorn logged why
         sys.exit(1)
