@@ -199,7 +199,9 @@ class _EventStream(StreamingResponse):
     client that disconnects mid-stream frees its slot at once."""
 
     def __init__(self, chunks, job):
-        super().__init__(chunks, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        # X-Accel-Buffering: a reverse proxy (nginx) would otherwise hold the pieces back and send them in bulk
+        super().__init__(chunks, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         self.job = job
 
     async def __call__(self, scope, receive, send):
