@@ -26,6 +26,7 @@ from starlette.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from .. import args
+from ..chat import encode_prompt
 from ..errors import MinigptError, one_line
 from .protocol import MAX_BODY, ApiError, chat_request, completion_request, parse_body
 from .scheduler import Busy, Job
@@ -59,24 +60,21 @@ class Service:
     def prompt_ids(self, req):
         """The request's prompt as token ids: a conversation rendered with the model's chat template,
         or a completion's prompt. Runs in a worker thread (templates render in a child process)."""
-        tok = self.model.tokenizer
+        tok, param = self.model.tokenizer, "messages" if req.messages is not None else "prompt"
         try:
             if req.messages is not None:
-                text = self.model.template.render(req.messages, add_generation_prompt=True)
-                bos = tok.token_text(tok.bos_id) if tok.bos_id is not None else None
-                ids = tok.encode(text, add_bos=tok.add_bos and not (bos and text.startswith(bos)), special=True)
+                ids = encode_prompt(tok, self.model.template.render(req.messages, add_generation_prompt=True))
             elif isinstance(req.prompt, str):
                 ids = tok.encode(req.prompt, add_bos=tok.add_bos, special=True)
             else:
                 ids = args.token_ids("prompt", req.prompt, self.model.config.vocab_size)
         except MinigptError as e:   # a template that refuses the conversation, a token id out of range
-            raise ApiError(400, one_line(e)) from None
+            raise ApiError(400, one_line(e), param) from None
         if not ids:   # an empty prompt: continue from the start of a text
             ids = [tok.bos_id if tok.bos_id is not None else tok.eos_id]
         if len(ids) >= self.model.n_ctx:
             raise ApiError(413, f"the prompt is {len(ids)} tokens long; the context holds {self.model.n_ctx}, "
-                                f"with room for at least one more", "messages" if req.messages else "prompt",
-                           "context_length_exceeded")
+                                f"with room for at least one more", param, "context_length_exceeded")
         return ids
 
     async def start(self, req):
