@@ -86,7 +86,7 @@ class Job:
             if event.finish or event.error:
                 return
 
-    def _emit(self, event):   # from the engine thread
+    def _emit(self, event):   # from any thread: the event loop's queue takes it in the loop's own thread
         try:
             self._loop.call_soon_threadsafe(self._events.put_nowait, event)
         except RuntimeError:   # the event loop is closed: no one is listening any more
@@ -228,14 +228,17 @@ class Scheduler:
 
 
 def _logprobs(logits, token, top_n):
-    """(token, its logprob, [(id, logprob)] of the top_n likeliest), under softmax at temperature 1:
-    the model's view, whatever the sampler did. log-softmax directly, so no logprob is -inf."""
+    """(token, its logprob, [(id, logprob)] of the top_n likeliest) under logits [vocab] (the repeat
+    penalty applied) at temperature 1, before any top-k / top-p cut: the model's view, as `generate
+    --show-probs` shows it. A log-softmax, so even a token of probability ~0 has a finite logprob."""
     z = logits.astype(np.float64)
     z -= z.max()
     z -= np.log(np.exp(z).sum())
-    best = np.argpartition(-z, top_n - 1)[:top_n] if 0 < top_n < len(z) else np.arange(len(z) if top_n else 0)
-    best = best[np.argsort(-z[best], kind="stable")]
-    return token, float(z[token]), [(int(i), float(z[i])) for i in best]
+    top = []
+    if top_n:   # a partial sort: only the best top_n need ordering
+        best = np.argpartition(-z, top_n - 1)[:top_n] if top_n < len(z) else np.arange(len(z))
+        top = [(int(i), float(z[i])) for i in best[np.argsort(-z[best], kind="stable")]]
+    return token, float(z[token]), top
 
 
 def common_prefix(a, b):
