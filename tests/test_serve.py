@@ -109,6 +109,8 @@ def test_models_and_health(server):
     h = server.health()
     assert h["status"] == "ok" and h["model"] == "tiny" and h["slots"] == 4
     assert h["replica"].endswith(f":{server.proc.pid}")
+    page = httpx.get(server.url + "/", timeout=TIMEOUT)
+    assert page.headers["content-type"].startswith("text/html") and "/v1/chat/completions" in page.text
 
 
 @pytest.mark.parametrize("prompt", [ENGLISH, CHINESE])
@@ -161,6 +163,9 @@ def test_completions_and_stop_strings(server):
     assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 8 and text
     chunks = list(client.completions.create(model="tiny", prompt="the", max_tokens=8, temperature=0, stream=True))
     assert "".join(c.choices[0].text for c in chunks) == text
+    r = httpx.post(server.url + "/v1/completions", json={"prompt": "the", "max_tokens": 8, "temperature": 0},
+                   headers={"Authorization": f"Bearer {KEY}"}, timeout=TIMEOUT)   # no "model": the one served
+    assert r.json()["choices"][0]["text"] == text and r.json()["model"] == "tiny"
     stop = text[1:3]   # cut after the first character; what could start the stop string is never shown
     r = client.completions.create(model="tiny", prompt="the", max_tokens=8, temperature=0, stop=[stop, "zz"])
     assert r.choices[0].finish_reason == "stop" and r.choices[0].text == text[:text.index(stop)]
