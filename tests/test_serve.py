@@ -177,6 +177,8 @@ def test_bad_requests_get_openai_errors(server):
         client.chat.completions.create(model="tiny", messages=[])
     with pytest.raises(openai.BadRequestError, match="temperature"):
         chat(client, "hi", temperature=-1)
+    with pytest.raises(openai.BadRequestError, match="stop string"):
+        chat(client, "hi", stop=["x" * 501])
     with pytest.raises(openai.BadRequestError, match="n 2"):
         chat(client, "hi", n=2)
     with pytest.raises(openai.NotFoundError, match="gpt-4"):

@@ -11,6 +11,7 @@ from ..sampling import SamplerSettings
 
 MAX_BODY = 1 << 20       # bytes of a request body; a longer one is refused unread (413)
 MAX_STOP = 16            # stop strings per request (OpenAI takes 4)
+MAX_STOP_CHARS = 500     # per stop string: every token is checked against each one's prefixes
 MAX_TOP_LOGPROBS = 20    # OpenAI's limit
 
 # The roles a chat template knows; 'developer' is what newer OpenAI clients call the system prompt.
@@ -125,6 +126,8 @@ def _stop(value):
         raise ApiError(400, str(e), "stop") from None
     if len(stop) > MAX_STOP:
         raise ApiError(400, f"stop holds {len(stop)} strings; at most {MAX_STOP}", "stop")
+    if any(len(s) > MAX_STOP_CHARS for s in stop):
+        raise ApiError(400, f"a stop string is over {MAX_STOP_CHARS} characters long", "stop")
     return tuple(s for s in stop if s)
 
 
