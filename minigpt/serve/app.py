@@ -77,7 +77,7 @@ class Service:
                                 f"with room for at least one more", param, "context_length_exceeded")
         return ids
 
-    async def start(self, req):
+    async def submit(self, req):
         """Check the request's model, build its prompt and queue it: the Job."""
         self.check_model(req.model)
         ids = await run_in_threadpool(self.prompt_ids, req)
@@ -124,7 +124,7 @@ async def chat_completions(request):
     svc = request.app.state.service
     svc.authorize(request)
     req = chat_request(await _read_json(request))
-    job = await svc.start(req)
+    job = await svc.submit(req)
     head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
             "model": svc.model_id}
     if req.stream:
@@ -140,7 +140,7 @@ async def completions(request):
     svc = request.app.state.service
     svc.authorize(request)
     req = completion_request(await _read_json(request))
-    job = await svc.start(req)
+    job = await svc.submit(req)
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
             "model": svc.model_id}
     if req.stream:
@@ -181,11 +181,11 @@ async def _collect(request, job):
         async for event in job.events():
             text.append(event.text)
             logprobs += event.logprobs
-            end = event
+            end = event if event.finish or event.error else None
     finally:
         watcher.cancel()
         job.cancel()   # freed at once if we leave early; a no-op after the end
-    if end is None:   # cancelled: the client is gone, no one reads this
+    if end is None:   # cancelled: the client is gone, and no one reads this answer
         raise ApiError(499, "client disconnected")
     if end.error:
         raise ApiError(500, end.error)
