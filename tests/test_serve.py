@@ -179,7 +179,7 @@ def test_bad_requests_get_openai_errors(server):
         chat(client, "hi", temperature=-1)
     with pytest.raises(openai.BadRequestError, match="stop string"):
         chat(client, "hi", stop=["x" * 501])
-    with pytest.raises(openai.BadRequestError, match="n 2"):
+    with pytest.raises(openai.BadRequestError, match="n=2"):
         chat(client, "hi", n=2)
     with pytest.raises(openai.NotFoundError, match="gpt-4"):
         client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}])

@@ -188,8 +188,9 @@ def _prompt(value):
 
 def _unsupported(body, *defaults):
     """Refuse the fields (name, the value that means 'off') that would change the reply in ways this
-    server does not offer, rather than ignoring them silently; their 'off' values and null pass."""
+    server does not offer, rather than ignoring them silently; their 'off' values, null and empty ones
+    (0, "", [], {}, false) pass."""
     for name, off in defaults:
         value = body.get(name)
-        if value is not None and value != off and not (value == [] or value == {}):
-            raise ApiError(400, f"{name} {clip(value, CLIP_ARG)} is not supported", name)
+        if value and value != off:
+            raise ApiError(400, f"{name}={clip(value, CLIP_ARG)} is not supported by this server", name)
