@@ -60,7 +60,8 @@ decoder = extension("minigpt.engine._cdecoder", ["minigpt/engine/_cdecoder.pyx",
 setup(
     packages=find_namespace_packages(include=["minigpt", "minigpt.*"], exclude=["*.__pycache__"]),
     package_data={"minigpt.kernels": ["_core.pyx"], "minigpt.engine": ["_cdecoder.pyx"],  # so an sdist builds
-                  "minigpt.data": ["*.txt"]},        # the text `convert --check` reads
+                  "minigpt.data": ["*.txt"],         # the text `convert --check` reads
+                  "minigpt.serve": ["static/*"]},    # the chat page
     exclude_package_data={"minigpt.kernels": ["*.c"], "minigpt.engine": ["*.c"]},  # Cython's generated C
     ext_modules=cythonize([kernels, decoder], language_level=3),
     cmdclass={"build_ext": BuildExt, "sdist": Sdist},

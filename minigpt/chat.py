@@ -327,10 +327,7 @@ class ChatSession:
         return self._encode(prompt)
 
     def _encode(self, prompt):
-        tok = self.model.tokenizer
-        bos_text = tok.token_text(tok.bos_id) if tok.bos_id is not None else None
-        add_bos = tok.add_bos and not (bos_text and prompt.startswith(bos_text))
-        return tok.encode(prompt, add_bos=add_bos, special=True)
+        return encode_prompt(self.model.tokenizer, prompt)
 
     def _guard(self):
         if not self._busy.acquire(blocking=False):
@@ -371,6 +368,14 @@ def _spell(tokenizer, ids):
     """The text of a reply's tokens as the session shows it."""
     out = TextStream(tokenizer)
     return "".join(out.push(i) for i in ids) + out.flush(partial=False)
+
+
+def encode_prompt(tok, prompt):
+    """Token ids of a prompt rendered by a chat template: control-token texts become those tokens, and
+    BOS comes first when the tokenizer wants one and the template has not written it already."""
+    bos_text = tok.token_text(tok.bos_id) if tok.bos_id is not None else None
+    add_bos = tok.add_bos and not (bos_text and prompt.startswith(bos_text))
+    return tok.encode(prompt, add_bos=add_bos, special=True)
 
 
 def _common_prefix(a, b):

@@ -405,6 +405,30 @@ def bench(model, n_prompt, n_gen, threads, reps, backend, precision, kv_type, as
     click.echo(json.dumps(r, indent=2) if as_json else bench_.format_table(r))
 
 
+@cli.command()
+@click.option("-m", "--model", default=None, help=MODEL_HELP)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="0 = any free port.")
+@click.option("--parallel", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Slots: requests generated at once, each with its own KV cache.")
+@click.option("--queue", default=16, show_default=True, type=click.IntRange(0),
+              help="Requests that may wait for a slot; more get 503.")
+@click.option("--ctx", default=None, type=click.IntRange(2), help="Context length of each slot (default: the model's, at most 32768).")
+@click.option("-t", "--threads", default=None, type=click.IntRange(1, MAX_THREADS), help="Default: physical cores.")
+@click.option("--kv-type", default=DEFAULT_KV_TYPE, show_default=True, type=click.Choice(KV_TYPES), help=KV_HELP)
+@click.option("--api-key", default=None, envvar="MINIGPT_API_KEY",
+              help="Require `Authorization: Bearer KEY` on /v1 (default: $MINIGPT_API_KEY, else no key).")
+def serve(model, host, port, parallel, queue, ctx, threads, kv_type, api_key):
+    """Serve a model over an OpenAI-compatible HTTP API, with a chat page at /."""
+    from . import serve as serve_
+
+    if serve_.missing():
+        raise MinigptError('minigpt serve needs: pip install "minigpt[serve]"')
+    from .serve.server import run
+
+    run(_load(model, threads, n_ctx=ctx, kv_type=kv_type), host, port, parallel, queue, api_key)
+
+
 # --- measuring: convert --check, perplexity
 
 class _CheckProgress(_Progress):

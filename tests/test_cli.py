@@ -90,6 +90,21 @@ def test_missing_compiled_kernels_are_said_once(tiny):
     assert "compiled kernels" not in r.stderr, r.stderr                 # numpy asked for by name: no surprise
 
 
+# `python -c NO_SERVE ARGS` is `minigpt ARGS` as if minigpt[serve] had not been installed
+NO_SERVE = """
+import sys
+sys.modules["uvicorn"] = None
+sys.argv[0] = "minigpt"
+from minigpt.cli import main
+main()
+"""
+
+
+def test_serve_without_its_extra_says_what_to_install():
+    r = run_python("-c", NO_SERVE, "serve", "-m", "no-such-model")   # said before any model is looked for
+    assert r.returncode == 1 and r.stderr == 'error: minigpt serve needs: pip install "minigpt[serve]"\n', r.stderr
+
+
 def test_error_lines_show_untrusted_text_escaped_and_cut():
     # a model name (or a name inside a file) with newlines and terminal escapes, 60 KB long
     name = "x\x1b[31mred\n" * 5000
@@ -156,7 +171,7 @@ def test_kv_type_on_every_command_that_runs_a_model(tiny, tmp_path):
     from minigpt.engine import DEFAULT_KV_TYPE, KV_TYPES
 
     src, out = tiny
-    for cmd in ("generate", "chat", "bench", "perplexity", "convert"):
+    for cmd in ("generate", "chat", "bench", "perplexity", "convert", "serve"):
         r = run(cmd, "--help")
         assert r.returncode == 0 and "--kv-type [f32|f16|q8_0]" in r.stdout, (cmd, r.stdout)
         assert f"default: {DEFAULT_KV_TYPE}" in " ".join(r.stdout.split()), cmd

@@ -1,0 +1,15 @@
+"""`minigpt serve`: an OpenAI-compatible HTTP server (app.py: routes; protocol.py: requests checked;
+scheduler.py: slots and the engine thread; server.py: uvicorn, the ready line, shutdown).
+
+Starlette and uvicorn are an extra (pip install "minigpt[serve]"): nothing here imports them until a
+server starts, so `minigpt` works without them and says what to install when serve is asked for.
+"""
+
+import importlib.util
+
+NEEDS = ("starlette", "uvicorn")
+
+
+def missing():
+    """The packages serve needs that are not installed."""
+    return [name for name in NEEDS if importlib.util.find_spec(name) is None]

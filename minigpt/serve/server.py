@@ -1,0 +1,60 @@
+"""Run the server: listen, start uvicorn over the app, say where once ready, shut down gracefully.
+
+SIGTERM or Ctrl-C: uvicorn stops accepting connections and waits for the requests in flight (streams
+included) to end; then the app's lifespan stops the engine thread, and the process exits 0. A second
+Ctrl-C stops it without waiting.
+"""
+
+import os
+import signal
+import socket
+import sys
+
+import uvicorn
+
+from ..errors import MinigptError
+from .app import create_app
+from .scheduler import Scheduler
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server that prints one line once it accepts connections."""
+
+    def __init__(self, config, ready_line):
+        super().__init__(config)
+        self.ready_line = ready_line
+
+    async def startup(self, sockets=None):
+        await super().startup(sockets)
+        if self.started:
+            print(self.ready_line, flush=True)
+
+
+def listen(host, port):
+    """A listening socket on host:port (port 0: any free one), or a one-line error."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except (OSError, UnicodeError) as e:
+        raise MinigptError(f"cannot listen on {host}:{port}: {getattr(e, 'strerror', None) or e}") from None
+
+
+def run(model, host="127.0.0.1", port=8080, parallel=1, queue=16, api_key=None):
+    """Serve `model` (an api.Model) until SIGTERM / Ctrl-C."""
+    model.template   # a broken or hostile chat template stops here, before the first request
+    model_id = os.path.basename(model.path).removesuffix(".mgpt")
+    sock = listen(host, port)
+    bound_host, bound_port = sock.getsockname()[:2]
+    url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
+    app = create_app(model, Scheduler(model, parallel, queue), model_id, api_key)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=None)
+    ready = (f"minigpt serve: http://{url_host}:{bound_port} (model {model_id}, {parallel} slot"
+             f"{'s' * (parallel > 1)}, context {model.n_ctx})")
+    server = _Server(config, ready)
+    # SIGTERM (a service manager) and Ctrl-C are how a server is asked to stop: once uvicorn has shut
+    # down gracefully it raises the signal again for the handler it found, this one, so a stop exits 0
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: sys.exit(0))
+    server.run(sockets=[sock])
+    if not server.started:   # uvicorn logged why
+        sys.exit(1)
