@@ -13,21 +13,18 @@ import tempfile
 import threading
 import time
 
+import httpx     # the test extra has the client side and the server's stack (starlette, uvicorn)
 import numpy as np
+import openai
 import pytest
 
-openai = pytest.importorskip("openai")
-httpx = pytest.importorskip("httpx")
-pytest.importorskip("starlette")
-pytest.importorskip("uvicorn")
+import minigpt
+from minigpt.convert import convert
+from minigpt.sampling import SamplerSettings
+from minigpt.serve import scheduler
 
-import minigpt   # noqa: E402
-from minigpt.convert import convert   # noqa: E402
-from minigpt.sampling import SamplerSettings   # noqa: E402
-from minigpt.serve import scheduler   # noqa: E402
-
-from subproc import NEUTRAL_CWD, python_env   # noqa: E402
-from synthetic import tiny_llama   # noqa: E402
+from subproc import NEUTRAL_CWD, python_env
+from synthetic import tiny_llama
 
 KEY = "sekrit"
 START_TIMEOUT = 120   # seconds for the server to load and listen on a busy machine
