@@ -398,6 +398,12 @@ AVX2 static float exp_sum_avx2(float *restrict s, int64_t tn, float m) {
     const __m256 vm = _mm256_set1_ps(m);
     __m256 acc = _mm256_setzero_ps();
     int64_t t = 0;
+    for (; t + 16 <= tn; t += 16) { /* two independent exps in flight: each is a long chain */
+        const __m256 e0 = exp8(_mm256_sub_ps(_mm256_loadu_ps(s + t), vm));
+        const __m256 e1 = exp8(_mm256_sub_ps(_mm256_loadu_ps(s + t + 8), vm));
+        _mm256_storeu_ps(s + t, e0), _mm256_storeu_ps(s + t + 8, e1);
+        acc = _mm256_add_ps(_mm256_add_ps(acc, e0), e1);
+    }
     for (; t + 8 <= tn; t += 8) {
         const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(s + t), vm));
         _mm256_storeu_ps(s + t, e);

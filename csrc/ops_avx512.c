@@ -150,15 +150,26 @@ AVX512 static inline __m512 exp16(__m512 x) {
 }
 
 /* the AVX2 slot's 8 lanes, fed 8 keys at a time in order (the masked tail's lanes add +0: no change) */
+AVX512 static inline __m256 add_halves(__m256 acc, __m512 e) {
+    acc = _mm256_add_ps(acc, _mm512_castps512_ps256(e));
+    return _mm256_add_ps(acc, _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1)));
+}
+
 AVX512 static float exp_sum_avx512(float *restrict s, int64_t tn, float m) {
     const __m512 vm = _mm512_set1_ps(m);
     __m256 acc = _mm256_setzero_ps();
-    for (int64_t t = 0; t < tn; t += 16) {
+    int64_t t = 0;
+    for (; t + 32 <= tn; t += 32) { /* two independent exps in flight: each is a long chain */
+        const __m512 e0 = exp16(_mm512_sub_ps(_mm512_loadu_ps(s + t), vm));
+        const __m512 e1 = exp16(_mm512_sub_ps(_mm512_loadu_ps(s + t + 16), vm));
+        _mm512_storeu_ps(s + t, e0), _mm512_storeu_ps(s + t + 16, e1);
+        acc = add_halves(add_halves(acc, e0), e1);
+    }
+    for (; t < tn; t += 16) {
         const __mmask16 k = tn - t >= 16 ? 0xffff : (__mmask16)((1u << (tn - t)) - 1);
         const __m512 e = _mm512_maskz_mov_ps(k, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, s + t), vm)));
         _mm512_mask_storeu_ps(s + t, k, e);
-        acc = _mm256_add_ps(acc, _mm512_castps512_ps256(e));
-        acc = _mm256_add_ps(acc, _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1)));
+        acc = add_halves(acc, e);
     }
     return hsum8(acc);
 }
