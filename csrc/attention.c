@@ -15,7 +15,7 @@
  * slot t % cap, and a key tile ends where the ring wraps (a global layer's cap exceeds every position,
  * so its tiles never do).
  *
- * An f16 or q8_0 cache is read ATT_KCHUNK keys at a time: K rows converted to float32 into a scratch,
+ * An f16 or q8_0 cache is read in parts of a tile: K rows converted to float32 into a scratch,
  * scored by the same slots, then V rows into the same scratch. A score depends on its key alone, and
  * P.V adds its keys in order, so a tile converted in parts gives the same floats: this is exactly the
  * float32 attention of the decoded cache. An f16 cache skips the scratch where the CPU has the f16
@@ -35,7 +35,7 @@
 #define ATT_KTILE 64          /* keys per tile */
 #define ATT_ROWS 64           /* (query, head) rows per item */
 #define ATT_QO_FLOATS 4096    /* rows * head_dim of an item's q and o scratch (16 KB each, on the stack) */
-#define ATT_KCHUNK 16         /* keys converted at a time (q8_0, and f16 without its slots; f32 in place) */
+#define ATT_KCHUNK 16         /* keys converted at a time in a decode step (q8_0, f16 without its slots) */
 #define ATT_KV_FLOATS 16384   /* keys * head_dim of a converted f16 / q8_0 tile (64 KB, on the stack) */
 #define ATT_MIN_WORK (1 << 15) /* multiply-adds per thread below which attention stays on one thread */
 
@@ -83,13 +83,14 @@ static void attend(const attn_job *jb, int64_t i0, int64_t nq, int64_t j, int64_
     const int64_t cap = jb->cap;
     const uint8_t *kc = jb->kc + j * cap * jb->row_bytes, *vc = jb->vc + j * cap * jb->row_bytes;
     /* f16 keys are read straight from the cache, and so are the values of a decode step (a prefill's
-     * many rows would convert each value row once per 3 rows: converting it once is faster); the
-     * rest is converted ATT_KCHUNK keys at a time, so that reading the next rows from memory
-     * alternates with the work on the last ones */
+     * many rows would convert each value row once per 3 rows: converting it once is faster). What is
+     * converted goes a whole tile at a time in prefill, where the rows are at hand and longer slot
+     * calls pay off (-4 %), and ATT_KCHUNK keys at a time in a decode step, so that reading the next
+     * rows from memory alternates with the work on the last ones */
     const int fused = ap->kv_type == MG_KV_F16 && hd % 8 == 0 && mg_lops.attn_scores_f16 && mg_lops.attn_pv_f16;
     const int fused_v = fused && nq == 1;
-    const int64_t kn = fused ? ATT_KTILE : min64(ATT_KCHUNK, ATT_KV_FLOATS / hd);
-    const int64_t vn = fused_v ? ATT_KTILE : min64(ATT_KCHUNK, ATT_KV_FLOATS / hd);
+    const int64_t part = nq > 1 ? min64(ATT_KTILE, ATT_KV_FLOATS / hd) : min64(ATT_KCHUNK, ATT_KV_FLOATS / hd);
+    const int64_t kn = fused ? ATT_KTILE : part, vn = fused_v ? ATT_KTILE : part;
     float qs[ATT_QO_FLOATS], o[ATT_QO_FLOATS]; /* (R, hd): scaled queries, unnormalized outputs */
     float kvt[ATT_KV_FLOATS];                  /* (kn, hd): f16 / q8_0 rows as float32 */
     float s[ATT_ROWS * ATT_KTILE];              /* (R, ATT_KTILE): scores, then probabilities */
