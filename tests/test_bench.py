@@ -123,3 +123,14 @@ def test_chat_ttft_table(tiny_chat):
     assert [l.split()[0] for l in lines[head + 1:head + 4]] == ["1", "2", "3"]
     assert "TTFT turn 3 / turn 1:" in r.stdout and "turn 3 without cache reuse:" in r.stdout
     assert "interleaved, 20 pairs A B A B" in r.stdout
+
+
+# --- bench/attention.py
+
+def test_attention_ab_against_itself():
+    # the installed _core timed against its own file, loaded a second time: the same floats
+    from minigpt.kernels import _core
+    r = run_python(BENCH / "attention.py", "-n", "20", "-T", "100", "--heads", "4", "--kv-heads", "2",
+                   "--head-dim", "32", "-r", "2", "--baseline", _core.__file__, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "this build / baseline" in r.stdout and "outputs equal" in r.stdout
