@@ -32,10 +32,12 @@ class Browser:
     def __init__(self, binary, width=900, height=700, timeout=60):
         self.timeout = timeout
         self.profile = tempfile.mkdtemp(prefix="minigpt-chromium-")
-        to_browser, self._out = os.pipe()
-        self._in, from_browser = os.pipe()
-        # above 4, so that placing them on 3 and 4 in the child cannot overwrite one with the other
-        to_browser, from_browser = (fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 5) for fd in (to_browser, from_browser))
+        browser_in, self._out = os.pipe()
+        self._in, browser_out = os.pipe()
+        # moved above 4, so that placing them on 3 and 4 in the child cannot overwrite one with the other
+        to_browser, from_browser = (fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 5) for fd in (browser_in, browser_out))
+        os.close(browser_in)
+        os.close(browser_out)
 
         def onto_3_and_4():   # in the child, before exec; dup2 leaves the copies inheritable
             os.dup2(to_browser, 3)
