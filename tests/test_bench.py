@@ -10,6 +10,7 @@ from minigpt.convert import convert
 from minigpt.engine import DEFAULT_KV_TYPE
 from minigpt.format import MgptFile
 
+from serving import tiny_model   # a long context: the tiny model never ends its turn
 from synthetic import tiny_llama
 from subproc import run_minigpt, run_python
 
@@ -134,3 +135,28 @@ def test_attention_ab_against_itself():
                    "--head-dim", "32", "-r", "2", "--baseline", _core.__file__, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "this build / baseline" in r.stdout and "outputs equal" in r.stdout
+
+
+# --- bench/serve.py: the real server on the tiny model, a few short requests
+
+@pytest.fixture(scope="module")
+def tiny_served(tmp_path_factory):
+    return tiny_model(tmp_path_factory.mktemp("bench-serve"))
+
+
+def test_serve_throughput_table(tiny_served):
+    r = run_python(BENCH / "serve.py", "--mgpt", tiny_served, "--engines", "minigpt", "--streams", "1,2",
+                   "--rounds", "1", "--max-tokens", "4", "-t", "1", "--ctx", "512", timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = {tuple(l.split()[:2]): l.split() for l in r.stdout.splitlines() if l.startswith("minigpt ")}
+    assert set(rows) == {("minigpt", "1"), ("minigpt", "2")}
+    assert rows["minigpt", "1"][-1] == "1.00x" and float(rows["minigpt", "2"][2]) > 0
+    assert "tokens [4, 4]" in r.stderr and "load average before:" in r.stdout
+
+
+def test_serve_soak(tiny_served):
+    r = run_python(BENCH / "serve.py", "--mgpt", tiny_served, "--soak", "--requests", "9", "--clients", "3",
+                   "--parallel", "2", "--max-tokens", "6", "-t", "1", "--ctx", "512", timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "soak: 9 requests (+3 warm-up) from 3 clients, 2 slots" in r.stdout
+    assert r.stdout.count("ok   ") == 4 and "FAIL" not in r.stdout

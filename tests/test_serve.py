@@ -5,80 +5,25 @@ Timeouts are generous and nothing is timed: a busy machine makes these slower, n
 
 import asyncio
 import json
-import queue
 import signal
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 
-import httpx     # the test extra has the client side and the server's stack (starlette, uvicorn)
+import httpx
 import numpy as np
 import openai
 import pytest
 
 import minigpt
-from minigpt.convert import convert
 from minigpt.sampling import SamplerSettings
 from minigpt.serve import scheduler
 
-from subproc import NEUTRAL_CWD, python_env
-from synthetic import tiny_llama
-
-KEY = "sekrit"
-START_TIMEOUT = 120   # seconds for the server to load and listen on a busy machine
-TIMEOUT = 120         # seconds for any one request
-ENGLISH = "Tell me about the weather in the mountains."
-CHINESE = "你好，请介绍一下你自己。天气怎么样？"
+from serving import CHINESE, ENGLISH, KEY, TIMEOUT, Server, chat, stream_chat, tiny_model
 
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
-    # a context long enough that a reply left alone takes minutes to fill it (the tiny model writes
-    # newlines forever at temperature 0): only a cancel frees its slot quickly
-    d = tmp_path_factory.mktemp("serve")
-    tiny_llama(d / "tiny.gguf", wtype="Q8_0", ctx=131072)
-    convert(d / "tiny.gguf", d / "tiny.mgpt")
-    return d / "tiny.mgpt"
-
-
-class Server:
-    """`python -m minigpt serve` on a free port, ready once it has printed its address."""
-
-    def __init__(self, path, *extra):
-        self.stderr = tempfile.TemporaryFile("w+")   # a file, not a pipe: a pipe no one reads could fill up
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "minigpt", "serve", "-m", str(path), "--port", "0", *extra],
-            env=python_env(), cwd=NEUTRAL_CWD, stdout=subprocess.PIPE, stderr=self.stderr, text=True)
-        lines = queue.Queue()
-        threading.Thread(target=lambda: [lines.put(line) for line in self.proc.stdout], daemon=True).start()
-        try:
-            ready = lines.get(timeout=START_TIMEOUT)
-        except queue.Empty:
-            self.proc.kill()
-            ready = ""
-        assert ready.startswith("minigpt serve: http://127.0.0.1:"), (ready, self.errors())
-        self.url = ready.split()[2]
-
-    def errors(self):
-        self.stderr.seek(0)
-        return self.stderr.read()
-
-    def client(self, key=KEY):
-        return openai.OpenAI(base_url=self.url + "/v1", api_key=key, timeout=TIMEOUT, max_retries=0)
-
-    def health(self):
-        return httpx.get(self.url + "/health", timeout=TIMEOUT).json()
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        rc = self.proc.wait(timeout=TIMEOUT)
-        self.proc.stdout.close()
-        assert "Traceback" not in self.errors(), self.errors()   # no bug showed on the server's side either
-        self.stderr.close()
-        return rc
+    return tiny_model(tmp_path_factory.mktemp("serve"))
 
 
 @pytest.fixture(scope="module")
@@ -86,16 +31,6 @@ def server(model_path):
     s = Server(model_path, "--parallel", "4", "--api-key", KEY)
     yield s
     s.stop()
-
-
-def chat(client, content, **kw):
-    return client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": content}], **kw)
-
-
-def stream_chat(client, content, **kw):
-    """(text, chunks) of a streamed chat reply."""
-    chunks = list(chat(client, content, stream=True, **kw))
-    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices), chunks
 
 
 # --- the API
