@@ -11,8 +11,8 @@
  *
  * The kernels come from the table it is given (ops.h: mg_kernel_table), because they live in another
  * extension module. Every buffer is allocated once by mg_decoder_create (sized for max_batch tokens);
- * a forward call allocates nothing itself (mg_matmul's prefill path, n >= 3, still mallocs its packing
- * panel). Like kernels.h, this trusts every size and pointer it is given: the caller checks the
+ * a forward call allocates nothing itself (mg_matmul's prefill path, a panel of inputs or more, mallocs its
+ * packing panels). Like kernels.h, this trusts every size and pointer it is given: the caller checks the
  * weights against the config once, the cache once when it is bound, and ids and positions on every
  * call. A decoder is not reentrant: one forward at a time.
  *
