@@ -12,14 +12,19 @@ out[i, :] from x[i, :] alone, but not always in an order independent of how many
   matrix whose weights have no int kernels, f32 / f16) take csrc/matmul.c's dot products per row
   below one panel of the GEMM (mi rows: 16 with AVX2, 8 in portable C) and the packed GEMM from
   there, which sums in another order (column chunk after chunk). A row alone and the same row among
-  fewer than mi rows are summed alike: decode steps of a few sequences are bit for bit the sequences
-  alone at every precision. A step that carries a prompt chunk beside them (mi rows or more in all)
-  sums their rows in the GEMM's order where alone they were dot products: a few float32 ulps apart,
-  and the f16 cache a half's ulp where a value sits near a rounding edge. NumPy's BLAS and numba's
-  tiles differ by row count the same way. There the batch is held to float32 tolerances.
+  fewer than mi rows are summed alike.
+
+So in C: at 'balanced' over x8-packed weights (every layer's matmul on int kernels, the head on one
+row per sequence) a step of fewer than mi sequences is bit for bit the sequences alone, prompts
+included; so is a step of decodes of a few sequences at every precision. A float32 matmul that sees
+mi rows or more batched but fewer alone (at 'exact', decodes beside a prompt chunk) sums their rows
+in the GEMM's order where alone they were dot products: a few float32 ulps apart, and the f16 cache a
+half's ulp where a value sits near a rounding edge. NumPy's BLAS and numba's tiles differ by row
+count the same way. There the batch is held to float32 tolerances.
 
 Attention, RoPE and the K/V writes are each sequence's own, at its own positions: they run exactly as
-in the sequence's solo prefill, chunk for chunk.
+in the sequence's solo prefill when the batch cuts a prompt into the chunks prefill cuts (a prompt
+longer than a pass is cut elsewhere: held to tolerances).
 """
 
 import numpy as np
@@ -133,6 +138,21 @@ def test_decode_steps_of_a_few_sequences_are_bit_exact(model_files, name, kv_typ
     pytest.importorskip("minigpt.engine._cdecoder")
     m = load(model_files, name, "c", precision=precision, kv_type=kv_type)
     want, got, solo, batch = solo_and_batch(m, name, steps=3, prompt=False)
+    for w, g in zip(want, got):
+        np.testing.assert_array_equal(g, w)
+    assert_caches(solo, batch, exact=True)
+
+
+@pytest.mark.parametrize("kv_type", ["f32", "f16"])
+@pytest.mark.parametrize("name", MODELS)
+def test_balanced_steps_with_a_prompt_are_bit_exact(model_files, name, kv_type):
+    # a prompt beside decodes: the layers' matmuls on x8 int kernels, the float32 head on one row per sequence
+    _core = pytest.importorskip("minigpt.kernels._core")
+    qtype = MODELS[name][0]["wtype"].lower()
+    if not _core.x8_supported(qtype):
+        pytest.skip(f"no x8 kernels for {qtype} on {_core.isa()}: its int16 matmuls run on float32 activations")
+    m = load(model_files, name, "c", kv_type=kv_type)
+    want, got, solo, batch = solo_and_batch(m, name, steps=2)
     for w, g in zip(want, got):
         np.testing.assert_array_equal(g, w)
     assert_caches(solo, batch, exact=True)
