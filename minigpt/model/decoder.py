@@ -130,8 +130,8 @@ def forward_batch(cfg: Config, w, kern, seqs, rope, all_logits=False):
     f, hd, eps = cfg.features, cfg.head_dim, cfg.norm_eps
     act = ACTS[f.act]
     lens = [len(ids) for ids, _, _ in seqs]
-    ends = np.cumsum(lens)                                                        # each sequence's rows end here
-    pos = np.concatenate([np.arange(start, start + m) for (_, start, _), m in zip(seqs, lens)])   # [n]
+    ends = np.cumsum(lens)   # sequence s owns rows [ends[s] - lens[s], ends[s])
+    pos = np.concatenate([np.arange(start, start + m) for (_, start, _), m in zip(seqs, lens)])   # [n] positions
     n = len(pos)
     ids = np.concatenate([np.asarray(ids, dtype=np.int64) for ids, _, _ in seqs])
     x = kern.get_rows(w["tok_embd"].data, w["tok_embd"].qtype, ids)   # [n, d]
