@@ -192,8 +192,9 @@ def test_bad_batches_are_refused_whole(model_files, backend):
         ([(a, [1]), (b, [V])], ArgumentError, "items\\[1\\] ids\\[0\\]"),
         ([(a, [1]), (b, "hi")], ArgumentTypeError, "items\\[1\\] ids"),
         ([(a, [1.0])], ArgumentTypeError, "items\\[0\\] ids\\[0\\]"),
-        ([], ArgumentTypeError, "non-empty list"),
-        ((a, [1]), ArgumentTypeError, "items\\[0\\]"),
+        ((a, [1]), ArgumentTypeError, "items\\[0\\] must be a tuple"),
+        (None, ArgumentTypeError, "items must be a list of \\(KVCache, ids\\), got NoneType"),
+        ([(a, [1]), "a"], ArgumentTypeError, "items\\[1\\] must be a tuple"),
         ([([1], a)], ArgumentTypeError, "items\\[0\\] must be a tuple \\(KVCache, ids\\)"),
     ]
     for items, error, msg in bad:
@@ -202,6 +203,7 @@ def test_bad_batches_are_refused_whole(model_files, backend):
         assert "\n" not in str(e.value)
         assert (a.pos, b.pos, full.pos) == (0, 0, 7)
     assert len(m.engine.forward_batch([(a, [1, 2]), (b, [3]), (full, [4])])) == 3
+    assert m.engine.forward_batch([]) == []   # a server's step whose requests all went away
 
 
 def test_c_decoder_checks_a_batch(model_files):

@@ -121,15 +121,16 @@ class Engine:
 
     def forward_batch(self, items):
         """Append each sequence's ids to its own cache, the sequences sharing forward passes: items is a
-        list of (cache, ids), no cache twice. Returns, in order, each item's logits [vocab] for its last token.
+        list of (cache, ids), no cache twice. Returns, in order, each item's logits [vocab] for its last token
+        (none for no items: a server's step may find every request gone).
 
         A pass reads every weight once for all the rows it carries, which is why decoding several
         sequences together costs little more than one. It takes at most PREFILL_CHUNK tokens in all
         (and at most a cache's chunk from one sequence), the sequences with fewest tokens left first:
         a long prompt is prefilled over several passes, the first carrying the others' decode tokens.
         """
-        if not isinstance(items, (list, tuple)) or not items:
-            raise ArgumentTypeError(f"items must be a non-empty list of (KVCache, ids), got {type(items).__name__}")
+        if not isinstance(items, (list, tuple)):
+            raise ArgumentTypeError(f"items must be a list of (KVCache, ids), got {type(items).__name__}")
         caches, left = [], []   # each sequence's cache, and its ids not yet run
         for k, item in enumerate(items):
             if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], KVCache)):
