@@ -107,15 +107,38 @@ static void norm_rows(const mg_ops *ops, float *x, const mg_weight *g, float *tm
     memcpy(x, tmp, (size_t)(rows * width) * sizeof(float));
 }
 
-int mg_decoder_forward(mg_decoder *ctx, const int64_t *ids, int64_t n, int64_t start, const mg_kv_cache *kv,
-                       float *logits_out, int all_logits) {
+/* The steps of a layer whose rows see only their own sequence: RoPE at its positions, its K/V into
+ * its cache, its queries' attention over that cache. Its rows of the batch start at `row`. */
+static void attend(const mg_decoder *ctx, const mg_decoder_layer *L, int64_t li, const mg_seq *seq, int64_t row) {
+    const mg_decoder_config *cfg = &ctx->cfg;
+    const mg_ops *ops = ctx->kern->ops;
+    const int64_t hd = cfg->head_dim, H = cfg->n_heads, KV = cfg->n_kv_heads, half = cfg->rope_dim / 2;
+    const int64_t n = seq->n, start = seq->start, cap = seq->kv->cap[li], rb = mg_kv_row_bytes(seq->kv->type, hd);
+    float *q = ctx->q + row * H * hd, *k = ctx->k + row * KV * hd, *v = ctx->v + row * KV * hd;
+    uint8_t *kc = (uint8_t *)seq->kv->k[li], *vc = (uint8_t *)seq->kv->v[li];
+    const float *cos_t = L->rope_cos + start * half, *sin_t = L->rope_sin + start * half;
+    void (*const rope)(float *, int64_t, int64_t, int64_t, int64_t, const float *, const float *) =
+        cfg->rope_neox ? ops->rope_neox : ops->rope;
+    const mg_attn_params ap = {H, KV, hd, cfg->query_scale, L->window, seq->kv->type};
+
+    rope(q, n, H, hd, cfg->rope_dim, cos_t, sin_t);
+    rope(k, n, KV, hd, cfg->rope_dim, cos_t, sin_t);
+    for (int64_t i = 0; i < n; i++) /* (n, KV, hd) -> cache (KV, cap, row) at slot (start + i) % cap */
+        for (int64_t j = 0; j < KV; j++) {
+            const int64_t at = (j * cap + (start + i) % cap) * rb;
+            store_row(ops, seq->kv->type, k + (i * KV + j) * hd, kc + at, hd);
+            store_row(ops, seq->kv->type, v + (i * KV + j) * hd, vc + at, hd);
+        }
+    ctx->kern->attention(&ap, q, kc, vc, ctx->att + row * H * hd, n, start, cap);
+}
+
+int mg_decoder_forward_multi(mg_decoder *ctx, const int64_t *ids, int64_t n, const mg_seq *seqs, int64_t n_seqs,
+                             float *logits_out, int all_logits) {
     const mg_decoder_config *cfg = &ctx->cfg;
     const mg_decoder_weights *w = &ctx->w;
     const mg_ops *ops = ctx->kern->ops;
     const int64_t d = cfg->dim, hd = cfg->head_dim, H = cfg->n_heads, KV = cfg->n_kv_heads;
-    const int64_t qd = H * hd, kvd = KV * hd, hid = cfg->hidden_dim, half = cfg->rope_dim / 2;
-    void (*const rope)(float *, int64_t, int64_t, int64_t, int64_t, const float *, const float *) =
-        cfg->rope_neox ? ops->rope_neox : ops->rope;
+    const int64_t qd = H * hd, kvd = KV * hd, hid = cfg->hidden_dim;
     void (*const act)(float *, const float *, int64_t) = cfg->act == MG_ACT_GELU_TANH ? ops->geglu : ops->swiglu;
     int err;
 
@@ -125,11 +148,6 @@ int mg_decoder_forward(mg_decoder *ctx, const int64_t *ids, int64_t n, int64_t s
         for (int64_t j = 0; j < n * d; j++) ctx->x[j] *= cfg->embed_scale;
     for (int64_t li = 0; li < cfg->n_layers; li++) {
         const mg_decoder_layer *L = &w->layers[li];
-        const int64_t cap = kv->cap[li];
-        uint8_t *kc = (uint8_t *)kv->k[li], *vc = (uint8_t *)kv->v[li];
-        const int64_t rb = mg_kv_row_bytes(kv->type, hd);
-        const float *cos_t = L->rope_cos + start * half, *sin_t = L->rope_sin + start * half;
-        const mg_attn_params ap = {H, KV, hd, cfg->query_scale, L->window, kv->type};
 
         ops->rms_norm(ctx->x, (const float *)L->attn_norm.data, ctx->xb, n, d, cfg->norm_eps);
         if ((err = mm(ctx, ctx->xb, &L->wq, ctx->q, n, qd, d))) return err;
@@ -144,15 +162,7 @@ int mg_decoder_forward(mg_decoder *ctx, const int64_t *ids, int64_t n, int64_t s
             norm_rows(ops, ctx->q, &L->q_norm, ctx->qn, n * H, hd, cfg->norm_eps);
             norm_rows(ops, ctx->k, &L->k_norm, ctx->qn, n * KV, hd, cfg->norm_eps);
         }
-        rope(ctx->q, n, H, hd, cfg->rope_dim, cos_t, sin_t);
-        rope(ctx->k, n, KV, hd, cfg->rope_dim, cos_t, sin_t);
-        for (int64_t i = 0; i < n; i++) /* (n, KV, hd) -> cache (KV, cap, row) at slot (start + i) % cap */
-            for (int64_t j = 0; j < KV; j++) {
-                const int64_t at = (j * cap + (start + i) % cap) * rb;
-                store_row(ops, kv->type, ctx->k + (i * KV + j) * hd, kc + at, hd);
-                store_row(ops, kv->type, ctx->v + (i * KV + j) * hd, vc + at, hd);
-            }
-        ctx->kern->attention(&ap, ctx->q, kc, vc, ctx->att, n, start, cap);
+        for (int64_t s = 0, row = 0; s < n_seqs; row += seqs[s++].n) attend(ctx, L, li, &seqs[s], row);
         if ((err = mm(ctx, ctx->att, &L->wo, ctx->xo, n, d, qd))) return err;
         if (L->post_attn_norm.data) norm_rows(ops, ctx->xo, &L->post_attn_norm, ctx->xb, n, d, cfg->norm_eps);
         ops->add(ctx->x, ctx->xo, n * d);
@@ -166,8 +176,19 @@ int mg_decoder_forward(mg_decoder *ctx, const int64_t *ids, int64_t n, int64_t s
         ops->add(ctx->x, ctx->xo, n * d);
     }
     if (!logits_out) return MG_OK;
-    const int64_t rows = all_logits ? n : 1;
-    const float *xl = ctx->x + (n - rows) * d;
-    ops->rms_norm(xl, (const float *)w->output_norm.data, ctx->xb, rows, d, cfg->norm_eps);
-    return mm(ctx, ctx->xb, &w->output, logits_out, rows, cfg->vocab_size, d);
+    const float *g = (const float *)w->output_norm.data;
+    if (all_logits)
+        ops->rms_norm(ctx->x, g, ctx->xb, n, d, cfg->norm_eps);
+    else   /* each sequence's last row, side by side: the head is read once for all of them */
+        for (int64_t s = 0, end = 0; s < n_seqs; s++) {
+            end += seqs[s].n;
+            ops->rms_norm(ctx->x + (end - 1) * d, g, ctx->xb + s * d, 1, d, cfg->norm_eps);
+        }
+    return mm(ctx, ctx->xb, &w->output, logits_out, all_logits ? n : n_seqs, cfg->vocab_size, d);
+}
+
+int mg_decoder_forward(mg_decoder *ctx, const int64_t *ids, int64_t n, int64_t start, const mg_kv_cache *kv,
+                       float *logits_out, int all_logits) {
+    const mg_seq seq = {n, start, kv};
+    return mg_decoder_forward_multi(ctx, ids, n, &seq, 1, logits_out, all_logits);
 }

@@ -11,10 +11,14 @@
  *
  * The kernels come from the table it is given (ops.h: mg_kernel_table), because they live in another
  * extension module. Every buffer is allocated once by mg_decoder_create (sized for max_batch tokens);
- * a forward call allocates nothing itself (mg_matmul's prefill path, n >= 3, still mallocs its packing
- * panel). Like kernels.h, this trusts every size and pointer it is given: the caller checks the
+ * a forward call allocates nothing itself (mg_matmul's prefill path, a panel of inputs or more, mallocs its
+ * packing panels). Like kernels.h, this trusts every size and pointer it is given: the caller checks the
  * weights against the config once, the cache once when it is bound, and ids and positions on every
  * call. A decoder is not reentrant: one forward at a time.
+ *
+ * Several independent sequences (a server's conversations) can share one forward: their rows are
+ * stacked for the matmuls, which dominate decode by reading every weight once per call, however many
+ * rows it carries (mg_decoder_forward_multi).
  */
 #ifndef MINIGPT_DECODER_H
 #define MINIGPT_DECODER_H
@@ -96,13 +100,26 @@ mg_decoder *mg_decoder_create(const mg_kernel_table *kt, const mg_decoder_config
 
 void mg_decoder_free(mg_decoder *dec);
 
-/* Run ids[0 .. n) at positions [start, start + n), 1 <= n <= max_batch, start + n <= n_rope.
- * kv: positions before start already filled (those each query sees); [start, start + n) are
- *     written.                                                                               IN/OUT
- * logits_out: (n, vocab_size) if all_logits else (1, vocab_size) for the last token; NULL skips
- *             the final norm and head (an earlier chunk of a long prompt).                   OUT
+/* One sequence of a batch: n rows of it, the tokens at positions [start, start + n) of its cache. */
+typedef struct {
+    int64_t n, start;
+    const mg_kv_cache *kv; /* positions before start filled; [start, start + n) are written      IN/OUT */
+} mg_seq;
+
+/* Run the n = sum of seqs[s].n tokens ids[0 .. n) of n_seqs sequences as one batch, 1 <= n <= max_batch.
+ * The matmuls take every row at once (each weight is read once for all sequences); RoPE, the K/V
+ * writes and attention take each sequence's rows at its own positions, in its own cache. Sequence s
+ * owns the seqs[s].n >= 1 rows after those of the sequences before it; start + n <= n_rope; no two
+ * share a cache.
+ * logits_out: (n, vocab_size) if all_logits else (n_seqs, vocab_size), each sequence's last row;
+ *             NULL skips the final norm and head.                                            OUT
  * Returns MG_OK or a kernels.h error code (MG_ENOMEM from a matmul). */
+int mg_decoder_forward_multi(mg_decoder *dec, const int64_t *ids, int64_t n, const mg_seq *seqs, int64_t n_seqs,
+                             float *logits_out, int all_logits);
+
+/* The batch of one sequence: ids[0 .. n) at positions [start, start + n), its logits (n, vocab_size)
+ * if all_logits else (1, vocab_size) of the last token. */
 int mg_decoder_forward(mg_decoder *dec, const int64_t *ids, int64_t n, int64_t start, const mg_kv_cache *kv,
-                     float *logits_out, int all_logits);
+                       float *logits_out, int all_logits);
 
 #endif /* MINIGPT_DECODER_H */

@@ -1,9 +1,11 @@
 /* Drivers: out[n, rows] = x[n, cols] @ W^T for every weight type, plus row gather and dequantize.
  *
  * Two regimes:
- *   decode  (n < MIN_GEMM_N): memory bound. Each weight row is read once and dotted, still quantized,
- *           with each input (mg_traits[].vec_dot).
- *   prefill (n >= MIN_GEMM_N): compute bound. Inputs are packed into panels of mi rows laid side by
+ *   decode  (n < mi): memory bound. Each weight row is read once and dotted, still quantized, with
+ *           each input (mg_traits[].vec_dot). Also a batch of a few sequences' decode steps: below one
+ *           panel the GEMM would do a whole panel's work (on AVX2, 16 q8_0 rows dotted cost about what
+ *           one padded panel does; 3 rows, a fifth of it).
+ *   prefill (n >= mi): compute bound. Inputs are packed into panels of mi rows laid side by
  *           side ([cols, mi]); each weight block is dequantized once into a small float buffer of nr
  *           rows x KC columns and applied to every panel by the float tile kernel (mg_gemm.tile).
  * Threads split the weight rows; each thread writes only its own columns of out.
@@ -20,7 +22,6 @@
 
 #define KC 256         /* columns per chunk, a multiple of MG_QK: nr rows of it (<= 8 KB) stay in L1 */
 #define GROUP_N 256    /* inputs packed per pass: bounds scratch memory; KC x GROUP_N floats fit L2 */
-#define MIN_GEMM_N 3   /* below this many inputs, n quantized dot products beat dequantize + pack */
 #define ROW_ALIGN 16   /* thread row ranges start on 64-byte boundaries of an out row */
 #define MIN_WORK (1 << 16) /* multiply-adds per thread below which waking another one does not pay */
 #define Q8_GROUP_N 64  /* inputs per pass over a thread's weight rows: 64 rows of q8 blocks stay in L2 */
@@ -176,12 +177,12 @@ int mg_matmul(const float *restrict x, const void *restrict w, float *restrict o
     }
     matmul_job jb = {x, (const uint8_t *)w, out, &mg_traits[qtype], mg_gemm, n, rows, cols,
                      mg_row_bytes(qtype, cols), NULL};
-    if (n < MIN_GEMM_N) {
+    const int mi = jb.gk.mi;
+    if (n < mi) {
         mg_parallel(matvec_task, &jb, useful_threads(n, rows, cols));
         return MG_OK;
     }
     /* out is written per input row, so a group of inputs is just a smaller matmul */
-    const int mi = jb.gk.mi;
     const int64_t group = min64(n, GROUP_N);
     float *xp = (float *)malloc((size_t)((group + mi - 1) / mi * mi * cols) * sizeof(float));
     if (!xp) return MG_ENOMEM;

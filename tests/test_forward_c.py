@@ -53,7 +53,7 @@ def close(got, ref, rel=1e-4):
 
 def same(got, ref, rel=1e-4):
     """The C decoder's output is the NumPy decoder's: the same bits where the twins apply, if both ran
-    the same chunks (float32 matmuls sum in another order for fewer than 3 inputs than for more)."""
+    the same chunks (float32 matmuls sum in another order below one GEMM panel of inputs than above)."""
     if TWIN:
         assert got.shape == ref.shape and got.dtype == np.float32
         np.testing.assert_array_equal(got, ref)

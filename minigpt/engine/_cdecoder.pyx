@@ -63,11 +63,17 @@ cdef extern from "decoder.h" nogil:
     ctypedef struct mg_decoder:
         pass
 
+    ctypedef struct mg_seq:
+        int64_t n, start
+        const mg_kv_cache *kv
+
     mg_decoder *mg_decoder_create(const mg_kernel_table *kt, const mg_decoder_config *cfg,
                                   const mg_decoder_weights *w, int64_t max_batch)
     void mg_decoder_free(mg_decoder *dec)
     int mg_decoder_forward(mg_decoder *dec, const int64_t *ids, int64_t n, int64_t start, const mg_kv_cache *kv,
                            float *logits_out, int all_logits)
+    int mg_decoder_forward_multi(mg_decoder *dec, const int64_t *ids, int64_t n, const mg_seq *seqs, int64_t n_seqs,
+                                 float *logits_out, int all_logits)
 
 _ACTS = {"silu": MG_ACT_SILU, "gelu_tanh": MG_ACT_GELU_TANH}
 _KV_CODES = {"f32": MG_KV_F32, "f16": MG_KV_F16, "q8_0": MG_KV_Q8_0}   # quant.KV_TYPES -> enum mg_kv_type
@@ -82,6 +88,13 @@ cdef const mg_kernel_table *_kernels = <const mg_kernel_table *>PyCapsule_GetPoi
 cdef cnp.ndarray _check_f32(object a, str what, tuple shape, int writeable=False):
     """a must be a C-contiguous, aligned float32 ndarray of exactly `shape` (the kernels' own check)."""
     return _core.check_array(a, what, np.float32, shape, writeable)
+
+
+cdef _raise_for(int err):
+    if err == MG_ENOMEM:
+        raise MemoryError("out of memory for matmul scratch space")
+    if err != MG_OK:
+        raise RuntimeError(f"kernel error {err}")
 
 
 cdef class _Bound
@@ -246,6 +259,62 @@ cdef class CDecoder:
         sliding-window layer that or a ring of cap >= window + n - 1. start + n <= n_rope.
         Returns logits float32 [n, vocab] if all_logits else [1, vocab] (the last position), in `out`
         when given."""
+        cdef cnp.ndarray idarr = self._check_run(ids, start, cache)
+        cdef int64_t n = idarr.shape[0], s = start
+        cdef cnp.ndarray oarr = self._logits_out(out, n if all_logits else 1, [cache])
+        cdef const int64_t *idp = <const int64_t *>cnp.PyArray_DATA(idarr)
+        cdef float *op = <float *>cnp.PyArray_DATA(oarr)
+        cdef int err
+        with self._lock:
+            with nogil:
+                err = mg_decoder_forward(self.dec, idp, n, s, &cache.kv, op, all_logits)
+        _raise_for(err)
+        return oarr
+
+    def forward_batch(self, seqs, out=None):
+        """Run several sequences in one batch: seqs is a list of (ids, start, bound cache), each as forward
+        takes them, no two with the same cache, at most max_batch tokens in all. The matmuls take every
+        sequence's rows at once (each weight read once for all of them); RoPE, K/V and attention are each
+        sequence's own. Returns logits float32 [len(seqs), vocab], each sequence's last position, in
+        `out` when given."""
+        if not isinstance(seqs, (list, tuple)) or not seqs:
+            raise ValueError("seqs must be a non-empty list of (ids, start, bound cache)")
+        ids, caches, starts = [], [], []
+        for k, item in enumerate(seqs):
+            if not isinstance(item, tuple) or len(item) != 3:
+                raise ValueError(f"seqs[{k}] must be a tuple (ids, start, bound cache)")
+            if not isinstance(item[2], _Bound):
+                raise TypeError(f"seqs[{k}]: the cache must be bound by CDecoder.bind")
+            ids.append(self._check_run(item[0], item[1], item[2]))
+            for j, other in enumerate(caches):
+                if (<_Bound>item[2]).shares(other):
+                    raise ValueError(f"seqs[{j}] and seqs[{k}] share a cache: each sequence needs its own")
+            caches.append(item[2])
+            starts.append(item[1])
+        cdef cnp.ndarray idarr = np.concatenate(ids)
+        cdef int64_t n = idarr.shape[0], n_seqs = len(seqs), i
+        if n > self.max_batch:
+            raise ValueError(f"the sequences hold {n} tokens in all, more than max_batch {self.max_batch}")
+        cdef cnp.ndarray oarr = self._logits_out(out, n_seqs, caches)
+        cdef mg_seq *sq = <mg_seq *>malloc(n_seqs * sizeof(mg_seq))
+        if sq == NULL:
+            raise MemoryError()
+        for i in range(n_seqs):
+            sq[i].n, sq[i].start, sq[i].kv = ids[i].shape[0], starts[i], &(<_Bound>caches[i]).kv
+        cdef const int64_t *idp = <const int64_t *>cnp.PyArray_DATA(idarr)
+        cdef float *op = <float *>cnp.PyArray_DATA(oarr)
+        cdef int err
+        try:
+            with self._lock:
+                with nogil:
+                    err = mg_decoder_forward_multi(self.dec, idp, n, sq, n_seqs, op, False)
+        finally:
+            free(sq)
+        _raise_for(err)
+        return oarr
+
+    cdef cnp.ndarray _check_run(self, ids, start, _Bound cache):
+        """ids as a contiguous int64 array, once they, start and cache are checked for a forward call."""
         cdef mg_decoder_config *c = &self.c
         if cache.owner is not self:
             raise ValueError("the cache was bound by another decoder")
@@ -270,23 +339,18 @@ cdef class CDecoder:
             if cap < s + n and not (win and cap >= win + n - 1):
                 raise ValueError(f"layer {i}: positions {s}..{s + n} do not fit its cache of {cap} slots"
                                  + (f" (window {win}: a ring needs {win + n - 1})" if win else ""))
-        cdef int64_t rows = n if all_logits else 1
-        cdef cnp.ndarray oarr
+        return idarr
+
+    cdef cnp.ndarray _logits_out(self, out, int64_t rows, list caches):
+        """out, checked to take `rows` logits without overlapping a cache or a weight; a new array if None."""
         if out is None:
-            oarr = np.empty((rows, c.vocab_size), dtype=np.float32)
-        else:
-            oarr = _check_f32(out, "out", (rows, c.vocab_size), writeable=True)
-            if cache.overlaps(oarr) or self.overlaps(oarr):
+            return np.empty((rows, self.c.vocab_size), dtype=np.float32)
+        cdef cnp.ndarray oarr = _check_f32(out, "out", (rows, self.c.vocab_size), writeable=True)
+        if self.overlaps(oarr):
+            raise ValueError("out must not overlap the cache or a weight")
+        for b in caches:
+            if (<_Bound>b).overlaps(oarr):
                 raise ValueError("out must not overlap the cache or a weight")
-        cdef float *op = <float *>cnp.PyArray_DATA(oarr)
-        cdef int err
-        with self._lock:
-            with nogil:
-                err = mg_decoder_forward(self.dec, idp, n, s, &cache.kv, op, all_logits)
-        if err == MG_ENOMEM:
-            raise MemoryError("out of memory for matmul scratch space")
-        if err != MG_OK:
-            raise RuntimeError(f"kernel error {err}")
         return oarr
 
     cdef bint overlaps(self, cnp.ndarray a):
@@ -305,6 +369,7 @@ cdef class _Bound:
     cdef readonly str kv_type
     cdef void **ptrs         # (2 * n_layers,): keys, then values
     cdef int64_t *caps       # (n_layers,)
+    cdef uintptr_t lo, hi    # the span [lo, hi) of every buffer
     cdef mg_kv_cache kv
 
     def __cinit__(self):
@@ -339,6 +404,7 @@ cdef class _Bound:
         self.kv.k, self.kv.v, self.kv.cap = self.ptrs, self.ptrs + L, self.caps
         self.kv.type = _KV_CODES[self.kv_type]
         self.owner, self._arrays = owner, arrays
+        self.lo, self.hi = min(_begin(a) for a in arrays), max(_end(a) for a in arrays)
 
     @staticmethod
     def _buffers(CDecoder owner, cache, str what):
@@ -369,5 +435,16 @@ cdef class _Bound:
         cdef uintptr_t a0 = _begin(a), a1 = _end(a)
         for b in self._arrays:
             if a0 < _end(b) and _begin(b) < a1:
+                return True
+        return False
+
+    cdef bint shares(self, _Bound other):
+        """Whether any buffer of other overlaps one of these (two bindings of one cache, say)."""
+        if other is self:
+            return True
+        if not (self.lo < other.hi and other.lo < self.hi):   # the usual case: apart, a check of two spans
+            return False
+        for b in other._arrays:
+            if self.overlaps(b):
                 return True
         return False

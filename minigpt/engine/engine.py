@@ -4,7 +4,7 @@ import numpy as np
 
 from .. import args, kernels
 from ..config import Config
-from ..errors import ArgumentError, MinigptError
+from ..errors import ArgumentError, ArgumentTypeError, MinigptError
 from ..model import decoder
 from ..model.weights import MATRICES, Weight, head_name
 from .cache import DEFAULT_KV_TYPE, PREFILL_CHUNK, KVCache
@@ -41,6 +41,9 @@ class PyDecoder:
 
     def forward(self, ids, start, cache, all_logits=False):
         return decoder.forward(self.cfg, self.weights, self.kern, cache, ids, start, self.rope, all_logits)
+
+    def forward_batch(self, seqs):
+        return decoder.forward_batch(self.cfg, self.weights, self.kern, seqs, self.rope)
 
 
 def prepare_weights(cfg: Config, weights, kern, precision, release=None):
@@ -110,12 +113,57 @@ class Engine:
             c.tokens.extend(part)
             if progress:
                 progress(s + len(part), len(ids))
-        logits = np.concatenate(outs) if all_logits else outs[-1][0]
-        if not np.isfinite(logits).all():
-            raise MinigptError("the model produced non-finite values: the file may be corrupt "
-                               "(check it with `minigpt info --verify`)")
-        return logits
+        return _finite(np.concatenate(outs) if all_logits else outs[-1][0])
 
     def decode_step(self, token, cache=None):
         """Append one token to the cache (default: the engine's own); logits [vocab] for the next."""
         return self.prefill([token], cache=cache)
+
+    def forward_batch(self, items):
+        """Append each sequence's ids to its own cache, the sequences sharing forward passes: items is a
+        list of (cache, ids), no cache twice. Returns, in order, each item's logits [vocab] for its last token
+        (none for no items: a server's step may find every request gone).
+
+        A pass reads every weight once for all the rows it carries, which is why decoding several
+        sequences together costs little more than one. It takes at most PREFILL_CHUNK tokens in all
+        (and at most a cache's chunk from one sequence), the sequences with fewest tokens left first:
+        a long prompt is prefilled over several passes, the first carrying the others' decode tokens.
+        """
+        if not isinstance(items, (list, tuple)):
+            raise ArgumentTypeError(f"items must be a list of (KVCache, ids), got {type(items).__name__}")
+        caches, left = [], []   # each sequence's cache, and its ids not yet run
+        for k, item in enumerate(items):
+            if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], KVCache)):
+                raise ArgumentTypeError(f"items[{k}] must be a tuple (KVCache, ids)")
+            c, ids = item[0], args.token_ids(f"items[{k}] ids", item[1], self.cfg.vocab_size)
+            if not ids:
+                raise ArgumentError(f"nothing to evaluate: items[{k}] has no ids")
+            for j, other in enumerate(caches):
+                if other is c:
+                    raise ArgumentError(f"items[{j}] and items[{k}] have the same cache: each sequence needs its own")
+            if c.pos + len(ids) > c.n_ctx:
+                raise ContextFullError(f"context full: items[{k}]: {c.pos} + {len(ids)} tokens > n_ctx {c.n_ctx}")
+            caches.append(c)
+            left.append(ids)
+        logits = [None] * len(caches)
+        while any(left):
+            room, step = PREFILL_CHUNK, []
+            for k in sorted(range(len(caches)), key=lambda k: len(left[k])):
+                take = min(len(left[k]), caches[k].chunk, room)
+                if take:
+                    step.append((k, left[k][:take]))
+                    left[k], room = left[k][take:], room - take
+            out = self.decoder.forward_batch([(part, caches[k].pos, caches[k].bound(self.decoder))
+                                              for k, part in step])   # the GIL released in C
+            for (k, part), row in zip(step, out):
+                caches[k].tokens.extend(part)
+                if not left[k]:
+                    logits[k] = _finite(row)
+        return logits
+
+
+def _finite(logits):
+    if not np.isfinite(logits).all():
+        raise MinigptError("the model produced non-finite values: the file may be corrupt "
+                           "(check it with `minigpt info --verify`)")
+    return logits

@@ -117,9 +117,24 @@ def forward(cfg: Config, w, kern, cache, ids, start, rope, all_logits=False):
     (cos, sin) tables (layer_ropes). Returns logits [n, vocab] if all_logits else [1, vocab] (the
     last position).
     """
-    f, n, hd, eps = cfg.features, len(ids), cfg.head_dim, cfg.norm_eps
+    return forward_batch(cfg, w, kern, [(ids, start, cache)], rope, all_logits)
+
+
+def forward_batch(cfg: Config, w, kern, seqs, rope, all_logits=False):
+    """forward() of several sequences at once: seqs is a list of (ids, start, cache), each as forward
+    takes them, no two with the same cache. Their rows are stacked, n = every sequence's tokens, for
+    every step but RoPE's angles (each token's own position), the K/V writes and attention (each
+    sequence's own cache). Returns logits [n, vocab] if all_logits else [len(seqs), vocab] (each
+    sequence's last position).
+    """
+    f, hd, eps = cfg.features, cfg.head_dim, cfg.norm_eps
     act = ACTS[f.act]
-    x = kern.get_rows(w["tok_embd"].data, w["tok_embd"].qtype, np.asarray(ids, dtype=np.int64))   # [n, d]
+    lens = [len(ids) for ids, _, _ in seqs]
+    ends = np.cumsum(lens)   # sequence s owns rows [ends[s] - lens[s], ends[s])
+    pos = np.concatenate([np.arange(start, start + m) for (_, start, _), m in zip(seqs, lens)])   # [n] positions
+    n = len(pos)
+    ids = np.concatenate([np.asarray(ids, dtype=np.int64) for ids, _, _ in seqs])
+    x = kern.get_rows(w["tok_embd"].data, w["tok_embd"].qtype, ids)   # [n, d]
     if f.embed_scale:
         x *= np.float32(cfg.embed_scale)
     for i in range(cfg.n_layers):
@@ -131,11 +146,15 @@ def forward(cfg: Config, w, kern, cache, ids, start, rope, all_logits=False):
         q, k, v = q.reshape(n, cfg.n_heads, hd), k.reshape(n, cfg.n_kv_heads, hd), v.reshape(n, cfg.n_kv_heads, hd)
         if f.qk_norm:
             q, k = rms_norm(q, L("q_norm").data, eps), rms_norm(k, L("k_norm").data, eps)
-        cos, sin = rope[i][0][start:start + n], rope[i][1][start:start + n]
+        cos, sin = rope[i][0][pos], rope[i][1][pos]
         apply_rope(q, cos, sin, cfg.rope_dim, f.rope_neox)
         apply_rope(k, cos, sin, cfg.rope_dim, f.rope_neox)
-        store_kv(cache[0][i], cache[1][i], k, v, start)
-        a = kern.attention(np.ascontiguousarray(q), cache[0][i], cache[1][i], start, cfg.query_scale, cfg.windows[i])
+        a = np.empty((n, cfg.n_heads * hd), np.float32)
+        for (_, start, (kc, vc)), r1, m in zip(seqs, ends, lens):
+            r0 = r1 - m
+            store_kv(kc[i], vc[i], k[r0:r1], v[r0:r1], start)
+            a[r0:r1] = kern.attention(np.ascontiguousarray(q[r0:r1]), kc[i], vc[i], start, cfg.query_scale,
+                                      cfg.windows[i])
         o = matmul(kern, a, L("wo"))
         x += rms_norm(o, L("post_attn_norm").data, eps) if f.post_norms else o
 
@@ -145,5 +164,5 @@ def forward(cfg: Config, w, kern, cache, ids, start, rope, all_logits=False):
         x += rms_norm(o, L("post_ffn_norm").data, eps) if f.post_norms else o
 
     if not all_logits:
-        x = x[-1:]
+        x = x[ends - 1]
     return matmul(kern, rms_norm(x, w["output_norm"].data, eps), w["output"])

@@ -1,0 +1,92 @@
+"""Decode speed of several sequences stepped together (Engine.forward_batch): aggregate tokens/s per batch size.
+
+    python bench/batch.py                                          # SmolLM2-135M, 1/2/4/8 sequences, 1 and 2 threads
+    python bench/batch.py qwen2.5-coder-0.5b-instruct --seqs 1,4,16 --threads 2 --rounds 7
+
+Decode is memory bound: a step reads every weight once whether it carries one row or eight, so stepping S
+sequences together should cost little more than stepping one, and the tokens per second of all of them
+together grow with S until the matmuls turn compute bound. One measurement: S fresh caches, each prefilled
+with its own prompt of --prompt ids (untimed), one untimed step, then --n-gen timed steps of one token per
+sequence (fixed ids: a step's cost does not depend on which tokens it carries). Rounds go over every
+(threads, S) in a fixed order, so a shared machine's slow drifts hit all rows alike.
+
+Printed: per batch size, median [min, max] over rounds of aggregate decode tok/s (S x steps / time) for each
+thread count, and the ratio of medians to the first batch size (one sequence by default) at the same thread count.
+"""
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare import _spread, machine  # noqa: E402
+
+import minigpt  # noqa: E402
+from minigpt.bench import prompt_ids  # noqa: E402
+
+
+def measure(m, n_seqs, a):
+    """Aggregate decode tok/s of n_seqs sequences stepped together."""
+    eng, vocab = m.engine, m.config.vocab_size
+    caches = [m.new_cache(a.prompt + a.n_gen + 1) for _ in range(n_seqs)]
+    ids = prompt_ids(a.prompt + n_seqs, vocab)
+    for k, c in enumerate(caches):   # each its own prompt
+        eng.prefill(ids[k:k + a.prompt], cache=c)
+    eng.forward_batch([(c, [100 + k]) for k, c in enumerate(caches)])   # warm-up
+    t0 = time.perf_counter()
+    for step in range(a.n_gen):
+        eng.forward_batch([(c, [100 + (step * 31 + k) % (vocab - 100)]) for k, c in enumerate(caches)])
+    return n_seqs * a.n_gen / (time.perf_counter() - t0)
+
+
+def table(results, seqs, threads):
+    rows = [["sequences"] + [f"{t} thread{'s' * (t > 1)}" for t in threads]]
+    for s in seqs:
+        row = [str(s)]
+        for t in threads:
+            xs, base = results[t, s], statistics.median(results[t, seqs[0]])
+            row.append(f"{_spread(xs, '{:.1f}')} {statistics.median(xs) / base:.2f}x")
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model", nargs="?", default="smollm2-135m-instruct", help="A .mgpt path or a known model name.")
+    ap.add_argument("--seqs", default="1,2,4,8", help="Comma-separated batch sizes (sequences stepped together).")
+    ap.add_argument("-t", "--threads", default="1,2", help="Comma-separated thread counts.")
+    ap.add_argument("-p", "--prompt", type=int, default=32, help="Ids each sequence holds before the timed steps.")
+    ap.add_argument("-n", "--n-gen", type=int, default=64, help="Timed decode steps per measurement.")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--backend", default=None)
+    ap.add_argument("--precision", default="balanced")
+    ap.add_argument("--kv-type", default="f16")
+    a = ap.parse_args()
+    seqs = [int(s) for s in a.seqs.split(",")]
+    threads = [int(t) for t in a.threads.split(",")]
+
+    m = minigpt.load(a.model, threads=max(threads), backend=a.backend, precision=a.precision, kv_type=a.kv_type)
+    results = {}
+    t_start = time.time()
+    for rnd in range(a.rounds):
+        for t in threads:
+            m.kern.set_threads(t)
+            for s in seqs:
+                r = measure(m, s, a)
+                results.setdefault((t, s), []).append(r)
+                print(f"round {rnd + 1}/{a.rounds}  threads {t}  sequences {s:<3}  {r:7.1f} tok/s",
+                      file=sys.stderr, flush=True)
+
+    print(f"model: {a.model} ({m.config.arch}, {m.config.n_layers} layers, dim {m.config.dim}); backend {m.kern.name}; "
+          f"precision {a.precision}; kv {a.kv_type}; prompt {a.prompt} ids per sequence, {a.n_gen} timed steps")
+    print("machine: " + "; ".join(f"{k} {v}" for k, v in machine({}).items()))
+    print(f"{a.rounds} rounds, {time.time() - t_start:.0f} s")
+    print(f"\naggregate decode tok/s: median [min, max] over rounds; ratio to {seqs[0]} sequence(s), same threads")
+    print("\n".join(table(results, seqs, threads)))
+
+
+if __name__ == "__main__":
+    main()
