@@ -26,12 +26,13 @@ from ..sampling import apply_repeat_penalty, make_rng, sample
 PROMPT_CHUNK = 128   # prompt tokens a slot reads per step: how long the others' next tokens may wait
 
 
+
+
 def forward_batch(engine, items):
     """items: [(cache, ids)] -> [logits [vocab] of each one's last id]; each cache gets its ids appended.
-
-    The one place where the engine is called: Engine.forward_batch (one C forward over all the
-    sequences, the same contract) replaces this loop."""
-    return [engine.prefill(ids, cache=cache) for cache, ids in items]
+    One forward pass over all the sequences (Engine.forward_batch): the weights are read once per step
+    for every slot. (The tests script the sampler's choices here.)"""
+    return engine.forward_batch(items)
 
 
 class Busy(Exception):
