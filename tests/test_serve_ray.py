@@ -6,6 +6,7 @@ is timed: Ray takes a while to start on a busy machine.
 """
 
 import os
+import socket
 import time
 
 import httpx
@@ -15,6 +16,7 @@ pytest.importorskip("ray.serve", reason='needs Ray Serve: pip install "minigpt[r
 
 from minigpt.convert import convert
 
+from subproc import run_minigpt
 from synthetic import tiny_llama
 from test_serve import TIMEOUT, Server, chat, stream_chat
 
@@ -23,14 +25,27 @@ STOP_TIMEOUT = 300    # Serve stops its replicas gracefully, then the local Ray 
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def model_path(tmp_path_factory):
     d = tmp_path_factory.mktemp("serve_ray")
     tiny_llama(d / "tiny.gguf", wtype="Q8_0", ctx=4096)
     convert(d / "tiny.gguf", d / "tiny.mgpt")
+    return d / "tiny.mgpt"
+
+
+@pytest.fixture(scope="module")
+def server(model_path):
     # two replicas of one thread each: a 2-core machine holds them
-    s = Server(d / "tiny.mgpt", "--replicas", "2", "-t", "1", start_timeout=START_TIMEOUT)
+    s = Server(model_path, "--replicas", "2", "-t", "1", start_timeout=START_TIMEOUT)
     yield s
     s.stop(STOP_TIMEOUT)
+
+
+def test_a_port_in_use_is_one_line_before_ray_starts(model_path):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        r = run_minigpt("serve", "-m", model_path, "--replicas", "2", "--port", port, timeout=TIMEOUT)
+    assert r.returncode == 1 and r.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port}: "), r.stderr
+    assert len(r.stderr.splitlines()) == 1, r.stderr
 
 
 def test_ready_line_and_health_name_both_replicas(server):

@@ -66,8 +66,7 @@ def run(model, path, replicas, address=None, host="127.0.0.1", port=8080, parall
     model = model or hub.DEFAULT_MODEL
     if os.path.exists(os.path.expanduser(model)):
         model = os.path.abspath(os.path.expanduser(model))   # the replicas' working folder is not ours
-    if port == 0:
-        port = free_port(host)
+    port = free_port(host, port)
     if address is None:   # "local": a new Ray of our own, even when one runs here already
         ray.init(address="local", num_cpus=max(os.cpu_count() or 1, replicas * threads), include_dashboard=False,
                  logging_level=logging.WARNING)
@@ -85,8 +84,8 @@ def run(model, path, replicas, address=None, host="127.0.0.1", port=8080, parall
             max_ongoing_requests=parallel + queue + SPARE_REQUESTS)
         try:
             serve.run(deployment.bind(), name=APP, route_prefix="/", logging_config=quiet)
-        except Exception as e:   # a replica that could not start: Ray says why
-            raise MinigptError(f"the replicas did not start: {one_line(e)}") from None
+        except Exception as e:   # a replica that could not start: Ray shows its traceback above, in its log lines
+            raise MinigptError(f"the replicas did not start (their errors are above): {one_line(e)}") from None
         from .server import url
         print(f"minigpt serve: {url(host, port)} (model {model_id(str(path))}, {replicas} replica"
               f"{'s' * (replicas > 1)} on Ray Serve, {parallel} slot{'s' * (parallel > 1)} and {threads} thread"
@@ -103,9 +102,10 @@ def run(model, path, replicas, address=None, host="127.0.0.1", port=8080, parall
         ray.shutdown()
 
 
-def free_port(host):
-    """A port free on host now, for Ray Serve's proxy (which cannot pick one and say which)."""
+def free_port(host, port):
+    """`port` (0: any) if it is free on host now, for Ray Serve's proxy to listen on: one taken is a
+    one-line error here rather than a traceback from inside Ray, and the proxy cannot pick one itself."""
     from .server import listen
 
-    with listen(host, 0) as sock:
+    with listen(host, port) as sock:
         return sock.getsockname()[1]
