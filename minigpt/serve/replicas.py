@@ -16,6 +16,7 @@ import threading
 
 from .. import hub
 from ..api import context_length, default_threads
+from ..engine import DEFAULT_KV_TYPE
 from ..errors import MinigptError, one_line
 from ..format import MgptFile
 from .app import model_id
@@ -54,7 +55,7 @@ class Replica:
 
 
 def run(model, path, replicas, address=None, host="127.0.0.1", port=8080, parallel=1, queue=16, n_ctx=None,
-        threads=None, kv_type=None, api_key=None):
+        threads=None, kv_type=DEFAULT_KV_TYPE, api_key=None):
     """Serve the model `model` (a -m value; `path`: its .mgpt file here) from `replicas` replicas under
     Ray Serve until SIGTERM / Ctrl-C. Each replica resolves `model` itself: a path must hold the same
     file on every machine, a known name is fetched where it is missing."""
@@ -87,7 +88,7 @@ def run(model, path, replicas, address=None, host="127.0.0.1", port=8080, parall
         except Exception as e:   # a replica that could not start: Ray shows its traceback above, in its log lines
             raise MinigptError(f"the replicas did not start (their errors are above): {one_line(e)}") from None
         from .server import url
-        print(f"minigpt serve: {url(host, port)} (model {model_id(str(path))}, {replicas} replica"
+        print(f"minigpt serve: {url(host, port)} (model {model_id(path)}, {replicas} replica"
               f"{'s' * (replicas > 1)} on Ray Serve, {parallel} slot{'s' * (parallel > 1)} and {threads} thread"
               f"{'s' * (threads > 1)} each, context {n_ctx})", flush=True)
         # SIGTERM (a service manager) and Ctrl-C ask the server to stop: the replicas finish the
