@@ -38,6 +38,12 @@ def default_threads():
 DEFAULT_N_CTX = 32768
 
 
+def context_length(config, n_ctx=None):
+    """The context a Model of `config` gets when asked for n_ctx (None: the default)."""
+    return args.optional(args.integer, "n_ctx", n_ctx, 1, config.context_length) \
+        or min(config.context_length, DEFAULT_N_CTX)
+
+
 class Model:
     """A loaded model: weights mapped from a .mgpt file, a tokenizer, and one KV cache.
 
@@ -67,8 +73,7 @@ class Model:
             self.kern.set_threads(self.threads)
         except ValueError as e:   # a backend with a lower limit (numba: $NUMBA_NUM_THREADS)
             raise ArgumentError(str(e)) from None
-        self.n_ctx = args.optional(args.integer, "n_ctx", n_ctx, 1, self.config.context_length) \
-            or min(self.config.context_length, DEFAULT_N_CTX)
+        self.n_ctx = context_length(self.config, n_ctx)
         self.weights = weights.load(self.file, self.config)
         _check_kv_type(self.config, kv_type)
         # packing reads each matrix once, and its pages would stay resident beside the packed copy: they go

@@ -418,10 +418,23 @@ def bench(model, n_prompt, n_gen, threads, reps, backend, precision, kv_type, as
 @click.option("--kv-type", default=DEFAULT_KV_TYPE, show_default=True, type=click.Choice(KV_TYPES), help=KV_HELP)
 @click.option("--api-key", default=None, envvar="MINIGPT_API_KEY",
               help="Require `Authorization: Bearer KEY` on /v1 (default: $MINIGPT_API_KEY, else no key).")
-def serve(model, host, port, parallel, queue, ctx, threads, kv_type, api_key):
+@click.option("--replicas", default=None, type=click.IntRange(1, 256),
+              help="Run N copies under Ray Serve, behind the same address (pip install \"minigpt[ray]\").")
+@click.option("--ray-address", default=None,
+              help="With --replicas: the Ray cluster to run on (HOST:6379, or auto); default: a local Ray.")
+def serve(model, host, port, parallel, queue, ctx, threads, kv_type, api_key, replicas, ray_address):
     """Serve a model over an OpenAI-compatible HTTP API, with a chat page at /."""
     from . import serve as serve_
 
+    if replicas is not None:
+        if serve_.missing(serve_.NEEDS_REPLICAS):
+            raise MinigptError('minigpt serve --replicas needs: pip install "minigpt[ray]"')
+        from .serve import replicas as replicas_
+
+        return replicas_.run(model, _resolve(model), replicas, ray_address, host, port, parallel, queue, ctx,
+                             threads, kv_type, api_key)
+    if ray_address is not None:
+        raise MinigptError("--ray-address goes with --replicas N")
     if serve_.missing():
         raise MinigptError('minigpt serve needs: pip install "minigpt[serve]"')
     from .serve.server import run

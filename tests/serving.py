@@ -39,7 +39,7 @@ def tiny_model(folder):
 class Server:
     """`python -m minigpt serve` on a free port, ready once it has printed its address."""
 
-    def __init__(self, path, *extra):
+    def __init__(self, path, *extra, start_timeout=START_TIMEOUT):
         self.stderr = tempfile.TemporaryFile("w+")   # a file, not a pipe: a pipe no one reads could fill up
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "minigpt", "serve", "-m", str(path), "--port", "0", *extra],
@@ -47,7 +47,7 @@ class Server:
         lines = queue.Queue()
         threading.Thread(target=lambda: [lines.put(line) for line in self.proc.stdout], daemon=True).start()
         try:
-            ready = lines.get(timeout=START_TIMEOUT)
+            ready = lines.get(timeout=start_timeout)
         except queue.Empty:
             self.proc.kill()
             ready = ""
@@ -64,10 +64,13 @@ class Server:
     def health(self):
         return httpx.get(self.url + "/health", timeout=TIMEOUT).json()
 
-    def stop(self):
+    def stop(self, timeout=TIMEOUT):
+        """SIGTERM, then the exit code once the server has stopped (again: the same code)."""
+        if self.stderr.closed:
+            return self.proc.returncode
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        rc = self.proc.wait(timeout=TIMEOUT)
+        rc = self.proc.wait(timeout=timeout)
         self.proc.stdout.close()
         assert "Traceback" not in self.errors(), self.errors()   # no bug showed on the server's side either
         self.stderr.close()

@@ -105,6 +105,15 @@ def test_serve_without_its_extra_says_what_to_install():
     assert r.returncode == 1 and r.stderr == 'error: minigpt serve needs: pip install "minigpt[serve]"\n', r.stderr
 
 
+def test_serve_replicas_without_ray_says_what_to_install():
+    no_ray = NO_SERVE.replace('"uvicorn"', '"ray"')
+    r = run_python("-c", no_ray, "serve", "-m", "no-such-model", "--replicas", "2")
+    assert r.returncode == 1 and r.stderr == 'error: minigpt serve --replicas needs: pip install "minigpt[ray]"\n', \
+        r.stderr
+    r = run_python("-c", no_ray, "serve", "-m", "no-such-model", "--ray-address", "auto")
+    assert r.returncode == 1 and r.stderr == "error: --ray-address goes with --replicas N\n", r.stderr
+
+
 def test_error_lines_show_untrusted_text_escaped_and_cut():
     # a model name (or a name inside a file) with newlines and terminal escapes, 60 KB long
     name = "x\x1b[31mred\n" * 5000

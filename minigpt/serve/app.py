@@ -34,6 +34,11 @@ from .scheduler import Busy, Job
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static", "index.html")
 
 
+def model_id(path):
+    """The name the API gives the model: its file's name without .mgpt."""
+    return os.path.basename(path).removesuffix(".mgpt")
+
+
 class Service:
     """What the routes share: the model, its names, the scheduler and the API key (None: no key)."""
 

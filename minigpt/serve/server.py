@@ -5,7 +5,6 @@ included) to end; then the app's lifespan stops the engine thread, and the proce
 Ctrl-C stops it without waiting.
 """
 
-import os
 import signal
 import socket
 import sys
@@ -13,7 +12,7 @@ import sys
 import uvicorn
 
 from ..errors import MinigptError
-from .app import create_app
+from . import app
 from .scheduler import Scheduler
 
 
@@ -39,16 +38,19 @@ def listen(host, port):
         raise MinigptError(f"cannot listen on {host}:{port}: {getattr(e, 'strerror', None) or e}") from None
 
 
+def url(host, port):
+    """The server's address as a client writes it (an IPv6 host in brackets)."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def run(model, host="127.0.0.1", port=8080, parallel=1, queue=16, api_key=None):
     """Serve `model` (an api.Model) until SIGTERM / Ctrl-C."""
     model.template   # a broken or hostile chat template stops here, before the first request
-    model_id = os.path.basename(model.path).removesuffix(".mgpt")
+    model_id = app.model_id(model.path)
     sock = listen(host, port)
-    bound_host, bound_port = sock.getsockname()[:2]
-    url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
-    app = create_app(model, Scheduler(model, parallel, queue), model_id, api_key)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=None)
-    ready = (f"minigpt serve: http://{url_host}:{bound_port} (model {model_id}, {parallel} slot"
+    config = uvicorn.Config(app.create_app(model, Scheduler(model, parallel, queue), model_id, api_key),
+                            log_level="warning", access_log=False, timeout_graceful_shutdown=None)
+    ready = (f"minigpt serve: {url(*sock.getsockname()[:2])} (model {model_id}, {parallel} slot"
              f"{'s' * (parallel > 1)}, context {model.n_ctx})")
     server = _Server(config, ready)
     # SIGTERM (a service manager) and Ctrl-C are how a server is asked to stop: once uvicorn has shut
