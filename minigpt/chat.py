@@ -211,7 +211,7 @@ class ChatSession:
         mark = (cache.pos, len(self._text)) if stats.dropped_turns == 0 and self._extends(prompt) else None
 
         # prefill what the cache does not hold (at least one token: its logits start the reply)
-        keep = min(_common_prefix(cache.tokens, ids), len(ids) - 1)
+        keep = min(common_prefix(cache.tokens, ids), len(ids) - 1)
         appends = keep == cache.pos
         n = cache.truncate(keep)   # less when a sliding-window ring no longer holds what keep needs
         if n < keep:
@@ -378,7 +378,8 @@ def encode_prompt(tok, prompt):
     return tok.encode(prompt, add_bos=add_bos, special=True)
 
 
-def _common_prefix(a, b):
+def common_prefix(a, b):
+    """How many leading ids a and b share."""
     n = min(len(a), len(b))
     for i in range(n):
         if a[i] != b[i]:

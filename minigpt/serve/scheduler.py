@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..chat import common_prefix
 from ..engine import TextStream
+from ..perplexity import log_softmax
 from ..sampling import apply_repeat_penalty, make_rng, sample
 
 PROMPT_CHUNK = 128   # prompt tokens a slot reads per step: how long the others' next tokens may wait
@@ -232,20 +234,9 @@ def _logprobs(logits, token, top_n):
     """(token, its logprob, [(id, logprob)] of the top_n likeliest) under logits [vocab] (the repeat
     penalty applied) at temperature 1, before any top-k / top-p cut: the model's view, as `generate
     --show-probs` shows it. A log-softmax, so even a token of probability ~0 has a finite logprob."""
-    z = logits.astype(np.float64)
-    z -= z.max()
-    z -= np.log(np.exp(z).sum())
+    z = log_softmax(logits)
     top = []
     if top_n:   # a partial sort: only the best top_n need ordering
         best = np.argpartition(-z, top_n - 1)[:top_n] if top_n < len(z) else np.arange(len(z))
         top = [(int(i), float(z[i])) for i in best[np.argsort(-z[best], kind="stable")]]
     return token, float(z[token]), top
-
-
-def common_prefix(a, b):
-    """How many leading ids a and b share."""
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
