@@ -8,7 +8,8 @@
  * touch the tiles at the edges of each query's key range.
  *
  * Prefill has many items; decode (one query) has n_kv_heads of them, so when threads outnumber items
- * the head groups are cut in parts (K/V are then read once per part).
+ * the head groups are cut in parts (K/V are then read once per part). A batch of sequences (their
+ * decode steps, say) shares one parallel job: the items of all of them are dealt out together.
  * The inner loops (scores, exp, P.V) are the mg_lops slots; this file only tiles, masks and threads.
  *
  * Sliding-window layers set mg_attn_params.window, and their cache may be a ring: position t lives in
@@ -52,7 +53,15 @@ typedef struct {
     int64_t tq;    /* queries per item */
     int64_t n_qt;  /* query tiles: ceil(n / tq) */
     int64_t parts; /* parts each group of heads is cut into */
+    int64_t first; /* the batch's number of this sequence's first item */
 } attn_job;
+
+#define ATT_MAX_SEQS 64 /* sequences per parallel job (their attn_jobs live on the stack) */
+
+typedef struct {
+    const attn_job *jobs; /* one per sequence */
+    int64_t n_jobs, items;
+} attn_batch;
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
@@ -168,34 +177,67 @@ static void attend(const attn_job *jb, int64_t i0, int64_t nq, int64_t j, int64_
         }
 }
 
-/* items (query tile, kv head, part), dealt round-robin: later query tiles see more keys */
+/* items (sequence, query tile, kv head, part), dealt round-robin: later query tiles see more keys */
 static void attn_task(void *arg, int ith, int nth) {
-    const attn_job *jb = (const attn_job *)arg;
-    const int64_t kv = jb->ap->n_kv_heads, g = jb->ap->n_heads / kv, sp = jb->parts;
-    for (int64_t it = ith; it < jb->n_qt * kv * sp; it += nth) {
-        const int64_t qt = it / (kv * sp), j = it / sp % kv, p = it % sp;
+    const attn_batch *bt = (const attn_batch *)arg;
+    const int64_t kv = bt->jobs[0].ap->n_kv_heads, g = bt->jobs[0].ap->n_heads / kv, sp = bt->jobs[0].parts;
+    int64_t s = 0;
+    for (int64_t it = ith; it < bt->items; it += nth) {
+        while (s + 1 < bt->n_jobs && it >= bt->jobs[s + 1].first) s++;
+        const attn_job *jb = &bt->jobs[s];
+        const int64_t k = it - jb->first, qt = k / (kv * sp), j = k / sp % kv, p = k % sp;
         const int64_t i0 = qt * jb->tq, r0 = g * p / sp, r1 = g * (p + 1) / sp;
         attend(jb, i0, min64(jb->tq, jb->n - i0), j, j * g + r0, r1 - r0);
     }
 }
 
+/* keys seen by the n queries at positions [start, start + n), summed over the queries */
+static int64_t keys_seen(const mg_attn_params *ap, int64_t n, int64_t start) {
+    int64_t keys = 0;
+    for (int64_t p = start; p < start + n; p++) keys += p + 1 - first_key(ap, p);
+    return keys;
+}
+
+/* the items of jobs[0 .. ns) with each head group cut in `parts`: numbers them, returns how many */
+static int64_t number_items(attn_job *jobs, int64_t ns, int64_t parts) {
+    int64_t items = 0;
+    for (int64_t s = 0; s < ns; s++) {
+        jobs[s].parts = parts;
+        jobs[s].first = items;
+        items += jobs[s].n_qt * jobs[s].ap->n_kv_heads * parts;
+    }
+    return items;
+}
+
+/* up to ATT_MAX_SEQS sequences in one parallel job */
+static void attention_some(const mg_attn_params *ap, const mg_attn_seq *seqs, int64_t ns) {
+    const int64_t hd = ap->head_dim, g = ap->n_heads / ap->n_kv_heads;
+    const int64_t rows = min64(ATT_ROWS, ATT_QO_FLOATS / hd); /* per item */
+    const int64_t parts = (g + rows - 1) / rows, gh = (g + parts - 1) / parts; /* heads per part, at most */
+    attn_job jobs[ATT_MAX_SEQS];
+    int64_t keys = 0;
+    for (int64_t s = 0; s < ns; s++) {
+        const mg_attn_seq *sq = &seqs[s];
+        const int64_t tq = clamp64(rows / gh, 1, min64(ATT_QTILE, sq->n));
+        jobs[s] = (attn_job){ap, sq->q, (const uint8_t *)sq->kc, (const uint8_t *)sq->vc,
+                             mg_kv_row_bytes(ap->kv_type, hd), sq->out, sq->n, sq->start, sq->cap,
+                             tq, (sq->n + tq - 1) / tq, parts, 0};
+        keys += keys_seen(ap, sq->n, sq->start);
+    }
+    const int64_t want = clamp64(keys * ap->n_heads * hd * 2 / ATT_MIN_WORK, 1, mg_get_threads());
+    int64_t items = number_items(jobs, ns, parts);
+    if (items < want) /* decode: too few items; cut the groups finer (K/V then read more) */
+        items = number_items(jobs, ns, min64(g, parts * ((want + items - 1) / items)));
+    attn_batch bt = {jobs, ns, items};
+    mg_parallel(attn_task, &bt, (int)min64(items, want));
+}
+
+void mg_attention_batch(const mg_attn_params *ap, const mg_attn_seq *seqs, int64_t n_seqs) {
+    for (int64_t s = 0; s < n_seqs; s += ATT_MAX_SEQS) attention_some(ap, seqs + s, min64(ATT_MAX_SEQS, n_seqs - s));
+}
+
 void mg_attention(const mg_attn_params *ap, const float *q, const void *kc, const void *vc, float *out,
                   int64_t n, int64_t start, int64_t cap) {
-    const int64_t hd = ap->head_dim, kv = ap->n_kv_heads, g = ap->n_heads / kv;
-    const int64_t rows = min64(ATT_ROWS, ATT_QO_FLOATS / hd); /* per item */
-    attn_job jb = {ap, q, (const uint8_t *)kc, (const uint8_t *)vc, mg_kv_row_bytes(ap->kv_type, hd),
-                   out, n, start, cap, 1, n, (g + rows - 1) / rows};
-    const int64_t gh = (g + jb.parts - 1) / jb.parts; /* heads per part, at most */
-    jb.tq = clamp64(rows / gh, 1, min64(ATT_QTILE, n));
-    jb.n_qt = (n + jb.tq - 1) / jb.tq;
-
-    int64_t keys = 0; /* summed over the queries */
-    for (int64_t p = start; p < start + n; p++) keys += p + 1 - first_key(ap, p);
-    const int64_t want = clamp64(keys * ap->n_heads * hd * 2 / ATT_MIN_WORK, 1, mg_get_threads());
-    int64_t items = jb.n_qt * kv * jb.parts;
-    if (items < want) { /* decode: too few items; cut the groups finer (K/V then read more) */
-        jb.parts = min64(g, jb.parts * ((want + items - 1) / items));
-        items = jb.n_qt * kv * jb.parts;
-    }
-    mg_parallel(attn_task, &jb, (int)min64(items, want));
+    const mg_attn_seq seq = {q, kc, vc, out, n, start, cap};
+    mg_attention_batch(ap, &seq, 1);
 }

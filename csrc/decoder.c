@@ -27,6 +27,7 @@ struct mg_decoder {
     float *att;   /* (max_batch, n_heads * head_dim) attention output */
     float *hg;    /* (max_batch, hidden_dim) gate, then silu(gate) * up */
     float *hu;    /* (max_batch, hidden_dim) up */
+    mg_attn_seq *att_seqs; /* (max_batch,) a layer's attention call, a sequence each */
 };
 
 /* --- the decoder ---------------------------------------------------------------------------------- */
@@ -51,8 +52,9 @@ mg_decoder *mg_decoder_create(const mg_kernel_table *kt, const mg_decoder_config
     ctx->att = (float *)malloc((size_t)(B * qd) * sizeof(float));
     ctx->hg = (float *)malloc((size_t)(B * cfg->hidden_dim) * sizeof(float));
     ctx->hu = (float *)malloc((size_t)(B * cfg->hidden_dim) * sizeof(float));
+    ctx->att_seqs = (mg_attn_seq *)malloc((size_t)B * sizeof(mg_attn_seq));
     if (!ctx->layers || !ctx->x || !ctx->xb || !ctx->xo || !ctx->q || !ctx->qn || !ctx->k || !ctx->v || !ctx->att ||
-        !ctx->hg || !ctx->hu) {
+        !ctx->hg || !ctx->hu || !ctx->att_seqs) {
         mg_decoder_free(ctx);
         return NULL;
     }
@@ -74,6 +76,7 @@ void mg_decoder_free(mg_decoder *ctx) {
     free(ctx->att);
     free(ctx->hg);
     free(ctx->hu);
+    free(ctx->att_seqs);
     free(ctx);
 }
 
@@ -107,9 +110,10 @@ static void norm_rows(const mg_ops *ops, float *x, const mg_weight *g, float *tm
     memcpy(x, tmp, (size_t)(rows * width) * sizeof(float));
 }
 
-/* The steps of a layer whose rows see only their own sequence: RoPE at its positions, its K/V into
- * its cache, its queries' attention over that cache. Its rows of the batch start at `row`. */
-static void attend(const mg_decoder *ctx, const mg_decoder_layer *L, int64_t li, const mg_seq *seq, int64_t row) {
+/* The steps of a layer whose rows see only their own sequence, but attention: RoPE at its positions
+ * and its K/V into its cache. Its rows of the batch start at `row`. -> its part of the attention call */
+static mg_attn_seq rope_and_store(const mg_decoder *ctx, const mg_decoder_layer *L, int64_t li, const mg_seq *seq,
+                                  int64_t row) {
     const mg_decoder_config *cfg = &ctx->cfg;
     const mg_ops *ops = ctx->kern->ops;
     const int64_t hd = cfg->head_dim, H = cfg->n_heads, KV = cfg->n_kv_heads, half = cfg->rope_dim / 2;
@@ -119,7 +123,6 @@ static void attend(const mg_decoder *ctx, const mg_decoder_layer *L, int64_t li,
     const float *cos_t = L->rope_cos + start * half, *sin_t = L->rope_sin + start * half;
     void (*const rope)(float *, int64_t, int64_t, int64_t, int64_t, const float *, const float *) =
         cfg->rope_neox ? ops->rope_neox : ops->rope;
-    const mg_attn_params ap = {H, KV, hd, cfg->query_scale, L->window, seq->kv->type};
 
     rope(q, n, H, hd, cfg->rope_dim, cos_t, sin_t);
     rope(k, n, KV, hd, cfg->rope_dim, cos_t, sin_t);
@@ -129,7 +132,21 @@ static void attend(const mg_decoder *ctx, const mg_decoder_layer *L, int64_t li,
             store_row(ops, seq->kv->type, k + (i * KV + j) * hd, kc + at, hd);
             store_row(ops, seq->kv->type, v + (i * KV + j) * hd, vc + at, hd);
         }
-    ctx->kern->attention(&ap, q, kc, vc, ctx->att + row * H * hd, n, start, cap);
+    return (mg_attn_seq){q, kc, vc, ctx->att + row * H * hd, n, start, cap};
+}
+
+/* Layer li's attention for every sequence: one call for each run of sequences whose caches store the
+ * same row type (in practice, the whole batch) */
+static void attend(const mg_decoder *ctx, const mg_decoder_layer *L, int64_t li, const mg_seq *seqs, int64_t n_seqs) {
+    const mg_decoder_config *cfg = &ctx->cfg;
+    for (int64_t s = 0, row = 0; s < n_seqs; row += seqs[s++].n)
+        ctx->att_seqs[s] = rope_and_store(ctx, L, li, &seqs[s], row);
+    for (int64_t s0 = 0, s1; s0 < n_seqs; s0 = s1) {
+        const int type = seqs[s0].kv->type;
+        for (s1 = s0 + 1; s1 < n_seqs && seqs[s1].kv->type == type; s1++) {}
+        const mg_attn_params ap = {cfg->n_heads, cfg->n_kv_heads, cfg->head_dim, cfg->query_scale, L->window, type};
+        ctx->kern->attention(&ap, ctx->att_seqs + s0, s1 - s0);
+    }
 }
 
 int mg_decoder_forward_multi(mg_decoder *ctx, const int64_t *ids, int64_t n, const mg_seq *seqs, int64_t n_seqs,
@@ -162,7 +179,7 @@ int mg_decoder_forward_multi(mg_decoder *ctx, const int64_t *ids, int64_t n, con
             norm_rows(ops, ctx->q, &L->q_norm, ctx->qn, n * H, hd, cfg->norm_eps);
             norm_rows(ops, ctx->k, &L->k_norm, ctx->qn, n * KV, hd, cfg->norm_eps);
         }
-        for (int64_t s = 0, row = 0; s < n_seqs; row += seqs[s++].n) attend(ctx, L, li, &seqs[s], row);
+        attend(ctx, L, li, seqs, n_seqs);
         if ((err = mm(ctx, ctx->att, &L->wo, ctx->xo, n, d, qd))) return err;
         if (L->post_attn_norm.data) norm_rows(ops, ctx->xo, &L->post_attn_norm, ctx->xb, n, d, cfg->norm_eps);
         ops->add(ctx->x, ctx->xo, n * d);

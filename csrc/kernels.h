@@ -30,7 +30,7 @@
  * with d = amax/127 and q = x*(1/d) rounded to nearest even (so |q| <= 127, never -128).
  *
  * Per-type work goes through function pointers in mg_traits (and mg_gemm_kernel for the float tile
- * product, mg_quantize_row_q8 for activations). These start as the portable C99 versions (quants.c);
+ * product, mg_quantize_row_q8 and _q16 for activations). These start as the portable C99 versions (quants.c);
  * mg_cpu_init (cpu.c) replaces slots once, at import, with an ISA-specific variant (quants_avx2.c)
  * after CPU detection, without touching the drivers in matmul.c.
  */
@@ -108,12 +108,19 @@ typedef float (*mg_vec_dot_q8_fn)(int64_t k, const void *restrict w, const mg_bl
 typedef void (*mg_vec_dot_q8_x4_fn)(int64_t k, const void *restrict w, const mg_block_q8 *restrict x,
                                     int64_t ldx, float *restrict out);
 
+/* the same for 4 input rows x, x + ldx, x + 2*ldx, x + 3*ldx (ldx in floats) -> out[4]: each weight
+ * block is unpacked once for the four, and each out[t] is the float vec_dot(k, w, x + t*ldx) returns,
+ * bit for bit (a batch of sequences gives each the numbers it would get alone) */
+typedef void (*mg_vec_dot_x4_fn)(int64_t k, const void *restrict w, const float *restrict x, int64_t ldx,
+                                 float *restrict out);
+
 typedef struct {
     const char *name;
     int64_t block;       /* elements per block (1 for f32, f16) */
     int64_t block_bytes; /* bytes per block */
     mg_dequant_fn dequant;
     mg_vec_dot_fn vec_dot;
+    mg_vec_dot_x4_fn vec_dot_x4;       /* NULL: the driver calls vec_dot four times */
     mg_vec_dot_q8_fn vec_dot_q8;       /* NULL for f32, f16: mg_matmul_q8 takes the exact path */
     mg_vec_dot_q8_x4_fn vec_dot_q8_x4; /* NULL: the driver calls vec_dot_q8 four times */
 } mg_type_traits;
@@ -124,6 +131,11 @@ extern mg_type_traits mg_traits[MG_NQTYPES];
 typedef void (*mg_quantize_row_q8_fn)(const float *restrict x, mg_block_q8 *restrict y, int64_t k);
 
 extern mg_quantize_row_q8_fn mg_quantize_row_q8;
+
+/* the same to q16 blocks (mg_quantize_act16) */
+typedef void (*mg_quantize_row_q16_fn)(const float *restrict x, mg_block_q16 *restrict y, int64_t k);
+
+extern mg_quantize_row_q16_fn mg_quantize_row_q16;
 
 /* Float tile product: acc[r][i] = sum over j < kc of w[r*ldw + j] * xp[j*mi + i], for r < nr, i < mi.
  * w: dequantized weight rows (nr, ldw); xp: a packed input panel (kc, mi), inputs side by side. */

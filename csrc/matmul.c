@@ -4,7 +4,8 @@
  *   decode  (n < mi): memory bound. Each weight row is read once and dotted, still quantized, with
  *           each input (mg_traits[].vec_dot). Also a batch of a few sequences' decode steps: below one
  *           panel the GEMM would do a whole panel's work (on AVX2, 16 q8_0 rows dotted cost about what
- *           one padded panel does; 3 rows, a fifth of it).
+ *           one padded panel does; 3 rows, a fifth of it). vec_dot_x4 takes inputs four at a time,
+ *           unpacking each weight block once for the four, and gives each the float it would get alone.
  *   prefill (n >= mi): compute bound. Inputs are packed into panels of mi rows laid side by
  *           side ([cols, mi]); each weight block is dequantized once into a small float buffer of nr
  *           rows x KC columns and applied to every panel by the float tile kernel (mg_gemm.tile).
@@ -77,11 +78,20 @@ static void row_range(int64_t rows, int ith, int nth, int64_t *r0, int64_t *r1) 
 static void matvec_task(void *arg, int ith, int nth) {
     const matmul_job *jb = (const matmul_job *)arg;
     const mg_vec_dot_fn dot = jb->tt->vec_dot;
+    const mg_vec_dot_x4_fn dot4 = jb->tt->vec_dot_x4;
+    const int64_t n = jb->n, rows = jb->rows, cols = jb->cols;
     int64_t r0, r1;
-    row_range(jb->rows, ith, nth, &r0, &r1);
+    row_range(rows, ith, nth, &r0, &r1);
     for (int64_t r = r0; r < r1; r++) {
         const uint8_t *wr = jb->w + r * jb->rb;
-        for (int64_t i = 0; i < jb->n; i++) jb->out[i * jb->rows + r] = dot(jb->cols, wr, jb->x + i * jb->cols);
+        int64_t i = 0;
+        if (dot4)
+            for (; i + 4 <= n; i += 4) {
+                float o[4];
+                dot4(cols, wr, jb->x + i * cols, cols, o);
+                for (int t = 0; t < 4; t++) jb->out[(i + t) * rows + r] = o[t];
+            }
+        for (; i < n; i++) jb->out[i * rows + r] = dot(cols, wr, jb->x + i * cols);
     }
 }
 

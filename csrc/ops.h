@@ -102,6 +102,18 @@ typedef struct {
 void mg_attention(const mg_attn_params *ap, const float *q, const void *kc, const void *vc, float *out,
                   int64_t n, int64_t start, int64_t cap);
 
+/* One sequence of a batch for mg_attention_batch: mg_attention's arguments. */
+typedef struct {
+    const float *q;
+    const void *kc, *vc;
+    float *out;
+    int64_t n, start, cap;
+} mg_attn_seq;
+
+/* mg_attention of each of n_seqs sequences (same layer, same ap, each its own cache), in one parallel
+ * job; each gets the floats mg_attention alone would give it. */
+void mg_attention_batch(const mg_attn_params *ap, const mg_attn_seq *seqs, int64_t n_seqs);
+
 #define MG_ATTN_MAX_HEAD_DIM 1024
 
 /* --- the kernel table ------------------------------------------------------------------------------ */
@@ -119,8 +131,7 @@ typedef struct {
     mg_matmul_fn matmul_q16; /* int16 activation blocks over an x8 weight, else float32 */
     int (*get_rows)(const void *restrict w, int qtype, const int64_t *restrict ids, int64_t n_ids,
                     int64_t cols, float *restrict out);
-    void (*attention)(const mg_attn_params *ap, const float *q, const void *kc, const void *vc, float *out,
-                      int64_t n, int64_t start, int64_t cap);
+    void (*attention)(const mg_attn_params *ap, const mg_attn_seq *seqs, int64_t n_seqs); /* mg_attention_batch */
     const mg_ops *ops;       /* the elementwise slots, as installed for this CPU */
 } mg_kernel_table;
 

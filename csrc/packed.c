@@ -157,8 +157,8 @@ int mg_pack_x8(const void *restrict w, int qtype, int64_t rows, int64_t cols, vo
 /* --- the matmuls ---------------------------------------------------------------------------------- */
 
 /* As the q8 quantizer (quants.c): rintf halves to even, a block with d below FLT_MIN is zeros. */
-void mg_quantize_act16(const float *restrict x, int64_t n, int64_t cols, mg_block_q16 *restrict out) {
-    const int64_t nb = n * (cols / MG_QK);
+static void quantize_row_q16_c(const float *restrict x, mg_block_q16 *restrict out, int64_t k) {
+    const int64_t nb = k / MG_QK;
     for (int64_t b = 0; b < nb; b++, x += MG_QK) {
         float amax = 0.0f;
         for (int j = 0; j < MG_QK; j++) amax = fabsf(x[j]) > amax ? fabsf(x[j]) : amax;
@@ -173,6 +173,13 @@ void mg_quantize_act16(const float *restrict x, int64_t n, int64_t cols, mg_bloc
         out[b].d = d;
         out[b].s = d * (float)sum;
     }
+}
+
+mg_quantize_row_q16_fn mg_quantize_row_q16 = quantize_row_q16_c;
+
+void mg_quantize_act16(const float *restrict x, int64_t n, int64_t cols, mg_block_q16 *restrict out) {
+    const int64_t nb = cols / MG_QK;
+    for (int64_t i = 0; i < n; i++) mg_quantize_row_q16(x + i * cols, out + i * nb, cols);
 }
 
 typedef struct {

@@ -487,15 +487,15 @@ static float vec_dot_q8_q6_k(int64_t k, const void *restrict vw, const mg_block_
 /* --- the table -------------------------------------------------------------------------------------- */
 
 mg_type_traits mg_traits[MG_NQTYPES] = {
-    [MG_F32] = {"f32", 1, 4, dequant_f32, vec_dot_f32, NULL, NULL},
-    [MG_F16] = {"f16", 1, 2, dequant_f16, vec_dot_f16, NULL, NULL},
-    [MG_Q8_0] = {"q8_0", MG_QK, 34, dequant_q8_0, vec_dot_q8_0, vec_dot_q8_q8_0, NULL},
-    [MG_Q4_0] = {"q4_0", MG_QK, 18, dequant_q4_0, vec_dot_q4_0, vec_dot_q8_q4_0, NULL},
-    [MG_Q4_1] = {"q4_1", MG_QK, 20, dequant_q4_1, vec_dot_q4_1, vec_dot_q8_q4_1, NULL},
-    [MG_Q5_0] = {"q5_0", MG_QK, 22, dequant_q5_0, vec_dot_q5_0, vec_dot_q8_q5_0, NULL},
-    [MG_Q5_1] = {"q5_1", MG_QK, 24, dequant_q5_1, vec_dot_q5_1, vec_dot_q8_q5_1, NULL},
-    [MG_Q4_K] = {"q4_k", MG_QK_K, 144, dequant_q4_k, vec_dot_q4_k, vec_dot_q8_q4_k, NULL},
-    [MG_Q6_K] = {"q6_k", MG_QK_K, 210, dequant_q6_k, vec_dot_q6_k, vec_dot_q8_q6_k, NULL},
+    [MG_F32] = {"f32", 1, 4, dequant_f32, vec_dot_f32, NULL, NULL, NULL},
+    [MG_F16] = {"f16", 1, 2, dequant_f16, vec_dot_f16, NULL, NULL, NULL},
+    [MG_Q8_0] = {"q8_0", MG_QK, 34, dequant_q8_0, vec_dot_q8_0, NULL, vec_dot_q8_q8_0, NULL},
+    [MG_Q4_0] = {"q4_0", MG_QK, 18, dequant_q4_0, vec_dot_q4_0, NULL, vec_dot_q8_q4_0, NULL},
+    [MG_Q4_1] = {"q4_1", MG_QK, 20, dequant_q4_1, vec_dot_q4_1, NULL, vec_dot_q8_q4_1, NULL},
+    [MG_Q5_0] = {"q5_0", MG_QK, 22, dequant_q5_0, vec_dot_q5_0, NULL, vec_dot_q8_q5_0, NULL},
+    [MG_Q5_1] = {"q5_1", MG_QK, 24, dequant_q5_1, vec_dot_q5_1, NULL, vec_dot_q8_q5_1, NULL},
+    [MG_Q4_K] = {"q4_k", MG_QK_K, 144, dequant_q4_k, vec_dot_q4_k, NULL, vec_dot_q8_q4_k, NULL},
+    [MG_Q6_K] = {"q6_k", MG_QK_K, 210, dequant_q6_k, vec_dot_q6_k, NULL, vec_dot_q8_q6_k, NULL},
 };
 
 int64_t mg_row_bytes(int qtype, int64_t cols) {

@@ -38,14 +38,34 @@ AVX2 static inline __m256i nibbles32(const uint8_t *qs) {
     return _mm256_and_si256(v, _mm256_set1_epi8(0x0F));
 }
 
+/* 32 signed bytes -> f[4]: the 32 values as floats, in element order */
+AVX2 static inline void widen_i8(__m256i q, __m256 f[4]) {
+    const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
+    f[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo));
+    f[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)));
+    f[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi));
+    f[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)));
+}
+
+/* sum over a block of f[j] * x[j]: 32 values (widen_i8's f), 32 floats -> 8 partial sums */
+AVX2 static inline __m256 dot_block(const __m256 f[4], const float *x) {
+    __m256 s = _mm256_mul_ps(f[0], _mm256_loadu_ps(x));
+    s = _mm256_fmadd_ps(f[1], _mm256_loadu_ps(x + 8), s);
+    s = _mm256_fmadd_ps(f[2], _mm256_loadu_ps(x + 16), s);
+    return _mm256_fmadd_ps(f[3], _mm256_loadu_ps(x + 24), s);
+}
+
 /* sum over the block of q[j] * x[j]: q 32 signed bytes, x 32 floats -> 8 partial sums */
 AVX2 static inline __m256 dot_i8_f32(__m256i q, const float *x) {
-    const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
-    __m256 s = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo)), _mm256_loadu_ps(x));
-    s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8))), _mm256_loadu_ps(x + 8), s);
-    s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi)), _mm256_loadu_ps(x + 16), s);
-    s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8))), _mm256_loadu_ps(x + 24), s);
-    return s;
+    __m256 f[4];
+    widen_i8(q, f);
+    return dot_block(f, x);
+}
+
+/* (x[0] + x[8]) + (x[16] + x[24]) lane by lane: a block's sum of x, in 8 lanes */
+AVX2 static inline __m256 sum_block(const float *x) {
+    return _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(x), _mm256_loadu_ps(x + 8)),
+                         _mm256_add_ps(_mm256_loadu_ps(x + 16), _mm256_loadu_ps(x + 24)));
 }
 
 /* unsigned bytes a . signed bytes b -> 8 int32 sums of 4 products, as floats */
@@ -114,10 +134,8 @@ AVX2 static float vec_dot_q4_1_avx2(int64_t k, const void *restrict vw, const fl
     const int64_t nb = k / MG_QK;
     __m256 acc = _mm256_setzero_ps(), accm = acc;
     for (int64_t b = 0; b < nb; b++, w += 20, x += MG_QK) {
-        const __m256 sx = _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(x), _mm256_loadu_ps(x + 8)),
-                                        _mm256_add_ps(_mm256_loadu_ps(x + 16), _mm256_loadu_ps(x + 24)));
         acc = _mm256_fmadd_ps(_mm256_set1_ps(fp16(w)), dot_i8_f32(nibbles32(w + 4), x), acc);
-        accm = _mm256_fmadd_ps(_mm256_set1_ps(fp16(w + 2)), sx, accm);
+        accm = _mm256_fmadd_ps(_mm256_set1_ps(fp16(w + 2)), sum_block(x), accm);
     }
     return hsum8(_mm256_add_ps(acc, accm));
 }
@@ -135,11 +153,9 @@ AVX2 static float vec_dot_q4_k_avx2(int64_t k, const void *restrict vw, const fl
         for (int j = 0; j < 8; j++) {
             const __m256i v = load32(w + 16 + 32 * (j / 2));
             const float *xj = x + 32 * j;
-            const __m256 sx = _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(xj), _mm256_loadu_ps(xj + 8)),
-                                            _mm256_add_ps(_mm256_loadu_ps(xj + 16), _mm256_loadu_ps(xj + 24)));
             const __m256i q = _mm256_and_si256(j % 2 ? _mm256_srli_epi16(v, 4) : v, low);
             acc = _mm256_fmadd_ps(_mm256_set1_ps(d * (float)sc[j]), dot_i8_f32(q, xj), acc);
-            accm = _mm256_fmadd_ps(_mm256_set1_ps(-(dmin * (float)m[j])), sx, accm);
+            accm = _mm256_fmadd_ps(_mm256_set1_ps(-(dmin * (float)m[j])), sum_block(xj), accm);
         }
     }
     return hsum8(_mm256_add_ps(acc, accm));
@@ -147,33 +163,153 @@ AVX2 static float vec_dot_q4_k_avx2(int64_t k, const void *restrict vw, const fl
 
 /* q6_k: block j = 4h + k of a super-block is 32 codes in element order: ql bytes 64h + 32(k%2) (nibble
  * k/2) | qh bytes 32h (bits 2k, 2k+1) << 4; its two halves have their own scales */
+AVX2 static inline __m256i q6_k_codes(const uint8_t *restrict w, int j) {
+    const int h = j / 4, kk = j % 4;
+    const __m256i ql = load32(w + 64 * h + 32 * (kk % 2)), qh = load32(w + 128 + 32 * h);
+    const __m256i lo = _mm256_and_si256(kk / 2 ? _mm256_srli_epi16(ql, 4) : ql, _mm256_set1_epi8(0x0F));
+    const __m256i hi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * kk), _mm256_set1_epi8(3)), 4);
+    return _mm256_sub_epi8(_mm256_or_si256(lo, hi), _mm256_set1_epi8(32));
+}
+
+/* q6_k's block j: its two halves' sums f . x into acc, each with its own scale */
+AVX2 static inline __m256 q6_k_block(const __m256 f[4], const float *x, __m256 da, __m256 db, __m256 acc) {
+    const __m256 sa = _mm256_fmadd_ps(f[1], _mm256_loadu_ps(x + 8), _mm256_mul_ps(f[0], _mm256_loadu_ps(x)));
+    const __m256 sb = _mm256_fmadd_ps(f[3], _mm256_loadu_ps(x + 24), _mm256_mul_ps(f[2], _mm256_loadu_ps(x + 16)));
+    return _mm256_fmadd_ps(db, sb, _mm256_fmadd_ps(da, sa, acc));
+}
+
 AVX2 static float vec_dot_q6_k_avx2(int64_t k, const void *restrict vw, const float *restrict x) {
     const uint8_t *restrict w = (const uint8_t *)vw;
     const int64_t nb = k / MG_QK_K;
-    const __m256i low = _mm256_set1_epi8(0x0F), two = _mm256_set1_epi8(3);
     __m256 acc = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++, w += 210, x += MG_QK_K) {
         const float d = fp16(w + 208);
         const int8_t *restrict sc = (const int8_t *)(w + 192);
         for (int j = 0; j < 8; j++) {
-            const int h = j / 4, kk = j % 4;
-            const __m256i ql = load32(w + 64 * h + 32 * (kk % 2)), qh = load32(w + 128 + 32 * h);
-            const __m256i lo = _mm256_and_si256(kk / 2 ? _mm256_srli_epi16(ql, 4) : ql, low);
-            const __m256i hi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * kk), two), 4);
-            const __m256i q = _mm256_sub_epi8(_mm256_or_si256(lo, hi), _mm256_set1_epi8(32));
-            const __m128i q0 = _mm256_castsi256_si128(q), q1 = _mm256_extracti128_si256(q, 1);
-            const float *xj = x + 32 * j;
-            const __m256 sa = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q0, 8))),
-                                              _mm256_loadu_ps(xj + 8),
-                                              _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q0)), _mm256_loadu_ps(xj)));
-            const __m256 sb = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q1, 8))),
-                                              _mm256_loadu_ps(xj + 24),
-                                              _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q1)), _mm256_loadu_ps(xj + 16)));
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(d * (float)sc[2 * j]), sa, acc);
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(d * (float)sc[2 * j + 1]), sb, acc);
+            __m256 f[4];
+            widen_i8(q6_k_codes(w, j), f);
+            acc = q6_k_block(f, x + 32 * j, _mm256_set1_ps(d * (float)sc[2 * j]),
+                             _mm256_set1_ps(d * (float)sc[2 * j + 1]), acc);
         }
     }
     return hsum8(acc);
+}
+
+/* Four input rows per weight row (a batch of decode steps): each block is widened to floats once for
+ * the four, and each row's sums run exactly as in the one-row kernel above, so out[t] is its result. */
+
+AVX2 static void vec_dot_f16_x4_avx2(int64_t k, const void *restrict vw, const float *restrict x, int64_t ldx,
+                                     float *restrict out) {
+    const uint8_t *restrict w = (const uint8_t *)vw;
+    __m256 a0[4], a1[4];
+    for (int t = 0; t < 4; t++) a0[t] = a1[t] = _mm256_setzero_ps();
+    int64_t j = 0;
+    for (; j + 16 <= k; j += 16) {
+        const __m256 w0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + 2 * j)));
+        const __m256 w1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + 2 * j + 16)));
+        for (int t = 0; t < 4; t++) {
+            a0[t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + t * ldx + j), a0[t]);
+            a1[t] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + t * ldx + j + 8), a1[t]);
+        }
+    }
+    for (int t = 0; t < 4; t++) {
+        float s = hsum8(_mm256_add_ps(a0[t], a1[t]));
+        for (int64_t i = j; i < k; i++) s += mg_fp16_to_fp32(mg_rd16(w + 2 * i)) * x[t * ldx + i];
+        out[t] = s;
+    }
+}
+
+AVX2 static void vec_dot_q8_0_x4_avx2(int64_t k, const void *restrict vw, const float *restrict x, int64_t ldx,
+                                      float *restrict out) {
+    const uint8_t *restrict w = (const uint8_t *)vw;
+    const int64_t nb = k / MG_QK;
+    __m256 acc[4];
+    for (int t = 0; t < 4; t++) acc[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++, w += 34, x += MG_QK) {
+        __m256 f[4];
+        widen_i8(load32(w + 2), f);
+        const __m256 d = _mm256_set1_ps(fp16(w));
+        for (int t = 0; t < 4; t++) acc[t] = _mm256_fmadd_ps(d, dot_block(f, x + t * ldx), acc[t]);
+    }
+    for (int t = 0; t < 4; t++) out[t] = hsum8(acc[t]);
+}
+
+AVX2 static void vec_dot_q4_0_x4_avx2(int64_t k, const void *restrict vw, const float *restrict x, int64_t ldx,
+                                      float *restrict out) {
+    const uint8_t *restrict w = (const uint8_t *)vw;
+    const int64_t nb = k / MG_QK;
+    __m256 acc[4];
+    for (int t = 0; t < 4; t++) acc[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++, w += 18, x += MG_QK) {
+        __m256 f[4];
+        widen_i8(_mm256_sub_epi8(nibbles32(w + 2), _mm256_set1_epi8(8)), f);
+        const __m256 d = _mm256_set1_ps(fp16(w));
+        for (int t = 0; t < 4; t++) acc[t] = _mm256_fmadd_ps(d, dot_block(f, x + t * ldx), acc[t]);
+    }
+    for (int t = 0; t < 4; t++) out[t] = hsum8(acc[t]);
+}
+
+AVX2 static void vec_dot_q4_1_x4_avx2(int64_t k, const void *restrict vw, const float *restrict x, int64_t ldx,
+                                      float *restrict out) {
+    const uint8_t *restrict w = (const uint8_t *)vw;
+    const int64_t nb = k / MG_QK;
+    __m256 acc[4], accm[4];
+    for (int t = 0; t < 4; t++) acc[t] = accm[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++, w += 20, x += MG_QK) {
+        __m256 f[4];
+        widen_i8(nibbles32(w + 4), f);
+        const __m256 d = _mm256_set1_ps(fp16(w)), m = _mm256_set1_ps(fp16(w + 2));
+        for (int t = 0; t < 4; t++) {
+            acc[t] = _mm256_fmadd_ps(d, dot_block(f, x + t * ldx), acc[t]);
+            accm[t] = _mm256_fmadd_ps(m, sum_block(x + t * ldx), accm[t]);
+        }
+    }
+    for (int t = 0; t < 4; t++) out[t] = hsum8(_mm256_add_ps(acc[t], accm[t]));
+}
+
+AVX2 static void vec_dot_q4_k_x4_avx2(int64_t k, const void *restrict vw, const float *restrict x, int64_t ldx,
+                                      float *restrict out) {
+    const uint8_t *restrict w = (const uint8_t *)vw;
+    const int64_t nb = k / MG_QK_K;
+    const __m256i low = _mm256_set1_epi8(0x0F);
+    __m256 acc[4], accm[4];
+    for (int t = 0; t < 4; t++) acc[t] = accm[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++, w += 144, x += MG_QK_K) {
+        const float d = fp16(w), dmin = fp16(w + 2);
+        uint8_t sc[8], m[8];
+        mg_q4_k_scales(w + 4, sc, m);
+        for (int j = 0; j < 8; j++) {
+            const __m256i v = load32(w + 16 + 32 * (j / 2));
+            __m256 f[4];
+            widen_i8(_mm256_and_si256(j % 2 ? _mm256_srli_epi16(v, 4) : v, low), f);
+            const __m256 ds = _mm256_set1_ps(d * (float)sc[j]), dm = _mm256_set1_ps(-(dmin * (float)m[j]));
+            for (int t = 0; t < 4; t++) {
+                const float *xj = x + t * ldx + 32 * j;
+                acc[t] = _mm256_fmadd_ps(ds, dot_block(f, xj), acc[t]);
+                accm[t] = _mm256_fmadd_ps(dm, sum_block(xj), accm[t]);
+            }
+        }
+    }
+    for (int t = 0; t < 4; t++) out[t] = hsum8(_mm256_add_ps(acc[t], accm[t]));
+}
+
+AVX2 static void vec_dot_q6_k_x4_avx2(int64_t k, const void *restrict vw, const float *restrict x, int64_t ldx,
+                                      float *restrict out) {
+    const uint8_t *restrict w = (const uint8_t *)vw;
+    const int64_t nb = k / MG_QK_K;
+    __m256 acc[4];
+    for (int t = 0; t < 4; t++) acc[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++, w += 210, x += MG_QK_K) {
+        const float d = fp16(w + 208);
+        const int8_t *restrict sc = (const int8_t *)(w + 192);
+        for (int j = 0; j < 8; j++) {
+            __m256 f[4];
+            widen_i8(q6_k_codes(w, j), f);
+            const __m256 da = _mm256_set1_ps(d * (float)sc[2 * j]), db = _mm256_set1_ps(d * (float)sc[2 * j + 1]);
+            for (int t = 0; t < 4; t++) acc[t] = q6_k_block(f, x + t * ldx + 32 * j, da, db, acc[t]);
+        }
+    }
+    for (int t = 0; t < 4; t++) out[t] = hsum8(acc[t]);
 }
 
 /* Float tile product for prefill: 6 weight rows x 16 inputs in 12 accumulators (+2 x, 1 broadcast). */
@@ -329,6 +465,44 @@ AVX2 static void vec_dot_q8_q4_1_x4_avx2(int64_t k, const void *restrict vw, con
     for (int t = 0; t < 4; t++) out[t] = hsum8(acc[t]) + summ[t];
 }
 
+/* Same values as quantize_row_q16_c (packed.c), in the same way quantize_row_q8_avx2 matches its C twin.
+ * The int32 codes are within +-32767, so the saturating pack is exact. */
+AVX2 static void quantize_row_q16_avx2(const float *restrict x, mg_block_q16 *restrict y, int64_t k) {
+    const int64_t nb = k / MG_QK;
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    /* within each 128-bit lane, each group of 4 int16 (x0, x1, x2, x3) -> (x0, x2, x1, x3) */
+    const __m256i order = _mm256_setr_epi8(0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15,
+                                           0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15);
+    for (int64_t b = 0; b < nb; b++, x += MG_QK) {
+        __m256 v[4];
+        for (int i = 0; i < 4; i++) v[i] = _mm256_loadu_ps(x + 8 * i);
+        __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+                                 _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])));
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        const float amax = _mm_cvtss_f32(m4);
+        const float d = amax / 32767.0f >= FLT_MIN ? amax / 32767.0f : 0.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        const __m256 mul = _mm256_set1_ps(id);
+        __m256i q[4];
+        for (int i = 0; i < 4; i++)
+            q[i] = _mm256_cvtps_epi32(
+                _mm256_round_ps(_mm256_mul_ps(v[i], mul), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        const __m256i s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(1, 0, 3, 2)));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(2, 3, 0, 1)));
+        /* packs works within 128-bit lanes: the 64-bit permute puts inputs 0-15 (16-31) back in order */
+        for (int h = 0; h < 2; h++) {
+            const __m256i p = _mm256_permute4x64_epi64(_mm256_packs_epi32(q[2 * h], q[2 * h + 1]), 0xD8);
+            _mm256_storeu_si256((__m256i *)(y[b].q + 16 * h), _mm256_shuffle_epi8(p, order));
+        }
+        y[b].d = d;
+        y[b].s = d * (float)_mm_cvtsi128_si32(s4);
+    }
+}
+
 /* --- installation ---------------------------------------------------------------------------------- */
 
 int mg_install_avx2(void) {
@@ -339,6 +513,12 @@ int mg_install_avx2(void) {
     mg_traits[MG_Q4_1].vec_dot = vec_dot_q4_1_avx2;
     mg_traits[MG_Q4_K].vec_dot = vec_dot_q4_k_avx2;
     mg_traits[MG_Q6_K].vec_dot = vec_dot_q6_k_avx2;
+    mg_traits[MG_F16].vec_dot_x4 = vec_dot_f16_x4_avx2;
+    mg_traits[MG_Q8_0].vec_dot_x4 = vec_dot_q8_0_x4_avx2;
+    mg_traits[MG_Q4_0].vec_dot_x4 = vec_dot_q4_0_x4_avx2;
+    mg_traits[MG_Q4_1].vec_dot_x4 = vec_dot_q4_1_x4_avx2;
+    mg_traits[MG_Q4_K].vec_dot_x4 = vec_dot_q4_k_x4_avx2;
+    mg_traits[MG_Q6_K].vec_dot_x4 = vec_dot_q6_k_x4_avx2;
     mg_traits[MG_Q8_0].vec_dot_q8 = vec_dot_q8_q8_0_avx2;
     mg_traits[MG_Q4_0].vec_dot_q8 = vec_dot_q8_q4_0_avx2;
     mg_traits[MG_Q4_1].vec_dot_q8 = vec_dot_q8_q4_1_avx2;
@@ -346,6 +526,7 @@ int mg_install_avx2(void) {
     mg_traits[MG_Q4_0].vec_dot_q8_x4 = vec_dot_q8_q4_0_x4_avx2;
     mg_traits[MG_Q4_1].vec_dot_q8_x4 = vec_dot_q8_q4_1_x4_avx2;
     mg_quantize_row_q8 = quantize_row_q8_avx2;
+    mg_quantize_row_q16 = quantize_row_q16_avx2;
     mg_gemm.nr = TILE_NR;
     mg_gemm.mi = TILE_MI;
     mg_gemm.tile = gemm_tile_avx2;

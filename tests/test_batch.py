@@ -22,8 +22,9 @@ in the GEMM's order where alone they were dot products: a few float32 ulps apart
 half's ulp where a value sits near a rounding edge. NumPy's BLAS and numba's tiles differ by row
 count the same way. There the batch is held to float32 tolerances.
 
-Attention, RoPE and the K/V writes are each sequence's own, at its own positions: they run exactly as
-in the sequence's solo prefill when the batch cuts a prompt into the chunks prefill cuts (a prompt
+Attention, RoPE and the K/V writes are each sequence's own, at its own positions (one attention call
+deals out the items of all sequences, and an item's floats do not depend on its neighbours): they
+run exactly as in the sequence's solo prefill when the batch cuts a prompt into the chunks prefill cuts (a prompt
 longer than a pass is cut elsewhere: held to tolerances).
 """
 

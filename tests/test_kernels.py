@@ -90,6 +90,21 @@ def test_matmul_matches_reference(be, qtype, threads):
                 assert_matmul_close(out, x, w, qtype)
 
 
+@pytest.mark.parametrize("qtype", QTYPES)
+def test_few_inputs_are_each_input_alone(qtype):
+    # below one GEMM panel (16 inputs with AVX2, 8 in portable C) the C matmul dots each weight row
+    # with each input, four at a time where the ISA has a kernel for it: a batch of decode steps must
+    # give every sequence the floats it would get alone
+    c = get_backend("c")
+    rng = np.random.default_rng(5)
+    cols = width(576, qtype)
+    w = weight(rng, 37, cols, qtype)
+    x = inputs(rng, 15 if c.isa().startswith("avx") else 7, cols)
+    alone = np.concatenate([c.matmul(x[i:i + 1], w, qtype) for i in range(len(x))])
+    for n in range(1, len(x) + 1):
+        np.testing.assert_array_equal(c.matmul(x[:n], w, qtype), alone[:n], err_msg=f"{n} inputs")
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("qtype", ["q4_1", "q8_0", "q4_k", "q6_k"])
 def test_matmul_large_prefill(be, qtype, threads):
@@ -238,6 +253,24 @@ def test_c_quantize_act_matches_quant_bytes():
     np.testing.assert_array_equal(blocks[:, :, 4:8].copy().view(np.float32)[..., 0], s)
     np.testing.assert_array_equal(blocks[:, :, 8:12].copy().view(np.int32)[..., 0], q.reshape(17, 18, 32).sum(-1))
     np.testing.assert_array_equal(blocks[:, :, 12:].copy().view(np.int8).reshape(17, 576), q)
+
+
+def test_c_quantize_act16_matches_quant_values():
+    # the same for the int16 blocks, whose values are stored in groups of 4 as (x0, x2, x1, x3)
+    core = get_backend("c")
+    rng = np.random.default_rng(50)
+    x = inputs(rng, 9, 576) * rng.uniform(1e-6, 1e4, size=(9, 1)).astype(np.float32)
+    x[0, :32] = 0.0
+    x[1, :32] = (np.arange(32) - 15.5) * 1000
+    x[1, 31] = 32767.0
+    x[2, :32] = np.float32(1e-40)
+    x[3, 32:64] = -x[3, 32:64]
+    blocks = core._quantize_act(x, 16).reshape(9, 18, 72)
+    q, d, s = quant.quantize_act(x, 16)
+    np.testing.assert_array_equal(blocks[:, :, 0:4].copy().view(np.float32)[..., 0], d)
+    np.testing.assert_array_equal(blocks[:, :, 4:8].copy().view(np.float32)[..., 0], s)
+    stored = blocks[:, :, 8:].copy().view(np.int16).reshape(9, 18, 8, 4)
+    np.testing.assert_array_equal(stored[..., [0, 2, 1, 3]].reshape(9, 576), q)
 
 
 @pytest.mark.parametrize("threads", [1, 2])

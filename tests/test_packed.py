@@ -232,21 +232,6 @@ def assert_matmul_q16_close(got, x, w, qtype):
     assert not bad.any(), f"{bad.sum()} of {bad.size} outputs differ, e.g. {got[bad][:3]} vs {want[bad][:3]}"
 
 
-def test_c_quantize_act16_matches_quant_values():
-    rng = np.random.default_rng(50)
-    x = inputs(rng, 9, 576) * rng.uniform(1e-6, 1e4, size=(9, 1)).astype(np.float32)
-    x[0, :32] = 0.0
-    x[1, :32] = (np.arange(32) - 15.5) * 1000
-    x[1, 31] = 32767.0
-    x[2, :32] = np.float32(1e-40)
-    blocks = core._quantize_act(x, 16).reshape(9, 18, 72)
-    q, d, s = quant.quantize_act(x, 16)
-    np.testing.assert_array_equal(blocks[:, :, 0:4].copy().view(np.float32)[..., 0], d)
-    np.testing.assert_array_equal(blocks[:, :, 4:8].copy().view(np.float32)[..., 0], s)
-    stored = blocks[:, :, 8:].copy().view(np.int16).reshape(9, 18, 8, 4)
-    np.testing.assert_array_equal(stored[..., [0, 2, 1, 3]].reshape(9, 576), q)
-
-
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("qtype", X8_QTYPES)
 def test_packed_matmul_q16_matches_reference(qtype, threads):
