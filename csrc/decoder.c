@@ -89,6 +89,23 @@ static int mm(const mg_decoder *ctx, const float *x, const mg_weight *W, float *
     return f(x, W->data, out, W->qtype, n, rows, cols);
 }
 
+/* outs[k] (n, rows[k]) = x (n, cols) @ Ws[k]^T for k < count: in one job (x quantized once) where all
+ * are x8-packed with the same int bits, else one matmul after another */
+static int mm_many(const mg_decoder *ctx, const float *x, const mg_weight *const *Ws, float *const *outs,
+                   const int64_t *rows, int count, int64_t n, int64_t cols) {
+    int same = Ws[0]->bits != 32;
+    for (int k = 0; k < count; k++) same = same && (Ws[k]->qtype & MG_X8) && Ws[k]->bits == Ws[0]->bits;
+    if (same) {
+        mg_x8_matmul mms[MG_X8_MAX_MATMULS];
+        for (int k = 0; k < count; k++)
+            mms[k] = (mg_x8_matmul){Ws[k]->data, Ws[k]->qtype & ~MG_X8, rows[k], outs[k]};
+        return ctx->kern->matmul_x8_many(x, n, cols, Ws[0]->bits, mms, count);
+    }
+    for (int k = 0, err; k < count; k++)
+        if ((err = mm(ctx, x, Ws[k], outs[k], n, rows[k], cols))) return err;
+    return MG_OK;
+}
+
 /* x (n, width) += bias (width,) on every row */
 static void add_bias(const mg_ops *ops, float *x, const mg_weight *bias, int64_t n, int64_t width) {
     for (int64_t i = 0; i < n; i++) ops->add(x + i * width, (const float *)bias->data, width);
@@ -167,9 +184,10 @@ int mg_decoder_forward_multi(mg_decoder *ctx, const int64_t *ids, int64_t n, con
         const mg_decoder_layer *L = &w->layers[li];
 
         ops->rms_norm(ctx->x, (const float *)L->attn_norm.data, ctx->xb, n, d, cfg->norm_eps);
-        if ((err = mm(ctx, ctx->xb, &L->wq, ctx->q, n, qd, d))) return err;
-        if ((err = mm(ctx, ctx->xb, &L->wk, ctx->k, n, kvd, d))) return err;
-        if ((err = mm(ctx, ctx->xb, &L->wv, ctx->v, n, kvd, d))) return err;
+        const mg_weight *qkv[3] = {&L->wq, &L->wk, &L->wv};
+        float *const qkv_out[3] = {ctx->q, ctx->k, ctx->v};
+        const int64_t qkv_rows[3] = {qd, kvd, kvd};
+        if ((err = mm_many(ctx, ctx->xb, qkv, qkv_out, qkv_rows, 3, n, d))) return err;
         if (L->bq.data) {
             add_bias(ops, ctx->q, &L->bq, n, qd);
             add_bias(ops, ctx->k, &L->bk, n, kvd);
@@ -185,8 +203,10 @@ int mg_decoder_forward_multi(mg_decoder *ctx, const int64_t *ids, int64_t n, con
         ops->add(ctx->x, ctx->xo, n * d);
 
         ops->rms_norm(ctx->x, (const float *)L->ffn_norm.data, ctx->xb, n, d, cfg->norm_eps);
-        if ((err = mm(ctx, ctx->xb, &L->w_gate, ctx->hg, n, hid, d))) return err;
-        if ((err = mm(ctx, ctx->xb, &L->w_up, ctx->hu, n, hid, d))) return err;
+        const mg_weight *gate_up[2] = {&L->w_gate, &L->w_up};
+        float *const gate_up_out[2] = {ctx->hg, ctx->hu};
+        const int64_t gate_up_rows[2] = {hid, hid};
+        if ((err = mm_many(ctx, ctx->xb, gate_up, gate_up_out, gate_up_rows, 2, n, d))) return err;
         act(ctx->hg, ctx->hu, n * hid);
         if ((err = mm(ctx, ctx->hg, &L->w_down, ctx->xo, n, d, hid))) return err;
         if (L->post_ffn_norm.data) norm_rows(ops, ctx->xo, &L->post_ffn_norm, ctx->xb, n, d, cfg->norm_eps);

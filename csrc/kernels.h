@@ -265,6 +265,23 @@ int mg_pack_x8(const void *restrict w, int qtype, int64_t rows, int64_t cols, vo
 int mg_matmul_q8_x8(const float *restrict x, const void *restrict w, float *restrict out, int qtype,
                     int64_t n, int64_t rows, int64_t cols);
 
+/* One matmul of an mg_matmul_x8_many call: out (n, rows) = x @ W^T, W packed (qtype: its base type). */
+typedef struct {
+    const void *w;
+    int qtype;
+    int64_t rows;
+    float *out;
+} mg_x8_matmul;
+
+#define MG_X8_MAX_MATMULS 4
+
+/* The matmuls mms[0 .. n_mms) of one input x[n, cols] (n_mms <= MG_X8_MAX_MATMULS), each as
+ * mg_matmul_q8_x8 (bits 8) or mg_matmul_q16 (bits 16) would compute it: x is quantized once, and one
+ * parallel job deals out the row groups of all of them (a layer's q, k and v projections, its gate and
+ * up). MG_EQTYPE for other bits or a type without x8 kernels. */
+int mg_matmul_x8_many(const float *restrict x, int64_t n, int64_t cols, int bits, const mg_x8_matmul *mms,
+                      int n_mms);
+
 /* out[n * cols / MG_QK] = q16 blocks of x[n, cols]; cols a multiple of MG_QK */
 void mg_quantize_act16(const float *restrict x, int64_t n, int64_t cols, mg_block_q16 *restrict out);
 

@@ -182,39 +182,61 @@ void mg_quantize_act16(const float *restrict x, int64_t n, int64_t cols, mg_bloc
     for (int64_t i = 0; i < n; i++) mg_quantize_row_q16(x + i * cols, out + i * nb, cols);
 }
 
+/* one weight of an x8 job, with its kernel */
 typedef struct {
-    const uint8_t *xq;      /* (n, nxb) quantized inputs, xb bytes per block IN */
     const uint8_t *w;       /* (rows / 8, nb, gb) x8 groups                 IN  */
     float *out;             /* (n, rows)                                    OUT */
     mg_gemm_x8_fn k8;       /* one of these two */
     mg_gemm_x8_16_fn k16;
-    int64_t n, rows, nb, gb, nxb, xb; /* nb: x8 blocks per group row; nxb: input blocks per input */
+    int64_t rows, nb, gb;   /* nb: x8 blocks per group row, gb bytes each */
+    int64_t first;          /* the job's number of this weight's first group */
+} x8_part;
+
+typedef struct {
+    const uint8_t *xq;      /* (n, nxb) quantized inputs, xb bytes per block IN */
+    const x8_part *parts;   /* the weights, one after another               */
+    int n_parts;
+    int64_t n, nxb, xb, groups; /* nxb: input blocks per input; groups: of all the parts */
 } x8_job;
 
-/* Thread ith of nth takes a contiguous range of groups; for each group (its weights stay in L1),
- * the inputs go by in fours. */
+/* Thread ith of nth takes a contiguous range of the groups of all the weights; for each group (its
+ * weights stay in L1), the inputs go by in fours. */
 static void x8_task(void *arg, int ith, int nth) {
     const x8_job *jb = (const x8_job *)arg;
-    const int64_t groups = jb->rows / X8_ROWS, g0 = groups * ith / nth, g1 = groups * (ith + 1) / nth;
+    const int64_t g0 = jb->groups * ith / nth, g1 = jb->groups * (ith + 1) / nth;
+    int p = 0;
     for (int64_t g = g0; g < g1; g++) {
-        const uint8_t *wg = jb->w + g * jb->nb * jb->gb;
+        while (g >= jb->parts[p].first + jb->parts[p].rows / X8_ROWS) p++;
+        const x8_part *pt = &jb->parts[p];
+        const int64_t lg = g - pt->first;
+        const uint8_t *wg = pt->w + lg * pt->nb * pt->gb;
         for (int64_t i = 0; i < jb->n; i += TOKENS) {
             const void *x = jb->xq + i * jb->nxb * jb->xb;
             const int nt = (int)min64(TOKENS, jb->n - i);
-            float *out = jb->out + i * jb->rows + g * X8_ROWS;
-            if (jb->k8)
-                jb->k8(jb->nb, wg, (const mg_block_q8 *)x, jb->nxb, nt, out, jb->rows);
+            float *out = pt->out + i * pt->rows + lg * X8_ROWS;
+            if (pt->k8)
+                pt->k8(pt->nb, wg, (const mg_block_q8 *)x, jb->nxb, nt, out, pt->rows);
             else
-                jb->k16(jb->nb, wg, (const mg_block_q16 *)x, jb->nxb, nt, out, jb->rows);
+                pt->k16(pt->nb, wg, (const mg_block_q16 *)x, jb->nxb, nt, out, pt->rows);
         }
     }
 }
 
-/* quantize x with 8 or 16 bits, then run the x8 kernels over the packed weight w */
-static int matmul_x8(const float *restrict x, const void *restrict w, float *restrict out, int qtype,
-                     int64_t n, int64_t rows, int64_t cols, int bits) {
-    if (!mg_x8_supported(qtype)) return MG_EQTYPE;
-    if (n <= 0 || rows <= 0) return MG_OK;
+int mg_matmul_x8_many(const float *restrict x, int64_t n, int64_t cols, int bits, const mg_x8_matmul *mms,
+                      int n_mms) {
+    x8_part parts[MG_X8_MAX_MATMULS];
+    int64_t groups = 0, rows = 0;
+    if ((bits != 8 && bits != 16) || n_mms < 1 || n_mms > MG_X8_MAX_MATMULS) return MG_EQTYPE;
+    for (int k = 0; k < n_mms; k++) {
+        const int qtype = mms[k].qtype;
+        if (!mg_x8_supported(qtype)) return MG_EQTYPE;
+        parts[k] = (x8_part){(const uint8_t *)mms[k].w, mms[k].out, bits == 8 ? mg_gemm_x8[qtype] : NULL,
+                             bits == 8 ? NULL : mg_gemm_x8_16[qtype], mms[k].rows, cols / mg_traits[qtype].block,
+                             mg_x8_block_bytes(qtype), groups};
+        groups += mms[k].rows / X8_ROWS;
+        rows += mms[k].rows;
+    }
+    if (n <= 0 || groups == 0) return MG_OK;
     const int64_t nxb = cols / MG_QK, xb = bits == 8 ? MG_Q8_BLOCK_BYTES : MG_Q16_BLOCK_BYTES;
     _Alignas(64) uint8_t stack_xq[STACK_BYTES];
     uint8_t *xq = stack_xq;
@@ -222,28 +244,28 @@ static int matmul_x8(const float *restrict x, const void *restrict w, float *res
         xq = (uint8_t *)malloc((size_t)(n * nxb * xb));
         if (!xq) return MG_ENOMEM;
     }
-    x8_job jb = {xq, (const uint8_t *)w, out, NULL, NULL, n, rows, cols / mg_traits[qtype].block,
-                 mg_x8_block_bytes(qtype), nxb, xb};
-    if (bits == 8) {
+    if (bits == 8)
         mg_quantize_act(x, n, cols, (mg_block_q8 *)xq);
-        jb.k8 = mg_gemm_x8[qtype];
-    } else {
+    else
         mg_quantize_act16(x, n, cols, (mg_block_q16 *)xq);
-        jb.k16 = mg_gemm_x8_16[qtype];
-    }
-    const int64_t by_work = n * rows * cols / MIN_WORK, by_groups = rows / X8_ROWS;
-    mg_parallel(x8_task, &jb, (int)min64(min64(by_work, by_groups), MG_MAX_THREADS));
+    x8_job jb = {xq, parts, n_mms, n, nxb, xb, groups};
+    const int64_t by_work = n * rows * cols / MIN_WORK;
+    mg_parallel(x8_task, &jb, (int)min64(min64(by_work, groups), MG_MAX_THREADS));
     if (xq != stack_xq) free(xq);
     return MG_OK;
 }
 
 int mg_matmul_q8_x8(const float *restrict x, const void *restrict w, float *restrict out, int qtype,
                     int64_t n, int64_t rows, int64_t cols) {
-    return matmul_x8(x, w, out, qtype, n, rows, cols, 8);
+    const mg_x8_matmul mm = {w, qtype, rows, out};
+    return mg_matmul_x8_many(x, n, cols, 8, &mm, 1);
 }
 
 int mg_matmul_q16(const float *restrict x, const void *restrict w, float *restrict out, int qtype,
                   int64_t n, int64_t rows, int64_t cols) {
-    if (qtype & MG_X8) return matmul_x8(x, w, out, qtype & ~MG_X8, n, rows, cols, 16);
+    if (qtype & MG_X8) {
+        const mg_x8_matmul mm = {w, qtype & ~MG_X8, rows, out};
+        return mg_matmul_x8_many(x, n, cols, 16, &mm, 1);
+    }
     return mg_matmul(x, w, out, qtype, n, rows, cols);
 }
