@@ -4,7 +4,8 @@
     python bench/serve.py --streams 1,4 --max-tokens 32 --rounds 2 --engines minigpt
     python bench/serve.py --soak                             # 200 requests from 8 clients, a third dropped
 
-Throughput: each server is started once (minigpt: `-m minigpt serve --parallel <largest --streams> -t T`;
+Throughput: each server is started once (minigpt: `-m minigpt serve --parallel <largest --streams> -t T
+--precision P`;
 llama.cpp: `$MINIGPT_LLAMA_PYTHON -m llama_cpp.server --n_threads T`, which answers one request at a time,
 with --interrupt_requests False so that a new request waits instead of cutting the one streaming), warmed up
 by one request, then each round runs, for every stream count C and every server in a fixed order, C
@@ -132,7 +133,7 @@ def start(engine, a, parallel):
     if engine == "minigpt":
         env, cwd = _env()
         cmd = [sys.executable, "-m", "minigpt", "serve", "-m", str(a.mgpt), "--port", "0",
-               "--parallel", str(parallel), "-t", str(a.threads), "--ctx", str(a.ctx)]
+               "--parallel", str(parallel), "-t", str(a.threads), "--ctx", str(a.ctx), "--precision", a.precision]
         return Server("minigpt", cmd, env, cwd or _empty_dir().name)
     if not a.llama_python:
         raise SystemExit("llama.cpp: set MINIGPT_LLAMA_PYTHON or --llama-python (a venv with llama-cpp-python "
@@ -331,6 +332,8 @@ def main():
     ap.add_argument("-n", "--max-tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--ctx", type=int, default=2048, help="Context of each slot (each server).")
+    ap.add_argument("--precision", default="balanced", choices=["exact", "balanced", "fast"],
+                    help="minigpt's activations (minigpt serve --precision).")
     ap.add_argument("--engines", default="minigpt,llama.cpp", help="Comma-separated: minigpt, llama.cpp.")
     ap.add_argument("--llama-python", default=LLAMA_PY)
     ap.add_argument("--soak", action="store_true", help="Run the soak test instead (minigpt only).")
@@ -352,7 +355,7 @@ def main():
     if a.soak:
         sys.exit(0 if soak(a) else 1)
     print(f"model: {a.mgpt}" + (f" / {a.gguf}" if "llama.cpp" in engines else "") +
-          f"; threads {a.threads}; max_tokens {a.max_tokens}; greedy; {a.rounds} rounds")
+          f"; minigpt precision {a.precision}; threads {a.threads}; max_tokens {a.max_tokens}; greedy; {a.rounds} rounds")
     report(a, engines, counts, *throughput(a, engines, counts))
 
 

@@ -416,13 +416,15 @@ def bench(model, n_prompt, n_gen, threads, reps, backend, precision, kv_type, as
 @click.option("--ctx", default=None, type=click.IntRange(2), help="Context length of each slot (default: the model's, at most 32768).")
 @click.option("-t", "--threads", default=None, type=click.IntRange(1, MAX_THREADS), help="Default: physical cores.")
 @click.option("--kv-type", default=DEFAULT_KV_TYPE, show_default=True, type=click.Choice(KV_TYPES), help=KV_HELP)
+@click.option("--precision", default="balanced", show_default=True, type=click.Choice(["exact", "balanced", "fast"]),
+              help="How activations are rounded (see `minigpt generate --help`); fast serves more streams at once.")
 @click.option("--api-key", default=None, envvar="MINIGPT_API_KEY",
               help="Require `Authorization: Bearer KEY` on /v1 (default: $MINIGPT_API_KEY, else no key).")
 @click.option("--replicas", default=None, type=click.IntRange(1, 256),
               help="Run N copies under Ray Serve, behind the same address (pip install \"minigpt[ray]\").")
 @click.option("--ray-address", default=None,
               help="With --replicas: the Ray cluster to run on (HOST:6379, or auto); default: a local Ray.")
-def serve(model, host, port, parallel, queue, ctx, threads, kv_type, api_key, replicas, ray_address):
+def serve(model, host, port, parallel, queue, ctx, threads, kv_type, precision, api_key, replicas, ray_address):
     """Serve a model over an OpenAI-compatible HTTP API, with a chat page at /."""
     from . import serve as serve_
 
@@ -432,14 +434,14 @@ def serve(model, host, port, parallel, queue, ctx, threads, kv_type, api_key, re
         from .serve import replicas as replicas_
 
         return replicas_.run(model, _resolve(model), replicas, ray_address, host, port, parallel, queue, ctx,
-                             threads, kv_type, api_key)
+                             threads, kv_type, api_key, precision)
     if ray_address is not None:
         raise MinigptError("--ray-address goes with --replicas N")
     if serve_.missing():
         raise MinigptError('minigpt serve needs: pip install "minigpt[serve]"')
     from .serve.server import run
 
-    run(_load(model, threads, n_ctx=ctx, kv_type=kv_type), host, port, parallel, queue, api_key)
+    run(_load(model, threads, n_ctx=ctx, precision=precision, kv_type=kv_type), host, port, parallel, queue, api_key)
 
 
 # --- measuring: convert --check, perplexity

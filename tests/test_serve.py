@@ -39,7 +39,7 @@ def test_models_and_health(server):
     assert [m.id for m in server.client().models.list()] == ["tiny"]
     assert server.client().models.retrieve("tiny").id == "tiny"
     h = server.health()
-    assert h["status"] == "ok" and h["model"] == "tiny" and h["slots"] == 4
+    assert h["status"] == "ok" and h["model"] == "tiny" and h["slots"] == 4 and h["precision"] == "balanced"
     assert h["replica"].endswith(f":{server.proc.pid}")
     page = httpx.get(server.url + "/", timeout=TIMEOUT)
     assert page.headers["content-type"].startswith("text/html") and "/v1/chat/completions" in page.text
@@ -156,7 +156,7 @@ def test_parallel_streams(server):
 
 @pytest.fixture(scope="module")
 def one_slot(model_path):
-    s = Server(model_path, "--parallel", "1", "--queue", "0", "--ctx", "131072")
+    s = Server(model_path, "--parallel", "1", "--queue", "0", "--ctx", "131072", "--precision", "fast")
     yield s
     s.stop()
 
@@ -177,6 +177,14 @@ def test_a_full_house_and_a_dropped_stream(one_slot):
         time.sleep(0.1)
     assert s.health()["slots_busy"] == 0
     assert chat(s.client(), "hi", max_tokens=2).choices[0].finish_reason == "length"
+
+
+def test_precision_is_the_one_asked_for(one_slot, model_path):
+    # --precision reaches the engine: the server's greedy reply is the API's at that precision
+    assert one_slot.health()["precision"] == "fast"
+    r = one_slot.client().completions.create(model="tiny", prompt="the", max_tokens=8, temperature=0)
+    m = minigpt.load(model_path, threads=1, precision="fast")
+    assert r.choices[0].text == "".join(m.generate("the", max_tokens=8, temperature=0))
 
 
 def test_a_client_that_stops_waiting_frees_its_slot(one_slot):

@@ -35,7 +35,7 @@ def model_path(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(model_path):
     # two replicas of one thread each: a 2-core machine holds them
-    s = Server(model_path, "--replicas", "2", "-t", "1", start_timeout=START_TIMEOUT)
+    s = Server(model_path, "--replicas", "2", "-t", "1", "--precision", "fast", start_timeout=START_TIMEOUT)
     yield s
     s.stop(STOP_TIMEOUT)
 
@@ -53,7 +53,7 @@ def test_ready_line_and_health_name_both_replicas(server):
     seen = set()
     for _ in range(20):
         h = server.health()
-        assert h["status"] == "ok" and h["model"] == "tiny" and h["slots"] == 1
+        assert h["status"] == "ok" and h["model"] == "tiny" and h["slots"] == 1 and h["precision"] == "fast"
         seen.add(h["replica"])
     # each replica is a process of its own, not the command's: Ray Serve spread the requests over both
     assert len(seen) == 2, seen
