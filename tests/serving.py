@@ -39,11 +39,12 @@ def tiny_model(folder):
 class Server:
     """`python -m minigpt serve` on a free port, ready once it has printed its address."""
 
-    def __init__(self, path, *extra, start_timeout=START_TIMEOUT):
+    def __init__(self, path, *extra, start_timeout=START_TIMEOUT, env=None, launch=subprocess.Popen):
+        """launch(cmd, **popen_args) starts the command (another host's: tests/netns.py); env: python_env's."""
         self.stderr = tempfile.TemporaryFile("w+")   # a file, not a pipe: a pipe no one reads could fill up
-        self.proc = subprocess.Popen(
+        self.proc = launch(
             [sys.executable, "-m", "minigpt", "serve", "-m", str(path), "--port", "0", *extra],
-            env=python_env(), cwd=NEUTRAL_CWD, stdout=subprocess.PIPE, stderr=self.stderr, text=True)
+            env=python_env(env), cwd=NEUTRAL_CWD, stdout=subprocess.PIPE, stderr=self.stderr, text=True)
         lines = queue.Queue()
         threading.Thread(target=lambda: [lines.put(line) for line in self.proc.stdout], daemon=True).start()
         try:
@@ -51,7 +52,7 @@ class Server:
         except queue.Empty:
             self.proc.kill()
             ready = ""
-        assert ready.startswith("minigpt serve: http://127.0.0.1:"), (ready, self.errors())
+        assert ready.startswith("minigpt serve: http://"), (ready, self.errors())
         self.url = ready.split()[2]
 
     def errors(self):

@@ -36,6 +36,7 @@ def server(model_path):
 # --- the API
 
 def test_models_and_health(server):
+    assert server.url.startswith("http://127.0.0.1:")   # localhost unless --host says otherwise
     assert [m.id for m in server.client().models.list()] == ["tiny"]
     assert server.client().models.retrieve("tiny").id == "tiny"
     h = server.health()

@@ -72,7 +72,13 @@ def run(model, path, replicas, address=None, host="127.0.0.1", port=8080, parall
         ray.init(address="local", num_cpus=max(os.cpu_count() or 1, replicas * threads), include_dashboard=False,
                  logging_level=logging.WARNING)
     else:
-        ray.init(address=address, logging_level=logging.WARNING)
+        try:
+            ray.init(address=address, logging_level=logging.WARNING)
+        except ConnectionError as e:
+            hint = ("" if os.environ.get("RAY_AUTH_MODE") else
+                    "; if the cluster uses token authentication (Ray's default since 2.60), set RAY_AUTH_MODE=token "
+                    "and give this machine the head's token (~/.ray/auth_token, or RAY_AUTH_TOKEN)")
+            raise MinigptError(f"{one_line(e)}{hint}") from None
     logging.getLogger("ray.serve").setLevel(logging.WARNING)   # its progress lines; the ready line says it
     stop = threading.Event()
     try:
