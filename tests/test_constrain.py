@@ -6,6 +6,7 @@ a random model would otherwise fill max_tokens with digits of a never-ending num
 
 import json
 import re
+from pathlib import Path
 
 import jsonschema
 import numpy as np
@@ -16,7 +17,7 @@ from minigpt import constrain
 from minigpt.convert import convert
 from minigpt.errors import ArgumentError, MinigptError
 
-from subproc import run_minigpt
+from subproc import run_minigpt, run_python
 from synthetic import tiny_llama
 from test_cli import assert_one_line_error
 
@@ -300,6 +301,20 @@ def test_cli_bad_constraints_are_one_line_errors(tiny, tmp_path):
                             (["--grammar", tmp_path / "bad.lark"], "grammar"),
                             (["--regex", "a", "--grammar", tmp_path / "bad.lark"], "one of")):
             assert word in assert_one_line_error(run_minigpt(*base, *extra, input=""))
+
+
+# --- bench/constrain.py: the report's fields, never timings
+
+def test_bench_constrain_json(tiny):
+    bench = Path(__file__).resolve().parent.parent / "bench" / "constrain.py"
+    r = run_python(bench, "-m", tiny, "-n", 12, "-r", 2, "--json", timeout=300)
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["vocab"] == 266 and info["chars"] == 12 and len(info["reps"]) == 2
+    for row in info["reps"]:
+        assert row["tokens"] > 0 and 0 < row["grammar_seconds"] < row["seconds"] and row["overhead"] > 0
+        assert 0 < row["free_tokens"] <= row["tokens"]   # the free reply gets the same budget
+    assert set(info["median"]) == {"overhead", "tok_s", "free_tok_s"}
 
 
 # --- a real model
