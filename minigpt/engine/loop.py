@@ -30,9 +30,10 @@ class TokenLoop:
     (None while running).
 
     constraint (a constrain.Constraint, or None): the grammar the tokens must follow. Its mask is
-    applied to the logits before each draw; the tokens it forces are yielded one Step each and then
-    evaluated together, in one prefill; when it is complete the loop ends with 'eos' (end of
-    generation is then the only token it allows).
+    applied to the logits before each draw; a run of tokens it forces is yielded one Step each (no
+    probabilities: nothing was drawn), then evaluated together in one prefill (cancelled() is checked
+    before the run); when it is complete the loop ends with 'eos' (end of generation is then the only
+    token it allows).
     """
 
     def __init__(self, engine, cache, logits, settings: SamplerSettings, rng, max_tokens=None, stop_ids=(),
