@@ -18,7 +18,7 @@ from minigpt.convert import convert
 from minigpt.errors import ArgumentError, MinigptError
 
 from subproc import run_minigpt, run_python
-from synthetic import tiny_llama
+from synthetic import tiny_llama, tiny_spm_fields
 from test_cli import assert_one_line_error
 
 OPEN = dict(temperature=1.5, top_k=0, top_p=1.0, min_p=0.0)
@@ -140,6 +140,18 @@ def test_response_format_shapes():
 def test_text_format_and_no_constraint_give_the_same_reply(model):
     kw = dict(max_tokens=20, seed=3)
     assert list(model.generate("Hi", **kw)) == list(model.generate("Hi", response_format={"type": "text"}, **kw))
+
+
+def test_a_sentencepiece_vocabulary_works_too(tmp_path):
+    """Token bytes from an SPM vocabulary ('▁' for spaces, <0xAB> byte tokens) build the same masks."""
+    tiny_llama(tmp_path / "spm.gguf", wtype="Q8_0", ctx=1024, tokenizer=tiny_spm_fields())
+    convert(tmp_path / "spm.gguf", tmp_path / "spm.mgpt")
+    m = minigpt.load(str(tmp_path / "spm.mgpt"))
+    for name in ("chinese_nested", "array_of_objects", "pattern_plate"):
+        for seed in range(3):
+            valid("".join(m.generate("x", max_tokens=MAX, seed=seed, response_format=SCHEMAS[name], **OPEN)),
+                  SCHEMAS[name])
+    assert re.fullmatch(REGEXES[3], "".join(m.generate("x", max_tokens=MAX, seed=1, regex=REGEXES[3], **OPEN)))
 
 
 # --- regex and Lark
