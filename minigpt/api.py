@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 
-from . import args, hub, kernels, naming
+from . import args, constrain, hub, kernels, naming
 from .chat import ChatSession
 from .engine import DEFAULT_KV_TYPE, KV_TYPES, PRECISIONS, Engine, KVCache, Step, TextStream, TokenLoop
 from .engine.cache import kv_row
@@ -151,22 +151,31 @@ class Model:
 
     # --- generation
     def generate(self, prompt, max_tokens=128, temperature=0.8, top_k=40, top_p=0.95, min_p=0.05,
-                 repeat_penalty=1.0, repeat_last_n=64, seed=None, stop=(), special=True):
+                 repeat_penalty=1.0, repeat_last_n=64, seed=None, stop=(), special=True, *, response_format=None,
+                 regex=None, grammar=None):
         """Stream text pieces continuing `prompt` (a str, or a list of token ids), from an empty cache.
 
         Stops at max_tokens, an end-of-generation token, a full context, or a stop string (not included).
         With special=True, control-token texts in the prompt (e.g. <|im_start|>) become those tokens.
-        Bad arguments raise here, before the first piece is asked for.
+
+        Constrained output (at most one of the three; minigpt/constrain.py): response_format, a JSON
+        Schema dict, or OpenAI's {"type": "json_schema", "json_schema": {"schema": {...}}} or
+        {"type": "json_object"}: the text is compact JSON that validates; regex: the text matches it whole;
+        grammar: a Lark grammar (llguidance's dialect) the text follows. The text ends when the grammar
+        is complete; give max_tokens room for it (at max_tokens it is cut short).
+
+        Bad arguments (a bad schema, regex or grammar too) raise here, before the first piece is asked for.
         """
         steps = self.steps(prompt, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed,
-                           stop, special)
+                           stop, special, response_format=response_format, regex=regex, grammar=grammar)
         return (step.text for step in steps if step.text)
 
     def steps(self, prompt, max_tokens=128, temperature=0.8, top_k=40, top_p=0.95, min_p=0.05,
-              repeat_penalty=1.0, repeat_last_n=64, seed=None, stop=(), special=True, top_n=0):
+              repeat_penalty=1.0, repeat_last_n=64, seed=None, stop=(), special=True, top_n=0, *,
+              response_format=None, regex=None, grammar=None):
         """generate(), as engine.Step objects: each token with its text and, with top_n > 0, the model's
-        probabilities for it and its top_n likeliest alternatives. A last Step with token None may carry
-        text held back until the end."""
+        probabilities for it and its top_n likeliest alternatives (none for a token the grammar forces).
+        A last Step with token None may carry text held back until the end."""
         settings = SamplerSettings(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed)
         if seed is None:
             settings = settings.with_(seed=int(np.random.SeedSequence().entropy % 2**63))
@@ -178,14 +187,18 @@ class Model:
             ids = args.token_ids("prompt", prompt, self.config.vocab_size, "a str or a list of token ids")
         if not ids:
             ids = [self.tokenizer.bos_id if self.tokenizer.bos_id is not None else self.tokenizer.eos_id]
-        return self._steps(ids, settings, max_tokens, stop, top_n)
+        return self._steps(ids, settings, max_tokens, stop, top_n, self.constraint(response_format, regex, grammar))
 
-    def _steps(self, ids, settings, max_tokens, stop, top_n):
+    def constraint(self, response_format=None, regex=None, grammar=None):
+        """The constrain.Constraint of one generation under these options (see generate), or None."""
+        return constrain.constraint(self.tokenizer, self.config.vocab_size, response_format, regex, grammar)
+
+    def _steps(self, ids, settings, max_tokens, stop, top_n, constraint=None):
         self.reset()
         logits = self.engine.prefill(ids)
         out = TextStream(self.tokenizer, stop)
         for step in TokenLoop(self.engine, self.engine.cache, logits, settings, make_rng(settings.seed), max_tokens,
-                              self.tokenizer.eog_ids, top_n=top_n):
+                              self.tokenizer.eog_ids, top_n=top_n, constraint=constraint):
             step.text = out.push(step.token)
             yield step
             if out.stopped:

@@ -177,34 +177,39 @@ class ChatSession:
         next token. What was written is kept in the history."""
         self._cancel.set()
 
-    def send(self, text, on_prefill_progress=None):
+    def send(self, text, on_prefill_progress=None, *, response_format=None, regex=None, grammar=None):
         """Stream the reply to `text` as text pieces (whole characters). on_prefill_progress(done, total)
-        is called as the prompt's new tokens are read. See .last for what the turn cost and why it ended."""
-        return (step.text for step in self.steps(text, on_prefill_progress) if step.text)
+        is called as the prompt's new tokens are read. See .last for what the turn cost and why it ended.
 
-    def steps(self, text, on_prefill_progress=None, top_n=0):
+        response_format (a JSON Schema, or OpenAI's json_schema / json_object shapes), regex or grammar
+        (Lark) constrain this reply, as in Model.generate; a bad one raises here, before the turn."""
+        return (step.text for step in self.steps(text, on_prefill_progress, response_format=response_format,
+                                                 regex=regex, grammar=grammar) if step.text)
+
+    def steps(self, text, on_prefill_progress=None, top_n=0, *, response_format=None, regex=None, grammar=None):
         """Like send(), but yields engine.Step objects: token id, its text, and with top_n > 0 the model's
-        probabilities for it and for its top_n likeliest alternatives. A last Step with token None may
-        carry text held back until the end.
+        probabilities for it and for its top_n likeliest alternatives (none for a token a grammar forces).
+        A last Step with token None may carry text held back until the end.
 
         The turn runs as the iterator is consumed (on any thread); a cancel() from the moment this is
         called counts. Stop a turn with cancel() rather than by abandoning the iterator: text held back
         at that point (part of a character, a possible stop string) is then not shown, nor kept."""
         args.text("text", text)
         top_n = args.integer("top_n", top_n, 0)
+        constraint = self.model.constraint(response_format, regex, grammar)
         if not self._busy.locked():
             self._cancel.clear()
-        return self._locked_turn(text, on_prefill_progress, top_n)
+        return self._locked_turn(text, on_prefill_progress, top_n, constraint)
 
-    def _locked_turn(self, text, progress, top_n):
+    def _locked_turn(self, text, progress, top_n, constraint):
         if not self._busy.acquire(blocking=False):
             raise MinigptError("this session is already answering (one send at a time per session)")
         try:
-            yield from self._turn(text, progress, top_n)
+            yield from self._turn(text, progress, top_n, constraint)
         finally:
             self._busy.release()
 
-    def _turn(self, text, progress, top_n):
+    def _turn(self, text, progress, top_n, constraint):
         m, cache = self.model, self.cache
         stats = self.last = TurnStats()
         messages, prompt, ids, stats.dropped_turns = self._fit(self.messages + [{"role": "user", "content": text}])
@@ -242,7 +247,7 @@ class ChatSession:
 
         out = TextStream(m.tokenizer, self.template.stop)
         loop = TokenLoop(m.engine, cache, logits, self.settings, self.rng, self.max_tokens, m.tokenizer.eog_ids,
-                         self._cancel.is_set, top_n)
+                         self._cancel.is_set, top_n, constraint)
         tokens, steps = [], iter(loop)
         t0 = time.perf_counter()
         try:

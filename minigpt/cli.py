@@ -93,6 +93,29 @@ def _load(model, threads=None, backend=None, n_ctx=None, precision="balanced", k
     return Model(_resolve(model), threads=threads, backend=backend, n_ctx=n_ctx, precision=precision, kv_type=kv_type)
 
 
+def _constraint_options(f):
+    """--json-schema, --regex and --grammar: the options of generate and chat that constrain the output."""
+    f = click.option("--grammar", "grammar_file", default=None, type=click.Path(dir_okay=False),
+                     help="A Lark grammar file (llguidance's dialect) the output follows.")(f)
+    f = click.option("--regex", default=None, help="A regular expression the whole output matches.")(f)
+    return click.option("--json-schema", "schema_file", default=None, type=click.Path(dir_okay=False),
+                        help="A JSON Schema file: the output is compact JSON that validates against it.")(f)
+
+
+def _constraint(schema_file, regex, grammar_file):
+    """The keywords (response_format, regex, grammar) that --json-schema / --regex / --grammar ask for."""
+    from .constrain import schema_text
+    from .perplexity import read_text
+
+    if sum(x is not None for x in (schema_file, regex, grammar_file)) > 1:
+        raise MinigptError("give one of --json-schema, --regex and --grammar")
+    if schema_file is not None:
+        return {"response_format": schema_text(read_text(schema_file), schema_file)}
+    if grammar_file is not None:
+        return {"grammar": read_text(grammar_file)}
+    return {"regex": regex} if regex is not None else {}
+
+
 def _utf8_stdout():
     if (sys.stdout.encoding or "").lower().replace("-", "") != "utf8":
         sys.stdout.reconfigure(encoding="utf-8")
@@ -282,12 +305,14 @@ def tokenize(model, special, add_bos, text):
 @click.option("--stats", is_flag=True, help="Print token counts and speed to stderr at the end.")
 @click.option("--show-probs", is_flag=True,
               help="One line per generated token: its probability and the likeliest alternatives; then the text.")
+@_constraint_options
 def generate(model, prompt, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, stop,
-             threads, ctx, backend, precision, kv_type, echo, stats, show_probs):
+             threads, ctx, backend, precision, kv_type, echo, stats, show_probs, schema_file, regex, grammar_file):
     """Continue PROMPT, streaming the text to standard output."""
     from .repl import PROBS_N, probs_line
 
     _utf8_stdout()
+    constrain = _constraint(schema_file, regex, grammar_file)   # a bad file fails before the model loads
     m = _load(model, threads, backend, ctx, precision, kv_type)
     if echo and not show_probs:
         click.echo(prompt, nl=False)
@@ -295,7 +320,7 @@ def generate(model, prompt, max_tokens, temperature, top_k, top_p, min_p, repeat
     n_prompt, text = None, []
     for step in m.steps(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                         min_p=min_p, repeat_penalty=repeat_penalty, seed=seed, stop=stop,
-                        top_n=PROBS_N if show_probs else 0):
+                        top_n=PROBS_N if show_probs else 0, **constrain):
         if n_prompt is None:   # the first token arrives after the prefill
             n_prompt, t_prefill = m.n_past - 1, time.perf_counter() - t0
         if show_probs:
@@ -341,8 +366,9 @@ CHAT_DEFAULTS = {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05, 
               help="How activations are rounded (see `minigpt generate --help`).  [default: balanced]")
 @click.option("--kv-type", default=None, type=click.Choice(KV_TYPES),
               help=f"{KV_HELP}  [default: {DEFAULT_KV_TYPE}; with --resume, the saved chat's]")
+@_constraint_options
 def chat(model, system, temperature, top_k, top_p, min_p, repeat_penalty, seed, max_tokens, ctx, threads, resume,
-         template_file, stats, show_probs, backend, precision, kv_type):
+         template_file, stats, show_probs, backend, precision, kv_type, schema_file, regex, grammar_file):
     """Chat with a model in the terminal (the default model is fetched on first use)."""
     from . import chatfile
     from .api import DEFAULT_N_CTX
@@ -352,6 +378,7 @@ def chat(model, system, temperature, top_k, top_p, min_p, repeat_penalty, seed, 
     from .template import MAX_SOURCE_CHARS
 
     _utf8_stdout()
+    constrain = _constraint(schema_file, regex, grammar_file)   # for every reply
     given = {k: v for k, v in dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                    repeat_penalty=repeat_penalty, seed=seed).items() if v is not None}
     if resume:   # the saved chat names its model (a hint, checked), context, precision and cache type
@@ -365,6 +392,7 @@ def chat(model, system, temperature, top_k, top_p, min_p, repeat_penalty, seed, 
     if template_file:
         m.set_chat_template(read_text(template_file, limit=MAX_SOURCE_CHARS))
     m.template   # a broken or hostile template stops here, before any chat
+    m.constraint(**constrain)   # and so does a bad schema, regex or grammar
     if resume:
         session = ChatSession.load(resume, m)
         if given:
@@ -376,7 +404,7 @@ def chat(model, system, temperature, top_k, top_p, min_p, repeat_penalty, seed, 
         if max_tokens is not None:
             settings["max_tokens"] = max_tokens or None
         session = m.chat(system=system, n_ctx=ctx, **settings)
-    repl = Repl(m, session, stats=stats, probs=PROBS_N if show_probs else 0)
+    repl = Repl(m, session, stats=stats, probs=PROBS_N if show_probs else 0, constrain=constrain)
     repl._banner()
     if m.is_base and not template_file:   # warn and go on, as ollama chats with a base model too
         repl.say(f"warning: {m.name} is a base model: it continues text rather than answering; "

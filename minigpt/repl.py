@@ -34,10 +34,12 @@ PROBS_N = 5
 
 class Repl:
     """The read-eval-print loop over one ChatSession. stats: print speed and context use after each
-    reply; probs: show that many candidate tokens under each generated token (0: off)."""
+    reply; probs: show that many candidate tokens under each generated token (0: off); constrain: the
+    keywords (response_format, regex or grammar) that constrain every reply (ChatSession.steps)."""
 
-    def __init__(self, model, chat, stats=False, probs=0, out=sys.stdout):
+    def __init__(self, model, chat, stats=False, probs=0, out=sys.stdout, constrain=None):
         self.model, self.chat, self.stats, self.probs, self.out = model, chat, stats, probs, out
+        self.constrain = constrain or {}
         self.dim = out.isatty() and not os.environ.get("NO_COLOR")
         self._readline = _setup_readline() if sys.stdin.isatty() else None
         self._progress_shown = False
@@ -75,7 +77,7 @@ class Repl:
                     if self._command(text.strip()) == "exit":
                         break
                 else:
-                    self._answer(lambda top_n: self.chat.steps(text, self._progress, top_n))
+                    self._answer(lambda top_n: self.chat.steps(text, self._progress, top_n, **self.constrain))
             except ContextFullError as e:
                 self.say(f"error: {e} (start minigpt chat with a larger --ctx)")
             except MinigptError as e:
@@ -192,7 +194,7 @@ class Repl:
             if user is None:
                 self.say("error: nothing to regenerate yet")
             else:
-                self._answer(lambda top_n: c.steps(user, self._progress, top_n))
+                self._answer(lambda top_n: c.steps(user, self._progress, top_n, **self.constrain))
         elif name == "undo":
             user = c.undo()
             self.note("nothing to undo" if user is None else f"took back: {_short(user)}")
@@ -270,7 +272,10 @@ class Repl:
 
 
 def probs_line(tokenizer, step):
-    """One generated token as a line: how it reads, its probability, and the likeliest alternatives."""
+    """One generated token as a line: how it reads, its probability, and the likeliest alternatives
+    (a token a grammar forces has none: it was not sampled)."""
+    if step.p is None:
+        return f"  {token_label(tokenizer, step.token):<16} forced by the grammar"
     alts = "  ".join(f"{token_label(tokenizer, i)} {p:.1%}" for i, p in step.top if i != step.token)
     return f"  {token_label(tokenizer, step.token):<16} {step.p:6.1%}   | {alts}"
 

@@ -1,0 +1,186 @@
+"""Constrained output: replies that follow a JSON Schema, a regular expression or a Lark grammar.
+
+llguidance (no torch) does the parsing: from the grammar and the model's own token bytes it computes,
+before each token, the set of tokens that keep the text valid (a bitmask), and the tokens the grammar
+forces (one choice only), which the token loop evaluates together instead of one step each.
+
+    c = constraint(model.tokenizer, model.config.vocab_size, response_format={"type": "json_object"})
+    logits = c.mask(logits); c.advance([token]); c.forced(); c.done
+
+The llguidance tokenizer is built once per minigpt tokenizer (cached beside it); a grammar is compiled
+per generation. A bad schema, regex or grammar is an ArgumentError of one line.
+"""
+
+import json
+import re
+import threading
+import weakref
+
+import llguidance
+import numpy as np
+
+from . import args
+from .errors import CLIP_ARG, ArgumentError, ArgumentTypeError, MinigptError, clip
+
+# Compact JSON: no whitespace between tokens, so a reply cannot wander off into blank space and the
+# punctuation the schema fixes ('{"name":"') is forced, hence evaluated in one batch.
+JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ",", "key_separator": ":"}
+
+_tokenizers = weakref.WeakKeyDictionary()   # minigpt tokenizer -> {n_vocab: llguidance.LLTokenizer}
+_lock = threading.Lock()
+
+
+# --- the llguidance tokenizer, from minigpt's own token bytes
+
+class _Vocab:
+    """What llguidance.TokenizerWrapper reads: each token's bytes, the special ids, and encode.
+    Tokens that render as no bytes (control, unknown, unused) are special: grammars never use them;
+    their text stands in for their bytes so that no two look alike."""
+
+    def __init__(self, tok):
+        self._tok = tok
+        self.tokens, self.special_token_ids = [], []
+        for i in range(tok.n_vocab):
+            b = tok.token_bytes(i)
+            if not b:
+                self.special_token_ids.append(i)
+                b = tok.token_text(i).encode("utf-8", "surrogatepass")
+            self.tokens.append(b)
+        self.eos_token_id, self.bos_token_id = tok.eos_id, tok.bos_id
+
+    def __call__(self, text):   # bytes or str -> ids, as minigpt tokenizes (llguidance calls it for prompts)
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", "replace")
+        return self._tok.encode(text)
+
+
+def ll_tokenizer(tok, n_vocab):
+    """The llguidance tokenizer of minigpt tokenizer `tok` over n_vocab logits (the model's rows,
+    which may outnumber the tokens), built once and cached beside tok. End of generation: tok.eog_ids."""
+    with _lock:
+        per_tok = _tokenizers.setdefault(tok, {})
+        if n_vocab not in per_tok:
+            eos = sorted(tok.eog_ids) or ([tok.eos_id] if tok.eos_id is not None else [])
+            if not eos:
+                raise MinigptError("constrained output needs an end-of-generation token, and this model has none")
+            per_tok[n_vocab] = llguidance.LLTokenizer(llguidance.TokenizerWrapper(_Vocab(tok)), n_vocab=n_vocab,
+                                                      eos_token=eos)
+        return per_tok[n_vocab]
+
+
+# --- from the caller's options to an llguidance grammar
+
+def grammar_spec(response_format=None, regex=None, grammar=None):
+    """The llguidance grammar (a JSON str) for at most one of: response_format (OpenAI's
+    {"type": "json_object"}, {"type": "json_schema", "json_schema": {"schema": {...}}} or {"type": "text"},
+    or a JSON Schema dict itself), regex (the whole reply matches it) or grammar (Lark, llguidance's
+    dialect). None when none is given (or the format is "text")."""
+    given = [name for name, v in (("response_format", response_format), ("regex", regex), ("grammar", grammar))
+             if v is not None]
+    if len(given) > 1:
+        raise ArgumentError(f"give one of response_format, regex and grammar, not {' and '.join(given)}")
+    if regex is not None:
+        return llguidance.LLMatcher.grammar_from_regex(args.text("regex", regex))
+    if grammar is not None:
+        return llguidance.LLMatcher.grammar_from_lark(args.text("grammar", grammar))
+    if response_format is None:
+        return None
+    schema = json_schema(response_format)
+    if schema is None:
+        return None
+    try:
+        return llguidance.LLMatcher.grammar_from_json_schema(schema, overrides=JSON_OPTIONS)
+    except ValueError as e:
+        raise ArgumentError(f"response_format: bad JSON Schema: {_one_line(e)}") from None
+
+
+def json_schema(response_format):
+    """The JSON Schema a response_format asks for (None: plain text)."""
+    if not isinstance(response_format, dict):
+        raise ArgumentTypeError(f"response_format must be a dict (a JSON Schema, or OpenAI's "
+                                f"{{'type': 'json_schema', ...}}), got {clip(response_format, CLIP_ARG)}")
+    kind = response_format.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "object"}
+    if kind == "json_schema":
+        inner = response_format.get("json_schema")
+        schema = inner.get("schema") if isinstance(inner, dict) else None
+        if not isinstance(schema, dict):
+            raise ArgumentError("response_format of type json_schema needs {'json_schema': {'schema': {...}}}, "
+                                f"got {clip(response_format, CLIP_ARG)}")
+        return schema
+    return response_format   # a schema of its own
+
+
+def _one_line(error):
+    """llguidance's message without its source excerpts and caret lines, on one line."""
+    lines = [line.strip() for line in str(error).splitlines()]
+    keep = [line for line in lines if line and not re.fullmatch(r"\^+|\d+ \|.*", line)]
+    return " ".join(keep)
+
+
+# --- one generation
+
+def constraint(tok, n_vocab, response_format=None, regex=None, grammar=None):
+    """A Constraint for one generation, or None when nothing constrains it. Bad options raise
+    ArgumentError here (one line), before anything is generated."""
+    spec = grammar_spec(response_format, regex, grammar)
+    if spec is None:
+        return None
+    matcher = llguidance.LLMatcher(ll_tokenizer(tok, n_vocab), spec, log_level=0)
+    if matcher.is_error():
+        what = "regex" if regex is not None else "grammar" if grammar is not None else "response_format"
+        raise ArgumentError(f"{what}: {_one_line(matcher.get_error())}")
+    return Constraint(matcher, n_vocab)
+
+
+class Constraint:
+    """One generation's grammar state. Before each sampled token mask() the logits; after each token
+    (sampled or forced) advance(); forced() lists the tokens the grammar allows no alternative to;
+    done: the grammar is complete and nothing but end-of-generation may follow."""
+
+    def __init__(self, matcher, n_vocab):
+        self.matcher, self.n_vocab = matcher, n_vocab
+        self._bits = np.zeros((1, (n_vocab + 31) // 32), dtype=np.int32)   # [1, ceil(vocab / 32)]
+        self._out = np.empty(n_vocab, dtype=np.float32)
+
+    def mask(self, logits):
+        """logits: [vocab] -> [vocab], -inf where the grammar forbids the token (a buffer reused per call)."""
+        self.matcher.unsafe_compute_mask_ptr(self._bits.ctypes.data, self._bits.nbytes)
+        self._check()
+        # bit k of int32 word w is token 32w + k: little-endian bytes, little-endian bits within each
+        allowed = np.unpackbits(self._bits.view(np.uint8), bitorder="little", count=self.n_vocab).view(bool)
+        if not allowed.any():
+            raise MinigptError("the grammar allows no token here (constrained output cannot go on)")
+        self._out.fill(-np.inf)
+        np.copyto(self._out, logits, where=allowed)
+        return self._out
+
+    def forced(self):
+        """Ids the grammar forces next (none when there is a choice)."""
+        return self.matcher.compute_ff_tokens()
+
+    def advance(self, ids):
+        if not self.matcher.consume_tokens(list(ids)):
+            self._check()
+
+    @property
+    def done(self):
+        return self.matcher.is_stopped()
+
+    def _check(self):
+        if self.matcher.is_error():
+            raise MinigptError(f"constrained output failed: {_one_line(self.matcher.get_error())}")
+
+
+def schema_text(text, source):
+    """A JSON Schema read from `source` (a file name, for messages): the parsed dict, or a one-line error."""
+    try:
+        schema = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise MinigptError(f"{source}: not JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    if not isinstance(schema, dict):
+        raise MinigptError(f"{source}: a JSON Schema is a JSON object, got {type(schema).__name__}")
+    return schema
