@@ -335,39 +335,44 @@ AVX2 static void gemm_tile_avx2(int64_t kc, const float *restrict w, int64_t ldw
 
 /* --- q8: int8 activations -------------------------------------------------------------------------- */
 
-/* Same bytes as quantize_row_q8_c: the same float32 operations in the same order (amax is exact in any
- * order), and _mm256_round_ps to nearest even is rintf under the default rounding mode. */
+/* One block of 32 inputs x as the C quantizers round it, for codes up to qmax: d = amax / qmax (0 below
+ * FLT_MIN), q = rint(x * (1/d)) -> q[4] (8 int32 each, in order); returns d, and *sum = sum of q (exact).
+ * The same float32 operations in the same order as the C code (amax is exact in any order), and
+ * _mm256_round_ps to nearest even is rintf under the default rounding mode. */
+AVX2 static inline float quantize_block(const float *restrict x, float qmax, __m256i q[4], int32_t *sum) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 v[4];
+    for (int i = 0; i < 4; i++) v[i] = _mm256_loadu_ps(x + 8 * i);
+    __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+                             _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])));
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    const float amax = _mm_cvtss_f32(m4);
+    const float d = amax / qmax >= FLT_MIN ? amax / qmax : 0.0f;
+    const __m256 mul = _mm256_set1_ps(d != 0.0f ? 1.0f / d : 0.0f);
+    for (int i = 0; i < 4; i++)
+        q[i] = _mm256_cvtps_epi32(
+            _mm256_round_ps(_mm256_mul_ps(v[i], mul), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    const __m256i s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(1, 0, 3, 2)));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(2, 3, 0, 1)));
+    *sum = _mm_cvtsi128_si32(s4);
+    return d;
+}
+
+/* Same bytes as quantize_row_q8_c (quants.c). */
 AVX2 static void quantize_row_q8_avx2(const float *restrict x, mg_block_q8 *restrict y, int64_t k) {
     const int64_t nb = k / MG_QK;
-    const __m256 sign = _mm256_set1_ps(-0.0f);
     const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     for (int64_t b = 0; b < nb; b++, x += MG_QK) {
-        __m256 v[4];
-        for (int i = 0; i < 4; i++) v[i] = _mm256_loadu_ps(x + 8 * i);
-        __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
-                                 _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])));
-        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-        const float amax = _mm_cvtss_f32(m4);
-        const float d = amax / 127.0f >= FLT_MIN ? amax / 127.0f : 0.0f;
-        const float id = d != 0.0f ? 1.0f / d : 0.0f;
-        const __m256 mul = _mm256_set1_ps(id);
         __m256i q[4];
-        for (int i = 0; i < 4; i++)
-            q[i] = _mm256_cvtps_epi32(
-                _mm256_round_ps(_mm256_mul_ps(v[i], mul), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-        const __m256i s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
-        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
-        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(1, 0, 3, 2)));
-        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(2, 3, 0, 1)));
+        y[b].d = quantize_block(x, 127.0f, q, &y[b].sum);
+        y[b].s = y[b].d * (float)y[b].sum;
         /* packs work within 128-bit lanes: the permute puts the 8 groups of 4 back in order */
         const __m256i p16a = _mm256_packs_epi32(q[0], q[1]), p16b = _mm256_packs_epi32(q[2], q[3]);
-        const __m256i p8 = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(p16a, p16b), perm);
-        _mm256_storeu_si256((__m256i *)y[b].q, p8);
-        y[b].d = d;
-        y[b].sum = _mm_cvtsi128_si32(s4);
-        y[b].s = d * (float)y[b].sum;
+        _mm256_storeu_si256((__m256i *)y[b].q, _mm256_permutevar8x32_epi32(_mm256_packs_epi16(p16a, p16b), perm));
     }
 }
 
@@ -465,41 +470,22 @@ AVX2 static void vec_dot_q8_q4_1_x4_avx2(int64_t k, const void *restrict vw, con
     for (int t = 0; t < 4; t++) out[t] = hsum8(acc[t]) + summ[t];
 }
 
-/* Same values as quantize_row_q16_c (packed.c), in the same way quantize_row_q8_avx2 matches its C twin.
- * The int32 codes are within +-32767, so the saturating pack is exact. */
+/* Same values as quantize_row_q16_c (packed.c). The codes are within +-32767: the saturating pack is exact. */
 AVX2 static void quantize_row_q16_avx2(const float *restrict x, mg_block_q16 *restrict y, int64_t k) {
     const int64_t nb = k / MG_QK;
-    const __m256 sign = _mm256_set1_ps(-0.0f);
     /* within each 128-bit lane, each group of 4 int16 (x0, x1, x2, x3) -> (x0, x2, x1, x3) */
     const __m256i order = _mm256_setr_epi8(0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15,
                                            0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15);
     for (int64_t b = 0; b < nb; b++, x += MG_QK) {
-        __m256 v[4];
-        for (int i = 0; i < 4; i++) v[i] = _mm256_loadu_ps(x + 8 * i);
-        __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
-                                 _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])));
-        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-        const float amax = _mm_cvtss_f32(m4);
-        const float d = amax / 32767.0f >= FLT_MIN ? amax / 32767.0f : 0.0f;
-        const float id = d != 0.0f ? 1.0f / d : 0.0f;
-        const __m256 mul = _mm256_set1_ps(id);
         __m256i q[4];
-        for (int i = 0; i < 4; i++)
-            q[i] = _mm256_cvtps_epi32(
-                _mm256_round_ps(_mm256_mul_ps(v[i], mul), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-        const __m256i s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
-        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
-        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(1, 0, 3, 2)));
-        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(2, 3, 0, 1)));
+        int32_t sum;
+        y[b].d = quantize_block(x, 32767.0f, q, &sum);
+        y[b].s = y[b].d * (float)sum;
         /* packs works within 128-bit lanes: the 64-bit permute puts inputs 0-15 (16-31) back in order */
         for (int h = 0; h < 2; h++) {
             const __m256i p = _mm256_permute4x64_epi64(_mm256_packs_epi32(q[2 * h], q[2 * h + 1]), 0xD8);
             _mm256_storeu_si256((__m256i *)(y[b].q + 16 * h), _mm256_shuffle_epi8(p, order));
         }
-        y[b].d = d;
-        y[b].s = d * (float)_mm_cvtsi128_si32(s4);
     }
 }
 
