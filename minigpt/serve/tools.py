@@ -1,0 +1,122 @@
+"""Tool calls in the shape Qwen2.5's chat template (and Hermes') teaches its model: the grammar that makes
+a reply a call, and the parser that turns a reply's calls into OpenAI's tool_calls, whole or streamed.
+
+    <tool_call>
+    {"name": "get_weather", "arguments": {"city": "Paris"}}
+    </tool_call>
+
+A block whose JSON does not parse, or names a tool the request did not give, is not a call: it stays in
+the reply's text.
+"""
+
+import json
+import re
+import uuid
+
+OPEN, CLOSE = "<tool_call>", "</tool_call>"
+_BLOCK = re.compile(re.escape(OPEN) + r"(.*?)" + re.escape(CLOSE), re.S)
+# how the template writes calls back into the conversation (Python's json.dumps separators): the model
+# reads its own calls in the same shape as it is made to write them
+_JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+
+
+def call_grammar(tools, name=None):
+    """Lark grammar (llguidance's dialect) of a reply that is one call of one of `tools` (or of the one
+    named `name`), its arguments following that tool's parameters schema.
+    tools: [{"type": "function", "function": {"name", "parameters"?}}], as checked by protocol.py."""
+    choices = [{"type": "object", "additionalProperties": False, "required": ["name", "arguments"],
+                "properties": {"name": {"const": f["name"]}, "arguments": f.get("parameters") or {"type": "object"}}}
+               for f in (t["function"] for t in tools) if name in (None, f["name"])]
+    schema = {"anyOf": choices, "x-guidance": _JSON_STYLE}
+    return f'start: "{OPEN}\\n" %json {json.dumps(schema)} "\\n{CLOSE}"'
+
+
+def parse(text, tools):
+    """(content, calls) of a whole reply: calls, OpenAI's tool_calls, from its call blocks; content: the
+    rest of the text, stripped, None when nothing is left."""
+    names = {t["function"]["name"] for t in tools}
+    calls, rest, pos = [], [], 0
+    for m in _BLOCK.finditer(text):
+        call = _call(m.group(1), names)
+        if call is not None:
+            rest.append(text[pos:m.start()])
+            pos = m.end()
+            calls.append(call)
+    rest.append(text[pos:])
+    return "".join(rest).strip() or None, calls
+
+
+def _call(body, names):
+    """{"id", "type": "function", "function": {"name", "arguments": a JSON str}} of a block's JSON, or None."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    if not (isinstance(data, dict) and data.get("name") in names):
+        return None
+    arguments = data.get("arguments", {})
+    if isinstance(arguments, str):   # some models write the arguments as a JSON string
+        try:
+            arguments = json.loads(arguments)
+        except ValueError:
+            return None
+    if not isinstance(arguments, dict):
+        return None
+    return {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+            "function": {"name": data["name"], "arguments": json.dumps(arguments, ensure_ascii=False)}}
+
+
+class CallStream:
+    """A streamed reply's text pieces in, OpenAI's deltas out (what parse() gives, in pieces): content as
+    it comes, except text that may begin a call (held back until it is known) and whitespace that may end
+    the content (held back until more text follows); each call, once complete, as two tool_calls deltas:
+    its index, id, type and name, then its arguments."""
+
+    def __init__(self, tools):
+        self.names = {t["function"]["name"] for t in tools}
+        self.buf, self.space, self.started, self.n_calls = "", "", False, 0
+
+    def push(self, text):
+        """-> [delta]: {"content": str} or {"tool_calls": [...]}"""
+        self.buf += text
+        out = []
+        while True:
+            i = self.buf.find(OPEN)
+            if i < 0:   # keep what may be the start of OPEN
+                keep = next((k for k in range(min(len(OPEN) - 1, len(self.buf)), 0, -1)
+                             if OPEN.startswith(self.buf[-k:])), 0)
+                self._content(self.buf[:len(self.buf) - keep], out)
+                self.buf = self.buf[len(self.buf) - keep:]
+                return out
+            self._content(self.buf[:i], out)
+            self.buf = self.buf[i:]
+            j = self.buf.find(CLOSE)
+            if j < 0:   # a call still being written
+                return out
+            block, self.buf = self.buf[:j + len(CLOSE)], self.buf[j + len(CLOSE):]
+            call = _call(block[len(OPEN):-len(CLOSE)], self.names)
+            if call is None:
+                self._content(block, out)
+                continue
+            head = {"index": self.n_calls, "id": call["id"], "type": "function",
+                    "function": {"name": call["function"]["name"], "arguments": ""}}
+            out += [{"tool_calls": [head]},
+                    {"tool_calls": [{"index": self.n_calls, "function": {"arguments": call["function"]["arguments"]}}]}]
+            self.n_calls += 1
+
+    def flush(self):
+        """The deltas of what is held back, at the end of the reply (an unfinished call is text)."""
+        out = []
+        self._content(self.buf, out)
+        self.buf = ""
+        return out
+
+    def _content(self, text, out):
+        if not self.started:
+            text = text.lstrip()
+        body = text.rstrip()
+        if body:
+            out.append({"content": self.space + body})
+            self.started, self.space = True, text[len(body):]
+        else:
+            self.space += text if self.started else ""
