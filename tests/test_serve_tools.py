@@ -94,6 +94,7 @@ def test_bad_formats_and_tools_are_400s_of_one_line(server):
            dict(tools=[TOOLS[0], TOOLS[0]]),
            dict(tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "nonsense"}}}],
                 tool_choice="required"),
+           dict(tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "nonsense"}}}]),
            dict(tools=TOOLS, tool_choice="required", response_format={"type": "json_object"})]
     for kw in bad:
         with pytest.raises(openai.BadRequestError) as e:
@@ -171,16 +172,23 @@ def test_parse_finds_the_calls_and_keeps_the_rest():
     assert json.loads(calls[1]["function"]["arguments"]) == {"zone": "UTC", "hours": 3}
     assert content.startswith("Let me look.\n") and '"nope"' in content   # not a tool: stays text
     assert tools.parse("  just text <tool", TOOLS) == ("just text <tool", [])
+    content, calls = tools.parse(BARE, TOOLS)   # untagged, as Llama 3.1 writes calls
+    assert content is None and json.loads(calls[0]["function"]["arguments"]) == {"zone": "CET", "hours": 1}
+    assert tools.parse(BARE + " {}", TOOLS) == (BARE.strip() + " {}", [])
 
 
-def test_a_streamed_reply_gives_what_parse_gives():
-    content, calls = tools.parse(REPLY, TOOLS)
+BARE = ' {"name": "get_time", "parameters": {"zone": "CET", "hours": 1}}'
+
+
+@pytest.mark.parametrize("reply", [REPLY, BARE, BARE + " {}", "{} <tool_call>", "  ", "plain <tool_call"])
+def test_a_streamed_reply_gives_what_parse_gives(reply):
+    content, calls = tools.parse(reply, TOOLS)
     rng = random.Random(0)
     for _ in range(20):
-        cuts = sorted(rng.sample(range(1, len(REPLY)), 12))
+        cuts = sorted(rng.sample(range(1, len(reply)), min(12, len(reply) - 1)))
         s = tools.CallStream(TOOLS)
-        deltas = [d for a, b in zip([0] + cuts, cuts + [len(REPLY)]) for d in s.push(REPLY[a:b])] + s.flush()
-        assert "".join(d.get("content", "") for d in deltas) == content
+        deltas = [d for a, b in zip([0] + cuts, cuts + [len(reply)]) for d in s.push(reply[a:b])] + s.flush()
+        assert "".join(d.get("content", "") for d in deltas) == (content or "")
         got = [d["tool_calls"][0] for d in deltas if "tool_calls" in d]
         assert [g["function"]["name"] for g in got[::2]] == [c["function"]["name"] for c in calls]
         assert [g["function"]["arguments"] for g in got[1::2]] == [c["function"]["arguments"] for c in calls]
@@ -214,9 +222,46 @@ def test_forced_tokens_are_evaluated_in_one_step(model_path, monkeypatch):
     assert max(n for step in seen[1:] for n in step) > 1   # after the prompt: a sampled token and the forced rest
 
 
+def test_a_call_the_model_begins_on_its_own_is_constrained_from_its_tag_on(model_path, monkeypatch):
+    """tool_choice "auto": free text until the model writes <tool_call> (scripted here), then the call's grammar."""
+    model = minigpt.load(str(model_path), n_ctx=512)
+    script = [3 + b for b in b"Hi <tool_call>"]   # the tiny vocabulary: 3 control tokens, then the 256 bytes
+    it, real = iter(script), scheduler.forward_batch
+
+    def forward(engine, items):   # the script's tokens first, then the model's own (masked) choices
+        logits = real(engine, items)
+        for row in logits:
+            token = next(it, None)
+            if token is not None:
+                row[token] = 1e4
+        return logits
+
+    monkeypatch.setattr(scheduler, "forward_batch", forward)
+    sched = scheduler.Scheduler(model, parallel=1)
+    sched.start()
+    try:
+        call = model.constraint(grammar=tools.call_grammar(TOOLS, opened=True))
+        job = scheduler.Job(model.tokenizer.encode("Q?"), SamplerSettings(temperature=0), max_tokens=300,
+                            trigger=(tools.OPEN.encode(), call))
+
+        async def run():
+            sched.submit(job)
+            return [e async for e in job.events()]
+        events = asyncio.run(run())
+    finally:
+        sched.stop()
+    text = "".join(e.text for e in events)
+    content, calls = tools.parse(text, TOOLS)
+    assert events[-1].finish == "stop" and content == "Hi" and len(calls) == 1, text
+    f = calls[0]["function"]
+    jsonschema.validate(json.loads(f["arguments"]), SCHEMAS[f["name"]])
+
+
 # --- the real model: a round trip with the openai client
 
 def test_real_qwen2_calls_a_tool_and_answers(qwen2_mgpt):
+    """The model chooses to call (tool_choice "auto"; it writes the call untagged), with valid arguments;
+    given the result, it replies in text that uses it (at 0.5B it mostly repeats the call and the result)."""
     s = Server(qwen2_mgpt, "--threads", "2", "--api-key", KEY)
     try:
         client = s.client()
@@ -226,7 +271,7 @@ def test_real_qwen2_calls_a_tool_and_answers(qwen2_mgpt):
             "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 40}},
                            "required": ["city"]}}}]
         messages = [{"role": "user", "content": "What is the weather like in Paris today?"}]
-        first = client.chat.completions.create(model=name, messages=messages, tools=weather, tool_choice="required",
+        first = client.chat.completions.create(model=name, messages=messages, tools=weather, tool_choice="auto",
                                                temperature=0, max_tokens=40)
         call = first.choices[0].message.tool_calls[0]
         assert first.choices[0].finish_reason == "tool_calls" and call.function.name == "get_weather"

@@ -85,15 +85,18 @@ class Service:
                                 f"with room for at least one more", param, "context_length_exceeded")
         return ids
 
-    def constraint(self, req):
-        """The Constraint of the reply: a tool call when one is required, else the response_format's
-        JSON (None: free text). A bad schema is a 400 here, before the request is queued."""
-        if req.tool_choice in ("required", "function"):
-            param, options = "tools", {"grammar": tools.call_grammar(req.tools, req.tool_name)}
-        else:
-            param, options = "response_format", {"response_format": req.response_format}
+    def constraints(self, req):
+        """(constraint, trigger) of a chat reply, as Job takes them: a tool call when one is required,
+        else the response_format's JSON (None: free text); with tool_choice "auto", a call the model
+        begins is constrained from its OPEN tag on. A bad schema is a 400 here, before the request is queued."""
+        param = "response_format" if req.response_format is not None else "tools"
         try:
-            return self.model.constraint(**options)
+            if req.tool_choice in ("required", "function"):
+                return self.model.constraint(grammar=tools.call_grammar(req.tools, req.tool_name)), None
+            if req.tool_choice == "auto" and req.response_format is None:
+                call = self.model.constraint(grammar=tools.call_grammar(req.tools, opened=True))
+                return None, (tools.OPEN.encode(), call)
+            return self.model.constraint(response_format=req.response_format), None
         except ArgumentError as e:
             raise ApiError(400, one_line(e), param) from None
 
@@ -104,9 +107,11 @@ class Service:
             raise ApiError(400, f"this model's chat template ({self.model.template.name}) has no place for tools",
                            "tools")
         ids = await run_in_threadpool(self.prompt_ids, req)
-        constraint = await run_in_threadpool(self.constraint, req) if req.messages is not None else None
+        constraint, trigger = None, None
+        if req.messages is not None:
+            constraint, trigger = await run_in_threadpool(self.constraints, req)
         stop = req.stop + (self.model.template.stop if req.messages is not None else ())
-        job = Job(ids, req.settings, req.max_tokens, stop, req.logprobs, req.top_logprobs, constraint)
+        job = Job(ids, req.settings, req.max_tokens, stop, req.logprobs, req.top_logprobs, constraint, trigger)
         try:
             return self.scheduler.submit(job)
         except Busy:

@@ -6,7 +6,8 @@ a reply a call, and the parser that turns a reply's calls into OpenAI's tool_cal
     </tool_call>
 
 A block whose JSON does not parse, or names a tool the request did not give, is not a call: it stays in
-the reply's text.
+the reply's text. A reply that is nothing but such a JSON object, untagged, is a call too: small models
+write them so (Qwen2.5-Coder-0.5B), and Llama 3.1's template asks for them ({"name", "parameters"}).
 """
 
 import json
@@ -20,21 +21,25 @@ _BLOCK = re.compile(re.escape(OPEN) + r"(.*?)" + re.escape(CLOSE), re.S)
 _JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 
-def call_grammar(tools, name=None):
+def call_grammar(tools, name=None, opened=False):
     """Lark grammar (llguidance's dialect) of a reply that is one call of one of `tools` (or of the one
-    named `name`), its arguments following that tool's parameters schema.
+    named `name`), its arguments following that tool's parameters schema; opened: of what follows the
+    call's OPEN tag (the model has begun the call on its own).
     tools: [{"type": "function", "function": {"name", "parameters"?}}], as checked by protocol.py."""
     choices = [{"type": "object", "additionalProperties": False, "required": ["name", "arguments"],
                 "properties": {"name": {"const": f["name"]}, "arguments": f.get("parameters") or {"type": "object"}}}
                for f in (t["function"] for t in tools) if name in (None, f["name"])]
     schema = {"anyOf": choices, "x-guidance": _JSON_STYLE}
-    return f'start: "{OPEN}\\n" %json {json.dumps(schema)} "\\n{CLOSE}"'
+    return f'start: "{"" if opened else OPEN}\\n" %json {json.dumps(schema)} "\\n{CLOSE}"'
 
 
 def parse(text, tools):
     """(content, calls) of a whole reply: calls, OpenAI's tool_calls, from its call blocks; content: the
     rest of the text, stripped, None when nothing is left."""
     names = {t["function"]["name"] for t in tools}
+    bare = _call(text, names) if text.strip().startswith("{") else None
+    if bare is not None:
+        return None, [bare]
     calls, rest, pos = [], [], 0
     for m in _BLOCK.finditer(text):
         call = _call(m.group(1), names)
@@ -54,7 +59,7 @@ def _call(body, names):
         return None
     if not (isinstance(data, dict) and data.get("name") in names):
         return None
-    arguments = data.get("arguments", {})
+    arguments = data.get("arguments", data.get("parameters", {}))
     if isinstance(arguments, str):   # some models write the arguments as a JSON string
         try:
             arguments = json.loads(arguments)
@@ -70,7 +75,8 @@ class CallStream:
     """A streamed reply's text pieces in, OpenAI's deltas out (what parse() gives, in pieces): content as
     it comes, except text that may begin a call (held back until it is known) and whitespace that may end
     the content (held back until more text follows); each call, once complete, as two tool_calls deltas:
-    its index, id, type and name, then its arguments."""
+    its index, id, type and name, then its arguments. A reply that begins with "{" is held back whole:
+    it may be an untagged call."""
 
     def __init__(self, tools):
         self.names = {t["function"]["name"] for t in tools}
@@ -79,6 +85,23 @@ class CallStream:
     def push(self, text):
         """-> [delta]: {"content": str} or {"tool_calls": [...]}"""
         self.buf += text
+        if not self.started and not self.n_calls and self.buf.lstrip()[:1] in ("", "{"):
+            return []   # nothing yet, or maybe an untagged call: known at the end
+        return self._drain()
+
+    def flush(self):
+        """The deltas of what is held back, at the end of the reply (an unfinished call is text)."""
+        out = []
+        call = _call(self.buf, self.names) if not self.started and self.buf.lstrip()[:1] == "{" else None
+        if call is not None:
+            self.buf = ""
+            self._call(call, out)
+        out += self._drain()
+        self._content(self.buf, out)
+        self.buf = ""
+        return out
+
+    def _drain(self):
         out = []
         while True:
             i = self.buf.find(OPEN)
@@ -98,18 +121,14 @@ class CallStream:
             if call is None:
                 self._content(block, out)
                 continue
-            head = {"index": self.n_calls, "id": call["id"], "type": "function",
-                    "function": {"name": call["function"]["name"], "arguments": ""}}
-            out += [{"tool_calls": [head]},
-                    {"tool_calls": [{"index": self.n_calls, "function": {"arguments": call["function"]["arguments"]}}]}]
-            self.n_calls += 1
+            self._call(call, out)
 
-    def flush(self):
-        """The deltas of what is held back, at the end of the reply (an unfinished call is text)."""
-        out = []
-        self._content(self.buf, out)
-        self.buf = ""
-        return out
+    def _call(self, call, out):
+        head = {"index": self.n_calls, "id": call["id"], "type": "function",
+                "function": {"name": call["function"]["name"], "arguments": ""}}
+        out += [{"tool_calls": [head]},
+                {"tool_calls": [{"index": self.n_calls, "function": {"arguments": call["function"]["arguments"]}}]}]
+        self.n_calls += 1
 
     def _content(self, text, out):
         if not self.started:
