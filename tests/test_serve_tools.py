@@ -133,6 +133,18 @@ def test_a_required_call_is_a_valid_call_whole_and_streamed(server, choice):
     assert final.choices[0].message.tool_calls[0].function.arguments == c.message.tool_calls[0].function.arguments
 
 
+def test_logprobs_of_a_constrained_reply(server):
+    """One entry per token, forced ones included (logprob 0: under the grammar they were certain)."""
+    client = server.client()
+    kw = dict(temperature=0, max_tokens=300, tools=TOOLS, tool_choice="required", logprobs=True, top_logprobs=2)
+    whole = chat(client, "Time?", **kw)
+    content = whole.choices[0].logprobs.content
+    assert len(content) == whole.usage.completion_tokens and any(t.logprob == 0.0 for t in content)
+    _, chunks = stream_chat(client, "Time?", **kw)
+    streamed = [t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
+    assert [t.token for t in streamed] == [t.token for t in content]
+
+
 def test_tool_results_go_back_and_none_means_text(server):
     client = server.client()
     first = chat(client, "Weather in Oslo?", temperature=0, max_tokens=300, tools=TOOLS, tool_choice="required")

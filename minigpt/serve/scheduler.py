@@ -292,10 +292,11 @@ class Scheduler:
 def _logprobs(logits, token, top_n):
     """(token, its logprob, [(id, logprob)] of the top_n likeliest) under logits [vocab] (the repeat
     penalty applied) at temperature 1, before any top-k / top-p cut: the model's view, as `generate
-    --show-probs` shows it. A log-softmax, so even a token of probability ~0 has a finite logprob."""
+    --show-probs` shows it. A log-softmax, so even a token of probability ~0 has a finite logprob.
+    Under a constraint, logits are masked: tokens it forbids (-inf) are left out of the top_n."""
     z = log_softmax(logits)
     top = []
     if top_n:   # a partial sort: only the best top_n need ordering
         best = np.argpartition(-z, top_n - 1)[:top_n] if top_n < len(z) else np.arange(len(z))
-        top = [(int(i), float(z[i])) for i in best[np.argsort(-z[best], kind="stable")]]
+        top = [(int(i), float(z[i])) for i in best[np.argsort(-z[best], kind="stable")] if z[i] > -np.inf]
     return token, float(z[token]), top
