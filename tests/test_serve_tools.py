@@ -92,6 +92,7 @@ def test_bad_formats_and_tools_are_400s_of_one_line(server):
            dict(tools=TOOLS, tool_choice="always"),
            dict(tools=[{"type": "function", "function": {"description": "no name"}}]),
            dict(tools=[TOOLS[0], TOOLS[0]]),
+           dict(tools=[{"type": "function", "function": {"name": "get weather"}}]),
            dict(tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "nonsense"}}}],
                 tool_choice="required"),
            dict(tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "nonsense"}}}]),
@@ -131,6 +132,19 @@ def test_a_required_call_is_a_valid_call_whole_and_streamed(server, choice):
                                         temperature=0, max_tokens=300, tools=TOOLS, tool_choice=choice) as s:
         final = s.get_final_completion()   # the openai client's own assembly of the deltas
     assert final.choices[0].message.tool_calls[0].function.arguments == c.message.tool_calls[0].function.arguments
+
+
+def test_a_schema_with_defs_as_pydantic_writes_them(server):
+    """Each tool's schema is its own root: its "$ref"s to "#/$defs/..." resolve."""
+    booking = {"type": "object", "$defs": {"Day": {"enum": ["mon", "tue"]}},
+               "properties": {"day": {"$ref": "#/$defs/Day"}, "seats": {"type": "integer", "minimum": 1, "maximum": 9}},
+               "required": ["day", "seats"], "additionalProperties": False}
+    tools_ = TOOLS + [{"type": "function", "function": {"name": "book", "parameters": booking}}]
+    r = chat(server.client(), "Book", temperature=0, max_tokens=300, tools=tools_,
+             tool_choice={"type": "function", "function": {"name": "book"}})
+    call = r.choices[0].message.tool_calls[0]
+    assert call.function.name == "book"
+    jsonschema.validate(json.loads(call.function.arguments), booking)
 
 
 def test_logprobs_of_a_constrained_reply(server):

@@ -3,6 +3,7 @@ that says what is wrong, with the status and the JSON body OpenAI's clients expe
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 
 from .. import args
@@ -17,6 +18,7 @@ MAX_TOP_LOGPROBS = 20    # OpenAI's limit
 # The roles a chat template knows; 'developer' is what newer OpenAI clients call the system prompt.
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
 TOOL_CHOICES = ("none", "auto", "required")   # or {"type": "function", "function": {"name": ...}}
+TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")   # OpenAI's rule for function names
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
           405: "invalid_request_error", 413: "invalid_request_error", 500: "server_error", 503: "server_error"}
@@ -230,11 +232,11 @@ def _tools(value):
     names = set()
     for i, tool in enumerate(value):
         f = tool.get("function") if isinstance(tool, dict) and tool.get("type") == "function" else None
-        ok = (isinstance(f, dict) and isinstance(f.get("name"), str) and f["name"]
+        ok = (isinstance(f, dict) and isinstance(f.get("name"), str) and TOOL_NAME.fullmatch(f["name"])
               and isinstance(f.get("parameters", {}), dict) and isinstance(f.get("description", ""), str))
         if not ok:
-            raise ApiError(400, f"tools[{i}] must be {{type: 'function', function: {{name, description, parameters}}}}, "
-                                f"got {clip(tool, CLIP_ARG)}", "tools")
+            raise ApiError(400, f"tools[{i}] must be {{type: 'function', function: {{name, description, parameters}}}} "
+                                f"with a name of up to 64 of a-z, A-Z, 0-9, _ and -, got {clip(tool, CLIP_ARG)}", "tools")
         if f["name"] in names:
             raise ApiError(400, f"tools: two tools are named {f['name']!r}", "tools")
         names.add(f["name"])

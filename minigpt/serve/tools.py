@@ -25,12 +25,19 @@ def call_grammar(tools, name=None, opened=False):
     """Lark grammar (llguidance's dialect) of a reply that is one call of one of `tools` (or of the one
     named `name`), its arguments following that tool's parameters schema; opened: of what follows the
     call's OPEN tag (the model has begun the call on its own).
-    tools: [{"type": "function", "function": {"name", "parameters"?}}], as checked by protocol.py."""
-    choices = [{"type": "object", "additionalProperties": False, "required": ["name", "arguments"],
-                "properties": {"name": {"const": f["name"]}, "arguments": f.get("parameters") or {"type": "object"}}}
-               for f in (t["function"] for t in tools) if name in (None, f["name"])]
-    schema = {"anyOf": choices, "x-guidance": _JSON_STYLE}
-    return f'start: "{"" if opened else OPEN}\\n" %json {json.dumps(schema)} "\\n{CLOSE}"'
+    tools: [{"type": "function", "function": {"name", "parameters"?}}], as checked by protocol.py.
+
+    Each tool's schema is a root of its own (%json), so its "$ref"s to "#/$defs/..." resolve in it; the
+    call's frame around it is literal text, which the grammar forces."""
+    rules, choices = [], []
+    for i, f in enumerate(t["function"] for t in tools):
+        if name in (None, f["name"]):
+            schema = {**(f.get("parameters") or {"type": "object"}), "x-guidance": _JSON_STYLE}
+            rules.append(f"args_{i}: %json {json.dumps(schema)}")
+            frame = '{"name": "' + f["name"] + '", "arguments": '   # names are [a-zA-Z0-9_-] (protocol.py)
+            choices.append(f'{json.dumps(frame)} args_{i} "}}"')
+    head = json.dumps(("" if opened else OPEN) + "\n")
+    return "\n".join([f"start: {head} call {json.dumps(chr(10) + CLOSE)}", "call: " + " | ".join(choices), *rules])
 
 
 def parse(text, tools):
