@@ -201,6 +201,7 @@ def test_parse_finds_the_calls_and_keeps_the_rest():
     content, calls = tools.parse(BARE, TOOLS)   # untagged, as Llama 3.1 writes calls
     assert content is None and json.loads(calls[0]["function"]["arguments"]) == {"zone": "CET", "hours": 1}
     assert tools.parse(BARE + " {}", TOOLS) == (BARE.strip() + " {}", [])
+    assert tools.parse('{"name": ["get_time"]}', TOOLS) == ('{"name": ["get_time"]}', [])
 
 
 BARE = ' {"name": "get_time", "parameters": {"zone": "CET", "hours": 1}}'

@@ -36,8 +36,8 @@ def call_grammar(tools, name=None, opened=False):
             rules.append(f"args_{i}: %json {json.dumps(schema)}")
             frame = '{"name": "' + f["name"] + '", "arguments": '   # names are [a-zA-Z0-9_-] (protocol.py)
             choices.append(f'{json.dumps(frame)} args_{i} "}}"')
-    head = json.dumps(("" if opened else OPEN) + "\n")
-    return "\n".join([f"start: {head} call {json.dumps(chr(10) + CLOSE)}", "call: " + " | ".join(choices), *rules])
+    head, tail = json.dumps(("" if opened else OPEN) + "\n"), json.dumps("\n" + CLOSE)
+    return "\n".join([f"start: {head} call {tail}", "call: " + " | ".join(choices), *rules])
 
 
 def parse(text, tools):
@@ -64,7 +64,7 @@ def _call(body, names):
         data = json.loads(body)
     except ValueError:
         return None
-    if not (isinstance(data, dict) and data.get("name") in names):
+    if not (isinstance(data, dict) and isinstance(data.get("name"), str) and data["name"] in names):
         return None
     arguments = data.get("arguments", data.get("parameters", {}))
     if isinstance(arguments, str):   # some models write the arguments as a JSON string
