@@ -163,12 +163,23 @@ class ChatTemplate:
                 return cls(text, name, bos_token, eos_token, stop)
         return cls(PLAIN, "plain", bos_token, eos_token, stop=("\nUser:",))
 
-    def render(self, messages, add_generation_prompt=True):
-        """messages: [{"role": ..., "content": ...}] -> the prompt text (special tokens as text)."""
-        msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
-        return _renderer.render(self.source, self.name, {
-            "messages": msgs, "add_generation_prompt": add_generation_prompt,
-            "bos_token": self.bos_token, "eos_token": self.eos_token})
+    def render(self, messages, add_generation_prompt=True, tools=None):
+        """messages: [{"role": ..., "content": ...}] -> the prompt text (special tokens as text).
+        As Hugging Face's apply_chat_template: tools, [{"type": "function", "function": {name, description,
+        parameters}}], go to the template as `tools`; an assistant message may carry tool_calls
+        [{"id", "type", "function": {"name", "arguments": a dict}}] and a "tool" message a tool_call_id."""
+        keys = ("role", "content", "tool_calls", "tool_call_id", "name")
+        msgs = [{k: m[k] for k in keys if k in m} for m in messages]
+        variables = {"messages": msgs, "add_generation_prompt": add_generation_prompt,
+                     "bos_token": self.bos_token, "eos_token": self.eos_token}
+        if tools:
+            variables["tools"] = tools
+        return _renderer.render(self.source, self.name, variables)
+
+    @property
+    def renders_tools(self):
+        """Whether the template has a place for tools (a template that never reads them would drop them)."""
+        return "tools" in self.source
 
     def check(self):
         """Render a small conversation once, so a broken or hostile template fails before any chat."""

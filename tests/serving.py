@@ -26,12 +26,12 @@ ENGLISH = "Tell me about the weather in the mountains."
 CHINESE = "你好，请介绍一下你自己。天气怎么样？"
 
 
-def tiny_model(folder):
-    """Path of a tiny random Llama as .mgpt, written into `folder`.
+def tiny_model(folder, **kw):
+    """Path of a tiny random Llama as .mgpt, written into `folder` (kw: tiny_llama's, e.g. chat_template).
 
     Its context is long enough that a reply left alone takes minutes to fill it (the tiny model writes
     newlines forever at temperature 0): only a cancel frees its slot quickly."""
-    tiny_llama(folder / "tiny.gguf", wtype="Q8_0", ctx=131072)
+    tiny_llama(folder / "tiny.gguf", wtype="Q8_0", ctx=131072, **kw)
     convert(folder / "tiny.gguf", folder / "tiny.mgpt")
     return folder / "tiny.mgpt"
 

@@ -27,7 +27,8 @@ from starlette.routing import Route
 
 from .. import args
 from ..chat import encode_prompt
-from ..errors import MinigptError, one_line
+from ..errors import ArgumentError, MinigptError, one_line
+from . import tools
 from .protocol import MAX_BODY, ApiError, chat_request, completion_request, parse_body
 from .scheduler import Busy, Job
 
@@ -68,7 +69,9 @@ class Service:
         tok, param = self.model.tokenizer, "messages" if req.messages is not None else "prompt"
         try:
             if req.messages is not None:
-                ids = encode_prompt(tok, self.model.template.render(req.messages, add_generation_prompt=True))
+                given = req.tools if req.tool_choice != "none" else None   # "none": the model is not told of them
+                text = self.model.template.render(req.messages, add_generation_prompt=True, tools=given)
+                ids = encode_prompt(tok, text)
             elif isinstance(req.prompt, str):
                 ids = tok.encode(req.prompt, add_bos=tok.add_bos, special=True)
             else:
@@ -82,12 +85,33 @@ class Service:
                                 f"with room for at least one more", param, "context_length_exceeded")
         return ids
 
+    def constraints(self, req):
+        """(constraint, trigger) of a chat reply, as Job takes them: a tool call when one is required,
+        else the response_format's JSON (None: free text); with tool_choice "auto", a call the model
+        begins is constrained from its OPEN tag on. A bad schema is a 400 here, before the request is queued."""
+        param = "response_format" if req.response_format is not None else "tools"
+        try:
+            if req.tool_choice in ("required", "function"):
+                return self.model.constraint(grammar=tools.call_grammar(req.tools, req.tool_name)), None
+            if req.tool_choice == "auto" and req.response_format is None:
+                call = self.model.constraint(grammar=tools.call_grammar(req.tools, opened=True))
+                return None, (tools.OPEN.encode(), call)
+            return self.model.constraint(response_format=req.response_format), None
+        except ArgumentError as e:
+            raise ApiError(400, one_line(e), param) from None
+
     async def submit(self, req):
-        """Check the request's model, build its prompt and queue it: the Job."""
+        """Check the request's model, build its prompt and constraint, and queue it: the Job."""
         self.check_model(req.model)
+        if req.tool_choice != "none" and not self.model.template.renders_tools:
+            raise ApiError(400, f"this model's chat template ({self.model.template.name}) has no place for tools",
+                           "tools")
         ids = await run_in_threadpool(self.prompt_ids, req)
+        constraint, trigger = None, None
+        if req.messages is not None:
+            constraint, trigger = await run_in_threadpool(self.constraints, req)
         stop = req.stop + (self.model.template.stop if req.messages is not None else ())
-        job = Job(ids, req.settings, req.max_tokens, stop, req.logprobs, req.top_logprobs)
+        job = Job(ids, req.settings, req.max_tokens, stop, req.logprobs, req.top_logprobs, constraint, trigger)
         try:
             return self.scheduler.submit(job)
         except Busy:
@@ -136,9 +160,14 @@ async def chat_completions(request):
     if req.stream:
         return _EventStream(_chat_chunks(svc, job, req, {**head, "object": "chat.completion.chunk"}), job)
     text, logprobs, end = await _collect(request, job)
-    message = {"role": "assistant", "content": text}
+    message, finish = {"role": "assistant", "content": text}, end.finish
+    if req.tool_choice != "none":
+        message["content"], calls = tools.parse(text, req.tools)
+        if calls:
+            message["tool_calls"] = calls
+            finish = "tool_calls" if finish == "stop" else finish
     choice = {"index": 0, "message": message, "logprobs": _chat_logprobs(svc, logprobs) if req.logprobs else None,
-              "finish_reason": end.finish}
+              "finish_reason": finish}
     return JSONResponse({**head, "choices": [choice], "usage": end.usage})
 
 
@@ -224,8 +253,10 @@ def _error_sse(message):
 
 
 async def _chat_chunks(svc, job, req, head):
-    """OpenAI's chunks: the role, content deltas, the finish reason, [usage,] [DONE]."""
+    """OpenAI's chunks: the role, content deltas (and tool_calls deltas, when tools may be called), the
+    finish reason, [usage,] [DONE]."""
     usage = {"usage": None} if req.include_usage else {}
+    calls = tools.CallStream(req.tools) if req.tool_choice != "none" else None
 
     def chunk(delta, finish=None, logprobs=None):
         return _sse({**head, "choices": [{"index": 0, "delta": delta, "logprobs": logprobs,
@@ -236,11 +267,18 @@ async def _chat_chunks(svc, job, req, head):
         if event.error:
             yield _error_sse(event.error)
             break
-        if event.text or event.logprobs:
-            lp = _chat_logprobs(svc, event.logprobs) if req.logprobs else None
-            yield chunk({"content": event.text}, logprobs=lp)
+        deltas = [{"content": event.text}] if calls is None else calls.push(event.text)
+        if event.finish and calls is not None:
+            deltas += calls.flush()
+        if event.logprobs and req.logprobs:   # a token's logprobs go with the first delta of its text
+            lp = _chat_logprobs(svc, event.logprobs)
+            yield chunk(deltas.pop(0) if deltas else {"content": ""}, logprobs=lp)
+        for delta in deltas:
+            if delta != {"content": ""}:
+                yield chunk(delta)
         if event.finish:
-            yield chunk({}, event.finish)
+            finish = "tool_calls" if calls is not None and calls.n_calls and event.finish == "stop" else event.finish
+            yield chunk({}, finish)
             if req.include_usage:
                 yield _sse({**head, "choices": [], "usage": event.usage})
     yield "data: [DONE]\n\n"

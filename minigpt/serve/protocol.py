@@ -3,7 +3,8 @@ that says what is wrong, with the status and the JSON body OpenAI's clients expe
 
 import json
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 
 from .. import args
 from ..errors import CLIP_ARG, ArgumentError, clip, one_line
@@ -15,7 +16,9 @@ MAX_STOP_CHARS = 500     # per stop string: every token is checked against each 
 MAX_TOP_LOGPROBS = 20    # OpenAI's limit
 
 # The roles a chat template knows; 'developer' is what newer OpenAI clients call the system prompt.
-ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
+TOOL_CHOICES = ("none", "auto", "required")   # or {"type": "function", "function": {"name": ...}}
+TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")   # OpenAI's rule for function names
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
           405: "invalid_request_error", 413: "invalid_request_error", 500: "server_error", 503: "server_error"}
@@ -36,7 +39,12 @@ class ApiError(Exception):
 @dataclass
 class Request:
     """A checked /v1/chat/completions or /v1/completions request. Exactly one of messages (chat: [{role,
-    content}] with text content) and prompt (a str or token ids) is set."""
+    content}] with text content; an assistant's may carry tool_calls, a tool's a tool_call_id) and prompt
+    (a str or token ids) is set.
+
+    response_format: a JSON Schema shape constrain.py takes (None: text). tools: [{"type": "function",
+    "function": {name, description?, parameters?}}]; tool_choice: "none" (or no tools), "auto",
+    "required", or "function" for the one named tool_name."""
     messages: list | None
     prompt: str | list | None
     model: str | None
@@ -47,6 +55,10 @@ class Request:
     top_logprobs: int
     stream: bool
     include_usage: bool
+    response_format: dict | None = None
+    tools: list = field(default_factory=list)
+    tool_choice: str = "none"
+    tool_name: str | None = None
 
 
 def parse_body(body: bytes):
@@ -63,10 +75,19 @@ def parse_body(body: bytes):
 
 
 def chat_request(body):
-    return _request(body, messages=_messages(body.get("messages")), prompt=None, logprobs=_logprobs(body))
+    req = _request(body, messages=_messages(body.get("messages")), prompt=None, logprobs=_logprobs(body))
+    req.response_format = _response_format(body.get("response_format"))
+    req.tools = _tools(body.get("tools"))
+    req.tool_choice, req.tool_name = _tool_choice(body.get("tool_choice"), req.tools)
+    if req.response_format is not None and req.tool_choice in ("required", "function"):
+        raise ApiError(400, "response_format cannot apply to a reply that must be a tool call", "response_format")
+    return req
 
 
 def completion_request(body):
+    _unsupported(body, ("tools", []), ("tool_choice", "none"))
+    if body.get("response_format") not in (None, {"type": "text"}):
+        raise ApiError(400, "response_format is for /v1/chat/completions", "response_format")
     if body.get("logprobs") not in (None, 0):   # the legacy API's integer: not supported
         raise ApiError(400, "logprobs is not supported on /v1/completions (/v1/chat/completions has them)",
                        "logprobs")
@@ -75,10 +96,7 @@ def completion_request(body):
 
 
 def _request(body, messages, prompt, logprobs):
-    _unsupported(body, ("n", 1), ("frequency_penalty", 0), ("presence_penalty", 0), ("logit_bias", {}),
-                 ("tools", []), ("tool_choice", "none"))
-    if body.get("response_format") not in (None, {"type": "text"}):
-        raise ApiError(400, "response_format other than text is not supported", "response_format")
+    _unsupported(body, ("n", 1), ("frequency_penalty", 0), ("presence_penalty", 0), ("logit_bias", {}))
     stream = _check(body, "stream", args.flag) or False
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
@@ -141,7 +159,8 @@ def _logprobs(body):
 
 
 def _messages(value):
-    """[{role, content}] with roles a template knows and text content."""
+    """[{role, content}] with roles a template knows and text content; an assistant's tool_calls with
+    their arguments as a dict (as templates read them), a tool's tool_call_id."""
     if not isinstance(value, list) or not value:
         raise ApiError(400, "messages must be a non-empty list of {role, content} objects", "messages")
     out = []
@@ -153,8 +172,95 @@ def _messages(value):
         if role not in ROLES:
             raise ApiError(400, f"{where}.role must be one of {', '.join(ROLES)}, got {clip(role, CLIP_ARG)}",
                            "messages")
-        out.append({"role": ROLES[role], "content": _content(m.get("content"), where + ".content")})
+        message = {"role": ROLES[role], "content": _content(m.get("content"), where + ".content")}
+        if role == "assistant" and m.get("tool_calls"):
+            message["tool_calls"] = _tool_calls(m["tool_calls"], where + ".tool_calls")
+        if role == "tool":
+            if not isinstance(m.get("tool_call_id"), str):
+                raise ApiError(400, f"{where} (a tool's result) needs the tool_call_id it answers", "messages")
+            message["tool_call_id"] = m["tool_call_id"]
+        out.append(message)
     return out
+
+
+def _tool_calls(value, where):
+    """An assistant message's calls, in OpenAI's shape, with arguments parsed from their JSON string."""
+    shape = "[{id, type: 'function', function: {name, arguments: a JSON object as a str}}]"
+    if not isinstance(value, list):
+        raise ApiError(400, f"{where} must be {shape}", "messages")
+    out = []
+    for call in value:
+        f = call.get("function") if isinstance(call, dict) else None
+        if not (isinstance(f, dict) and isinstance(f.get("name"), str) and isinstance(f.get("arguments"), str)):
+            raise ApiError(400, f"{where} must be {shape}, got {clip(call, CLIP_ARG)}", "messages")
+        try:
+            arguments = json.loads(f["arguments"])
+        except ValueError:
+            arguments = None
+        if not isinstance(arguments, dict):
+            raise ApiError(400, f"{where}: arguments must be a JSON object, got {clip(f['arguments'], CLIP_ARG)}",
+                           "messages")
+        out.append({"id": call.get("id"), "type": "function", "function": {"name": f["name"], "arguments": arguments}})
+    return out
+
+
+def _response_format(value):
+    """None (text), or {"type": "json_object"} / {"type": "json_schema", "json_schema": {"schema": {...}}}
+    checked for shape (the schema itself is checked when its grammar is built)."""
+    if value is None or value == {"type": "text"}:
+        return None
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind == "json_object":
+        return value
+    if kind == "json_schema":
+        inner = value.get("json_schema")
+        if isinstance(inner, dict) and isinstance(inner.get("schema"), dict):
+            return value
+        raise ApiError(400, "response_format of type json_schema needs json_schema: {name, schema: {...}}",
+                       "response_format")
+    raise ApiError(400, f"response_format must be {{'type': 'text' | 'json_object' | 'json_schema'}}, "
+                        f"got {clip(value, CLIP_ARG)}", "response_format")
+
+
+def _tools(value):
+    """[{"type": "function", "function": {name, description?, parameters?}}] with distinct names."""
+    if value is None:
+        return []
+    shape = "[{type: 'function', function: {name, description, parameters}}]"
+    if not isinstance(value, list):
+        raise ApiError(400, f"tools must be {shape}", "tools")
+    names = set()
+    for i, tool in enumerate(value):
+        f = tool.get("function") if isinstance(tool, dict) and tool.get("type") == "function" else None
+        ok = (isinstance(f, dict) and isinstance(f.get("name"), str) and TOOL_NAME.fullmatch(f["name"])
+              and isinstance(f.get("parameters", {}), dict) and isinstance(f.get("description", ""), str))
+        if not ok:
+            raise ApiError(400, f"tools[{i}] must be {{type: 'function', function: {{name, description, parameters}}}} "
+                                f"with a name of up to 64 of a-z, A-Z, 0-9, _ and -, got {clip(tool, CLIP_ARG)}", "tools")
+        if f["name"] in names:
+            raise ApiError(400, f"tools: two tools are named {f['name']!r}", "tools")
+        names.add(f["name"])
+    return value
+
+
+def _tool_choice(value, tools):
+    """(choice, name): OpenAI's default is "auto" with tools, "none" without."""
+    if value is None:
+        return ("auto" if tools else "none"), None
+    if value in TOOL_CHOICES:
+        name = None
+    else:
+        f = value.get("function") if isinstance(value, dict) and value.get("type") == "function" else None
+        name = f.get("name") if isinstance(f, dict) else None
+        if not isinstance(name, str):
+            raise ApiError(400, f"tool_choice must be one of {', '.join(TOOL_CHOICES)} or {{type: 'function', "
+                                f"function: {{name}}}}, got {clip(value, CLIP_ARG)}", "tool_choice")
+        value = "function"
+    if value != "none" and not tools:
+        raise ApiError(400, "tool_choice needs tools", "tool_choice")
+    if name is not None and name not in {t["function"]["name"] for t in tools}:
+        raise ApiError(400, f"tool_choice names {name!r}, which is not one of the tools", "tool_choice")
+    return value, name
 
 
 def _content(value, where):

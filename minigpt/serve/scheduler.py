@@ -22,6 +22,7 @@ import numpy as np
 
 from ..chat import common_prefix
 from ..engine import TextStream
+from ..errors import MinigptError, one_line
 from ..perplexity import log_softmax
 from ..sampling import apply_repeat_penalty, make_rng, sample
 
@@ -57,18 +58,23 @@ class Job:
 
     max_tokens None: until an end-of-generation token or a full context. stop: strings that end the
     reply (not included). logprobs: report each token's logprob and the top_n likeliest alternatives.
-    The engine thread alone touches the generation state; cancel() and events() are for the server's side.
+    constraint: a constrain.Constraint the reply follows (None: free text); the reply ends ('stop') when
+    it is complete. trigger: (marker bytes, Constraint): free text until the reply's bytes reach the
+    marker, that constraint from there on (a tool call the model chose to begin). The engine thread alone
+    touches the generation state, the constraints included; cancel() and events() are for the server's side.
     """
 
-    def __init__(self, ids, settings, max_tokens=None, stop=(), logprobs=False, top_n=0):
+    def __init__(self, ids, settings, max_tokens=None, stop=(), logprobs=False, top_n=0, constraint=None,
+                 trigger=None):
         self.ids, self.settings, self.max_tokens, self.stop = ids, settings, max_tokens, stop
-        self.logprobs, self.top_n = logprobs, top_n
+        self.logprobs, self.top_n, self.constraint, self.trigger = logprobs, top_n, constraint, trigger
+        self.tail = b""       # the reply's last bytes, while a trigger waits for its marker
         self.cancelled = threading.Event()
         self._events, self._loop = asyncio.Queue(), None
         # engine thread's state
         self.text = None      # TextStream: the reply's text so far
         self.todo = []        # prompt ids not read yet
-        self.pending = None   # the token sampled last, to evaluate next
+        self.pending = []     # the ids chosen last (a sampled token, tokens a grammar forced), to evaluate next
         self.cached = 0       # prompt ids found in the slot's cache
         self.n_out = 0
         self.rng = make_rng(settings.seed)
@@ -185,8 +191,9 @@ class Scheduler:
             slot.job, slot.used = job, self._clock
 
     def _step(self, busy):
-        """One forward over every busy slot's next ids: a prompt chunk, or the token sampled last."""
-        work = [(s, s.job.todo[:PROMPT_CHUNK] if s.job.todo else [s.job.pending]) for s in busy]
+        """One forward over every busy slot's next ids: a prompt chunk, or the ids chosen last (a sampled
+        token, and the tokens a grammar forced after it: evaluated together)."""
+        work = [(s, s.job.todo[:PROMPT_CHUNK] if s.job.todo else s.job.pending) for s in busy]
         logits = forward_batch(self.engine, [(s.cache, ids) for s, ids in work])
         for (slot, ids), row in zip(work, logits):
             job = slot.job
@@ -197,26 +204,78 @@ class Scheduler:
             self._next_token(slot, row)
 
     def _next_token(self, slot, logits):
-        """Sample the job's next token from logits [vocab]; write its text, or end the job."""
-        job, cache, s = slot.job, slot.cache, slot.job.settings
-        recent = cache.tokens[-s.repeat_last_n:] if s.repeat_last_n else ()
-        logits = apply_repeat_penalty(logits, recent, s.repeat_penalty)
-        token = sample(logits, s, job.rng)   # the penalty is applied: no `recent` here
-        if token in self.eog_ids:
+        """Choose the job's next ids from logits [vocab] (a sampled token, then any the grammar forces);
+        write their text, or end the job."""
+        job, cache = slot.job, slot.cache
+        try:
+            ids, logprobs = self._choose(job, cache, logits)
+        except MinigptError as e:   # the grammar cannot go on
+            return self._end(slot, error=one_line(e))
+        if not ids:
             return self._end(slot, "stop")
-        job.n_out += 1
-        logprobs = [_logprobs(logits, token, job.top_n)] if job.logprobs else []
-        text = job.text.push(token)
+        text = ""
+        for token in ids:
+            job.n_out += 1
+            text += job.text.push(token)
+            if job.text.stopped:
+                break
         if text or logprobs:
             job._emit(Event(text, logprobs))
-        if job.text.stopped:
+        if job.text.stopped or (job.constraint is not None and job.constraint.done):
             self._end(slot, "stop")
         elif job.max_tokens is not None and job.n_out >= job.max_tokens:
             self._end(slot, "length")
-        elif cache.pos >= cache.n_ctx:   # no room to evaluate the token
+        elif cache.pos + len(ids) > cache.n_ctx:   # no room to evaluate them
             self._end(slot, "length")
         else:
-            job.pending = token
+            job.pending = ids
+
+    def _choose(self, job, cache, logits):
+        """(ids, logprobs) the reply goes on with: a token sampled from logits [vocab] (masked by the
+        constraint), followed by the tokens the constraint forces, as many as max_tokens and the context
+        leave room for (at least one); or ([], []) for end-of-generation. A forced token's logprob is 0:
+        under the constraint it was certain."""
+        s, c = job.settings, job.constraint
+        recent = cache.tokens[-s.repeat_last_n:] if s.repeat_last_n else ()
+        logits = apply_repeat_penalty(logits, recent, s.repeat_penalty)
+        if c is not None:
+            if c.done:
+                return [], []
+            logits = c.mask(logits)
+        token = sample(logits, s, job.rng)   # the penalty is applied: no `recent` here
+        if token in self.eog_ids:
+            return [], []
+        logprobs = [_logprobs(logits, token, job.top_n)] if job.logprobs else []
+        if c is not None:
+            c.advance([token])
+        elif (c := self._triggered(job, token)) is None:
+            return [token], logprobs
+        room = cache.n_ctx - cache.pos - 1
+        if job.max_tokens is not None:
+            room = min(room, job.max_tokens - job.n_out - 1)
+        forced = c.forced()[:max(room, 0)] if not c.done else []
+        c.advance(forced)
+        return [token, *forced], logprobs + ([(t, 0.0, []) for t in forced] if job.logprobs else [])
+
+    def _triggered(self, job, token):
+        """The job's trigger constraint once `token` completes its marker (None before, and for good when
+        the text after the marker, in the same token, does not fit the constraint: then it stays free)."""
+        if job.trigger is None:
+            return None
+        marker, c = job.trigger
+        b = self.model.tokenizer.token_bytes(token)
+        job.tail = (job.tail + b)[-(len(marker) - 1 + len(b)):]
+        at = job.tail.find(marker)
+        if at < 0:
+            return None
+        job.trigger, rest = None, job.tail[at + len(marker):]
+        try:
+            if rest:
+                c.advance(self.model.tokenizer.encode(rest.decode("utf-8", "replace")))
+        except MinigptError:
+            return None
+        job.constraint = c
+        return c
 
     def _end(self, slot, finish=None, error=None):
         """Finish the slot's job (finish: 'stop' or 'length') or fail it (error), and free the slot."""
@@ -233,10 +292,11 @@ class Scheduler:
 def _logprobs(logits, token, top_n):
     """(token, its logprob, [(id, logprob)] of the top_n likeliest) under logits [vocab] (the repeat
     penalty applied) at temperature 1, before any top-k / top-p cut: the model's view, as `generate
-    --show-probs` shows it. A log-softmax, so even a token of probability ~0 has a finite logprob."""
+    --show-probs` shows it. A log-softmax, so even a token of probability ~0 has a finite logprob.
+    Under a constraint, logits are masked: tokens it forbids (-inf) are left out of the top_n."""
     z = log_softmax(logits)
     top = []
     if top_n:   # a partial sort: only the best top_n need ordering
         best = np.argpartition(-z, top_n - 1)[:top_n] if top_n < len(z) else np.arange(len(z))
-        top = [(int(i), float(z[i])) for i in best[np.argsort(-z[best], kind="stable")]]
+        top = [(int(i), float(z[i])) for i in best[np.argsort(-z[best], kind="stable")] if z[i] > -np.inf]
     return token, float(z[token]), top
