@@ -41,6 +41,8 @@ class TurnStats:
     decode_seconds: float = 0.0
     stop: str | None = None
     dropped_turns: int = 0         # oldest turns dropped to make room for this one
+    drafted: int = 0               # speculation: draft tokens evaluated, and those of them taken
+    accepted: int = 0
     kept: bool = False             # the message is in the history (False: cancelled before the reply began)
 
     @property
@@ -272,6 +274,7 @@ class ChatSession:
         finally:   # also when the caller stops iterating: the history keeps what was shown
             steps.close()   # the last token shown enters the cache now
             stats.decode_seconds = time.perf_counter() - t0
+            stats.drafted, stats.accepted = loop.drafted, loop.accepted
             stats.stop = "stop" if out.stopped else loop.stop or "cancelled"
             # the cache should now end with the reply's tokens, spelling what the history says
             in_cache = cache.tokens[len(cache.tokens) - len(tokens):] == tokens if tokens else True
