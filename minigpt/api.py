@@ -168,7 +168,9 @@ class Model:
         speculate="ngram": speculative decoding by prompt lookup (minigpt/engine/speculate.py): the tokens
         that followed the last few tokens' latest earlier occurrence in the prompt and text so far are
         checked several in one forward pass. Faster where the text copies from the prompt (editing code,
-        quoting); the same greedy text as without it, and sampled text of the same distribution.
+        quoting). Greedy text is the same as without it (bit for bit on the 'c' backend; on numpy and numba
+        several rows are summed in another order than one, and a near tie may go the other way); sampled
+        text follows the same distribution (not the same random stream).
 
         Bad arguments (a bad schema, regex or grammar too) raise here, before the first piece is asked for.
         """

@@ -181,10 +181,13 @@ def test_a_full_context_ends_the_loop(files, name):
 def test_cancel_and_close_keep_what_was_yielded(files):
     m = load(files, "llama-q8_0")
     ids = prompts(m)[0]
-    for k in (1, 4, 7, 12):
+
+    def after(k):   # cancelled() is asked once per token
         calls = iter(range(1000))
-        stops = [run(m, ids, spec, cancelled=lambda: next(calls) >= k) for spec in (None, "ngram")
-                 if (calls := iter(range(1000)))]
+        return lambda: next(calls) >= k
+
+    for k in (1, 4, 7, 12):
+        stops = [run(m, ids, spec, cancelled=after(k)) for spec in (None, "ngram")]
         assert_same(m, *stops)
         assert len(stops[1][0]) == k and stops[1][1].stop == "cancelled"
     for k in (1, 3, 9, 10, 11):   # closed mid-draft: only the yielded tokens stay in the cache
@@ -355,16 +358,29 @@ def test_lookup_finds_the_latest_longest_match():
 
 def test_drafter_backs_off_and_recovers():
     d = NgramDrafter()
-    h = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 1, 2]
-    assert d.draft(h, 100) == list(range(3, 11)) and d.draft(h, 3) == [3, 4, 5] and d.k == K_MAX == MAX_ROWS - 1
+    h, p = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 1], [2]
+    assert d.draft(h, p, 100) == list(range(3, 11)) and d.draft(h, p, 3) == [3, 4, 5] and d.k == K_MAX == MAX_ROWS - 1
+    assert d.draft(h, p, 0) == []
     d.update(0, 8)                       # failed: shorter, and a pause of one draft
-    assert d.k == 4 and d.draft(h, 100) == [] and d.draft(h, 100) == [3, 4, 5, 6]
+    assert d.k == 4 and d.draft(h, p, 100) == [] and d.draft(h, p, 100) == [3, 4, 5, 6]
     d.update(0, 4)                       # failed again: a longer pause
-    assert d.k == 2 and [d.draft(h, 100) for _ in range(4)] == [[], [], [], [3, 4]]
+    assert d.k == 2 and [d.draft(h, p, 100) for _ in range(4)] == [[], [], [], [3, 4]]
     d.update(2, 2)                       # all taken: longer again, no pause
-    assert d.k == 4 and d.failures == 0 and d.draft(h, 100) == [3, 4, 5, 6]
+    assert d.k == 4 and d.failures == 0 and d.draft(h, p, 100) == [3, 4, 5, 6]
     d.update(1, 4)
     assert d.k == 2
+
+
+def test_drafter_history_follows_the_cache():
+    """The drafter copies only new tokens: appends, and draft tokens taken back then replaced."""
+    rng = np.random.default_rng(0)
+    d, tokens = NgramDrafter(), [int(t) for t in rng.integers(0, 20, 50)]
+    for _ in range(300):
+        pending = [int(t) for t in rng.integers(0, 20, rng.integers(1, 4))]
+        assert d.draft(tokens, pending, 8) == lookup(tokens + pending)
+        tokens = tokens + pending + [int(t) for t in rng.integers(0, 20, rng.integers(0, 9))]   # a draft evaluated
+        tokens = tokens[:len(tokens) - int(rng.integers(0, 9))]   # and partly taken back (even further)
+        d.k = K_MAX
 
 
 # --- the API, chat sessions and the CLI
@@ -373,8 +389,12 @@ def test_drafter_backs_off_and_recovers():
 def test_api_chat_and_cli(files):
     m = load(files, "llama-q8_0")
     prompt = "one two three one two three one two"
-    kw = dict(max_tokens=40, temperature=0, repeat_penalty=1.5, repeat_last_n=8, stop=["zz"])
-    assert "".join(m.generate(prompt, speculate="ngram", **kw)) == "".join(m.generate(prompt, **kw))
+    kw = dict(max_tokens=40, temperature=0, repeat_penalty=3.0, repeat_last_n=6)
+    text = "".join(m.generate(prompt, **kw))
+    assert "".join(m.generate(prompt, speculate="ngram", **kw)) == text
+    for cut in (1, len(text) // 2, len(text) - 2):   # stop strings: the text ends before them, alike
+        stop = [text[cut:cut + 2]]
+        assert "".join(m.generate(prompt, speculate="ngram", stop=stop, **kw)) == "".join(m.generate(prompt, stop=stop, **kw))
     with pytest.raises(ArgumentError, match="speculate"):
         m.generate(prompt, speculate="medusa")
     replies = []
@@ -382,6 +402,7 @@ def test_api_chat_and_cli(files):
         chat = m.chat(temperature=0, max_tokens=30, seed=1, speculate=spec)
         replies.append(["".join(chat.send(t)) for t in ("hello hello hello", "again again")])
         assert chat.n_past == len(chat.cache.tokens) and chat.speculate == spec
+        assert (chat.last.accepted > 0) == (spec is not None)
     assert replies[0] == replies[1]
     chat.set(speculate=None)
     assert chat.speculate is None

@@ -135,7 +135,7 @@ class TokenLoop:
             limit = min(MAX_ROWS, cache.chunk, cache.n_ctx - cache.pos) - len(ids)
             if self.max_tokens is not None:
                 limit = min(limit, self.max_tokens - n)
-            guess = self.drafter.draft(cache.tokens + ids, limit) if limit > 0 else []
+            guess = self.drafter.draft(cache.tokens, ids, limit)
             if guess and c is not None:   # what the grammar would refuse is not worth evaluating
                 guess = guess[:c.valid_prefix(guess)]
         if guess:
