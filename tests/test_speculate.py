@@ -12,6 +12,7 @@ are taken, and (with a repeat penalty, or the Qwen2-shaped model) refused part w
 """
 
 import json
+import re
 
 import jsonschema
 import numpy as np
@@ -414,6 +415,10 @@ def test_api_chat_and_cli(files):
     assert out[0].stdout == out[1].stdout
     bad = run_minigpt("generate", "-m", files["llama-q8_0"], "-p", "x", "--speculate", "lookahead")
     assert bad.returncode != 0 and "speculate" in bad.stderr
-    r = run_minigpt("chat", "-m", files["llama-q8_0"], "--speculate", "ngram", "--temperature", 0,
-                    "--max-tokens", 10, input="hi there\n/quit\n")
+    r = run_minigpt("chat", "-m", files["llama-q8_0"], "--speculate", "ngram", "--temperature", 0, "--stats",
+                    "--max-tokens", 30, input="hi there\n/set\n/set speculate off\n/set\n/set speculate yes\n/quit\n")
     assert r.returncode == 0, r.stderr
+    out = r.stdout + r.stderr
+    assert re.search(r"drafts \d+/\d+ taken", out)
+    assert re.search(r"speculate\s+ngram", out) and re.search(r"speculate\s+off", out)
+    assert "speculate = off" in out and "speculate must be one of ngram" in out
