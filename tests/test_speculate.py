@@ -2,8 +2,9 @@
 
 Greedy output must be the plain loop's token for token, and the cache must end holding what the plain
 loop's holds. On the compiled backend that is bit for bit: its kernels sum a row alone and the same row
-among a few (under 16) in the same order, at every precision (tests/test_batch.py), so the logits of a
-verified block are those of one decode step after another. Elsewhere only at 'fast' over int8 weights
+among a few (under 8 with portable C or NEON, under 16 with AVX2) in the same order, at every precision
+(tests/test_batch.py), so the logits of a verified block (7 rows at most) are those of one decode step after
+another; test_portable_c_is_the_plain_loop_too checks MINIGPT_ISA=scalar. Elsewhere only at 'fast' over int8 weights
 on NumPy (float32 rows are summed by BLAS in another order for several rows; numba's tiles likewise):
 there a near tie may go the other way, and identity is not asserted.
 
@@ -26,7 +27,7 @@ from minigpt.engine.speculate import K_MAX, MAX_ROWS, NgramDrafter, lookup
 from minigpt.errors import ArgumentError
 from minigpt.sampling import SamplerSettings, candidates, make_rng, sample_draft
 
-from subproc import run_minigpt
+from subproc import run_minigpt, run_python
 from synthetic import tiny_llama
 
 C = "c" in kernels.available_backends()
@@ -130,6 +131,41 @@ def test_every_precision_and_thread_count(files, precision, threads):
     s = SamplerSettings(temperature=0, repeat_penalty=1.3, repeat_last_n=32)
     for ids in prompts(m, seed=1)[:4]:
         assert_same(m, run(m, ids, None, settings=s), run(m, ids, "ngram", settings=s))
+
+
+SCALAR_CHECK = """
+import sys, numpy as np, minigpt
+from minigpt.engine import TokenLoop
+from minigpt.sampling import SamplerSettings, make_rng
+from minigpt.kernels import get_backend
+assert get_backend("c").isa() == "scalar"
+drafted = 0
+for path, slack in zip(sys.argv[1::2], sys.argv[2::2]):
+    for precision in ("exact", "balanced"):
+        m = minigpt.Model(path, backend="c", precision=precision, threads=1, n_ctx=512)
+        rng = np.random.default_rng(0)
+        for n in (4, 11):
+            ids = [int(t) for t in rng.integers(3, m.config.vocab_size, n)] * 3
+            runs = []
+            for spec in (None, "ngram"):
+                cache = m.new_cache(300, slack=int(slack) or None)
+                s = SamplerSettings(temperature=0, repeat_penalty=3.0, repeat_last_n=6)
+                loop = TokenLoop(m.engine, cache, m.engine.prefill(ids, cache=cache), s, make_rng(0), 60,
+                                 speculate=spec)
+                runs.append(([x.token for x in loop], cache.tokens, m.engine.decode_step(3, cache).tobytes()))
+                drafted += loop.drafted
+            assert runs[0] == runs[1], (path, precision, n)
+print("same", drafted)
+"""
+
+
+@needs_c
+def test_portable_c_is_the_plain_loop_too(files):
+    """Portable C's GEMM panel is 8 rows, not AVX2's 16: a pass of 7 rows still sums each row alone."""
+    argv = [str(x) for name in ("qwen2-bias-q4_1", "gemma3-ring") for x in (files[name], MODELS[name][1] or 0)]
+    r = run_python("-c", SCALAR_CHECK, *argv, env={"MINIGPT_ISA": "scalar"}, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("same") and int(r.stdout.split()[1]) > 0
 
 
 def test_numpy_at_fast_is_the_plain_loop(files):
@@ -359,17 +395,18 @@ def test_lookup_finds_the_latest_longest_match():
 
 def test_drafter_backs_off_and_recovers():
     d = NgramDrafter()
-    h, p = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 1], [2]
-    assert d.draft(h, p, 100) == list(range(3, 11)) and d.draft(h, p, 3) == [3, 4, 5] and d.k == K_MAX == MAX_ROWS - 1
-    assert d.draft(h, p, 0) == []
-    d.update(0, 8)                       # failed: shorter, and a pause of one draft
-    assert d.k == 4 and d.draft(h, p, 100) == [] and d.draft(h, p, 100) == [3, 4, 5, 6]
-    d.update(0, 4)                       # failed again: a longer pause
-    assert d.k == 2 and [d.draft(h, p, 100) for _ in range(4)] == [[], [], [], [3, 4]]
-    d.update(2, 2)                       # all taken: longer again, no pause
-    assert d.k == 4 and d.failures == 0 and d.draft(h, p, 100) == [3, 4, 5, 6]
-    d.update(1, 4)
-    assert d.k == 2
+    h, p = list(range(1, 20)) + [1], [2]
+    assert K_MAX == MAX_ROWS - 1 == 6 and d.k == 6
+    assert d.draft(h, p, 100) == [3, 4, 5, 6, 7, 8] and d.draft(h, p, 3) == [3, 4, 5] and d.draft(h, p, 0) == []
+    d.update(0, 6)                       # failed: shorter, and a pause of one draft
+    assert d.k == 3 and d.draft(h, p, 100) == [] and d.draft(h, p, 100) == [3, 4, 5]
+    d.update(0, 3)                       # failed again: a longer pause
+    assert d.k == 1 and [d.draft(h, p, 100) for _ in range(4)] == [[], [], [], [3]]
+    d.update(1, 1)                       # all taken: longer again, no pause
+    assert d.k == 2 and d.failures == 0 and d.draft(h, p, 100) == [3, 4]
+    d.update(2, 2)
+    d.update(2, 4)                       # some taken: one more than that next
+    assert d.k == 3
 
 
 def test_drafter_history_follows_the_cache():

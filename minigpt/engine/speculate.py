@@ -14,9 +14,10 @@ import numpy as np
 SPECULATE = ("ngram",)   # the kinds of speculation: prompt lookup
 
 N_MAX, N_MIN = 3, 2    # the n-grams looked up: the last 3 tokens, else the last 2 (one token matches too often)
-K_MAX = 8              # draft tokens per forward pass at most
-MAX_ROWS = K_MAX + 1   # rows of a pass with a draft, the tokens before it included: well below the 16 rows
-                       # from which matmul.c sums float32 rows in another order (tests/test_batch.py)
+K_MAX = 6              # draft tokens per forward pass at most
+MAX_ROWS = K_MAX + 1   # rows of a pass with a draft, the tokens before it included: fewer than the 8 rows from which
+                       # portable C and NEON (16 on AVX2) sum float32 matmul rows in the GEMM's order, not one by one
+                       # as a decode step does (tests/test_batch.py): so the rows' logits are the decode steps' bits
 PAUSE_MAX = 32         # tokens without drafts at most, after failures in a row
 
 
