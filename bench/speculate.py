@@ -120,7 +120,8 @@ def main():
         p, g = t["plain_tok_s"], t["ngram_tok_s"]
         print(f"{name:6} {t['tokens']:4} tokens ({t['stop']})  plain {p['median']:6.1f} tok/s "
               f"[{p['min']:.1f}, {p['max']:.1f}]  ngram {g['median']:6.1f} tok/s [{g['min']:.1f}, {g['max']:.1f}]  "
-              f"x{t['ratio']:.2f}  drafts taken {100 * t['accepted']:.0f} %  same text: {'yes' if t['same_text'] else 'NO'}")
+              f"x{t['ratio']:.2f}  drafts taken {100 * t['accepted']:.0f} %  "
+              f"same text: {'yes' if t['same_text'] else 'NO'}")
 
 
 if __name__ == "__main__":
