@@ -414,7 +414,8 @@ def chat(model, system, temperature, top_k, top_p, min_p, repeat_penalty, seed, 
         if max_tokens is not None:
             settings["max_tokens"] = max_tokens or None
         session = m.chat(system=system, n_ctx=ctx, **settings)
-    session.set(speculate=speculate)
+    if speculate:   # a resumed chat keeps its own otherwise
+        session.set(speculate=speculate)
     repl = Repl(m, session, stats=stats, probs=PROBS_N if show_probs else 0, constrain=constrain)
     repl._banner()
     if m.is_base and not template_file:   # warn and go on, as ollama chats with a base model too

@@ -424,7 +424,7 @@ def test_drafter_history_follows_the_cache():
 # --- the API, chat sessions and the CLI
 
 @needs_c
-def test_api_chat_and_cli(files):
+def test_api_chat_and_cli(files, tmp_path):
     m = load(files, "llama-q8_0")
     prompt = "one two three one two three one two"
     kw = dict(max_tokens=40, temperature=0, repeat_penalty=3.0, repeat_last_n=6)
@@ -443,6 +443,8 @@ def test_api_chat_and_cli(files):
         assert chat.n_past == len(chat.cache.tokens) and chat.speculate == spec
         assert (chat.last.accepted > 0) == (spec is not None)
     assert replies[0] == replies[1]
+    chat.save(tmp_path / "c.mgchat")   # a saved chat keeps its setting
+    assert minigpt.ChatSession.load(tmp_path / "c.mgchat", m).speculate == "ngram"
     chat.set(speculate=None)
     assert chat.speculate is None
     with pytest.raises(ArgumentError, match="speculate"):
