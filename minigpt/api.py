@@ -8,6 +8,7 @@ from . import args, constrain, hub, kernels, naming
 from .chat import ChatSession
 from .engine import DEFAULT_KV_TYPE, KV_TYPES, PRECISIONS, Engine, KVCache, Step, TextStream, TokenLoop
 from .engine.cache import kv_row
+from .engine.speculate import SPECULATE
 from .errors import ArgumentError
 from .format import MgptFile
 from .model import ARCH_FILES, weights
@@ -152,7 +153,7 @@ class Model:
     # --- generation
     def generate(self, prompt, max_tokens=128, temperature=0.8, top_k=40, top_p=0.95, min_p=0.05,
                  repeat_penalty=1.0, repeat_last_n=64, seed=None, stop=(), special=True, *, response_format=None,
-                 regex=None, grammar=None):
+                 regex=None, grammar=None, speculate=None):
         """Stream text pieces continuing `prompt` (a str, or a list of token ids), from an empty cache.
 
         Stops at max_tokens, an end-of-generation token, a full context, or a stop string (not included).
@@ -164,15 +165,23 @@ class Model:
         grammar: a Lark grammar (llguidance's dialect) the text follows. The text ends when the grammar
         is complete; give max_tokens room for it (at max_tokens it is cut short).
 
+        speculate="ngram": speculative decoding by prompt lookup (minigpt/engine/speculate.py): the tokens
+        that followed the last few tokens' latest earlier occurrence in the prompt and text so far are
+        checked several in one forward pass. Faster where the text copies from the prompt (editing code,
+        quoting). Greedy text is the same as without it (bit for bit on the 'c' backend; on numpy and numba
+        several rows are summed in another order than one, and a near tie may go the other way); sampled
+        text follows the same distribution (not the same random stream).
+
         Bad arguments (a bad schema, regex or grammar too) raise here, before the first piece is asked for.
         """
         steps = self.steps(prompt, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed,
-                           stop, special, response_format=response_format, regex=regex, grammar=grammar)
+                           stop, special, response_format=response_format, regex=regex, grammar=grammar,
+                           speculate=speculate)
         return (step.text for step in steps if step.text)
 
     def steps(self, prompt, max_tokens=128, temperature=0.8, top_k=40, top_p=0.95, min_p=0.05,
               repeat_penalty=1.0, repeat_last_n=64, seed=None, stop=(), special=True, top_n=0, *,
-              response_format=None, regex=None, grammar=None):
+              response_format=None, regex=None, grammar=None, speculate=None):
         """generate(), as engine.Step objects: each token with its text and, with top_n > 0, the model's
         probabilities for it and its top_n likeliest alternatives (none for a token the grammar forces).
         A last Step with token None may carry text held back until the end."""
@@ -181,24 +190,26 @@ class Model:
             settings = settings.with_(seed=int(np.random.SeedSequence().entropy % 2**63))
         max_tokens, top_n = args.integer("max_tokens", max_tokens, 0), args.integer("top_n", top_n, 0)
         stop = args.stop_strings("stop", stop)
+        speculate = args.optional(args.choice, "speculate", speculate, SPECULATE)
         if isinstance(prompt, str):
             ids = self.tokenize(prompt, self.tokenizer.add_bos, special)
         else:
             ids = args.token_ids("prompt", prompt, self.config.vocab_size, "a str or a list of token ids")
         if not ids:
             ids = [self.tokenizer.bos_id if self.tokenizer.bos_id is not None else self.tokenizer.eos_id]
-        return self._steps(ids, settings, max_tokens, stop, top_n, self.constraint(response_format, regex, grammar))
+        return self._steps(ids, settings, max_tokens, stop, top_n, self.constraint(response_format, regex, grammar),
+                           speculate)
 
     def constraint(self, response_format=None, regex=None, grammar=None):
         """The constrain.Constraint of one generation under these options (see generate), or None."""
         return constrain.constraint(self.tokenizer, self.config.vocab_size, response_format, regex, grammar)
 
-    def _steps(self, ids, settings, max_tokens, stop, top_n, constraint=None):
+    def _steps(self, ids, settings, max_tokens, stop, top_n, constraint=None, speculate=None):
         self.reset()
         logits = self.engine.prefill(ids)
         out = TextStream(self.tokenizer, stop)
         for step in TokenLoop(self.engine, self.engine.cache, logits, settings, make_rng(settings.seed), max_tokens,
-                              self.tokenizer.eog_ids, top_n=top_n, constraint=constraint):
+                              self.tokenizer.eog_ids, top_n=top_n, constraint=constraint, speculate=speculate):
             step.text = out.push(step.token)
             yield step
             if out.stopped:

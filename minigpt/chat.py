@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from . import args
 from .engine import KV_TYPES, ContextFullError, Step, TextStream, TokenLoop
+from .engine.speculate import SPECULATE
 from .errors import MinigptError
 from .sampling import SamplerSettings, make_rng
 from .template import ChatTemplate
@@ -40,6 +41,8 @@ class TurnStats:
     decode_seconds: float = 0.0
     stop: str | None = None
     dropped_turns: int = 0         # oldest turns dropped to make room for this one
+    drafted: int = 0               # speculation: draft tokens evaluated, and those of them taken
+    accepted: int = 0
     kept: bool = False             # the message is in the history (False: cancelled before the reply began)
 
     @property
@@ -57,18 +60,21 @@ class ChatSession:
     context (default and maximum: the model's). kv_type: how this session's KV cache stores keys and
     values (minigpt.engine.KV_TYPES; None: the model's kv_type). seed: None picks a random one (see
     .settings.seed). The other keywords are SamplerSettings fields (temperature, top_k, top_p, min_p,
-    repeat_penalty, repeat_last_n).
+    repeat_penalty, repeat_last_n). speculate: 'ngram' for speculative decoding by prompt lookup, or None
+    (as in Model.generate: the same greedy replies, faster where they copy from the conversation).
 
     One turn at a time per session. cancel() may be called from any thread; n_past, last and history
     may be read from any thread at any time (during a turn they show it in progress).
     """
 
-    def __init__(self, model, system=None, max_tokens=None, n_ctx=None, seed=None, kv_type=None, **sampling):
+    def __init__(self, model, system=None, max_tokens=None, n_ctx=None, seed=None, kv_type=None, speculate=None,
+                 **sampling):
         self.model = model
         self.settings = SamplerSettings().with_(seed=seed, **sampling)
         if seed is None:
             self.settings = self.settings.with_(seed=int.from_bytes(os.urandom(8), "little") >> 1)
         self.max_tokens = args.optional(args.integer, "max_tokens", max_tokens, 1)   # None: no limit
+        self.speculate = args.optional(args.choice, "speculate", speculate, SPECULATE)
         n_ctx = args.optional(args.integer, "n_ctx", n_ctx, 1, model.n_ctx) or model.n_ctx
         self.cache = model.new_cache(n_ctx, kv_type=args.optional(args.choice, "kv_type", kv_type, KV_TYPES))
         self.rng = make_rng(self.settings.seed)
@@ -108,13 +114,15 @@ class ChatSession:
     def system(self):
         return self.messages[0]["content"] if self.messages and self.messages[0]["role"] == "system" else None
 
-    def set(self, max_tokens=..., **changes):
-        """Change sampling settings (SamplerSettings fields, seed included) and max_tokens for later turns.
-        A new seed restarts the random stream from it."""
+    def set(self, max_tokens=..., speculate=..., **changes):
+        """Change sampling settings (SamplerSettings fields, seed included), max_tokens and speculate for
+        later turns. A new seed restarts the random stream from it."""
         with self._guard():
             new = self.settings.with_(**changes)
             if max_tokens is not ...:
                 self.max_tokens = args.optional(args.integer, "max_tokens", max_tokens, 1)
+            if speculate is not ...:
+                self.speculate = args.optional(args.choice, "speculate", speculate, SPECULATE)
             if "seed" in changes:
                 self.rng = make_rng(new.seed)
             self.settings = new
@@ -247,7 +255,7 @@ class ChatSession:
 
         out = TextStream(m.tokenizer, self.template.stop)
         loop = TokenLoop(m.engine, cache, logits, self.settings, self.rng, self.max_tokens, m.tokenizer.eog_ids,
-                         self._cancel.is_set, top_n, constraint)
+                         self._cancel.is_set, top_n, constraint, self.speculate)
         tokens, steps = [], iter(loop)
         t0 = time.perf_counter()
         try:
@@ -266,6 +274,7 @@ class ChatSession:
         finally:   # also when the caller stops iterating: the history keeps what was shown
             steps.close()   # the last token shown enters the cache now
             stats.decode_seconds = time.perf_counter() - t0
+            stats.drafted, stats.accepted = loop.drafted, loop.accepted
             stats.stop = "stop" if out.stopped else loop.stop or "cancelled"
             # the cache should now end with the reply's tokens, spelling what the history says
             in_cache = cache.tokens[len(cache.tokens) - len(tokens):] == tokens if tokens else True

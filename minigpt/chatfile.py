@@ -28,6 +28,7 @@ import numpy as np
 
 from .engine import KV_TYPES, PRECISIONS, kv_decode, kv_encode
 from .engine.cache import kv_row
+from .engine.speculate import SPECULATE
 from .errors import CLIP_ARG, FormatError, MinigptError, clip
 from .format import MgptFile, open_file
 from .sampling import SamplerSettings
@@ -48,7 +49,7 @@ def save(chat, path):
                   "precision": m.engine.precision, "backend": m.kern.name},
         "n_ctx": cache.n_ctx, "ring": cache.ring, "kv_type": cache.kv_type, "n_past": n, "tokens": list(cache.tokens),
         "messages": chat.messages, "text": chat._text, "marks": chat._marks,
-        "settings": vars(chat.settings), "max_tokens": chat.max_tokens,
+        "settings": vars(chat.settings), "max_tokens": chat.max_tokens, "speculate": chat.speculate,
         "rng": chat.rng.bit_generator.state,
         "kv_sha256": _kv_digest(cache, n),
     }
@@ -160,7 +161,8 @@ def load(cls, path, model, kv_type=None):
         dtype, row = kv_row(saved, cfg.head_dim)
     except ValueError as e:   # q8_0 on a head_dim that is not a multiple of 32
         raise FormatError(f"{path}: {e}") from None
-    chat = cls(model, n_ctx=n_ctx, max_tokens=h["max_tokens"], kv_type=kv_type, **h["settings"])
+    chat = cls(model, n_ctx=n_ctx, max_tokens=h["max_tokens"], kv_type=kv_type, speculate=h.get("speculate"),
+               **h["settings"])
     cache = chat.cache
     ring = h.get("ring", n_ctx)   # an int (_check_header); files from before sliding windows have none
     if ring != cache.ring:
@@ -241,5 +243,7 @@ def _check_header(h):
     SamplerSettings(**h["settings"])   # raises on unknown or bad fields
     if h["max_tokens"] is not None and not ints(h["max_tokens"]):
         raise ValueError("bad max_tokens")
+    if h.get("speculate") not in (None, *SPECULATE):   # files from before speculation have none
+        raise ValueError("bad speculate")
     if not isinstance(h["rng"], dict) or not isinstance(h["kv_sha256"], str):
         raise ValueError("bad sampler state or checksum")

@@ -11,6 +11,7 @@ import numpy as np
 from . import hub
 from .convert import QUANT_TYPES
 from .engine import DEFAULT_KV_TYPE, KV_TYPES
+from .engine.speculate import SPECULATE
 from .errors import MinigptError, one_line
 from .kernels import MAX_THREADS
 
@@ -100,6 +101,12 @@ def _constraint_options(f):
     f = click.option("--regex", default=None, help="A regular expression the whole output matches.")(f)
     return click.option("--json-schema", "schema_file", default=None, type=click.Path(dir_okay=False),
                         help="A JSON Schema file: the output is compact JSON that validates against it.")(f)
+
+
+_speculate_option = click.option(
+    "--speculate", default=None, type=click.Choice(SPECULATE),
+    help="ngram: check several tokens per forward pass, guessed from the text so far (faster when the output "
+         "copies from the prompt; the same greedy output).")
 
 
 def _constraint(schema_file, regex, grammar_file):
@@ -306,8 +313,10 @@ def tokenize(model, special, add_bos, text):
 @click.option("--show-probs", is_flag=True,
               help="One line per generated token: its probability and the likeliest alternatives; then the text.")
 @_constraint_options
+@_speculate_option
 def generate(model, prompt, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, stop,
-             threads, ctx, backend, precision, kv_type, echo, stats, show_probs, schema_file, regex, grammar_file):
+             threads, ctx, backend, precision, kv_type, echo, stats, show_probs, schema_file, regex, grammar_file,
+             speculate):
     """Continue PROMPT, streaming the text to standard output."""
     from .repl import PROBS_N, probs_line
 
@@ -320,7 +329,7 @@ def generate(model, prompt, max_tokens, temperature, top_k, top_p, min_p, repeat
     n_prompt, text = None, []
     for step in m.steps(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                         min_p=min_p, repeat_penalty=repeat_penalty, seed=seed, stop=stop,
-                        top_n=PROBS_N if show_probs else 0, **constrain):
+                        top_n=PROBS_N if show_probs else 0, speculate=speculate, **constrain):
         if n_prompt is None:   # the first token arrives after the prefill
             n_prompt, t_prefill = m.n_past - 1, time.perf_counter() - t0
         if show_probs:
@@ -367,8 +376,9 @@ CHAT_DEFAULTS = {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05, 
 @click.option("--kv-type", default=None, type=click.Choice(KV_TYPES),
               help=f"{KV_HELP}  [default: {DEFAULT_KV_TYPE}; with --resume, the saved chat's]")
 @_constraint_options
+@_speculate_option
 def chat(model, system, temperature, top_k, top_p, min_p, repeat_penalty, seed, max_tokens, ctx, threads, resume,
-         template_file, stats, show_probs, backend, precision, kv_type, schema_file, regex, grammar_file):
+         template_file, stats, show_probs, backend, precision, kv_type, schema_file, regex, grammar_file, speculate):
     """Chat with a model in the terminal (the default model is fetched on first use)."""
     from . import chatfile
     from .api import DEFAULT_N_CTX
@@ -404,6 +414,8 @@ def chat(model, system, temperature, top_k, top_p, min_p, repeat_penalty, seed, 
         if max_tokens is not None:
             settings["max_tokens"] = max_tokens or None
         session = m.chat(system=system, n_ctx=ctx, **settings)
+    if speculate:   # a resumed chat keeps its own otherwise
+        session.set(speculate=speculate)
     repl = Repl(m, session, stats=stats, probs=PROBS_N if show_probs else 0, constrain=constrain)
     repl._banner()
     if m.is_base and not template_file:   # warn and go on, as ollama chats with a base model too

@@ -5,7 +5,7 @@ before each token, the set of tokens that keep the text valid (a bitmask), and t
 forces (one choice only), which the token loop evaluates together instead of one step each.
 
     c = constraint(model.tokenizer, model.config.vocab_size, response_format={"type": "json_object"})
-    logits = c.mask(logits); c.advance([token]); c.forced(); c.done
+    logits = c.mask(logits); c.advance([token]); c.forced(); c.done; c.valid_prefix(draft)
 
 The llguidance tokenizer is built once per minigpt tokenizer (cached beside it); a grammar is compiled
 per generation. A bad schema, regex or grammar is an ArgumentError of one line.
@@ -165,6 +165,10 @@ class Constraint:
     def advance(self, ids):
         if not self.matcher.consume_tokens(list(ids)):
             self._check()
+
+    def valid_prefix(self, ids):
+        """How many of ids, from the first, the grammar would accept next (nothing is consumed)."""
+        return self.matcher.validate_tokens(list(ids))
 
     @property
     def done(self):

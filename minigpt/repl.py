@@ -18,7 +18,8 @@ Ctrl-C stops a reply (what was written stays); Ctrl-C or Ctrl-D at an empty prom
   /reset                forget the conversation (the system prompt stays)
   /system [TEXT]        show or replace the system prompt
   /set [NAME VALUE]     show or change a setting: temperature, top_k, top_p, min_p, repeat_penalty,
-                        repeat_last_n, seed, max_tokens (0 = no limit), stats (on/off), probs (on/off/N)
+                        repeat_last_n, seed, max_tokens (0 = no limit), stats (on/off), probs (on/off/N),
+                        speculate (ngram/off)
   /show                 settings, model and chat template
   /regen                write the last reply again
   /undo                 take back the last message and its reply
@@ -164,7 +165,8 @@ class Repl:
     def _stats_line(self):
         s, c = self.chat.last, self.chat
         return (f"prompt {s.prompt_tokens} tokens, {s.prefill_tps:.0f} tok/s · reply {s.reply_tokens} tokens, "
-                f"{s.decode_tps:.1f} tok/s · context {c.n_past}/{c.n_ctx} ({100 * c.n_past / c.n_ctx:.0f}%)")
+                f"{s.decode_tps:.1f} tok/s" + (f", drafts {s.accepted}/{s.drafted} taken" if s.drafted else "") +
+                f" · context {c.n_past}/{c.n_ctx} ({100 * c.n_past / c.n_ctx:.0f}%)")
 
     # --- slash commands
 
@@ -221,6 +223,7 @@ class Repl:
             for k in SAMPLING:
                 self.say(f"  {k:<15} {getattr(c.settings, k)}")
             self.say(f"  {'max_tokens':<15} {c.max_tokens or 'no limit'}")
+            self.say(f"  {'speculate':<15} {c.speculate or 'off'}")
             self.say(f"  {'stats':<15} {'on' if self.stats else 'off'}")
             self.say(f"  {'probs':<15} {self.probs or 'off'}")
             return
@@ -238,6 +241,8 @@ class Repl:
         elif name == "max_tokens":
             n = _number(int, name, value) if value not in ("none", "off") else 0
             c.set(max_tokens=n or None)
+        elif name == "speculate":
+            c.set(speculate=None if value == "off" else value)
         elif name in SAMPLING:
             c.set(**{name: _number(SAMPLING[name], name, value)})
         else:

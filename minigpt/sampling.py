@@ -81,6 +81,23 @@ def sample(logits, s: SamplerSettings, rng: np.random.Generator, recent=()):
     return int(ids[rng.choice(len(ids), p=p)])
 
 
+def sample_draft(logits, s: SamplerSettings, rng: np.random.Generator, draft):
+    """The next token where a draft (speculative decoding) proposes `draft`, a token it is sure of
+    (probability 1): draft itself with probability p(draft), the probability sample() would draw it
+    with; else a draw from the rest of sample()'s candidates, renormalized. Either way the token
+    follows sample()'s distribution (the standard speculative acceptance rule). The penalty is
+    already applied. draft None: sample(). Greedy: the argmax, which is the draft when it agrees."""
+    if s.temperature == 0 or draft is None:
+        return sample(logits, s, rng)
+    ids, p = candidates(logits, s)
+    hit = ids == draft
+    p_draft = float(p[hit].sum())
+    if p_draft > 0 and rng.random() < p_draft:
+        return int(draft)
+    rest = np.where(hit, 0.0, p)
+    return int(ids[rng.choice(len(ids), p=rest / rest.sum())])
+
+
 def top_probs(logits, token, n):
     """The model's view of one step: (p of `token`, [(id, p)] of the n likeliest), softmax at temperature 1."""
     z = logits.astype(np.float64)

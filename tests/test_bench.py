@@ -160,3 +160,40 @@ def test_serve_soak(tiny_served):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "soak: 9 requests (+3 warm-up) from 3 clients, 2 slots" in r.stdout
     assert r.stdout.count("ok   ") == 4 and "FAIL" not in r.stdout
+
+
+# --- bench/speculate.py
+
+@pytest.fixture(scope="module")
+def tiny_long(tmp_path_factory):   # the function to rewrite is ~1,500 of the tiny vocabulary's tokens
+    d = tmp_path_factory.mktemp("speculate")
+    tiny_llama(d / "tiny.gguf", wtype="Q8_0", ctx=4096)
+    convert(d / "tiny.gguf", d / "tiny.mgpt")
+    return d / "tiny.mgpt"
+
+
+def test_speculate_json(tiny_long):
+    r = run_python(BENCH / "speculate.py", "-m", tiny_long, "-r", "2", "--max-tokens", "12", "--json", timeout=300)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["model"] == "tiny-llama" and d["threads"] == 1 and d["reps"] == 2
+    assert set(d["tasks"]) == {"code", "story"}
+    for t in d["tasks"].values():
+        assert t["same_text"] and t["max_tokens"] == 12 and 0 < t["tokens"] <= 12
+        assert set(t["runs"]) == {"plain", "ngram"} and all(len(rs) == 2 for rs in t["runs"].values())
+        assert all(r["drafted"] == 0 for r in t["runs"]["plain"]) and 0 <= t["accepted"] <= 1
+        for key in ("plain_tok_s", "ngram_tok_s"):
+            s = t[key]
+            assert len(s["samples"]) == 2 and 0 < s["min"] <= s["median"] <= s["max"]
+        assert t["ratio"] == t["ngram_tok_s"]["median"] / t["plain_tok_s"]["median"]
+
+
+def test_speculate_table(tiny_long):
+    r = run_python(BENCH / "speculate.py", "-m", tiny_long, "-r", "1", "--max-tokens", "6", "--tasks", "story",
+                   timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert "tiny-llama" in lines[0] and "interleaved A B A B" in lines[0] and len(lines) == 2
+    assert lines[1].startswith("story") and "same text: yes" in lines[1]
+    bad = run_python(BENCH / "speculate.py", "-m", tiny_long, "--tasks", "poem")
+    assert bad.returncode != 0 and "unknown task poem" in bad.stderr

@@ -2,7 +2,8 @@
 
 from dataclasses import dataclass, field
 
-from ..sampling import SamplerSettings, apply_repeat_penalty, sample, top_probs
+from ..sampling import SamplerSettings, apply_repeat_penalty, sample_draft, top_probs
+from .speculate import MAX_ROWS, drafter
 
 STOP_REASONS = ("eos", "length", "context", "stop", "cancelled")
 
@@ -24,7 +25,7 @@ class TokenLoop:
 
     logits: [vocab] after the prompt. A token is yielded as soon as it is sampled, and evaluated into
     the cache when the next one is asked for, or when the iteration ends or is closed: once the loop
-    is done, every yielded token is in the cache. Ends at max_tokens (None: no limit), an
+    is done, every yielded token is in the cache, and no other. Ends at max_tokens (None: no limit), an
     end-of-generation id (not yielded, not evaluated), a full cache, or when cancelled() turns true
     (checked before each token). .stop then says which: 'length', 'eos', 'context' or 'cancelled'
     (None while running).
@@ -34,68 +35,119 @@ class TokenLoop:
     probabilities: nothing was drawn), then evaluated together in one prefill (cancelled() is checked
     before the run); when it is complete the loop ends with 'eos' (end of generation is then the only
     token it allows).
+
+    speculate ('ngram', or None): evaluate a sampled token together with a draft of the tokens likely
+    to follow it (speculate.py: looked up in the prompt and reply so far), in one forward pass of up to
+    K_MAX + 1 rows, and take as many of them as the sampler agrees with (sampling.sample_draft), each
+    chosen at its own position as if generated one by one (the repeat penalty and the grammar's mask
+    see the tokens before it); the rest of the draft is dropped from the cache. Greedy output is the
+    plain loop's token for token (bit for bit on the compiled backend: its kernels sum a few rows as
+    they sum one); sampled output follows the same distribution, not the same random stream.
     """
 
     def __init__(self, engine, cache, logits, settings: SamplerSettings, rng, max_tokens=None, stop_ids=(),
-                 cancelled=None, top_n=0, constraint=None):
+                 cancelled=None, top_n=0, constraint=None, speculate=None):
         self.engine, self.cache, self.logits = engine, cache, logits
         self.settings, self.rng, self.max_tokens, self.stop_ids = settings, rng, max_tokens, frozenset(stop_ids)
         self.cancelled, self.top_n, self.constraint = cancelled or (lambda: False), top_n, constraint
+        self.drafter = drafter(speculate)
+        self.drafted = self.accepted = 0   # draft tokens evaluated, and taken
         self.stop = None
 
     def __iter__(self):
         s, cache, c = self.settings, self.cache, self.constraint
-        n, pending = 0, []   # pending: ids yielded, not yet in the cache
+        n, pending = 0, []         # pending: ids yielded, not yet in the cache
+        rows, draft = [self.logits], []   # rows[i]: logits [vocab] for the token after draft[:i]
+        valid = cache.pos          # the cache's positions that hold the prompt and yielded tokens
         try:
             while True:
                 if pending:
-                    self.logits = self._evaluate(pending)
-                    pending = []
-                if c is not None and c.done:
-                    self.stop = "eos"
-                    return
-                if self.max_tokens is not None and n >= self.max_tokens:
-                    self.stop = "length"
-                    return
-                if self.cancelled():
-                    self.stop = "cancelled"
-                    return
-                forced = c.forced() if c is not None else []
-                if forced:   # no choice to make: yield them all, evaluate them together
-                    room = cache.n_ctx - cache.pos
-                    if self.max_tokens is not None:
-                        room = min(room, self.max_tokens - n)
-                    if room <= 0:
+                    rows, draft = self._evaluate(pending, n)
+                    pending, valid = [], cache.pos - len(draft)
+                for i, logits in enumerate(rows):
+                    self.logits, at = logits, valid   # the token chosen here goes at position `at`
+                    if c is not None and c.done:
+                        self.stop = "eos"
+                        return
+                    if self.max_tokens is not None and n >= self.max_tokens:
+                        self.stop = "length"
+                        return
+                    if self.cancelled():
+                        self.stop = "cancelled"
+                        return
+                    forced = c.forced() if c is not None else []
+                    if forced:   # no choice to make: yield them all, evaluate them together
+                        self._rollback(at)
+                        if draft:
+                            self.drafter.update(i, len(draft))
+                        room = cache.n_ctx - cache.pos
+                        if self.max_tokens is not None:
+                            room = min(room, self.max_tokens - n)
+                        if room <= 0:
+                            self.stop = "context"
+                            return
+                        forced = forced[:room]
+                        c.advance(forced)
+                        for tok in forced:
+                            pending.append(tok)
+                            n += 1
+                            yield Step(tok)
+                        break
+                    recent = cache.tokens[max(0, at - s.repeat_last_n):at] if s.repeat_last_n else ()
+                    logits = apply_repeat_penalty(logits, recent, s.repeat_penalty)
+                    if c is not None:
+                        logits = c.mask(logits)
+                    guess = draft[i] if i < len(draft) else None
+                    tok = sample_draft(logits, s, self.rng, guess)   # the penalty is applied: no `recent` here
+                    if tok in self.stop_ids:
+                        self.stop = "eos"
+                        return
+                    if tok != guess and at >= cache.n_ctx:
                         self.stop = "context"
                         return
-                    forced = forced[:room]
-                    c.advance(forced)
-                    for tok in forced:
-                        pending.append(tok)
-                        n += 1
-                        yield Step(tok)
-                    continue
-                recent = cache.tokens[-s.repeat_last_n:] if s.repeat_last_n else ()
-                logits = apply_repeat_penalty(self.logits, recent, s.repeat_penalty)
-                if c is not None:
-                    logits = c.mask(logits)
-                tok = sample(logits, s, self.rng)   # the penalty is applied: no `recent` here
-                if tok in self.stop_ids:
-                    self.stop = "eos"
-                    return
-                if cache.pos >= cache.n_ctx:
-                    self.stop = "context"
-                    return
-                if c is not None:
-                    c.advance([tok])
-                pending, n = [tok], n + 1
-                yield Step(tok, *top_probs(logits, tok, self.top_n)) if self.top_n else Step(tok)
-        finally:   # closed early: the tokens the caller has seen still go into the cache
+                    if c is not None:
+                        c.advance([tok])
+                    n += 1
+                    if tok == guess:   # already in the cache
+                        valid, self.accepted = at + 1, self.accepted + 1
+                    else:              # evaluated next, with a new draft; the rest of this one goes
+                        self._rollback(at)
+                        pending = [tok]
+                        if draft:
+                            self.drafter.update(i, len(draft))
+                    yield Step(tok, *top_probs(logits, tok, self.top_n)) if self.top_n else Step(tok)
+                    if pending:
+                        break
+        finally:   # closed early: the tokens the caller has seen still go into the cache, no others
+            self._rollback(valid)
             if pending:
-                self._evaluate(pending)
+                self._evaluate(pending, n, draft=False)
 
-    def _evaluate(self, ids):
-        """Append ids to the cache; logits [vocab] of the last."""
+    def _evaluate(self, ids, n, draft=True):
+        """Append ids to the cache, and a draft after them when speculating (n: tokens yielded so far).
+        Returns (rows, draft): logits [len(draft) + 1, vocab] for the token after ids, after each draft
+        token; the draft, in the cache after ids."""
+        cache, c = self.cache, self.constraint
+        guess = []
+        if draft and self.drafter is not None:
+            # rows in one pass: few (the kernels sum them as they sum one), at most a cache's chunk
+            # (a sliding-window ring can then still take the draft back)
+            limit = min(MAX_ROWS, cache.chunk, cache.n_ctx - cache.pos) - len(ids)
+            if self.max_tokens is not None:
+                limit = min(limit, self.max_tokens - n)
+            guess = self.drafter.draft(cache.tokens, ids, limit)
+            if guess and c is not None:   # what the grammar would refuse is not worth evaluating
+                guess = guess[:c.valid_prefix(guess)]
+        if guess:
+            self.drafted += len(guess)
+            rows = self.engine.prefill(ids + guess, all_logits=True, cache=cache)
+            return rows[len(ids) - 1:], guess
         if len(ids) == 1:
-            return self.engine.decode_step(ids[0], self.cache)
-        return self.engine.prefill(ids, cache=self.cache)
+            return [self.engine.decode_step(ids[0], cache)], []
+        return [self.engine.prefill(ids, cache=cache)], []
+
+    def _rollback(self, n):
+        """Forget the cache's positions from n on: draft tokens not taken."""
+        if self.cache.pos > n:
+            kept = self.cache.truncate(n)
+            assert kept == n, "a draft is never longer than the cache can take back"
