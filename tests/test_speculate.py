@@ -3,8 +3,9 @@
 Greedy output must be the plain loop's token for token, and the cache must end holding what the plain
 loop's holds. On the compiled backend that is bit for bit: its kernels sum a row alone and the same row
 among a few (under 8 with portable C or NEON, under 16 with AVX2) in the same order, at every precision
-(tests/test_batch.py), so the logits of a verified block (7 rows at most) are those of one decode step after
-another; test_portable_c_is_the_plain_loop_too checks MINIGPT_ISA=scalar. Elsewhere only at 'fast' over int8 weights
+(tests/test_batch.py), so the logits of a verified block (speculate.max_rows: 15 rows at most with AVX2, 7 in
+portable C) are those of one decode step after another; test_portable_c_is_the_plain_loop_too checks
+MINIGPT_ISA=scalar. Elsewhere only at 'fast' over int8 weights
 on NumPy (float32 rows are summed by BLAS in another order for several rows; numba's tiles likewise):
 there a near tie may go the other way, and identity is not asserted.
 
@@ -23,7 +24,7 @@ import minigpt
 from minigpt import kernels
 from minigpt.convert import convert
 from minigpt.engine import TokenLoop
-from minigpt.engine.speculate import K_MAX, MAX_ROWS, NgramDrafter, lookup
+from minigpt.engine.speculate import K_MAX, NgramDrafter, lookup, max_rows
 from minigpt.errors import ArgumentError
 from minigpt.sampling import SamplerSettings, candidates, make_rng, sample_draft
 
@@ -396,8 +397,10 @@ def test_lookup_finds_the_latest_longest_match():
 def test_drafter_backs_off_and_recovers():
     d = NgramDrafter()
     h, p = list(range(1, 20)) + [1], [2]
-    assert K_MAX == MAX_ROWS - 1 == 6 and d.k == 6
-    assert d.draft(h, p, 100) == [3, 4, 5, 6, 7, 8] and d.draft(h, p, 3) == [3, 4, 5] and d.draft(h, p, 0) == []
+    assert K_MAX == 14 and d.k == 14
+    assert d.draft(h, p, 6) == [3, 4, 5, 6, 7, 8] and d.draft(h, p, 3) == [3, 4, 5] and d.draft(h, p, 0) == []
+    assert d.draft(h, p, 100) == [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]
+    d.k = 6
     d.update(0, 6)                       # failed: shorter, and a pause of one draft
     assert d.k == 3 and d.draft(h, p, 100) == [] and d.draft(h, p, 100) == [3, 4, 5]
     d.update(0, 3)                       # failed again: a longer pause
@@ -409,13 +412,20 @@ def test_drafter_backs_off_and_recovers():
     assert d.k == 3
 
 
+def test_a_pass_has_no_more_rows_than_the_kernels_sum_alone():
+    from minigpt.kernels import get_backend
+    c = get_backend("c")
+    assert max_rows(c) == min(K_MAX + 1, c.exact_rows()) and c.exact_rows() in (7, 15)
+    assert max_rows(get_backend("numpy")) == 7
+
+
 def test_drafter_history_follows_the_cache():
     """The drafter copies only new tokens: appends, and draft tokens taken back then replaced."""
     rng = np.random.default_rng(0)
     d, tokens = NgramDrafter(), [int(t) for t in rng.integers(0, 20, 50)]
     for _ in range(300):
         pending = [int(t) for t in rng.integers(0, 20, rng.integers(1, 4))]
-        assert d.draft(tokens, pending, 8) == lookup(tokens + pending)
+        assert d.draft(tokens, pending, 8) == lookup(tokens + pending, k=8)
         tokens = tokens + pending + [int(t) for t in rng.integers(0, 20, rng.integers(0, 9))]   # a draft evaluated
         tokens = tokens[:len(tokens) - int(rng.integers(0, 9))]   # and partly taken back (even further)
         d.k = K_MAX

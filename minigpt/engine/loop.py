@@ -3,7 +3,7 @@
 from dataclasses import dataclass, field
 
 from ..sampling import SamplerSettings, apply_repeat_penalty, sample_draft, top_probs
-from .speculate import MAX_ROWS, drafter
+from .speculate import drafter, max_rows
 
 STOP_REASONS = ("eos", "length", "context", "stop", "cancelled")
 
@@ -38,7 +38,7 @@ class TokenLoop:
 
     speculate ('ngram', or None): evaluate a sampled token together with a draft of the tokens likely
     to follow it (speculate.py: looked up in the prompt and reply so far), in one forward pass of up to
-    K_MAX + 1 rows, and take as many of them as the sampler agrees with (sampling.sample_draft), each
+    speculate.max_rows rows, and take as many of them as the sampler agrees with (sampling.sample_draft), each
     chosen at its own position as if generated one by one (the repeat penalty and the grammar's mask
     see the tokens before it); the rest of the draft is dropped from the cache. Greedy output is the
     plain loop's token for token (bit for bit on the compiled backend: its kernels sum a few rows as
@@ -132,7 +132,7 @@ class TokenLoop:
         if draft and self.drafter is not None:
             # rows in one pass: few (the kernels sum them as they sum one), at most a cache's chunk
             # (a sliding-window ring can then still take the draft back)
-            limit = min(MAX_ROWS, cache.chunk, cache.n_ctx - cache.pos) - len(ids)
+            limit = min(max_rows(self.engine.kern), cache.chunk, cache.n_ctx - cache.pos) - len(ids)
             if self.max_tokens is not None:
                 limit = min(limit, self.max_tokens - n)
             guess = self.drafter.draft(cache.tokens, ids, limit)

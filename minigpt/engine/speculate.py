@@ -14,11 +14,18 @@ import numpy as np
 SPECULATE = ("ngram",)   # the kinds of speculation: prompt lookup
 
 N_MAX, N_MIN = 3, 2    # the n-grams looked up: the last 3 tokens, else the last 2 (one token matches too often)
-K_MAX = 6              # draft tokens per forward pass at most
-MAX_ROWS = K_MAX + 1   # rows of a pass with a draft, the tokens before it included: fewer than the 8 rows from which
-                       # portable C and NEON (16 on AVX2) sum float32 matmul rows in the GEMM's order, not one by one
-                       # as a decode step does (tests/test_batch.py): so the rows' logits are the decode steps' bits
+K_MAX = 14             # draft tokens per forward pass at most
 PAUSE_MAX = 32         # tokens without drafts at most, after failures in a row
+
+
+def max_rows(kern):
+    """Rows of one pass with a draft, the tokens before it included: at most K_MAX + 1, and fewer than
+    the rows from which the backend sums float32 matmul rows in the GEMM's order, not one by one as a
+    decode step does (tests/test_batch.py): so the rows' logits are the decode steps' bits. The C
+    kernels say how many (kernels.exact_rows: 15 with AVX2, 7 in portable C and NEON); the Python
+    backends, which round a batch apart from a step anyway, take 7."""
+    exact = kern.exact_rows() if hasattr(kern, "exact_rows") else 7
+    return min(K_MAX + 1, exact)
 
 
 def lookup(history, n_max=N_MAX, n_min=N_MIN, k=K_MAX):

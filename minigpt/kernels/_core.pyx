@@ -38,6 +38,9 @@ cdef extern from "kernels.h" nogil:
     int64_t mg_x8_block_bytes(int qtype)
     int mg_pack_x8(const void *w, int qtype, int64_t rows, int64_t cols, void *out)
     int mg_cpu_best()
+    ctypedef struct mg_gemm_kernel:
+        int nr, mi
+    mg_gemm_kernel mg_gemm
     int mg_cpu_init(int isa)
     const char *mg_isa_name()
     int mg_get_rows(const void *w, int qtype, const int64_t *ids, int64_t n_ids,
@@ -115,6 +118,13 @@ _init_isa()
 def isa():
     """The instruction set the kernels run on: 'avx512vnni', 'avx2', 'neon' or 'scalar'."""
     return mg_isa_name().decode()
+
+
+def exact_rows():
+    """How many input rows matmul still sums each as it sums one row alone (below one GEMM panel: 15
+    with AVX2, 7 in portable C and NEON), so that a batch of that many gives each row its own floats
+    (matmul_q8 / matmul_q16 over x8 weights: any number)."""
+    return mg_gemm.mi - 1
 
 # --- boundary checks -------------------------------------------------------------------------------
 
