@@ -198,6 +198,15 @@ AVX2 static float vec_dot_q6_k_avx2(int64_t k, const void *restrict vw, const fl
 /* Four input rows per weight row (a batch of decode steps): each block is widened to floats once for
  * the four, and each row's sums run exactly as in the one-row kernel above, so out[t] is its result. */
 
+/* acc[t] += d * (q . x_t) for the four inputs x_t = x + t * ldx of one block: q its 32 signed codes,
+ * widened once, each sum as vec_dot's */
+AVX2 static inline void block_x4(__m256i q, float d, const float *x, int64_t ldx, __m256 acc[4]) {
+    __m256 f[4];
+    widen_i8(q, f);
+    const __m256 dv = _mm256_set1_ps(d);
+    for (int t = 0; t < 4; t++) acc[t] = _mm256_fmadd_ps(dv, dot_block(f, x + t * ldx), acc[t]);
+}
+
 AVX2 static void vec_dot_f16_x4_avx2(int64_t k, const void *restrict vw, const float *restrict x, int64_t ldx,
                                      float *restrict out) {
     const uint8_t *restrict w = (const uint8_t *)vw;
@@ -225,12 +234,7 @@ AVX2 static void vec_dot_q8_0_x4_avx2(int64_t k, const void *restrict vw, const 
     const int64_t nb = k / MG_QK;
     __m256 acc[4];
     for (int t = 0; t < 4; t++) acc[t] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; b++, w += 34, x += MG_QK) {
-        __m256 f[4];
-        widen_i8(load32(w + 2), f);
-        const __m256 d = _mm256_set1_ps(fp16(w));
-        for (int t = 0; t < 4; t++) acc[t] = _mm256_fmadd_ps(d, dot_block(f, x + t * ldx), acc[t]);
-    }
+    for (int64_t b = 0; b < nb; b++, w += 34, x += MG_QK) block_x4(load32(w + 2), fp16(w), x, ldx, acc);
     for (int t = 0; t < 4; t++) out[t] = hsum8(acc[t]);
 }
 
@@ -240,12 +244,8 @@ AVX2 static void vec_dot_q4_0_x4_avx2(int64_t k, const void *restrict vw, const 
     const int64_t nb = k / MG_QK;
     __m256 acc[4];
     for (int t = 0; t < 4; t++) acc[t] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; b++, w += 18, x += MG_QK) {
-        __m256 f[4];
-        widen_i8(_mm256_sub_epi8(nibbles32(w + 2), _mm256_set1_epi8(8)), f);
-        const __m256 d = _mm256_set1_ps(fp16(w));
-        for (int t = 0; t < 4; t++) acc[t] = _mm256_fmadd_ps(d, dot_block(f, x + t * ldx), acc[t]);
-    }
+    for (int64_t b = 0; b < nb; b++, w += 18, x += MG_QK)
+        block_x4(_mm256_sub_epi8(nibbles32(w + 2), _mm256_set1_epi8(8)), fp16(w), x, ldx, acc);
     for (int t = 0; t < 4; t++) out[t] = hsum8(acc[t]);
 }
 
@@ -256,13 +256,9 @@ AVX2 static void vec_dot_q4_1_x4_avx2(int64_t k, const void *restrict vw, const 
     __m256 acc[4], accm[4];
     for (int t = 0; t < 4; t++) acc[t] = accm[t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++, w += 20, x += MG_QK) {
-        __m256 f[4];
-        widen_i8(nibbles32(w + 4), f);
-        const __m256 d = _mm256_set1_ps(fp16(w)), m = _mm256_set1_ps(fp16(w + 2));
-        for (int t = 0; t < 4; t++) {
-            acc[t] = _mm256_fmadd_ps(d, dot_block(f, x + t * ldx), acc[t]);
-            accm[t] = _mm256_fmadd_ps(m, sum_block(x + t * ldx), accm[t]);
-        }
+        block_x4(nibbles32(w + 4), fp16(w), x, ldx, acc);
+        const __m256 m = _mm256_set1_ps(fp16(w + 2));
+        for (int t = 0; t < 4; t++) accm[t] = _mm256_fmadd_ps(m, sum_block(x + t * ldx), accm[t]);
     }
     for (int t = 0; t < 4; t++) out[t] = hsum8(_mm256_add_ps(acc[t], accm[t]));
 }
@@ -280,14 +276,10 @@ AVX2 static void vec_dot_q4_k_x4_avx2(int64_t k, const void *restrict vw, const 
         mg_q4_k_scales(w + 4, sc, m);
         for (int j = 0; j < 8; j++) {
             const __m256i v = load32(w + 16 + 32 * (j / 2));
-            __m256 f[4];
-            widen_i8(_mm256_and_si256(j % 2 ? _mm256_srli_epi16(v, 4) : v, low), f);
-            const __m256 ds = _mm256_set1_ps(d * (float)sc[j]), dm = _mm256_set1_ps(-(dmin * (float)m[j]));
-            for (int t = 0; t < 4; t++) {
-                const float *xj = x + t * ldx + 32 * j;
-                acc[t] = _mm256_fmadd_ps(ds, dot_block(f, xj), acc[t]);
-                accm[t] = _mm256_fmadd_ps(dm, sum_block(xj), accm[t]);
-            }
+            const __m256i q = _mm256_and_si256(j % 2 ? _mm256_srli_epi16(v, 4) : v, low);
+            block_x4(q, d * (float)sc[j], x + 32 * j, ldx, acc);
+            const __m256 dm = _mm256_set1_ps(-(dmin * (float)m[j]));
+            for (int t = 0; t < 4; t++) accm[t] = _mm256_fmadd_ps(dm, sum_block(x + t * ldx + 32 * j), accm[t]);
         }
     }
     for (int t = 0; t < 4; t++) out[t] = hsum8(_mm256_add_ps(acc[t], accm[t]));

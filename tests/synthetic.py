@@ -195,6 +195,20 @@ def tiny_llama(path, *, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden=96, 
     return meta
 
 
+def tiny_models(folder_for, models, ctx=1024):
+    """{name: .mgpt path} of tiny_llama(**kw) converted, for models {name: (kw, anything)}; folder_for(name):
+    an empty folder for each (tmp_path_factory.mktemp)."""
+    from minigpt.convert import convert
+
+    out = {}
+    for name, (kw, _) in models.items():
+        d = folder_for(name)
+        tiny_llama(d / "t.gguf", ctx=ctx, **kw)
+        convert(d / "t.gguf", d / "t.mgpt")
+        out[name] = d / "t.mgpt"
+    return out
+
+
 def pairs_to_halves(x, n_heads):
     """Rows of a q/k weight or bias (stored bits or values: x [rows, ...]) from GGUF's adjacent-pair RoPE
     order to Hugging Face's halves: per head, the even rows, then the odd ones (transformers' reverse

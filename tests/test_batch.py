@@ -33,11 +33,10 @@ import pytest
 
 import minigpt
 from minigpt import kernels
-from minigpt.convert import convert
 from minigpt.engine import PREFILL_CHUNK, ContextFullError
 from minigpt.errors import ArgumentError, ArgumentTypeError
 
-from synthetic import tiny_llama
+from synthetic import tiny_models
 
 BACKENDS = kernels.available_backends()
 # name -> (tiny_llama arguments, KV cache slack: a small one makes a sliding-window layer a ring)
@@ -52,13 +51,7 @@ SEQS = [(7, 1), (12, 1), (3, 2), (0, 20)]
 
 @pytest.fixture(scope="module")
 def model_files(tmp_path_factory):
-    out = {}
-    for name, (kw, _) in MODELS.items():
-        d = tmp_path_factory.mktemp(name)
-        tiny_llama(d / "t.gguf", ctx=1024, **kw)
-        convert(d / "t.gguf", d / "t.mgpt")
-        out[name] = d / "t.mgpt"
-    return out
+    return tiny_models(tmp_path_factory.mktemp, MODELS)
 
 
 def load(model_files, name, backend, precision="balanced", kv_type="f16", threads=1):

@@ -22,14 +22,13 @@ import pytest
 
 import minigpt
 from minigpt import kernels
-from minigpt.convert import convert
 from minigpt.engine import TokenLoop
 from minigpt.engine.speculate import K_MAX, NgramDrafter, lookup, max_rows
 from minigpt.errors import ArgumentError
 from minigpt.sampling import SamplerSettings, candidates, make_rng, sample_draft
 
 from subproc import run_minigpt, run_python
-from synthetic import tiny_llama
+from synthetic import tiny_models
 
 C = "c" in kernels.available_backends()
 # name -> (tiny_llama arguments, KV cache slack: a small one makes a sliding-window layer a ring)
@@ -44,13 +43,7 @@ PENALTIES = [(1.0, 64), (3.0, 6), (1.3, 32)]
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    out = {}
-    for name, (kw, _) in MODELS.items():
-        d = tmp_path_factory.mktemp(name)
-        tiny_llama(d / "t.gguf", ctx=1024, **kw)
-        convert(d / "t.gguf", d / "t.mgpt")
-        out[name] = d / "t.mgpt"
-    return out
+    return tiny_models(tmp_path_factory.mktemp, MODELS)
 
 
 _models = {}
