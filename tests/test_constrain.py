@@ -18,6 +18,7 @@ from minigpt.convert import convert
 from minigpt.errors import ArgumentError, MinigptError
 
 from subproc import run_minigpt, run_python
+from schemas import SCHEMAS, S
 from synthetic import tiny_llama, tiny_spm_fields
 from test_cli import assert_one_line_error
 
@@ -25,59 +26,6 @@ OPEN = dict(temperature=1.5, top_k=0, top_p=1.0, min_p=0.0)
 MAX = 300   # tokens: room for the longest reply these schemas allow
 
 
-def S(props, req=None, **kw):
-    """An object schema: these properties, all required unless req says otherwise, no others."""
-    return {"type": "object", "properties": props, "required": list(props) if req is None else req,
-            "additionalProperties": False, **kw}
-
-
-def small(lo=0, hi=9):
-    return {"type": "integer", "minimum": lo, "maximum": hi}
-
-
-SCHEMAS = {
-    "flat": S({"name": {"type": "string", "maxLength": 8}, "age": small(0, 150)}),
-    "boolean": S({"ok": {"type": "boolean"}}),
-    "null": S({"nothing": {"type": "null"}}),
-    "enum_str": S({"color": {"enum": ["red", "green", "blue"]}}),
-    "enum_mixed": S({"v": {"enum": [1, "two", True, None, 3.5]}}),
-    "const": S({"kind": {"const": "minigpt"}, "version": {"const": 1}}),
-    "int_bounds": S({"n": small(-5, 5)}),
-    "int_exclusive": S({"n": {"type": "integer", "exclusiveMinimum": 10, "exclusiveMaximum": 20}}),
-    "number_bounds": S({"x": {"type": "number", "minimum": 0, "maximum": 1, "multipleOf": 0.25}}),
-    "number_negative": S({"t": {"type": "number", "minimum": -273.5, "maximum": 100, "multipleOf": 0.5}}),
-    "string_length": S({"code": {"type": "string", "minLength": 2, "maxLength": 4}}),
-    "pattern_plate": S({"plate": {"type": "string", "pattern": "^[A-Z]{2}-[0-9]{3}$"}}),
-    "pattern_hex": S({"color": {"type": "string", "pattern": "^#[0-9a-f]{6}$"}}),
-    "pattern_date": S({"day": {"type": "string", "pattern": "^20[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9])$"}}),
-    "array_bounds": S({"xs": {"type": "array", "items": small(), "minItems": 2, "maxItems": 4}}),
-    "array_enum": S({"tags": {"type": "array", "items": {"enum": ["a", "b", "c"]}, "maxItems": 3}}),
-    "array_exact": S({"rgb": {"type": "array", "items": small(0, 255), "minItems": 3, "maxItems": 3}}),
-    "array_of_objects": S({"people": {"type": "array", "maxItems": 2, "items": S(
-        {"name": {"type": "string", "maxLength": 5}, "adult": {"type": "boolean"}})}}),
-    "tuple": S({"point": {"type": "array", "prefixItems": [small(0, 99), small(0, 99)], "items": False}}),
-    "nested": S({"user": S({"id": small(1, 1000), "profile": S({"nick": {"type": "string", "maxLength": 6},
-                                                                "vip": {"type": "boolean"}})})}),
-    "deep": S({"a": S({"b": S({"c": S({"d": {"enum": ["end"]}})})})}),
-    "optional": S({"id": small(), "note": {"type": "string", "maxLength": 5}, "flag": {"type": "boolean"}}, req=["id"]),
-    "all_optional": S({"a": {"type": "boolean"}, "b": {"type": "null"}}, req=[]),
-    "nullable": S({"v": {"type": ["integer", "null"], "minimum": 0, "maximum": 9}}),
-    "any_of": S({"v": {"anyOf": [{"type": "boolean"}, {"type": "string", "maxLength": 3}]}}),
-    "one_of_objects": S({"shape": {"oneOf": [S({"kind": {"const": "circle"}, "r": small(1, 9)}),
-                                             S({"kind": {"const": "square"}, "side": small(1, 9)})]}}),
-    "ref": {"$defs": {"pt": S({"x": small(), "y": small()})},
-            **S({"from": {"$ref": "#/$defs/pt"}, "to": {"$ref": "#/$defs/pt"}})},
-    "top_array": {"type": "array", "items": {"type": "boolean"}, "minItems": 1, "maxItems": 5},
-    "top_enum": {"enum": ["yes", "no", "maybe"]},
-    "top_integer": small(100, 999),
-    "chinese_keys": S({"城市": {"enum": ["北京", "上海", "深圳"]}, "人口": small(0, 30000000)}),
-    "chinese_values": S({"名字": {"type": "string", "maxLength": 4},
-                         "爱好": {"type": "array", "items": {"enum": ["读书", "游泳", "编程"]}, "maxItems": 2}}),
-    "chinese_nested": S({"订单": S({"编号": {"type": "string", "pattern": "^[0-9]{4}$"}, "已付款": {"type": "boolean"},
-                                   "备注": {"type": ["string", "null"], "maxLength": 6}})}),
-    "unicode_enum": S({"greeting": {"enum": ["你好", "héllo", "こんにちは", "👋"]}}),
-    "answer": S({"answer": {"type": "string", "maxLength": 10}, "confidence": small(0, 100)}),
-}
 
 
 @pytest.fixture(scope="module")
@@ -279,14 +227,17 @@ def test_bad_constraints_are_one_line_errors(model, kw, word):
 
 # --- the command line
 
-def test_cli_generate_and_chat_follow_the_constraint(tiny, tmp_path):
-    for name in ("chinese_keys", "array_of_objects", "one_of_objects"):
-        f = tmp_path / f"{name}.json"
-        f.write_text(json.dumps(SCHEMAS[name], ensure_ascii=False), encoding="utf-8")
-        r = run_minigpt("generate", "-m", tiny, "-p", "JSON:", "--json-schema", f, "-n", MAX, "--seed", 4,
-                        "--temperature", 1.5, "--top-k", 0, "--top-p", 1, "--min-p", 0)
-        assert r.returncode == 0, r.stderr
-        valid(r.stdout.strip(), SCHEMAS[name])
+@pytest.mark.parametrize("name", sorted(SCHEMAS))
+def test_cli_generate_follows_the_schema(tiny, tmp_path, name):
+    f = tmp_path / f"{name}.json"
+    f.write_text(json.dumps(SCHEMAS[name], ensure_ascii=False), encoding="utf-8")
+    r = run_minigpt("generate", "-m", tiny, "-p", "JSON:", "--json-schema", f, "-n", MAX, "--seed", 4,
+                    "--temperature", 1.5, "--top-k", 0, "--top-p", 1, "--min-p", 0)
+    assert r.returncode == 0, r.stderr
+    valid(r.stdout.strip(), SCHEMAS[name])
+
+
+def test_cli_regex_and_grammar(tiny, tmp_path):
     r = run_minigpt("generate", "-m", tiny, "-p", "x", "--regex", REGEXES[0], "-n", MAX, "--seed", 1, "--show-probs")
     assert r.returncode == 0, r.stderr
     assert "forced by the grammar" in r.stdout and re.fullmatch(REGEXES[0], r.stdout.splitlines()[-1])

@@ -18,6 +18,7 @@ import minigpt
 from minigpt.sampling import SamplerSettings
 from minigpt.serve import scheduler, tools
 
+import schemas
 from serving import KEY, TIMEOUT, Server, chat, stream_chat, tiny_model
 
 # A Qwen2.5-like template, short: tools in a system block, calls and tool results as Qwen2.5 writes them
@@ -71,6 +72,17 @@ def test_json_schema_replies_validate_and_stream_alike(server):
     for seed in range(3):   # sampled, not only greedy
         r = chat(client, "Who?", temperature=1.0, seed=seed, max_tokens=60, response_format=fmt)
         jsonschema.validate(json.loads(r.choices[0].message.content), PERSON)
+
+
+@pytest.mark.parametrize("name", sorted(schemas.SCHEMAS))
+def test_every_schema_through_the_openai_client(server, name):
+    # the schemas test_constrain.py runs through the API and the CLI, sampled wide open
+    schema = schemas.SCHEMAS[name]
+    fmt = {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
+    r = chat(server.client(), "As JSON:", temperature=1.5, top_p=1.0, seed=3, max_tokens=300, response_format=fmt,
+             extra_body={"top_k": 0, "min_p": 0.0})
+    assert r.choices[0].finish_reason == "stop"
+    jsonschema.validate(json.loads(r.choices[0].message.content), schema)
 
 
 def test_json_object_is_an_object(server):
