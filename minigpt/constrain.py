@@ -17,6 +17,7 @@ import threading
 import weakref
 
 import llguidance
+import llguidance.numpy
 import numpy as np
 
 from . import args
@@ -150,12 +151,10 @@ class Constraint:
         """logits: [vocab] -> [vocab], -inf where the grammar forbids the token (a buffer reused per call)."""
         self.matcher.unsafe_compute_mask_ptr(self._bits.ctypes.data, self._bits.nbytes)
         self._check()
-        # bit k of int32 word w is token 32w + k: little-endian bytes, little-endian bits within each
-        allowed = np.unpackbits(self._bits.view(np.uint8), bitorder="little", count=self.n_vocab).view(bool)
-        if not allowed.any():
+        if not self._bits.any():   # bit k of word w is token 32w + k; none past the vocabulary is set
             raise MinigptError("the grammar allows no token here (constrained output cannot go on)")
-        self._out.fill(-np.inf)
-        np.copyto(self._out, logits, where=allowed)
+        np.copyto(self._out, logits)
+        llguidance.numpy.apply_token_bitmask_inplace(self._out, self._bits)   # -inf where a bit is 0, in place
         return self._out
 
     def forced(self):
