@@ -235,6 +235,19 @@ def test_a_streamed_reply_gives_what_parse_gives(reply):
 
 # --- the scheduler in this process: forced tokens are evaluated together
 
+def run_job(model, job):
+    """The events of one job through a scheduler of one slot (the engine thread, no HTTP)."""
+    sched = scheduler.Scheduler(model, parallel=1)
+    sched.start()
+    try:
+        async def run():
+            sched.submit(job)
+            return [e async for e in job.events()]
+        return asyncio.run(run())
+    finally:
+        sched.stop()
+
+
 def test_forced_tokens_are_evaluated_in_one_step(model_path, monkeypatch):
     model = minigpt.load(str(model_path), n_ctx=256)
     seen, real = [], scheduler.forward_batch
@@ -244,18 +257,9 @@ def test_forced_tokens_are_evaluated_in_one_step(model_path, monkeypatch):
         return real(engine, items)
 
     monkeypatch.setattr(scheduler, "forward_batch", forward)
-    sched = scheduler.Scheduler(model, parallel=1)
-    sched.start()
-    try:
-        c = model.constraint(regex=r"(yes|no): the answer is (final|open)")
-        job = scheduler.Job(model.tokenizer.encode("Q?"), SamplerSettings(temperature=0), max_tokens=50, constraint=c)
-
-        async def run():
-            sched.submit(job)
-            return [e async for e in job.events()]
-        events = asyncio.run(run())
-    finally:
-        sched.stop()
+    c = model.constraint(regex=r"(yes|no): the answer is (final|open)")
+    events = run_job(model, scheduler.Job(model.tokenizer.encode("Q?"), SamplerSettings(temperature=0), max_tokens=50,
+                                          constraint=c))
     assert re.fullmatch(r"(yes|no): the answer is (final|open)", "".join(e.text for e in events))
     assert events[-1].finish == "stop"
     assert max(n for step in seen[1:] for n in step) > 1   # after the prompt: a sampled token and the forced rest
@@ -276,19 +280,9 @@ def test_a_call_the_model_begins_on_its_own_is_constrained_from_its_tag_on(model
         return logits
 
     monkeypatch.setattr(scheduler, "forward_batch", forward)
-    sched = scheduler.Scheduler(model, parallel=1)
-    sched.start()
-    try:
-        call = model.constraint(grammar=tools.call_grammar(TOOLS, opened=True))
-        job = scheduler.Job(model.tokenizer.encode("Q?"), SamplerSettings(temperature=0), max_tokens=300,
-                            trigger=(tools.OPEN.encode(), call))
-
-        async def run():
-            sched.submit(job)
-            return [e async for e in job.events()]
-        events = asyncio.run(run())
-    finally:
-        sched.stop()
+    call = model.constraint(grammar=tools.call_grammar(TOOLS, opened=True))
+    events = run_job(model, scheduler.Job(model.tokenizer.encode("Q?"), SamplerSettings(temperature=0), max_tokens=300,
+                                          trigger=(tools.OPEN.encode(), call)))
     text = "".join(e.text for e in events)
     content, calls = tools.parse(text, TOOLS)
     assert events[-1].finish == "stop" and content == "Hi" and len(calls) == 1, text
