@@ -8,6 +8,7 @@ import asyncio
 import json
 import random
 import re
+from pathlib import Path
 
 import httpx
 import jsonschema
@@ -15,11 +16,14 @@ import openai
 import pytest
 
 import minigpt
+from minigpt.chat import encode_prompt
 from minigpt.sampling import SamplerSettings
 from minigpt.serve import scheduler, tools
 
 import schemas
 from serving import KEY, TIMEOUT, Server, chat, stream_chat, tiny_model
+
+FIX = Path(__file__).parent / "fixtures"
 
 # A Qwen2.5-like template, short: tools in a system block, calls and tool results as Qwen2.5 writes them
 TOOLS_TEMPLATE = (
@@ -294,26 +298,29 @@ def test_a_call_the_model_begins_on_its_own_is_constrained_from_its_tag_on(model
 
 def test_real_qwen2_calls_a_tool_and_answers(qwen2_mgpt):
     """The model chooses to call (tool_choice "auto"; it writes the call untagged), with valid arguments;
-    given the result, it replies in text that uses it (at 0.5B it mostly repeats the call and the result)."""
+    given the result, it replies in text that uses it. The reply is llama.cpp's, token for token, on the
+    same prompt (tests/fixtures/qwen2_tool_round_trip.json, tools/make_tool_reference.py): at 0.5B the
+    model restates its call and the result rather than writing a sentence, in either runtime."""
+    ref = json.loads((FIX / "qwen2_tool_round_trip.json").read_text(encoding="utf-8"))
+    m = minigpt.load(qwen2_mgpt)
+    assert m.template.render(ref["messages"], tools=ref["tools"]) == ref["prompt"]
+    assert encode_prompt(m.tokenizer, ref["prompt"]) == ref["prompt_ids"]
     s = Server(qwen2_mgpt, "--threads", "2", "--api-key", KEY)
     try:
         client = s.client()
         name = client.models.list().data[0].id
-        weather = [{"type": "function", "function": {
-            "name": "get_weather", "description": "Get the current weather in a city",
-            "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 40}},
-                           "required": ["city"]}}}]
-        messages = [{"role": "user", "content": "What is the weather like in Paris today?"}]
-        first = client.chat.completions.create(model=name, messages=messages, tools=weather, tool_choice="auto",
-                                               temperature=0, max_tokens=40)
+        messages = ref["messages"][:1]
+        first = client.chat.completions.create(model=name, messages=messages, tools=ref["tools"],
+                                               tool_choice="auto", temperature=0, max_tokens=40)
         call = first.choices[0].message.tool_calls[0]
         assert first.choices[0].finish_reason == "tool_calls" and call.function.name == "get_weather"
-        assert "paris" in json.loads(call.function.arguments)["city"].lower()
+        assert json.loads(call.function.arguments) == {"city": "Paris"}
         messages += [first.choices[0].message.model_dump(exclude_none=True),
-                     {"role": "tool", "tool_call_id": call.id, "content": '{"temperature_c": 21, "sky": "sunny"}'}]
-        second = client.chat.completions.create(model=name, messages=messages, tools=weather, tool_choice="auto",
-                                                temperature=0, max_tokens=40)
+                     {**ref["messages"][2], "tool_call_id": call.id}]
+        second = client.chat.completions.create(model=name, messages=messages, tools=ref["tools"],
+                                                tool_choice="auto", temperature=0, max_tokens=60)
         answer = second.choices[0].message
         assert not answer.tool_calls and "21" in answer.content, answer
+        assert answer.content == ref["reply"].strip() and second.usage.completion_tokens == len(ref["reply_ids"])
     finally:
         s.stop()
