@@ -137,6 +137,15 @@ def test_attention_ab_against_itself():
     assert "this build / baseline" in r.stdout and "outputs equal" in r.stdout
 
 
+# --- bench/arena.py
+
+def test_arena_ab_table(tiny):
+    r = run_python(BENCH / "arena.py", str(tiny), "--seqs", "1,2", "-n", "3", "-p", "4", "--rounds", "2", timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = [line.split()[0] for line in r.stdout.splitlines()[3:]]
+    assert "ratio per round" in r.stdout and rows == ["1", "2"], r.stdout
+
+
 # --- bench/serve.py: the real server on the tiny model, a few short requests
 
 @pytest.fixture(scope="module")

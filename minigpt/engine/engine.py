@@ -7,6 +7,7 @@ from ..config import Config
 from ..errors import ArgumentError, ArgumentTypeError, MinigptError
 from ..model import decoder
 from ..model.weights import MATRICES, Weight, head_name
+from .arena import Arena
 from .cache import DEFAULT_KV_TYPE, PREFILL_CHUNK, KVCache
 
 CDecoder = None
@@ -50,18 +51,28 @@ def prepare_weights(cfg: Config, weights, kern, precision, release=None):
     """{name: Weight} as the decoder reads them at `precision`: each matrix with its activation bits,
     in the form kern.prepare gives it for them (x8-packed on the compiled backend), and 'output', the
     head, in its own form (tied embeddings: tok_embd's data, which get_rows still reads as stored).
-    release([name]), if given, is called for each matrix as soon as a copy replaces it (MgptFile.release:
-    its pages need not stay resident while the others are packed)."""
+    On the compiled backend, the copies prepare made and the head are kept in an Arena (arena.py: huge
+    pages, where the system has them), a tied head read as stored serving get_rows from there too; the
+    Python backends read the weights where they lie. release([name]), if given, is called for each
+    matrix as soon as a copy replaces it (MgptFile.release: its pages need not stay resident while the
+    others are packed)."""
     bits = PRECISIONS[precision]
+    keep = Arena().keep if kern.name == "c" else (lambda a: a)
     out = dict(weights)
     for name, w in weights.items():
         role = name.rsplit(".", 1)[-1]
         if role in MATRICES:
-            out[name] = Weight(*kern.prepare(w.data, w.qtype, bits[role]), bits[role])
-            if release is not None and out[name].data is not w.data:
-                release([name])
+            data, qtype = kern.prepare(w.data, w.qtype, bits[role])
+            if data is not w.data:
+                data = keep(data)
+                if release is not None:
+                    release([name])
+            out[name] = Weight(data, qtype, bits[role])
     head = weights[head_name(cfg)]
-    out["output"] = Weight(*kern.prepare(head.data, head.qtype, bits["output"]), bits["output"])
+    data, qtype = kern.prepare(head.data, head.qtype, bits["output"])
+    out["output"] = Weight(keep(data), qtype, bits["output"])
+    if cfg.tied_embeddings and data is head.data:
+        out["tok_embd"] = Weight(out["output"].data, head.qtype, head.bits)
     return out
 
 

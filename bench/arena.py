@@ -1,0 +1,64 @@
+"""Decode with the streamed weights in huge pages (minigpt/engine/arena.py) against the same weights in
+ordinary pages, interleaved in one process.
+
+    python bench/arena.py                                     # SmolLM2-135M, 1 and 4 sequences, 1 thread
+    python bench/arena.py qwen2.5-coder-0.5b-instruct --seqs 1 --rounds 15 --n-gen 8
+
+The model is loaded twice: as minigpt loads it, and with Arena.keep made the identity (what it did
+before: the packed copies in NumPy's own memory, the head read in place from the file). Each round
+measures every batch size on both, A B A B (bench/batch.py's measurement: aggregate decode tok/s of S
+sequences stepped together). Printed per batch size: median [min, max] tok/s of each, and the median
+[min, max] of the rounds' ratios arena / ordinary, which a shared machine's drifts disturb least.
+"""
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from batch import measure  # noqa: E402
+from compare import _spread, machine  # noqa: E402
+
+import minigpt  # noqa: E402
+from minigpt.engine import arena  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model", nargs="?", default="smollm2-135m-instruct", help="A .mgpt path or a known model name.")
+    ap.add_argument("--seqs", default="1,4", help="Comma-separated batch sizes.")
+    ap.add_argument("-t", "--threads", type=int, default=1)
+    ap.add_argument("-p", "--prompt", type=int, default=32, help="Ids each sequence holds before the timed steps.")
+    ap.add_argument("-n", "--n-gen", type=int, default=24, help="Timed decode steps per measurement.")
+    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--precision", default="balanced")
+    a = ap.parse_args()
+    seqs = [int(s) for s in a.seqs.split(",")]
+
+    models = {"huge pages": minigpt.load(a.model, threads=a.threads, precision=a.precision)}
+    keep = arena.Arena.keep
+    arena.Arena.keep = lambda self, x: x
+    try:
+        models["ordinary"] = minigpt.load(a.model, threads=a.threads, precision=a.precision)
+    finally:
+        arena.Arena.keep = keep
+
+    tok_s = {}
+    for rnd in range(a.rounds):
+        for s in seqs:
+            for name, m in models.items():
+                tok_s.setdefault((name, s), []).append(measure(m, s, a))
+        print(f"round {rnd + 1}/{a.rounds}", file=sys.stderr, flush=True)
+
+    print(f"model: {a.model}; precision {a.precision}; {a.threads} thread(s); {a.n_gen} timed steps, {a.rounds} rounds")
+    print("machine: " + "; ".join(f"{k} {v}" for k, v in machine({}).items()))
+    print("sequences  ordinary tok/s         huge pages tok/s       ratio per round")
+    for s in seqs:
+        old, new = tok_s["ordinary", s], tok_s["huge pages", s]
+        ratios = [y / x for x, y in zip(old, new)]
+        print(f"{s:<10} {_spread(old, '{:.1f}'):<22} {_spread(new, '{:.1f}'):<22} {_spread(ratios, '{:.3f}')}")
+
+
+if __name__ == "__main__":
+    main()
