@@ -37,9 +37,9 @@ class Offer(NamedTuple):
     """The tools a reply may call, checked. choice: "none" (or no tools: the model is not told of them),
     "auto" (text or a call, the model's choice), "required" (a call) or "function" (a call of the one
     named `name`)."""
-    tools: list | tuple = ()
-    choice: str = "none"
-    name: str | None = None
+    tools: list
+    choice: str
+    name: str | None
 
     @property
     def shown(self):
