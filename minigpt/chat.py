@@ -351,7 +351,9 @@ class ChatSession:
             in_cache = cache.tokens[len(cache.tokens) - len(tokens):] == tokens if tokens else True
             spelled = in_cache and _spell(m.tokenizer, tokens) == reply["content"]
             self._text = prompt + reply["content"] if spelled else None
-            if turn.offer.shown:   # the calls, as OpenAI's tool_calls; the template writes them back its own way
+            # the calls, as OpenAI's tool_calls (the template writes them back its own way); a reply without
+            # any stays as written, so the template writes it back as the cache spells it
+            if turn.offer.shown:
                 content, calls = tooling.parse(reply["content"], turn.offer.tools)
                 if calls:
                     reply["content"], reply["tool_calls"] = content, calls

@@ -144,23 +144,42 @@ def test_tools_need_a_template_that_renders_them(tmp_path):
 
 # --- a round trip
 
+def read_only_the_new_text(chat, text, offered=TOOLS):
+    """Whether the last turn prefilled only what its conversation adds to `text` (what the cache spelled)."""
+    rendered = chat.model.template.render(tools.for_template(chat.history[:-1]), tools=offered)
+    new = chat.model.tokenize(rendered[len(text):], special=True)
+    return rendered.startswith(text) and chat.last.prompt_tokens == len(new)
+
+
 def test_results_go_back_and_the_cache_is_reused(model):
     chat = model.chat(temperature=0, max_tokens=300)
     "".join(chat.send("What time is it?", tools=TOOLS, tool_choice=TIME_CALL))
     n_past, text = chat.n_past, chat._text
+    chat.set(max_tokens=20)
     reply = answer(chat)
     assert [m["role"] for m in chat.history] == ["user", "assistant", "tool", "assistant"]
     assert chat.history[2] == {"role": "tool", "tool_call_id": chat.history[1]["tool_calls"][0]["id"],
                                "content": '{"ok": true}'}
     # the template writes the call back as the grammar made the model write it: only the new text is read
-    rendered = model.template.render(tools.for_template(chat.history[:3]), tools=TOOLS)
-    assert rendered.startswith(text)
-    assert chat.last.prompt_tokens == len(model.tokenize(rendered[len(text):], special=True))
+    assert read_only_the_new_text(chat, text)
     assert chat.n_past == n_past + chat.last.prompt_tokens + chat.last.reply_tokens
     # and the reply is the one a fresh session reading the whole conversation writes
-    fresh = model.chat(temperature=0, max_tokens=300)
+    fresh = model.chat(temperature=0, max_tokens=20)
     fresh.messages = chat.history[:2]
     assert answer(fresh, tools=TOOLS) == reply and fresh.history == chat.history
+    # the next turn, after the round trip, reads its own text only too
+    text = chat._text
+    "".join(chat.send("Thanks!", tools=TOOLS))
+    assert read_only_the_new_text(chat, text) and len(chat._marks) == 2 and None not in chat._marks
+
+
+def test_speculation_gives_the_same_calls(model):
+    calls = []
+    for speculate in (None, "ngram"):
+        chat = model.chat(temperature=0, max_tokens=300, speculate=speculate)
+        "".join(chat.send("Time?", tools=TOOLS, tool_choice="required"))
+        calls.append([c["function"] for c in chat.tool_calls])
+    assert calls[0] == calls[1] and len(calls[0]) == 1
 
 
 def test_results_must_answer_each_call(model):
@@ -278,9 +297,7 @@ def test_real_qwen2_required_call_round_trip_reads_only_the_new_tokens(qwen, tmp
     results = [{"tool_call_id": call["id"], "content": SUNNY}]
     reply = "".join(chat.send_tool_results(results))
     # the call as the grammar made the model write it is the call as the template writes it back
-    rendered = qwen.template.render(tools.for_template(chat.history[:3]), tools=WEATHER)
-    assert rendered.startswith(text)
-    assert chat.last.prompt_tokens == len(qwen.tokenize(rendered[len(text):], special=True))
+    assert read_only_the_new_text(chat, text, WEATHER)
     loaded = ChatSession.load(tmp_path / "oslo.mgchat", qwen)
     assert loaded.n_past == n_past and loaded.tool_calls == [call]
     assert "".join(loaded.send_tool_results(results)) == reply   # at 0.5B, often the same call again
