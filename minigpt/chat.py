@@ -67,6 +67,7 @@ class ChatSession:
     .settings.seed). The other keywords are SamplerSettings fields (temperature, top_k, top_p, min_p,
     repeat_penalty, repeat_last_n). speculate: 'ngram' for speculative decoding by prompt lookup, or None
     (as in Model.generate: the same greedy replies, faster where they copy from the conversation).
+    Tools: send(tools=...), .tool_calls, send_tool_results(); .offer holds the tools last offered.
 
     One turn at a time per session. cancel() may be called from any thread; n_past, last and history
     may be read from any thread at any time (during a turn they show it in progress).
