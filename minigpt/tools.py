@@ -118,7 +118,7 @@ def check_calls(value, where):
             raise ArgumentError(f"{where} must be {shape}, got {clip(call, CLIP_ARG)}")
         try:
             arguments = json.loads(f["arguments"])
-        except ValueError:
+        except (ValueError, RecursionError):   # RecursionError: [[[[...]]]] nested beyond Python's stack
             arguments = None
         if not isinstance(arguments, dict):
             raise ArgumentError(f"{where}: arguments must be a JSON object, got {clip(f['arguments'], CLIP_ARG)}")
@@ -200,7 +200,7 @@ def _call(body, names):
     """{"id", "type": "function", "function": {"name", "arguments": a JSON str}} of a block's JSON, or None."""
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):   # RecursionError: [[[[...]]]] nested beyond Python's stack
         return None
     if not (isinstance(data, dict) and isinstance(data.get("name"), str) and data["name"] in names):
         return None
@@ -208,7 +208,7 @@ def _call(body, names):
     if isinstance(arguments, str):   # some models write the arguments as a JSON string
         try:
             arguments = json.loads(arguments)
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
     if not isinstance(arguments, dict):
         return None

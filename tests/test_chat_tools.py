@@ -133,6 +133,14 @@ def test_bad_tools_are_one_line_errors_before_the_turn(model, kw, match):
     assert chat.history == [] and chat.n_past == 0
 
 
+def test_json_nested_too_deep_is_not_a_call_nor_a_crash():
+    deep = "[" * 100000
+    assert tools.parse('{"name": "get_time", "arguments": ' + deep, TOOLS)[1] == []
+    assert tools.parse('<tool_call>{"name": "get_time", "arguments": "' + deep + '"}</tool_call>', TOOLS)[1] == []
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_time", "arguments": deep}}
+    with pytest.raises(ArgumentError, match="arguments must be a JSON object"):
+        tools.check_calls([call], "tool_calls")
+
 def test_tools_need_a_template_that_renders_them(tmp_path):
     tiny_llama(tmp_path / "plain.gguf", wtype="Q8_0", ctx=256)   # the plain ChatML template: no tools
     convert(tmp_path / "plain.gguf", tmp_path / "plain.mgpt")

@@ -17,7 +17,7 @@ import pytest
 import minigpt
 from minigpt import tools
 from minigpt.sampling import SamplerSettings
-from minigpt.serve import scheduler
+from minigpt.serve import protocol, scheduler
 
 import schemas
 from serving import KEY, TIMEOUT, Server, chat, stream_chat, tiny_model
@@ -167,6 +167,13 @@ def test_tool_results_go_back_and_none_means_text(server):
     with pytest.raises(openai.BadRequestError, match="tool_call_id"):
         chat(client, messages[:2] + [{"role": "tool", "content": "x"}], max_tokens=4)
 
+
+def test_arguments_nested_too_deep_are_a_400_not_a_500():
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_time", "arguments": "[" * 100000}}
+    body = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [call]}]}
+    with pytest.raises(protocol.ApiError, match="arguments must be a JSON object") as e:
+        protocol.chat_request(body)
+    assert (e.value.status, e.value.param) == (400, "messages")
 
 def test_tools_need_a_template_that_renders_them(tmp_path):
     s = Server(tiny_model(tmp_path), "--api-key", KEY)   # the plain ChatML template of test_serve.py
