@@ -4,6 +4,8 @@
     for piece in chat.send("Hello!"):        # the reply, streamed
         print(piece, end="")
     chat.cancel()                            # from any thread: stops the reply or prefill in progress
+    reply = "".join(chat.send("Weather in Oslo?", tools=[WEATHER]))   # the text; the calls: chat.tool_calls
+    chat.send_tool_results([{"tool_call_id": chat.tool_calls[0]["id"], "content": '{"sky": "clear"}'}])
     chat.save("talk.mgchat"); chat = ChatSession.load("talk.mgchat", model)
 
 Each turn renders the whole conversation with the model's chat template, then prefills only what the
@@ -16,15 +18,18 @@ Sessions share the model's weights and nothing else: two sessions on two threads
 each would give alone (their forward passes take turns on the compiled backend).
 """
 
+import copy
 import os
 import threading
 import time
 from dataclasses import dataclass
 
 from . import args
+from . import tools as tooling   # `tools` is send()'s argument, as in OpenAI's API
+from .constrain import Triggered
 from .engine import KV_TYPES, ContextFullError, Step, TextStream, TokenLoop
 from .engine.speculate import SPECULATE
-from .errors import MinigptError
+from .errors import ArgumentError, MinigptError
 from .sampling import SamplerSettings, make_rng
 from .template import ChatTemplate
 
@@ -62,6 +67,7 @@ class ChatSession:
     .settings.seed). The other keywords are SamplerSettings fields (temperature, top_k, top_p, min_p,
     repeat_penalty, repeat_last_n). speculate: 'ngram' for speculative decoding by prompt lookup, or None
     (as in Model.generate: the same greedy replies, faster where they copy from the conversation).
+    Tools: send(tools=...), .tool_calls, send_tool_results(); .offer holds the tools last offered.
 
     One turn at a time per session. cancel() may be called from any thread; n_past, last and history
     may be read from any thread at any time (during a turn they show it in progress).
@@ -80,6 +86,7 @@ class ChatSession:
         self.rng = make_rng(self.settings.seed)
         system = args.optional(args.text, "system", system)
         self.messages = [{"role": "system", "content": system}] if system else []
+        self.offer = tooling.offer(None)   # the tools last offered, offered again by send_tool_results
         self.last = TurnStats()
         self._text = ""          # the template text the cache's tokens spell; None: not known
         self._marks = []         # per turn: (tokens, text length) before it, or None if unknown
@@ -94,8 +101,17 @@ class ChatSession:
 
     @property
     def history(self):
-        """The conversation as the model sees it: [{'role', 'content'}], the system prompt first."""
-        return [dict(m) for m in self.messages]
+        """The conversation as the model sees it, in OpenAI's shapes, the system prompt first:
+        [{'role', 'content'}]; a reply that called tools also has 'tool_calls' (its content is None when
+        it is nothing else), and each call's result is a {'role': 'tool', 'tool_call_id', 'content'}."""
+        return copy.deepcopy(self.messages)
+
+    @property
+    def tool_calls(self):
+        """The calls the last reply made, in OpenAI's shape: [{"id", "type": "function", "function":
+        {"name", "arguments": a JSON str}}]; [] when it made none (or no reply is the last message)."""
+        last = self.messages[-1] if self.messages else {}
+        return copy.deepcopy(last.get("tool_calls", [])) if last.get("role") == "assistant" else []
 
     @property
     def n_ctx(self):
@@ -146,7 +162,8 @@ class ChatSession:
             self._text, self._marks = None, []
 
     def undo(self):
-        """Remove the last turn (the user's message and the reply); returns the user's message, or None."""
+        """Remove the last turn (the user's message and every message after it: the reply, and the tool
+        calls and results of a turn that called tools); returns the user's message, or None."""
         with self._guard():
             return self._undo()
 
@@ -167,11 +184,14 @@ class ChatSession:
         return user
 
     def regenerate(self, **kw):
-        """Take back the last reply and write a new one to the same message (the random stream goes on)."""
+        """Take back the last turn's replies and write a new one to the same message (the random stream
+        goes on). kw: send()'s; tools and tool_choice default to those last offered."""
         with self._guard():
             user = self._undo()
         if user is None:
             raise MinigptError("nothing to regenerate: no turn yet")
+        kw.setdefault("tools", list(self.offer.tools) or None)
+        kw.setdefault("tool_choice", self.offer.tool_choice if self.offer.tools else None)
         return self.send(user, **kw)
 
     def _forget_cache(self):
@@ -185,50 +205,101 @@ class ChatSession:
         next token. What was written is kept in the history."""
         self._cancel.set()
 
-    def send(self, text, on_prefill_progress=None, *, response_format=None, regex=None, grammar=None):
+    def send(self, text, on_prefill_progress=None, *, tools=None, tool_choice=None, response_format=None, regex=None,
+             grammar=None):
         """Stream the reply to `text` as text pieces (whole characters). on_prefill_progress(done, total)
         is called as the prompt's new tokens are read. See .last for what the turn cost and why it ended.
 
         response_format (a JSON Schema, or OpenAI's json_schema / json_object shapes), regex or grammar
-        (Lark) constrain this reply, as in Model.generate; a bad one raises here, before the turn."""
-        return (step.text for step in self.steps(text, on_prefill_progress, response_format=response_format,
-                                                 regex=regex, grammar=grammar) if step.text)
+        (Lark) constrain this reply, as in Model.generate; a bad one raises here, before the turn.
 
-    def steps(self, text, on_prefill_progress=None, top_n=0, *, response_format=None, regex=None, grammar=None):
+        tools, OpenAI's [{"type": "function", "function": {"name", "description", "parameters"}}], are
+        rendered by the model's chat template; tool_choice: "auto" (the default with tools: text or a
+        call, the model's choice; a call it begins with <tool_call> is constrained from there on),
+        "required" (a call), {"type": "function", "function": {"name": ...}} (a call of that one) or
+        "none" (the tools are not shown). A call's arguments follow its tool's "parameters" schema. With
+        tools the pieces are the reply's content only: the text of a call is not shown; once the turn has
+        ended its calls are in .tool_calls (and the reply in .history has them as OpenAI's tool_calls).
+        Answer them with send_tool_results()."""
+        turn = self._prepare([{"role": "user", "content": args.text("text", text)}], tools, tool_choice,
+                             response_format, regex, grammar)
+        return _content(self._start(turn, on_prefill_progress, 0), turn.offer)
+
+    def send_tool_results(self, results, on_prefill_progress=None, *, tools=None, tool_choice="auto",
+                          response_format=None, regex=None, grammar=None):
+        """Answer the last reply's tool calls and stream the reply that follows, as send() does.
+        results: [{"tool_call_id": a call's id, "content": a str}], one per call of .tool_calls. tools:
+        those offered for the reply (None: those last offered); tool_choice: as send()'s, "auto" unless
+        given. The results join the same turn: undo() removes them with it."""
+        calls = self.tool_calls
+        if not calls:
+            raise MinigptError("no tool calls to answer: the last message is not a reply that called tools")
+        new = tooling.results(results, calls)
+        turn = self._prepare(new, list(self.offer.tools) if tools is None else tools, tool_choice,
+                             response_format, regex, grammar)
+        return _content(self._start(turn, on_prefill_progress, 0), turn.offer)
+
+    def steps(self, text, on_prefill_progress=None, top_n=0, *, tools=None, tool_choice=None, response_format=None,
+              regex=None, grammar=None):
         """Like send(), but yields engine.Step objects: token id, its text, and with top_n > 0 the model's
         probabilities for it and for its top_n likeliest alternatives (none for a token a grammar forces).
-        A last Step with token None may carry text held back until the end.
+        A last Step with token None may carry text held back until the end. With tools, the steps are
+        every token the reply is made of, a call's text included (send() shows the content only).
 
         The turn runs as the iterator is consumed (on any thread); a cancel() from the moment this is
         called counts. Stop a turn with cancel() rather than by abandoning the iterator: text held back
         at that point (part of a character, a possible stop string) is then not shown, nor kept."""
-        args.text("text", text)
-        top_n = args.integer("top_n", top_n, 0)
-        constraint = self.model.constraint(response_format, regex, grammar)
+        turn = self._prepare([{"role": "user", "content": args.text("text", text)}], tools, tool_choice,
+                             response_format, regex, grammar)
+        return self._start(turn, on_prefill_progress, args.integer("top_n", top_n, 0))
+
+    def _prepare(self, new, given, tool_choice, response_format, regex, grammar):
+        """The _Turn that appends messages `new`: the tools it offers and the constraint of its reply,
+        checked (a bad option raises here, before the turn)."""
+        offer = tooling.offer(given, tool_choice)
+        if offer.shown and not self.template.renders_tools:
+            raise ArgumentError(f"this model's chat template ({self.template.name}) has no place for tools "
+                                f"(tool_choice='none' does not show them)")
+        fmt = [name for name, v in (("response_format", response_format), ("regex", regex), ("grammar", grammar))
+               if v is not None]
+        if offer.choice in ("required", "function"):
+            if fmt:
+                raise ArgumentError(f"{fmt[0]} cannot apply to a reply that must be a tool call")
+            constraint = self.model.constraint(grammar=tooling.call_grammar(offer.tools, offer.name))
+        elif offer.choice == "auto" and not fmt:
+            call = self.model.constraint(grammar=tooling.call_grammar(offer.tools, opened=True))
+            constraint = Triggered(self.model.tokenizer, tooling.OPEN, call)
+        else:
+            constraint = self.model.constraint(response_format, regex, grammar)
+        return _Turn(new, offer, constraint)
+
+    def _start(self, turn, progress, top_n):
         if not self._busy.locked():
             self._cancel.clear()
-        return self._locked_turn(text, on_prefill_progress, top_n, constraint)
+        return self._locked_turn(turn, progress, top_n)
 
-    def _locked_turn(self, text, progress, top_n, constraint):
+    def _locked_turn(self, turn, progress, top_n):
         if not self._busy.acquire(blocking=False):
             raise MinigptError("this session is already answering (one send at a time per session)")
         try:
-            yield from self._turn(text, progress, top_n, constraint)
+            yield from self._turn(turn, progress, top_n)
         finally:
             self._busy.release()
 
-    def _turn(self, text, progress, top_n, constraint):
+    def _turn(self, turn, progress, top_n):
         m, cache = self.model, self.cache
         stats = self.last = TurnStats()
-        messages, prompt, ids, stats.dropped_turns = self._fit(self.messages + [{"role": "user", "content": text}])
-        mark = (cache.pos, len(self._text)) if stats.dropped_turns == 0 and self._extends(prompt) else None
+        messages, prompt, ids, stats.dropped_turns = self._fit(self.messages + turn.new, turn.offer)
+        extends = stats.dropped_turns == 0 and self._extends(prompt)
+        opens = turn.new[0]["role"] == "user"   # a new turn (else tool results: the same turn goes on)
+        mark = (cache.pos, len(self._text)) if extends else None
 
         # prefill what the cache does not hold (at least one token: its logits start the reply)
         keep = min(common_prefix(cache.tokens, ids), len(ids) - 1)
         appends = keep == cache.pos
         n = cache.truncate(keep)   # less when a sliding-window ring no longer holds what keep needs
         if n < keep:
-            self._text, self._marks, appends, mark = None, [], False, None
+            self._text, self._marks, appends, extends, mark = None, [], False, False, None
         todo = ids[n:]
         t0 = time.perf_counter()
         try:
@@ -245,17 +316,18 @@ class ChatSession:
 
         # the turn is on: the conversation now holds the message, the cache spells `prompt`
         stats.kept = True
-        self.messages = messages
-        if mark is None:
-            self._marks = [None] * sum(x["role"] == "user" for x in messages[:-1])
-        self._marks.append(mark)
+        self.messages, self.offer = messages, turn.offer
+        if not extends:   # where the earlier turns began in this text is not known
+            self._marks = [None] * (sum(x["role"] == "user" for x in messages) - opens)
+        if opens:
+            self._marks.append(mark)
         self._text = prompt
         reply = {"role": "assistant", "content": ""}
         self.messages.append(reply)
 
         out = TextStream(m.tokenizer, self.template.stop)
         loop = TokenLoop(m.engine, cache, logits, self.settings, self.rng, self.max_tokens, m.tokenizer.eog_ids,
-                         self._cancel.is_set, top_n, constraint, self.speculate)
+                         self._cancel.is_set, top_n, turn.constraint, self.speculate)
         tokens, steps = [], iter(loop)
         t0 = time.perf_counter()
         try:
@@ -280,15 +352,21 @@ class ChatSession:
             in_cache = cache.tokens[len(cache.tokens) - len(tokens):] == tokens if tokens else True
             spelled = in_cache and _spell(m.tokenizer, tokens) == reply["content"]
             self._text = prompt + reply["content"] if spelled else None
+            # the calls, as OpenAI's tool_calls (the template writes them back its own way); a reply without
+            # any stays as written, so the template writes it back as the cache spells it
+            if turn.offer.shown:
+                content, calls = tooling.parse(reply["content"], turn.offer.tools)
+                if calls:
+                    reply["content"], reply["tool_calls"] = content, calls
 
     def _take_back(self, n, appends):
         """Undo a prefill that did not finish: the turn never happened."""
         if self.cache.truncate(n) < n or not appends:   # the cache was cut below what it spelled
             self._text, self._marks = None, []
 
-    def _fit(self, messages):
-        """Drop the oldest turns until the rendered conversation leaves room for a reply.
-        Returns (messages, prompt text, token ids, turns dropped).
+    def _fit(self, messages, offer):
+        """Drop the oldest turns until the rendered conversation (with the tools `offer` shows) leaves
+        room for a reply. Returns (messages, prompt text, token ids, turns dropped).
 
         The fewest turns to drop is found by bisection (a loaded chat may hold thousands of turns;
         dropping one at a time would render and tokenize it once per turn), starting from as many as
@@ -297,13 +375,12 @@ class ChatSession:
         room = min(self.max_tokens or n_ctx, n_ctx // 4)
         first = 1 if messages[0]["role"] == "system" else 0
         # where the kept messages may start: dropping k turns keeps messages[starts[k]:] (a turn is a
-        # user message and the replies after it; the last message always stays)
-        starts = [first] + [i for i in range(first + 1, len(messages) - 1) if messages[i]["role"] == "user"]
-        starts.append(len(messages) - 1)
+        # user message and the replies, tool calls and results after it; the last turn always stays)
+        starts = [first] + [i for i in range(first + 1, len(messages)) if messages[i]["role"] == "user"]
 
         def attempt(k):
             kept = messages[:first] + messages[starts[k]:]
-            prompt = self.template.render(kept, add_generation_prompt=True)
+            prompt = self.template.render(tooling.for_template(kept), add_generation_prompt=True, tools=offer.shown)
             ids = self._tokens_for(prompt) if k == 0 else self._encode(prompt)
             return kept, prompt, ids, k
 
@@ -365,6 +442,28 @@ class ChatSession:
         from . import chatfile
 
         return chatfile.load(cls, path, model, kv_type)
+
+
+@dataclass
+class _Turn:
+    """What a turn appends and how its reply is made, checked before it runs: new, the messages it adds
+    (the user's, or tool results); offer, the tools it offers; constraint, its reply's (or None)."""
+    new: list
+    offer: tooling.Offer
+    constraint: object
+
+
+def _content(steps, offer):
+    """The text pieces of a turn's steps: all of them, or with tools, the reply's content only (what
+    tools.parse() leaves of it: text that may begin a call is held back until it is known not to, a
+    reply that begins with "{" until its end); its calls are read when the turn ends."""
+    if not offer.shown:
+        yield from (step.text for step in steps if step.text)
+        return
+    stream = tooling.CallStream(offer.tools)
+    for step in steps:
+        yield from (d["content"] for d in stream.push(step.text) if "content" in d)
+    yield from (d["content"] for d in stream.flush() if "content" in d)
 
 
 class _Release:

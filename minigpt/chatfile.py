@@ -10,6 +10,8 @@ exactly the reply the unsaved session would have written. Layout (little-endian)
 Rows are in the cache's kv_type, named by the header (engine.cache: f32 float32 [head_dim], f16 float16
 [head_dim], q8_0 head_dim + head_dim // 8 bytes). Version 1 files have no kv_type: their rows are f32.
 A cache of another type than the loading session's is converted (kv_decode, then kv_encode).
+Version 3 added the tools last offered (tools, tool_choice) and messages of tool calls and results;
+files of versions 1 and 2 have neither.
 
 The header names the model by its fingerprint (a hash of the .mgpt header, which holds every
 tensor's checksum), so a chat cannot be loaded into other weights, and holds the SHA-256 of K and V
@@ -32,9 +34,10 @@ from .engine.speculate import SPECULATE
 from .errors import CLIP_ARG, FormatError, MinigptError, clip
 from .format import MgptFile, open_file
 from .sampling import SamplerSettings
+from .tools import call_id, check_calls, offer
 
 MAGIC = b"MGPTCHAT"
-VERSION = 2        # 2: K/V in the cache's kv_type (1: float32, no kv_type in the header)
+VERSION = 3        # 3: tools and tool messages; 2: K/V in the cache's kv_type (1: float32, no kv_type)
 _PREFIX = struct.Struct("<8sII")
 _ALIGN = 64
 _MAX_HEADER = 64 << 20
@@ -49,6 +52,7 @@ def save(chat, path):
                   "precision": m.engine.precision, "backend": m.kern.name},
         "n_ctx": cache.n_ctx, "ring": cache.ring, "kv_type": cache.kv_type, "n_past": n, "tokens": list(cache.tokens),
         "messages": chat.messages, "text": chat._text, "marks": chat._marks,
+        "tools": list(chat.offer.tools), "tool_choice": chat.offer.tool_choice,
         "settings": vars(chat.settings), "max_tokens": chat.max_tokens, "speculate": chat.speculate,
         "rng": chat.rng.bit_generator.state,
         "kv_sha256": _kv_digest(cache, n),
@@ -102,7 +106,7 @@ def read_header(path):
             if len(prefix) < _PREFIX.size or prefix[:8] != MAGIC:
                 raise FormatError(f"{path}: not a saved minigpt chat")
             _, version, hlen = _PREFIX.unpack(prefix)
-            if version not in (1, VERSION):
+            if not 1 <= version <= VERSION:
                 raise FormatError(f"{path}: saved-chat version {version} is not supported "
                                   f"(this minigpt reads 1 to {VERSION})")
             if hlen > _MAX_HEADER:
@@ -192,6 +196,7 @@ def load(cls, path, model, kv_type=None):
         raise FormatError(f"{path}: the saved cache is damaged (checksum mismatch)")
     cache.tokens[:] = h["tokens"]
     chat.messages = h["messages"]
+    chat.offer = offer(h.get("tools"), h.get("tool_choice"))   # none in files from before tools
     chat._text, chat._marks = h["text"], [tuple(m) if m is not None else None for m in h["marks"]]
     try:
         chat.rng.bit_generator.state = h["rng"]
@@ -214,6 +219,21 @@ def _kv_digest(cache, n):
     return h.hexdigest()
 
 
+def _message_ok(m):
+    """{role, content: str}; or an assistant's with tool_calls (content None when there is nothing else),
+    or a tool's result with its tool_call_id: as ChatSession writes them."""
+    if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+        return False
+    role, extra = m["role"], set(m) - {"role", "content"}
+    if role == "assistant" and extra == {"tool_calls"}:
+        check_calls(m["tool_calls"], "tool_calls")   # raises ArgumentError, a ValueError
+        return m["content"] is None or isinstance(m["content"], str)
+    if role == "tool":
+        call_id(m, "a tool message")   # raises ArgumentError without one
+        extra -= {"tool_call_id"}
+    return not extra and isinstance(m.get("content"), str)
+
+
 def _check_header(h):
     """Types and ranges of everything load() trusts (a corrupt file must fail here, not later)."""
     ints = lambda *xs: all(isinstance(x, int) and not isinstance(x, bool) for x in xs)
@@ -230,9 +250,9 @@ def _check_header(h):
             or len(tokens) != n or not ints(*tokens) or any(t < 0 for t in tokens):
         raise ValueError("bad positions or tokens")
     msgs = h["messages"]
-    if not isinstance(msgs, list) or not all(isinstance(m, dict) and set(m) == {"role", "content"}
-                                             and all(isinstance(v, str) for v in m.values()) for m in msgs):
+    if not isinstance(msgs, list) or not all(_message_ok(m) for m in msgs):
         raise ValueError("bad messages")
+    offer(h.get("tools"), h.get("tool_choice"))   # raises ArgumentError, a ValueError
     if h["text"] is not None and not isinstance(h["text"], str):
         raise ValueError("bad text")
     text_len = len(h["text"] or "")

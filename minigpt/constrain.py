@@ -6,6 +6,7 @@ forces (one choice only), which the token loop evaluates together instead of one
 
     c = constraint(model.tokenizer, model.config.vocab_size, response_format={"type": "json_object"})
     logits = c.mask(logits); c.advance([token]); c.forced(); c.done; c.valid_prefix(draft)
+    Triggered(tok, "<tool_call>", c): free text until the marker, c after it (the same methods)
 
 The llguidance tokenizer is built once per minigpt tokenizer (cached beside it); a grammar is compiled
 per generation. A bad schema, regex or grammar is an ArgumentError of one line.
@@ -176,6 +177,51 @@ class Constraint:
     def _check(self):
         if self.matcher.is_error():
             raise MinigptError(f"constrained output failed: {_one_line(self.matcher.get_error())}")
+
+
+class Triggered:
+    """A Constraint that lets the text run free until it spells `marker`, and follows `then` (a Constraint
+    of what comes after the marker) from there on: a tool call the model chose to begin is constrained
+    from its tag on. Text after the marker in the marker's own token goes to `then` first; when `then`
+    refuses it, the text stays free for good. The same methods as Constraint, for the token loop."""
+
+    def __init__(self, tok, marker, then):
+        self.tok, self.marker, self.then = tok, marker.encode(), then
+        self.on, self._tail = False, b""   # _tail: the text's last bytes, while waiting for the marker
+
+    def mask(self, logits):
+        return self.then.mask(logits) if self.on else logits
+
+    def forced(self):
+        return self.then.forced() if self.on else []
+
+    def advance(self, ids):
+        if self.on:
+            return self.then.advance(ids)
+        for k, token in enumerate(ids):
+            if self.then is None:   # refused: free for good
+                return
+            b = self.tok.token_bytes(token)
+            self._tail = (self._tail + b)[-(len(self.marker) - 1 + len(b)):]
+            at = self._tail.find(self.marker)
+            if at >= 0:
+                rest = self._tail[at + len(self.marker):]
+                try:
+                    if rest:
+                        self.then.advance(self.tok.encode(rest.decode("utf-8", "replace")))
+                except MinigptError:
+                    self.then = None
+                    return
+                self.on = True
+                return self.then.advance(ids[k + 1:]) if ids[k + 1:] else None
+
+    def valid_prefix(self, ids):
+        """Before the marker, all of them: each is checked as it is taken."""
+        return self.then.valid_prefix(ids) if self.on else len(ids)
+
+    @property
+    def done(self):
+        return self.on and self.then.done
 
 
 def schema_text(text, source):

@@ -270,7 +270,10 @@ class Repl:
             if msg["role"] == "user":
                 self.say(f">>> {msg['content']}")
             elif msg["role"] == "assistant":
-                self.say(msg["content"])
+                if msg["content"]:   # None: a reply that only called tools (ChatSession.send(tools=...))
+                    self.say(msg["content"])
+                for call in msg.get("tool_calls", ()):
+                    self.note(f"tool call: {call['function']['name']} {_short(call['function']['arguments'])}")
             else:
                 self.note(f"{msg['role']}: {_short(msg['content'])}")
         self.note(f"resumed: {self.chat.n_past} tokens of context, nothing re-read")

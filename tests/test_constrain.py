@@ -158,6 +158,21 @@ def test_forced_tokens_are_evaluated_together(model, monkeypatch):
     assert model.n_past == len(model.tokenize("x")) + len(steps)
 
 
+def test_triggered_is_free_text_until_the_marker(model):
+    """constrain.Triggered: no mask and nothing forced until the text spells the marker (split over two
+    tokens here); the constraint from there on, fed what followed the marker."""
+    tok = model.tokenizer
+    t = constrain.Triggered(tok, "<go>", model.constraint(regex=r" yes, done"))
+    logits = np.zeros(model.config.vocab_size, dtype=np.float32)
+    t.advance(tok.encode("free <g"))
+    assert not t.on and not t.done and t.forced() == [] and t.mask(logits) is logits and t.valid_prefix([1, 2]) == 2
+    t.advance(tok.encode("o> y"))
+    forced = t.forced()
+    assert t.on and tok.decode(forced) == "es, done" and np.isinf(t.mask(logits)).any()
+    t.advance(forced)
+    assert t.done
+
+
 def test_greedy_is_deterministic_and_top_n_marks_forced_tokens(model):
     schema = SCHEMAS["chinese_nested"]
     runs = [list(model.steps("JSON:", max_tokens=MAX, temperature=0, top_n=3, response_format=schema))

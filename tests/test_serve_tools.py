@@ -16,36 +16,17 @@ import openai
 import pytest
 
 import minigpt
+from minigpt import tools
 from minigpt.chat import encode_prompt
 from minigpt.sampling import SamplerSettings
-from minigpt.serve import scheduler, tools
+from minigpt.serve import protocol, scheduler
 
 import schemas
 from serving import KEY, TIMEOUT, Server, chat, stream_chat, tiny_model
+from synthetic import SCHEMAS, TOOLS, TOOLS_TEMPLATE
 
 FIX = Path(__file__).parent / "fixtures"
 
-# A Qwen2.5-like template, short: tools in a system block, calls and tool results as Qwen2.5 writes them
-TOOLS_TEMPLATE = (
-    "{% if tools %}<|im_start|>system\n<tools>{% for t in tools %}\n{{ t | tojson }}{% endfor %}\n</tools><|im_end|>\n"
-    "{% endif %}{% for m in messages %}"
-    "{% if m.role == 'tool' %}<|im_start|>user\n<tool_response>\n{{ m.content }}\n</tool_response><|im_end|>\n"
-    "{% elif m.tool_calls %}<|im_start|>assistant\n{% for c in m.tool_calls %}<tool_call>\n"
-    "{\"name\": \"{{ c.function.name }}\", \"arguments\": {{ c.function.arguments | tojson }}}\n</tool_call>"
-    "{% endfor %}<|im_end|>\n"
-    "{% else %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-
-WEATHER = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12},
-                                            "unit": {"enum": ["celsius", "fahrenheit"]}},
-           "required": ["city", "unit"], "additionalProperties": False}
-TIME = {"type": "object", "properties": {"zone": {"enum": ["UTC", "CET"]}, "hours": {"type": "integer", "minimum": 0,
-                                                                                     "maximum": 23}},
-        "required": ["zone", "hours"], "additionalProperties": False}
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "The weather in a city",
-                                           "parameters": WEATHER}},
-         {"type": "function", "function": {"name": "get_time", "description": "The time", "parameters": TIME}}]
-SCHEMAS = {"get_weather": WEATHER, "get_time": TIME}
 PERSON = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 10},
                                            "age": {"type": "integer", "minimum": 0, "maximum": 120}},
           "required": ["name", "age"], "additionalProperties": False}
@@ -190,6 +171,13 @@ def test_tool_results_go_back_and_none_means_text(server):
     with pytest.raises(openai.BadRequestError, match="tool_call_id"):
         chat(client, messages[:2] + [{"role": "tool", "content": "x"}], max_tokens=4)
 
+
+def test_arguments_nested_too_deep_are_a_400_not_a_500():
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_time", "arguments": "[" * 100000}}
+    body = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [call]}]}
+    with pytest.raises(protocol.ApiError, match="arguments must be a JSON object") as e:
+        protocol.chat_request(body)
+    assert (e.value.status, e.value.param) == (400, "messages")
 
 def test_tools_need_a_template_that_renders_them(tmp_path):
     s = Server(tiny_model(tmp_path), "--api-key", KEY)   # the plain ChatML template of test_serve.py

@@ -25,10 +25,9 @@ from starlette.exceptions import HTTPException
 from starlette.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from .. import args
+from .. import args, tools
 from ..chat import encode_prompt
 from ..errors import ArgumentError, MinigptError, one_line
-from . import tools
 from .protocol import MAX_BODY, ApiError, chat_request, completion_request, parse_body
 from .scheduler import Busy, Job
 

@@ -3,10 +3,9 @@ that says what is wrong, with the status and the JSON body OpenAI's clients expe
 
 import json
 import os
-import re
 from dataclasses import dataclass, field
 
-from .. import args
+from .. import args, tools
 from ..errors import CLIP_ARG, ArgumentError, clip, one_line
 from ..sampling import SamplerSettings
 
@@ -17,8 +16,6 @@ MAX_TOP_LOGPROBS = 20    # OpenAI's limit
 
 # The roles a chat template knows; 'developer' is what newer OpenAI clients call the system prompt.
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
-TOOL_CHOICES = ("none", "auto", "required")   # or {"type": "function", "function": {"name": ...}}
-TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")   # OpenAI's rule for function names
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
           405: "invalid_request_error", 413: "invalid_request_error", 500: "server_error", 503: "server_error"}
@@ -77,8 +74,8 @@ def parse_body(body: bytes):
 def chat_request(body):
     req = _request(body, messages=_messages(body.get("messages")), prompt=None, logprobs=_logprobs(body))
     req.response_format = _response_format(body.get("response_format"))
-    req.tools = _tools(body.get("tools"))
-    req.tool_choice, req.tool_name = _tool_choice(body.get("tool_choice"), req.tools)
+    req.tools = _shared("tools", tools.check_tools, body.get("tools"))
+    req.tool_choice, req.tool_name = _shared("tool_choice", tools.check_choice, body.get("tool_choice"), req.tools)
     if req.response_format is not None and req.tool_choice in ("required", "function"):
         raise ApiError(400, "response_format cannot apply to a reply that must be a tool call", "response_format")
     return req
@@ -107,6 +104,14 @@ def _request(body, messages, prompt, logprobs):
 
 
 # --- the parts of a request
+
+def _shared(param, check, *values):
+    """check(*values), one of tools.py's checks (the chat API shares them), its ArgumentError a 400."""
+    try:
+        return check(*values)
+    except ArgumentError as e:
+        raise ApiError(400, str(e), param) from None
+
 
 def _check(body, name, check, *limits):
     """body[name] checked by one of minigpt.args' checks (None when absent or null)."""
@@ -174,33 +179,10 @@ def _messages(value):
                            "messages")
         message = {"role": ROLES[role], "content": _content(m.get("content"), where + ".content")}
         if role == "assistant" and m.get("tool_calls"):
-            message["tool_calls"] = _tool_calls(m["tool_calls"], where + ".tool_calls")
+            message["tool_calls"] = _shared("messages", tools.check_calls, m["tool_calls"], where + ".tool_calls")
         if role == "tool":
-            if not isinstance(m.get("tool_call_id"), str):
-                raise ApiError(400, f"{where} (a tool's result) needs the tool_call_id it answers", "messages")
-            message["tool_call_id"] = m["tool_call_id"]
+            message["tool_call_id"] = _shared("messages", tools.call_id, m, where)
         out.append(message)
-    return out
-
-
-def _tool_calls(value, where):
-    """An assistant message's calls, in OpenAI's shape, with arguments parsed from their JSON string."""
-    shape = "[{id, type: 'function', function: {name, arguments: a JSON object as a str}}]"
-    if not isinstance(value, list):
-        raise ApiError(400, f"{where} must be {shape}", "messages")
-    out = []
-    for call in value:
-        f = call.get("function") if isinstance(call, dict) else None
-        if not (isinstance(f, dict) and isinstance(f.get("name"), str) and isinstance(f.get("arguments"), str)):
-            raise ApiError(400, f"{where} must be {shape}, got {clip(call, CLIP_ARG)}", "messages")
-        try:
-            arguments = json.loads(f["arguments"])
-        except ValueError:
-            arguments = None
-        if not isinstance(arguments, dict):
-            raise ApiError(400, f"{where}: arguments must be a JSON object, got {clip(f['arguments'], CLIP_ARG)}",
-                           "messages")
-        out.append({"id": call.get("id"), "type": "function", "function": {"name": f["name"], "arguments": arguments}})
     return out
 
 
@@ -220,47 +202,6 @@ def _response_format(value):
                        "response_format")
     raise ApiError(400, f"response_format must be {{'type': 'text' | 'json_object' | 'json_schema'}}, "
                         f"got {clip(value, CLIP_ARG)}", "response_format")
-
-
-def _tools(value):
-    """[{"type": "function", "function": {name, description?, parameters?}}] with distinct names."""
-    if value is None:
-        return []
-    shape = "[{type: 'function', function: {name, description, parameters}}]"
-    if not isinstance(value, list):
-        raise ApiError(400, f"tools must be {shape}", "tools")
-    names = set()
-    for i, tool in enumerate(value):
-        f = tool.get("function") if isinstance(tool, dict) and tool.get("type") == "function" else None
-        ok = (isinstance(f, dict) and isinstance(f.get("name"), str) and TOOL_NAME.fullmatch(f["name"])
-              and isinstance(f.get("parameters", {}), dict) and isinstance(f.get("description", ""), str))
-        if not ok:
-            raise ApiError(400, f"tools[{i}] must be {{type: 'function', function: {{name, description, parameters}}}} "
-                                f"with a name of up to 64 of a-z, A-Z, 0-9, _ and -, got {clip(tool, CLIP_ARG)}", "tools")
-        if f["name"] in names:
-            raise ApiError(400, f"tools: two tools are named {f['name']!r}", "tools")
-        names.add(f["name"])
-    return value
-
-
-def _tool_choice(value, tools):
-    """(choice, name): OpenAI's default is "auto" with tools, "none" without."""
-    if value is None:
-        return ("auto" if tools else "none"), None
-    if value in TOOL_CHOICES:
-        name = None
-    else:
-        f = value.get("function") if isinstance(value, dict) and value.get("type") == "function" else None
-        name = f.get("name") if isinstance(f, dict) else None
-        if not isinstance(name, str):
-            raise ApiError(400, f"tool_choice must be one of {', '.join(TOOL_CHOICES)} or {{type: 'function', "
-                                f"function: {{name}}}}, got {clip(value, CLIP_ARG)}", "tool_choice")
-        value = "function"
-    if value != "none" and not tools:
-        raise ApiError(400, "tool_choice needs tools", "tool_choice")
-    if name is not None and name not in {t["function"]["name"] for t in tools}:
-        raise ApiError(400, f"tool_choice names {name!r}, which is not one of the tools", "tool_choice")
-    return value, name
 
 
 def _content(value, where):
