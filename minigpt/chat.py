@@ -262,13 +262,14 @@ class ChatSession:
                                 f"(tool_choice='none' does not show them)")
         fmt = [name for name, v in (("response_format", response_format), ("regex", regex), ("grammar", grammar))
                if v is not None]
+        shape = tooling.call_format(self.template.source)
         if offer.choice in ("required", "function"):
             if fmt:
                 raise ArgumentError(f"{fmt[0]} cannot apply to a reply that must be a tool call")
-            constraint = self.model.constraint(grammar=tooling.call_grammar(offer.tools, offer.name))
+            constraint = self.model.constraint(grammar=tooling.call_grammar(offer.tools, offer.name, fmt=shape))
         elif offer.choice == "auto" and not fmt:
-            call = self.model.constraint(grammar=tooling.call_grammar(offer.tools, opened=True))
-            constraint = Triggered(self.model.tokenizer, tooling.OPEN, call)
+            call = self.model.constraint(grammar=tooling.call_grammar(offer.tools, opened=True, fmt=shape))
+            constraint = Triggered(self.model.tokenizer, shape.marker, call)
         else:
             constraint = self.model.constraint(response_format, regex, grammar)
         return _Turn(new, offer, constraint)

@@ -48,8 +48,20 @@ GEMMA = ("{{ bos_token }}{% if messages and messages[0].role == 'system' %}"
          "{{ (sys if loop.first else '') + m.content | trim }}<end_of_turn>\n{% endfor %}"
          "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
 
-LLAMA3 = ("{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m.role }}<|end_header_id|>\n\n"
-          "{{ m.content | trim }}<|eot_id|>{% endfor %}"
+# Llama 3.1's way with tools: they are listed at the top of the first user message, a call is a bare
+# {"name", "parameters"} object (tools.py), its result comes back as the "ipython" role
+LLAMA3 = ("{{ bos_token }}{% set ns = namespace(listed=not tools) %}{% for m in messages %}"
+          "{% if m.role == 'tool' %}<|start_header_id|>ipython<|end_header_id|>\n\n{{ m.content }}<|eot_id|>"
+          "{% elif m.tool_calls %}<|start_header_id|>assistant<|end_header_id|>\n\n{% for c in m.tool_calls %}"
+          "{\"name\": \"{{ c.function.name }}\", \"parameters\": {{ c.function.arguments | tojson }}}"
+          "{% endfor %}<|eot_id|>"
+          "{% else %}<|start_header_id|>{{ m.role }}<|end_header_id|>\n\n"
+          "{% if m.role == 'user' and not ns.listed %}{% set ns.listed = true %}"
+          "Given the following functions, please respond with a JSON for a function call with its proper "
+          "arguments that best answers the given prompt.\n\nRespond in the format {\"name\": function name, "
+          "\"parameters\": dictionary of argument name and its value}. Do not use variables.\n\n"
+          "{% for t in tools %}{{ t | tojson(indent=4) }}\n\n{% endfor %}{% endif %}"
+          "{{ m.content | trim }}<|eot_id|>{% endif %}{% endfor %}"
           "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
 
 PLAIN = ("{% for m in messages %}{{ m.role | capitalize }}: {{ m.content }}\n\n{% endfor %}"

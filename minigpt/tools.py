@@ -1,10 +1,13 @@
-"""Tool calls in the shape Qwen2.5's chat template (and Hermes') teaches its model: the tools a request
-offers, checked; the grammar that makes a reply a call; and the parser that turns a reply's calls into
-OpenAI's tool_calls, whole or streamed. Shared by the chat API (chat.py) and the server (serve/).
+"""Tool calls in the shapes chat templates teach their models: the tools a request offers, checked; the
+grammar that makes a reply a call; and the parser that turns a reply's calls into OpenAI's tool_calls,
+whole or streamed. Shared by the chat API (chat.py) and the server (serve/). Two shapes (FORMATS),
+told apart by the template (call_format()): Qwen2.5's (and Hermes'), the default,
 
     <tool_call>
     {"name": "get_weather", "arguments": {"city": "Paris"}}
     </tool_call>
+
+and Llama 3.1's, a bare object: {"name": "get_weather", "parameters": {"city": "Paris"}}.
 
 A block whose JSON does not parse, or names a tool the request did not give, is not a call: it stays in
 the reply's text. A reply that is nothing but such a JSON object, untagged, is a call too: small models
@@ -26,6 +29,31 @@ _BLOCK = re.compile(re.escape(OPEN) + r"(.*?)" + re.escape(CLOSE), re.S)
 # how the template writes calls back into the conversation (Python's json.dumps separators): the model
 # reads its own calls in the same shape as it is made to write them
 _JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+
+
+
+class Format(NamedTuple):
+    """How a template has its model write a call: `open`, then {"name": ..., <key>: the arguments},
+    then `close`. marker: what a call begins with, which ends the free text of a reply under
+    tool_choice "auto" (the grammar takes over after it)."""
+    open: str
+    key: str
+    close: str
+    marker: str
+
+
+FORMATS = {
+    "hermes": Format(OPEN + "\n", "arguments", "\n" + CLOSE, OPEN),   # Qwen2.5, Hermes 2 Pro
+    "llama3": Format("", "parameters", "", '{"name": "'),            # Llama 3.1 and later
+}
+
+
+def call_format(template_source):
+    """The Format a chat template teaches: Llama 3's where it renders calls with "parameters" and no
+    <tool_call> tags, else Qwen2.5's."""
+    llama3 = OPEN not in template_source and '"parameters"' in template_source
+    return FORMATS["llama3" if llama3 else "hermes"]
+
 
 CHOICES = ("none", "auto", "required")   # or {"type": "function", "function": {"name": ...}}
 NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")   # OpenAI's rule for function names
@@ -159,10 +187,10 @@ def results(value, calls):
 
 # --- the reply: constrained to a call, and parsed
 
-def call_grammar(tools, name=None, opened=False):
+def call_grammar(tools, name=None, opened=False, fmt=FORMATS["hermes"]):
     """Lark grammar (llguidance's dialect) of a reply that is one call of one of `tools` (or of the one
-    named `name`), its arguments following that tool's parameters schema; opened: of what follows the
-    call's OPEN tag (the model has begun the call on its own).
+    named `name`) in Format `fmt`, its arguments following that tool's parameters schema; opened: of
+    what follows the format's marker (the model has begun the call on its own).
     tools: [{"type": "function", "function": {"name", "parameters"?}}], as check_tools() passes them.
 
     Each tool's schema is a root of its own (%json), so its "$ref"s to "#/$defs/..." resolve in it; the
@@ -172,10 +200,10 @@ def call_grammar(tools, name=None, opened=False):
         if name in (None, f["name"]):
             schema = {**(f.get("parameters") or {"type": "object"}), "x-guidance": _JSON_STYLE}
             rules.append(f"args_{i}: %json {json.dumps(schema)}")
-            frame = '{"name": "' + f["name"] + '", "arguments": '   # names are [a-zA-Z0-9_-] (NAME)
-            choices.append(f'{json.dumps(frame)} args_{i} "}}"')
-    head, tail = json.dumps(("" if opened else OPEN) + "\n"), json.dumps("\n" + CLOSE)
-    return "\n".join([f"start: {head} call {tail}", "call: " + " | ".join(choices), *rules])
+            # names are [a-zA-Z0-9_-] (NAME): nothing to escape
+            head = fmt.open + '{"name": "' + f["name"] + '", "' + fmt.key + '": '
+            choices.append(f'{json.dumps(head[len(fmt.marker) if opened else 0:])} args_{i} {json.dumps("}" + fmt.close)}')
+    return "\n".join(["start: " + " | ".join(choices), *rules])
 
 
 def parse(text, tools):

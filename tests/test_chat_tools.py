@@ -14,6 +14,7 @@ from minigpt import chatfile, tools
 from minigpt.chat import ChatSession
 from minigpt.convert import convert
 from minigpt.errors import ArgumentError, FormatError, MinigptError
+from minigpt.template import LLAMA3
 
 from synthetic import SCHEMAS, TOOLS, TOOLS_TEMPLATE, mgchat_with_header, tiny_llama
 
@@ -110,6 +111,46 @@ def test_a_call_that_does_not_parse_stays_text(model, monkeypatch):
     "".join(chat.send("Time?", tools=TOOLS))
     assert chat.tool_calls == [] and chat.history[-1]["content"].startswith("<tool_call>")
 
+
+
+# --- Llama 3.1's format: a bare {"name", "parameters"} object, results as "ipython" (the built-in template)
+
+@pytest.fixture(scope="module")
+def llama3(tmp_path_factory):
+    d = tmp_path_factory.mktemp("chat_tools_llama3")
+    tiny_llama(d / "tiny.gguf", wtype="Q8_0", ctx=2048, chat_template=LLAMA3)
+    convert(d / "tiny.gguf", d / "tiny.mgpt")
+    return minigpt.load(str(d / "tiny.mgpt"))
+
+
+def test_the_format_follows_the_template():
+    assert tools.call_format(LLAMA3) is tools.FORMATS["llama3"]
+    assert tools.call_format(TOOLS_TEMPLATE) is tools.FORMATS["hermes"]
+
+
+@pytest.mark.parametrize("choice", ["required", TIME_CALL])
+def test_llama3_calls_are_bare_objects_and_results_go_back_as_ipython(llama3, choice):
+    chat = llama3.chat(temperature=0, max_tokens=300)
+    steps = list(chat.steps("What time is it?", tools=TOOLS, tool_choice=choice))
+    raw = "".join(s.text for s in steps)
+    assert raw.startswith('{"name": "') and '"parameters": ' in raw and "<tool_call>" not in raw
+    [call] = chat.tool_calls
+    check_call(call, ("get_time",) if isinstance(choice, dict) else tuple(SCHEMAS))
+    assert "Given the following functions" in chat._text and '"name": "get_weather"' in chat._text
+    before = chat._text
+    answer(chat)
+    assert "<|start_header_id|>ipython<|end_header_id|>\n\n{\"ok\": true}<|eot_id|>" in chat._text
+    # the call is written back as it was made: the cache goes on from it, the result alone is read
+    new = chat._text[len(before):len(chat._text) - len(chat.history[-1]["content"] or "")]
+    assert chat._text.startswith(before) and chat.last.prompt_tokens == len(llama3.tokenizer.encode(new, special=True))
+
+
+def test_a_llama3_call_the_model_begins_is_constrained_from_its_first_bytes(llama3, monkeypatch):
+    script(monkeypatch, llama3, '{"name": "')
+    chat = llama3.chat(temperature=0, max_tokens=300)
+    shown = "".join(chat.send("Weather?", tools=TOOLS))
+    assert shown == "" and chat.last.stop == "eos"
+    check_call(chat.tool_calls[0])
 
 BAD = [
     (dict(tools={"name": "f"}), "tools must be"),

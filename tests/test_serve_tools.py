@@ -19,6 +19,7 @@ import minigpt
 from minigpt import tools
 from minigpt.chat import encode_prompt
 from minigpt.sampling import SamplerSettings
+from minigpt.template import LLAMA3
 from minigpt.serve import protocol, scheduler
 
 import schemas
@@ -179,6 +180,7 @@ def test_arguments_nested_too_deep_are_a_400_not_a_500():
         protocol.chat_request(body)
     assert (e.value.status, e.value.param) == (400, "messages")
 
+
 def test_tools_need_a_template_that_renders_them(tmp_path):
     s = Server(tiny_model(tmp_path), "--api-key", KEY)   # the plain ChatML template of test_serve.py
     try:
@@ -188,6 +190,27 @@ def test_tools_need_a_template_that_renders_them(tmp_path):
     finally:
         s.stop()
 
+
+
+def test_llama3_calls_are_bare_objects_whole_and_streamed(tmp_path):
+    """With the built-in Llama 3 template (Llama 3.1's format), a call is {"name", "parameters"} without tags."""
+    s = Server(tiny_model(tmp_path, chat_template=LLAMA3), "--api-key", KEY)
+    try:
+        client = s.client()
+        whole = chat(client, "What time is it?", temperature=0, max_tokens=300, tools=TOOLS, tool_choice="required")
+        c = whole.choices[0]
+        assert c.finish_reason == "tool_calls" and c.message.content is None
+        _check_call(c.message.tool_calls[0], tuple(SCHEMAS))
+        _, chunks = stream_chat(client, "What time is it?", temperature=0, max_tokens=300, tools=TOOLS,
+                                tool_choice="required")
+        deltas = [d for ch in chunks if ch.choices for d in ch.choices[0].delta.tool_calls or ()]
+        assert "".join(d.function.arguments or "" for d in deltas) == c.message.tool_calls[0].function.arguments
+        messages = [{"role": "user", "content": "What time is it?"}, c.message.model_dump(exclude_none=True),
+                    {"role": "tool", "tool_call_id": c.message.tool_calls[0].id, "content": "12:00"}]
+        r = chat(client, messages, temperature=0, max_tokens=4, tools=TOOLS)
+        assert r.choices[0].finish_reason in ("stop", "length", "tool_calls")
+    finally:
+        s.stop()
 
 # --- parsing calls, whole and streamed
 

@@ -87,14 +87,15 @@ class Service:
     def constraints(self, req):
         """(constraint, trigger) of a chat reply, as Job takes them: a tool call when one is required,
         else the response_format's JSON (None: free text); with tool_choice "auto", a call the model
-        begins is constrained from its OPEN tag on. A bad schema is a 400 here, before the request is queued."""
+        begins is constrained from its format's marker on (tools.call_format: as its template writes calls). A bad schema is a 400 here, before the request is queued."""
         param = "response_format" if req.response_format is not None else "tools"
+        shape = tools.call_format(self.model.template.source)
         try:
             if req.tool_choice in ("required", "function"):
-                return self.model.constraint(grammar=tools.call_grammar(req.tools, req.tool_name)), None
+                return self.model.constraint(grammar=tools.call_grammar(req.tools, req.tool_name, fmt=shape)), None
             if req.tool_choice == "auto" and req.response_format is None:
-                call = self.model.constraint(grammar=tools.call_grammar(req.tools, opened=True))
-                return None, (tools.OPEN.encode(), call)
+                call = self.model.constraint(grammar=tools.call_grammar(req.tools, opened=True, fmt=shape))
+                return None, (shape.marker.encode(), call)
             return self.model.constraint(response_format=req.response_format), None
         except ArgumentError as e:
             raise ApiError(400, one_line(e), param) from None
