@@ -10,71 +10,16 @@
  *                            sums pairs into int32; one float FMA per block applies both scales.
  *                            Signed x signed uses the sign trick: |w| . (x with w's sign).
  *                            No int16 saturation: |pair| <= 2 * 128 * 127 (q8_0), 2 * 15 * 127 (q4_1).
+ * The exact kernels of four input rows at a time (vec_dot_x4) are in quants_x4_avx2.c; the helpers both
+ * files use, in quants_avx2.h.
  */
 #include "kernels.h"
 
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
 
 #include <float.h>
-#include <immintrin.h>
 
-#define AVX2 __attribute__((target("avx2,fma,f16c")))
-
-/* --- helpers ------------------------------------------------------------------------------------- */
-
-AVX2 static inline float hsum8(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
-AVX2 static inline float fp16(const uint8_t *p) { return _cvtsh_ss(mg_rd16(p)); }
-
-/* 16 bytes of nibbles -> 32 bytes 0..15 in element order (low nibbles, then high nibbles) */
-AVX2 static inline __m256i nibbles32(const uint8_t *qs) {
-    const __m128i t = _mm_loadu_si128((const __m128i *)qs);
-    const __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(t), _mm_srli_epi16(t, 4), 1);
-    return _mm256_and_si256(v, _mm256_set1_epi8(0x0F));
-}
-
-/* 32 signed bytes -> f[4]: the 32 values as floats, in element order */
-AVX2 static inline void widen_i8(__m256i q, __m256 f[4]) {
-    const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
-    f[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo));
-    f[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)));
-    f[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi));
-    f[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)));
-}
-
-/* sum over a block of f[j] * x[j]: 32 values (widen_i8's f), 32 floats -> 8 partial sums */
-AVX2 static inline __m256 dot_block(const __m256 f[4], const float *x) {
-    __m256 s = _mm256_mul_ps(f[0], _mm256_loadu_ps(x));
-    s = _mm256_fmadd_ps(f[1], _mm256_loadu_ps(x + 8), s);
-    s = _mm256_fmadd_ps(f[2], _mm256_loadu_ps(x + 16), s);
-    return _mm256_fmadd_ps(f[3], _mm256_loadu_ps(x + 24), s);
-}
-
-/* sum over the block of q[j] * x[j]: q 32 signed bytes, x 32 floats -> 8 partial sums */
-AVX2 static inline __m256 dot_i8_f32(__m256i q, const float *x) {
-    __m256 f[4];
-    widen_i8(q, f);
-    return dot_block(f, x);
-}
-
-/* (x[0] + x[8]) + (x[16] + x[24]) lane by lane: a block's sum of x, in 8 lanes */
-AVX2 static inline __m256 sum_block(const float *x) {
-    return _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(x), _mm256_loadu_ps(x + 8)),
-                         _mm256_add_ps(_mm256_loadu_ps(x + 16), _mm256_loadu_ps(x + 24)));
-}
-
-/* unsigned bytes a . signed bytes b -> 8 int32 sums of 4 products, as floats */
-AVX2 static inline __m256 dot_us8(__m256i a, __m256i b) {
-    const __m256i p16 = _mm256_maddubs_epi16(a, b);
-    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
-}
-
-AVX2 static inline __m256i load32(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
+#include "quants_avx2.h"
 
 /* --- exact: f32 activations ------------------------------------------------------------------------ */
 
@@ -161,23 +106,6 @@ AVX2 static float vec_dot_q4_k_avx2(int64_t k, const void *restrict vw, const fl
     return hsum8(_mm256_add_ps(acc, accm));
 }
 
-/* q6_k: block j = 4h + k of a super-block is 32 codes in element order: ql bytes 64h + 32(k%2) (nibble
- * k/2) | qh bytes 32h (bits 2k, 2k+1) << 4; its two halves have their own scales */
-AVX2 static inline __m256i q6_k_codes(const uint8_t *restrict w, int j) {
-    const int h = j / 4, kk = j % 4;
-    const __m256i ql = load32(w + 64 * h + 32 * (kk % 2)), qh = load32(w + 128 + 32 * h);
-    const __m256i lo = _mm256_and_si256(kk / 2 ? _mm256_srli_epi16(ql, 4) : ql, _mm256_set1_epi8(0x0F));
-    const __m256i hi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * kk), _mm256_set1_epi8(3)), 4);
-    return _mm256_sub_epi8(_mm256_or_si256(lo, hi), _mm256_set1_epi8(32));
-}
-
-/* q6_k's block j: its two halves' sums f . x into acc, each with its own scale */
-AVX2 static inline __m256 q6_k_block(const __m256 f[4], const float *x, __m256 da, __m256 db, __m256 acc) {
-    const __m256 sa = _mm256_fmadd_ps(f[1], _mm256_loadu_ps(x + 8), _mm256_mul_ps(f[0], _mm256_loadu_ps(x)));
-    const __m256 sb = _mm256_fmadd_ps(f[3], _mm256_loadu_ps(x + 24), _mm256_mul_ps(f[2], _mm256_loadu_ps(x + 16)));
-    return _mm256_fmadd_ps(db, sb, _mm256_fmadd_ps(da, sa, acc));
-}
-
 AVX2 static float vec_dot_q6_k_avx2(int64_t k, const void *restrict vw, const float *restrict x) {
     const uint8_t *restrict w = (const uint8_t *)vw;
     const int64_t nb = k / MG_QK_K;
@@ -193,115 +121,6 @@ AVX2 static float vec_dot_q6_k_avx2(int64_t k, const void *restrict vw, const fl
         }
     }
     return hsum8(acc);
-}
-
-/* Four input rows per weight row (a batch of decode steps): each block is widened to floats once for
- * the four, and each row's sums run exactly as in the one-row kernel above, so out[t] is its result. */
-
-/* acc[t] += d * (q . x_t) for the four inputs x_t = x + t * ldx of one block: q its 32 signed codes,
- * widened once, each sum as vec_dot's */
-AVX2 static inline void block_x4(__m256i q, float d, const float *x, int64_t ldx, __m256 acc[4]) {
-    __m256 f[4];
-    widen_i8(q, f);
-    const __m256 dv = _mm256_set1_ps(d);
-    for (int t = 0; t < 4; t++) acc[t] = _mm256_fmadd_ps(dv, dot_block(f, x + t * ldx), acc[t]);
-}
-
-AVX2 static void vec_dot_f16_x4_avx2(int64_t k, const void *restrict vw, const float *restrict x, int64_t ldx,
-                                     float *restrict out) {
-    const uint8_t *restrict w = (const uint8_t *)vw;
-    __m256 a0[4], a1[4];
-    for (int t = 0; t < 4; t++) a0[t] = a1[t] = _mm256_setzero_ps();
-    int64_t j = 0;
-    for (; j + 16 <= k; j += 16) {
-        const __m256 w0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + 2 * j)));
-        const __m256 w1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + 2 * j + 16)));
-        for (int t = 0; t < 4; t++) {
-            a0[t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + t * ldx + j), a0[t]);
-            a1[t] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + t * ldx + j + 8), a1[t]);
-        }
-    }
-    for (int t = 0; t < 4; t++) {
-        float s = hsum8(_mm256_add_ps(a0[t], a1[t]));
-        for (int64_t i = j; i < k; i++) s += mg_fp16_to_fp32(mg_rd16(w + 2 * i)) * x[t * ldx + i];
-        out[t] = s;
-    }
-}
-
-AVX2 static void vec_dot_q8_0_x4_avx2(int64_t k, const void *restrict vw, const float *restrict x, int64_t ldx,
-                                      float *restrict out) {
-    const uint8_t *restrict w = (const uint8_t *)vw;
-    const int64_t nb = k / MG_QK;
-    __m256 acc[4];
-    for (int t = 0; t < 4; t++) acc[t] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; b++, w += 34, x += MG_QK) block_x4(load32(w + 2), fp16(w), x, ldx, acc);
-    for (int t = 0; t < 4; t++) out[t] = hsum8(acc[t]);
-}
-
-AVX2 static void vec_dot_q4_0_x4_avx2(int64_t k, const void *restrict vw, const float *restrict x, int64_t ldx,
-                                      float *restrict out) {
-    const uint8_t *restrict w = (const uint8_t *)vw;
-    const int64_t nb = k / MG_QK;
-    __m256 acc[4];
-    for (int t = 0; t < 4; t++) acc[t] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; b++, w += 18, x += MG_QK)
-        block_x4(_mm256_sub_epi8(nibbles32(w + 2), _mm256_set1_epi8(8)), fp16(w), x, ldx, acc);
-    for (int t = 0; t < 4; t++) out[t] = hsum8(acc[t]);
-}
-
-AVX2 static void vec_dot_q4_1_x4_avx2(int64_t k, const void *restrict vw, const float *restrict x, int64_t ldx,
-                                      float *restrict out) {
-    const uint8_t *restrict w = (const uint8_t *)vw;
-    const int64_t nb = k / MG_QK;
-    __m256 acc[4], accm[4];
-    for (int t = 0; t < 4; t++) acc[t] = accm[t] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; b++, w += 20, x += MG_QK) {
-        block_x4(nibbles32(w + 4), fp16(w), x, ldx, acc);
-        const __m256 m = _mm256_set1_ps(fp16(w + 2));
-        for (int t = 0; t < 4; t++) accm[t] = _mm256_fmadd_ps(m, sum_block(x + t * ldx), accm[t]);
-    }
-    for (int t = 0; t < 4; t++) out[t] = hsum8(_mm256_add_ps(acc[t], accm[t]));
-}
-
-AVX2 static void vec_dot_q4_k_x4_avx2(int64_t k, const void *restrict vw, const float *restrict x, int64_t ldx,
-                                      float *restrict out) {
-    const uint8_t *restrict w = (const uint8_t *)vw;
-    const int64_t nb = k / MG_QK_K;
-    const __m256i low = _mm256_set1_epi8(0x0F);
-    __m256 acc[4], accm[4];
-    for (int t = 0; t < 4; t++) acc[t] = accm[t] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; b++, w += 144, x += MG_QK_K) {
-        const float d = fp16(w), dmin = fp16(w + 2);
-        uint8_t sc[8], m[8];
-        mg_q4_k_scales(w + 4, sc, m);
-        for (int j = 0; j < 8; j++) {
-            const __m256i v = load32(w + 16 + 32 * (j / 2));
-            const __m256i q = _mm256_and_si256(j % 2 ? _mm256_srli_epi16(v, 4) : v, low);
-            block_x4(q, d * (float)sc[j], x + 32 * j, ldx, acc);
-            const __m256 dm = _mm256_set1_ps(-(dmin * (float)m[j]));
-            for (int t = 0; t < 4; t++) accm[t] = _mm256_fmadd_ps(dm, sum_block(x + t * ldx + 32 * j), accm[t]);
-        }
-    }
-    for (int t = 0; t < 4; t++) out[t] = hsum8(_mm256_add_ps(acc[t], accm[t]));
-}
-
-AVX2 static void vec_dot_q6_k_x4_avx2(int64_t k, const void *restrict vw, const float *restrict x, int64_t ldx,
-                                      float *restrict out) {
-    const uint8_t *restrict w = (const uint8_t *)vw;
-    const int64_t nb = k / MG_QK_K;
-    __m256 acc[4];
-    for (int t = 0; t < 4; t++) acc[t] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; b++, w += 210, x += MG_QK_K) {
-        const float d = fp16(w + 208);
-        const int8_t *restrict sc = (const int8_t *)(w + 192);
-        for (int j = 0; j < 8; j++) {
-            __m256 f[4];
-            widen_i8(q6_k_codes(w, j), f);
-            const __m256 da = _mm256_set1_ps(d * (float)sc[2 * j]), db = _mm256_set1_ps(d * (float)sc[2 * j + 1]);
-            for (int t = 0; t < 4; t++) acc[t] = q6_k_block(f, x + t * ldx + 32 * j, da, db, acc[t]);
-        }
-    }
-    for (int t = 0; t < 4; t++) out[t] = hsum8(acc[t]);
 }
 
 /* Float tile product for prefill: 6 weight rows x 16 inputs in 12 accumulators (+2 x, 1 broadcast). */
@@ -491,12 +310,7 @@ int mg_install_avx2(void) {
     mg_traits[MG_Q4_1].vec_dot = vec_dot_q4_1_avx2;
     mg_traits[MG_Q4_K].vec_dot = vec_dot_q4_k_avx2;
     mg_traits[MG_Q6_K].vec_dot = vec_dot_q6_k_avx2;
-    mg_traits[MG_F16].vec_dot_x4 = vec_dot_f16_x4_avx2;
-    mg_traits[MG_Q8_0].vec_dot_x4 = vec_dot_q8_0_x4_avx2;
-    mg_traits[MG_Q4_0].vec_dot_x4 = vec_dot_q4_0_x4_avx2;
-    mg_traits[MG_Q4_1].vec_dot_x4 = vec_dot_q4_1_x4_avx2;
-    mg_traits[MG_Q4_K].vec_dot_x4 = vec_dot_q4_k_x4_avx2;
-    mg_traits[MG_Q6_K].vec_dot_x4 = vec_dot_q6_k_x4_avx2;
+    mg_install_x4_avx2();
     mg_traits[MG_Q8_0].vec_dot_q8 = vec_dot_q8_q8_0_avx2;
     mg_traits[MG_Q4_0].vec_dot_q8 = vec_dot_q8_q4_0_avx2;
     mg_traits[MG_Q4_1].vec_dot_q8 = vec_dot_q8_q4_1_avx2;
