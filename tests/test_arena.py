@@ -27,6 +27,14 @@ def test_keep_copies_each_array_aligned_across_chunks(monkeypatch):
     assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:]))   # no two overlap
 
 
+
+def test_keep_reports_each_step_it_copied(monkeypatch):
+    """copied() after each STEP bytes: a caller gives its source's pages back as the copy goes."""
+    monkeypatch.setattr(arena, "STEP", 4096)
+    x, calls = np.arange(10000, dtype=np.float32), []
+    k = arena.Arena().keep(x, copied=lambda: calls.append(1))
+    assert np.array_equal(k, x) and len(calls) == -(-x.nbytes // 4096)   # 40,000 bytes: 10 steps
+
 @pytest.mark.skipif(not hasattr(mmap, "MAP_PRIVATE"), reason="private anonymous mappings (POSIX)")
 def test_chunks_start_on_a_huge_page():
     for n in (1, arena.HUGE - 1, 3 * arena.HUGE + 5):

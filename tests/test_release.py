@@ -96,11 +96,12 @@ def page_count(f):
 
 @pytest.mark.parametrize("backend", [b for b in ("c", "numpy") if b in kernels.available_backends()])
 def test_each_matrix_is_released_as_soon_as_it_is_packed(paths, backend):
-    # the load's peak is then the packed copies and one original, not both in full
+    # the load's peak is then the packed copies and one original, not both in full; the head, copied to
+    # the arena first, is given back as its copy goes (in steps: a tiny head takes one)
     from minigpt.engine import Engine
 
     m = minigpt.load(str(paths[False]), backend=backend, kv_type="f32")
     told = []
     e = Engine(m.config, m.weights, m.kern, 16, "balanced", "f32", release=told.extend)
-    assert told == [n for n, w in e.weights.items() if w.qtype.endswith("x8") and n != "output"]
-    assert backend == "c" or told == []
+    packed = [n for n, w in e.weights.items() if w.qtype.endswith("x8") and n != "output"]
+    assert told == (["output"] + packed if backend == "c" else [])

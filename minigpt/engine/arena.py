@@ -20,22 +20,28 @@ import numpy as np
 HUGE = 2 << 20       # the huge page size on x86-64 and (with 4 KiB base pages) arm64 Linux
 CHUNK = 64 << 20     # bytes per chunk (a bigger array gets a chunk of its own)
 ALIGN = 64           # every array starts on a cache line
+STEP = 16 << 20      # bytes keep() copies between two calls of its copied()
 
 
 class Arena:
     def __init__(self):
         self._free = np.empty(0, dtype=np.uint8)   # what is left of the newest chunk
 
-    def keep(self, a):
-        """A copy of the array `a` in the arena (same dtype, shape and bytes)."""
-        a = np.asarray(a)
+    def keep(self, a, copied=None):
+        """A copy of the array `a` in the arena (same dtype, shape and bytes). copied(), if given, is
+        called after each STEP bytes are copied: a caller can give the source's pages back as it goes
+        (a file's mapped pages would otherwise all be resident beside the copy at the end)."""
+        a = np.ascontiguousarray(a)
         n = a.nbytes
         if len(self._free) < n:
             self._free = _chunk(max(n, CHUNK))
-        out = self._free[:n].view(a.dtype).reshape(a.shape)
-        out[...] = a
+        dst, src = self._free[:n], a.reshape(-1).view(np.uint8)
+        for i in range(0, n, STEP):
+            dst[i:i + STEP] = src[i:i + STEP]
+            if copied is not None:
+                copied()
         self._free = self._free[-(-n // ALIGN) * ALIGN:]
-        return out
+        return dst.view(a.dtype).reshape(a.shape)
 
 
 def _chunk(n):

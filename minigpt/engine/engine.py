@@ -1,5 +1,7 @@
 """Prefill and decode: one model's decoder bound to its weights, a kernel backend and a KV cache."""
 
+from functools import partial
+
 import numpy as np
 
 from .. import args, kernels
@@ -51,28 +53,42 @@ def prepare_weights(cfg: Config, weights, kern, precision, release=None):
     """{name: Weight} as the decoder reads them at `precision`: each matrix with its activation bits,
     in the form kern.prepare gives it for them (x8-packed on the compiled backend), and 'output', the
     head, in its own form (tied embeddings: tok_embd's data, which get_rows still reads as stored).
-    On the compiled backend, the copies prepare made and the head are kept in an Arena (arena.py: huge
-    pages, where the system has them), a tied head read as stored serving get_rows from there too; the
-    Python backends read the weights where they lie. release([name]), if given, is called for each
-    matrix as soon as a copy replaces it (MgptFile.release: its pages need not stay resident while the
-    others are packed)."""
+
+    On the compiled backend the copies prepare makes and the head, which decode streams whole every
+    token, are kept in an Arena (arena.py: in huge pages, where the system has them); a tied head read
+    as stored then serves get_rows from there too. The Python backends read the weights where they lie.
+    release([name]), if given, is called for the head and each matrix as soon as a copy replaces it
+    (MgptFile.release): the pages of the file need not stay resident beside the copies."""
     bits = PRECISIONS[precision]
-    keep = Arena().keep if kern.name == "c" else (lambda a: a)
+    arena = Arena() if kern.name == "c" else None
     out = dict(weights)
+
+    # the head first, the biggest tensor: its file pages are given back as it is copied (a tied table
+    # repacked for the head excepted, which get_rows still reads), never resident beside the whole copy
+    head = weights[head_name(cfg)]
+    data, qtype = kern.prepare(head.data, head.qtype, bits["output"])
+    as_stored = data is head.data
+    give_back = None
+    if release is not None and not (cfg.tied_embeddings and not as_stored):
+        give_back = partial(release, [head_name(cfg)])
+    if arena is not None:
+        data = arena.keep(data, give_back if as_stored else None)
+        if give_back is not None and not as_stored:
+            give_back()
+    out["output"] = Weight(data, qtype, bits["output"])
+    if cfg.tied_embeddings and as_stored:
+        out["tok_embd"] = Weight(data, head.qtype, head.bits)
+
     for name, w in weights.items():
         role = name.rsplit(".", 1)[-1]
         if role in MATRICES:
             data, qtype = kern.prepare(w.data, w.qtype, bits[role])
             if data is not w.data:
-                data = keep(data)
+                if arena is not None:
+                    data = arena.keep(data)
                 if release is not None:
                     release([name])
             out[name] = Weight(data, qtype, bits[role])
-    head = weights[head_name(cfg)]
-    data, qtype = kern.prepare(head.data, head.qtype, bits["output"])
-    out["output"] = Weight(keep(data), qtype, bits["output"])
-    if cfg.tied_embeddings and data is head.data:
-        out["tok_embd"] = Weight(out["output"].data, head.qtype, head.bits)
     return out
 
 
