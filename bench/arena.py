@@ -3,6 +3,7 @@ ordinary pages, interleaved in one process.
 
     python bench/arena.py                                     # SmolLM2-135M, 1 and 4 sequences, 1 thread
     python bench/arena.py qwen2.5-coder-0.5b-instruct --seqs 1 --rounds 15 --n-gen 8
+    python bench/arena.py --cpu-time                          # on a busy machine
 
 The model is loaded twice: as minigpt loads it, and with Arena.keep made the identity (what it did
 before: the packed copies in NumPy's own memory, the head read in place from the file). Each round
@@ -12,8 +13,8 @@ sequences stepped together). Printed per batch size: median [min, max] tok/s of 
 """
 
 import argparse
-import statistics
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -33,12 +34,18 @@ def main():
     ap.add_argument("-n", "--n-gen", type=int, default=24, help="Timed decode steps per measurement.")
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--precision", default="balanced")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="Time the calling thread's CPU, not the wall clock (1 thread only: the compute runs "
+                         "there; a busy machine's other programs then disturb it less).")
     a = ap.parse_args()
+    if a.cpu_time and a.threads != 1:
+        ap.error("--cpu-time needs --threads 1")
+    clock = time.thread_time if a.cpu_time else time.perf_counter
     seqs = [int(s) for s in a.seqs.split(",")]
 
     models = {"huge pages": minigpt.load(a.model, threads=a.threads, precision=a.precision)}
     keep = arena.Arena.keep
-    arena.Arena.keep = lambda self, x: x
+    arena.Arena.keep = lambda self, x, copied=None: x
     try:
         models["ordinary"] = minigpt.load(a.model, threads=a.threads, precision=a.precision)
     finally:
@@ -48,10 +55,11 @@ def main():
     for rnd in range(a.rounds):
         for s in seqs:
             for name, m in models.items():
-                tok_s.setdefault((name, s), []).append(measure(m, s, a))
+                tok_s.setdefault((name, s), []).append(measure(m, s, a, clock))
         print(f"round {rnd + 1}/{a.rounds}", file=sys.stderr, flush=True)
 
-    print(f"model: {a.model}; precision {a.precision}; {a.threads} thread(s); {a.n_gen} timed steps, {a.rounds} rounds")
+    print(f"model: {a.model}; precision {a.precision}; {a.threads} thread(s); {a.n_gen} timed steps, {a.rounds} rounds; "
+          f"{'CPU time of the calling thread' if a.cpu_time else 'wall clock'}")
     print("machine: " + "; ".join(f"{k} {v}" for k, v in machine({}).items()))
     print("sequences  ordinary tok/s         huge pages tok/s       ratio per round")
     for s in seqs:
