@@ -21,7 +21,7 @@ import minigpt
 from minigpt import kernels
 from minigpt.engine.speculate import NgramDrafter, max_rows, pass_seconds, plan
 from minigpt.sampling import SamplerSettings
-from minigpt.serve import scheduler
+from minigpt.serve import scheduler, tools
 
 from synthetic import tiny_models
 
@@ -171,6 +171,52 @@ def test_the_slot_is_reusable_after_drafts(files):
     finally:
         plain.stop()
     assert summary(second)[:2] == summary(fresh)[:2] and tokens(second) == tokens(fresh)
+
+
+def test_forced_tokens_after_drafts(files):
+    # a grammar that forces runs of tokens: a draft's walk stops where it forces, the run is evaluated next
+    m = load(files, "llama-q8_0")
+    pattern = r"(yes|no): the answer is (final|open); (yes|no): the answer is (final|open)"
+    ids = m.tokenize("no: the answer is open; no: the answer is ")
+    make = lambda: [scheduler.Job(ids, SamplerSettings(temperature=0), max_tokens=80, logprobs=True,
+                                  constraint=m.constraint(regex=pattern))]
+    plain, spec, _ = both(m, make, parallel=1)
+    assert summary(spec[0]) == summary(plain[0]) and spec[0][-1].finish == "stop"
+    assert len(tokens(spec[0])) == spec[0][-1].usage["completion_tokens"]
+
+
+WEATHER = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12},
+                                            "unit": {"enum": ["celsius", "fahrenheit"]}},
+           "required": ["city", "unit"], "additionalProperties": False}
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER}}]
+
+
+def test_a_tool_call_begun_inside_a_draft(files, monkeypatch):
+    """The reply is scripted up to the call's tag, whose end comes in a draft ("_call>" was written before):
+    the trigger's grammar takes over inside the walk, and the rows after it are masked by it."""
+    m = load(files, "llama-q8_0")
+    ids = m.tokenize("Q?")
+    script = [3 + b for b in b"my_call> my_call> <tool_call>"]   # the tiny vocabulary: 3 control tokens, then bytes
+    real = scheduler.forward_batch
+
+    def forward(engine, items, tails):   # each row's reply position gets its script token, drafted or not
+        out = real(engine, items, tails)
+        for (cache, _), rows in zip(items, out):
+            for j, row in enumerate(rows):
+                k = cache.pos - len(rows) + j + 1 - len(ids)
+                if 0 <= k < len(script):
+                    row[script[k]] = 1e4
+        return out
+
+    monkeypatch.setattr(scheduler, "forward_batch", forward)
+    make = lambda: [scheduler.Job(ids, SamplerSettings(temperature=0), max_tokens=300, logprobs=True,
+                                  trigger=(tools.OPEN.encode(), m.constraint(grammar=tools.call_grammar(TOOLS, opened=True))))]
+    plain, spec, sched = both(m, make, parallel=1)
+    assert summary(spec[0]) == summary(plain[0]) and spec[0][-1].finish == "stop"
+    content, calls = tools.parse(summary(spec[0])[0], TOOLS)
+    assert content == "my_call> my_call>" and len(calls) == 1
+    jsonschema.validate(json.loads(calls[0]["function"]["arguments"]), WEATHER)
+    assert sched.accepted >= 3   # "ll>" at least, from the draft
 
 
 # --- the cost model
