@@ -247,3 +247,5 @@ def test_pass_seconds_rises_with_rows(files):
     m = load(files, "llama-q8_0")
     t = pass_seconds(m.engine, max_rows(m.engine.kern), seqs=3)
     assert len(t) == max_rows(m.engine.kern) and all(x > 0 for x in t) and t[-1] > t[0]
+    short = minigpt.Model(files["llama-q8_0"], backend="c", threads=1, n_ctx=9)   # RoPE tables of 9 positions
+    assert len(pass_seconds(short.engine, max_rows(m.engine.kern))) == 9

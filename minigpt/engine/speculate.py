@@ -130,10 +130,14 @@ def pass_seconds(engine, rows, seqs=1, reps=2):
     `seqs` sequences (a row of its own to each but the first, which takes the rest: a server's step,
     where one slot's draft sits beside the others' tokens, and rows cost more than in one sequence).
     Measured once on scratch caches at 1, 2, 4, 8 and `rows` rows (the fastest of reps each), linear
-    in between."""
-    caches = [KVCache(engine.cfg, 64 + rows, kv_type=engine.kv_type) for _ in range(min(seqs, rows))]
+    in between; after up to 64 positions (within the engine's context: its RoPE tables end there)."""
+    n_ctx = engine.cache.n_ctx
+    rows = min(rows, n_ctx)
+    past = min(64, n_ctx - rows)
+    caches = [KVCache(engine.cfg, past + rows, kv_type=engine.kv_type) for _ in range(min(seqs, rows))]
     for c in caches:
-        engine.prefill([1] * 64, cache=c)
+        if past:
+            engine.prefill([1] * past, cache=c)
     points = sorted({r for r in (1, 2, 4, 8) if r < rows} | {rows})
     took = []
     for r in points:
@@ -145,7 +149,7 @@ def pass_seconds(engine, rows, seqs=1, reps=2):
             engine.forward_batch(items, [len(ids) for _, ids in items])
             best = min(best, time.perf_counter() - t)
             for c in caches:
-                c.truncate(64)
+                c.truncate(past)
         took.append(best)
     return [float(t) for t in np.interp(np.arange(1, rows + 1), points, took)]
 

@@ -10,9 +10,12 @@ is read.
 With speculation ('ngram'), a decoding slot whose reply so far repeats earlier text sends, after its
 chosen ids, a draft of the tokens likely to follow (engine/speculate.py), and takes as many of them as
 the sampler agrees with, each at its own position as if generated one by one: several tokens in one
-step. The drafts share the rows a step's own leave below speculate.max_rows, the most the kernels sum
-one by one, so every row's logits are a plain step's, bit for bit: greedy replies are the same, token
-for token. A step that reads a prompt chunk has no rows to spare, and drafts then wait.
+step. A row costs compute, so a draft goes only as far as its tokens are likely enough to pay for
+theirs (speculate.plan: the slot's recent drafts against the measured price of a row); few do beside
+several other slots' tokens, many when a lone reply copies. A step never carries more rows than
+speculate.max_rows, the most the kernels sum one by one, so every row's logits are a plain step's, bit
+for bit: greedy replies are the same, token for token. A step that reads a prompt chunk has no rows to
+spare, and drafts then wait.
 
 The server's side talks to the engine thread through Job: submit() queues one, Job.events() yields
 what it writes (text pieces, then the end), Job.cancel() stops it from any thread.
