@@ -465,8 +465,9 @@ def bench(model, n_prompt, n_gen, threads, reps, backend, precision, kv_type, as
 @click.option("--ray-address", default=None,
               help="With --replicas: the Ray cluster to run on (HOST:6379, or auto); default: a local Ray.")
 @click.option("--speculate", default="ngram", show_default=True, type=click.Choice([*SPECULATE, "none"]),
-              help="ngram: check several tokens per step, guessed from the text so far, when the step has rows "
-                   "to spare (faster when replies copy from the prompt; the same greedy replies).")
+              help="ngram: check several tokens per step, guessed from the text so far, as far as they are likely "
+                   "enough to pay for their compute (faster when replies copy from the prompt; the same greedy "
+                   "replies); none: one token per step.")
 def serve(model, host, port, parallel, queue, ctx, threads, kv_type, precision, api_key, replicas, ray_address,
           speculate):
     """Serve a model over an OpenAI-compatible HTTP API, with a chat page at /."""
