@@ -7,6 +7,11 @@ one read of the weights, which is what a CPU's decode speed is bound by.
 A draft costs nothing when there is no match; a wrong one costs its extra rows in the forward pass,
 so after a draft fails outright the next ones are shorter, and drafting pauses for a while (longer
 after each failure in a row) until a draft is accepted again.
+
+In the server (serve/scheduler.py) a slot's draft rides in a step beside the other slots' tokens, where
+a row is dearer than a token is worth unless it is nearly sure to be taken: pass_seconds measures what
+rows cost, NgramDrafter.chance says how often this reply's drafts were taken lately, and plan keeps
+the draft tokens that raise the step's tokens per second.
 """
 
 import time
@@ -57,8 +62,9 @@ def lookup(history, n_max=N_MAX, n_min=N_MIN, k=K_MAX):
 
 
 class NgramDrafter:
-    """Prompt-lookup drafts with back-off, for one token loop: draft(tokens, pending, limit) proposes,
-    update(accepted, drafted) learns how the last proposal fared.
+    """Prompt-lookup drafts with back-off, for one token loop or server slot: draft(tokens, pending,
+    limit) proposes, update(accepted, drafted) learns how the last proposal fared, chance(length)
+    estimates how likely a draft token is to be taken.
 
     The history is kept as an array that grows with the loop (converting the whole list each time would
     cost ~1 ms per token at 32k tokens): between two drafts the loop only appends, or takes back tokens
@@ -129,8 +135,9 @@ def pass_seconds(engine, rows, seqs=1, reps=2):
     likely taken, the more so the more rows a step already carries. The rows of a pass go to up to
     `seqs` sequences (a row of its own to each but the first, which takes the rest: a server's step,
     where one slot's draft sits beside the others' tokens, and rows cost more than in one sequence).
-    Measured once on scratch caches at 1, 2, 4, 8 and `rows` rows (the fastest of reps each), linear
-    in between; after up to 64 positions (within the engine's context: its RoPE tables end there)."""
+    Measured once on scratch caches, every row count (the fastest of reps each: the curve has kinks,
+    Qwen2.5-0.5B's 5th row of 4 sequences costs more than its 6th, 7th or 8th), after up to 64
+    positions (within the engine's context: its RoPE tables end there)."""
     n_ctx = engine.cache.n_ctx
     rows = min(rows, n_ctx)
     past = min(64, n_ctx - rows)
@@ -138,9 +145,8 @@ def pass_seconds(engine, rows, seqs=1, reps=2):
     for c in caches:
         if past:
             engine.prefill([1] * past, cache=c)
-    points = sorted({r for r in (1, 2, 4, 8) if r < rows} | {rows})
     took = []
-    for r in points:
+    for r in range(1, rows + 1):
         n = min(seqs, r)
         items = [(caches[0], [1] * (r - n + 1))] + [(c, [1]) for c in caches[1:n]]
         best = float("inf")
@@ -151,7 +157,7 @@ def pass_seconds(engine, rows, seqs=1, reps=2):
             for c in caches:
                 c.truncate(past)
         took.append(best)
-    return [float(t) for t in np.interp(np.arange(1, rows + 1), points, took)]
+    return took
 
 
 def plan(wants, ps, rows, tokens, seconds):
