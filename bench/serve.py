@@ -3,9 +3,10 @@
     python bench/serve.py                                    # 1 and 4 streams at 2 threads, 3 rounds, both servers
     python bench/serve.py --streams 1,4 --max-tokens 32 --rounds 2 --engines minigpt
     python bench/serve.py --soak                             # 200 requests from 8 clients, a third dropped
+    python bench/serve.py --engines minigpt --speculate none,ngram --prompts code   # speculation on and off
 
 Throughput: each server is started once (minigpt: `-m minigpt serve --parallel <largest --streams> -t T
---precision P`;
+--precision P --speculate S`, one server per --speculate mode;
 llama.cpp: `$MINIGPT_LLAMA_PYTHON -m llama_cpp.server --n_threads T`, which answers one request at a time,
 with --interrupt_requests False so that a new request waits instead of cutting the one streaming), warmed up
 by one request, then each round runs, for every stream count C and every server in a fixed order, C
@@ -14,7 +15,9 @@ aggregate decode tok/s, the tokens each stream generated after its first token, 
 from the earliest first token to the last stream's end; and every stream's time to first token (TTFT),
 from sending the request. Tokens are the server's usage when it streams one (minigpt), else the content
 chunks (llama-cpp-python: one per token). Printed: median [min, max] over rounds of the aggregate tok/s,
-TTFT p50 / p95 over all streams of all rounds, and the ratios C streams / 1 stream and minigpt / llama.cpp.
+TTFT p50 / p95 over all streams of all rounds, and the ratios C streams / 1 stream and minigpt / llama.cpp
+(and speculation on / off). --prompts: free text (stories, explanations: few repeats to draft from), or
+code (bench/speculate.py's rewrite of a given function, one change per stream: a reply that copies).
 
 Soak (--soak): minigpt alone, --requests from --clients clients (each sends its next request when the
 last one ends), a random third of them (seeded) dropped after a few content chunks. Checks: no 5xx; every
@@ -129,11 +132,32 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start(engine, a, parallel):
+def code_prompts():
+    """bench/speculate.py's code task, a different number of retries asked for in each."""
+    from speculate import TASKS
+
+    message = TASKS["code"][0]
+    return [message.replace("retries is 5", f"retries is {n}") for n in range(5, 13)]
+
+
+def labels(engines, modes):
+    """[(label, engine, speculate mode)]: a minigpt server per --speculate mode (its label names the
+    mode when there are several), then llama.cpp."""
+    out = []
+    for e in engines:
+        if e == "minigpt":
+            out += [("minigpt" if len(modes) == 1 else f"minigpt/{m}", e, m) for m in modes]
+        else:
+            out.append((e, e, None))
+    return out
+
+
+def start(engine, a, parallel, speculate=None):
     if engine == "minigpt":
         env, cwd = _env()
         cmd = [sys.executable, "-m", "minigpt", "serve", "-m", str(a.mgpt), "--port", "0",
-               "--parallel", str(parallel), "-t", str(a.threads), "--ctx", str(a.ctx), "--precision", a.precision]
+               "--parallel", str(parallel), "-t", str(a.threads), "--ctx", str(a.ctx), "--precision", a.precision,
+               "--speculate", speculate]
         return Server("minigpt", cmd, env, cwd or _empty_dir().name)
     if not a.llama_python:
         raise SystemExit("llama.cpp: set MINIGPT_LLAMA_PYTHON or --llama-python (a venv with llama-cpp-python "
@@ -194,10 +218,10 @@ async def stream(client, url, prompt, max_tokens, drop_after=None):
     return r
 
 
-async def burst(url, n, max_tokens):
+async def burst(url, n, max_tokens, prompts=PROMPTS):
     """n concurrent streams, prompts 0..n-1."""
     async with httpx.AsyncClient(timeout=TIMEOUT) as client:
-        return await asyncio.gather(*(stream(client, url, PROMPTS[i % len(PROMPTS)], max_tokens) for i in range(n)))
+        return await asyncio.gather(*(stream(client, url, prompts[i % len(prompts)], max_tokens) for i in range(n)))
 
 
 def aggregate(runs):
@@ -218,16 +242,16 @@ def pct(xs, q):
 # --- throughput
 
 def throughput(a, engines, counts):
-    servers = {}
+    servers, prompts = {}, code_prompts() if a.prompts == "code" else PROMPTS
     try:
-        for e in engines:
-            servers[e] = start(e, a, max(counts))
+        for e, engine, mode in engines:
+            servers[e] = start(engine, a, max(counts), mode)
             asyncio.run(burst(servers[e].url, 1, 8))   # warm-up: the first request's one-time costs
         tok_s, ttft = {}, {}
         for rnd in range(a.rounds):
             for c in counts:
-                for e in engines:
-                    runs = asyncio.run(burst(servers[e].url, c, a.max_tokens))
+                for e, _, _ in engines:   # A B A B: a machine that slows down touches every server alike
+                    runs = asyncio.run(burst(servers[e].url, c, a.max_tokens, prompts))
                     tok_s.setdefault((e, c), []).append(aggregate(runs))
                     ttft.setdefault((e, c), []).extend(r["ttft"] for r in runs)
                     print(f"round {rnd + 1}/{a.rounds}  {e:<9} {c} stream{'s' * (c > 1)}  "
@@ -242,6 +266,7 @@ def throughput(a, engines, counts):
 def report(a, engines, counts, tok_s, ttft):
     print("\naggregate decode tok/s: median [min, max] over rounds; TTFT over all streams of all rounds")
     rows = [["server", "streams", "decode tok/s", "TTFT p50 ms", "TTFT p95 ms", f"/ {counts[0]} stream"]]
+    engines = [e for e, _, _ in engines]
     for e in engines:
         for c in counts:
             xs, ts = tok_s[e, c], ttft[e, c]
@@ -253,6 +278,11 @@ def report(a, engines, counts, tok_s, ttft):
         for c in counts:
             ratio = statistics.median(tok_s["minigpt", c]) / statistics.median(tok_s["llama.cpp", c])
             print(f"minigpt / llama.cpp at {c} stream{'s' * (c > 1)}: {ratio:.2f}x")
+    if "minigpt/none" in engines:
+        for e in (e for e in engines if e.startswith("minigpt/") and e != "minigpt/none"):
+            print(", ".join(f"{e} / minigpt/none at {c} stream{'s' * (c > 1)}: "
+                            f"{statistics.median(tok_s[e, c]) / statistics.median(tok_s['minigpt/none', c]):.2f}x"
+                            for c in counts))
     # issue #15's targets, at 2 threads: 4 streams >= 2.5x one stream, and >= 3x llama.cpp's server with 4 clients
     if "minigpt" in engines and 1 in counts and 4 in counts:
         med = {k: statistics.median(v) for k, v in tok_s.items()}
@@ -287,7 +317,7 @@ def soak(a):
         return [(rng.choice(PROMPTS), rng.randint(1, max(1, a.max_tokens // 2)) if rng.random() < 1 / 3 else None)
                 for _ in range(n)]
 
-    server = start("minigpt", a, a.parallel)
+    server = start("minigpt", a, a.parallel, a.speculate.split(",")[0])
     try:
         t0 = time.perf_counter()
         warm = asyncio.run(soak_run(server.url, plan(a.clients), a.clients, a.max_tokens))
@@ -335,6 +365,10 @@ def main():
     ap.add_argument("--precision", default="balanced", choices=["exact", "balanced", "fast"],
                     help="minigpt's activations (minigpt serve --precision).")
     ap.add_argument("--engines", default="minigpt,llama.cpp", help="Comma-separated: minigpt, llama.cpp.")
+    ap.add_argument("--speculate", default="ngram", help="Comma-separated minigpt serve --speculate modes "
+                    "(ngram, none): a minigpt server for each (the soak: the first).")
+    ap.add_argument("--prompts", default="free", choices=["free", "code"],
+                    help="free: stories and explanations; code: a function to rewrite with one change.")
     ap.add_argument("--llama-python", default=LLAMA_PY)
     ap.add_argument("--soak", action="store_true", help="Run the soak test instead (minigpt only).")
     ap.add_argument("--requests", type=int, default=200, help="Soak: requests after the warm-up.")
@@ -350,13 +384,18 @@ def main():
         if needed and not f.is_file():
             raise SystemExit(f"{f} not found")
 
+    modes = [m.strip() for m in a.speculate.split(",") if m.strip()]
+    if not modes or set(modes) - {"ngram", "none"}:
+        raise SystemExit(f"--speculate {a.speculate!r}: known are ngram, none")
     print("machine: " + "; ".join(f"{k} {v}" for k, v in machine({}).items()))
     print("load average before: " + " ".join(f"{x:.2f}" for x in os.getloadavg()) + " (1, 5, 15 min)")
     if a.soak:
         sys.exit(0 if soak(a) else 1)
     print(f"model: {a.mgpt}" + (f" / {a.gguf}" if "llama.cpp" in engines else "") +
-          f"; minigpt precision {a.precision}; threads {a.threads}; max_tokens {a.max_tokens}; greedy; {a.rounds} rounds")
-    report(a, engines, counts, *throughput(a, engines, counts))
+          f"; minigpt precision {a.precision}, speculate {','.join(modes)}; threads {a.threads}; max_tokens "
+          f"{a.max_tokens}; {a.prompts} prompts; greedy; {a.rounds} rounds")
+    servers = labels(engines, modes)
+    report(a, servers, counts, *throughput(a, servers, counts))
 
 
 if __name__ == "__main__":

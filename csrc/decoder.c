@@ -167,7 +167,7 @@ static void attend(const mg_decoder *ctx, const mg_decoder_layer *L, int64_t li,
 }
 
 int mg_decoder_forward_multi(mg_decoder *ctx, const int64_t *ids, int64_t n, const mg_seq *seqs, int64_t n_seqs,
-                             float *logits_out, int all_logits) {
+                             float *logits_out) {
     const mg_decoder_config *cfg = &ctx->cfg;
     const mg_decoder_weights *w = &ctx->w;
     const mg_ops *ops = ctx->kern->ops;
@@ -214,18 +214,18 @@ int mg_decoder_forward_multi(mg_decoder *ctx, const int64_t *ids, int64_t n, con
     }
     if (!logits_out) return MG_OK;
     const float *g = (const float *)w->output_norm.data;
-    if (all_logits)
-        ops->rms_norm(ctx->x, g, ctx->xb, n, d, cfg->norm_eps);
-    else   /* each sequence's last row, side by side: the head is read once for all of them */
-        for (int64_t s = 0, end = 0; s < n_seqs; s++) {
-            end += seqs[s].n;
-            ops->rms_norm(ctx->x + (end - 1) * d, g, ctx->xb + s * d, 1, d, cfg->norm_eps);
-        }
-    return mm(ctx, ctx->xb, &w->output, logits_out, all_logits ? n : n_seqs, cfg->vocab_size, d);
+    int64_t rows = 0;   /* each sequence's last rows, side by side: the head is read once for all of them */
+    for (int64_t s = 0, end = 0; s < n_seqs; s++) {
+        end += seqs[s].n;
+        ops->rms_norm(ctx->x + (end - seqs[s].n_logits) * d, g, ctx->xb + rows * d, seqs[s].n_logits, d,
+                      cfg->norm_eps);
+        rows += seqs[s].n_logits;
+    }
+    return mm(ctx, ctx->xb, &w->output, logits_out, rows, cfg->vocab_size, d);
 }
 
 int mg_decoder_forward(mg_decoder *ctx, const int64_t *ids, int64_t n, int64_t start, const mg_kv_cache *kv,
                        float *logits_out, int all_logits) {
-    const mg_seq seq = {n, start, kv};
-    return mg_decoder_forward_multi(ctx, ids, n, &seq, 1, logits_out, all_logits);
+    const mg_seq seq = {n, start, kv, all_logits ? n : 1};
+    return mg_decoder_forward_multi(ctx, ids, n, &seq, 1, logits_out);
 }

@@ -104,6 +104,8 @@ void mg_decoder_free(mg_decoder *dec);
 typedef struct {
     int64_t n, start;
     const mg_kv_cache *kv; /* positions before start filled; [start, start + n) are written      IN/OUT */
+    int64_t n_logits;      /* 1..n: its last rows whose logits are wanted (a decode step: 1; a draft's
+                              check: the draft's rows and the one before it) */
 } mg_seq;
 
 /* Run the n = sum of seqs[s].n tokens ids[0 .. n) of n_seqs sequences as one batch, 1 <= n <= max_batch.
@@ -111,11 +113,11 @@ typedef struct {
  * writes and attention take each sequence's rows at its own positions, in its own cache. Sequence s
  * owns the seqs[s].n >= 1 rows after those of the sequences before it; start + n <= n_rope; no two
  * share a cache.
- * logits_out: (n, vocab_size) if all_logits else (n_seqs, vocab_size), each sequence's last row;
+ * logits_out: (sum of seqs[s].n_logits, vocab_size), each sequence's last n_logits rows in turn;
  *             NULL skips the final norm and head.                                            OUT
  * Returns MG_OK or a kernels.h error code (MG_ENOMEM from a matmul). */
 int mg_decoder_forward_multi(mg_decoder *dec, const int64_t *ids, int64_t n, const mg_seq *seqs, int64_t n_seqs,
-                             float *logits_out, int all_logits);
+                             float *logits_out);
 
 /* The batch of one sequence: ids[0 .. n) at positions [start, start + n), its logits (n, vocab_size)
  * if all_logits else (1, vocab_size) of the last token. */

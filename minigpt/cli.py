@@ -464,24 +464,31 @@ def bench(model, n_prompt, n_gen, threads, reps, backend, precision, kv_type, as
               help="Run N copies under Ray Serve, behind the same address (pip install \"minigpt[ray]\").")
 @click.option("--ray-address", default=None,
               help="With --replicas: the Ray cluster to run on (HOST:6379, or auto); default: a local Ray.")
-def serve(model, host, port, parallel, queue, ctx, threads, kv_type, precision, api_key, replicas, ray_address):
+@click.option("--speculate", default="ngram", show_default=True, type=click.Choice([*SPECULATE, "none"]),
+              help="ngram: check several tokens per step, guessed from the text so far, as far as they are likely "
+                   "enough to pay for their compute (faster when replies copy from the prompt; the same greedy "
+                   "replies); none: one token per step.")
+def serve(model, host, port, parallel, queue, ctx, threads, kv_type, precision, api_key, replicas, ray_address,
+          speculate):
     """Serve a model over an OpenAI-compatible HTTP API, with a chat page at /."""
     from . import serve as serve_
 
+    speculate = None if speculate == "none" else speculate
     if replicas is not None:
         if serve_.missing(serve_.NEEDS_REPLICAS):
             raise MinigptError('minigpt serve --replicas needs: pip install "minigpt[ray]"')
         from .serve import replicas as replicas_
 
         return replicas_.run(model, _resolve(model), replicas, ray_address, host, port, parallel, queue, ctx,
-                             threads, kv_type, api_key, precision)
+                             threads, kv_type, api_key, precision, speculate)
     if ray_address is not None:
         raise MinigptError("--ray-address goes with --replicas N")
     if serve_.missing():
         raise MinigptError('minigpt serve needs: pip install "minigpt[serve]"')
     from .serve.server import run
 
-    run(_load(model, threads, n_ctx=ctx, precision=precision, kv_type=kv_type), host, port, parallel, queue, api_key)
+    run(_load(model, threads, n_ctx=ctx, precision=precision, kv_type=kv_type), host, port, parallel, queue, api_key,
+        speculate)
 
 
 # --- measuring: convert --check, perplexity

@@ -171,6 +171,41 @@ def test_more_tokens_than_a_pass_are_split(model_files, backend):
     assert_caches(solo, caches, exact=False)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tails_give_each_items_last_rows(model_files, backend):
+    # a draft being checked (4 rows wanted) beside a decode and a 2-token step that wants only its
+    # last: each item's rows are prefill(all_logits)'s last ones; in C at 'balanced' with fewer rows
+    # than kernels.exact_rows, bit for bit (the head sums them as it sums one)
+    name = "llama-q8_0"
+    m = load(model_files, name, backend)
+    ids = [[3, 4, 5, 6], [7], [8, 9]]
+    solo, batch = [new_cache(m, name) for _ in ids], [new_cache(m, name) for _ in ids]
+    for k, (a, b) in enumerate(zip(solo, batch)):
+        m.engine.prefill([1 + k, 2], cache=a)
+        m.engine.prefill([1 + k, 2], cache=b)
+    tails = [4, 1, 1]
+    got = m.engine.forward_batch(list(zip(batch, ids)), tails=tails)
+    want = [m.engine.prefill(x, cache=c, all_logits=True)[-t:] for x, c, t in zip(ids, solo, tails)]
+    for w, g in zip(want, got):
+        assert g.shape == w.shape
+        if backend == "c":
+            np.testing.assert_array_equal(g, w)
+        else:
+            np.testing.assert_allclose(g, w, rtol=0, atol=1e-4 * np.abs(w).max())
+    assert_caches(solo, batch, exact=backend == "c")
+
+
+def test_tails_across_passes(model_files):
+    # a long prompt's last 3 rows: two passes, its wanted rows in the second
+    m = load(model_files, "llama-q8_0", "numpy")
+    prompt = [int(t) for t in np.random.default_rng(2).integers(0, m.config.vocab_size, PREFILL_CHUNK + 20)]
+    a, b, other = (new_cache(m, "llama-q8_0", 1024) for _ in range(3))
+    got = m.engine.forward_batch([(a, prompt), (other, [5])], tails=[3, 1])
+    want = m.engine.prefill(prompt, cache=b, all_logits=True)[-3:]
+    assert got[0].shape == (3, m.config.vocab_size) and got[1].shape == (1, m.config.vocab_size)
+    np.testing.assert_allclose(got[0], want, rtol=0, atol=1e-4 * np.abs(want).max())
+
+
 # --- bad input: one clear minigpt error, nothing appended to any cache
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -196,6 +231,10 @@ def test_bad_batches_are_refused_whole(model_files, backend):
             m.engine.forward_batch(items)
         assert "\n" not in str(e.value)
         assert (a.pos, b.pos, full.pos) == (0, 0, 7)
+    for tails in ([1], [1, 2], [1, 0]):   # a count per item, from 1 to its ids
+        with pytest.raises(ArgumentError, match="tails must give each item a count"):
+            m.engine.forward_batch([(a, [1]), (b, [2])], tails=tails)
+        assert (a.pos, b.pos) == (0, 0)
     assert len(m.engine.forward_batch([(a, [1, 2]), (b, [3]), (full, [4])])) == 3
     assert m.engine.forward_batch([]) == []   # a server's step whose requests all went away
 
@@ -224,5 +263,8 @@ def test_c_decoder_checks_a_batch(model_files):
         dec.forward_batch([([1], 0, ba), ([2], 0, bb)], out=np.zeros((1, V), np.float32))
     with pytest.raises(ValueError, match="overlap"):
         dec.forward_batch([([1], 0, ba), ([2], 0, bb)], out=b.k[0].reshape(-1)[:2 * V].reshape(2, V))
+    with pytest.raises(ValueError, match="tails\\[1\\] must be an integer in 1..1, got 2"):
+        dec.forward_batch([([1], 0, ba), ([2], 0, bb)], tails=[1, 2])
     out = np.zeros((2, V), np.float32)
     assert dec.forward_batch([([1], 0, ba), ([2, 3], 0, bb)], out=out) is out
+    assert dec.forward_batch([([4], 1, ba), ([5, 6], 2, bb)], tails=[1, 2]).shape == (3, V)

@@ -153,6 +153,21 @@ def test_parallel_streams(server):
     assert together == alone   # batched, each sequence still sees its own cache only
 
 
+def test_speculation_is_on_by_default_and_replies_the_same(server, model_path):
+    # --speculate ngram (the default) against none: greedy replies token for token alike
+    plain = Server(model_path, "--parallel", "4", "--speculate", "none")
+    try:
+        assert server.health()["speculate"] == "ngram" and plain.health()["speculate"] == "none"
+        for prompt in (ENGLISH, CHINESE, "ab ab ab ab ab ab ab ab"):
+            a, b = (chat(s.client(), prompt, temperature=0, max_tokens=60, logprobs=True) for s in (plain, server))
+            assert b.choices[0].message.content == a.choices[0].message.content
+            assert [t.logprob for t in b.choices[0].logprobs.content] == \
+                [t.logprob for t in a.choices[0].logprobs.content]
+        assert plain.health()["draft_tokens"] == 0
+    finally:
+        plain.stop()
+
+
 # --- one slot, no queue: a full house, a dropped stream, shutting down
 
 @pytest.fixture(scope="module")
@@ -219,12 +234,13 @@ def scripted(tokens, vocab):
     """forward_batch that makes the sampler pick `tokens` in order, whatever the sequence."""
     it = iter(tokens)
 
-    def forward(engine, items):
+    def forward(engine, items, tails):
         out = []
-        for cache, ids in items:
+        for (cache, ids), n in zip(items, tails):
             cache.tokens.extend(ids)   # as the engine would, without computing anything
-            logits = np.zeros(vocab, np.float32)
-            logits[next(it, 0)] = 30.0
+            logits = np.zeros((n, vocab), np.float32)
+            for row in logits:
+                row[next(it, 0)] = 30.0
             out.append(logits)
         return out
     return forward

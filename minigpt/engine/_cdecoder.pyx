@@ -66,6 +66,7 @@ cdef extern from "decoder.h" nogil:
     ctypedef struct mg_seq:
         int64_t n, start
         const mg_kv_cache *kv
+        int64_t n_logits
 
     mg_decoder *mg_decoder_create(const mg_kernel_table *kt, const mg_decoder_config *cfg,
                                   const mg_decoder_weights *w, int64_t max_batch)
@@ -73,7 +74,7 @@ cdef extern from "decoder.h" nogil:
     int mg_decoder_forward(mg_decoder *dec, const int64_t *ids, int64_t n, int64_t start, const mg_kv_cache *kv,
                            float *logits_out, int all_logits)
     int mg_decoder_forward_multi(mg_decoder *dec, const int64_t *ids, int64_t n, const mg_seq *seqs, int64_t n_seqs,
-                                 float *logits_out, int all_logits)
+                                 float *logits_out)
 
 _ACTS = {"silu": MG_ACT_SILU, "gelu_tanh": MG_ACT_GELU_TANH}
 _KV_CODES = {"f32": MG_KV_F32, "f16": MG_KV_F16, "q8_0": MG_KV_Q8_0}   # quant.KV_TYPES -> enum mg_kv_type
@@ -271,12 +272,13 @@ cdef class CDecoder:
         _raise_for(err)
         return oarr
 
-    def forward_batch(self, seqs, out=None):
+    def forward_batch(self, seqs, out=None, tails=None):
         """Run several sequences in one batch: seqs is a list of (ids, start, bound cache), each as forward
         takes them, no two with the same cache, at most max_batch tokens in all. The matmuls take every
         sequence's rows at once (each weight read once for all of them); RoPE, K/V and attention are each
-        sequence's own. Returns logits float32 [len(seqs), vocab], each sequence's last position, in
-        `out` when given."""
+        sequence's own. tails: how many of each sequence's last positions want logits (1..its ids;
+        None: 1 each). Returns logits float32 [sum(tails), vocab], each sequence's in turn, in `out`
+        when given."""
         if not isinstance(seqs, (list, tuple)) or not seqs:
             raise ValueError("seqs must be a non-empty list of (ids, start, bound cache)")
         ids, caches, starts = [], [], []
@@ -291,23 +293,30 @@ cdef class CDecoder:
                     raise ValueError(f"seqs[{j}] and seqs[{k}] share a cache: each sequence needs its own")
             caches.append(item[2])
             starts.append(item[1])
+        tails = [1] * len(seqs) if tails is None else list(tails)
+        if len(tails) != len(seqs):
+            raise ValueError(f"tails must give one count per sequence: {len(tails)} for {len(seqs)}")
+        for k, t in enumerate(tails):
+            if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 1 <= t <= ids[k].shape[0]:
+                raise ValueError(f"tails[{k}] must be an integer in 1..{ids[k].shape[0]}, got {t!r}")
         cdef cnp.ndarray idarr = np.concatenate(ids)
         cdef int64_t n = idarr.shape[0], n_seqs = len(seqs), i
         if n > self.max_batch:
             raise ValueError(f"the sequences hold {n} tokens in all, more than max_batch {self.max_batch}")
-        cdef cnp.ndarray oarr = self._logits_out(out, n_seqs, caches)
+        cdef cnp.ndarray oarr = self._logits_out(out, sum(tails), caches)
         cdef mg_seq *sq = <mg_seq *>malloc(n_seqs * sizeof(mg_seq))
         if sq == NULL:
             raise MemoryError()
         for i in range(n_seqs):
             sq[i].n, sq[i].start, sq[i].kv = ids[i].shape[0], starts[i], &(<_Bound>caches[i]).kv
+            sq[i].n_logits = tails[i]
         cdef const int64_t *idp = <const int64_t *>cnp.PyArray_DATA(idarr)
         cdef float *op = <float *>cnp.PyArray_DATA(oarr)
         cdef int err
         try:
             with self._lock:
                 with nogil:
-                    err = mg_decoder_forward_multi(self.dec, idp, n, sq, n_seqs, op, False)
+                    err = mg_decoder_forward_multi(self.dec, idp, n, sq, n_seqs, op)
         finally:
             free(sq)
         _raise_for(err)

@@ -45,8 +45,8 @@ class PyDecoder:
     def forward(self, ids, start, cache, all_logits=False):
         return decoder.forward(self.cfg, self.weights, self.kern, cache, ids, start, self.rope, all_logits)
 
-    def forward_batch(self, seqs):
-        return decoder.forward_batch(self.cfg, self.weights, self.kern, seqs, self.rope)
+    def forward_batch(self, seqs, tails=None):
+        return decoder.forward_batch(self.cfg, self.weights, self.kern, seqs, self.rope, tails)
 
 
 def prepare_weights(cfg: Config, weights, kern, precision, release=None):
@@ -146,10 +146,12 @@ class Engine:
         """Append one token to the cache (default: the engine's own); logits [vocab] for the next."""
         return self.prefill([token], cache=cache)
 
-    def forward_batch(self, items):
+    def forward_batch(self, items, tails=None):
         """Append each sequence's ids to its own cache, the sequences sharing forward passes: items is a
-        list of (cache, ids), no cache twice. Returns, in order, each item's logits [vocab] for its last token
-        (none for no items: a server's step may find every request gone).
+        list of (cache, ids), no cache twice. Returns, in order, each item's logits [vocab] for its last
+        token (none for no items: a server's step may find every request gone); with tails, a count per
+        item, each item's logits [tails[k], vocab] for its last tails[k] tokens (a draft being checked:
+        the token before it and each of its own).
 
         A pass reads every weight once for all the rows it carries, which is why decoding several
         sequences together costs little more than one. It takes at most PREFILL_CHUNK tokens in all
@@ -172,7 +174,11 @@ class Engine:
                 raise ContextFullError(f"context full: items[{k}]: {c.pos} + {len(ids)} tokens > n_ctx {c.n_ctx}")
             caches.append(c)
             left.append(ids)
-        logits = [None] * len(caches)
+        want = [1] * len(items) if tails is None else list(tails)
+        if len(want) != len(items) or any(not isinstance(t, int) or not 1 <= t <= len(ids)
+                                          for t, ids in zip(want, left)):
+            raise ArgumentError(f"tails must give each item a count from 1 to its number of ids, got {tails!r}")
+        rows = [[] for _ in caches]   # each item's wanted logits, pass by pass
         while any(left):
             room, step = PREFILL_CHUNK, []
             for k in sorted(range(len(caches)), key=lambda k: len(left[k])):
@@ -180,13 +186,19 @@ class Engine:
                 if take:
                     step.append((k, left[k][:take]))
                     left[k], room = left[k][take:], room - take
+            # the wanted rows this pass holds: a part before them still gives its last (the head then
+            # has the rows, and so the floats, of a pass without tails)
+            got = [min(len(part), max(1, want[k] - len(left[k]))) for k, part in step]
             out = self.decoder.forward_batch([(part, caches[k].pos, caches[k].bound(self.decoder))
-                                              for k, part in step])   # the GIL released in C
-            for (k, part), row in zip(step, out):
+                                              for k, part in step], tails=got)   # the GIL released in C
+            at = 0
+            for (k, part), n in zip(step, got):
                 caches[k].tokens.extend(part)
-                if not left[k]:
-                    logits[k] = _finite(row)
-        return logits
+                if want[k] > len(left[k]):
+                    rows[k].append(out[at:at + n])
+                at += n
+        logits = [_finite(np.concatenate(r)) for r in rows]
+        return logits if tails is not None else [r[-1] for r in logits]
 
 
 def _finite(logits):

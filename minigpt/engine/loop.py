@@ -5,6 +5,20 @@ from dataclasses import dataclass, field
 from ..sampling import SamplerSettings, apply_repeat_penalty, sample_draft, top_probs
 from .speculate import drafter, max_rows
 
+
+def choose(logits, tokens, at, settings: SamplerSettings, rng, constraint=None, guess=None):
+    """The token for position `at` of a sequence (tokens[:at] before it) from logits [vocab]: the
+    repeat penalty over the tokens before it, the constraint's mask, then a draw that takes a draft's
+    guess when the sampler agrees (sampling.sample_draft; guess None: a plain sample). Drafted or
+    not, a token is chosen from the logits of its own position as if generated one by one.
+    Returns (token, the logits it was drawn from: penalized and masked)."""
+    s = settings
+    recent = tokens[max(0, at - s.repeat_last_n):at] if s.repeat_last_n else ()
+    logits = apply_repeat_penalty(logits, recent, s.repeat_penalty)
+    if constraint is not None:
+        logits = constraint.mask(logits)
+    return sample_draft(logits, s, rng, guess), logits   # the penalty is applied: no `recent` here
+
 STOP_REASONS = ("eos", "length", "context", "stop", "cancelled")
 
 
@@ -93,12 +107,8 @@ class TokenLoop:
                             n += 1
                             yield Step(tok)
                         break
-                    recent = cache.tokens[max(0, at - s.repeat_last_n):at] if s.repeat_last_n else ()
-                    logits = apply_repeat_penalty(logits, recent, s.repeat_penalty)
-                    if c is not None:
-                        logits = c.mask(logits)
                     guess = draft[i] if i < len(draft) else None
-                    tok = sample_draft(logits, s, self.rng, guess)   # the penalty is applied: no `recent` here
+                    tok, logits = choose(logits, cache.tokens, at, s, self.rng, c, guess)
                     if tok in self.stop_ids:
                         self.stop = "eos"
                         return
@@ -135,9 +145,7 @@ class TokenLoop:
             limit = min(max_rows(self.engine.kern), cache.chunk, cache.n_ctx - cache.pos) - len(ids)
             if self.max_tokens is not None:
                 limit = min(limit, self.max_tokens - n)
-            guess = self.drafter.draft(cache.tokens, ids, limit)
-            if guess and c is not None:   # what the grammar would refuse is not worth evaluating
-                guess = guess[:c.valid_prefix(guess)]
+            guess = self.drafter.draft(cache.tokens, ids, limit, c)
         if guess:
             self.drafted += len(guess)
             rows = self.engine.prefill(ids + guess, all_logits=True, cache=cache)

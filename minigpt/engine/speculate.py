@@ -7,15 +7,26 @@ one read of the weights, which is what a CPU's decode speed is bound by.
 A draft costs nothing when there is no match; a wrong one costs its extra rows in the forward pass,
 so after a draft fails outright the next ones are shorter, and drafting pauses for a while (longer
 after each failure in a row) until a draft is accepted again.
+
+In the server (serve/scheduler.py) a slot's draft rides in a step beside the other slots' tokens, where
+a row is dearer than a token is worth unless it is nearly sure to be taken: pass_seconds measures what
+rows cost, NgramDrafter.chance says how often this reply's drafts were taken lately, and plan keeps
+the draft tokens that raise the step's tokens per second.
 """
 
+import time
+
 import numpy as np
+
+from .cache import KVCache
 
 SPECULATE = ("ngram",)   # the kinds of speculation: prompt lookup
 
 N_MAX, N_MIN = 3, 2    # the n-grams looked up: the last 3 tokens, else the last 2 (one token matches too often)
 K_MAX = 14             # draft tokens per forward pass at most
 PAUSE_MAX = 32         # tokens without drafts at most, after failures in a row
+DECAY = 0.95           # how much a draft's outcome still counts in the acceptance estimate a token later
+PRIOR = (3, 1)         # the estimate's start: as if 3 draft tokens had been taken and 1 draft cut short
 
 
 def max_rows(kern):
@@ -51,8 +62,9 @@ def lookup(history, n_max=N_MAX, n_min=N_MIN, k=K_MAX):
 
 
 class NgramDrafter:
-    """Prompt-lookup drafts with back-off, for one token loop: draft(tokens, pending, limit) proposes,
-    update(accepted, drafted) learns how the last proposal fared.
+    """Prompt-lookup drafts with back-off, for one token loop or server slot: draft(tokens, pending,
+    limit) proposes, update(accepted, drafted) learns how the last proposal fared, chance(length)
+    estimates how likely a draft token is to be taken.
 
     The history is kept as an array that grows with the loop (converting the whole list each time would
     cost ~1 ms per token at 32k tokens): between two drafts the loop only appends, or takes back tokens
@@ -62,18 +74,24 @@ class NgramDrafter:
         self.k = K_MAX       # the next draft's length at most
         self.failures = 0    # drafts in a row of which nothing was accepted
         self.pause = 0       # drafts still to skip
+        self.hits = self.misses = 0.0   # recent draft tokens taken, and drafts cut short (decayed counts)
+        self._seen = 0                  # the history's length when they last faded
         self._h, self._n = np.empty(0, dtype=np.int64), 0   # _h[:_n]: the history seen last
 
-    def draft(self, tokens, pending, limit):
+    def draft(self, tokens, pending, limit, constraint=None):
         """Up to min(self.k, limit) ids guessed to follow tokens + pending (the cache's ids, then those
-        about to join them)."""
+        about to join them), cut where the constraint (a constrain.Constraint in the state after
+        pending, or None) would refuse one: what it refuses is not worth evaluating."""
         if self.pause:
             self.pause -= 1
             return []
         k = min(self.k, limit)
         if k <= 0:
             return []
-        return lookup(self._history(tokens, pending), k=k)
+        guess = lookup(self._history(tokens, pending), k=k)
+        if guess and constraint is not None:
+            guess = guess[:constraint.valid_prefix(guess)]
+        return guess
 
     def _history(self, tokens, pending):
         """tokens + pending as an array [L], copying only what is new since the last call."""
@@ -87,7 +105,17 @@ class NgramDrafter:
         self._n = L
         return self._h[:L]
 
+    def chance(self, length):
+        """The chance that a draft token after `length` tokens is taken when the one before it was:
+        what the drafts of the last few dozen tokens say, from a hopeful guess (PRIOR), to which it
+        returns as they age (a reply that stopped copying may copy again)."""
+        fade = DECAY ** max(0, length - self._seen)
+        self.hits, self.misses, self._seen = self.hits * fade, self.misses * fade, length
+        return (self.hits + PRIOR[0]) / (self.hits + self.misses + sum(PRIOR))
+
     def update(self, accepted, drafted):
+        self.hits += accepted
+        self.misses += accepted < drafted
         if accepted == drafted:
             self.k, self.failures = min(K_MAX, 2 * self.k), 0
         elif accepted:
@@ -96,6 +124,56 @@ class NgramDrafter:
             self.failures += 1
             self.k = max(1, self.k // 2)
             self.pause = min(PAUSE_MAX, 2 ** self.failures - 1)
+
+
+# --- drafts beside other sequences (a server's step): each row has its price
+
+def pass_seconds(engine, rows, seqs=1, reps=2):
+    """[seconds of a forward pass of r rows, for r = 1 .. rows]: what each row a draft adds to a step
+    costs. Small models decode compute-bound, and a row can cost half of a pass of one (SmolLM2-135M
+    on 2 AVX2 cores: 5 ms for 1 row, 11 for 4, 36 for 15), so a draft pays only when its tokens are
+    likely taken, the more so the more rows a step already carries. The rows of a pass go to up to
+    `seqs` sequences (a row of its own to each but the first, which takes the rest: a server's step,
+    where one slot's draft sits beside the others' tokens, and rows cost more than in one sequence).
+    Measured once on scratch caches, every row count (the fastest of reps each: the curve has kinks,
+    Qwen2.5-0.5B's 5th row of 4 sequences costs more than its 6th, 7th or 8th), after up to 64
+    positions (within the engine's context: its RoPE tables end there)."""
+    n_ctx = engine.cache.n_ctx
+    rows = min(rows, n_ctx)
+    past = min(64, n_ctx - rows)
+    caches = [KVCache(engine.cfg, past + rows, kv_type=engine.kv_type) for _ in range(min(seqs, rows))]
+    for c in caches:
+        if past:
+            engine.prefill([1] * past, cache=c)
+    took = []
+    for r in range(1, rows + 1):
+        n = min(seqs, r)
+        items = [(caches[0], [1] * (r - n + 1))] + [(c, [1]) for c in caches[1:n]]
+        best = float("inf")
+        for _ in range(reps):
+            t = time.perf_counter()
+            engine.forward_batch(items, [len(ids) for _, ids in items])
+            best = min(best, time.perf_counter() - t)
+            for c in caches:
+                c.truncate(past)
+        took.append(best)
+    return took
+
+
+def plan(wants, ps, rows, tokens, seconds):
+    """How many tokens of each draft a step evaluates: wants[s] drafted, each taken with chance ps[s]
+    when the one before it was (its j-th then adds ps[s] ** j tokens on average). The step carries
+    `rows` rows and yields `tokens` tokens without them; seconds[r - 1]: a pass of r rows
+    (pass_seconds), at most len(seconds) rows in all. The likeliest draft tokens first, each while
+    the tokens it is expected to add raise the step's tokens per second."""
+    got = [0] * len(wants)
+    cands = sorted(((p ** j, s) for s, (n, p) in enumerate(zip(wants, ps)) for j in range(1, n + 1)),
+                   key=lambda c: -c[0])
+    for gain, s in cands:
+        if rows >= len(seconds) or (tokens + gain) * seconds[rows - 1] <= tokens * seconds[rows]:
+            break
+        got[s], rows, tokens = got[s] + 1, rows + 1, tokens + gain
+    return got
 
 
 def drafter(speculate):

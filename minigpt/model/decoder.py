@@ -117,15 +117,15 @@ def forward(cfg: Config, w, kern, cache, ids, start, rope, all_logits=False):
     (cos, sin) tables (layer_ropes). Returns logits [n, vocab] if all_logits else [1, vocab] (the
     last position).
     """
-    return forward_batch(cfg, w, kern, [(ids, start, cache)], rope, all_logits)
+    return forward_batch(cfg, w, kern, [(ids, start, cache)], rope, [len(ids)] if all_logits else None)
 
 
-def forward_batch(cfg: Config, w, kern, seqs, rope, all_logits=False):
+def forward_batch(cfg: Config, w, kern, seqs, rope, tails=None):
     """forward() of several sequences at once: seqs is a list of (ids, start, cache), each as forward
     takes them, no two with the same cache. Their rows are stacked, n = every sequence's tokens, for
     every step but RoPE's angles (each token's own position), the K/V writes and attention (each
-    sequence's own cache). Returns logits [n, vocab] if all_logits else [len(seqs), vocab] (each
-    sequence's last position).
+    sequence's own cache). tails: how many of each sequence's last positions want logits (None: 1
+    each). Returns logits [sum(tails), vocab], each sequence's in turn.
     """
     f, hd, eps = cfg.features, cfg.head_dim, cfg.norm_eps
     act = ACTS[f.act]
@@ -163,6 +163,6 @@ def forward_batch(cfg: Config, w, kern, seqs, rope, all_logits=False):
         o = matmul(kern, g, L("w_down"))
         x += rms_norm(o, L("post_ffn_norm").data, eps) if f.post_norms else o
 
-    if not all_logits:
-        x = x[ends - 1]
+    tails = np.ones(len(seqs), dtype=np.int64) if tails is None else np.asarray(tails, dtype=np.int64)
+    x = x[np.concatenate([np.arange(e - t, e) for e, t in zip(ends, tails)])]
     return matmul(kern, rms_norm(x, w["output_norm"].data, eps), w["output"])

@@ -1,7 +1,7 @@
 """The HTTP side: Starlette routes in OpenAI's shapes, over the scheduler's engine thread.
 
     GET  /                      the chat page (static/index.html)
-    GET  /health                status, model, replica id, precision, slots in use
+    GET  /health                status, model, replica id, precision, speculation, slots in use
     GET  /v1/models             the one model served
     POST /v1/chat/completions   a chat reply, whole or streamed (server-sent events)
     POST /v1/completions        a continuation of a prompt, whole or streamed
@@ -129,7 +129,9 @@ async def health(request):
     svc = request.app.state.service
     busy, waiting = svc.scheduler.load()
     return JSONResponse({"status": "ok", "model": svc.model_id, "replica": svc.replica,
-                         "precision": svc.model.engine.precision, "slots": len(svc.scheduler.slots),
+                         "precision": svc.model.engine.precision, "speculate": svc.scheduler.speculate or "none",
+                         "draft_tokens": svc.scheduler.drafted, "draft_tokens_accepted": svc.scheduler.accepted,
+                         "slots": len(svc.scheduler.slots),
                          "slots_busy": busy, "waiting": waiting})
 
 

@@ -40,14 +40,14 @@ class ReplicaApp:
         await self.app(scope, receive, send)
 
 
-def build_app(model, n_ctx, threads, kv_type, precision, parallel, queue, api_key):
+def build_app(model, n_ctx, threads, kv_type, precision, parallel, queue, api_key, speculate=None):
     from ..api import Model
     from .app import create_app
     from .scheduler import Scheduler
 
     m = Model(hub.resolve(model), threads=threads, n_ctx=n_ctx, precision=precision, kv_type=kv_type)
     m.template   # a broken chat template fails the replica's start, not its first request
-    return create_app(m, Scheduler(m, parallel, queue), model_id(m.path), api_key)
+    return create_app(m, Scheduler(m, parallel, queue, speculate), model_id(m.path), api_key)
 
 
 class Replica:
@@ -55,7 +55,7 @@ class Replica:
 
 
 def run(model, path, replicas, address=None, host="127.0.0.1", port=8080, parallel=1, queue=16, n_ctx=None,
-        threads=None, kv_type=DEFAULT_KV_TYPE, api_key=None, precision="balanced"):
+        threads=None, kv_type=DEFAULT_KV_TYPE, api_key=None, precision="balanced", speculate=None):
     """Serve the model `model` (a -m value; `path`: its .mgpt file here) from `replicas` replicas under
     Ray Serve until SIGTERM / Ctrl-C. Each replica resolves `model` itself: a path must hold the same
     file on every machine, a known name is fetched where it is missing."""
@@ -85,7 +85,7 @@ def run(model, path, replicas, address=None, host="127.0.0.1", port=8080, parall
         quiet = {"log_level": "WARNING", "enable_access_log": False}   # the replicas' warnings still show here
         serve.start(http_options={"host": host, "port": port}, logging_config=quiet)
         settings = dict(model=model, n_ctx=n_ctx, threads=threads, kv_type=kv_type, precision=precision,
-                        parallel=parallel, queue=queue, api_key=api_key)
+                        parallel=parallel, queue=queue, api_key=api_key, speculate=speculate)
         deployment = serve.deployment(serve.ingress(ReplicaApp(**settings))(Replica), name=APP).options(
             num_replicas=replicas, ray_actor_options={"num_cpus": threads},
             max_ongoing_requests=parallel + queue + SPARE_REQUESTS)

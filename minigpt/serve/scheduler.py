@@ -7,6 +7,16 @@ decode steps of the others, which keep streaming. A request goes to the free slo
 longest prefix of its tokens (a conversation's next turn finds its earlier turns there) and only the rest
 is read.
 
+With speculation ('ngram'), a decoding slot whose reply so far repeats earlier text sends, after its
+chosen ids, a draft of the tokens likely to follow (engine/speculate.py), and takes as many of them as
+the sampler agrees with, each at its own position as if generated one by one: several tokens in one
+step. A row costs compute, so a draft goes only as far as its tokens are likely enough to pay for
+theirs (speculate.plan: the slot's recent drafts against the measured price of a row); few do beside
+several other slots' tokens, many when a lone reply copies. A step never carries more rows than
+speculate.max_rows, the most the kernels sum one by one, so every row's logits are a plain step's, bit
+for bit: greedy replies are the same, token for token. A step that reads a prompt chunk has no rows to
+spare, and drafts then wait.
+
 The server's side talks to the engine thread through Job: submit() queues one, Job.events() yields
 what it writes (text pieces, then the end), Job.cancel() stops it from any thread.
 """
@@ -22,20 +32,20 @@ import numpy as np
 
 from ..chat import common_prefix
 from ..engine import TextStream
-from ..errors import MinigptError, one_line
+from ..engine.loop import choose
+from ..engine.speculate import SPECULATE, drafter, max_rows, pass_seconds, plan
+from ..errors import ArgumentError, MinigptError, one_line
 from ..perplexity import log_softmax
-from ..sampling import apply_repeat_penalty, make_rng, sample
+from ..sampling import make_rng
 
 PROMPT_CHUNK = 128   # prompt tokens a slot reads per step: how long the others' next tokens may wait
 
 
-
-
-def forward_batch(engine, items):
-    """items: [(cache, ids)] -> [logits [vocab] of each one's last id]; each cache gets its ids appended.
-    One forward pass over all the sequences (Engine.forward_batch): the weights are read once per step
-    for every slot. (The tests script the sampler's choices here.)"""
-    return engine.forward_batch(items)
+def forward_batch(engine, items, tails):
+    """items: [(cache, ids)] -> [logits [tails[k], vocab] of each one's last tails[k] ids]; each cache
+    gets its ids appended. One forward pass over all the sequences (Engine.forward_batch): the weights
+    are read once per step for every slot. (The tests script the sampler's choices here.)"""
+    return engine.forward_batch(items, tails)
 
 
 class Busy(Exception):
@@ -69,6 +79,7 @@ class Job:
         self.ids, self.settings, self.max_tokens, self.stop = ids, settings, max_tokens, stop
         self.logprobs, self.top_n, self.constraint, self.trigger = logprobs, top_n, constraint, trigger
         self.tail = b""       # the reply's last bytes, while a trigger waits for its marker
+        self.drafter = None   # speculate.NgramDrafter when the scheduler speculates
         self.cancelled = threading.Event()
         self._events, self._loop = asyncio.Queue(), None
         # engine thread's state
@@ -110,10 +121,16 @@ class Slot:
 
 
 class Scheduler:
-    """The engine thread over `parallel` slots of model.n_ctx positions, and a wait queue of `queue` jobs."""
+    """The engine thread over `parallel` slots of model.n_ctx positions, and a wait queue of `queue` jobs.
+    speculate: 'ngram' (prompt-lookup drafts) or None."""
 
-    def __init__(self, model, parallel=1, queue=16):
-        self.model, self.engine, self.queue = model, model.engine, queue
+    def __init__(self, model, parallel=1, queue=16, speculate=None):
+        if speculate is not None and speculate not in SPECULATE:
+            raise ArgumentError(f"speculate must be one of {', '.join(SPECULATE)} or None, got {speculate!r}")
+        self.model, self.engine, self.queue, self.speculate = model, model.engine, queue, speculate
+        # what a pass of 1 .. max_rows rows costs: what a draft's rows are weighed against
+        self.seconds = pass_seconds(self.engine, max_rows(self.engine.kern), parallel) if speculate else []
+        self.drafted = self.accepted = 0   # draft tokens evaluated, and taken (read by /health)
         self.slots = [Slot(model.new_cache(model.n_ctx)) for _ in range(parallel)]
         self.eog_ids = model.tokenizer.eog_ids
         self._waiting = deque()
@@ -187,62 +204,110 @@ class Scheduler:
             job.cached = slot.cache.truncate(min(shared, len(job.ids) - 1))   # less if a ring has moved on
             job.todo = job.ids[job.cached:]
             job.text = TextStream(self.model.tokenizer, job.stop)
+            job.drafter = drafter(self.speculate)
             self._clock += 1
             slot.job, slot.used = job, self._clock
 
     def _step(self, busy):
         """One forward over every busy slot's next ids: a prompt chunk, or the ids chosen last (a sampled
-        token, and the tokens a grammar forced after it: evaluated together)."""
+        token, and the tokens a grammar forced after it: evaluated together), then its draft if any."""
         work = [(s, s.job.todo[:PROMPT_CHUNK] if s.job.todo else s.job.pending) for s in busy]
-        logits = forward_batch(self.engine, [(s.cache, ids) for s, ids in work])
-        for (slot, ids), row in zip(work, logits):
+        drafts = self._drafts(work)
+        logits = forward_batch(self.engine, [(s.cache, ids + d) for (s, ids), d in zip(work, drafts)],
+                               [len(d) + 1 for d in drafts])
+        for (slot, ids), draft, rows in zip(work, drafts, logits):
             job = slot.job
             if job.todo:
                 job.todo = job.todo[len(ids):]
                 if job.todo:   # more prompt to read: these logits are not needed
                     continue
-            self._next_token(slot, row)
+            self._next_tokens(slot, rows, draft)
 
-    def _next_token(self, slot, logits):
-        """Choose the job's next ids from logits [vocab] (a sampled token, then any the grammar forces);
-        write their text, or end the job."""
+    def _drafts(self, work):
+        """Each (slot, ids) of work's draft: the tokens its drafter guesses will follow ids, as many as
+        are worth their rows (speculate.plan: by how often the slot's drafts were taken, against what a
+        row costs); [] for a slot reading its prompt or with no guess. The step's rows stay within
+        speculate.max_rows, so that the kernels sum each row as they sum it alone: the logits of a plain
+        step, bit for bit. A step with a prompt chunk has none to spare."""
+        drafts, ps = [[] for _ in work], [0.0] * len(work)
+        rows = sum(len(ids) for _, ids in work)
+        tokens = sum(len(s.job.todo) <= len(ids) for s, ids in work)   # the slots that sample this step
+        if self.speculate is None or rows >= len(self.seconds):
+            return drafts
+        for k, (slot, ids) in enumerate(work):
+            job, cache = slot.job, slot.cache
+            if job.todo:
+                continue
+            ps[k] = job.drafter.chance(cache.pos + len(ids))
+            if not plan([1], ps[k:k + 1], rows, tokens, self.seconds)[0]:
+                continue   # not even its likeliest token would pay: no need to look
+            # a draft's tokens need room in the cache (in one of its chunks: a sliding-window ring can
+            # then still take them back), and the reply room for the token after each
+            limit = min(len(self.seconds) - rows, cache.chunk - len(ids), cache.n_ctx - cache.pos - len(ids))
+            if job.max_tokens is not None:
+                limit = min(limit, job.max_tokens - job.n_out - 1)
+            drafts[k] = job.drafter.draft(cache.tokens, ids, limit, job.constraint)
+        return [d[:n] for d, n in zip(drafts, plan([len(d) for d in drafts], ps, rows, tokens, self.seconds))]
+
+    def _next_tokens(self, slot, rows, draft):
+        """Go on with the job from rows [len(draft) + 1, vocab]: the logits after its pending ids, then
+        after each token of the draft (in the cache after them). Each row's token is chosen as a plain
+        step would choose it; while it is the draft's, the next row is its successor's: the walk stops at
+        the first token the draft did not guess (or that the grammar follows with forced ones), which
+        becomes the job's pending ids, and the rest of the draft leaves the cache. Writes the tokens'
+        text as one event, or ends the job."""
         job, cache = slot.job, slot.cache
-        try:
-            ids, logprobs = self._choose(job, cache, logits)
-        except MinigptError as e:   # the grammar cannot go on
-            return self._end(slot, error=one_line(e))
-        if not ids:
-            return self._end(slot, "stop")
-        text = ""
-        for token in ids:
-            job.n_out += 1
-            text += job.text.push(token)
-            if job.text.stopped:
+        at = first = cache.pos - len(draft)   # where the token chosen from rows[0] goes
+        text, logprobs, finish, error = "", [], None, None
+        for i, logits in enumerate(rows):
+            guess = draft[i] if i < len(draft) else None
+            try:
+                ids, lp = self._choose(job, cache, logits, at, guess)
+            except MinigptError as e:   # the grammar cannot go on
+                error = one_line(e)
                 break
+            if not ids:
+                finish = "stop"
+                break
+            logprobs += lp
+            for token in ids:
+                job.n_out += 1
+                text += job.text.push(token)
+                if job.text.stopped:
+                    break
+            if job.text.stopped or (job.constraint is not None and job.constraint.done):
+                finish = "stop"
+            elif job.max_tokens is not None and job.n_out >= job.max_tokens:
+                finish = "length"
+            elif ids == [guess]:   # the draft's token, in the cache already: on to the next row
+                at += 1
+                continue
+            else:                  # evaluated next step; a drafted first one is in the cache already
+                taken = ids[0] == guess
+                at, ids = at + taken, ids[taken:]
+                if at + len(ids) > cache.n_ctx:   # no room to evaluate them
+                    finish = "length"
+                job.pending = ids
+            break
+        cache.truncate(at)
+        if draft:
+            job.drafter.update(at - first, len(draft))
+            self.drafted, self.accepted = self.drafted + len(draft), self.accepted + at - first
         if text or logprobs:
             job._emit(Event(text, logprobs))
-        if job.text.stopped or (job.constraint is not None and job.constraint.done):
-            self._end(slot, "stop")
-        elif job.max_tokens is not None and job.n_out >= job.max_tokens:
-            self._end(slot, "length")
-        elif cache.pos + len(ids) > cache.n_ctx:   # no room to evaluate them
-            self._end(slot, "length")
-        else:
-            job.pending = ids
+        if finish or error:
+            self._end(slot, finish, error)
 
-    def _choose(self, job, cache, logits):
-        """(ids, logprobs) the reply goes on with: a token sampled from logits [vocab] (masked by the
-        constraint), followed by the tokens the constraint forces, as many as max_tokens and the context
+    def _choose(self, job, cache, logits, at, guess=None):
+        """(ids, logprobs) the reply goes on with at position `at` of the cache: a token chosen from
+        logits [vocab] (loop.choose: masked by the constraint; the draft's guess when the sampler
+        agrees), followed by the tokens the constraint forces, as many as max_tokens and the context
         leave room for (at least one); or ([], []) for end-of-generation. A forced token's logprob is 0:
         under the constraint it was certain."""
         s, c = job.settings, job.constraint
-        recent = cache.tokens[-s.repeat_last_n:] if s.repeat_last_n else ()
-        logits = apply_repeat_penalty(logits, recent, s.repeat_penalty)
-        if c is not None:
-            if c.done:
-                return [], []
-            logits = c.mask(logits)
-        token = sample(logits, s, job.rng)   # the penalty is applied: no `recent` here
+        if c is not None and c.done:
+            return [], []
+        token, logits = choose(logits, cache.tokens, at, s, job.rng, c, guess)
         if token in self.eog_ids:
             return [], []
         logprobs = [_logprobs(logits, token, job.top_n)] if job.logprobs else []
@@ -250,7 +315,7 @@ class Scheduler:
             c.advance([token])
         elif (c := self._triggered(job, token)) is None:
             return [token], logprobs
-        room = cache.n_ctx - cache.pos - 1
+        room = cache.n_ctx - at - 1
         if job.max_tokens is not None:
             room = min(room, job.max_tokens - job.n_out - 1)
         forced = c.forced()[:max(room, 0)] if not c.done else []

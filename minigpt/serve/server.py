@@ -43,12 +43,12 @@ def url(host, port):
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def run(model, host="127.0.0.1", port=8080, parallel=1, queue=16, api_key=None):
-    """Serve `model` (an api.Model) until SIGTERM / Ctrl-C."""
+def run(model, host="127.0.0.1", port=8080, parallel=1, queue=16, api_key=None, speculate=None):
+    """Serve `model` (an api.Model) until SIGTERM / Ctrl-C; speculate: the scheduler's ('ngram' or None)."""
     model.template   # a broken or hostile chat template stops here, before the first request
     model_id = app.model_id(model.path)
     sock = listen(host, port)
-    config = uvicorn.Config(app.create_app(model, Scheduler(model, parallel, queue), model_id, api_key),
+    config = uvicorn.Config(app.create_app(model, Scheduler(model, parallel, queue, speculate), model_id, api_key),
                             log_level="warning", access_log=False, timeout_graceful_shutdown=None)
     ready = (f"minigpt serve: {url(*sock.getsockname()[:2])} (model {model_id}, {parallel} slot"
              f"{'s' * (parallel > 1)}, context {model.n_ctx})")
