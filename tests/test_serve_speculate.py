@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 
 import minigpt
-from minigpt import kernels
+from minigpt import kernels, tools
 from minigpt.engine.speculate import NgramDrafter, max_rows, pass_seconds, plan
 from minigpt.sampling import SamplerSettings
-from minigpt.serve import scheduler, tools
+from minigpt.serve import scheduler
 
 from synthetic import tiny_models
 
