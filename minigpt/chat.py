@@ -26,7 +26,6 @@ from dataclasses import dataclass
 
 from . import args
 from . import tools as tooling   # `tools` is send()'s argument, as in OpenAI's API
-from .constrain import Triggered
 from .engine import KV_TYPES, ContextFullError, Step, TextStream, TokenLoop
 from .engine.speculate import SPECULATE
 from .errors import ArgumentError, MinigptError
@@ -262,16 +261,12 @@ class ChatSession:
                                 f"(tool_choice='none' does not show them)")
         fmt = [name for name, v in (("response_format", response_format), ("regex", regex), ("grammar", grammar))
                if v is not None]
-        shape = tooling.call_format(self.template.source)
-        if offer.choice in ("required", "function"):
-            if fmt:
-                raise ArgumentError(f"{fmt[0]} cannot apply to a reply that must be a tool call")
-            constraint = self.model.constraint(grammar=tooling.call_grammar(offer.tools, offer.name, fmt=shape))
-        elif offer.choice == "auto" and not fmt:
-            call = self.model.constraint(grammar=tooling.call_grammar(offer.tools, opened=True, fmt=shape))
-            constraint = Triggered(self.model.tokenizer, shape.marker, call)
-        else:
+        if fmt and offer.choice in ("required", "function"):
+            raise ArgumentError(f"{fmt[0]} cannot apply to a reply that must be a tool call")
+        if fmt or offer.choice == "none":
             constraint = self.model.constraint(response_format, regex, grammar)
+        else:
+            constraint = tooling.constraint(self.model, offer)
         return _Turn(new, offer, constraint)
 
     def _start(self, turn, progress, top_n):

@@ -22,6 +22,7 @@ import re
 import uuid
 from typing import NamedTuple
 
+from .constrain import Triggered
 from .errors import CLIP_ARG, ArgumentError, clip
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
@@ -204,6 +205,20 @@ def call_grammar(tools, name=None, opened=False, fmt=FORMATS["hermes"]):
             head = fmt.open + '{"name": "' + f["name"] + '", "' + fmt.key + '": '
             choices.append(f'{json.dumps(head[len(fmt.marker) if opened else 0:])} args_{i} {json.dumps("}" + fmt.close)}')
     return "\n".join(["start: " + " | ".join(choices), *rules])
+
+
+def constraint(model, offer):
+    """The constraint of a reply that may call `offer`'s tools (None: free text): one call of them (of
+    the one named) when a call is required; under "auto", free text until the model writes its call
+    format's marker, the call's grammar from there on (constrain.Triggered). Raises ArgumentError (one
+    line) for a schema llguidance cannot compile."""
+    fmt = call_format(model.template.source)
+    if offer.choice in ("required", "function"):
+        return model.constraint(grammar=call_grammar(offer.tools, offer.name, fmt=fmt))
+    if offer.choice == "auto":
+        call = model.constraint(grammar=call_grammar(offer.tools, opened=True, fmt=fmt))
+        return Triggered(model.tokenizer, fmt.marker, call)
+    return None
 
 
 def parse(text, tools):

@@ -210,7 +210,7 @@ def test_a_tool_call_begun_inside_a_draft(files, monkeypatch):
 
     monkeypatch.setattr(scheduler, "forward_batch", forward)
     make = lambda: [scheduler.Job(ids, SamplerSettings(temperature=0), max_tokens=300, logprobs=True,
-                                  trigger=(tools.OPEN.encode(), m.constraint(grammar=tools.call_grammar(TOOLS, opened=True))))]
+                                  constraint=tools.constraint(m, tools.offer(TOOLS)))]   # "auto": free until <tool_call>
     plain, spec, sched = both(m, make, parallel=1)
     assert summary(spec[0]) == summary(plain[0]) and spec[0][-1].finish == "stop"
     content, calls = tools.parse(summary(spec[0])[0], TOOLS)

@@ -295,9 +295,9 @@ def test_a_call_the_model_begins_on_its_own_is_constrained_from_its_tag_on(model
         return logits
 
     monkeypatch.setattr(scheduler, "forward_batch", forward)
-    call = model.constraint(grammar=tools.call_grammar(TOOLS, opened=True))
+    auto = tools.constraint(model, tools.offer(TOOLS))   # free text until <tool_call>, the call's grammar after
     events = run_job(model, scheduler.Job(model.tokenizer.encode("Q?"), SamplerSettings(temperature=0), max_tokens=300,
-                                          trigger=(tools.OPEN.encode(), call)))
+                                          constraint=auto))
     text = "".join(e.text for e in events)
     content, calls = tools.parse(text, TOOLS)
     assert events[-1].finish == "stop" and content == "Hi" and len(calls) == 1, text

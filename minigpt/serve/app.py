@@ -84,19 +84,16 @@ class Service:
                                 f"with room for at least one more", param, "context_length_exceeded")
         return ids
 
-    def constraints(self, req):
-        """(constraint, trigger) of a chat reply, as Job takes them: a tool call when one is required,
-        else the response_format's JSON (None: free text); with tool_choice "auto", a call the model
-        begins is constrained from its format's marker on (tools.call_format: as its template writes calls). A bad schema is a 400 here, before the request is queued."""
+    def constraint(self, req):
+        """The constraint of a chat reply, as Job takes it: the response_format's JSON, else what the
+        tools offered ask for (tools.constraint: a call when one is required; under "auto", a call the
+        model begins is constrained from its marker on), else None (free text). A bad schema is a 400
+        here, before the request is queued."""
         param = "response_format" if req.response_format is not None else "tools"
-        shape = tools.call_format(self.model.template.source)
         try:
-            if req.tool_choice in ("required", "function"):
-                return self.model.constraint(grammar=tools.call_grammar(req.tools, req.tool_name, fmt=shape)), None
-            if req.tool_choice == "auto" and req.response_format is None:
-                call = self.model.constraint(grammar=tools.call_grammar(req.tools, opened=True, fmt=shape))
-                return None, (shape.marker.encode(), call)
-            return self.model.constraint(response_format=req.response_format), None
+            if req.response_format is not None or req.tool_choice == "none":
+                return self.model.constraint(response_format=req.response_format)
+            return tools.constraint(self.model, tools.Offer(req.tools, req.tool_choice, req.tool_name))
         except ArgumentError as e:
             raise ApiError(400, one_line(e), param) from None
 
@@ -107,11 +104,11 @@ class Service:
             raise ApiError(400, f"this model's chat template ({self.model.template.name}) has no place for tools",
                            "tools")
         ids = await run_in_threadpool(self.prompt_ids, req)
-        constraint, trigger = None, None
+        constraint = None
         if req.messages is not None:
-            constraint, trigger = await run_in_threadpool(self.constraints, req)
+            constraint = await run_in_threadpool(self.constraint, req)
         stop = req.stop + (self.model.template.stop if req.messages is not None else ())
-        job = Job(ids, req.settings, req.max_tokens, stop, req.logprobs, req.top_logprobs, constraint, trigger)
+        job = Job(ids, req.settings, req.max_tokens, stop, req.logprobs, req.top_logprobs, constraint)
         try:
             return self.scheduler.submit(job)
         except Busy:

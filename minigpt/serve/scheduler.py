@@ -68,17 +68,15 @@ class Job:
 
     max_tokens None: until an end-of-generation token or a full context. stop: strings that end the
     reply (not included). logprobs: report each token's logprob and the top_n likeliest alternatives.
-    constraint: a constrain.Constraint the reply follows (None: free text); the reply ends ('stop') when
-    it is complete. trigger: (marker bytes, Constraint): free text until the reply's bytes reach the
-    marker, that constraint from there on (a tool call the model chose to begin). The engine thread alone
-    touches the generation state, the constraints included; cancel() and events() are for the server's side.
+    constraint: a constrain.Constraint the reply follows, or a constrain.Triggered (free text until a
+    marker: a tool call the model chose to begin), or None (free text); the reply ends ('stop') when it
+    is complete. The engine thread alone touches the generation state, the constraint included;
+    cancel() and events() are for the server's side.
     """
 
-    def __init__(self, ids, settings, max_tokens=None, stop=(), logprobs=False, top_n=0, constraint=None,
-                 trigger=None):
+    def __init__(self, ids, settings, max_tokens=None, stop=(), logprobs=False, top_n=0, constraint=None):
         self.ids, self.settings, self.max_tokens, self.stop = ids, settings, max_tokens, stop
-        self.logprobs, self.top_n, self.constraint, self.trigger = logprobs, top_n, constraint, trigger
-        self.tail = b""       # the reply's last bytes, while a trigger waits for its marker
+        self.logprobs, self.top_n, self.constraint = logprobs, top_n, constraint
         self.drafter = None   # speculate.NgramDrafter when the scheduler speculates
         self.cancelled = threading.Event()
         self._events, self._loop = asyncio.Queue(), None
@@ -311,36 +309,15 @@ class Scheduler:
         if token in self.eog_ids:
             return [], []
         logprobs = [_logprobs(logits, token, job.top_n)] if job.logprobs else []
-        if c is not None:
-            c.advance([token])
-        elif (c := self._triggered(job, token)) is None:
+        if c is None:
             return [token], logprobs
+        c.advance([token])
         room = cache.n_ctx - at - 1
         if job.max_tokens is not None:
             room = min(room, job.max_tokens - job.n_out - 1)
         forced = c.forced()[:max(room, 0)] if not c.done else []
         c.advance(forced)
         return [token, *forced], logprobs + ([(t, 0.0, []) for t in forced] if job.logprobs else [])
-
-    def _triggered(self, job, token):
-        """The job's trigger constraint once `token` completes its marker (None before, and for good when
-        the text after the marker, in the same token, does not fit the constraint: then it stays free)."""
-        if job.trigger is None:
-            return None
-        marker, c = job.trigger
-        b = self.model.tokenizer.token_bytes(token)
-        job.tail = (job.tail + b)[-(len(marker) - 1 + len(b)):]
-        at = job.tail.find(marker)
-        if at < 0:
-            return None
-        job.trigger, rest = None, job.tail[at + len(marker):]
-        try:
-            if rest:
-                c.advance(self.model.tokenizer.encode(rest.decode("utf-8", "replace")))
-        except MinigptError:
-            return None
-        job.constraint = c
-        return c
 
     def _end(self, slot, finish=None, error=None):
         """Finish the slot's job (finish: 'stop' or 'length') or fail it (error), and free the slot."""
