@@ -85,12 +85,19 @@ static void matvec_task(void *arg, int ith, int nth) {
     for (int64_t r = r0; r < r1; r++) {
         const uint8_t *wr = jb->w + r * jb->rb;
         int64_t i = 0;
-        if (dot4)
+        if (dot4) {
             for (; i + 4 <= n; i += 4) {
                 float o[4];
                 dot4(cols, wr, jb->x + i * cols, cols, o);
                 for (int t = 0; t < 4; t++) jb->out[(i + t) * rows + r] = o[t];
             }
+            if (n - i == 3 && n >= 4) {   /* the last 4 again, one of them twice: cheaper than 3 dots, the same bits */
+                float o[4];
+                dot4(cols, wr, jb->x + (n - 4) * cols, cols, o);
+                for (int t = 1; t < 4; t++) jb->out[(n - 4 + t) * rows + r] = o[t];
+                i = n;
+            }
+        }
         for (; i < n; i++) jb->out[i * rows + r] = dot(cols, wr, jb->x + i * cols);
     }
 }
