@@ -21,12 +21,16 @@ from synthetic import SCHEMAS, TOOLS, TOOLS_TEMPLATE, mgchat_with_header, tiny_l
 TIME_CALL = {"type": "function", "function": {"name": "get_time"}}
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    d = tmp_path_factory.mktemp("chat_tools")
-    tiny_llama(d / "tiny.gguf", wtype="Q8_0", ctx=1024, chat_template=TOOLS_TEMPLATE)
+def tiny_with(d, template, ctx):
+    """The tiny synthetic model with chat template `template`, loaded (written into folder d)."""
+    tiny_llama(d / "tiny.gguf", wtype="Q8_0", ctx=ctx, chat_template=template)
     convert(d / "tiny.gguf", d / "tiny.mgpt")
     return minigpt.load(str(d / "tiny.mgpt"))
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return tiny_with(tmp_path_factory.mktemp("chat_tools"), TOOLS_TEMPLATE, 1024)
 
 
 def check_call(call, names=tuple(SCHEMAS)):
@@ -117,10 +121,7 @@ def test_a_call_that_does_not_parse_stays_text(model, monkeypatch):
 
 @pytest.fixture(scope="module")
 def llama3(tmp_path_factory):
-    d = tmp_path_factory.mktemp("chat_tools_llama3")
-    tiny_llama(d / "tiny.gguf", wtype="Q8_0", ctx=2048, chat_template=LLAMA3)
-    convert(d / "tiny.gguf", d / "tiny.mgpt")
-    return minigpt.load(str(d / "tiny.mgpt"))
+    return tiny_with(tmp_path_factory.mktemp("chat_tools_llama3"), LLAMA3, 2048)
 
 
 def test_the_format_follows_the_template():
