@@ -197,7 +197,7 @@ class Engine:
                 if want[k] > len(left[k]):
                     rows[k].append(out[at:at + n])
                 at += n
-        logits = [_finite(np.concatenate(r)) for r in rows]
+        logits = [_finite(r[0] if len(r) == 1 else np.concatenate(r)) for r in rows]   # one pass: no copy
         return logits if tails is not None else [r[-1] for r in logits]
 
 
