@@ -76,6 +76,10 @@ typedef struct {
     mg_weight tok_embd;          /* (vocab_size, dim) */
     mg_weight output_norm;       /* (dim,) f32 */
     mg_weight output;            /* (vocab_size, dim); tok_embd's pointer when the embeddings are tied */
+    /* optional (data NULL: absent): the head's int8 screen (kernels.h: mg_matmul_screened), which a
+     * forward with top > 0 takes for the float32 head */
+    mg_weight screen;            /* (vocab_size, dim), bits 8 */
+    const float *output_norms;   /* (vocab_size,) mg_row_norms of output */
     const mg_decoder_layer *layers; /* (n_layers,): copied by mg_decoder_create */
     int64_t n_rope;              /* positions covered by the layers' RoPE tables: start + n <= n_rope */
 } mg_decoder_weights;
@@ -115,13 +119,16 @@ typedef struct {
  * share a cache.
  * logits_out: (sum of seqs[s].n_logits, vocab_size), each sequence's last n_logits rows in turn;
  *             NULL skips the final norm and head.                                            OUT
+ * top: 0, every logit exact; else the head may be screened (with a screen, a float32 head and
+ *      1 <= top <= MG_SCREEN_MAX_TOP): exact where a row can be among the top `top` of its own, below
+ *      them elsewhere.
  * Returns MG_OK or a kernels.h error code (MG_ENOMEM from a matmul). */
 int mg_decoder_forward_multi(mg_decoder *dec, const int64_t *ids, int64_t n, const mg_seq *seqs, int64_t n_seqs,
-                             float *logits_out);
+                             float *logits_out, int64_t top);
 
 /* The batch of one sequence: ids[0 .. n) at positions [start, start + n), its logits (n, vocab_size)
- * if all_logits else (1, vocab_size) of the last token. */
+ * if all_logits else (1, vocab_size) of the last token; top as there. */
 int mg_decoder_forward(mg_decoder *dec, const int64_t *ids, int64_t n, int64_t start, const mg_kv_cache *kv,
-                       float *logits_out, int all_logits);
+                       float *logits_out, int all_logits, int64_t top);
 
 #endif /* MINIGPT_DECODER_H */

@@ -244,6 +244,21 @@ int mg_dequantize(const void *restrict w, int qtype, int64_t rows, int64_t cols,
 /* bytes of one stored row of cols elements, or -1 for an unknown qtype */
 int64_t mg_row_bytes(int qtype, int64_t cols);
 
+/* --- the screened head (screen.c) ------------------------------------------------------------- */
+
+#define MG_SCREEN_MAX_TOP 1024 /* a larger top takes mg_matmul's path */
+
+/* out[n, rows] = x[n, cols] @ W^T as mg_matmul computes it, for every row that can be among the `top`
+ * largest of its input; the others get an int8 estimate (screen: W in the form mg_matmul_q8 takes as
+ * screen_qtype), below all of those. norms[rows]: mg_row_norms of W. Uses the thread pool. top outside
+ * 1 .. min(rows - 1, MG_SCREEN_MAX_TOP): mg_matmul. */
+int mg_matmul_screened(const float *restrict x, const void *restrict screen, int screen_qtype,
+                       const void *restrict w, int qtype, const float *restrict norms, float *restrict out,
+                       int64_t n, int64_t rows, int64_t cols, int64_t top);
+
+/* out[rows] = the L2 norm of each row of W, rounded up to float32. Uses the thread pool. */
+int mg_row_norms(const void *restrict w, int qtype, int64_t rows, int64_t cols, float *restrict out);
+
 /* --- the x8 layout (packed.c) --------------------------------------------------------------------- */
 
 /* A packed weight's qtype code is its base type's | MG_X8; only mg_matmul_q8 takes one. */

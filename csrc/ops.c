@@ -151,4 +151,4 @@ mg_ops mg_lops = {rms_norm_c, rope_c, rope_neox_c, swiglu_c, geglu_c, add_c, exp
                         f32_to_f16_c, f16_to_f32_c, f32_to_q8_0_c, q8_0_to_f32_c};
 
 const mg_kernel_table mg_kernels = {mg_matmul,   mg_matmul_q8,       mg_matmul_q16, mg_matmul_x8_many,
-                                    mg_get_rows, mg_attention_batch, &mg_lops};
+                                    mg_matmul_screened, mg_get_rows, mg_attention_batch, &mg_lops};

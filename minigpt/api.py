@@ -8,6 +8,7 @@ from . import args, constrain, hub, kernels, naming
 from .chat import ChatSession
 from .engine import DEFAULT_KV_TYPE, KV_TYPES, PRECISIONS, Engine, KVCache, Step, TextStream, TokenLoop
 from .engine.cache import kv_row
+from .engine.loop import head_top
 from .engine.speculate import SPECULATE
 from .errors import ArgumentError
 from .format import MgptFile
@@ -206,7 +207,7 @@ class Model:
 
     def _steps(self, ids, settings, max_tokens, stop, top_n, constraint=None, speculate=None):
         self.reset()
-        logits = self.engine.prefill(ids)
+        logits = self.engine.prefill(ids, top=head_top(settings, top_n, constraint))
         out = TextStream(self.tokenizer, stop)
         for step in TokenLoop(self.engine, self.engine.cache, logits, settings, make_rng(settings.seed), max_tokens,
                               self.tokenizer.eog_ids, top_n=top_n, constraint=constraint, speculate=speculate):

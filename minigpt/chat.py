@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from . import args
 from . import tools as tooling   # `tools` is send()'s argument, as in OpenAI's API
 from .engine import KV_TYPES, ContextFullError, Step, TextStream, TokenLoop
+from .engine.loop import head_top
 from .engine.speculate import SPECULATE
 from .errors import ArgumentError, MinigptError
 from .sampling import SamplerSettings, make_rng
@@ -300,7 +301,8 @@ class ChatSession:
         t0 = time.perf_counter()
         try:
             logits = m.engine.prefill(todo, cache=cache, chunk=PREFILL_STEP, progress=progress,
-                                      cancelled=self._cancel.is_set)
+                                      cancelled=self._cancel.is_set,
+                                      top=head_top(self.settings, top_n, turn.constraint))
             if logits is None:
                 stats.stop = "cancelled"
                 self._take_back(n, appends)

@@ -41,6 +41,16 @@ class SamplerSettings:
         return replace(self, **changes)
 
 
+def screen_top(s: SamplerSettings):
+    """How many of the best logits a draw under s can reach (Engine.prefill's `top`): 1 when greedy,
+    top_k under a top-k cut, and repeat_last_n more when the repeat penalty is on (each token it lowers
+    can let one more in); None when a draw may need any logit: no top-k cut, or a penalty below 1,
+    which raises logits."""
+    if s.repeat_penalty < 1 or (s.temperature > 0 and s.top_k == 0):
+        return None
+    return (1 if s.temperature == 0 else s.top_k) + (s.repeat_last_n if s.repeat_penalty != 1 else 0)
+
+
 def apply_repeat_penalty(logits, recent, penalty):
     """llama.cpp's rule: divide positive logits of recently seen tokens by `penalty`, multiply negative ones."""
     if penalty == 1.0 or len(recent) == 0:

@@ -50,7 +50,8 @@ cdef extern from "decoder.h" nogil:
         const float *rope_sin
 
     ctypedef struct mg_decoder_weights:
-        mg_weight tok_embd, output_norm, output
+        mg_weight tok_embd, output_norm, output, screen
+        const float *output_norms
         const mg_decoder_layer *layers
         int64_t n_rope
 
@@ -72,9 +73,9 @@ cdef extern from "decoder.h" nogil:
                                   const mg_decoder_weights *w, int64_t max_batch)
     void mg_decoder_free(mg_decoder *dec)
     int mg_decoder_forward(mg_decoder *dec, const int64_t *ids, int64_t n, int64_t start, const mg_kv_cache *kv,
-                           float *logits_out, int all_logits)
+                           float *logits_out, int all_logits, int64_t top)
     int mg_decoder_forward_multi(mg_decoder *dec, const int64_t *ids, int64_t n, const mg_seq *seqs, int64_t n_seqs,
-                                 float *logits_out)
+                                 float *logits_out, int64_t top)
 
 _ACTS = {"silu": MG_ACT_SILU, "gelu_tanh": MG_ACT_GELU_TANH}
 _KV_CODES = {"f32": MG_KV_F32, "f16": MG_KV_F16, "q8_0": MG_KV_Q8_0}   # quant.KV_TYPES -> enum mg_kv_type
@@ -101,6 +102,15 @@ cdef _raise_for(int err):
 cdef class _Bound
 
 
+cdef int64_t _top(object top) except -1:
+    """forward's top -> the C decoder's (0: every logit exact)"""
+    if top is None:
+        return 0
+    if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 1:
+        raise ValueError(f"top must be None or a positive integer, got {top!r}")
+    return top
+
+
 cdef inline uintptr_t _begin(cnp.ndarray a):
     return <uintptr_t>cnp.PyArray_DATA(a)
 
@@ -114,7 +124,9 @@ cdef class CDecoder:
 
     weights: {name: (array, qtype, bits)} with minigpt.model.weights' names, each matrix in the form
     the compiled backend's prepare(data, qtype, bits) gave (x8-packed where bits < 32 and the CPU
-    has x8 kernels), norms and biases f32 vectors (bits 32). rope: per layer (cos, sin), float32
+    has x8 kernels), norms and biases f32 vectors (bits 32); optionally the head's int8 screen,
+    'output_screen' (the head prepared for bits 8) and 'output_norms' (float32 [vocab], _core.row_norms
+    of the head), which forward(top=) uses when the head is at bits 32. rope: per layer (cos, sin), float32
     [n_rope, rope_dim // 2]. max_batch: tokens per forward call (the engine's chunk).
     Not reentrant: concurrent forward() calls on one instance take turns.
     """
@@ -163,6 +175,14 @@ cdef class CDecoder:
             w.tok_embd = self._weight(weights, "tok_embd", shapes)
             w.output_norm = self._weight(weights, "output_norm", shapes)
             w.output = self._weight(weights, "output", shapes)
+            w.screen.data, w.screen.qtype, w.screen.bits, w.output_norms = NULL, 0, 0, NULL
+            if "output_screen" in weights:
+                w.screen = self._weight(weights, "output_screen", shapes, shapes["output"])
+                if w.screen.bits != 8:
+                    raise ValueError("output_screen must be at 8 bits")
+                norms = _check_f32(weights.get("output_norms", (None,))[0], "output_norms", (cfg.vocab_size,))
+                self._keep.append(norms)
+                w.output_norms = <const float *>cnp.PyArray_DATA(norms)
             for i in range(cfg.n_layers):
                 L, p = &layers[i], f"layers.{i}."
                 L.attn_norm = self._weight(weights, p + "attn_norm", shapes)
@@ -207,16 +227,16 @@ cdef class CDecoder:
         finally:
             free(layers)
 
-    cdef mg_weight _weight(self, dict weights, str name, dict shapes) except *:
+    cdef mg_weight _weight(self, dict weights, str name, dict shapes, tuple shape=None) except *:
         """The checked (pointer, qtype, bits) of weights[name], of the logical shape its last part has in
-        shapes."""
+        shapes (or `shape`)."""
         if name not in weights:
             raise ValueError(f"missing weight {name!r}")
         entry = weights[name]
         if not isinstance(entry, tuple) or len(entry) != 3:
             raise ValueError(f"weights[{name!r}] must be (array, qtype name, bits)")
         data, qtype, bits = entry
-        shape = shapes[name.rpartition(".")[2]]
+        shape = shape or shapes[name.rpartition(".")[2]]
         cdef mg_weight out
         if len(shape) == 1:   # norms and biases: f32 vectors
             if qtype != "f32" or bits != 32:
@@ -254,31 +274,33 @@ cdef class CDecoder:
         writable, no overlap with each other or a weight."""
         return _Bound(self, k_cache, v_cache)
 
-    def forward(self, ids, start, _Bound cache not None, bint all_logits=False, out=None):
+    def forward(self, ids, start, _Bound cache not None, bint all_logits=False, out=None, top=None):
         """Run ids (1 to max_batch of them) at positions [start, start + n), writing their K/V into the
         bound cache. Position t lives in slot t % cap: a global layer needs cap >= start + n; a
         sliding-window layer that or a ring of cap >= window + n - 1. start + n <= n_rope.
         Returns logits float32 [n, vocab] if all_logits else [1, vocab] (the last position), in `out`
-        when given."""
+        when given. top: None, every logit exact; a count, the head may be screened (csrc/screen.c):
+        exact for each row's logits that can be among its `top` largest, below them elsewhere."""
         cdef cnp.ndarray idarr = self._check_run(ids, start, cache)
-        cdef int64_t n = idarr.shape[0], s = start
+        cdef int64_t n = idarr.shape[0], s = start, t = _top(top)
         cdef cnp.ndarray oarr = self._logits_out(out, n if all_logits else 1, [cache])
         cdef const int64_t *idp = <const int64_t *>cnp.PyArray_DATA(idarr)
         cdef float *op = <float *>cnp.PyArray_DATA(oarr)
         cdef int err
         with self._lock:
             with nogil:
-                err = mg_decoder_forward(self.dec, idp, n, s, &cache.kv, op, all_logits)
+                err = mg_decoder_forward(self.dec, idp, n, s, &cache.kv, op, all_logits, t)
         _raise_for(err)
         return oarr
 
-    def forward_batch(self, seqs, out=None, tails=None):
+    def forward_batch(self, seqs, out=None, tails=None, top=None):
         """Run several sequences in one batch: seqs is a list of (ids, start, bound cache), each as forward
         takes them, no two with the same cache, at most max_batch tokens in all. The matmuls take every
         sequence's rows at once (each weight read once for all of them); RoPE, K/V and attention are each
         sequence's own. tails: how many of each sequence's last positions want logits (1..its ids;
         None: 1 each). Returns logits float32 [sum(tails), vocab], each sequence's in turn, in `out`
-        when given."""
+        when given; top as forward takes it."""
+        cdef int64_t t = _top(top)
         if not isinstance(seqs, (list, tuple)) or not seqs:
             raise ValueError("seqs must be a non-empty list of (ids, start, bound cache)")
         ids, caches, starts = [], [], []
@@ -316,7 +338,7 @@ cdef class CDecoder:
         try:
             with self._lock:
                 with nogil:
-                    err = mg_decoder_forward_multi(self.dec, idp, n, sq, n_seqs, op)
+                    err = mg_decoder_forward_multi(self.dec, idp, n, sq, n_seqs, op, t)
         finally:
             free(sq)
         _raise_for(err)

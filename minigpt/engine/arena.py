@@ -27,21 +27,27 @@ class Arena:
     def __init__(self):
         self._free = np.empty(0, dtype=np.uint8)   # what is left of the newest chunk
 
+    def empty(self, shape, dtype):
+        """An array of `shape` and `dtype` in the arena, its bytes not set (a caller fills it in parts)."""
+        n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        if len(self._free) < n:
+            self._free = _chunk(max(n, CHUNK))
+        dst = self._free[:n]
+        self._free = self._free[-(-n // ALIGN) * ALIGN:]
+        return dst.view(dtype).reshape(shape)
+
     def keep(self, a, copied=None):
         """A copy of the array `a` in the arena (same dtype, shape and bytes). copied(), if given, is
         called after each STEP bytes are copied: a caller can give the source's pages back as it goes
         (a file's mapped pages would otherwise all be resident beside the copy at the end)."""
         a = np.ascontiguousarray(a)
-        n = a.nbytes
-        if len(self._free) < n:
-            self._free = _chunk(max(n, CHUNK))
-        dst, src = self._free[:n], a.reshape(-1).view(np.uint8)
-        for i in range(0, n, STEP):
+        out = self.empty(a.shape, a.dtype)
+        dst, src = out.reshape(-1).view(np.uint8), a.reshape(-1).view(np.uint8)
+        for i in range(0, a.nbytes, STEP):
             dst[i:i + STEP] = src[i:i + STEP]
             if copied is not None:
                 copied()
-        self._free = self._free[-(-n // ALIGN) * ALIGN:]
-        return dst.view(a.dtype).reshape(a.shape)
+        return out
 
 
 def _chunk(n):

@@ -4,12 +4,12 @@ from functools import partial
 
 import numpy as np
 
-from .. import args, kernels
+from .. import args, kernels, quant
 from ..config import Config
 from ..errors import ArgumentError, ArgumentTypeError, MinigptError
 from ..model import decoder
 from ..model.weights import MATRICES, Weight, head_name
-from .arena import Arena
+from .arena import STEP, Arena
 from .cache import DEFAULT_KV_TYPE, PREFILL_CHUNK, KVCache
 
 CDecoder = None
@@ -28,6 +28,17 @@ PRECISIONS = {
     "fast": {**dict.fromkeys(MATRICES, 8), "output": 8},
 }
 
+# The precisions whose float32 head is screened on the compiled backend (csrc/screen.c): a token loop
+# that samples from the best k logits (top-k; greedy: 1) asks for them alone (forward's `top`), and gets
+# them exact, at the price of int8 ones and a few float32 rows; the other logits are estimates below them.
+# 'exact' stays float32 throughout: the reference.
+SCREENED = ("balanced",)
+
+# A screened head reads a few hundred rows of the file's head per token; their pages would pile up in
+# RSS, token after token (page cache the system can drop, but RSS counts it). They are given back every
+# GIVE_BACK_EVERY screened passes: what stays resident is what that many tokens read.
+GIVE_BACK_EVERY = 64
+
 
 class ContextFullError(MinigptError):
     pass
@@ -42,10 +53,10 @@ class PyDecoder:
     def bind(self, k, v):
         return k, v
 
-    def forward(self, ids, start, cache, all_logits=False):
+    def forward(self, ids, start, cache, all_logits=False, top=None):   # top: every logit is exact here
         return decoder.forward(self.cfg, self.weights, self.kern, cache, ids, start, self.rope, all_logits)
 
-    def forward_batch(self, seqs, tails=None):
+    def forward_batch(self, seqs, tails=None, top=None):
         return decoder.forward_batch(self.cfg, self.weights, self.kern, seqs, self.rope, tails)
 
 
@@ -57,27 +68,22 @@ def prepare_weights(cfg: Config, weights, kern, precision, release=None):
     On the compiled backend the copies prepare makes and the head, which decode streams whole every
     token, are kept in an Arena (arena.py: in huge pages, where the system has them); a tied head read
     as stored then serves get_rows from there too. The Python backends read the weights where they lie.
+    A screened head (SCREENED) has its x8 copy in the arena, 'output_screen', with 'output_norms' (each
+    row's norm), and stays where it lies for the rows the screen sends back to it (file pages, which the
+    system can drop: only the rows read are resident).
     release([name]), if given, is called for the head and each matrix as soon as a copy replaces it
     (MgptFile.release): the pages of the file need not stay resident beside the copies."""
     bits = PRECISIONS[precision]
     arena = Arena() if kern.name == "c" else None
     out = dict(weights)
-
-    # the head first, the biggest tensor: its file pages are given back as it is copied (a tied table
-    # repacked for the head excepted, which get_rows still reads), never resident beside the whole copy
     head = weights[head_name(cfg)]
-    data, qtype = kern.prepare(head.data, head.qtype, bits["output"])
-    as_stored = data is head.data
-    give_back = None
-    if release is not None and not (cfg.tied_embeddings and not as_stored):
-        give_back = partial(release, [head_name(cfg)])
-    if arena is not None:
-        data = arena.keep(data, give_back if as_stored else None)
-        if give_back is not None and not as_stored:
-            give_back()
-    out["output"] = Weight(data, qtype, bits["output"])
-    if cfg.tied_embeddings and as_stored:
-        out["tok_embd"] = Weight(data, head.qtype, head.bits)
+    give_back = partial(release, [head_name(cfg)]) if release is not None else None
+    screen = _screen(head, kern, arena, give_back) if arena is not None and precision in SCREENED else None
+    if screen is not None:   # the head stays in the file, for the rows the screen sends back to it
+        out["output_screen"], out["output_norms"] = screen
+        out["output"] = Weight(head.data, head.qtype, 32)
+    else:
+        _prepare_head(cfg, head, kern, bits, arena, release, out)
 
     for name, w in weights.items():
         role = name.rsplit(".", 1)[-1]
@@ -90,6 +96,43 @@ def prepare_weights(cfg: Config, weights, kern, precision, release=None):
                     release([name])
             out[name] = Weight(data, qtype, bits[role])
     return out
+
+
+def _screen(head, kern, arena, give_back=None):
+    """(the head's screen: Weight of its x8 copy in the arena, at 8 bits; Weight of its rows' norms) or
+    None where there is none: a float head, or no x8 kernels on this CPU (the screen would not pay).
+    Made a few MiB of rows at a time, give_back() called after each: the file's pages of the head are
+    not all resident beside the copy."""
+    w, qtype = head.data, head.qtype
+    if quant.QTYPES[qtype][0] == 1 or len(w) % 8 or not kern.x8_supported(qtype):
+        return None
+    screen = arena.empty((len(w) // 8, kern.pack_x8(w[:8], qtype).shape[1]), np.uint8)
+    norms = np.empty(len(w), np.float32)
+    step = max(8, STEP // w[0].nbytes // 8 * 8)
+    for r in range(0, len(w), step):
+        kern.pack_x8(w[r:r + step], qtype, out=screen[r // 8:(r + step) // 8])
+        norms[r:r + step] = kern.row_norms(w[r:r + step], qtype)
+        if give_back is not None:
+            give_back()
+    return Weight(screen, qtype + "x8", 8), Weight(norms, "f32", 32)
+
+
+def _prepare_head(cfg, head, kern, bits, arena, release, out):
+    """out['output'] (and a tied 'tok_embd') as prepare_weights says, for a head without a screen."""
+    # the head first, the biggest tensor: its file pages are given back as it is copied (a tied table
+    # repacked for the head excepted, which get_rows still reads), never resident beside the whole copy
+    data, qtype = kern.prepare(head.data, head.qtype, bits["output"])
+    as_stored = data is head.data
+    give_back = None
+    if release is not None and not (cfg.tied_embeddings and not as_stored):
+        give_back = partial(release, [head_name(cfg)])
+    if arena is not None:
+        data = arena.keep(data, give_back if as_stored else None)
+        if give_back is not None and not as_stored:
+            give_back()
+    out["output"] = Weight(data, qtype, bits["output"])
+    if cfg.tied_embeddings and as_stored:
+        out["tok_embd"] = Weight(data, head.qtype, head.bits)
 
 
 class Engine:
@@ -106,6 +149,9 @@ class Engine:
         freq = weights["rope_freqs"].data if "rope_freqs" in weights else None
         self.rope = decoder.layer_ropes(cfg, n_ctx, freq)   # per layer (cos, sin)
         self.weights = prepare_weights(cfg, weights, kern, precision, release)
+        self._screened = 0   # screened passes since the head's file pages were last given back
+        self._give_back = (partial(release, [head_name(cfg)])
+                           if release is not None and "output_screen" in self.weights else None)
         self.cache = KVCache(cfg, n_ctx, kv_type=kv_type)
         self.kv_type = self.cache.kv_type
         if kern.name == "c":   # the compiled kernels loaded, so the C decoder did too
@@ -117,12 +163,14 @@ class Engine:
     def reset(self):
         self.cache.truncate(0)   # stale K/V beyond pos is never read
 
-    def prefill(self, ids, all_logits=False, cache=None, chunk=None, progress=None, cancelled=None):
+    def prefill(self, ids, all_logits=False, cache=None, chunk=None, progress=None, cancelled=None, top=None):
         """Append `ids` to the cache (default: the engine's own), a chunk at a time (at most `chunk`).
 
         Returns logits [len(ids), vocab] if all_logits else [vocab] of the last position; None when
         cancelled() turned true before a chunk (the chunks before it stay in the cache).
-        progress(done, total) is called after each chunk.
+        progress(done, total) is called after each chunk. top: None, every logit as the precision
+        computes it; a count k (sampling.screen_top), what a draw from the best k needs: those exact,
+        the others possibly estimates below them (a screened head: SCREENED).
         """
         ids = args.token_ids("ids", ids, self.cfg.vocab_size)
         if not ids:
@@ -136,17 +184,19 @@ class Engine:
             if cancelled is not None and cancelled():
                 return None
             part = ids[s:s + step]
-            outs.append(self.decoder.forward(part, c.pos, bound, all_logits))   # the GIL released in C
+            outs.append(self.decoder.forward(part, c.pos, bound, all_logits, top=top))   # the GIL released in C
+            self._count(top)
             c.tokens.extend(part)
             if progress:
                 progress(s + len(part), len(ids))
         return _finite(np.concatenate(outs) if all_logits else outs[-1][0])
 
-    def decode_step(self, token, cache=None):
-        """Append one token to the cache (default: the engine's own); logits [vocab] for the next."""
-        return self.prefill([token], cache=cache)
+    def decode_step(self, token, cache=None, top=None):
+        """Append one token to the cache (default: the engine's own); logits [vocab] for the next
+        (top: as prefill takes it)."""
+        return self.prefill([token], cache=cache, top=top)
 
-    def forward_batch(self, items, tails=None):
+    def forward_batch(self, items, tails=None, top=None):
         """Append each sequence's ids to its own cache, the sequences sharing forward passes: items is a
         list of (cache, ids), no cache twice. Returns, in order, each item's logits [vocab] for its last
         token (none for no items: a server's step may find every request gone); with tails, a count per
@@ -157,6 +207,7 @@ class Engine:
         sequences together costs little more than one. It takes at most PREFILL_CHUNK tokens in all
         (and at most a cache's chunk from one sequence), the sequences with fewest tokens left first:
         a long prompt is prefilled over several passes, the first carrying the others' decode tokens.
+        top: as prefill takes it, for every item.
         """
         if not isinstance(items, (list, tuple)):
             raise ArgumentTypeError(f"items must be a list of (KVCache, ids), got {type(items).__name__}")
@@ -190,7 +241,8 @@ class Engine:
             # has the rows, and so the floats, of a pass without tails)
             got = [min(len(part), max(1, want[k] - len(left[k]))) for k, part in step]
             out = self.decoder.forward_batch([(part, caches[k].pos, caches[k].bound(self.decoder))
-                                              for k, part in step], tails=got)   # the GIL released in C
+                                              for k, part in step], tails=got, top=top)   # the GIL released in C
+            self._count(top)
             at = 0
             for (k, part), n in zip(step, got):
                 caches[k].tokens.extend(part)
@@ -199,6 +251,15 @@ class Engine:
                 at += n
         logits = [_finite(r[0] if len(r) == 1 else np.concatenate(r)) for r in rows]   # one pass: no copy
         return logits if tails is not None else [r[-1] for r in logits]
+
+
+    def _count(self, top):
+        """One more pass with `top`: every GIVE_BACK_EVERY screened ones, the head's pages go back."""
+        if top is not None and self._give_back is not None:
+            self._screened += 1
+            if self._screened >= GIVE_BACK_EVERY:
+                self._screened = 0
+                self._give_back()
 
 
 def _finite(logits):

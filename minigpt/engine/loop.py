@@ -2,8 +2,15 @@
 
 from dataclasses import dataclass, field
 
-from ..sampling import SamplerSettings, apply_repeat_penalty, sample_draft, top_probs
+from ..sampling import SamplerSettings, apply_repeat_penalty, sample_draft, screen_top, top_probs
 from .speculate import drafter, max_rows
+
+
+def head_top(settings: SamplerSettings, top_n=0, constraint=None):
+    """The `top` a token loop asks the engine for (Engine.prefill): as much of the logits as its draws
+    read (sampling.screen_top), or None, every logit, when it shows probabilities (top_n) or masks
+    them with a grammar (a mask may leave only tokens outside the best k)."""
+    return None if top_n or constraint is not None else screen_top(settings)
 
 
 def choose(logits, tokens, at, settings: SamplerSettings, rng, constraint=None, guess=None):
@@ -65,6 +72,7 @@ class TokenLoop:
         self.settings, self.rng, self.max_tokens, self.stop_ids = settings, rng, max_tokens, frozenset(stop_ids)
         self.cancelled, self.top_n, self.constraint = cancelled or (lambda: False), top_n, constraint
         self.drafter = drafter(speculate)
+        self.top = head_top(settings, top_n, constraint)
         self.drafted = self.accepted = 0   # draft tokens evaluated, and taken
         self.stop = None
 
@@ -148,11 +156,11 @@ class TokenLoop:
             guess = self.drafter.draft(cache.tokens, ids, limit, c)
         if guess:
             self.drafted += len(guess)
-            rows = self.engine.prefill(ids + guess, all_logits=True, cache=cache)
+            rows = self.engine.prefill(ids + guess, all_logits=True, cache=cache, top=self.top)
             return rows[len(ids) - 1:], guess
         if len(ids) == 1:
-            return [self.engine.decode_step(ids[0], cache)], []
-        return [self.engine.prefill(ids, cache=cache)], []
+            return [self.engine.decode_step(ids[0], cache, top=self.top)], []
+        return [self.engine.prefill(ids, cache=cache, top=self.top)], []
 
     def _rollback(self, n):
         """Forget the cache's positions from n on: draft tokens not taken."""

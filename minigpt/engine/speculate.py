@@ -128,7 +128,7 @@ class NgramDrafter:
 
 # --- drafts beside other sequences (a server's step): each row has its price
 
-def pass_seconds(engine, rows, seqs=1, reps=2):
+def pass_seconds(engine, rows, seqs=1, reps=2, top=None):
     """[seconds of a forward pass of r rows, for r = 1 .. rows]: what each row a draft adds to a step
     costs. Small models decode compute-bound, and a row can cost half of a pass of one (SmolLM2-135M
     on 2 AVX2 cores: 5 ms for 1 row, 11 for 4, 36 for 15), so a draft pays only when its tokens are
@@ -137,7 +137,8 @@ def pass_seconds(engine, rows, seqs=1, reps=2):
     where one slot's draft sits beside the others' tokens, and rows cost more than in one sequence).
     Measured once on scratch caches, every row count (the fastest of reps each: the curve has kinks,
     Qwen2.5-0.5B's 5th row of 4 sequences costs more than its 6th, 7th or 8th), after up to 64
-    positions (within the engine's context: its RoPE tables end there)."""
+    positions (within the engine's context: its RoPE tables end there). top: the head's, as steps
+    will ask for it (Engine.prefill)."""
     n_ctx = engine.cache.n_ctx
     rows = min(rows, n_ctx)
     past = min(64, n_ctx - rows)
@@ -152,7 +153,7 @@ def pass_seconds(engine, rows, seqs=1, reps=2):
         best = float("inf")
         for _ in range(reps):
             t = time.perf_counter()
-            engine.forward_batch(items, [len(ids) for _, ids in items])
+            engine.forward_batch(items, [len(ids) for _, ids in items], top)
             best = min(best, time.perf_counter() - t)
             for c in caches:
                 c.truncate(past)

@@ -46,6 +46,10 @@ cdef extern from "kernels.h" nogil:
     int mg_get_rows(const void *w, int qtype, const int64_t *ids, int64_t n_ids,
                     int64_t cols, float *out)
     int mg_dequantize(const void *w, int qtype, int64_t rows, int64_t cols, float *out)
+    int MG_SCREEN_MAX_TOP
+    int mg_matmul_screened(const float *x, const void *screen, int screen_qtype, const void *w, int qtype,
+                           const float *norms, float *out, int64_t n, int64_t rows, int64_t cols, int64_t top)
+    int mg_row_norms(const void *w, int qtype, int64_t rows, int64_t cols, float *out)
     int mg_set_threads(int n)
     int mg_get_threads()
     void mg_shutdown()
@@ -265,15 +269,61 @@ def matmul_q16(x, w, qtype, out=None):
     return _matmul(x, w, qtype, out, 16)
 
 
+def matmul_screened(x, screen, screen_qtype, w, qtype, norms, top, out=None):
+    """The head of x: float32 [n, cols] over w (stored [rows, ...]), screened (csrc/screen.c): out
+    [n, rows] as matmul gives it wherever a logit can be among the `top` largest of its row, an int8
+    estimate below them elsewhere. screen: w as matmul_q8 takes it (pack_x8's form, or w itself);
+    norms: row_norms(w). top >= rows or > SCREEN_MAX_TOP: matmul."""
+    warr, code, rows, cols = _check_weight(w, qtype)
+    sarr, scode, srows, scols = _check_weight(screen, screen_qtype, packed_ok=True)
+    if (srows, scols) != (rows, cols):
+        raise ValueError(f"the screen has shape {(srows, scols)}, the weight {(rows, cols)}")
+    cdef cnp.ndarray narr = check_array(norms, "norms", np.float32, (rows,))
+    cdef cnp.ndarray xarr = _check_array(x, "x", np.dtype(np.float32))
+    if xarr.shape[1] != cols:
+        raise ValueError(f"x has {x.shape[1]} columns, the {qtype} weight has {cols}")
+    if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 1:
+        raise ValueError(f"top must be a positive integer, got {top!r}")
+    cdef int64_t n = xarr.shape[0], r = rows, k = cols, t = top
+    cdef cnp.ndarray oarr = _check_out(out, n, rows, (xarr, warr, sarr, narr))
+    cdef const float *xp = <const float *>cnp.PyArray_DATA(xarr)
+    cdef const void *sp = cnp.PyArray_DATA(<cnp.ndarray>sarr)
+    cdef const void *wp = cnp.PyArray_DATA(<cnp.ndarray>warr)
+    cdef const float *np_ = <const float *>cnp.PyArray_DATA(narr)
+    cdef float *op = <float *>cnp.PyArray_DATA(oarr)
+    cdef int c = code, sc = scode, err
+    with nogil:
+        err = mg_matmul_screened(xp, sp, sc, wp, c, np_, op, n, r, k, t)
+    _raise_for(err)
+    return oarr
+
+
+def row_norms(w, qtype):
+    """float32 [rows]: the L2 norm of each row of a stored weight, rounded up."""
+    warr, code, rows, cols = _check_weight(w, qtype)
+    cdef cnp.ndarray oarr = np.empty(rows, dtype=np.float32)
+    cdef const void *wp = cnp.PyArray_DATA(<cnp.ndarray>warr)
+    cdef float *op = <float *>cnp.PyArray_DATA(oarr)
+    cdef int c = code, err
+    cdef int64_t r = rows, k = cols
+    with nogil:
+        err = mg_row_norms(wp, c, r, k, op)
+    _raise_for(err)
+    return oarr
+
+
+SCREEN_MAX_TOP = MG_SCREEN_MAX_TOP
+
+
 def x8_supported(qtype):
     """True if weights of `qtype` can be packed (pack_x8) and multiplied on this CPU."""
     return qtype in _QTYPES and bool(mg_x8_supported(_QTYPES[qtype][0]))
 
 
-def pack_x8(w, qtype):
+def pack_x8(w, qtype, out=None):
     """A stored weight [rows, ...] -> the same numbers in the x8 layout (csrc/packed.c), uint8
     [rows / 8, cols / block * x8 block bytes] (block: 32, or 256 for the K-quants), for matmul_q8 with
-    qtype + 'x8'. rows must be a multiple of 8."""
+    qtype + 'x8', in `out` when given. rows must be a multiple of 8."""
     warr, code, rows, cols = _check_weight(w, qtype)
     if not x8_supported(qtype):
         raise ValueError(f"{qtype} weights have no x8 kernels on the {isa()} instruction set")
@@ -281,7 +331,14 @@ def pack_x8(w, qtype):
         raise ValueError(f"pack_x8 needs a multiple of 8 rows, got {rows}")
     cdef int c = code
     cdef int64_t r = rows, k = cols
-    cdef cnp.ndarray oarr = np.empty((rows // 8, cols // _QTYPES[qtype][1] * mg_x8_block_bytes(c)), dtype=np.uint8)
+    shape = (rows // 8, cols // _QTYPES[qtype][1] * mg_x8_block_bytes(c))
+    cdef cnp.ndarray oarr
+    if out is None:
+        oarr = np.empty(shape, dtype=np.uint8)
+    else:
+        oarr = check_array(out, "out", np.uint8, shape, writeable=True)
+        if _overlap(oarr, <cnp.ndarray>warr):
+            raise ValueError("out overlaps the weight")
     cdef const void *wp = cnp.PyArray_DATA(<cnp.ndarray>warr)
     cdef void *op = cnp.PyArray_DATA(oarr)
     with nogil:

@@ -270,6 +270,43 @@ def _exp_sum(s, a, b, m):
     return p[..., :tn], fp32.hsum8(lanes)
 
 
+SCREEN_MAX_TOP = 1024   # csrc/kernels.h MG_SCREEN_MAX_TOP
+
+
+def matmul_screened(x, screen, screen_qtype, w, qtype, norms, top, out=None):
+    """csrc/screen.c in NumPy: x @ W^T exact (matmul) for every row that can be among the `top`
+    largest of its input, matmul_q8's estimate, below all of those, for the others.
+
+    approx = matmul_q8(x, screen): each input rounded to q8 blocks xq first. |exact - approx| <= |w_r| e
+    per row r (Cauchy-Schwarz), e = |x - xq| + (cols + 128) 2^-21 |x| bounding float32 rounding too;
+    norms: row_norms(w). The top-th largest lower bound approx - |w_r| e is below the top-th largest
+    exact logit; a row whose upper bound approx + |w_r| e reaches it is computed again. top >= rows
+    or > SCREEN_MAX_TOP: matmul."""
+    rows, cols = check_weight(w, qtype)
+    if not (1 <= top < rows and top <= SCREEN_MAX_TOP) or cols % 32:
+        return matmul(x, w, qtype, out)
+    exact = matmul(x, w, qtype)   # an oracle need not save the work: the rows it keeps are these
+    out = matmul_q8(x, screen, screen_qtype, out)
+    q, d, _ = quant.quantize_act(x, 8)
+    xq = (q.reshape(len(x), -1, 32) * d[..., None].astype(np.float64)).reshape(len(x), cols)
+    x64 = x.astype(np.float64)
+    e = np.linalg.norm(x64 - xq, axis=1) + (cols + 128) * np.ldexp(np.linalg.norm(x64, axis=1), -21)
+    e = np.nextafter(e.astype(np.float32), np.float32(np.inf))
+    for i in range(len(x)):
+        bound = norms * e[i]
+        t = np.partition(out[i] - bound, rows - top)[rows - top]
+        near = np.nonzero(out[i] + bound >= t)[0]
+        out[i, near] = exact[i, near]
+    return out
+
+
+def row_norms(w, qtype):
+    """float32 [rows]: the L2 norm of each row, rounded up (csrc/screen.c mg_row_norms)."""
+    norms = np.linalg.norm(dequantize(w, qtype).astype(np.float64), axis=1)
+    f = norms.astype(np.float32)
+    return np.where(f < norms, np.nextafter(f, np.float32(np.inf)), f)
+
+
 def get_rows(w, qtype, ids, out=None):
     """Embedding lookup: float32 [len(ids), cols], row i = W[ids[i]]."""
     cols, ids, out = check_get_rows(w, qtype, ids, out)

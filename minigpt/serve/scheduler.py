@@ -32,20 +32,21 @@ import numpy as np
 
 from ..chat import common_prefix
 from ..engine import TextStream
-from ..engine.loop import choose
+from ..engine.loop import choose, head_top
 from ..engine.speculate import SPECULATE, drafter, max_rows, pass_seconds, plan
 from ..errors import ArgumentError, MinigptError, one_line
 from ..perplexity import log_softmax
-from ..sampling import make_rng
+from ..sampling import SamplerSettings, make_rng, screen_top
 
 PROMPT_CHUNK = 128   # prompt tokens a slot reads per step: how long the others' next tokens may wait
 
 
-def forward_batch(engine, items, tails):
+def forward_batch(engine, items, tails, top=None):
     """items: [(cache, ids)] -> [logits [tails[k], vocab] of each one's last tails[k] ids]; each cache
     gets its ids appended. One forward pass over all the sequences (Engine.forward_batch): the weights
-    are read once per step for every slot. (The tests script the sampler's choices here.)"""
-    return engine.forward_batch(items, tails)
+    are read once per step for every slot. top: what the slots' draws read of the logits (Engine.prefill).
+    (The tests script the sampler's choices here.)"""
+    return engine.forward_batch(items, tails, top)
 
 
 class Busy(Exception):
@@ -127,7 +128,8 @@ class Scheduler:
             raise ArgumentError(f"speculate must be one of {', '.join(SPECULATE)} or None, got {speculate!r}")
         self.model, self.engine, self.queue, self.speculate = model, model.engine, queue, speculate
         # what a pass of 1 .. max_rows rows costs: what a draft's rows are weighed against
-        self.seconds = pass_seconds(self.engine, max_rows(self.engine.kern), parallel) if speculate else []
+        self.seconds = pass_seconds(self.engine, max_rows(self.engine.kern), parallel,
+                                    top=screen_top(SamplerSettings())) if speculate else []
         self.drafted = self.accepted = 0   # draft tokens evaluated, and taken (read by /health)
         self.slots = [Slot(model.new_cache(model.n_ctx)) for _ in range(parallel)]
         self.eog_ids = model.tokenizer.eog_ids
@@ -212,7 +214,7 @@ class Scheduler:
         work = [(s, s.job.todo[:PROMPT_CHUNK] if s.job.todo else s.job.pending) for s in busy]
         drafts = self._drafts(work)
         logits = forward_batch(self.engine, [(s.cache, ids + d) for (s, ids), d in zip(work, drafts)],
-                               [len(d) + 1 for d in drafts])
+                               [len(d) + 1 for d in drafts], _top([s.job for s in busy]))
         for (slot, ids), draft, rows in zip(work, drafts, logits):
             job = slot.job
             if job.todo:
@@ -329,6 +331,13 @@ class Scheduler:
         job._emit(Event(tail, finish=finish, usage={
             "prompt_tokens": n_prompt, "completion_tokens": job.n_out, "total_tokens": n_prompt + job.n_out,
             "prompt_tokens_details": {"cached_tokens": job.cached}}))
+
+
+def _top(jobs):
+    """The `top` of a step over jobs (Engine.prefill): the most any of their draws reads of the logits,
+    None (all of them) when one reports logprobs or is constrained."""
+    tops = [None if job.logprobs else head_top(job.settings, 0, job.constraint) for job in jobs]
+    return None if None in tops else max(tops)
 
 
 def _logprobs(logits, token, top_n):
