@@ -167,7 +167,7 @@ static void attend(const mg_decoder *ctx, const mg_decoder_layer *L, int64_t li,
 }
 
 int mg_decoder_forward_multi(mg_decoder *ctx, const int64_t *ids, int64_t n, const mg_seq *seqs, int64_t n_seqs,
-                             float *logits_out, int64_t top) {
+                             float *logits_out, int64_t top, const uint32_t *const *allowed) {
     const mg_decoder_config *cfg = &ctx->cfg;
     const mg_decoder_weights *w = &ctx->w;
     const mg_ops *ops = ctx->kern->ops;
@@ -223,12 +223,12 @@ int mg_decoder_forward_multi(mg_decoder *ctx, const int64_t *ids, int64_t n, con
     }
     if (top > 0 && w->screen.data && w->output.bits == 32)
         return ctx->kern->matmul_screened(ctx->xb, w->screen.data, w->screen.qtype, w->output.data, w->output.qtype,
-                                          w->output_norms, logits_out, rows, cfg->vocab_size, d, top);
+                                          w->output_norms, allowed, logits_out, rows, cfg->vocab_size, d, top);
     return mm(ctx, ctx->xb, &w->output, logits_out, rows, cfg->vocab_size, d);
 }
 
 int mg_decoder_forward(mg_decoder *ctx, const int64_t *ids, int64_t n, int64_t start, const mg_kv_cache *kv,
-                       float *logits_out, int all_logits, int64_t top) {
+                       float *logits_out, int all_logits, int64_t top, const uint32_t *const *allowed) {
     const mg_seq seq = {n, start, kv, all_logits ? n : 1};
-    return mg_decoder_forward_multi(ctx, ids, n, &seq, 1, logits_out, top);
+    return mg_decoder_forward_multi(ctx, ids, n, &seq, 1, logits_out, top, allowed);
 }

@@ -121,14 +121,15 @@ typedef struct {
  *             NULL skips the final norm and head.                                            OUT
  * top: 0, every logit exact; else the head may be screened (with a screen, a float32 head and
  *      1 <= top <= MG_SCREEN_MAX_TOP): exact where a row can be among the top `top` of its own, below
- *      them elsewhere.
+ *      them elsewhere; allowed: NULL, or per row of logits_out a bitmask of tokens or NULL, whose best
+ *      are the top (mg_matmul_screened).
  * Returns MG_OK or a kernels.h error code (MG_ENOMEM from a matmul). */
 int mg_decoder_forward_multi(mg_decoder *dec, const int64_t *ids, int64_t n, const mg_seq *seqs, int64_t n_seqs,
-                             float *logits_out, int64_t top);
+                             float *logits_out, int64_t top, const uint32_t *const *allowed);
 
 /* The batch of one sequence: ids[0 .. n) at positions [start, start + n), its logits (n, vocab_size)
  * if all_logits else (1, vocab_size) of the last token; top as there. */
 int mg_decoder_forward(mg_decoder *dec, const int64_t *ids, int64_t n, int64_t start, const mg_kv_cache *kv,
-                       float *logits_out, int all_logits, int64_t top);
+                       float *logits_out, int all_logits, int64_t top, const uint32_t *const *allowed);
 
 #endif /* MINIGPT_DECODER_H */

@@ -250,11 +250,14 @@ int64_t mg_row_bytes(int qtype, int64_t cols);
 
 /* out[n, rows] = x[n, cols] @ W^T as mg_matmul computes it, for every row that can be among the `top`
  * largest of its input; the others get an int8 estimate (screen: W in the form mg_matmul_q8 takes as
- * screen_qtype), below all of those. norms[rows]: mg_row_norms of W. Uses the thread pool. top outside
+ * screen_qtype), below all of those. norms[rows]: mg_row_norms of W. allowed: NULL, or per input a
+ * bitmask of ceil(rows / 32) words (bit r % 32 of word r / 32) or NULL: the top are then the largest
+ * of the rows it allows, the others left as estimates. Uses the thread pool. top outside
  * 1 .. min(rows - 1, MG_SCREEN_MAX_TOP): mg_matmul. */
 int mg_matmul_screened(const float *restrict x, const void *restrict screen, int screen_qtype,
-                       const void *restrict w, int qtype, const float *restrict norms, float *restrict out,
-                       int64_t n, int64_t rows, int64_t cols, int64_t top);
+                       const void *restrict w, int qtype, const float *restrict norms,
+                       const uint32_t *const *allowed, float *restrict out, int64_t n, int64_t rows, int64_t cols,
+                       int64_t top);
 
 /* out[rows] = the L2 norm of each row of W, rounded up to float32. Uses the thread pool. */
 int mg_row_norms(const void *restrict w, int qtype, int64_t rows, int64_t cols, float *restrict out);

@@ -132,8 +132,9 @@ typedef struct {
     int (*matmul_x8_many)(const float *restrict x, int64_t n, int64_t cols, int bits, const mg_x8_matmul *mms,
                           int n_mms); /* several x8 weights of one input, int8 or int16 activations */
     int (*matmul_screened)(const float *restrict x, const void *restrict screen, int screen_qtype,
-                           const void *restrict w, int qtype, const float *restrict norms, float *restrict out,
-                           int64_t n, int64_t rows, int64_t cols, int64_t top); /* mg_matmul_screened */
+                           const void *restrict w, int qtype, const float *restrict norms,
+                           const uint32_t *const *allowed, float *restrict out, int64_t n, int64_t rows,
+                           int64_t cols, int64_t top); /* mg_matmul_screened */
     int (*get_rows)(const void *restrict w, int qtype, const int64_t *restrict ids, int64_t n_ids,
                     int64_t cols, float *restrict out);
     void (*attention)(const mg_attn_params *ap, const mg_attn_seq *seqs, int64_t n_seqs); /* mg_attention_batch */

@@ -17,7 +17,8 @@
  *      mg_matmul computes it (vec_dot), and replaces its approximation.
  *
  * The rows left approximate are below every one of the top `top`, which are exact: top-k, min-p,
- * top-p within the k and greedy choices see what the full float32 head would give them.
+ * top-p within the k and greedy choices see what the full float32 head would give them. Under a
+ * grammar's mask (`allowed`) the top are the best rows it allows, and only those are computed again.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -26,6 +27,7 @@
 
 typedef struct {
     const float *x;       /* (n, cols) inputs                                    IN */
+    const uint32_t *const *allowed; /* (n,) each input's bitmask of rows, or NULL  IN */
     const uint8_t *w;     /* (rows, rb) the head as stored, for float32 rows     IN */
     const float *norms;   /* (rows,) |w_r|, rounded up                           IN */
     float *out;           /* (n, rows) int8 logits in, screened logits out  IN/OUT */
@@ -70,54 +72,68 @@ static float error_bound(const float *x, int64_t cols) {
     return (double)f < e ? nextafterf(f, INFINITY) : f;
 }
 
-/* steps 2 to 4 for one input x and its row of out */
-static void screen_row(const screen_job *jb, const float *x, float *restrict out) {
+/* whether row r is one of those a bitmask allows (bit r % 32 of word r / 32; NULL: every row) */
+static inline int allows(const uint32_t *allowed, int64_t r) {
+    return !allowed || (allowed[r >> 5] >> (r & 31)) & 1;
+}
+
+/* steps 2 to 4 for one input x and its row of out, among the rows `allowed` (a grammar's mask: the top
+ * are the best it allows; where it allows `top` rows or fewer, they are all computed again) */
+static void screen_row(const screen_job *jb, const float *x, const uint32_t *allowed, float *restrict out) {
     const int64_t rows = jb->rows, k = jb->top;
     const float *restrict norms = jb->norms;
     const float e = error_bound(x, jb->cols);
-    float heap[MG_SCREEN_MAX_TOP];   /* the k largest lower bounds so far; heap[0] the least */
-    for (int64_t r = 0; r < k; r++) heap[r] = out[r] - norms[r] * e;
-    for (int64_t r = k / 2 - 1; r >= 0; r--) sift_down(heap, k, r);
-    for (int64_t r0 = k; r0 < rows; r0 += CHUNK) {
-        const int64_t r1 = r0 + CHUNK < rows ? r0 + CHUNK : rows;
-        const float least = heap[0];
-        int above = 0;
-        for (int64_t r = r0; r < r1; r++) above |= out[r] - norms[r] * e > least;
-        if (!above) continue;
-        for (int64_t r = r0; r < r1; r++) {
-            const float lo = out[r] - norms[r] * e;
-            if (lo > heap[0]) {
-                heap[0] = lo;
-                sift_down(heap, k, 0);
+    float heap[MG_SCREEN_MAX_TOP] = {-INFINITY};   /* the k largest lower bounds so far; heap[0] the least */
+    int64_t filled = 0, r0 = 0;
+    for (; r0 < rows && filled < k; r0++)
+        if (allows(allowed, r0)) heap[filled++] = out[r0] - norms[r0] * e;
+    float t = -INFINITY;
+    if (filled == k) {
+        for (int64_t r = k / 2 - 1; r >= 0; r--) sift_down(heap, k, r);
+        for (; r0 < rows; r0 += CHUNK) {
+            const int64_t r1 = r0 + CHUNK < rows ? r0 + CHUNK : rows;
+            const float least = heap[0];
+            int above = 0;   /* any row of the chunk, allowed or not: the vector sweep ignores the mask */
+            for (int64_t r = r0; r < r1; r++) above |= out[r] - norms[r] * e > least;
+            if (!above) continue;
+            for (int64_t r = r0; r < r1; r++) {
+                const float lo = out[r] - norms[r] * e;
+                if (lo > heap[0] && allows(allowed, r)) {
+                    heap[0] = lo;
+                    sift_down(heap, k, 0);
+                }
             }
         }
+        t = heap[0];
     }
-    const float t = heap[0];
-    for (int64_t r0 = 0; r0 < rows; r0 += CHUNK) {
+    for (r0 = 0; r0 < rows; r0 += CHUNK) {
         const int64_t r1 = r0 + CHUNK < rows ? r0 + CHUNK : rows;
         int reach = 0;
         for (int64_t r = r0; r < r1; r++) reach |= out[r] + norms[r] * e >= t;
         if (!reach) continue;
         for (int64_t r = r0; r < r1; r++)
-            if (out[r] + norms[r] * e >= t) out[r] = jb->tt->vec_dot(jb->cols, jb->w + r * jb->rb, x);
+            if (out[r] + norms[r] * e >= t && allows(allowed, r))
+                out[r] = jb->tt->vec_dot(jb->cols, jb->w + r * jb->rb, x);
     }
 }
 
 static void screen_task(void *arg, int s, int n_shares) {
     const screen_job *jb = (const screen_job *)arg;
-    for (int64_t i = s; i < jb->n; i += n_shares) screen_row(jb, jb->x + i * jb->cols, jb->out + i * jb->rows);
+    for (int64_t i = s; i < jb->n; i += n_shares)
+        screen_row(jb, jb->x + i * jb->cols, jb->allowed ? jb->allowed[i] : NULL, jb->out + i * jb->rows);
 }
 
 int mg_matmul_screened(const float *restrict x, const void *restrict screen, int screen_qtype,
-                       const void *restrict w, int qtype, const float *restrict norms, float *restrict out,
-                       int64_t n, int64_t rows, int64_t cols, int64_t top) {
+                       const void *restrict w, int qtype, const float *restrict norms,
+                       const uint32_t *const *allowed, float *restrict out, int64_t n, int64_t rows, int64_t cols,
+                       int64_t top) {
     if (qtype < 0 || qtype >= MG_NQTYPES) return MG_EQTYPE;
     if (top < 1 || top > MG_SCREEN_MAX_TOP || top >= rows || cols % MG_QK)
         return mg_matmul(x, w, out, qtype, n, rows, cols);
     int err = mg_matmul_q8(x, screen, out, screen_qtype, n, rows, cols);
     if (err) return err;
-    screen_job jb = {x, (const uint8_t *)w, norms, out, &mg_traits[qtype], n, rows, cols, mg_row_bytes(qtype, cols),
-                     top};
+    screen_job jb = {x, allowed, (const uint8_t *)w, norms, out, &mg_traits[qtype], n, rows, cols,
+                     mg_row_bytes(qtype, cols), top};
     mg_parallel(screen_task, &jb, (int)(n < MG_MAX_THREADS ? n : MG_MAX_THREADS));
     return MG_OK;
 }

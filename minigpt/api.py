@@ -207,7 +207,7 @@ class Model:
 
     def _steps(self, ids, settings, max_tokens, stop, top_n, constraint=None, speculate=None):
         self.reset()
-        logits = self.engine.prefill(ids, top=head_top(settings, top_n, constraint))
+        logits = self.engine.prefill(ids, top=head_top(settings, top_n), allowed=constrain.allowed(constraint))
         out = TextStream(self.tokenizer, stop)
         for step in TokenLoop(self.engine, self.engine.cache, logits, settings, make_rng(settings.seed), max_tokens,
                               self.tokenizer.eog_ids, top_n=top_n, constraint=constraint, speculate=speculate):

@@ -24,7 +24,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from . import args
+from . import args, constrain
 from . import tools as tooling   # `tools` is send()'s argument, as in OpenAI's API
 from .engine import KV_TYPES, ContextFullError, Step, TextStream, TokenLoop
 from .engine.loop import head_top
@@ -302,7 +302,7 @@ class ChatSession:
         try:
             logits = m.engine.prefill(todo, cache=cache, chunk=PREFILL_STEP, progress=progress,
                                       cancelled=self._cancel.is_set,
-                                      top=head_top(self.settings, top_n, turn.constraint))
+                                      top=head_top(self.settings, top_n), allowed=constrain.allowed(turn.constraint))
             if logits is None:
                 stats.stop = "cancelled"
                 self._take_back(n, appends)

@@ -5,7 +5,7 @@ before each token, the set of tokens that keep the text valid (a bitmask), and t
 forces (one choice only), which the token loop evaluates together instead of one step each.
 
     c = constraint(model.tokenizer, model.config.vocab_size, response_format={"type": "json_object"})
-    logits = c.mask(logits); c.advance([token]); c.forced(); c.done; c.valid_prefix(draft)
+    logits = c.mask(logits); c.advance([token]); c.forced(); c.done; c.valid_prefix(draft); c.bits()
     Triggered(tok, "<tool_call>", c): free text until the marker, c after it (the same methods)
 
 The llguidance tokenizer is built once per minigpt tokenizer (cached beside it); a grammar is compiled
@@ -146,13 +146,22 @@ class Constraint:
     def __init__(self, matcher, n_vocab):
         self.matcher, self.n_vocab = matcher, n_vocab
         self._bits = np.zeros((1, (n_vocab + 31) // 32), dtype=np.int32)   # [1, ceil(vocab / 32)]
+        self._fresh = False   # _bits is the mask of the current state
         self._out = np.empty(n_vocab, dtype=np.float32)
+
+    def bits(self):
+        """The tokens the grammar allows next, as a bitmask: bit k of word w is token 32w + k (int32
+        [ceil(vocab / 32)], a buffer reused per state; computed once per state, for the engine's screen
+        and mask() alike)."""
+        if not self._fresh:
+            self.matcher.unsafe_compute_mask_ptr(self._bits.ctypes.data, self._bits.nbytes)
+            self._check()
+            self._fresh = True
+        return self._bits[0]
 
     def mask(self, logits):
         """logits: [vocab] -> [vocab], -inf where the grammar forbids the token (a buffer reused per call)."""
-        self.matcher.unsafe_compute_mask_ptr(self._bits.ctypes.data, self._bits.nbytes)
-        self._check()
-        if not self._bits.any():   # bit k of word w is token 32w + k; none past the vocabulary is set
+        if not self.bits().any():   # none past the vocabulary is set
             raise MinigptError("the grammar allows no token here (constrained output cannot go on)")
         np.copyto(self._out, logits)
         llguidance.numpy.apply_token_bitmask_inplace(self._out, self._bits)   # -inf where a bit is 0, in place
@@ -163,6 +172,7 @@ class Constraint:
         return self.matcher.compute_ff_tokens()
 
     def advance(self, ids):
+        self._fresh = False
         if not self.matcher.consume_tokens(list(ids)):
             self._check()
 
@@ -188,6 +198,9 @@ class Triggered:
     def __init__(self, tok, marker, then):
         self.tok, self.marker, self.then = tok, marker.encode(), then
         self.on, self._tail = False, b""   # _tail: the text's last bytes, while waiting for the marker
+
+    def bits(self):
+        return self.then.bits() if self.on else None
 
     def mask(self, logits):
         return self.then.mask(logits) if self.on else logits
@@ -222,6 +235,12 @@ class Triggered:
     @property
     def done(self):
         return self.on and self.then.done
+
+
+def allowed(c):
+    """The bitmask of the tokens the constraint c allows next (Constraint.bits), or None: no constraint,
+    none in force yet (a Triggered before its marker), or a complete one (nothing is chosen after it)."""
+    return None if c is None or c.done else c.bits()
 
 
 def schema_text(text, source):

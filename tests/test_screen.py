@@ -68,6 +68,42 @@ def test_screened_head_is_the_float32_head_where_a_draw_looks(qtype, n):
         np.testing.assert_allclose(out, twin, rtol=1e-4, atol=1e-4 * np.abs(exact).max())
 
 
+def bitmask(ok):
+    """bool [rows] -> a grammar's bitmask: int32 words, bit r % 32 of word r / 32 (llguidance's)"""
+    return np.packbits(np.pad(ok, (0, -len(ok) % 32)), bitorder="little").view(np.int32)
+
+
+def check_masked(out, exact, top, ok):
+    """check_screened among the rows a mask allows (all of them exact when it allows top or fewer)"""
+    for got, want, keep in zip(out, exact, ok):
+        ids = np.nonzero(keep)[0]
+        check_screened(got[ids][None], want[ids][None], min(top, len(ids)))
+
+
+@pytest.mark.parametrize("qtype", ["q8_0", "q4_k"])
+def test_under_a_mask_the_top_are_the_best_it_allows(qtype):
+    rng = np.random.default_rng(3)
+    rows, cols = 512, 256
+    w, x = weight(rng, qtype, rows, cols), inputs(rng, 4, cols)
+    exact, norms = core.matmul(x, w, qtype), core.row_norms(w, qtype)
+    ok = rng.random((4, rows)) < 0.3
+    ok[1] = False                                   # a grammar that allows 3 rows: each is computed again
+    ok[1, [7, 100, 300]] = True                     # (under a top of 3 or more)
+    ok[2] = exact[2] < np.sort(exact[2])[-50]       # one that forbids the 50 best the model wants
+    masks = [bitmask(ok[0]), bitmask(ok[1]), bitmask(ok[2]), None]
+    ok[3] = True
+    for top in (1, 5, 40):
+        out = core.matmul_screened(x, *screen_of(w, qtype), w, qtype, norms, top, allowed=masks)
+        check_masked(out, exact, top, ok)
+        if top >= 3:
+            assert np.array_equal(out[1, [7, 100, 300]], exact[1, [7, 100, 300]])
+        twin = numpy_ref.matmul_screened(x, w, qtype, w, qtype, numpy_ref.row_norms(w, qtype), top, allowed=masks)
+        check_masked(twin, numpy_ref.matmul(x, w, qtype), top, ok)
+    for bad in ([masks[0]], [masks[0][:-1]] * 4, [masks[0].astype(np.int64)] * 4, "all"):
+        with pytest.raises(ValueError, match="allowed"):
+            core.matmul_screened(x, *screen_of(w, qtype), w, qtype, norms, 1, allowed=bad)
+
+
 def test_row_norms_are_rounded_up_and_match_the_twin():
     rng = np.random.default_rng(1)
     for qtype in QTYPES:
@@ -167,6 +203,18 @@ def test_generation_is_the_unscreened_heads(model, kw, monkeypatch):
     screened = list(model.generate(prompt, max_tokens=60, **kw))
     unscreened(monkeypatch)
     assert list(model.generate(prompt, max_tokens=60, **kw)) == screened
+
+
+@pytest.mark.parametrize("kw", [dict(regex=r"(the|a) (cat|dog|mat)( (sat|ran) on the (mat|rug))+\\."),
+                                dict(response_format={"type": "json_object"}),
+                                dict(regex=r"[a-z ]{10,40}", speculate="ngram")])
+def test_constrained_generation_is_the_unscreened_heads(model, kw, monkeypatch):
+    for sampling in (dict(temperature=0), dict(temperature=0.8, seed=2)):
+        screened = list(model.generate("the cat", max_tokens=40, **sampling, **kw))
+        with monkeypatch.context() as m:
+            for where in (loop, minigpt.api):
+                m.setattr(where, "head_top", lambda *a, **k: None)
+            assert list(model.generate("the cat", max_tokens=40, **sampling, **kw)) == screened
 
 
 def test_a_chat_turn_is_the_unscreened_heads(model, monkeypatch):

@@ -234,7 +234,7 @@ def scripted(tokens, vocab):
     """forward_batch that makes the sampler pick `tokens` in order, whatever the sequence."""
     it = iter(tokens)
 
-    def forward(engine, items, tails, top=None):
+    def forward(engine, items, tails, top=None, allowed=None):
         out = []
         for (cache, ids), n in zip(items, tails):
             cache.tokens.extend(ids)   # as the engine would, without computing anything

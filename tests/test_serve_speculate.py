@@ -199,8 +199,8 @@ def test_a_tool_call_begun_inside_a_draft(files, monkeypatch):
     script = [3 + b for b in b"my_call> my_call> <tool_call>"]   # the tiny vocabulary: 3 control tokens, then bytes
     real = scheduler.forward_batch
 
-    def forward(engine, items, tails, top=None):   # each row's reply position gets its script token, drafted or not
-        out = real(engine, items, tails, top)
+    def forward(engine, items, tails, top=None, allowed=None):   # each row's reply position gets its script token, drafted or not
+        out = real(engine, items, tails, top, allowed)
         for (cache, _), rows in zip(items, out):
             for j, row in enumerate(rows):
                 k = cache.pos - len(rows) + j + 1 - len(ids)

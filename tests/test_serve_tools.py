@@ -267,9 +267,9 @@ def test_forced_tokens_are_evaluated_in_one_step(model_path, monkeypatch):
     model = minigpt.load(str(model_path), n_ctx=256)
     seen, real = [], scheduler.forward_batch
 
-    def forward(engine, items, tails, top=None):
+    def forward(engine, items, tails, top=None, allowed=None):
         seen.append([len(ids) for _, ids in items])
-        return real(engine, items, tails, top)
+        return real(engine, items, tails, top, allowed)
 
     monkeypatch.setattr(scheduler, "forward_batch", forward)
     c = model.constraint(regex=r"(yes|no): the answer is (final|open)")
@@ -286,8 +286,8 @@ def test_a_call_the_model_begins_on_its_own_is_constrained_from_its_tag_on(model
     script = [3 + b for b in b"Hi <tool_call>"]   # the tiny vocabulary: 3 control tokens, then the 256 bytes
     it, real = iter(script), scheduler.forward_batch
 
-    def forward(engine, items, tails, top=None):   # the script's tokens first, then the model's own (masked) choices
-        logits = real(engine, items, tails, top)
+    def forward(engine, items, tails, top=None, allowed=None):   # the script's tokens first, then the model's own (masked) choices
+        logits = real(engine, items, tails, top, allowed)
         for row in (row for rows in logits for row in rows):
             token = next(it, None)
             if token is not None:

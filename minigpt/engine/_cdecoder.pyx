@@ -20,7 +20,7 @@ from minigpt.model import weights as W
 
 cimport numpy as cnp
 from cpython.pycapsule cimport PyCapsule_GetPointer
-from libc.stdint cimport int64_t, uintptr_t
+from libc.stdint cimport int64_t, uint32_t, uintptr_t
 from libc.stdlib cimport calloc, free, malloc
 
 cnp.import_array()
@@ -73,9 +73,9 @@ cdef extern from "decoder.h" nogil:
                                   const mg_decoder_weights *w, int64_t max_batch)
     void mg_decoder_free(mg_decoder *dec)
     int mg_decoder_forward(mg_decoder *dec, const int64_t *ids, int64_t n, int64_t start, const mg_kv_cache *kv,
-                           float *logits_out, int all_logits, int64_t top)
+                           float *logits_out, int all_logits, int64_t top, const uint32_t *const *allowed)
     int mg_decoder_forward_multi(mg_decoder *dec, const int64_t *ids, int64_t n, const mg_seq *seqs, int64_t n_seqs,
-                                 float *logits_out, int64_t top)
+                                 float *logits_out, int64_t top, const uint32_t *const *allowed)
 
 _ACTS = {"silu": MG_ACT_SILU, "gelu_tanh": MG_ACT_GELU_TANH}
 _KV_CODES = {"f32": MG_KV_F32, "f16": MG_KV_F16, "q8_0": MG_KV_Q8_0}   # quant.KV_TYPES -> enum mg_kv_type
@@ -274,32 +274,38 @@ cdef class CDecoder:
         writable, no overlap with each other or a weight."""
         return _Bound(self, k_cache, v_cache)
 
-    def forward(self, ids, start, _Bound cache not None, bint all_logits=False, out=None, top=None):
+    def forward(self, ids, start, _Bound cache not None, bint all_logits=False, out=None, top=None, allowed=None):
         """Run ids (1 to max_batch of them) at positions [start, start + n), writing their K/V into the
         bound cache. Position t lives in slot t % cap: a global layer needs cap >= start + n; a
         sliding-window layer that or a ring of cap >= window + n - 1. start + n <= n_rope.
         Returns logits float32 [n, vocab] if all_logits else [1, vocab] (the last position), in `out`
         when given. top: None, every logit exact; a count, the head may be screened (csrc/screen.c):
-        exact for each row's logits that can be among its `top` largest, below them elsewhere."""
+        exact for each row's logits that can be among its `top` largest, below them elsewhere; allowed:
+        None, or per row of logits a grammar's bitmask of tokens or None (_core.check_masks), whose
+        best are then the top."""
         cdef cnp.ndarray idarr = self._check_run(ids, start, cache)
         cdef int64_t n = idarr.shape[0], s = start, t = _top(top)
         cdef cnp.ndarray oarr = self._logits_out(out, n if all_logits else 1, [cache])
+        masks, ptrs = _core.check_masks(allowed, oarr.shape[0], self.c.vocab_size)   # ptrs: masks' addresses
         cdef const int64_t *idp = <const int64_t *>cnp.PyArray_DATA(idarr)
         cdef float *op = <float *>cnp.PyArray_DATA(oarr)
+        cdef const uint32_t *const *mp = NULL   # the masks, per row (None: every row allowed)
+        if ptrs is not None:
+            mp = <const uint32_t *const *>cnp.PyArray_DATA(ptrs)
         cdef int err
         with self._lock:
             with nogil:
-                err = mg_decoder_forward(self.dec, idp, n, s, &cache.kv, op, all_logits, t)
+                err = mg_decoder_forward(self.dec, idp, n, s, &cache.kv, op, all_logits, t, mp)
         _raise_for(err)
         return oarr
 
-    def forward_batch(self, seqs, out=None, tails=None, top=None):
+    def forward_batch(self, seqs, out=None, tails=None, top=None, allowed=None):
         """Run several sequences in one batch: seqs is a list of (ids, start, bound cache), each as forward
         takes them, no two with the same cache, at most max_batch tokens in all. The matmuls take every
         sequence's rows at once (each weight read once for all of them); RoPE, K/V and attention are each
         sequence's own. tails: how many of each sequence's last positions want logits (1..its ids;
         None: 1 each). Returns logits float32 [sum(tails), vocab], each sequence's in turn, in `out`
-        when given; top as forward takes it."""
+        when given; top and allowed (per row of logits) as forward takes them."""
         cdef int64_t t = _top(top)
         if not isinstance(seqs, (list, tuple)) or not seqs:
             raise ValueError("seqs must be a non-empty list of (ids, start, bound cache)")
@@ -326,6 +332,7 @@ cdef class CDecoder:
         if n > self.max_batch:
             raise ValueError(f"the sequences hold {n} tokens in all, more than max_batch {self.max_batch}")
         cdef cnp.ndarray oarr = self._logits_out(out, sum(tails), caches)
+        masks, ptrs = _core.check_masks(allowed, oarr.shape[0], self.c.vocab_size)   # ptrs: masks' addresses
         cdef mg_seq *sq = <mg_seq *>malloc(n_seqs * sizeof(mg_seq))
         if sq == NULL:
             raise MemoryError()
@@ -334,11 +341,14 @@ cdef class CDecoder:
             sq[i].n_logits = tails[i]
         cdef const int64_t *idp = <const int64_t *>cnp.PyArray_DATA(idarr)
         cdef float *op = <float *>cnp.PyArray_DATA(oarr)
+        cdef const uint32_t *const *mp = NULL   # the masks, per row (None: every row allowed)
+        if ptrs is not None:
+            mp = <const uint32_t *const *>cnp.PyArray_DATA(ptrs)
         cdef int err
         try:
             with self._lock:
                 with nogil:
-                    err = mg_decoder_forward_multi(self.dec, idp, n, sq, n_seqs, op, t)
+                    err = mg_decoder_forward_multi(self.dec, idp, n, sq, n_seqs, op, t, mp)
         finally:
             free(sq)
         _raise_for(err)

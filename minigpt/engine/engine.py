@@ -53,10 +53,10 @@ class PyDecoder:
     def bind(self, k, v):
         return k, v
 
-    def forward(self, ids, start, cache, all_logits=False, top=None):   # top: every logit is exact here
+    def forward(self, ids, start, cache, all_logits=False, top=None, allowed=None):   # every logit exact here
         return decoder.forward(self.cfg, self.weights, self.kern, cache, ids, start, self.rope, all_logits)
 
-    def forward_batch(self, seqs, tails=None, top=None):
+    def forward_batch(self, seqs, tails=None, top=None, allowed=None):
         return decoder.forward_batch(self.cfg, self.weights, self.kern, seqs, self.rope, tails)
 
 
@@ -163,14 +163,16 @@ class Engine:
     def reset(self):
         self.cache.truncate(0)   # stale K/V beyond pos is never read
 
-    def prefill(self, ids, all_logits=False, cache=None, chunk=None, progress=None, cancelled=None, top=None):
+    def prefill(self, ids, all_logits=False, cache=None, chunk=None, progress=None, cancelled=None, top=None,
+                allowed=None):
         """Append `ids` to the cache (default: the engine's own), a chunk at a time (at most `chunk`).
 
         Returns logits [len(ids), vocab] if all_logits else [vocab] of the last position; None when
         cancelled() turned true before a chunk (the chunks before it stay in the cache).
         progress(done, total) is called after each chunk. top: None, every logit as the precision
         computes it; a count k (sampling.screen_top), what a draw from the best k needs: those exact,
-        the others possibly estimates below them (a screened head: SCREENED).
+        the others possibly estimates below them (a screened head: SCREENED). allowed: a grammar's
+        bitmask of the tokens that may follow ids (constrain.allowed), whose best k are then those.
         """
         ids = args.token_ids("ids", ids, self.cfg.vocab_size)
         if not ids:
@@ -184,19 +186,22 @@ class Engine:
             if cancelled is not None and cancelled():
                 return None
             part = ids[s:s + step]
-            outs.append(self.decoder.forward(part, c.pos, bound, all_logits, top=top))   # the GIL released in C
+            masks = None
+            if allowed is not None and s + step >= len(ids):   # the mask is the last row's, in the last chunk
+                masks = [None] * (len(part) - 1 if all_logits else 0) + [allowed]
+            outs.append(self.decoder.forward(part, c.pos, bound, all_logits, top=top, allowed=masks))
             self._count(top)
             c.tokens.extend(part)
             if progress:
                 progress(s + len(part), len(ids))
         return _finite(np.concatenate(outs) if all_logits else outs[-1][0])
 
-    def decode_step(self, token, cache=None, top=None):
+    def decode_step(self, token, cache=None, top=None, allowed=None):
         """Append one token to the cache (default: the engine's own); logits [vocab] for the next
-        (top: as prefill takes it)."""
-        return self.prefill([token], cache=cache, top=top)
+        (top, allowed: as prefill takes them)."""
+        return self.prefill([token], cache=cache, top=top, allowed=allowed)
 
-    def forward_batch(self, items, tails=None, top=None):
+    def forward_batch(self, items, tails=None, top=None, allowed=None):
         """Append each sequence's ids to its own cache, the sequences sharing forward passes: items is a
         list of (cache, ids), no cache twice. Returns, in order, each item's logits [vocab] for its last
         token (none for no items: a server's step may find every request gone); with tails, a count per
@@ -207,7 +212,8 @@ class Engine:
         sequences together costs little more than one. It takes at most PREFILL_CHUNK tokens in all
         (and at most a cache's chunk from one sequence), the sequences with fewest tokens left first:
         a long prompt is prefilled over several passes, the first carrying the others' decode tokens.
-        top: as prefill takes it, for every item.
+        top: as prefill takes it, for every item; allowed: None, or per item a grammar's bitmask of the
+        tokens that may follow its ids, or None.
         """
         if not isinstance(items, (list, tuple)):
             raise ArgumentTypeError(f"items must be a list of (KVCache, ids), got {type(items).__name__}")
@@ -229,6 +235,8 @@ class Engine:
         if len(want) != len(items) or any(not isinstance(t, int) or not 1 <= t <= len(ids)
                                           for t, ids in zip(want, left)):
             raise ArgumentError(f"tails must give each item a count from 1 to its number of ids, got {tails!r}")
+        if allowed is not None and len(allowed) != len(items):
+            raise ArgumentError(f"allowed must give each item a bitmask or None: {len(allowed)} for {len(items)} items")
         rows = [[] for _ in caches]   # each item's wanted logits, pass by pass
         while any(left):
             room, step = PREFILL_CHUNK, []
@@ -240,8 +248,13 @@ class Engine:
             # the wanted rows this pass holds: a part before them still gives its last (the head then
             # has the rows, and so the floats, of a pass without tails)
             got = [min(len(part), max(1, want[k] - len(left[k]))) for k, part in step]
+            masks = None   # per row of the pass: an item's mask goes to its last row, in its last pass
+            if allowed is not None and any(allowed[k] is not None and not left[k] for k, _ in step):
+                masks = [m for (k, _), n in zip(step, got)
+                         for m in [None] * (n - 1) + [None if left[k] else allowed[k]]]
             out = self.decoder.forward_batch([(part, caches[k].pos, caches[k].bound(self.decoder))
-                                              for k, part in step], tails=got, top=top)   # the GIL released in C
+                                              for k, part in step], tails=got, top=top,
+                                             allowed=masks)   # the GIL released in C
             self._count(top)
             at = 0
             for (k, part), n in zip(step, got):

@@ -2,15 +2,16 @@
 
 from dataclasses import dataclass, field
 
+from ..constrain import allowed
 from ..sampling import SamplerSettings, apply_repeat_penalty, sample_draft, screen_top, top_probs
 from .speculate import drafter, max_rows
 
 
-def head_top(settings: SamplerSettings, top_n=0, constraint=None):
+def head_top(settings: SamplerSettings, top_n=0):
     """The `top` a token loop asks the engine for (Engine.prefill): as much of the logits as its draws
-    read (sampling.screen_top), or None, every logit, when it shows probabilities (top_n) or masks
-    them with a grammar (a mask may leave only tokens outside the best k)."""
-    return None if top_n or constraint is not None else screen_top(settings)
+    read (sampling.screen_top), or None, every logit, when it shows probabilities (top_n). Under a
+    grammar the engine takes its mask too (constrain.allowed): the best k are those it allows."""
+    return None if top_n else screen_top(settings)
 
 
 def choose(logits, tokens, at, settings: SamplerSettings, rng, constraint=None, guess=None):
@@ -72,7 +73,7 @@ class TokenLoop:
         self.settings, self.rng, self.max_tokens, self.stop_ids = settings, rng, max_tokens, frozenset(stop_ids)
         self.cancelled, self.top_n, self.constraint = cancelled or (lambda: False), top_n, constraint
         self.drafter = drafter(speculate)
-        self.top = head_top(settings, top_n, constraint)
+        self.top = head_top(settings, top_n)
         self.drafted = self.accepted = 0   # draft tokens evaluated, and taken
         self.stop = None
 
@@ -154,13 +155,11 @@ class TokenLoop:
             if self.max_tokens is not None:
                 limit = min(limit, self.max_tokens - n)
             guess = self.drafter.draft(cache.tokens, ids, limit, c)
-        if guess:
+        if guess:   # under a grammar each row would need its own mask, known only as the draft is walked
             self.drafted += len(guess)
-            rows = self.engine.prefill(ids + guess, all_logits=True, cache=cache, top=self.top)
+            rows = self.engine.prefill(ids + guess, all_logits=True, cache=cache, top=self.top if c is None else None)
             return rows[len(ids) - 1:], guess
-        if len(ids) == 1:
-            return [self.engine.decode_step(ids[0], cache, top=self.top)], []
-        return [self.engine.prefill(ids, cache=cache, top=self.top)], []
+        return [self.engine.prefill(ids, cache=cache, top=self.top, allowed=allowed(c))], []
 
     def _rollback(self, n):
         """Forget the cache's positions from n on: draft tokens not taken."""

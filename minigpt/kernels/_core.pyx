@@ -18,7 +18,7 @@ from minigpt import quant
 
 cimport numpy as cnp
 from cpython.pycapsule cimport PyCapsule_New
-from libc.stdint cimport int64_t, uint8_t, uint16_t, uintptr_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uintptr_t
 
 cnp.import_array()
 
@@ -48,7 +48,8 @@ cdef extern from "kernels.h" nogil:
     int mg_dequantize(const void *w, int qtype, int64_t rows, int64_t cols, float *out)
     int MG_SCREEN_MAX_TOP
     int mg_matmul_screened(const float *x, const void *screen, int screen_qtype, const void *w, int qtype,
-                           const float *norms, float *out, int64_t n, int64_t rows, int64_t cols, int64_t top)
+                           const float *norms, const uint32_t *const *allowed, float *out, int64_t n, int64_t rows,
+                           int64_t cols, int64_t top)
     int mg_row_norms(const void *w, int qtype, int64_t rows, int64_t cols, float *out)
     int mg_set_threads(int n)
     int mg_get_threads()
@@ -269,11 +270,33 @@ def matmul_q16(x, w, qtype, out=None):
     return _matmul(x, w, qtype, out, 16)
 
 
-def matmul_screened(x, screen, screen_qtype, w, qtype, norms, top, out=None):
+def check_masks(allowed, n, rows):
+    """allowed, checked to give each of n inputs None or a bitmask of `rows` rows: an int32 or uint32
+    array of ceil(rows / 32) words, bit r % 32 of word r / 32 for row r (llguidance's token bitmask).
+    -> (the checked arrays, which must outlive the call, and a uintp array of their addresses, 0 for
+    None), or (None, None) for no masks: the boundary check for matmul_screened and the C decoder."""
+    if allowed is None:
+        return None, None
+    if not isinstance(allowed, (list, tuple)) or len(allowed) != n:
+        raise ValueError(f"allowed must be None or a list of {n} bitmasks (or None), one per input")
+    words = (rows + 31) // 32
+    masks = []
+    for i, a in enumerate(allowed):
+        if a is not None:
+            if not isinstance(a, np.ndarray) or a.dtype not in (np.int32, np.uint32) or a.size != words:
+                raise ValueError(f"allowed[{i}] must be an int32 or uint32 array of {words} words (a bitmask "
+                                 f"of {rows} rows) or None")
+            a = check_array(a.reshape(-1), f"allowed[{i}]", a.dtype, (words,))
+        masks.append(a)
+    return masks, np.array([0 if a is None else a.ctypes.data for a in masks], dtype=np.uintp)
+
+
+def matmul_screened(x, screen, screen_qtype, w, qtype, norms, top, allowed=None, out=None):
     """The head of x: float32 [n, cols] over w (stored [rows, ...]), screened (csrc/screen.c): out
     [n, rows] as matmul gives it wherever a logit can be among the `top` largest of its row, an int8
     estimate below them elsewhere. screen: w as matmul_q8 takes it (pack_x8's form, or w itself);
-    norms: row_norms(w). top >= rows or > SCREEN_MAX_TOP: matmul."""
+    norms: row_norms(w); allowed: None, or per input a grammar's bitmask or None (check_masks): its top
+    are the best of the rows it allows. top >= rows or > SCREEN_MAX_TOP: matmul."""
     warr, code, rows, cols = _check_weight(w, qtype)
     sarr, scode, srows, scols = _check_weight(screen, screen_qtype, packed_ok=True)
     if (srows, scols) != (rows, cols):
@@ -285,6 +308,7 @@ def matmul_screened(x, screen, screen_qtype, w, qtype, norms, top, out=None):
     if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 1:
         raise ValueError(f"top must be a positive integer, got {top!r}")
     cdef int64_t n = xarr.shape[0], r = rows, k = cols, t = top
+    masks, ptrs = check_masks(allowed, n, rows)
     cdef cnp.ndarray oarr = _check_out(out, n, rows, (xarr, warr, sarr, narr))
     cdef const float *xp = <const float *>cnp.PyArray_DATA(xarr)
     cdef const void *sp = cnp.PyArray_DATA(<cnp.ndarray>sarr)
@@ -292,8 +316,11 @@ def matmul_screened(x, screen, screen_qtype, w, qtype, norms, top, out=None):
     cdef const float *np_ = <const float *>cnp.PyArray_DATA(narr)
     cdef float *op = <float *>cnp.PyArray_DATA(oarr)
     cdef int c = code, sc = scode, err
+    cdef const uint32_t *const *mp = NULL   # the masks, per row (None: every row allowed)
+    if ptrs is not None:
+        mp = <const uint32_t *const *>cnp.PyArray_DATA(ptrs)
     with nogil:
-        err = mg_matmul_screened(xp, sp, sc, wp, c, np_, op, n, r, k, t)
+        err = mg_matmul_screened(xp, sp, sc, wp, c, np_, mp, op, n, r, k, t)
     _raise_for(err)
     return oarr
 

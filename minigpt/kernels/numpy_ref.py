@@ -273,9 +273,10 @@ def _exp_sum(s, a, b, m):
 SCREEN_MAX_TOP = 1024   # csrc/kernels.h MG_SCREEN_MAX_TOP
 
 
-def matmul_screened(x, screen, screen_qtype, w, qtype, norms, top, out=None):
+def matmul_screened(x, screen, screen_qtype, w, qtype, norms, top, allowed=None, out=None):
     """csrc/screen.c in NumPy: x @ W^T exact (matmul) for every row that can be among the `top`
-    largest of its input, matmul_q8's estimate, below all of those, for the others.
+    largest of its input, matmul_q8's estimate, below all of those, for the others. allowed: None, or
+    per input a grammar's bitmask (bit r % 32 of word r / 32) or None: the top are the best it allows.
 
     approx = matmul_q8(x, screen): each input rounded to q8 blocks xq first. |exact - approx| <= |w_r| e
     per row r (Cauchy-Schwarz), e = |x - xq| + (cols + 128) 2^-21 |x| bounding float32 rounding too;
@@ -293,9 +294,12 @@ def matmul_screened(x, screen, screen_qtype, w, qtype, norms, top, out=None):
     e = np.linalg.norm(x64 - xq, axis=1) + (cols + 128) * np.ldexp(np.linalg.norm(x64, axis=1), -21)
     e = np.nextafter(e.astype(np.float32), np.float32(np.inf))
     for i in range(len(x)):
+        ok = np.ones(rows, bool)
+        if allowed is not None and allowed[i] is not None:
+            ok = np.unpackbits(np.asarray(allowed[i]).view(np.uint8), bitorder="little")[:rows].astype(bool)
         bound = norms * e[i]
-        t = np.partition(out[i] - bound, rows - top)[rows - top]
-        near = np.nonzero(out[i] + bound >= t)[0]
+        t = np.partition(np.where(ok, out[i] - bound, -np.inf), rows - top)[rows - top]
+        near = ok & (out[i] + bound >= t)
         out[i, near] = exact[i, near]
     return out
 

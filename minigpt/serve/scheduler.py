@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import constrain
 from ..chat import common_prefix
 from ..engine import TextStream
 from ..engine.loop import choose, head_top
@@ -41,12 +42,12 @@ from ..sampling import SamplerSettings, make_rng, screen_top
 PROMPT_CHUNK = 128   # prompt tokens a slot reads per step: how long the others' next tokens may wait
 
 
-def forward_batch(engine, items, tails, top=None):
+def forward_batch(engine, items, tails, top=None, allowed=None):
     """items: [(cache, ids)] -> [logits [tails[k], vocab] of each one's last tails[k] ids]; each cache
     gets its ids appended. One forward pass over all the sequences (Engine.forward_batch): the weights
-    are read once per step for every slot. top: what the slots' draws read of the logits (Engine.prefill).
-    (The tests script the sampler's choices here.)"""
-    return engine.forward_batch(items, tails, top)
+    are read once per step for every slot. top, allowed: what the slots' draws read of the logits, and
+    their grammars' masks (Engine.forward_batch). (The tests script the sampler's choices here.)"""
+    return engine.forward_batch(items, tails, top, allowed)
 
 
 class Busy(Exception):
@@ -213,8 +214,11 @@ class Scheduler:
         token, and the tokens a grammar forced after it: evaluated together), then its draft if any."""
         work = [(s, s.job.todo[:PROMPT_CHUNK] if s.job.todo else s.job.pending) for s in busy]
         drafts = self._drafts(work)
+        jobs = [s.job for s, _ in work]
+        masks = [constrain.allowed(job.constraint) if len(job.todo) <= len(ids) else None   # its last row's
+                 for job, (_, ids) in zip(jobs, work)]
         logits = forward_batch(self.engine, [(s.cache, ids + d) for (s, ids), d in zip(work, drafts)],
-                               [len(d) + 1 for d in drafts], _top([s.job for s in busy]))
+                               [len(d) + 1 for d in drafts], _top(jobs, drafts), masks)
         for (slot, ids), draft, rows in zip(work, drafts, logits):
             job = slot.job
             if job.todo:
@@ -333,11 +337,13 @@ class Scheduler:
             "prompt_tokens_details": {"cached_tokens": job.cached}}))
 
 
-def _top(jobs):
-    """The `top` of a step over jobs (Engine.prefill): the most any of their draws reads of the logits,
-    None (all of them) when one reports logprobs or is constrained."""
-    tops = [None if job.logprobs else head_top(job.settings, 0, job.constraint) for job in jobs]
-    return None if None in tops else max(tops)
+def _top(jobs, drafts):
+    """The `top` of a step over jobs (Engine.prefill): the most any of their draws reads of the logits;
+    None (all of them) when one reports logprobs, or drafts under a grammar (each draft row would need
+    its own mask, known only as the draft is walked)."""
+    tops = [None if job.logprobs or (job.constraint is not None and draft) else head_top(job.settings)
+            for job, draft in zip(jobs, drafts)]
+    return None if None in tops else max(tops, default=None)
 
 
 def _logprobs(logits, token, top_n):
