@@ -5,8 +5,9 @@ ordinary pages, interleaved in one process.
     python bench/arena.py qwen2.5-coder-0.5b-instruct --seqs 1 --rounds 15 --n-gen 8
     python bench/arena.py --cpu-time                          # on a busy machine
 
-The model is loaded twice: as minigpt loads it, and with Arena.keep made the identity (what it did
-before: the packed copies in NumPy's own memory, the head read in place from the file). Each round
+The model is loaded twice: as minigpt loads it, and with Arena.keep made the identity and Arena.empty
+NumPy's (what it did before: the packed copies and the head's screen in NumPy's own memory, the head
+read in place from the file). Each round
 measures every batch size on both, A B A B (bench/batch.py's measurement: aggregate decode tok/s of S
 sequences stepped together). Printed per batch size: median [min, max] tok/s of each, and the median
 [min, max] of the rounds' ratios arena / ordinary, which a shared machine's drifts disturb least.
@@ -20,6 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from batch import measure  # noqa: E402
 from compare import _spread, machine  # noqa: E402
+
+import numpy as np  # noqa: E402
 
 import minigpt  # noqa: E402
 from minigpt.engine import arena  # noqa: E402
@@ -44,12 +47,13 @@ def main():
     seqs = [int(s) for s in a.seqs.split(",")]
 
     models = {"huge pages": minigpt.load(a.model, threads=a.threads, precision=a.precision)}
-    keep = arena.Arena.keep
+    keep, empty = arena.Arena.keep, arena.Arena.empty
     arena.Arena.keep = lambda self, x, copied=None: x
+    arena.Arena.empty = lambda self, shape, dtype: np.empty(shape, dtype)
     try:
         models["ordinary"] = minigpt.load(a.model, threads=a.threads, precision=a.precision)
     finally:
-        arena.Arena.keep = keep
+        arena.Arena.keep, arena.Arena.empty = keep, empty
 
     tok_s = {}
     for rnd in range(a.rounds):

@@ -27,17 +27,18 @@ import minigpt  # noqa: E402
 from minigpt.bench import prompt_ids  # noqa: E402
 
 
-def measure(m, n_seqs, a, clock=time.perf_counter):
-    """Aggregate decode tok/s of n_seqs sequences stepped together (time as `clock` tells it)."""
+def measure(m, n_seqs, a, clock=time.perf_counter, top=None):
+    """Aggregate decode tok/s of n_seqs sequences stepped together (time as `clock` tells it; top: what
+    the steps ask of the head, Engine.prefill)."""
     eng, vocab = m.engine, m.config.vocab_size
     caches = [m.new_cache(a.prompt + a.n_gen + 1) for _ in range(n_seqs)]
     ids = prompt_ids(a.prompt + n_seqs, vocab)
     for k, c in enumerate(caches):   # each its own prompt
         eng.prefill(ids[k:k + a.prompt], cache=c)
-    eng.forward_batch([(c, [100 + k]) for k, c in enumerate(caches)])   # warm-up
+    eng.forward_batch([(c, [100 + k]) for k, c in enumerate(caches)], top=top)   # warm-up
     t0 = clock()
     for step in range(a.n_gen):
-        eng.forward_batch([(c, [100 + (step * 31 + k) % (vocab - 100)]) for k, c in enumerate(caches)])
+        eng.forward_batch([(c, [100 + (step * 31 + k) % (vocab - 100)]) for k, c in enumerate(caches)], top=top)
     return n_seqs * a.n_gen / (clock() - t0)
 
 

@@ -152,7 +152,9 @@ def files(tmp_path_factory):
               "add_bos_token": False}
     from minigpt.convert import convert
     out = {}
-    for name, kw in {"tied-q8_0": dict(wtype="Q8_0"), "q4_k": dict(wtype="Q4_K", tied=False, dim=256, hidden=256)}.items():
+    models = {"tied-q8_0": dict(wtype="Q8_0"),   # its table's scale makes it repeat one token: greedy-like
+              "q8_0": dict(wtype="Q8_0", tied=False), "q4_k": dict(wtype="Q4_K", tied=False, dim=256, hidden=256)}
+    for name, kw in models.items():
         d = tmp_path_factory.mktemp(name)
         tiny_llama(d / "t.gguf", tokenizer=fields, ctx=512, **kw)
         convert(d / "t.gguf", d / "t.mgpt")
@@ -160,7 +162,7 @@ def files(tmp_path_factory):
     return out
 
 
-@pytest.fixture(params=["tied-q8_0", "q4_k"])
+@pytest.fixture(params=["tied-q8_0", "q8_0", "q4_k"])
 def model(request, files):
     return minigpt.Model(files[request.param], backend="c", threads=2, n_ctx=512)
 
@@ -193,6 +195,13 @@ def test_engine_logits_are_screened_only_when_asked(model):
     want = model.engine.forward_batch([(a, ids[10:14]), (model.new_cache(64), ids[:3])], tails=[4, 1])
     for g, w in zip(got, want):
         check_screened(g, w, 3)
+    # unasked, every logit is the float32 head's, whichever way the pass goes
+    alone = last_rows(model, ids, 1)
+    cache = model.new_cache(64)
+    model.engine.prefill(ids[:-1], cache=cache)
+    assert np.array_equal(model.engine.forward_batch([(cache, ids[-1:])])[0], alone[0])
+    assert np.array_equal(model.engine.decode_step(ids[-1], cache=model.new_cache(64)),
+                          model.engine.forward_batch([(model.new_cache(64), ids[-1:])])[0])
 
 
 @pytest.mark.parametrize("kw", [dict(temperature=0), dict(temperature=0.9, seed=5),
@@ -224,6 +233,41 @@ def test_a_chat_turn_is_the_unscreened_heads(model, monkeypatch):
     screened = reply()
     unscreened(monkeypatch)
     assert reply() == screened
+
+
+def test_server_steps_are_the_unscreened_heads(model, monkeypatch):
+    """Several requests in one scheduler's steps, sampled, greedy, with a repeat penalty, constrained, with
+    logprobs: the same replies as when every step asks for every logit. (No drafts: a sampled reply with
+    drafts follows the same distribution, not the same random stream, and drafts depend on timing.)"""
+    import asyncio
+
+    from minigpt.serve import scheduler
+
+    def replies():
+        sched = scheduler.Scheduler(model, parallel=3)
+        sched.start()
+        jobs = [scheduler.Job([5, 6, 7, 5, 6, 7, 5, 6], SamplerSettings(temperature=0.9, seed=4), max_tokens=30),
+                scheduler.Job([9, 9, 10], SamplerSettings(temperature=0, repeat_penalty=1.2), max_tokens=30),
+                scheduler.Job([11, 12], SamplerSettings(temperature=0.7, top_k=8, seed=1), max_tokens=30,
+                              constraint=model.constraint(regex=r"[a-z]{3,20}")),
+                scheduler.Job([13], SamplerSettings(temperature=1.0, seed=2), max_tokens=20, logprobs=True, top_n=3)]
+
+        async def run():
+            for job in jobs:
+                sched.submit(job)
+            out = []
+            for job in jobs:
+                events = [e async for e in job.events()]
+                out.append(("".join(e.text for e in events), [lp for e in events for lp in e.logprobs]))
+            return out
+        try:
+            return asyncio.run(run())
+        finally:
+            sched.stop()
+
+    screened = replies()
+    monkeypatch.setattr(scheduler, "head_top", lambda *a, **k: None)
+    assert replies() == screened
 
 
 def test_no_screen_for_exact_precision_or_python_backends(files):

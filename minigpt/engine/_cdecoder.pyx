@@ -284,7 +284,7 @@ cdef class CDecoder:
         None, or per row of logits a grammar's bitmask of tokens or None (_core.check_masks), whose
         best are then the top."""
         cdef cnp.ndarray idarr = self._check_run(ids, start, cache)
-        cdef int64_t n = idarr.shape[0], s = start, t = _top(top)
+        cdef int64_t n = idarr.shape[0], s = start, head_top = _top(top)
         cdef cnp.ndarray oarr = self._logits_out(out, n if all_logits else 1, [cache])
         masks, ptrs = _core.check_masks(allowed, oarr.shape[0], self.c.vocab_size)   # ptrs: masks' addresses
         cdef const int64_t *idp = <const int64_t *>cnp.PyArray_DATA(idarr)
@@ -295,7 +295,7 @@ cdef class CDecoder:
         cdef int err
         with self._lock:
             with nogil:
-                err = mg_decoder_forward(self.dec, idp, n, s, &cache.kv, op, all_logits, t, mp)
+                err = mg_decoder_forward(self.dec, idp, n, s, &cache.kv, op, all_logits, head_top, mp)
         _raise_for(err)
         return oarr
 
@@ -306,7 +306,7 @@ cdef class CDecoder:
         sequence's own. tails: how many of each sequence's last positions want logits (1..its ids;
         None: 1 each). Returns logits float32 [sum(tails), vocab], each sequence's in turn, in `out`
         when given; top and allowed (per row of logits) as forward takes them."""
-        cdef int64_t t = _top(top)
+        cdef int64_t head_top = _top(top)
         if not isinstance(seqs, (list, tuple)) or not seqs:
             raise ValueError("seqs must be a non-empty list of (ids, start, bound cache)")
         ids, caches, starts = [], [], []
@@ -348,7 +348,7 @@ cdef class CDecoder:
         try:
             with self._lock:
                 with nogil:
-                    err = mg_decoder_forward_multi(self.dec, idp, n, sq, n_seqs, op, t, mp)
+                    err = mg_decoder_forward_multi(self.dec, idp, n, sq, n_seqs, op, head_top, mp)
         finally:
             free(sq)
         _raise_for(err)
