@@ -12,6 +12,9 @@ tensor or architecture is known below this line).
     set_threads(n) / get_threads()     threads the kernels use, 1..MAX_THREADS (the numpy backend only records n)
     name, isa()                        the backend's name; the instruction set it runs on (or None)
 
+The compiled backend also has pack_x8, matmul_screened and row_norms, which the engine uses for a
+screened head (csrc/screen.c; numpy_ref has twins of the last two).
+
 Backends: 'c' (compiled, minigpt/kernels/_core.pyx over csrc/; the default when it is built),
 'numba' (numba_.py, JIT-compiled; listed when numba is installed, imported on first use since importing
 numba takes ~0.5 s) and 'numpy' (numpy_ref.py, the oracle). Stored weight layouts: minigpt/quant.py.

@@ -327,16 +327,7 @@ def matmul_screened(x, screen, screen_qtype, w, qtype, norms, top, allowed=None,
 
 def row_norms(w, qtype):
     """float32 [rows]: the L2 norm of each row of a stored weight, rounded up."""
-    warr, code, rows, cols = _check_weight(w, qtype)
-    cdef cnp.ndarray oarr = np.empty(rows, dtype=np.float32)
-    cdef const void *wp = cnp.PyArray_DATA(<cnp.ndarray>warr)
-    cdef float *op = <float *>cnp.PyArray_DATA(oarr)
-    cdef int c = code, err
-    cdef int64_t r = rows, k = cols
-    with nogil:
-        err = mg_row_norms(wp, c, r, k, op)
-    _raise_for(err)
-    return oarr
+    return _of_rows(w, qtype, mg_row_norms, False)
 
 
 SCREEN_MAX_TOP = MG_SCREEN_MAX_TOP
@@ -425,14 +416,22 @@ def get_rows(w, qtype, ids, out=None):
 
 def dequantize(w, qtype):
     """Stored weight -> float32 [rows, cols]."""
+    return _of_rows(w, qtype, mg_dequantize, True)
+
+
+ctypedef int (*_rows_fn)(const void *w, int qtype, int64_t rows, int64_t cols, float *out) noexcept nogil
+
+
+cdef object _of_rows(object w, object qtype, _rows_fn fn, bint whole):
+    """fn over a stored weight's rows into float32 [rows, cols] (whole) or [rows]."""
     warr, code, rows, cols = _check_weight(w, qtype)
-    cdef cnp.ndarray oarr = np.empty((rows, cols), dtype=np.float32)
+    cdef cnp.ndarray oarr = np.empty((rows, cols) if whole else rows, dtype=np.float32)
     cdef const void *wp = cnp.PyArray_DATA(<cnp.ndarray>warr)
     cdef float *op = <float *>cnp.PyArray_DATA(oarr)
     cdef int c = code, err
     cdef int64_t r = rows, k = cols
     with nogil:
-        err = mg_dequantize(wp, c, r, k, op)
+        err = fn(wp, c, r, k, op)
     _raise_for(err)
     return oarr
 
