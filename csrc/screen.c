@@ -7,10 +7,9 @@
  *
  *   1. approx = x8 @ W^T, each input x rounded to q8 blocks xq first (mg_matmul_q8): fast.
  *   2. exact - approx = w . (x - xq) up to float32 rounding, so |exact - approx| <= |w| e with
- *      e = |x - xq| + (cols + 64) 2^-21 |x| (Cauchy-Schwarz; the second term bounds both sums'
- *      roundings, at most about (cols + cols/32) 2^-24 |w| (|x| + |xq|) with |xq| <= 1.03 |x|;
- *      error_bound adds as much again for the float32 arithmetic of the bounds).
- *      |w|: each row's norm, rounded up (mg_row_norms).
+ *      e = |x - xq| + (cols + 128) 2^-21 |x| (Cauchy-Schwarz; the second term bounds the roundings of
+ *      both sums, at most about (cols + cols/32) 2^-24 |w| (|x| + |xq|) with |xq| <= 1.03 |x|, and of
+ *      the bounds' own float32 arithmetic). |w|: each row's norm, rounded up (mg_row_norms).
  *   3. t = the top-th largest lower bound approx - |w| e: at least `top` exact logits are >= t.
  *   4. A row whose upper bound approx + |w| e is below t is none of the top; every other row (tens to
  *      hundreds of the 50k-262k on the real models) is computed again at float32, exactly as
@@ -51,7 +50,7 @@ static void sift_down(float *h, int64_t k, int64_t i) {
     }
 }
 
-/* e of step 2 for one input, rounded up to a float: |x - xq| + (cols + 128) 2^-21 |x|; the extra
+/* e of step 2 for one input, rounded up to a float: |x - xq| + (cols + 128) 2^-21 |x|, of which
  * 64 2^-21 |x| covers the float32 arithmetic of the bounds themselves (|approx| <= 1.1 |w| |x|) */
 static float error_bound(const float *x, int64_t cols) {
     const int64_t nb = cols / MG_QK;

@@ -128,7 +128,7 @@ def test_screen_steps_aside_where_it_cannot_help_and_checks_its_arguments():
     w, x = weight(rng, "q8_0", 64, 128), inputs(rng, 2, 128)
     norms, (screen, sq) = core.row_norms(w, "q8_0"), screen_of(w, "q8_0")
     exact = core.matmul(x, w, "q8_0")
-    for top in (64, 100, core.SCREEN_MAX_TOP + 1):   # every row, or more than a screen keeps: the float32 head
+    for top in (64, 100, core.SCREEN_MAX_TOP + 1, 2**70):   # every row, or more than a screen keeps: the whole head
         assert np.array_equal(core.matmul_screened(x, screen, sq, w, "q8_0", norms, top), exact)
     for bad in (0, -1, True, 2.0, None):
         with pytest.raises(ValueError, match="top"):
@@ -292,6 +292,8 @@ def test_no_screen_for_exact_precision_or_python_backends(files):
     assert "output_screen" not in m.engine.weights
     ids = [5, 9, 200, 31]
     assert np.array_equal(m.engine.prefill(ids, cache=m.new_cache(8), top=1), m.engine.prefill(ids, cache=m.new_cache(8)))
+    c = minigpt.Model(files["q4_k"], backend="c")   # a top beyond what a screen keeps: the whole head
+    assert np.array_equal(c.engine.prefill(ids, cache=c.new_cache(8), top=2**70), c.engine.prefill(ids, cache=c.new_cache(8)))
 
 
 # --- real models -----------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from libc.stdlib cimport calloc, free, malloc
 cnp.import_array()
 
 cdef extern from "decoder.h" nogil:
-    int MG_OK, MG_ENOMEM, MG_DECODER_MAX_GROUP, MG_ATTN_MAX_HEAD_DIM, MG_ACT_SILU, MG_ACT_GELU_TANH
+    int MG_OK, MG_ENOMEM, MG_DECODER_MAX_GROUP, MG_ATTN_MAX_HEAD_DIM, MG_ACT_SILU, MG_ACT_GELU_TANH, MG_SCREEN_MAX_TOP
     int MG_KV_F32, MG_KV_F16, MG_KV_Q8_0
     int MG_F32, MG_X8
 
@@ -103,12 +103,12 @@ cdef class _Bound
 
 
 cdef int64_t _top(object top) except -1:
-    """forward's top -> the C decoder's (0: every logit exact)"""
+    """forward's top -> the C decoder's (0: every logit exact; more than a screen keeps: the same)"""
     if top is None:
         return 0
     if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 1:
         raise ValueError(f"top must be None or a positive integer, got {top!r}")
-    return top
+    return 0 if top > MG_SCREEN_MAX_TOP else top
 
 
 cdef inline uintptr_t _begin(cnp.ndarray a):

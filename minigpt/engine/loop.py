@@ -159,6 +159,8 @@ class TokenLoop:
             self.drafted += len(guess)
             rows = self.engine.prefill(ids + guess, all_logits=True, cache=cache, top=self.top if c is None else None)
             return rows[len(ids) - 1:], guess
+        if len(ids) == 1:
+            return [self.engine.decode_step(ids[0], cache, top=self.top, allowed=allowed(c))], []
         return [self.engine.prefill(ids, cache=cache, top=self.top, allowed=allowed(c))], []
 
     def _rollback(self, n):

@@ -307,7 +307,7 @@ def matmul_screened(x, screen, screen_qtype, w, qtype, norms, top, allowed=None,
         raise ValueError(f"x has {x.shape[1]} columns, the {qtype} weight has {cols}")
     if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 1:
         raise ValueError(f"top must be a positive integer, got {top!r}")
-    cdef int64_t n = xarr.shape[0], r = rows, k = cols, t = top
+    cdef int64_t n = xarr.shape[0], r = rows, k = cols, t = min(top, MG_SCREEN_MAX_TOP + 1)   # more: matmul
     masks, ptrs = check_masks(allowed, n, rows)
     cdef cnp.ndarray oarr = _check_out(out, n, rows, (xarr, warr, sarr, narr))
     cdef const float *xp = <const float *>cnp.PyArray_DATA(xarr)
