@@ -215,8 +215,10 @@ class Scheduler:
         work = [(s, s.job.todo[:PROMPT_CHUNK] if s.job.todo else s.job.pending) for s in busy]
         drafts = self._drafts(work)
         jobs = [s.job for s, _ in work]
-        masks = [constrain.allowed(job.constraint) if len(job.todo) <= len(ids) else None   # its last row's
-                 for job, (_, ids) in zip(jobs, work)]
+        # a slot's mask is that of the row it samples from: none before its prompt's last chunk, none for
+        # a draft's rows (the step then asks for every logit: _top)
+        masks = [constrain.allowed(job.constraint) if not draft and len(job.todo) <= len(ids) else None
+                 for job, (_, ids), draft in zip(jobs, work, drafts)]
         logits = forward_batch(self.engine, [(s.cache, ids + d) for (s, ids), d in zip(work, drafts)],
                                [len(d) + 1 for d in drafts], _top(jobs, drafts), masks)
         for (slot, ids), draft, rows in zip(work, drafts, logits):
