@@ -1,7 +1,7 @@
 """`minigpt bench`: load time, prefill and decode speed, memory, in the spirit of llama-bench.
 
     prefill  pp<p>: p fixed token ids evaluated in one call from an empty KV cache
-    decode   tg<n>: n greedy tokens after a 1-token prompt, one eval call per token
+    decode   tg<n>: n greedy tokens after a 1-token prompt, one decode step per token
 Each repetition starts from an empty cache; one untimed warm-up (p tokens, then 2 decode steps) comes first.
 The cache holds p + n positions, as in llama-bench. bench/compare.py runs llama.cpp the same way.
 
@@ -65,12 +65,13 @@ def _time_prefill(m, ids):
 
 
 def _time_decode(m, first, n):
-    """Seconds for n single-token greedy steps after a 1-token prompt."""
+    """Seconds for n single-token greedy steps after a 1-token prompt, each asking for the best logit
+    alone, as greedy generation does (top=1: a screened head computes that one exactly, Engine.prefill)."""
     m.reset()
-    tok = int(np.argmax(m.eval([first])))
+    tok = int(np.argmax(m.engine.decode_step(first, top=1)))
     t0 = time.perf_counter()
     for _ in range(n):
-        tok = int(np.argmax(m.eval([tok])))
+        tok = int(np.argmax(m.engine.decode_step(tok, top=1)))
     return time.perf_counter() - t0
 
 
