@@ -265,7 +265,6 @@ class Engine:
         logits = [_finite(r[0] if len(r) == 1 else np.concatenate(r)) for r in rows]   # one pass: no copy
         return logits if tails is not None else [r[-1] for r in logits]
 
-
     def _count(self, top):
         """One more pass with `top`: every GIVE_BACK_EVERY screened ones, the head's pages go back."""
         if top is not None and self._give_back is not None:
