@@ -2,6 +2,7 @@
 
     python bench/batch.py                                          # SmolLM2-135M, 1/2/4/8 sequences, 1 and 2 threads
     python bench/batch.py qwen2.5-coder-0.5b-instruct --seqs 1,4,16 --threads 2 --rounds 7
+    python bench/batch.py --seqs 1,4 --threads 2 --top 1                     # steps as greedy decoding asks them
 
 Decode is memory bound: a step reads every weight once whether it carries one row or eight, so stepping S
 sequences together should cost little more than stepping one, and the tokens per second of all of them
@@ -65,6 +66,9 @@ def main():
     ap.add_argument("--backend", default=None)
     ap.add_argument("--precision", default="balanced")
     ap.add_argument("--kv-type", default="f16")
+    ap.add_argument("--top", type=int, default=None,
+                    help="What each step asks of the head (Engine.prefill): 1 as greedy decoding does, "
+                         "40 as top-k 40 sampling; default: every logit.")
     a = ap.parse_args()
     seqs = [int(s) for s in a.seqs.split(",")]
     threads = [int(t) for t in a.threads.split(",")]
@@ -76,13 +80,14 @@ def main():
         for t in threads:
             m.kern.set_threads(t)
             for s in seqs:
-                r = measure(m, s, a)
+                r = measure(m, s, a, top=a.top)
                 results.setdefault((t, s), []).append(r)
                 print(f"round {rnd + 1}/{a.rounds}  threads {t}  sequences {s:<3}  {r:7.1f} tok/s",
                       file=sys.stderr, flush=True)
 
     print(f"model: {a.model} ({m.config.arch}, {m.config.n_layers} layers, dim {m.config.dim}); backend {m.kern.name}; "
-          f"precision {a.precision}; kv {a.kv_type}; prompt {a.prompt} ids per sequence, {a.n_gen} timed steps")
+          f"precision {a.precision}; kv {a.kv_type}; prompt {a.prompt} ids per sequence, {a.n_gen} timed steps; "
+          f"head: {'every logit' if a.top is None else f'the best {a.top}'}")
     print("machine: " + "; ".join(f"{k} {v}" for k, v in machine({}).items()))
     print(f"{a.rounds} rounds, {time.time() - t_start:.0f} s")
     print(f"\naggregate decode tok/s: median [min, max] over rounds; ratio to {seqs[0]} sequence(s), same threads")

@@ -146,6 +146,17 @@ def test_arena_ab_table(tiny):
     assert "ratio per round" in r.stdout and rows == ["1", "2"], r.stdout
 
 
+# --- bench/batch.py
+
+def test_batch_table_with_a_screened_head(tiny):
+    r = run_python(BENCH / "batch.py", str(tiny), "--seqs", "1,2", "-t", "1", "-n", "3", "-p", "4", "--rounds", "1",
+                   "--top", "1", timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "head: the best 1" in r.stdout
+    rows = [line.split()[0] for line in r.stdout.split("same threads\n", 1)[1].splitlines()[1:]]
+    assert rows == ["1", "2"], r.stdout
+
+
 # --- bench/serve.py: the real server on the tiny model, a few short requests
 
 @pytest.fixture(scope="module")
