@@ -3,6 +3,10 @@
 SIGTERM or Ctrl-C: uvicorn stops accepting connections and waits for the requests in flight (streams
 included) to end; then the app's lifespan stops the engine thread, and the process exits 0. A second
 Ctrl-C stops it without waiting.
+
+uvicorn runs on uvloop and parses HTTP with httptools when they are installed (the serve extra installs
+them; uvloop is not for Windows), else on asyncio and h11: the event loop then takes about a third more
+CPU per streamed token, CPU the engine's threads share (docs/performance.md, "Several streams at once").
 """
 
 import signal
