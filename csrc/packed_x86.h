@@ -65,12 +65,14 @@ TARGET static inline __m256 NAME(scales8)(const uint8_t *p) {
 
 #define CH(nt) ((nt) <= 2 ? 4 : 2) /* accumulators per input */
 
-/* Asks for the lines of [p, p + bytes) ahead of their use. Weights stream through once, and with
- * several inputs a block's arithmetic is long enough that the hardware prefetcher alone leaves the core
- * waiting on memory between blocks (measured: docs/performance.md, "Prefetching the weights"). */
+/* With several inputs (nt > 1), asks for the lines of [p, p + bytes) ahead of their use. Weights stream
+ * through once, and a block's arithmetic for several inputs is long enough that the hardware prefetcher
+ * alone leaves the core waiting on memory between blocks; one input's is not, and it needs no help
+ * (measured: docs/performance.md, "Prefetching the weights"). */
 #define X8_AHEAD 1024 /* bytes: how far ahead of its block a q4 / q5 / q8 kernel asks */
-TARGET static inline __attribute__((always_inline)) void NAME(prefetch)(const uint8_t *p, int64_t bytes) {
-    for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch((const char *)p + o, _MM_HINT_T0);
+TARGET static inline __attribute__((always_inline)) void NAME(prefetch)(const uint8_t *p, int64_t bytes, int nt) {
+    if (nt > 1)
+        for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch((const char *)p + o, _MM_HINT_T0);
 }
 
 /* the int32 total of ch accumulators */
@@ -115,7 +117,7 @@ TARGET static inline __attribute__((always_inline)) void NAME(gemm_q4x8)(
     for (int t = 0; t < nt; t++) sum[t] = sumb[t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++, w += gb) {
         __m256i acc[4][4];
-        NAME(prefetch)(w + X8_AHEAD, gb);
+        NAME(prefetch)(w + X8_AHEAD, gb, nt);
         for (int t = 0; t < nt; t++)
             for (int c = 0; c < ch; c++) acc[t][c] = _mm256_setzero_si256();
         const __m256i qh = q5 ? _mm256_loadu_si256((const __m256i *)(w + hdr)) : _mm256_setzero_si256();
@@ -149,7 +151,7 @@ TARGET static inline __attribute__((always_inline)) void NAME(gemm_q8x8)(
     for (int t = 0; t < nt; t++) sum[t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++, w += 272) {
         __m256i acc[4][4];
-        NAME(prefetch)(w + X8_AHEAD, 272);
+        NAME(prefetch)(w + X8_AHEAD, 272, nt);
         for (int t = 0; t < nt; t++)
             for (int c = 0; c < ch; c++) acc[t][c] = _mm256_setzero_si256();
         for (int v = 0; v < 8; v++) {
@@ -183,7 +185,7 @@ TARGET static inline __attribute__((always_inline)) void NAME(gemm_q4x8_16)(
     for (int t = 0; t < nt; t++) sum[t] = sumb[t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++, w += gb) {
         __m256i acc[4][4];
-        NAME(prefetch)(w + X8_AHEAD, gb);
+        NAME(prefetch)(w + X8_AHEAD, gb, nt);
         for (int t = 0; t < nt; t++)
             for (int c = 0; c < ch; c++) acc[t][c] = _mm256_setzero_si256();
         const __m256i qh = q5 ? _mm256_loadu_si256((const __m256i *)(w + hdr)) : _mm256_setzero_si256();
@@ -223,7 +225,7 @@ TARGET static inline __attribute__((always_inline)) void NAME(gemm_q8x8_16)(
     for (int t = 0; t < nt; t++) sum[t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++, w += 272) {
         __m256i acc[4][4];
-        NAME(prefetch)(w + X8_AHEAD, 272);
+        NAME(prefetch)(w + X8_AHEAD, 272, nt);
         for (int t = 0; t < nt; t++)
             for (int c = 0; c < ch; c++) acc[t][c] = _mm256_setzero_si256();
         for (int v = 0; v < 8; v++) {
@@ -281,7 +283,7 @@ TARGET static inline __attribute__((always_inline)) void NAME(gemm_q4kx8)(
     __m256 sum[4], sumb[4];
     for (int t = 0; t < nt; t++) sum[t] = sumb[t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++, w += 1184) {
-        NAME(prefetch)(w + 1184, 1184); /* the next super-block */
+        NAME(prefetch)(w + 1184, 1184, nt); /* the next super-block */
         const mg_block_q8 *restrict xs = x + 8 * b;
         const __m256 d = NAME(scales8)(w), ndmin = NAME(neg)(NAME(scales8)(w + 16));
         X8_UNROLL for (int j = 0; j < 8; j++) {
@@ -319,7 +321,7 @@ TARGET static inline __attribute__((always_inline)) void NAME(gemm_q6kx8)(
     __m256 sum[4];
     for (int t = 0; t < nt; t++) sum[t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++, w += 1680) {
-        NAME(prefetch)(w + 1680, 1680); /* the next super-block */
+        NAME(prefetch)(w + 1680, 1680, nt); /* the next super-block */
         const mg_block_q8 *restrict xs = x + 8 * b;
         const __m256 dw = NAME(scales8)(w);
         X8_UNROLL for (int j = 0; j < 8; j++) {
@@ -355,7 +357,7 @@ TARGET static inline __attribute__((always_inline)) void NAME(gemm_q4kx8_16)(
     __m256 sum[4], sumb[4];
     for (int t = 0; t < nt; t++) sum[t] = sumb[t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++, w += 1184) {
-        NAME(prefetch)(w + 1184, 1184); /* the next super-block */
+        NAME(prefetch)(w + 1184, 1184, nt); /* the next super-block */
         const mg_block_q16 *restrict xs = x + 8 * b;
         const __m256 d = NAME(scales8)(w), ndmin = NAME(neg)(NAME(scales8)(w + 16));
         X8_UNROLL for (int j = 0; j < 8; j++) {
@@ -391,7 +393,7 @@ TARGET static inline __attribute__((always_inline)) void NAME(gemm_q6kx8_16)(
     __m256 sum[4];
     for (int t = 0; t < nt; t++) sum[t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++, w += 1680) {
-        NAME(prefetch)(w + 1680, 1680); /* the next super-block */
+        NAME(prefetch)(w + 1680, 1680, nt); /* the next super-block */
         const mg_block_q16 *restrict xs = x + 8 * b;
         const __m256 dw = NAME(scales8)(w);
         X8_UNROLL for (int j = 0; j < 8; j++) {
