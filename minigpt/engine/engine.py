@@ -255,6 +255,7 @@ class Engine:
             out = self.decoder.forward_batch([(part, caches[k].pos, caches[k].bound(self.decoder))
                                               for k, part in step], tails=got, top=top,
                                              allowed=masks)   # the GIL released in C
+            _finite(out)   # the whole pass in one numpy call, not one per item
             self._count(top)
             at = 0
             for (k, part), n in zip(step, got):
@@ -262,7 +263,7 @@ class Engine:
                 if want[k] > len(left[k]):
                     rows[k].append(out[at:at + n])
                 at += n
-        logits = [_finite(r[0] if len(r) == 1 else np.concatenate(r)) for r in rows]   # one pass: no copy
+        logits = [r[0] if len(r) == 1 else np.concatenate(r) for r in rows]   # one pass: no copy
         return logits if tails is not None else [r[-1] for r in logits]
 
     def _count(self, top):
