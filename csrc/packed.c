@@ -58,6 +58,7 @@
 #define X8_ROWS 8
 #define TOKENS 4                /* inputs per kernel call: 8 rows x 4 inputs of accumulators */
 #define MIN_WORK (1 << 16)      /* multiply-adds per thread below which waking another one does not pay */
+#define SHARE_WORK (1 << 19)    /* multiply-adds a share holds at least, once every thread has one (x8_shares) */
 #define STACK_BYTES (20 << 10)  /* quantized inputs up to this size live on the stack */
 
 mg_gemm_x8_fn mg_gemm_x8[MG_NQTYPES];
@@ -67,6 +68,7 @@ mg_gemm_x8_16_fn mg_gemm_x8_16[MG_NQTYPES];
 static const int Q16_ORDER[4] = {0, 2, 1, 3};
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
 int64_t mg_x8_block_bytes(int qtype) {
     switch (qtype) {
@@ -222,6 +224,18 @@ static void x8_task(void *arg, int ith, int nth) {
     }
 }
 
+/* How many shares a job of `work` multiply-adds over `groups` x8 groups is cut into: one per thread
+ * that pays for its waking (MIN_WORK each), and beyond that shares of SHARE_WORK at least. A share is
+ * a contiguous run of groups, which its thread streams from memory; small ones interleave the threads'
+ * runs a few KB apart, so that each thread's stream keeps jumping (the hardware prefetcher starts over,
+ * and the kernels' prefetches ask for lines the other thread reads), and each costs a claim on the
+ * pool's shared counter. Measured against shares of 2^16 (SmolLM2, 2 threads): 4 sequences ~+20 %,
+ * one sequence the same (docs/performance.md, "Prefetching the weights"). */
+static int x8_shares(int64_t work, int64_t groups) {
+    const int64_t shares = max64(min64(work / MIN_WORK, mg_get_threads()), work / SHARE_WORK);
+    return (int)min64(min64(shares, groups), MG_MAX_THREADS);
+}
+
 int mg_matmul_x8_many(const float *restrict x, int64_t n, int64_t cols, int bits, const mg_x8_matmul *mms,
                       int n_mms) {
     x8_part parts[MG_X8_MAX_MATMULS];
@@ -249,8 +263,7 @@ int mg_matmul_x8_many(const float *restrict x, int64_t n, int64_t cols, int bits
     else
         mg_quantize_act16(x, n, cols, (mg_block_q16 *)xq);
     x8_job jb = {xq, parts, n_mms, n, nxb, xb, groups};
-    const int64_t by_work = n * rows * cols / MIN_WORK;
-    mg_parallel(x8_task, &jb, (int)min64(min64(by_work, groups), MG_MAX_THREADS));
+    mg_parallel(x8_task, &jb, x8_shares(n * rows * cols, groups));
     if (xq != stack_xq) free(xq);
     return MG_OK;
 }
