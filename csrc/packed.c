@@ -229,8 +229,8 @@ static void x8_task(void *arg, int ith, int nth) {
  * a contiguous run of groups, which its thread streams from memory; small ones interleave the threads'
  * runs a few KB apart, so that each thread's stream keeps jumping (the hardware prefetcher starts over,
  * and the kernels' prefetches ask for lines the other thread reads), and each costs a claim on the
- * pool's shared counter. Measured against shares of 2^16 (SmolLM2, 2 threads): 4 sequences ~+20 %,
- * one sequence the same (docs/performance.md, "Prefetching the weights"). */
+ * pool's shared counter. Against shares of 2^16 (SmolLM2, 2 threads): 4 sequences +33 %, one +8 %
+ * (docs/performance.md, "Several streams: longer shares and prefetching"). */
 static int x8_shares(int64_t work, int64_t groups) {
     const int64_t shares = max64(min64(work / MIN_WORK, mg_get_threads()), work / SHARE_WORK);
     return (int)min64(min64(shares, groups), MG_MAX_THREADS);

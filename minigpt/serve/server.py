@@ -5,8 +5,9 @@ included) to end; then the app's lifespan stops the engine thread, and the proce
 Ctrl-C stops it without waiting.
 
 uvicorn runs on uvloop and parses HTTP with httptools when they are installed (the serve extra installs
-them; uvloop is not for Windows), else on asyncio and h11: the event loop then takes about a third more
-CPU per streamed token, CPU the engine's threads share (docs/performance.md, "Several streams at once").
+them; uvloop is not for Windows), else on asyncio and h11: the event loop then takes about half again as
+much CPU per streamed token, CPU the engine's threads share (docs/performance.md, "Several streams:
+longer shares and prefetching").
 """
 
 import signal
