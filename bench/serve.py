@@ -16,7 +16,9 @@ from the earliest first token to the last stream's end; and every stream's time 
 from sending the request. Tokens are the server's usage when it streams one (minigpt), else the content
 chunks (llama-cpp-python: one per token). Printed: median [min, max] over rounds of the aggregate tok/s,
 TTFT p50 / p95 over all streams of all rounds, and the ratios C streams / 1 stream and minigpt / llama.cpp
-(and speculation on / off). --prompts: free text (stories, explanations: few repeats to draft from), or
+(and speculation on / off); C streams / 1 stream also per round, each C-stream burst over the 1-stream
+burst that ran seconds before it (a shared machine's speed drifts more between rounds than within one).
+--prompts: free text (stories, explanations: few repeats to draft from), or
 code (bench/speculate.py's rewrite of a given function, one change per stream: a reply that copies).
 
 Soak (--soak): minigpt alone, --requests from --clients clients (each sends its next request when the
@@ -322,6 +324,10 @@ def report(a, engines, counts, tok_s, ttft):
                          f"{statistics.median(xs) / statistics.median(tok_s[e, counts[0]]):.2f}x"])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     print("\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows))
+    for e in engines:   # each round's bursts run minutes apart from the other rounds' and seconds from each other
+        for c in counts[1:]:
+            print(f"per round, {e} {c} streams / {counts[0]}: "
+                  f"{_spread([x / y for x, y in zip(tok_s[e, c], tok_s[e, counts[0]])], '{:.2f}x')}")
     if "llama.cpp" in engines and "minigpt" in engines:
         for c in counts:
             ratio = statistics.median(tok_s["minigpt", c]) / statistics.median(tok_s["llama.cpp", c])

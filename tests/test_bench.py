@@ -172,6 +172,7 @@ def test_serve_throughput_table(tiny_served):
     assert set(rows) == {("minigpt", "1"), ("minigpt", "2")}
     assert rows["minigpt", "1"][-1] == "1.00x" and float(rows["minigpt", "2"][2]) > 0
     assert "tokens [4, 4]" in r.stderr and "load average before:" in r.stdout
+    assert "per round, minigpt 2 streams / 1: " in r.stdout
 
 
 def test_serve_soak(tiny_served):
