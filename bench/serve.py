@@ -26,10 +26,10 @@ last one ends), a random third of them (seeded) dropped after a few content chun
 request not dropped well-formed (role chunk first, one finish_reason, usage, [DONE]); the server's RSS
 (VmRSS of /proc/PID/status, read with every slot idle) after the soak within 10% of its RSS after a
 warm-up of --clients requests; no traceback on the server's stderr. Exits 1 when a check fails.
-The clients run in this process, on the cores the servers use: they read the streams with a bare
-HTTP/1.1 client on asyncio's streams (_post), on uvloop's event loop when it is installed, which costs a
-token about a third of what httpx's does (both servers are read by the same one). Needs httpx (in minigpt's test extra) for the other requests; the
-servers run in their own processes.
+The clients run in this process, on the cores the servers use, so they read the streams with a bare
+HTTP/1.1 client (_post, on uvloop's event loop when installed) that costs a token a third of httpx's CPU;
+both servers are read by the same one. Needs httpx (in minigpt's test extra) for the other requests;
+the servers run in their own processes.
 """
 
 import argparse
