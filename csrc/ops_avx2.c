@@ -176,12 +176,6 @@ AVX2 static void add_avx2(float *restrict x, const float *restrict y, int64_t m)
 
 /* --- attention ------------------------------------------------------------------------------------ */
 
-/* 4 accumulators -> their 4 sums, in order: each ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)) */
-AVX2 static inline __m128 fold4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
-    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
-    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-}
-
 /* the sum of one accumulator, added up as fold4 adds each: a score is the same float whether
  * scores_rx4 or dot_avx2 computed it */
 AVX2 static inline float fold1(__m256 a) {

@@ -32,6 +32,12 @@ AVX2 static inline float hsum8(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
+/* 4 accumulators -> their 4 sums, in order: each ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)) */
+AVX2 static INLINE __m128 fold4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
+    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
 /* 8 values of row x from column d: float32, or f16 converted as it loads (exactly) */
 AVX2 static INLINE __m256 load8(const int f16, const void *x, int64_t d) {
     return f16 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)x + d)))

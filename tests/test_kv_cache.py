@@ -137,6 +137,22 @@ def test_attention_reads_the_decoded_rows(case, kv_type, threads):
         np.testing.assert_allclose(got, twin, rtol=0, atol=2e-5)
 
 
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+@pytest.mark.parametrize("hd", [8, 24, 40, 48])
+def test_f16_attention_of_any_width(hd, threads):
+    """f16 rows whose head_dim is a multiple of 8 but not always of 16: the AVX-512 P.V takes the
+    widths it covers and hands the others to the AVX2 slot, the same floats either way."""
+    rng = np.random.default_rng(hd)
+    q = rng.standard_normal((1, 6, hd), dtype=np.float32)
+    kc = quant.kv_encode(rng.standard_normal((2, 90, hd), dtype=np.float32), "f16")
+    vc = quant.kv_encode(rng.standard_normal((2, 90, hd), dtype=np.float32), "f16")
+    got = _core.attention(q, kc, vc, 80, 0.3)
+    np.testing.assert_array_equal(got, _core.attention(q, quant.kv_decode(kc, "f16", hd),
+                                                       quant.kv_decode(vc, "f16", hd), 80, 0.3))
+    if TWIN:
+        np.testing.assert_array_equal(got, numpy_ref.attention(q, kc, vc, 80, 0.3))
+
+
 def test_attention_refuses_mixed_or_odd_caches():
     q = np.zeros((1, 2, 32), np.float32)
     f32, f16 = np.zeros((1, 8, 32), np.float32), np.zeros((1, 8, 32), np.float16)
