@@ -18,7 +18,9 @@ for bit: greedy replies are the same, token for token. A step that reads a promp
 spare, and drafts then wait.
 
 The server's side talks to the engine thread through Job: submit() queues one, Job.events() yields
-what it writes (text pieces, then the end), Job.cancel() stops it from any thread.
+what it writes (text pieces, then the end), Job.cancel() stops it from any thread. What a step writes
+to all its jobs reaches their event loop in one call, after the step: one wake-up of the loop per step,
+not one per job (each costs the engine thread a write to the loop's self-pipe and the loop a turn).
 """
 
 import asyncio
@@ -107,10 +109,18 @@ class Job:
                 return
 
     def _emit(self, event):   # from any thread: the event loop's queue takes it in the loop's own thread
-        try:
-            self._loop.call_soon_threadsafe(self._events.put_nowait, event)
-        except RuntimeError:   # the event loop is closed: no one is listening any more
-            pass
+        _deliver(self._loop, [(self, event)])
+
+
+def _deliver(loop, pairs):
+    """Put each (job, event) of pairs in its job's queue, in the thread of `loop` (theirs), in one call."""
+    def put():
+        for job, event in pairs:
+            job._events.put_nowait(event)
+    try:
+        loop.call_soon_threadsafe(put)
+    except RuntimeError:   # the event loop is closed: no one is listening any more
+        pass
 
 
 @dataclass
@@ -135,6 +145,7 @@ class Scheduler:
         self.slots = [Slot(model.new_cache(model.n_ctx)) for _ in range(parallel)]
         self.eog_ids = model.tokenizer.eog_ids
         self._waiting = deque()
+        self._outbox = []   # (job, event) the engine thread wrote since its last _flush
         self._cv = threading.Condition()
         self._stopping, self._clock = False, 0
         self._thread = threading.Thread(target=self._run, name="minigpt-engine", daemon=True)
@@ -181,13 +192,29 @@ class Scheduler:
                 traceback.print_exc(file=sys.stderr)
                 for s in (s for s in busy if s.job is not None):
                     self._end(s, error="internal error: the engine failed on this request")
+            finally:
+                self._flush()
         with self._cv:
             for s in self.slots:
                 if s.job is not None:
                     self._end(s, error="the server is shutting down")
             for job in self._waiting:
-                job._emit(Event(error="the server is shutting down"))
+                self._post(job, Event(error="the server is shutting down"))
             self._waiting.clear()
+            self._flush()
+
+    def _post(self, job, event):
+        """Write event to job (engine thread): it leaves with the step's others, at _flush."""
+        self._outbox.append((job, event))
+
+    def _flush(self):
+        """Send what was posted since the last flush: one call per event loop (in practice, one)."""
+        loops = {}
+        for job, event in self._outbox:
+            loops.setdefault(job._loop, []).append((job, event))
+        self._outbox = []
+        for loop, pairs in loops.items():
+            _deliver(loop, pairs)
 
     def _admit(self):
         """Free the slots of cancelled jobs, then give free slots to waiting jobs, oldest first."""
@@ -300,7 +327,7 @@ class Scheduler:
             job.drafter.update(at - first, len(draft))
             self.drafted, self.accepted = self.drafted + len(draft), self.accepted + at - first
         if text or logprobs:
-            job._emit(Event(text, logprobs))
+            self._post(job, Event(text, logprobs))
         if finish or error:
             self._end(slot, finish, error)
 
@@ -331,10 +358,10 @@ class Scheduler:
         """Finish the slot's job (finish: 'stop' or 'length') or fail it (error), and free the slot."""
         job, slot.job = slot.job, None
         if error:
-            return job._emit(Event(error=error))
+            return self._post(job, Event(error=error))
         tail = job.text.flush(partial=False)   # an unfinished character is dropped, not shown as U+FFFD
         n_prompt = len(job.ids)
-        job._emit(Event(tail, finish=finish, usage={
+        self._post(job, Event(tail, finish=finish, usage={
             "prompt_tokens": n_prompt, "completion_tokens": job.n_out, "total_tokens": n_prompt + job.n_out,
             "prompt_tokens_details": {"cached_tokens": job.cached}}))
 
