@@ -4,6 +4,7 @@
     python bench/serve.py --streams 1,4 --max-tokens 32 --rounds 2 --engines minigpt
     python bench/serve.py --soak                             # 200 requests from 8 clients, a third dropped
     python bench/serve.py --engines minigpt --speculate none,ngram --prompts code   # speculation on and off
+    python bench/serve.py --engines minigpt,scheduler      # the server, and its scheduler without HTTP
 
 Throughput: each server is started once (minigpt: `-m minigpt serve --parallel <largest --streams> -t T
 --precision P --speculate S`, one server per --speculate mode;
@@ -18,6 +19,9 @@ chunks (llama-cpp-python: one per token). Printed: median [min, max] over rounds
 TTFT p50 / p95 over all streams of all rounds, and the ratios C streams / 1 stream and minigpt / llama.cpp
 (and speculation on / off); C streams / 1 stream also per round, each C-stream burst over the 1-stream
 burst that ran seconds before it (a shared machine's speed drifts more between rounds than within one).
+The `scheduler` row runs minigpt serve's scheduler (minigpt/serve/scheduler.py: its slots and engine thread,
+as the server builds them) in this process and reads the replies from its jobs: the server without its
+HTTP side (its event loop's work and the clients' reading, which take CPU from the engine's cores).
 --prompts: free text (stories, explanations: few repeats to draft from), or
 code (bench/speculate.py's rewrite of a given function, one change per stream: a reply that copies).
 
@@ -55,7 +59,7 @@ except ImportError:
     from asyncio import run
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import CACHE, LLAMA_PY, _empty_dir, _env, _spread, machine  # noqa: E402
+from compare import CACHE, LLAMA_PY, ROOT, _empty_dir, _env, _spread, machine  # noqa: E402
 
 MGPT = CACHE / "models" / "smollm2-135m-instruct.mgpt"
 GGUF = CACHE / "gguf" / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -107,6 +111,9 @@ class Server:
             time.sleep(0.5)
         raise SystemExit(f"{self.name} not ready after {START_TIMEOUT} s")
 
+    async def stream(self, prompt, max_tokens):
+        return await stream(self.url, prompt, max_tokens)
+
     def errors(self):
         self.stderr.seek(0)
         return self.stderr.read()
@@ -136,6 +143,46 @@ class Server:
         self.proc.stdout.close()
 
 
+class InProcess:
+    """minigpt serve's scheduler in this process (the `scheduler` row), as the server builds it from
+    the same options; its replies are read from its jobs, with no HTTP in between."""
+
+    def __init__(self, a, parallel, speculate):
+        sys.path.insert(0, str(ROOT))   # this repository's minigpt, as the servers' processes get it
+        import minigpt
+        from minigpt.chat import encode_prompt
+        from minigpt.sampling import SamplerSettings
+        from minigpt.serve.scheduler import Job, Scheduler
+
+        self.model = minigpt.load(str(a.mgpt), threads=a.threads, n_ctx=a.ctx, precision=a.precision)
+        self.scheduler = Scheduler(self.model, parallel, speculate=None if speculate == "none" else speculate)
+        self.scheduler.start()
+        self._job = lambda ids, max_tokens: Job(ids, SamplerSettings().with_(temperature=0), max_tokens,
+                                                self.model.template.stop)
+        self._encode = lambda text: encode_prompt(self.model.tokenizer, text)
+
+    async def stream(self, prompt, max_tokens):
+        """stream()'s answer for one greedy chat request."""
+        r = {"status": 200, "ttft": None, "first": None, "end": None, "tokens": 0, "dropped": False, "problem": None}
+        text = self.model.template.render([{"role": "user", "content": prompt}], add_generation_prompt=True)
+        t0 = time.perf_counter()
+        job = self.scheduler.submit(self._job(self._encode(text), max_tokens))
+        async for event in job.events():
+            if event.error:
+                r["problem"] = event.error
+                return r
+            if event.text and r["first"] is None:
+                r["first"] = time.perf_counter()
+                r["ttft"] = r["first"] - t0
+            if event.finish:
+                r["tokens"] = event.usage["completion_tokens"]
+        r["end"] = time.perf_counter()
+        return r
+
+    def stop(self):
+        self.scheduler.stop()
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -155,14 +202,16 @@ def labels(engines, modes):
     mode when there are several), then llama.cpp."""
     out = []
     for e in engines:
-        if e == "minigpt":
-            out += [("minigpt" if len(modes) == 1 else f"minigpt/{m}", e, m) for m in modes]
+        if e in ("minigpt", "scheduler"):
+            out += [(e if len(modes) == 1 else f"{e}/{m}", e, m) for m in modes]
         else:
             out.append((e, e, None))
     return out
 
 
 def start(engine, a, parallel, speculate=None):
+    if engine == "scheduler":
+        return InProcess(a, parallel, speculate)
     if engine == "minigpt":
         env, cwd = _env()
         cmd = [sys.executable, "-m", "minigpt", "serve", "-m", str(a.mgpt), "--port", "0",
@@ -268,9 +317,9 @@ async def stream(url, prompt, max_tokens, drop_after=None):
     return r
 
 
-async def burst(url, n, max_tokens, prompts=PROMPTS):
+async def burst(server, n, max_tokens, prompts=PROMPTS):
     """n concurrent streams, prompts 0..n-1."""
-    return await asyncio.gather(*(asyncio.wait_for(stream(url, prompts[i % len(prompts)], max_tokens), TIMEOUT)
+    return await asyncio.gather(*(asyncio.wait_for(server.stream(prompts[i % len(prompts)], max_tokens), TIMEOUT)
                                   for i in range(n)))
 
 
@@ -296,12 +345,12 @@ def throughput(a, engines, counts):
     try:
         for e, engine, mode in engines:
             servers[e] = start(engine, a, max(counts), mode)
-            run(burst(servers[e].url, 1, 8))   # warm-up: the first request's one-time costs
+            run(burst(servers[e], 1, 8))   # warm-up: the first request's one-time costs
         tok_s, ttft = {}, {}
         for rnd in range(a.rounds):
             for c in counts:
                 for e, _, _ in engines:   # A B A B: a machine that slows down touches every server alike
-                    runs = run(burst(servers[e].url, c, a.max_tokens, prompts))
+                    runs = run(burst(servers[e], c, a.max_tokens, prompts))
                     tok_s.setdefault((e, c), []).append(aggregate(runs))
                     ttft.setdefault((e, c), []).extend(r["ttft"] for r in runs)
                     print(f"round {rnd + 1}/{a.rounds}  {e:<9} {c} stream{'s' * (c > 1)}  "
@@ -332,6 +381,10 @@ def report(a, engines, counts, tok_s, ttft):
         for c in counts:
             ratio = statistics.median(tok_s["minigpt", c]) / statistics.median(tok_s["llama.cpp", c])
             print(f"minigpt / llama.cpp at {c} stream{'s' * (c > 1)}: {ratio:.2f}x")
+    if "scheduler" in engines and "minigpt" in engines:
+        for c in counts:
+            ratio = statistics.median(tok_s["minigpt", c]) / statistics.median(tok_s["scheduler", c])
+            print(f"minigpt (through HTTP) / scheduler (in-process) at {c} stream{'s' * (c > 1)}: {ratio:.2f}x")
     if "minigpt/none" in engines:
         for e in (e for e in engines if e.startswith("minigpt/") and e != "minigpt/none"):
             print(", ".join(f"{e} / minigpt/none at {c} stream{'s' * (c > 1)}: "
@@ -417,7 +470,8 @@ def main():
     ap.add_argument("--ctx", type=int, default=2048, help="Context of each slot (each server).")
     ap.add_argument("--precision", default="balanced", choices=["exact", "balanced", "fast"],
                     help="minigpt's activations (minigpt serve --precision).")
-    ap.add_argument("--engines", default="minigpt,llama.cpp", help="Comma-separated: minigpt, llama.cpp.")
+    ap.add_argument("--engines", default="minigpt,llama.cpp",
+                    help="Comma-separated: minigpt, scheduler (the server's scheduler in-process, no HTTP), llama.cpp.")
     ap.add_argument("--speculate", default="ngram", help="Comma-separated minigpt serve --speculate modes "
                     "(ngram, none): a minigpt server for each (the soak: the first).")
     ap.add_argument("--prompts", default="free", choices=["free", "code"],
@@ -430,10 +484,10 @@ def main():
     ap.add_argument("--seed", type=int, default=0, help="Soak: which requests are dropped, and when.")
     a = ap.parse_args()
     engines = [e.strip() for e in a.engines.split(",") if e.strip()]
-    if set(engines) - {"minigpt", "llama.cpp"} or not engines:
-        raise SystemExit(f"--engines {a.engines!r}: known are minigpt, llama.cpp")
+    if set(engines) - {"minigpt", "scheduler", "llama.cpp"} or not engines:
+        raise SystemExit(f"--engines {a.engines!r}: known are minigpt, scheduler, llama.cpp")
     counts = [int(c) for c in a.streams.split(",")]
-    for f, needed in ((a.mgpt, "minigpt" in engines or a.soak), (a.gguf, "llama.cpp" in engines and not a.soak)):
+    for f, needed in ((a.mgpt, {"minigpt", "scheduler"} & set(engines) or a.soak), (a.gguf, "llama.cpp" in engines and not a.soak)):
         if needed and not f.is_file():
             raise SystemExit(f"{f} not found")
 

@@ -165,14 +165,18 @@ def tiny_served(tmp_path_factory):
 
 
 def test_serve_throughput_table(tiny_served):
-    r = run_python(BENCH / "serve.py", "--mgpt", tiny_served, "--engines", "minigpt", "--streams", "1,2",
+    r = run_python(BENCH / "serve.py", "--mgpt", tiny_served, "--engines", "minigpt,scheduler", "--streams", "1,2",
                    "--rounds", "1", "--max-tokens", "4", "-t", "1", "--ctx", "512", timeout=300)
     assert r.returncode == 0, r.stderr
-    rows = {tuple(l.split()[:2]): l.split() for l in r.stdout.splitlines() if l.startswith("minigpt ")}
-    assert set(rows) == {("minigpt", "1"), ("minigpt", "2")}
-    assert rows["minigpt", "1"][-1] == "1.00x" and float(rows["minigpt", "2"][2]) > 0
-    assert "tokens [4, 4]" in r.stderr and "load average before:" in r.stdout
-    assert "per round, minigpt 2 streams / 1: " in r.stdout
+    rows = {tuple(l.split()[:2]): l.split() for l in r.stdout.splitlines()
+            if l.startswith(("minigpt ", "scheduler ")) and l.split()[1].isdigit()}
+    assert set(rows) == {("minigpt", "1"), ("minigpt", "2"), ("scheduler", "1"), ("scheduler", "2")}
+    for e in ("minigpt", "scheduler"):   # the server, and its scheduler read in-process
+        assert rows[e, "1"][-1] == "1.00x" and float(rows[e, "2"][2]) > 0
+        assert f"round 1/1  {e:<9} 2 streams" in r.stderr
+    assert r.stderr.count("tokens [4, 4]") == 2 and "load average before:" in r.stdout
+    assert "per round, minigpt 2 streams / 1: " in r.stdout and "per round, scheduler 2 streams / 1: " in r.stdout
+    assert "minigpt (through HTTP) / scheduler (in-process) at 2 streams: " in r.stdout
 
 
 def test_serve_soak(tiny_served):
