@@ -152,22 +152,21 @@ class InProcess:
         import minigpt
         from minigpt.chat import encode_prompt
         from minigpt.sampling import SamplerSettings
-        from minigpt.serve.scheduler import Job, Scheduler
+        from minigpt.serve import scheduler
 
-        self.model = minigpt.load(str(a.mgpt), threads=a.threads, n_ctx=a.ctx, precision=a.precision)
-        self.scheduler = Scheduler(self.model, parallel, speculate=None if speculate == "none" else speculate)
+        self.model = m = minigpt.load(str(a.mgpt), threads=a.threads, n_ctx=a.ctx, precision=a.precision)
+        self.scheduler = scheduler.Scheduler(m, parallel, speculate=None if speculate == "none" else speculate)
         self.scheduler.start()
-        self._job = lambda ids, max_tokens: Job(ids, SamplerSettings().with_(temperature=0), max_tokens,
-                                                self.model.template.stop)
-        self._encode = lambda text: encode_prompt(self.model.tokenizer, text)
+        self.job = lambda prompt, max_tokens: scheduler.Job(   # a greedy chat request, as the server makes it
+            encode_prompt(m.tokenizer, m.template.render([{"role": "user", "content": prompt}],
+                                                         add_generation_prompt=True)),
+            SamplerSettings().with_(temperature=0), max_tokens, m.template.stop)
 
     async def stream(self, prompt, max_tokens):
-        """stream()'s answer for one greedy chat request."""
-        r = {"status": 200, "ttft": None, "first": None, "end": None, "tokens": 0, "dropped": False, "problem": None}
-        text = self.model.template.render([{"role": "user", "content": prompt}], add_generation_prompt=True)
+        """stream()'s answer, without HTTP."""
+        r = {"ttft": None, "first": None, "end": None, "tokens": 0, "problem": None}
         t0 = time.perf_counter()
-        job = self.scheduler.submit(self._job(self._encode(text), max_tokens))
-        async for event in job.events():
+        async for event in self.scheduler.submit(self.job(prompt, max_tokens)).events():
             if event.error:
                 r["problem"] = event.error
                 return r
