@@ -34,7 +34,11 @@ typedef struct {
     int64_t n, rows, cols, rb, top;
 } screen_job;
 
-enum { CHUNK = 64 };   /* rows a scan tests in one vectorized sweep before it looks at them one by one */
+enum {
+    CHUNK = 64,     /* rows a scan tests in one vectorized sweep before it looks at them one by one */
+    BATCH = 256,    /* rows to compute again, gathered before they are computed */
+    AHEAD = 4,      /* how many rows of a batch ahead of its computing the lines of a row are asked for */
+};
 
 /* restore the min-heap property of h[0 .. k) below position i */
 static void sift_down(float *h, int64_t k, int64_t i) {
@@ -76,6 +80,26 @@ static inline int allows(const uint32_t *allowed, int64_t r) {
     return !allowed || (allowed[r >> 5] >> (r & 31)) & 1;
 }
 
+/* asks for the lines of [p, p + bytes) */
+static inline void prefetch(const uint8_t *p, int64_t bytes) {
+#if defined(__GNUC__)
+    for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(p + o);
+#else
+    (void)p, (void)bytes;
+#endif
+}
+
+/* step 4 for the m rows of `batch` (ascending): each computed again at float32. They lie scattered over
+ * the head, and one after another each would wait for memory: a row's lines are asked for AHEAD rows
+ * before its turn. */
+static void recompute(const screen_job *jb, const float *x, const int64_t *batch, int m, float *restrict out) {
+    for (int i = 0; i < m && i < AHEAD; i++) prefetch(jb->w + batch[i] * jb->rb, jb->rb);
+    for (int i = 0; i < m; i++) {
+        if (i + AHEAD < m) prefetch(jb->w + batch[i + AHEAD] * jb->rb, jb->rb);
+        out[batch[i]] = jb->tt->vec_dot(jb->cols, jb->w + batch[i] * jb->rb, x);
+    }
+}
+
 /* steps 2 to 4 for one input x and its row of out, among the rows `allowed` (a grammar's mask: the top
  * are the best it allows; where it allows `top` rows or fewer, they are all computed again) */
 static void screen_row(const screen_job *jb, const float *x, const uint32_t *allowed, float *restrict out) {
@@ -105,15 +129,23 @@ static void screen_row(const screen_job *jb, const float *x, const uint32_t *all
         }
         t = heap[0];
     }
+    int64_t batch[BATCH];
+    int m = 0;
     for (r0 = 0; r0 < rows; r0 += CHUNK) {
         const int64_t r1 = r0 + CHUNK < rows ? r0 + CHUNK : rows;
         int reach = 0;
         for (int64_t r = r0; r < r1; r++) reach |= out[r] + norms[r] * e >= t;
         if (!reach) continue;
         for (int64_t r = r0; r < r1; r++)
-            if (out[r] + norms[r] * e >= t && allows(allowed, r))
-                out[r] = jb->tt->vec_dot(jb->cols, jb->w + r * jb->rb, x);
+            if (out[r] + norms[r] * e >= t && allows(allowed, r)) {
+                batch[m++] = r;
+                if (m == BATCH) {
+                    recompute(jb, x, batch, m, out);
+                    m = 0;
+                }
+            }
     }
+    recompute(jb, x, batch, m, out);
 }
 
 static void screen_task(void *arg, int s, int n_shares) {

@@ -77,6 +77,21 @@ def test_screened_head_is_the_float32_head_where_a_draw_looks(qtype, n):
         np.testing.assert_allclose(out, twin, rtol=1e-4, atol=1e-4 * np.abs(exact).max())
 
 
+@pytest.mark.parametrize("qtype", ["q8_0", "q4_1"])
+def test_rows_too_close_to_tell_apart_are_all_computed_again(qtype):
+    """Rows nearly alike, logits closer together than int8 rounding can tell: a thousand rows per input
+    are computed again (csrc/screen.c gathers them in batches of 256), each as the float32 head does."""
+    rng = np.random.default_rng(7)
+    rows, cols = 2048, 256
+    alike = rng.standard_normal(cols) + 1e-3 * rng.standard_normal((rows, cols))
+    w = quant.quantize((alike / np.sqrt(cols)).astype(np.float32), qtype)
+    x = inputs(rng, 3, cols)
+    exact, norms = each_alone(x, w, qtype), core.row_norms(w, qtype)
+    out = core.matmul_screened(x, *screen_of(w, qtype), w, qtype, norms, 1)
+    check_screened(out, exact, 1)
+    assert ((out == exact).sum(axis=1) > 1000).all()
+
+
 def bitmask(ok):
     """bool [rows] -> a grammar's bitmask: int32 words, bit r % 32 of word r / 32 (llguidance's)"""
     return np.packbits(np.pad(ok, (0, -len(ok) % 32)), bitorder="little").view(np.int32)
