@@ -68,8 +68,10 @@ TARGET static inline __m256 NAME(scales8)(const uint8_t *p) {
 /* With several inputs (nt > 1), asks for the lines of [p, p + bytes) ahead of their use. Weights stream
  * through once, and a block's arithmetic for several inputs is long enough that the hardware prefetcher
  * alone leaves the core waiting on memory between blocks; one input's is not, and it needs no help
- * (docs/performance.md, "Several streams: longer shares and prefetching"). */
-#define X8_AHEAD 1024 /* bytes: how far ahead of its block a q4 / q5 / q8 kernel asks */
+ * (docs/performance.md, "Several streams: longer shares and prefetching"). 3 KB: with both cores
+ * streaming, memory answers late enough that 1 KB ahead still waited (docs/performance.md, "Several
+ * streams: the weights asked for 3 KB ahead"). */
+#define X8_AHEAD 3072 /* bytes: how far ahead of its block a q4 / q5 / q8 kernel asks */
 TARGET static inline __attribute__((always_inline)) void NAME(prefetch)(const uint8_t *p, int64_t bytes, int nt) {
     if (nt > 1)
         for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch((const char *)p + o, _MM_HINT_T0);
