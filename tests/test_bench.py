@@ -157,6 +157,22 @@ def test_batch_table_with_a_screened_head(tiny):
     assert rows == ["1", "2"], r.stdout
 
 
+# --- bench/ab.py
+
+def test_ab_of_the_installed_build_against_itself(tiny, tmp_path):
+    import minigpt
+    installed = Path(minigpt.__file__).resolve().parent.parent   # the folder holding the package
+    r = run_python(BENCH / "ab.py", str(installed), str(tiny), "--seqs", "1,2", "-t", "1", "-n", "3", "-p", "4",
+                   "--rounds", "2", timeout=300)
+    assert r.returncode == 0, r.stderr
+    builds = [line.split(": ", 1)[1] for line in r.stdout.splitlines()[:2]]
+    assert builds == [str(installed / "minigpt" / "__init__.py")] * 2, r.stdout
+    rows = [line.split()[0] for line in r.stdout.split("B / A per turn\n", 1)[1].splitlines()[:2]]
+    assert rows == ["1", "2"] and "B: 2 sequences / 1, per round:" in r.stdout, r.stdout
+    r = run_python(BENCH / "ab.py", str(tmp_path), str(tiny))
+    assert r.returncode != 0 and "holds no minigpt package" in r.stderr and "Traceback" not in r.stderr
+
+
 # --- bench/serve.py: the real server on the tiny model, a few short requests
 
 @pytest.fixture(scope="module")
