@@ -15,7 +15,10 @@ concurrent streamed chat requests (greedy, the same prompts and --max-tokens for
 aggregate decode tok/s, the tokens each stream generated after its first token, summed, over the wall time
 from the earliest first token to the last stream's end; and every stream's time to first token (TTFT),
 from sending the request. Tokens are the server's usage when it streams one (minigpt), else the content
-chunks (llama-cpp-python: one per token). Printed: median [min, max] over rounds of the aggregate tok/s,
+chunks (llama-cpp-python: one per token). Also per burst, the tok/s while every stream decodes (steady():
+from the last stream's first token to the first stream's last, as llama.cpp's batched-bench measures
+generation with every prompt read): the aggregate's window also holds the prompts of the streams that
+started later, read while the first ones decode. Printed: median [min, max] over rounds of the aggregate tok/s,
 TTFT p50 / p95 over all streams of all rounds, and the ratios C streams / 1 stream and minigpt / llama.cpp
 (and speculation on / off); C streams / 1 stream also per round, each C-stream burst over the 1-stream
 burst that ran seconds before it (a shared machine's speed drifts more between rounds than within one).
@@ -164,15 +167,17 @@ class InProcess:
 
     async def stream(self, prompt, max_tokens):
         """stream()'s answer, without HTTP."""
-        r = {"ttft": None, "first": None, "end": None, "tokens": 0, "problem": None}
+        r = {"ttft": None, "first": None, "end": None, "tokens": 0, "times": [], "problem": None}
         t0 = time.perf_counter()
         async for event in self.scheduler.submit(self.job(prompt, max_tokens)).events():
             if event.error:
                 r["problem"] = event.error
                 return r
-            if event.text and r["first"] is None:
-                r["first"] = time.perf_counter()
-                r["ttft"] = r["first"] - t0
+            if event.text:
+                r["times"].append(time.perf_counter())
+                if r["first"] is None:
+                    r["first"] = r["times"][0]
+                    r["ttft"] = r["first"] - t0
             if event.finish:
                 r["tokens"] = event.usage["completion_tokens"]
         r["end"] = time.perf_counter()
@@ -273,7 +278,8 @@ async def stream(url, prompt, max_tokens, drop_after=None):
     well-formed (None when it was, or when it was dropped before its end)."""
     body = {"messages": [{"role": "user", "content": prompt}], "stream": True, "temperature": 0,
             "max_tokens": max_tokens, "stream_options": {"include_usage": True}}
-    r = {"status": None, "ttft": None, "first": None, "end": None, "tokens": 0, "dropped": False, "problem": None}
+    r = {"status": None, "ttft": None, "first": None, "end": None, "tokens": 0, "times": [], "dropped": False,
+         "problem": None}
     chunks, finishes, usage, done, role = 0, [], None, False, None
     t0 = time.perf_counter()
     r["status"], lines, writer = await _post(url, "/v1/chat/completions", body)
@@ -299,8 +305,9 @@ async def stream(url, prompt, max_tokens, drop_after=None):
                 finishes.append(choice["finish_reason"])
             if choice["delta"].get("content"):
                 chunks += 1
+                r["times"].append(time.perf_counter())
                 if r["first"] is None:
-                    r["first"] = time.perf_counter()
+                    r["first"] = r["times"][0]
                     r["ttft"] = r["first"] - t0
                 if drop_after is not None and chunks >= drop_after:
                     r["dropped"] = True
@@ -331,6 +338,18 @@ def aggregate(runs):
     return sum(r["tokens"] - 1 for r in runs) / max(wall, 1e-9)   # one token each: no decode, 0 tok/s
 
 
+def steady(runs):
+    """Decode tok/s while every stream of a burst decodes: the tokens that arrived between the last stream's
+    first token and the first stream's last, over that time (a stream's content chunks there, times its
+    tokens per chunk: 1 unless a step sent several at once). aggregate()'s window also holds the others'
+    prompts, read while the first streams already decode, and the ends of the streams that started late;
+    this one is llama.cpp's batched-bench S_TG, which reads every prompt first. None if no such time."""
+    start, end = max(r["times"][0] for r in runs), min(r["times"][-1] for r in runs)
+    if end <= start:
+        return None
+    return sum(sum(start < t <= end for t in r["times"]) * r["tokens"] / len(r["times"]) for r in runs) / (end - start)
+
+
 def pct(xs, q):
     """The q-th percentile, nearest rank."""
     xs = sorted(xs)
@@ -345,12 +364,13 @@ def throughput(a, engines, counts):
         for e, engine, mode in engines:
             servers[e] = start(engine, a, max(counts), mode)
             run(burst(servers[e], 1, 8))   # warm-up: the first request's one-time costs
-        tok_s, ttft = {}, {}
+        tok_s, ttft, all_in = {}, {}, {}
         for rnd in range(a.rounds):
             for c in counts:
                 for e, _, _ in engines:   # A B A B: a machine that slows down touches every server alike
                     runs = run(burst(servers[e], c, a.max_tokens, prompts))
                     tok_s.setdefault((e, c), []).append(aggregate(runs))
+                    all_in.setdefault((e, c), []).append(steady(runs))
                     ttft.setdefault((e, c), []).extend(r["ttft"] for r in runs)
                     print(f"round {rnd + 1}/{a.rounds}  {e:<9} {c} stream{'s' * (c > 1)}  "
                           f"{tok_s[e, c][-1]:6.1f} tok/s  tokens {[r['tokens'] for r in runs]}",
@@ -358,24 +378,32 @@ def throughput(a, engines, counts):
     finally:
         for s in servers.values():
             s.stop()
-    return tok_s, ttft
+    return tok_s, ttft, all_in
 
 
-def report(a, engines, counts, tok_s, ttft):
-    print("\naggregate decode tok/s: median [min, max] over rounds; TTFT over all streams of all rounds")
-    rows = [["server", "streams", "decode tok/s", "TTFT p50 ms", "TTFT p95 ms", f"/ {counts[0]} stream"]]
+def report(a, engines, counts, tok_s, ttft, all_in):
+    print("\naggregate decode tok/s: median [min, max] over rounds; TTFT over all streams of all rounds; "
+          "all decoding: while every stream of a burst decodes (steady())")
+    rows = [["server", "streams", "decode tok/s", "TTFT p50 ms", "TTFT p95 ms", f"/ {counts[0]} stream",
+             "all decoding", f"/ {counts[0]} stream"]]
     engines = [e for e, _, _ in engines]
     for e in engines:
         for c in counts:
             xs, ts = tok_s[e, c], ttft[e, c]
+            ys, ys1 = [y for y in all_in[e, c] if y], [y for y in all_in[e, counts[0]] if y]
             rows.append([e, str(c), _spread(xs, "{:.1f}"), f"{pct(ts, 50) * 1e3:.0f}", f"{pct(ts, 95) * 1e3:.0f}",
-                         f"{statistics.median(xs) / statistics.median(tok_s[e, counts[0]]):.2f}x"])
+                         f"{statistics.median(xs) / statistics.median(tok_s[e, counts[0]]):.2f}x",
+                         f"{statistics.median(ys):.1f}" if ys else "-",
+                         f"{statistics.median(ys) / statistics.median(ys1):.2f}x" if ys and ys1 else "-"])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     print("\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows))
     for e in engines:   # each round's bursts run minutes apart from the other rounds' and seconds from each other
         for c in counts[1:]:
             print(f"per round, {e} {c} streams / {counts[0]}: "
                   f"{_spread([x / y for x, y in zip(tok_s[e, c], tok_s[e, counts[0]])], '{:.2f}x')}")
+            per = [x / y for x, y in zip(all_in[e, c], all_in[e, counts[0]]) if x and y]
+            if per:
+                print(f"per round, all decoding, {e} {c} streams / {counts[0]}: {_spread(per, '{:.2f}x')}")
     if "llama.cpp" in engines and "minigpt" in engines:
         for c in counts:
             ratio = statistics.median(tok_s["minigpt", c]) / statistics.median(tok_s["llama.cpp", c])
@@ -395,6 +423,10 @@ def report(a, engines, counts, tok_s, ttft):
         print(f"targets: minigpt 4 streams / 1 stream {med['minigpt', 4] / med['minigpt', 1]:.2f}x (>= 2.5x)" +
               (f", minigpt / llama.cpp at 4 streams {med['minigpt', 4] / med['llama.cpp', 4]:.2f}x (>= 3x)"
                if "llama.cpp" in engines else "") + f"; threads {a.threads}")
+        ys = {c: [y for y in all_in["minigpt", c] if y] for c in (1, 4)}
+        if ys[1] and ys[4]:
+            print(f"while every stream decodes (steady()): minigpt 4 streams / 1 stream "
+                  f"{statistics.median(ys[4]) / statistics.median(ys[1]):.2f}x")
 
 
 # --- soak

@@ -188,7 +188,8 @@ def test_serve_throughput_table(tiny_served):
             if l.startswith(("minigpt ", "scheduler ")) and l.split()[1].isdigit()}
     assert set(rows) == {("minigpt", "1"), ("minigpt", "2"), ("scheduler", "1"), ("scheduler", "2")}
     for e in ("minigpt", "scheduler"):   # the server, and its scheduler read in-process
-        assert rows[e, "1"][-1] == "1.00x" and float(rows[e, "2"][2]) > 0
+        assert rows[e, "1"][-1] == rows[e, "1"][-3] == "1.00x" and float(rows[e, "2"][2]) > 0
+        assert float(rows[e, "1"][-2]) > 0   # tok/s while every stream decodes: one stream's whole reply
         assert f"round 1/1  {e:<9} 2 streams" in r.stderr
     assert r.stderr.count("tokens [4, 4]") == 2 and "load average before:" in r.stdout
     assert "per round, minigpt 2 streams / 1: " in r.stdout and "per round, scheduler 2 streams / 1: " in r.stdout
