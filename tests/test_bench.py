@@ -137,6 +137,22 @@ def test_attention_ab_against_itself():
     assert "this build / baseline" in r.stdout and "outputs equal" in r.stdout
 
 
+# --- bench/matmul.py
+
+def test_matmul_ab_against_itself():
+    # the installed _core timed against its own file, loaded a second time: the same floats
+    from minigpt.kernels import _core
+    if not _core.x8_supported("q4_1"):
+        pytest.skip("no x8 kernels on this CPU")
+    r = run_python(BENCH / "matmul.py", "--rows", "64", "--cols", "64", "--copies", "2", "-r", "2", "-t", "1",
+                   "--bits", "16", "--baseline", _core.__file__, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "64 x 64 q4_1, 4 inputs of int16, 2 copies" in r.stdout
+    assert "this build / baseline" in r.stdout and "outputs equal" in r.stdout
+    r = run_python(BENCH / "matmul.py", "--qtype", "f16")
+    assert r.returncode != 0 and "no x8 kernels for f16" in r.stderr and "Traceback" not in r.stderr
+
+
 # --- bench/arena.py
 
 def test_arena_ab_table(tiny):
