@@ -39,6 +39,19 @@ def worker(a):
         print(measure(m, s, argparse.Namespace(prompt=a.prompt, n_gen=n), top=a.top), flush=True)
 
 
+def turn(build, name, s, n):
+    """One turn of a worker: the tok/s of n steps of s sequences."""
+    try:
+        build.stdin.write(f"{s} {n}\n")
+        build.stdin.flush()
+        line = build.stdout.readline()
+    except BrokenPipeError:
+        line = ""
+    if not line:
+        raise SystemExit(f"ab.py: build {name} stopped (its error is above)")
+    return float(line)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("baseline", nargs="?", help="A folder holding the baseline's minigpt package.")
@@ -56,7 +69,13 @@ def main():
         return worker(a)
     if not a.baseline or not (Path(a.baseline) / "minigpt").is_dir():
         raise SystemExit(f"ab.py: {a.baseline!r} holds no minigpt package (give a build tree or a site-packages)")
-    seqs = [int(s) for s in a.seqs.split(",")]
+    try:
+        seqs = [int(s) for s in a.seqs.split(",")]
+    except ValueError:
+        seqs = []
+    if not seqs or min(seqs) < 1 or a.n_gen < 1 or a.rounds < 1:
+        raise SystemExit(f"ab.py: --seqs takes comma-separated batch sizes of 1 or more (got {a.seqs!r}), "
+                         "--n-gen and --rounds 1 or more")
 
     opts = ["-", a.model, "-t", str(a.threads), "-p", str(a.prompt), "--precision", a.precision, "--top", str(a.top)]
     builds = [subprocess.Popen([sys.executable, __file__, *opts, "--worker", w], stdin=subprocess.PIPE,
@@ -70,9 +89,7 @@ def main():
     for r in range(a.rounds):
         for s in seqs:
             for k in ((0, 1) if r % 2 == 0 else (1, 0)):
-                builds[k].stdin.write(f"{s} {a.n_gen}\n")
-                builds[k].stdin.flush()
-                tok_s[k, s].append(float(builds[k].stdout.readline()))
+                tok_s[k, s].append(turn(builds[k], "AB"[k], s, a.n_gen))
     for b in builds:
         b.stdin.close()
         b.wait()

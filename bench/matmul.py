@@ -29,7 +29,7 @@ from minigpt.kernels import _core
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--qtype", default="q4_1", help="what the weight is stored as (q4_0, q4_1, q8_0, ...)")
+    ap.add_argument("--qtype", default="q4_1", help="what the weight is stored as: q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q6_k")
     ap.add_argument("--rows", type=int, default=1536)
     ap.add_argument("--cols", type=int, default=576)
     ap.add_argument("-n", "--inputs", type=int, default=4, help="inputs per call (sequences in a decode step)")
@@ -48,9 +48,15 @@ def main():
     for _, core in builds:
         core.set_threads(args.threads)
 
+    if min(args.rows, args.cols, args.inputs, args.copies, args.rounds) < 1:
+        raise SystemExit("matmul.py: --rows, --cols, --inputs, --copies and --rounds take 1 or more")
     rng = np.random.default_rng(0)
-    w = quant.quantize(rng.standard_normal((args.rows, args.cols), dtype=np.float32) / np.sqrt(args.cols), args.qtype)
-    packed = _core.pack_x8(w, args.qtype)
+    try:
+        w = quant.quantize(rng.standard_normal((args.rows, args.cols), dtype=np.float32) / np.sqrt(args.cols),
+                           args.qtype)
+        packed = _core.pack_x8(w, args.qtype)
+    except ValueError as e:   # a shape the layout does not take (rows: multiples of 8, cols: of a block)
+        raise SystemExit(f"matmul.py: {e}") from None
     weights = [packed.copy() for _ in range(args.copies)]
     x = rng.standard_normal((args.inputs, args.cols), dtype=np.float32)
     qtype = args.qtype + "x8"
