@@ -35,6 +35,13 @@ def _load_core(path):
     return module
 
 
+def against_baseline(times, outs):
+    """The line that compares two builds: (baseline's times, this build's), each's output."""
+    ratios = [b / a for a, b in zip(*times)]
+    return (f"  this build / baseline, per round: {statistics.median(ratios):.3f} [{min(ratios):.3f}, {max(ratios):.3f}]; "
+            f"outputs {'equal' if np.array_equal(*outs) else 'differ: max ' + str(np.abs(outs[0] - outs[1]).max())}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-n", type=int, default=58, help="new queries (1: a decode step)")
@@ -77,9 +84,7 @@ def main():
         med = statistics.median(ts)
         print(f"  {name:<11} {med * 1e3:8.3f} ms [{min(ts) * 1e3:.3f}, {max(ts) * 1e3:.3f}]  {fma / med / 1e9:5.1f} GFMA/s")
     if args.baseline:
-        ratios = [b / a for a, b in zip(*times)]
-        print(f"  this build / baseline, per round: {statistics.median(ratios):.3f} [{min(ratios):.3f}, {max(ratios):.3f}]; "
-              f"outputs {'equal' if np.array_equal(*outs) else 'differ: max ' + str(np.abs(outs[0] - outs[1]).max())}")
+        print(against_baseline(times, outs))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from attention import _load_core
+from attention import _load_core, against_baseline
 from minigpt import quant
 from minigpt.kernels import _core
 
@@ -82,9 +82,7 @@ def main():
         print(f"  {name:<11} {med * 1e6:8.1f} us [{min(ts) * 1e6:.1f}, {max(ts) * 1e6:.1f}]  "
               f"{args.inputs * args.rows * args.cols / med / 1e9:5.1f} GMAC/s  {packed.nbytes / med / 1e9:5.1f} GB/s")
     if args.baseline:
-        ratios = [b / a for a, b in zip(*times)]
-        print(f"  this build / baseline, per round: {statistics.median(ratios):.3f} [{min(ratios):.3f}, {max(ratios):.3f}]; "
-              f"outputs {'equal' if np.array_equal(*outs) else 'differ: max ' + str(np.abs(outs[0] - outs[1]).max())}")
+        print(against_baseline(times, outs))
 
 
 if __name__ == "__main__":
