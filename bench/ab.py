@@ -27,8 +27,7 @@ from pathlib import Path
 def worker(a):
     """Load the model; then for each line "S N" on stdin, print the tok/s of N steps of S sequences."""
     if a.worker != "-":
-        sys.path.insert(0, a.worker)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+        sys.path.insert(0, a.worker)   # before this script's folder, bench/, which holds batch.py
     import minigpt
     from batch import measure
 
