@@ -1,6 +1,7 @@
 """`minigpt bench` and bench/chat_ttft.py on tiny synthetic models: the reports' fields and shapes, never timings."""
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -171,6 +172,17 @@ def test_batch_table_with_a_screened_head(tiny):
     assert "head: the best 1" in r.stdout
     rows = [line.split()[0] for line in r.stdout.split("same threads\n", 1)[1].splitlines()[1:]]
     assert rows == ["1", "2"], r.stdout
+
+
+def test_batch_llama_rows_say_in_one_line_what_is_missing(tiny):
+    r = run_python(BENCH / "batch.py", str(tiny), "--seqs", "1", "-t", "1", "-n", "2", "-p", "4", "--rounds", "1",
+                   "--llama", env={"MINIGPT_LLAMA_PYTHON": None}, timeout=300)
+    assert r.returncode != 0 and "set MINIGPT_LLAMA_PYTHON" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    # a python without llama-cpp-python: the worker's own last line
+    r = run_python(BENCH / "batch.py", str(tiny), "--seqs", "1", "-t", "1", "-n", "2", "-p", "4", "--rounds", "1",
+                   "--llama", "--llama-python", sys.executable, "--gguf", str(tiny), timeout=300)
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("llama.cpp's worker failed: ModuleNotFoundError"), r.stderr
 
 
 # --- bench/ab.py
