@@ -404,10 +404,12 @@ def report(a, engines, counts, tok_s, ttft, all_in):
             per = [x / y for x, y in zip(all_in[e, c], all_in[e, counts[0]]) if x and y]
             if per:
                 print(f"per round, all decoding, {e} {c} streams / {counts[0]}: {_spread(per, '{:.2f}x')}")
-    if "llama.cpp" in engines and "minigpt" in engines:
-        for c in counts:
-            ratio = statistics.median(tok_s["minigpt", c]) / statistics.median(tok_s["llama.cpp", c])
-            print(f"minigpt / llama.cpp at {c} stream{'s' * (c > 1)}: {ratio:.2f}x")
+    servers = [e for e in engines if e.split("/")[0] == "minigpt"]   # one per --speculate mode
+    if "llama.cpp" in engines:
+        for e in servers:
+            for c in counts:
+                ratio = statistics.median(tok_s[e, c]) / statistics.median(tok_s["llama.cpp", c])
+                print(f"{e} / llama.cpp at {c} stream{'s' * (c > 1)}: {ratio:.2f}x")
     if "scheduler" in engines and "minigpt" in engines:
         for c in counts:
             ratio = statistics.median(tok_s["minigpt", c]) / statistics.median(tok_s["scheduler", c])
@@ -418,14 +420,14 @@ def report(a, engines, counts, tok_s, ttft, all_in):
                             f"{statistics.median(tok_s[e, c]) / statistics.median(tok_s['minigpt/none', c]):.2f}x"
                             for c in counts))
     # issue #15's targets, at 2 threads: 4 streams >= 2.5x one stream, and >= 3x llama.cpp's server with 4 clients
-    if "minigpt" in engines and 1 in counts and 4 in counts:
+    for e in servers if 1 in counts and 4 in counts else ():
         med = {k: statistics.median(v) for k, v in tok_s.items()}
-        print(f"targets: minigpt 4 streams / 1 stream {med['minigpt', 4] / med['minigpt', 1]:.2f}x (>= 2.5x)" +
-              (f", minigpt / llama.cpp at 4 streams {med['minigpt', 4] / med['llama.cpp', 4]:.2f}x (>= 3x)"
+        print(f"targets: {e} 4 streams / 1 stream {med[e, 4] / med[e, 1]:.2f}x (>= 2.5x)" +
+              (f", {e} / llama.cpp at 4 streams {med[e, 4] / med['llama.cpp', 4]:.2f}x (>= 3x)"
                if "llama.cpp" in engines else "") + f"; threads {a.threads}")
-        ys = {c: [y for y in all_in["minigpt", c] if y] for c in (1, 4)}
+        ys = {c: [y for y in all_in[e, c] if y] for c in (1, 4)}
         if ys[1] and ys[4]:
-            print(f"while every stream decodes (steady()): minigpt 4 streams / 1 stream "
+            print(f"while every stream decodes (steady()): {e} 4 streams / 1 stream "
                   f"{statistics.median(ys[4]) / statistics.median(ys[1]):.2f}x")
 
 

@@ -224,6 +224,15 @@ def test_serve_throughput_table(tiny_served):
     assert "minigpt (through HTTP) / scheduler (in-process) at 2 streams: " in r.stdout
 
 
+def test_serve_targets_for_each_speculation_mode(tiny_served):
+    r = run_python(BENCH / "serve.py", "--mgpt", tiny_served, "--engines", "minigpt", "--speculate", "none,ngram",
+                   "--streams", "1,4", "--rounds", "1", "--max-tokens", "4", "-t", "1", "--ctx", "512", timeout=300)
+    assert r.returncode == 0, r.stderr
+    for mode in ("none", "ngram"):
+        assert f"targets: minigpt/{mode} 4 streams / 1 stream " in r.stdout, r.stdout
+    assert "minigpt/ngram / minigpt/none at 1 stream: " in r.stdout
+
+
 def test_serve_soak(tiny_served):
     r = run_python(BENCH / "serve.py", "--mgpt", tiny_served, "--soak", "--requests", "9", "--clients", "3",
                    "--parallel", "2", "--max-tokens", "6", "-t", "1", "--ctx", "512", timeout=300)
