@@ -126,16 +126,17 @@ def main():
 
     print(f"model: {a.model} ({m.config.arch}, {m.config.n_layers} layers, dim {m.config.dim}); backend {m.kern.name}; "
           f"precision {a.precision}; kv {a.kv_type}; prompt {a.prompt} ids per sequence, {a.n_gen} timed steps; "
-          f"head: {'every logit' if a.top is None else f'the best {a.top}'}" + (f"; llama.cpp reads {a.gguf}" if a.llama else ""))
+          f"head: {'every logit' if a.top is None else f'the best {a.top}'}" +
+          (f"; llama.cpp reads {a.gguf}" if a.llama else ""))
     print("machine: " + "; ".join(f"{k} {v}" for k, v in machine({}).items()))
     print(f"{a.rounds} rounds, {time.time() - t_start:.0f} s")
     print(f"\naggregate decode tok/s: median [min, max] over rounds; ratio to {seqs[0]} sequence(s), same threads")
     print("\n".join(table(results, engines, seqs, threads)))
     if a.llama:
+        med = {k: statistics.median(v) for k, v in results.items()}
         print("\nminigpt / llama.cpp, ratio of medians: " + "; ".join(
-            f"{t} thread{'s' * (t > 1)}: " + ", ".join(
-                f"{s} seq {statistics.median(results['minigpt', t, s]) / statistics.median(results['llama.cpp', t, s]):.2f}x"
-                for s in seqs) for t in threads))
+            f"{t} thread{'s' * (t > 1)}: " + ", ".join(f"{s} seq {med['minigpt', t, s] / med['llama.cpp', t, s]:.2f}x"
+                                                   for s in seqs) for t in threads))
 
 
 if __name__ == "__main__":

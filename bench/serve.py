@@ -420,8 +420,10 @@ def report(a, engines, counts, tok_s, ttft, all_in):
                             f"{statistics.median(tok_s[e, c]) / statistics.median(tok_s['minigpt/none', c]):.2f}x"
                             for c in counts))
     # issue #15's targets, at 2 threads: 4 streams >= 2.5x one stream, and >= 3x llama.cpp's server with 4 clients
-    for e in servers if 1 in counts and 4 in counts else ():
-        med = {k: statistics.median(v) for k, v in tok_s.items()}
+    if 1 not in counts or 4 not in counts:
+        return
+    med = {k: statistics.median(v) for k, v in tok_s.items()}
+    for e in servers:
         print(f"targets: {e} 4 streams / 1 stream {med[e, 4] / med[e, 1]:.2f}x (>= 2.5x)" +
               (f", {e} / llama.cpp at 4 streams {med[e, 4] / med['llama.cpp', 4]:.2f}x (>= 3x)"
                if "llama.cpp" in engines else "") + f"; threads {a.threads}")
